@@ -1,0 +1,37 @@
+"""What the engine hands back after each step, per request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class FinishReason(str, Enum):
+    STOP = "stop"        # EOS, a stop token id or a stop string
+    LENGTH = "length"    # max_tokens or max_model_len reached
+    ABORT = "abort"      # cancelled by the caller
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass
+class RequestOutput:
+    """The delta one step produced for one request.
+
+    ``new_token_ids`` are the tokens sampled this step (usually one), ``new_text`` the text
+    they completed (stop strings already cut away). ``finished`` is set on the last delta.
+    """
+
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    new_logprobs: list[TokenLogprob] = field(default_factory=list)
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0

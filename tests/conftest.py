@@ -55,6 +55,8 @@ def pytest_collection_modifyitems(config, items) -> None:
     import torch
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for item in items:
+        if "tests/gpu/" in item.nodeid.replace(os.sep, "/") or item.nodeid.startswith("gpu/"):
+            item.add_marker(pytest.mark.gpu)
         if "gpu" in item.keywords and n == 0:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
         if "multi_gpu" in item.keywords and n < 2:

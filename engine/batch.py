@@ -1,0 +1,60 @@
+"""Flattening a scheduled step into the model's input tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.attention import AttentionMetadata
+from engine.scheduler import ScheduledRequest
+
+
+@dataclass
+class ModelInput:
+    input_ids: torch.Tensor      # int64 [T]
+    positions: torch.Tensor      # int64 [T]
+    meta: AttentionMetadata
+    sample_rows: torch.Tensor    # int64 [S]: rows of the hidden states to compute logits for
+    num_samples: int
+
+
+def build_model_input(scheduled: list[ScheduledRequest], block_size: int,
+                      device: torch.device) -> ModelInput:
+    """Token ids, positions, slot mapping and block tables for one step."""
+    ids: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    starts = [0]
+    seq_lens: list[int] = []
+    sample_rows: list[int] = []
+    for s in scheduled:
+        req, lo, n = s.request, s.request.num_computed_tokens, s.num_new_tokens
+        ids.extend(req.token_ids(lo, lo + n))
+        positions.extend(range(lo, lo + n))
+        blocks = req.block_ids
+        slots.extend(blocks[p // block_size] * block_size + p % block_size for p in range(lo, lo + n))
+        starts.append(starts[-1] + n)
+        seq_lens.append(lo + n)
+        if s.samples:
+            sample_rows.append(starts[-1] - 1)
+    width = max(len(s.request.block_ids) for s in scheduled)
+    tables = [s.request.block_ids + [0] * (width - len(s.request.block_ids)) for s in scheduled]
+    meta = AttentionMetadata(
+        query_start_loc=_tensor(starts, torch.int32, device),
+        seq_lens=_tensor(seq_lens, torch.int32, device),
+        block_tables=_tensor(tables, torch.int32, device),
+        slot_mapping=_tensor(slots, torch.int64, device),
+        max_query_len=max(s.num_new_tokens for s in scheduled),
+        max_seq_len=max(seq_lens),
+        decode_only=all(s.num_new_tokens == 1 for s in scheduled),
+    )
+    return ModelInput(_tensor(ids, torch.int64, device), _tensor(positions, torch.int64, device),
+                      meta, _tensor(sample_rows, torch.int64, device), len(sample_rows))
+
+
+def _tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    t = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t

@@ -1,0 +1,84 @@
+"""Which blocks each request's KV lives in: allocation, prefix-cache hits and release.
+
+The scheduler talks to this class only; it never touches the block pool directly.
+"""
+
+from __future__ import annotations
+
+from engine.block_hash import ROOT_HASH, hash_block
+from engine.block_pool import BlockPool
+from engine.request import Request
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class KVCacheManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False):
+        self.block_size = block_size
+        self.pool = BlockPool(num_blocks, enable_prefix_caching)
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.pool.num_free
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.pool.num_used
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return cdiv(num_tokens, self.block_size)
+
+    def match_prefix(self, request: Request) -> int:
+        """Attach cached blocks for the longest cached prefix of a request that holds no blocks;
+        returns the number of tokens whose KV is already there (always < the request's tokens)."""
+        if not self.pool.enable_caching or request.block_ids:
+            return 0
+        self._extend_hashes(request, request.num_tokens)
+        hits = []
+        for h in request.block_hashes:
+            block_id = self.pool.lookup(h)
+            if block_id is None:
+                break
+            hits.append(block_id)
+        hits = hits[:(request.num_tokens - 1) // self.block_size]  # the last token is always computed
+        self.prefix_queries += request.num_tokens
+        self.prefix_hits += len(hits) * self.block_size
+        for block_id in hits:
+            self.pool.take(block_id)
+        request.block_ids = hits
+        return len(hits) * self.block_size
+
+    def allocate_slots(self, request: Request, num_new_tokens: int) -> bool:
+        """Make room for ``num_new_tokens`` more computed tokens; False (and no change) if the
+        pool cannot."""
+        needed = self.blocks_needed(request.num_computed_tokens + num_new_tokens) - len(request.block_ids)
+        if needed <= 0:
+            return True
+        if needed > self.pool.num_free:
+            return False
+        request.block_ids.extend(self.pool.allocate(needed))
+        return True
+
+    def commit_computed(self, request: Request) -> None:
+        """Publish every full block whose KV is now computed to the prefix cache."""
+        if not self.pool.enable_caching:
+            return
+        full = request.num_computed_tokens // self.block_size
+        self._extend_hashes(request, full * self.block_size)
+        for block_id, h in zip(request.block_ids[:full], request.block_hashes[:full]):
+            self.pool.commit(block_id, h)
+
+    def free(self, request: Request) -> None:
+        self.pool.free(request.block_ids)
+        request.block_ids = []
+
+    def _extend_hashes(self, request: Request, num_tokens: int) -> None:
+        bs = self.block_size
+        for i in range(len(request.block_hashes), num_tokens // bs):
+            parent = request.block_hashes[-1] if request.block_hashes else ROOT_HASH
+            tokens = request.token_ids(i * bs, (i + 1) * bs)
+            request.block_hashes.append(hash_block(parent, tokens, request.cache_salt))

@@ -1,0 +1,44 @@
+"""Runs the model for one scheduled step: owns the weights, the KV cache and CUDA graphs."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.attention import AttentionBackend
+from engine.batch import ModelInput
+from engine.cuda_graphs import DecodeGraphs
+from engine.model.llama import ForwardContext, LlamaForCausalLM
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, backend: AttentionBackend, num_blocks: int,
+                 block_size: int):
+        cfg = model.config
+        weight = model.model.embed_tokens.weight
+        self.model, self.backend = model, backend
+        self.device, self.dtype = weight.device, weight.dtype
+        self.block_size = block_size
+        self.kv_cache = torch.zeros(cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads,
+                                    cfg.head_dim, dtype=self.dtype, device=self.device)
+        self.graphs: DecodeGraphs | None = None
+
+    @property
+    def num_blocks(self) -> int:
+        return self.kv_cache.shape[2]
+
+    def capture_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
+        self.graphs = DecodeGraphs(self.model, self.kv_cache, self.backend, max_num_seqs,
+                                   max_model_len, self.block_size)
+        self.graphs.capture()
+
+    @torch.inference_mode()
+    def execute(self, inp: ModelInput) -> torch.Tensor:
+        """fp32 logits [num_samples, vocab] for the rows that sample this step."""
+        meta = inp.meta
+        if self.graphs is not None and meta.decode_only and self.graphs.can_run(
+                meta.num_seqs, meta.max_seq_len):
+            hidden = self.graphs.run(inp.input_ids, inp.positions, meta)
+        else:
+            ctx = ForwardContext(self.kv_cache, meta, self.backend)
+            hidden = self.model(inp.input_ids, inp.positions, ctx)
+        return self.model.compute_logits(hidden[inp.sample_rows])

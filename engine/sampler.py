@@ -1,0 +1,94 @@
+"""Turning logits into next tokens: greedy, temperature, top-k, top-p, per-request seeds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from engine.outputs import TokenLogprob
+from engine.request import Request
+
+
+class Sampler:
+    def __init__(self, eos_token_ids: Sequence[int]):
+        self.eos_token_ids = tuple(eos_token_ids)
+
+    def __call__(self, logits: torch.Tensor, requests: Sequence[Request]
+                 ) -> tuple[list[int], list[TokenLogprob | None]]:
+        """Sample one token per row of fp32 ``logits`` [N, vocab] for ``requests`` [N]."""
+        raw = logits
+        logits = self._mask_early_stops(logits, requests)
+        tokens = logits.argmax(dim=-1)
+        rand_rows = [i for i, r in enumerate(requests) if not r.params.greedy]
+        if rand_rows:
+            picked = self._sample_rows(logits[rand_rows], [requests[i] for i in rand_rows])
+            tokens[rand_rows] = picked
+        token_list = tokens.tolist()
+        return token_list, self._logprobs(raw, token_list, requests)
+
+    def _mask_early_stops(self, logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
+        """Forbid EOS and stop tokens for requests below their min_tokens."""
+        rows = [i for i, r in enumerate(requests) if len(r.output_token_ids) < r.params.min_tokens]
+        if not rows:
+            return logits
+        logits = logits.clone()
+        for i in rows:
+            p = requests[i].params
+            banned = list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
+            if banned:
+                logits[i, banned] = float("-inf")
+        return logits
+
+    def _sample_rows(self, logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
+        device = logits.device
+        temps = torch.tensor([r.params.temperature for r in requests], device=device)
+        logits = logits / temps.unsqueeze(1)
+        logits = apply_top_k(logits, [r.params.top_k for r in requests])
+        logits = apply_top_p(logits, [r.params.top_p for r in requests])
+        probs = torch.softmax(logits, dim=-1)
+        noise = torch.empty_like(probs)
+        for i, r in enumerate(requests):
+            noise[i].exponential_(generator=r.generator)
+        return (probs / noise).argmax(dim=-1)
+
+    @staticmethod
+    def _logprobs(raw: torch.Tensor, tokens: list[int], requests: Sequence[Request]
+                  ) -> list[TokenLogprob | None]:
+        rows = [i for i, r in enumerate(requests) if r.params.logprobs is not None]
+        result: list[TokenLogprob | None] = [None] * len(requests)
+        if not rows:
+            return result
+        logp = torch.log_softmax(raw[rows], dim=-1)
+        for j, i in enumerate(rows):
+            n = requests[i].params.logprobs
+            chosen = float(logp[j, tokens[i]])
+            top = torch.topk(logp[j], n) if n else None
+            pairs = tuple(zip(top.indices.tolist(), top.values.tolist())) if top is not None else ()
+            result[i] = TokenLogprob(tokens[i], chosen, pairs)
+        return result
+
+
+def apply_top_k(logits: torch.Tensor, top_k: Sequence[int]) -> torch.Tensor:
+    """Keep each row's k largest logits (k <= 0 keeps all)."""
+    vocab = logits.shape[-1]
+    ks = [k if 0 < k < vocab else vocab for k in top_k]
+    if all(k == vocab for k in ks):
+        return logits
+    k_t = torch.tensor(ks, device=logits.device)
+    sorted_vals = logits.sort(dim=-1, descending=True).values
+    kth = sorted_vals.gather(1, (k_t - 1).unsqueeze(1))
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def apply_top_p(logits: torch.Tensor, top_p: Sequence[float]) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches p."""
+    if all(p >= 1.0 for p in top_p):
+        return logits
+    p_t = torch.tensor(top_p, device=logits.device, dtype=logits.dtype).unsqueeze(1)
+    sorted_vals, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_vals.softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # mass strictly above each token
+    drop_sorted = before >= p_t
+    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,6 +29,27 @@ from engine.sampler import Sampler
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.scheduler import Scheduler
 from engine.tokenizer import Tokenizer
+
+
+@dataclass
+class GenerationResult:
+    """A finished request, assembled from its deltas."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    num_cached_tokens: int = 0
+
+    def add(self, delta: RequestOutput) -> None:
+        self.token_ids += delta.new_token_ids
+        self.text += delta.new_text
+        self.logprobs += delta.new_logprobs
+        self.num_cached_tokens = delta.num_cached_tokens
+        if delta.finished:
+            self.finish_reason = delta.finish_reason
 
 
 @dataclass(frozen=True)
@@ -78,6 +99,8 @@ class LLMEngine:
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        if isinstance(prompt, str) and not prompt:
+            raise InvalidRequestError("prompt is empty")
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         validate_prompt(ids, self.model_config.vocab_size, self.max_model_len)
         params.validate()
@@ -101,6 +124,22 @@ class LLMEngine:
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
+
+    def generate(self, prompts: list[str | list[int]], params: SamplingParams | list[SamplingParams]
+                 ) -> list[GenerationResult]:
+        """Run prompts to completion (all queued at once, batched continuously)."""
+        params_list = params if isinstance(params, list) else [params] * len(prompts)
+        if len(params_list) != len(prompts):
+            raise InvalidRequestError(f"{len(prompts)} prompts but {len(params_list)} sampling params")
+        results = {}
+        for prompt, p in zip(prompts, params_list):
+            rid = self.add_request(None, prompt, p)
+            results[rid] = GenerationResult(rid, list(self.requests[rid].prompt_token_ids))
+        while any(r.finish_reason is None for r in results.values()):
+            for delta in self.step():
+                if delta.request_id in results:
+                    results[delta.request_id].add(delta)
+        return list(results.values())
 
     # -- stepping -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:

@@ -1,0 +1,25 @@
+"""The `tierserve` command: one entry point, subcommands contributed by each package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.cli import add_commands as engine_commands
+    from cluster.demo import add_commands as demo_commands
+    parser = argparse.ArgumentParser(prog="tierserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    engine_commands(sub)
+    demo_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

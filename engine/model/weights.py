@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from engine.model_config import CheckpointError
@@ -48,9 +48,7 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
             with safe_open(str(file), framework="pt") as f:
                 for name in f.keys():
                     yield name, f.get_tensor(name)
-        except (OSError, ValueError, RuntimeError) as e:
-            if isinstance(e, CheckpointError):
-                raise
+        except SafetensorError as e:
             raise CheckpointError(f"cannot read {file}: {e}") from None
 
 

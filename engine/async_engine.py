@@ -1,0 +1,98 @@
+"""An asyncio front for the engine: a background thread steps it, callers stream deltas.
+
+    engine = AsyncLLMEngine(LLMEngine(config))
+    async for delta in engine.generate("r1", "Hello", SamplingParams(max_tokens=8)):
+        ...
+
+A caller that stops iterating (a cancelled task, a closed stream) aborts its request, so
+its KV blocks are freed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+from engine.llm_engine import EngineStats, LLMEngine
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+
+
+class AsyncLLMEngine:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._stopped = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="engine-loop", daemon=True)
+        self._thread.start()
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    async def generate(self, request_id: str | None, prompt: str | list[int], params: SamplingParams,
+                       cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Queue a request (InvalidRequestError at once for bad input) and stream its deltas."""
+        queue: asyncio.Queue = asyncio.Queue()
+        with self._wake:
+            if self._stopped:
+                raise RuntimeError(f"engine is stopped: {self._error!r}")
+            rid = self.engine.add_request(request_id, prompt, params, cache_salt)
+            self._streams[rid] = (asyncio.get_running_loop(), queue)
+            self._wake.notify()
+        finished = False
+        try:
+            while not finished:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise RuntimeError(f"engine failed: {item!r}") from item
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:
+                self.abort(rid)
+
+    def abort(self, request_id: str) -> None:
+        with self._lock:
+            self._streams.pop(request_id, None)
+            self.engine.abort_request(request_id)
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            return self.engine.stats()
+
+    def shutdown(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._wake:
+                    while not self._stopped and not self.engine.has_unfinished():
+                        self._wake.wait()
+                    if self._stopped:
+                        return
+                    deltas = self.engine.step()
+                    targets = [(self._streams.get(d.request_id), d) for d in deltas]
+                    for d in deltas:
+                        if d.finished:
+                            self._streams.pop(d.request_id, None)
+                for target, delta in targets:
+                    if target is not None:
+                        target[0].call_soon_threadsafe(target[1].put_nowait, delta)
+        except BaseException as e:  # surface engine crashes to every waiting caller
+            self._fail(e)
+
+    def _fail(self, error: BaseException) -> None:
+        with self._lock:
+            self._stopped, self._error = True, error
+            streams, self._streams = list(self._streams.values()), {}
+        for loop, queue in streams:
+            loop.call_soon_threadsafe(queue.put_nowait, error)

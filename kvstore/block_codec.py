@@ -1,0 +1,60 @@
+"""Moving a request's blocks between a paged KV cache and contiguous staging buffers.
+
+``kv[:, :, ids]`` is scattered across the cache; transfers want one contiguous buffer.
+Two staging orders are used: layer-major chunks ``[layers, 2, n, ...]`` for handoffs
+(a chunk of layers can travel while the next is gathered) and block-major
+``[n, L, 2, ...]`` for the host tier (each block's bytes are one contiguous range).
+Each gather or scatter is a single index_select / index_copy_ pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from kvstore.errors import LayoutMismatchError
+
+
+def block_index_tensor(block_ids: Sequence[int] | torch.Tensor, num_blocks: int,
+                       device: torch.device) -> torch.Tensor:
+    """``block_ids`` as an int64 tensor on ``device``; rejects out-of-range or repeated ids."""
+    ids = torch.as_tensor(block_ids, dtype=torch.int64).flatten()
+    if ids.numel():
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= num_blocks:
+            raise IndexError(f"block ids must lie in [0, {num_blocks}), got min {low} max {high}")
+        if torch.unique(ids).numel() != ids.numel():
+            raise ValueError("block ids must not repeat")
+    return ids.to(device)
+
+
+def gather_layers(kv: torch.Tensor, ids: torch.Tensor, first: int, last: int) -> torch.Tensor:
+    """Contiguous ``[last-first, 2, n, block_size, H, D]`` copy of layers first..last-1."""
+    return kv[first:last].index_select(2, ids)
+
+
+def scatter_layers(kv: torch.Tensor, ids: torch.Tensor, first: int, chunk: torch.Tensor) -> None:
+    """Write a gather_layers chunk back into ``kv`` at layers first.., blocks ``ids``."""
+    kv[first:first + chunk.shape[0]].index_copy_(2, ids, chunk)
+
+
+def gather_block_major(kv: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``[n, L, 2, block_size, H, D]`` copy of blocks ``ids``, on kv's device."""
+    out = torch.empty((ids.numel(), kv.shape[0], *kv.shape[1:2], *kv.shape[3:]),
+                      dtype=kv.dtype, device=kv.device)
+    torch.index_select(kv, 2, ids, out=out.permute(1, 2, 0, 3, 4, 5))
+    return out
+
+
+def scatter_block_major(kv: torch.Tensor, ids: torch.Tensor, staging: torch.Tensor) -> None:
+    """Inverse of gather_block_major (``staging`` may live on another device)."""
+    kv.index_copy_(2, ids, staging.to(kv.device, non_blocking=True).permute(1, 2, 0, 3, 4, 5))
+
+
+def block_bytes(staging: torch.Tensor) -> np.ndarray:
+    """A CPU block-major staging buffer as a writable ``[n, bytes_per_block]`` uint8 view."""
+    if staging.device.type != "cpu" or not staging.is_contiguous():
+        raise LayoutMismatchError("block_bytes needs a contiguous CPU staging tensor")
+    return staging.view(torch.uint8).reshape(staging.shape[0], -1).numpy()

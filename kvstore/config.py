@@ -1,0 +1,66 @@
+"""kvstore configuration: frozen dataclasses, validated where they are built."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+def _positive(owner: str, **values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{owner}.{name} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class KVStoreConfig:
+    """Redis-backed index and host tier.
+
+    redis_url: ``redis://host:port/db`` (``rediss://`` and ``unix://`` work too).
+    key_prefix: every Redis key the store writes starts with ``<key_prefix>:``.
+    host_capacity_bytes: payload bytes the host tier may keep before evicting (LRU).
+    lease_ttl_s: how long a reader's pin on blocks lasts unless released or renewed.
+    """
+
+    redis_url: str
+    key_prefix: str = "tierserve"
+    host_capacity_bytes: int = 4 << 30
+    lease_ttl_s: float = 30.0
+    connect_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"KVStoreConfig.redis_url must start with redis://, rediss:// or unix://, "
+                             f"got {self.redis_url!r}")
+        if not _PREFIX.match(self.key_prefix):
+            raise ValueError(f"KVStoreConfig.key_prefix may hold only letters, digits and _.:-, "
+                             f"got {self.key_prefix!r}")
+        _positive("KVStoreConfig", host_capacity_bytes=self.host_capacity_bytes,
+                  lease_ttl_s=self.lease_ttl_s, connect_timeout_s=self.connect_timeout_s)
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Pairwise KV transfer between workers.
+
+    advertise_host: address peers use to reach this worker's rendezvous store (a Ray
+    pool passes its node IP); None resolves this machine's hostname.
+    layers_per_chunk: a handoff moves this many layers per message so that gathering,
+    sending and scattering of consecutive chunks overlap.
+    """
+
+    advertise_host: str | None = None
+    rendezvous_timeout_s: float = 30.0
+    transfer_timeout_s: float = 60.0
+    layers_per_chunk: int = 4
+
+    def __post_init__(self) -> None:
+        _positive("TransportConfig", rendezvous_timeout_s=self.rendezvous_timeout_s,
+                  transfer_timeout_s=self.transfer_timeout_s)
+        if not isinstance(self.layers_per_chunk, int) or self.layers_per_chunk < 1:
+            raise ValueError(f"TransportConfig.layers_per_chunk must be an int >= 1, "
+                             f"got {self.layers_per_chunk!r}")
+        if self.advertise_host is not None and not self.advertise_host.strip():
+            raise ValueError("TransportConfig.advertise_host must be None or a host name / IP")

@@ -1,0 +1,136 @@
+"""The host-memory tier: block payloads kept in Redis, checksummed and LRU-bounded.
+
+Each block is one Redis hash ``<p>:blk:<key>`` with its bytes (``d``, the block-major
+``[L, 2, block_size, H, D]`` slice of the cache) and a tagged checksum (``c``). Writes
+and reads are pipelined in batches of about ``batch_bytes``. Room is reserved before
+writing by a Lua script that evicts unpinned blocks, least recently used first; the
+index (holder ``redis-host``, tier host) changes together with the payloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import redis
+import torch
+
+from kvstore import lua
+from kvstore.block_codec import block_bytes, block_index_tensor, gather_block_major, scatter_block_major
+from kvstore.block_index import BlockIndex
+from kvstore.block_key import BlockKey
+from kvstore.checksum import checksum, verify
+from kvstore.errors import CapacityError, LayoutMismatchError, MissingBlocksError
+from kvstore.keys import RedisKeys, Tier, holder_field
+from kvstore.layout import KVLayout
+from kvstore.leases import LeaseTable
+
+HOST_WORKER = "redis-host"
+
+
+class HostTier:
+    """put/get a request's blocks between a paged KV cache and Redis memory."""
+
+    def __init__(self, client: redis.Redis, keys: RedisKeys, index: BlockIndex, leases: LeaseTable,
+                 capacity_bytes: int, batch_bytes: int = 64 << 20) -> None:
+        self._redis, self._keys, self._index, self._leases = client, keys, index, leases
+        self.capacity_bytes = capacity_bytes
+        self._batch_bytes = batch_bytes
+        self._reserve = client.register_script(lua.RESERVE)
+
+    def put(self, keys: Sequence[BlockKey], kv: torch.Tensor, block_ids: Sequence[int]) -> int:
+        """Store the blocks ``kv[:, :, block_ids]`` under ``keys``; returns how many were new.
+
+        Blocks already present are only marked used. Raises CapacityError when the
+        unpinned rest of the tier cannot make room.
+        """
+        layout, ids = self._check(keys, kv, block_ids)
+        todo = [i for i, present in enumerate(self.contains(keys)) if not present]
+        written = 0
+        for part in _batches(todo, max(1, self._batch_bytes // layout.bytes_per_block)):
+            written += self._write([keys[i] for i in part], gather_block_major(kv, ids[part]).cpu(), layout)
+        self._index.touch(HOST_WORKER, Tier.HOST, keys)
+        return written
+
+    def get(self, keys: Sequence[BlockKey], kv: torch.Tensor, block_ids: Sequence[int]) -> None:
+        """Copy the stored blocks ``keys`` into ``kv[:, :, block_ids]``, verifying checksums.
+
+        Raises MissingBlocksError if any is absent, ChecksumMismatchError if corrupt.
+        """
+        layout, ids = self._check(keys, kv, block_ids)
+        with self._leases.pinned(keys):
+            for part in _batches(list(range(len(keys))), max(1, self._batch_bytes // layout.bytes_per_block)):
+                scatter_block_major(kv, ids[part], self._read([keys[i] for i in part], layout))
+        self._index.touch(HOST_WORKER, Tier.HOST, keys)
+
+    def contains(self, keys: Sequence[BlockKey]) -> list[bool]:
+        """Whether each block's payload is stored (one round trip)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(self._keys.payload(str(key)))
+        return [bool(n) for n in pipe.execute()]
+
+    def used_bytes(self) -> int:
+        """Payload bytes held now."""
+        return int(self._redis.get(self._keys.host_used) or 0)
+
+    def _check(self, keys: Sequence[BlockKey], kv: torch.Tensor,
+               block_ids: Sequence[int]) -> tuple[KVLayout, torch.Tensor]:
+        layout = KVLayout.of_cache(kv)
+        layout.check_cache(kv)
+        if len(keys) != len(block_ids):
+            raise ValueError(f"{len(keys)} keys but {len(block_ids)} block ids")
+        wrong = next((k for k in keys if k.layout != layout), None)
+        if wrong is not None:
+            raise LayoutMismatchError(f"block {wrong} has layout {wrong.layout.tag}, cache is {layout.tag}")
+        return layout, block_index_tensor(block_ids, kv.shape[2], kv.device)
+
+    def _write(self, keys: list[BlockKey], staging: torch.Tensor, layout: KVLayout) -> int:
+        need = len(keys) * layout.bytes_per_block
+        self._make_room(need)
+        rows = block_bytes(staging)
+        pipe = self._redis.pipeline(transaction=False)
+        for key, row in zip(keys, rows):
+            pipe.hset(self._keys.payload(str(key)), mapping={"d": memoryview(row), "c": checksum(row)})
+        try:
+            fresh = [added > 0 for added in pipe.execute()]
+        except Exception:
+            self._redis.incrby(self._keys.host_used, -need)
+            raise
+        if not all(fresh):  # a concurrent writer stored some first: their room is counted
+            self._redis.incrby(self._keys.host_used, -fresh.count(False) * layout.bytes_per_block)
+        new = [k for k, f in zip(keys, fresh) if f]
+        self._index.add(HOST_WORKER, Tier.HOST, new, [-1] * len(new))
+        return len(new)
+
+    def _make_room(self, need: int) -> None:
+        if need > self.capacity_bytes:
+            raise CapacityError(f"a batch of {need} bytes exceeds the host tier's capacity "
+                                f"of {self.capacity_bytes} bytes")
+        reserved, *_ = self._reserve(keys=[self._keys.host_used, self._keys.lru(HOST_WORKER, Tier.HOST)],
+                                     args=[need, self.capacity_bytes, self._keys.prefix,
+                                           holder_field(HOST_WORKER, Tier.HOST)])
+        if not reserved:
+            raise CapacityError(f"host tier full: {self.used_bytes()} of {self.capacity_bytes} bytes "
+                                f"are pinned by leases, {need} more needed")
+
+    def _read(self, keys: list[BlockKey], layout: KVLayout) -> torch.Tensor:
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(self._keys.payload(str(key)), "d", "c")
+        staging = torch.empty((len(keys), *layout.block_shape), dtype=layout.torch_dtype)
+        rows = block_bytes(staging)
+        for key, row, (data, stored) in zip(keys, rows, pipe.execute()):
+            if data is None or stored is None:
+                raise MissingBlocksError(f"host tier does not hold block {key}")
+            if len(data) != layout.bytes_per_block:
+                raise LayoutMismatchError(f"host block {key} has {len(data)} bytes, "
+                                          f"layout {layout.tag} needs {layout.bytes_per_block}")
+            verify(data, stored, f"host block {key}")
+            row[:] = np.frombuffer(data, dtype=np.uint8)
+        return staging
+
+
+def _batches(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

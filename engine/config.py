@@ -67,7 +67,11 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Everything one engine instance needs. ``dtype`` None takes the checkpoint's."""
+    """Everything one engine instance needs. ``dtype`` None takes the checkpoint's.
+
+    detokenize False leaves text (and stop strings) to the caller: cluster workers stream
+    token ids and the router detokenizes.
+    """
 
     model: str
     dtype: str | None = None
@@ -75,6 +79,7 @@ class EngineConfig:
     attention_backend: str | None = None
     cuda_graphs: bool = True
     seed: int = 0
+    detokenize: bool = True
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

@@ -28,6 +28,7 @@ from engine.request_validation import validate_prompt
 from engine.sampler import Sampler
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.scheduler import Scheduler
+from engine.stop_conditions import token_finish_reason
 from engine.tokenizer import Tokenizer
 
 
@@ -85,6 +86,8 @@ class LLMEngine:
         self.eos_token_ids = tuple(sorted(eos))
         self.sampler = Sampler(self.eos_token_ids)
         self.requests: dict[str, Request] = {}
+        self.held: dict[str, Request] = {}         # finished, blocks kept for a handoff
+        self.awaiting_kv: dict[str, Request] = {}  # blocks allocated, KV on its way
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self._seeds = torch.Generator().manual_seed(config.seed)
         self._ids = itertools.count()
@@ -94,8 +97,12 @@ class LLMEngine:
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, request_id: str | None, prompt: str | list[int], params: SamplingParams,
-                    cache_salt: str | None = None) -> str:
-        """Queue a request; raises InvalidRequestError with a message for bad input."""
+                    cache_salt: str | None = None, hold_kv: bool = False) -> str:
+        """Queue a request; raises InvalidRequestError with a message for bad input.
+
+        hold_kv keeps the request's blocks after it finishes (see ``held_kv``): the prefill
+        side of a handoff runs a request to its first token and ships the prompt's KV.
+        """
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
@@ -105,15 +112,21 @@ class LLMEngine:
         validate_prompt(ids, self.model_config.vocab_size, self.max_model_len)
         params.validate()
         req = Request(request_id, ids, params, generator=self._generator(params),
-                      cache_salt=(cache_salt or "").encode())
-        self.requests[request_id] = req
-        self.detokenizers[request_id] = IncrementalDetokenizer(self.tokenizer, params.stop, ids)
+                      cache_salt=(cache_salt or "").encode(), hold_kv=hold_kv)
+        self._track(req)
         self.scheduler.add(req)
         return request_id
 
+    def _track(self, req: Request) -> None:
+        self.requests[req.request_id] = req
+        if self.config.detokenize:
+            self.detokenizers[req.request_id] = IncrementalDetokenizer(
+                self.tokenizer, req.params.stop, req.all_token_ids)
+
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Cancel a request and free its blocks; returns its final (empty) delta."""
-        req = self.requests.get(request_id)
+        self.release_kv(request_id)
+        req = self.requests.get(request_id) or self.awaiting_kv.pop(request_id, None)
         if req is None:
             return None
         self.scheduler.finish(req)
@@ -161,33 +174,30 @@ class LLMEngine:
 
     def _append(self, req: Request, token: int, logprob: TokenLogprob | None) -> RequestOutput:
         req.output_token_ids.append(token)
-        detok = self.detokenizers[req.request_id]
-        reason = self._stop_token_reason(req, token)
-        if reason is None:
+        detok = self.detokenizers.get(req.request_id)
+        reason = token_finish_reason(req.params, token, len(req.output_token_ids), req.num_tokens,
+                                     self.eos_token_ids, self.max_model_len)
+        if detok is not None and not (reason is FinishReason.STOP):
             detok.add(token)
-            reason = self._length_reason(req, detok)
+            if detok.stopped:
+                reason = FinishReason.STOP
         if reason is not None:
             req.finish_reason = reason
-            self.scheduler.finish(req)
-            self._forget(req)
-        return RequestOutput(req.request_id, [token], detok.take(final=reason is not None),
-                             finished=reason is not None, finish_reason=reason,
-                             new_logprobs=[logprob] if logprob is not None else [],
+            self._finish(req)
+        text = detok.take(final=reason is not None) if detok is not None else ""
+        return RequestOutput(req.request_id, [token], text, finished=reason is not None,
+                             finish_reason=reason, new_logprobs=[logprob] if logprob is not None else [],
                              num_prompt_tokens=req.num_prompt_tokens,
                              num_cached_tokens=req.num_cached_tokens)
 
-    def _stop_token_reason(self, req: Request, token: int) -> FinishReason | None:
-        p = req.params  # the sampler never picks a stop token before min_tokens
-        if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_token_ids):
-            return FinishReason.STOP
-        return None
-
-    def _length_reason(self, req: Request, detok: IncrementalDetokenizer) -> FinishReason | None:
-        if detok.stopped:
-            return FinishReason.STOP
-        if len(req.output_token_ids) >= req.params.max_tokens or req.num_tokens >= self.max_model_len:
-            return FinishReason.LENGTH
-        return None
+    def _finish(self, req: Request) -> None:
+        """Free a finished request's blocks, or keep them for a KV handoff if it holds its KV."""
+        if req.hold_kv:
+            self.scheduler.detach(req)
+            self.held[req.request_id] = req
+        else:
+            self.scheduler.finish(req)
+        self._forget(req)
 
     def _forget(self, req: Request) -> None:
         self.requests.pop(req.request_id, None)
@@ -199,6 +209,47 @@ class LLMEngine:
         seed = params.seed if params.seed is not None else int(
             torch.randint(0, 2**62, (1,), generator=self._seeds))
         return torch.Generator(device=self.device).manual_seed(seed)
+
+    # -- KV handoff ---------------------------------------------------------------------
+    def held_kv(self, request_id: str) -> Request:
+        """A finished hold_kv request: its block_ids hold the KV of its first num_computed_tokens."""
+        if request_id not in self.held:
+            raise KeyError(f"request {request_id!r} holds no KV here")
+        return self.held[request_id]
+
+    def release_kv(self, request_id: str) -> None:
+        """Free the blocks of a held request (after its handoff, or to drop it)."""
+        req = self.held.pop(request_id, None)
+        if req is not None:
+            self.kv.free(req)
+
+    def add_prefilled(self, request_id: str, prompt_token_ids: list[int], output_token_ids: list[int],
+                      params: SamplingParams, generator_state: torch.Tensor | None = None,
+                      cache_salt: str | None = None) -> list[int] | None:
+        """Reserve blocks for a request whose prompt KV another engine computed.
+
+        Returns the block ids to receive the prompt's KV into (None if the pool lacks room);
+        the request starts decoding after ``kv_arrived``.
+        """
+        if request_id in self.requests or request_id in self.awaiting_kv:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        validate_prompt(prompt_token_ids, self.model_config.vocab_size, self.max_model_len)
+        req = Request(request_id, list(prompt_token_ids), params, generator=self._generator(params),
+                      cache_salt=(cache_salt or "").encode(), output_token_ids=list(output_token_ids))
+        if generator_state is not None and req.generator is not None:
+            req.generator.set_state(generator_state)
+        if not self.kv.allocate_slots(req, req.num_prompt_tokens):
+            return None
+        req.num_computed_tokens = req.num_prompt_tokens
+        self.awaiting_kv[request_id] = req
+        return list(req.block_ids)
+
+    def kv_arrived(self, request_id: str) -> None:
+        """The prompt KV is in place: queue the request to decode."""
+        req = self.awaiting_kv.pop(request_id)
+        self.kv.commit_computed(req)
+        self._track(req)
+        self.scheduler.add(req)
 
     # -- introspection --------------------------------------------------------------------
     def stats(self) -> EngineStats:

@@ -30,6 +30,7 @@ class Request:
     params: SamplingParams
     generator: torch.Generator | None = None
     cache_salt: bytes = b""
+    hold_kv: bool = False
     arrival_time: float = field(default_factory=time.monotonic)
     output_token_ids: list[int] = field(default_factory=list)
     block_ids: list[int] = field(default_factory=list)

@@ -104,11 +104,15 @@ class Scheduler:
         req.status = RequestStatus.WAITING
         self.waiting.appendleft(req)
 
-    def finish(self, req: Request) -> None:
-        """Release a request's blocks and drop it from whichever queue holds it."""
+    def detach(self, req: Request) -> None:
+        """Drop a finished request from the queues but leave its blocks allocated."""
         if req in self.running:
             self.running.remove(req)
         elif req in self.waiting:
             self.waiting.remove(req)
-        self.kv.free(req)
         req.status = RequestStatus.FINISHED
+
+    def finish(self, req: Request) -> None:
+        """Release a request's blocks and drop it from whichever queue holds it."""
+        self.detach(req)
+        self.kv.free(req)

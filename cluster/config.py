@@ -1,0 +1,133 @@
+"""The cluster config file (YAML): model, pools with hardware tiers, kvstore, router.
+
+    model: /models/Meta-Llama-3-8B
+    dtype: bfloat16
+    pools:
+      prefill: {replicas: 2, hardware: {accelerator_type: H100, num_gpus: 1, num_cpus: 8}}
+      decode:  {replicas: 4, hardware: {accelerator_type: L40S, num_gpus: 1}, engine: {max_num_seqs: 256}}
+    kvstore: {redis_url: "redis://10.0.0.5:6379/0", host_tier_bytes: 8589934592}
+    router: {grpc_port: 50051, http_port: 8000, api_keys: [secret]}
+
+A config names either prefill + decode pools (disaggregated) or one colocated pool.
+Unknown fields are errors; a top-level ``plan`` mapping (the planner's predictions) is ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cluster.schema import ConfigFileError, build
+
+ROLES = ("prefill", "decode", "colocated")
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    """Ray resources of one replica: where it may be placed."""
+
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    accelerator_type: str | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_gpus < 0 or self.num_cpus < 0:
+            raise ValueError("num_gpus and num_cpus must be >= 0")
+
+
+@dataclass(frozen=True)
+class EngineOverrides:
+    """Per-pool engine limits (None keeps the engine's default)."""
+
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    num_blocks: int | None = None
+    memory_fraction: float | None = None
+    enable_prefix_caching: bool = False
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    replicas: int = 1
+    hardware: HardwareSpec = field(default_factory=HardwareSpec)
+    engine: EngineOverrides = field(default_factory=EngineOverrides)
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+
+
+@dataclass(frozen=True)
+class KVStoreSection:
+    """redis_url None starts a local redis-server (local clusters only)."""
+
+    redis_url: str | None = None
+    host_tier_bytes: int = 1 << 30
+    transport: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.transport not in ("auto", "nccl", "gloo", "host"):
+            raise ValueError(f"transport must be auto, nccl, gloo or host, got {self.transport!r}")
+        if self.host_tier_bytes <= 0:
+            raise ValueError("host_tier_bytes must be > 0")
+
+
+@dataclass(frozen=True)
+class RouterSection:
+    host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    http_port: int = 8000
+    api_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("grpc_port", "http_port"):
+            if not 0 <= getattr(self, name) < 65536:
+                raise ValueError(f"{name} must be a port number, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    model: str
+    pools: dict[str, PoolConfig]
+    dtype: str | None = None
+    block_size: int = 16
+    max_model_len: int | None = None
+    kvstore: KVStoreSection = field(default_factory=KVStoreSection)
+    router: RouterSection = field(default_factory=RouterSection)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.pools) - set(ROLES))
+        if unknown:
+            raise ValueError(f"pools.{unknown[0]}: unknown pool (expected prefill, decode or colocated)")
+        if not (self.disaggregated or self.colocated):
+            raise ValueError("pools must name prefill and decode, or colocated")
+        if self.disaggregated and self.colocated:
+            raise ValueError("pools: give prefill + decode or colocated, not both")
+
+    @property
+    def disaggregated(self) -> bool:
+        return "prefill" in self.pools and "decode" in self.pools
+
+    @property
+    def colocated(self) -> bool:
+        return "colocated" in self.pools
+
+
+def load_cluster_config(path: str | Path) -> ClusterConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigFileError(f"cluster config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigFileError(f"{path} is not valid YAML: {e}") from None
+    return parse_cluster_config(data)
+
+
+def parse_cluster_config(data: dict) -> ClusterConfig:
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k != "plan"}
+    return build(ClusterConfig, data, "")

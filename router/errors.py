@@ -1,0 +1,38 @@
+"""Why a request failed, in terms both front ends map to their own status codes."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from engine.sampling_params import InvalidRequestError
+
+
+class ErrorKind(str, Enum):
+    INVALID_REQUEST = "invalid_request"     # gRPC INVALID_ARGUMENT, HTTP 400
+    UNAUTHENTICATED = "unauthenticated"     # gRPC UNAUTHENTICATED, HTTP 401
+    NOT_FOUND = "not_found"                 # gRPC NOT_FOUND, HTTP 404
+    TIMEOUT = "timeout"                     # gRPC DEADLINE_EXCEEDED, HTTP 504
+    INTERNAL = "internal"                   # gRPC INTERNAL, HTTP 500
+
+
+class RequestError(Exception):
+    """A request the router refuses or could not serve; ``str(e)`` is for the client."""
+
+    def __init__(self, kind: ErrorKind, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class RequestTimeoutError(RequestError):
+    def __init__(self, timeout_s: float):
+        super().__init__(ErrorKind.TIMEOUT, f"request exceeded the router's request timeout of {timeout_s:g} s "
+                                            "and was aborted")
+
+
+def classify(error: Exception) -> RequestError:
+    """The client-facing form of any error raised while serving a request."""
+    if isinstance(error, RequestError):
+        return error
+    if isinstance(error, InvalidRequestError):
+        return RequestError(ErrorKind.INVALID_REQUEST, str(error))
+    return RequestError(ErrorKind.INTERNAL, f"internal error: {type(error).__name__}: {error}")

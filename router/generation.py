@@ -1,0 +1,83 @@
+"""One request's trip through the backend, shared by the gRPC and HTTP front ends.
+
+`GenerationService.stream` yields the backend's deltas while it records metrics, enforces
+the router's request timeout and, whenever the caller stops early (cancelled task, closed
+stream, timeout, error), aborts the request so its KV blocks are freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+
+from engine.llm_engine import GenerationResult
+from engine.outputs import FinishReason, RequestOutput
+from engine.sampling_params import InvalidRequestError, SamplingParams
+from router.backend import GenerationBackend
+from router.errors import RequestTimeoutError
+from router.metrics import RequestTracker, RouterMetrics
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    params: SamplingParams
+    cache_salt: str | None = None
+
+
+class GenerationService:
+    """Runs requests on a backend with metrics, a timeout and abort-on-exit."""
+
+    def __init__(self, backend: GenerationBackend, metrics: RouterMetrics, timeout_s: float | None):
+        self.backend = backend
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
+        """Yield the request's deltas; InvalidRequestError before the first if it is refused.
+
+        Callers wrap it in ``contextlib.aclosing`` so that leaving early aborts at once.
+        """
+        tracker = self.metrics.track()
+        deadline = None if self.timeout_s is None else asyncio.get_running_loop().time() + self.timeout_s
+        deltas = self.backend.generate(request.request_id, list(request.prompt_token_ids), request.params,
+                                       request.cache_salt)
+        started = finished = False
+        try:
+            while not finished:
+                delta = await self._next(deltas, deadline)
+                started, finished = True, delta.finished
+                tracker.observe(delta)
+                yield delta
+        except InvalidRequestError:
+            if not started:
+                finished = True  # refused: nothing was queued, so nothing to abort
+            raise
+        finally:
+            await deltas.aclose()
+            if not finished:
+                self._abort(request.request_id, tracker)
+
+    async def run(self, request: GenerationRequest) -> GenerationResult:
+        """Run a request to completion and assemble its output."""
+        result = GenerationResult(request.request_id, list(request.prompt_token_ids))
+        async with aclosing(self.stream(request)) as deltas:
+            async for delta in deltas:
+                result.add(delta)
+        return result
+
+    async def _next(self, deltas: AsyncGenerator[RequestOutput, None], deadline: float | None) -> RequestOutput:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await anext(deltas)
+        except TimeoutError:
+            raise RequestTimeoutError(self.timeout_s or 0.0) from None
+        except StopAsyncIteration:
+            raise RuntimeError("the backend ended the stream before the request finished") from None
+
+    def _abort(self, request_id: str, tracker: RequestTracker) -> None:
+        self.backend.abort(request_id)
+        tracker.ended(FinishReason.ABORT)

@@ -1,0 +1,61 @@
+"""Conversions between tierserve.v1 messages and the engine's request and output types."""
+
+from __future__ import annotations
+
+from engine.llm_engine import GenerationResult
+from engine.outputs import FinishReason, RequestOutput, TokenLogprob
+from engine.sampling_params import InvalidRequestError, SamplingParams
+from router.backend import Tokenizer
+from router.generation import GenerationRequest
+from router.prompts import prompt_token_ids
+from router.proto import tierserve_pb2 as pb
+
+FINISH_REASONS = {None: pb.FINISH_REASON_UNSPECIFIED, FinishReason.STOP: pb.FINISH_REASON_STOP,
+                  FinishReason.LENGTH: pb.FINISH_REASON_LENGTH, FinishReason.ABORT: pb.FINISH_REASON_ABORT}
+
+
+def request_from_proto(message: pb.GenerateRequest, tokenizer: Tokenizer, default_id: str) -> GenerationRequest:
+    """Validate and tokenize a GenerateRequest; InvalidRequestError says what is wrong."""
+    kind = message.WhichOneof("prompt")
+    if kind is None:
+        raise InvalidRequestError("prompt is missing: set text or token_ids")
+    prompt = message.text if kind == "text" else list(message.token_ids.ids)
+    return GenerationRequest(message.request_id or default_id, tuple(prompt_token_ids(tokenizer, prompt)),
+                             sampling_from_proto(message.sampling), message.cache_salt or None)
+
+
+def sampling_from_proto(p: pb.SamplingParams) -> SamplingParams:
+    def given(name: str, default: object) -> object:
+        return getattr(p, name) if p.HasField(name) else default
+    return SamplingParams(
+        max_tokens=given("max_tokens", SamplingParams.max_tokens),
+        temperature=given("temperature", SamplingParams.temperature), top_k=p.top_k,
+        top_p=given("top_p", SamplingParams.top_p), seed=given("seed", None), stop=tuple(p.stop),
+        stop_token_ids=tuple(p.stop_token_ids), ignore_eos=p.ignore_eos, logprobs=given("logprobs", None),
+        min_tokens=p.min_tokens)
+
+
+def logprobs_to_proto(logprobs: list[TokenLogprob]) -> list[pb.TokenLogprob]:
+    return [pb.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob,
+                            top=[pb.TopLogprob(token_id=t, logprob=v) for t, v in lp.top]) for lp in logprobs]
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> pb.Usage:
+    return pb.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached_tokens=cached_tokens)
+
+
+def response_to_proto(result: GenerationResult) -> pb.GenerateResponse:
+    return pb.GenerateResponse(
+        request_id=result.request_id, token_ids=result.token_ids, text=result.text,
+        finish_reason=FINISH_REASONS[result.finish_reason], logprobs=logprobs_to_proto(result.logprobs),
+        usage=usage(len(result.prompt_token_ids), len(result.token_ids), result.num_cached_tokens))
+
+
+def chunk_to_proto(delta: RequestOutput, completion_tokens: int) -> pb.GenerateChunk:
+    """One stream chunk; the last carries the finish reason and the usage so far."""
+    chunk = pb.GenerateChunk(request_id=delta.request_id, token_ids=delta.new_token_ids, text=delta.new_text,
+                             logprobs=logprobs_to_proto(delta.new_logprobs),
+                             finish_reason=FINISH_REASONS[delta.finish_reason if delta.finished else None])
+    if delta.finished:
+        chunk.usage.CopyFrom(usage(delta.num_prompt_tokens, completion_tokens, delta.num_cached_tokens))
+    return chunk

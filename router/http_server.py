@@ -1,0 +1,87 @@
+"""The HTTP front end: a FastAPI app served by uvicorn as a task on the router's event loop.
+
+FastAPI because it is already a dependency, its pydantic bodies give typed, validated
+requests with field-level messages, and Starlette streams SSE and cancels the stream when
+the client disconnects; uvicorn's `Server.serve` runs on an existing loop with our socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, Header
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from router.auth import ApiKeyCheck
+from router.generation import GenerationService
+from router.http_errors import install_error_handlers
+from router.openai_routes import OpenAIRoutes
+
+
+def build_app(service: GenerationService, auth: ApiKeyCheck, model_name: str) -> FastAPI:
+    """/v1/* behind the API keys; /health and /metrics open."""
+    async def authorize(authorization: str | None = Header(default=None)) -> None:
+        auth.check(authorization)
+
+    async def health() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def metrics() -> Response:
+        body = await asyncio.to_thread(service.metrics.exposition)  # reads backend stats, may block
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    routes = OpenAIRoutes(service, model_name)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+    v1.add_api_route("/completions", routes.completions, methods=["POST"])
+    v1.add_api_route("/chat/completions", routes.chat_completions, methods=["POST"])
+    v1.add_api_route("/models", routes.list_models, methods=["GET"])
+    v1.add_api_route("/models/{model:path}", routes.get_model, methods=["GET"])
+    app = FastAPI(title="tierserve router", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(v1)
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/metrics", metrics, methods=["GET"])
+    install_error_handlers(app, service.metrics)
+    return app
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the Router owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HttpFrontEnd:
+    """A uvicorn server running as a task; `port` is the bound port."""
+
+    def __init__(self, server: uvicorn.Server, task: asyncio.Task, port: int):
+        self.server = server
+        self.task = task
+        self.port = port
+
+    @classmethod
+    async def start(cls, host: str, port: int, app: FastAPI, grace_s: float) -> HttpFrontEnd:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family)
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=grace_s)
+        server = _EmbeddedServer(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]), name="router-http")
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if task.done():
+            sock.close()
+            task.result()  # re-raises a start-up failure
+            raise RuntimeError(f"the HTTP server on {host}:{port} exited while starting")
+        return cls(server, task, sock.getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop accepting, let open responses finish within the grace period, then close."""
+        self.server.should_exit = True
+        await self.task

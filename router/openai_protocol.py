@@ -1,0 +1,141 @@
+"""OpenAI-compatible request bodies, validated by pydantic, turned into engine requests.
+
+Beyond OpenAI's fields they accept top_k, min_tokens, ignore_eos, stop_token_ids and
+cache_salt (the openai client sends them through ``extra_body``). Unknown fields are
+ignored; features that would change the output but are not implemented are refused.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.sampling_params import InvalidRequestError, SamplingParams
+
+DEFAULT_COMPLETION_MAX_TOKENS = 16
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    """Fields both endpoints share."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    top_k: int = 0
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop_token_ids: list[int] = Field(default_factory=list)
+    cache_salt: str | None = None
+
+    def check_supported(self) -> None:
+        """Refuse options this server does not implement, naming them."""
+        if self.n != 1:
+            raise InvalidRequestError(f"n must be 1 (one choice per request), got {self.n}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise InvalidRequestError(f"{name} is not supported; leave it unset or 0")
+        if self.logit_bias:
+            raise InvalidRequestError("logit_bias is not supported")
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequestError("stream_options is only allowed when stream is true")
+
+    def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return SamplingParams(
+            max_tokens=max_tokens, temperature=1.0 if self.temperature is None else self.temperature,
+            top_k=self.top_k, top_p=1.0 if self.top_p is None else self.top_p, seed=self.seed, stop=stop,
+            stop_token_ids=tuple(self.stop_token_ids), ignore_eos=self.ignore_eos, logprobs=logprobs,
+            min_tokens=self.min_tokens)
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[int] | list[str] | list[list[int]]
+    max_tokens: int | None = DEFAULT_COMPLETION_MAX_TOKENS
+    logprobs: int | None = None
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.echo:
+            raise InvalidRequestError("echo is not supported")
+        if self.best_of not in (None, 1):
+            raise InvalidRequestError(f"best_of must be 1, got {self.best_of}")
+        if self.suffix:
+            raise InvalidRequestError("suffix is not supported")
+
+    def single_prompt(self) -> str | list[int]:
+        """The one prompt: a string or token ids (a batch of exactly one is unwrapped)."""
+        p = self.prompt
+        if isinstance(p, list) and p and isinstance(p[0], (str, list)):
+            if len(p) != 1:
+                raise InvalidRequestError(f"batched prompts are not supported: send one prompt per request, "
+                                          f"got {len(p)}")
+            return p[0]
+        return p
+
+    def completion_sampling_params(self) -> SamplingParams:
+        return self.sampling_params(DEFAULT_COMPLETION_MAX_TOKENS if self.max_tokens is None else self.max_tokens,
+                                    self.logprobs)
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        if any(p.type != "text" or p.text is None for p in self.content):
+            raise InvalidRequestError("only text content parts are supported in messages")
+        return "\n".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequestError("top_logprobs requires logprobs to be true")
+
+    def rendered_messages(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+    def chat_sampling_params(self, prompt_len: int, max_model_len: int) -> SamplingParams:
+        """Without a limit, generate until the context is full."""
+        limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        if limit is None:
+            limit = max(1, max_model_len - prompt_len)
+        return self.sampling_params(limit, (self.top_logprobs or 0) if self.logprobs else None)

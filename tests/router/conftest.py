@@ -1,0 +1,93 @@
+"""A real Router on loopback (free ports) over a tiny-model engine, on its own loop thread.
+
+Tests talk to it with synchronous or asyncio clients from the main thread, as a separate
+process would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from engine.async_engine import AsyncLLMEngine
+from engine.llm_engine import GenerationResult
+from engine.sampling_params import SamplingParams
+from router.backend import BackendStats
+from router.config import RouterConfig
+from router.local_backend import LocalEngineBackend
+from router.server import Router
+from tests.engine.conftest import make_engine, tiny_model, tiny_model_factory  # noqa: F401  (fixtures)
+
+T = TypeVar("T")
+NUM_BLOCKS = 256
+GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+
+
+class RunningRouter:
+    """A started Router and its backend, served from a background event-loop thread."""
+
+    def __init__(self, model: Path, config: RouterConfig, num_blocks: int = NUM_BLOCKS):
+        self.backend = LocalEngineBackend(AsyncLLMEngine(make_engine(model, num_blocks=num_blocks)))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="router-loop", daemon=True)
+        self.thread.start()
+        self.router = Router(self.backend, config)
+        self.call(self.router.start())
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.router.grpc_port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.router.http_port}"
+
+    def wait_until_idle(self, timeout: float = 60) -> BackendStats:
+        """Poll until no request holds blocks or is queued (bounded); return the last stats."""
+        deadline = time.monotonic() + timeout
+        stats = self.backend.stats()
+        while (stats.num_blocks_used or stats.num_running or stats.num_waiting) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            stats = self.backend.stats()
+        return stats
+
+    def close(self) -> None:
+        try:
+            self.call(self.router.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=30)
+            self.loop.close()
+            self.backend.shutdown()
+
+
+def serve(model: Path, **config: Any) -> Iterator[RunningRouter]:
+    running = RunningRouter(model, RouterConfig(grpc_port=0, http_port=0, **config))
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture(scope="module")
+def router(tiny_model) -> Iterator[RunningRouter]:  # noqa: F811
+    yield from serve(tiny_model, request_timeout_s=None)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model):  # noqa: F811
+    """What the engine itself produces: ``reference(prompts, params) -> [GenerationResult]``."""
+    engine = make_engine(tiny_model, num_blocks=NUM_BLOCKS)
+
+    def generate(prompts: list[str | list[int]], params: SamplingParams = GREEDY) -> list[GenerationResult]:
+        return engine.generate(prompts, params)
+    return generate

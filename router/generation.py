@@ -79,5 +79,5 @@ class GenerationService:
             raise RuntimeError("the backend ended the stream before the request finished") from None
 
     def _abort(self, request_id: str, tracker: RequestTracker) -> None:
-        self.backend.abort(request_id)
         tracker.ended(FinishReason.ABORT)
+        self.backend.abort(request_id)

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer
 from router.backend import BackendStats
 from router.config import RouterConfig
+from router.server import Router
 
 
 class LocalEngineBackend:
@@ -52,15 +53,16 @@ class LocalEngineBackend:
         self.engine.shutdown()
 
 
-def serve_local(model_dir: str | Path, config: RouterConfig, engine_config: EngineConfig | None = None) -> None:
+def serve_local(model_dir: str | Path, config: RouterConfig, engine_config: EngineConfig | None = None,
+                on_started: Callable[[Router], None] | None = None) -> None:
     """Load ``model_dir`` into one engine and serve it over gRPC and HTTP until SIGINT/SIGTERM.
 
     ``engine_config`` sets cache, scheduler and device options; its ``model`` is replaced.
+    ``on_started`` is called with the running Router once its ports are bound.
     """
-    from router.server import Router
     base = engine_config or EngineConfig(model=str(model_dir))
     backend = LocalEngineBackend.from_config(replace(base, model=str(model_dir)))
     try:
-        Router(backend, config).serve_forever()
+        Router(backend, config).serve_forever(on_started)
     finally:
         backend.shutdown()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 from router.auth import ApiKeyCheck
 from router.backend import GenerationBackend
@@ -70,19 +71,21 @@ class Router:
         self._grpc = self._http = None
         await asyncio.gather(*(s.stop() for s in running))
 
-    async def serve(self) -> None:
-        """Start, serve until SIGINT or SIGTERM, stop."""
+    async def serve(self, on_started: Callable[[Router], None] | None = None) -> None:
+        """Start, call ``on_started`` (ports are bound then), serve until SIGINT or SIGTERM, stop."""
         loop, stopping = asyncio.get_running_loop(), asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
         try:
             await self.start()
+            if on_started is not None:
+                on_started(self)
             await stopping.wait()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             await self.stop()
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, on_started: Callable[[Router], None] | None = None) -> None:
         """Blocking form of `serve` on a new event loop."""
-        asyncio.run(self.serve())
+        asyncio.run(self.serve(on_started))

@@ -32,8 +32,9 @@ GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
 class RunningRouter:
     """A started Router and its backend, served from a background event-loop thread."""
 
-    def __init__(self, model: Path, config: RouterConfig, num_blocks: int = NUM_BLOCKS):
-        self.backend = LocalEngineBackend(AsyncLLMEngine(make_engine(model, num_blocks=num_blocks)))
+    def __init__(self, model: Path, config: RouterConfig, **engine_options: Any):
+        engine = make_engine(model, **{"num_blocks": NUM_BLOCKS, **engine_options})
+        self.backend = LocalEngineBackend(AsyncLLMEngine(engine))
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="router-loop", daemon=True)
         self.thread.start()
@@ -50,6 +51,13 @@ class RunningRouter:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.router.http_port}"
+
+    def sample(self, name: str, **labels: str) -> float:
+        """A metric sample's current value from the router's registry (0 if absent)."""
+        return self.router.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    def aborted(self) -> float:
+        return self.sample("tierserve_requests_total", finish_reason="abort")
 
     def wait_until_idle(self, timeout: float = 60) -> BackendStats:
         """Poll until no request holds blocks or is queued (bounded); return the last stats."""
@@ -70,8 +78,9 @@ class RunningRouter:
             self.backend.shutdown()
 
 
-def serve(model: Path, **config: Any) -> Iterator[RunningRouter]:
-    running = RunningRouter(model, RouterConfig(grpc_port=0, http_port=0, **config))
+def serve(model: Path, engine_options: dict[str, Any] | None = None, **config: Any) -> Iterator[RunningRouter]:
+    """A RunningRouter on free ports for the module; ``config`` are RouterConfig fields."""
+    running = RunningRouter(model, RouterConfig(grpc_port=0, http_port=0, **config), **(engine_options or {}))
     try:
         yield running
     finally:

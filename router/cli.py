@@ -1,0 +1,79 @@
+"""`tierserve serve`: the router in front of one in-process engine (single-process mode).
+
+    tierserve serve --model path/to/checkpoint --http-port 8000 --grpc-port 50051
+
+API keys come from --api-key (repeatable) or TIERSERVE_API_KEYS (comma separated), which
+keeps them out of the process list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from engine.config import CacheConfig, ConfigError, EngineConfig, SchedulerConfig
+from engine.model_config import CheckpointError
+from router.config import RouterConfig, RouterConfigError
+
+API_KEYS_ENV = "TIERSERVE_API_KEYS"
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="serve a checkpoint over gRPC and OpenAI-compatible HTTP")
+    serve.add_argument("--model", default=None, help="checkpoint directory (default: the embedded tiny model)")
+    serve.add_argument("--served-model-name", default=None, help="the model name clients use")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--grpc-port", type=int, default=50051, help="0 picks a free port; -1 turns gRPC off")
+    serve.add_argument("--http-port", type=int, default=8000, help="0 picks a free port; -1 turns HTTP off")
+    serve.add_argument("--api-key", action="append", default=[], help=f"accepted key (repeatable; or ${API_KEYS_ENV})")
+    serve.add_argument("--request-timeout", type=float, default=600.0, help="seconds; 0 for no limit")
+    serve.add_argument("--device", default="cpu")
+    serve.add_argument("--dtype", default=None)
+    serve.add_argument("--max-model-len", type=int, default=None)
+    serve.add_argument("--num-blocks", type=int, default=None, help="KV blocks (default: sized from memory)")
+    serve.add_argument("--prefix-caching", action="store_true")
+    serve.set_defaults(func=run_serve)
+
+
+def router_config(args: argparse.Namespace) -> RouterConfig:
+    keys = list(args.api_key) + [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+    return RouterConfig(host=args.host, grpc_port=None if args.grpc_port < 0 else args.grpc_port,
+                        http_port=None if args.http_port < 0 else args.http_port, api_keys=tuple(keys),
+                        model_name=args.served_model_name, request_timeout_s=args.request_timeout or None)
+
+
+def engine_config(model: str, args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(model=model, device=args.device, dtype=args.dtype,
+                        cache=CacheConfig(num_blocks=args.num_blocks, enable_prefix_caching=args.prefix_caching),
+                        scheduler=SchedulerConfig(max_model_len=args.max_model_len))
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from engine.default_model import default_model_dir
+    from router.local_backend import serve_local
+    from router.server import Router
+
+    def announce(router: Router) -> None:
+        grpc_port = router.grpc_port if router.config.grpc_port is not None else "off"
+        http_port = router.http_port if router.config.http_port is not None else "off"
+        print(f"serving {router.model_name!r} on {router.config.host}: grpc_port={grpc_port} "
+              f"http_port={http_port}", flush=True)
+    try:
+        model = str(args.model or default_model_dir())
+        serve_local(model, router_config(args), engine_config(model, args), announce)
+    except (RouterConfigError, ConfigError, CheckpointError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m router.cli")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

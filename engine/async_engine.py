@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from engine.llm_engine import EngineStats, LLMEngine
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
+
+T = TypeVar("T")
 
 
 class AsyncLLMEngine:
@@ -35,13 +38,21 @@ class AsyncLLMEngine:
         return self.engine.tokenizer
 
     async def generate(self, request_id: str | None, prompt: str | list[int], params: SamplingParams,
-                       cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
+                       cache_salt: str | None = None, hold_kv: bool = False) -> AsyncIterator[RequestOutput]:
         """Queue a request (InvalidRequestError at once for bad input) and stream its deltas."""
+        def add(engine: LLMEngine) -> str:
+            return engine.add_request(request_id, prompt, params, cache_salt, hold_kv=hold_kv)
+        async for delta in self.stream(add):
+            yield delta
+
+    async def stream(self, start: Callable[[LLMEngine], str]) -> AsyncIterator[RequestOutput]:
+        """Run ``start`` on the engine (it queues a request and returns its id), then stream
+        that request's deltas; nothing is lost in between, both happen under the engine lock."""
         queue: asyncio.Queue = asyncio.Queue()
         with self._wake:
             if self._stopped:
                 raise RuntimeError(f"engine is stopped: {self._error!r}")
-            rid = self.engine.add_request(request_id, prompt, params, cache_salt)
+            rid = start(self.engine)
             self._streams[rid] = (asyncio.get_running_loop(), queue)
             self._wake.notify()
         finished = False
@@ -56,14 +67,23 @@ class AsyncLLMEngine:
             if not finished:
                 self.abort(rid)
 
+    def call(self, fn: Callable[[LLMEngine], T]) -> T:
+        """Run ``fn`` on the engine between steps (the engine is not thread-safe)."""
+        with self._wake:
+            result = fn(self.engine)
+            self._wake.notify()
+            return result
+
     def abort(self, request_id: str) -> None:
+        """Cancel a request; its stream, if any, ends with a final ABORT delta."""
         with self._lock:
-            self._streams.pop(request_id, None)
-            self.engine.abort_request(request_id)
+            target = self._streams.pop(request_id, None)
+            final = self.engine.abort_request(request_id)
+        if target is not None and final is not None:
+            target[0].call_soon_threadsafe(target[1].put_nowait, final)
 
     def stats(self) -> EngineStats:
-        with self._lock:
-            return self.engine.stats()
+        return self.call(LLMEngine.stats)
 
     def shutdown(self) -> None:
         with self._wake:

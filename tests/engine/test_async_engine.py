@@ -54,3 +54,17 @@ def test_bad_request_raises_immediately(async_engine):
             pass
     with pytest.raises(InvalidRequestError, match="prompt is empty"):
         asyncio.run(main())
+
+
+def test_abort_from_outside_ends_the_stream(async_engine):
+    async def main():
+        deltas = []
+        async for delta in async_engine.generate("long", [0, 1, 2, 3],
+                                                 SamplingParams(max_tokens=500, temperature=0, ignore_eos=True)):
+            deltas.append(delta)
+            if len(deltas) == 2:
+                async_engine.abort("long")
+        return deltas
+    deltas = asyncio.run(main())
+    assert deltas[-1].finished and deltas[-1].finish_reason.value == "abort"
+    assert async_engine.stats().num_free_blocks == async_engine.stats().num_blocks

@@ -1,0 +1,144 @@
+"""Bringing a cluster up from its config: Ray, Redis, the pool actors, the dispatcher.
+
+    with Cluster(load_cluster_config("cluster.yaml")) as dispatcher:
+        async for delta in dispatcher.generate(None, prompt_ids, params): ...
+
+``address`` None starts a local Ray instance; "auto" or "ray://host:10001" joins one.
+With ``kvstore.redis_url`` unset a private redis-server is started on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from cluster.config import ClusterConfig, PoolConfig
+from cluster.dispatcher import Dispatcher
+from cluster.pool_handles import Pools, Replica
+from cluster.redis_server import RedisServer
+from cluster.worker_spec import WorkerSpec
+from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from engine.tokenizer import Tokenizer
+from kvstore.config import KVStoreConfig
+from kvstore.redis_client import connect_redis
+
+NAMESPACE = "tierserve"
+
+
+class ClusterStartError(RuntimeError):
+    """A pool replica could not start; the message carries its cause."""
+
+
+def engine_config_for(cfg: ClusterConfig, pool: PoolConfig) -> EngineConfig:
+    o = pool.engine
+    cache = {"block_size": cfg.block_size, "num_blocks": o.num_blocks,
+             "enable_prefix_caching": o.enable_prefix_caching}
+    if o.memory_fraction is not None:
+        cache["memory_fraction"] = o.memory_fraction
+    sched = {k: v for k, v in (("max_num_seqs", o.max_num_seqs),
+                               ("max_num_batched_tokens", o.max_num_batched_tokens)) if v is not None}
+    return EngineConfig(model=cfg.model, dtype=cfg.dtype, cache=CacheConfig(**cache),
+                        scheduler=SchedulerConfig(max_model_len=cfg.max_model_len, **sched), detokenize=False)
+
+
+class Cluster:
+    def __init__(self, config: ClusterConfig, address: str | None = None):
+        self.config, self.address = config, address
+        self.redis: RedisServer | None = None
+        self.kvstore: KVStoreConfig | None = None
+        self.pools = Pools()
+        self.dispatcher: Dispatcher | None = None
+        self._started_ray = False
+
+    def start(self) -> Dispatcher:
+        try:
+            self._start_redis()
+            self._start_ray()
+            self._start_pools()
+            self.dispatcher = self._make_dispatcher()
+        except BaseException:
+            self.shutdown()
+            raise
+        return self.dispatcher
+
+    def _start_redis(self) -> None:
+        url = self.config.kvstore.redis_url
+        if url is None:
+            self.redis = RedisServer()
+            url = self.redis.start()
+        self.kvstore = KVStoreConfig(redis_url=url, host_capacity_bytes=self.config.kvstore.host_tier_bytes,
+                                     key_prefix=f"tierserve-{os.getpid()}")
+        connect_redis(self.kvstore).close()  # RedisUnavailableError names the URL
+
+    def _start_ray(self) -> None:
+        if ray.is_initialized():
+            return
+        if self.address is None or self.address == "local":
+            cpus = sum(p.replicas * p.hardware.num_cpus for p in self.config.pools.values())
+            ray.init(num_cpus=max(int(cpus) + 1, os.cpu_count() or 1), namespace=NAMESPACE,
+                     include_dashboard=False, log_to_driver=True)
+        else:
+            ray.init(address=self.address, namespace=NAMESPACE)
+        self._started_ray = True
+
+    def _start_pools(self) -> None:
+        from decode_workers.actor import DecodeActor
+        from prefill_workers.actor import PrefillActor
+        actor_classes = {"prefill": PrefillActor, "decode": DecodeActor, "colocated": DecodeActor}
+        for role, pool in self.config.pools.items():
+            engine = engine_config_for(self.config, pool)
+            for i in range(pool.replicas):
+                worker_id = f"{role}-{i}"
+                spec = WorkerSpec(worker_id, role, engine, self.kvstore if role != "colocated" else None,
+                                  use_gpu=pool.hardware.num_gpus > 0)
+                actor = actor_classes[role].options(name=f"{self.kvstore.key_prefix}:{worker_id}",
+                                                    **_ray_options(pool)).remote(spec)
+                getattr(self.pools, role).append(Replica(worker_id, role, actor))
+        self.infos = self._wait_ready()
+
+    def _wait_ready(self) -> list:
+        infos = []
+        for r in self.pools.all:
+            try:
+                infos.append(ray.get(r.actor.info.remote()))
+            except ray.exceptions.RayActorError as e:
+                raise ClusterStartError(f"replica {r.worker_id} failed to start: {e}") from None
+        return infos
+
+    def _make_dispatcher(self) -> Dispatcher:
+        infos = self.infos
+        return Dispatcher(self.pools, Tokenizer(self.config.model), model_name=os.path.basename(
+            self.config.model.rstrip("/")), max_model_len=min(i.max_model_len for i in infos),
+            vocab_size=infos[0].vocab_size, eos_token_ids=infos[0].eos_token_ids)
+
+    def shutdown(self) -> None:
+        for r in self.pools.all:
+            try:
+                ray.get(r.actor.shutdown.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 — a dead replica needs no shutdown
+                pass
+            ray.kill(r.actor)
+        self.pools = Pools()
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    def __enter__(self) -> Dispatcher:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def _ray_options(pool: PoolConfig) -> dict:
+    hw = pool.hardware
+    options = {"num_cpus": hw.num_cpus, "num_gpus": hw.num_gpus}
+    if hw.accelerator_type:
+        options["accelerator_type"] = hw.accelerator_type
+    if hw.resources:
+        options["resources"] = dict(hw.resources)
+    return options

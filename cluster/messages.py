@@ -1,0 +1,71 @@
+"""Typed messages between the router's dispatcher and the pools (pickled over Ray)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.outputs import TokenLogprob
+from engine.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True)
+class PrefillRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    cache_salt: str | None = None
+
+
+@dataclass(frozen=True)
+class PrefillResult:
+    """The first token, and where the prompt's KV waits for its handoff."""
+
+    request_id: str
+    worker_id: str
+    token_id: int
+    logprob: TokenLogprob | None
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    num_kv_blocks: int
+    generator_state: bytes | None
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """A request whose prompt KV comes from ``source_worker``; decoding continues after
+    ``output_token_ids`` (the prefill's first token) with the sampler state carried over."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    params: SamplingParams
+    source_worker: str
+    generator_state: bytes | None = None
+    cache_salt: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    worker_id: str
+    role: str
+    waiting: int
+    running: int
+    free_blocks: int
+    total_blocks: int
+    held_handoffs: int
+    handoff_bytes: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    preemptions: int
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the router must know about a replica's engine to validate requests."""
+
+    worker_id: str
+    max_model_len: int
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    num_blocks: int
+    device: str

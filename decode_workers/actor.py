@@ -1,0 +1,42 @@
+"""The decode pool's Ray actor: a thin shell around DecodeWorker (also the colocated pool)."""
+
+from __future__ import annotations
+
+import ray
+
+from cluster.messages import EngineInfo, DecodeRequest, PrefillRequest, WorkerLoad
+from cluster.worker_spec import WorkerSpec, build_worker
+from decode_workers.worker import DecodeWorker
+
+
+@ray.remote
+class DecodeActor:
+    def __init__(self, spec: WorkerSpec):
+        self.parts = build_worker(spec, ray.util.get_node_ip_address())
+        self.worker = DecodeWorker(spec.worker_id, self.parts.engine, self.parts.handoff)
+
+    def reserve(self, req: DecodeRequest) -> list[int] | None:
+        return self.worker.reserve(req)
+
+    async def receive_kv(self, request_id: str, block_ids: list[int], peer: str) -> int:
+        return await self.worker.receive_kv(request_id, block_ids, peer)
+
+    async def stream(self, request_id: str):
+        async for delta in self.worker.stream(request_id):
+            yield delta
+
+    async def generate(self, req: PrefillRequest):
+        async for delta in self.worker.generate(req):
+            yield delta
+
+    def abort(self, request_id: str) -> None:
+        self.worker.abort(request_id)
+
+    def info(self) -> EngineInfo:
+        return self.worker.info()
+
+    def load(self) -> WorkerLoad:
+        return self.worker.load()
+
+    def shutdown(self) -> None:
+        self.parts.close()

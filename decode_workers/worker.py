@@ -1,0 +1,48 @@
+"""The token phase: take a prompt's KV from a prefill worker and stream the rest of the output.
+
+A decode worker also serves whole requests (``generate``) when it runs colocated, or when
+the dispatcher falls back to recomputing a prompt here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import torch
+
+from cluster.messages import DecodeRequest, PrefillRequest
+from cluster.worker_base import EngineWorker
+from engine.outputs import RequestOutput
+
+
+class DecodeWorker(EngineWorker):
+    role = "decode"
+
+    def reserve(self, req: DecodeRequest) -> list[int] | None:
+        """Blocks to receive the prompt's KV into, or None when this worker has no room."""
+        state = None if req.generator_state is None else torch.frombuffer(
+            bytearray(req.generator_state), dtype=torch.uint8)
+        return self.engine.call(lambda e: e.add_prefilled(
+            req.request_id, req.prompt_token_ids, req.output_token_ids, req.params, state, req.cache_salt))
+
+    async def receive_kv(self, request_id: str, block_ids: list[int], peer: str) -> int:
+        """Receive reserved blocks from ``peer``; a failed transfer drops the reservation."""
+        try:
+            return await self._transfer("recv", block_ids, peer, request_id)
+        except BaseException:
+            self.abort(request_id)
+            raise
+
+    async def stream(self, request_id: str) -> AsyncIterator[RequestOutput]:
+        """Start decoding a request whose KV has arrived and stream its deltas."""
+        def start(e) -> str:
+            e.kv_arrived(request_id)
+            return request_id
+        async for delta in self.engine.stream(start):
+            yield delta
+
+    async def generate(self, req: PrefillRequest) -> AsyncIterator[RequestOutput]:
+        """A whole request, prompt included, on this worker."""
+        async for delta in self.engine.generate(req.request_id, req.prompt_token_ids, req.params,
+                                                req.cache_salt):
+            yield delta

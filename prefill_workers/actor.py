@@ -1,0 +1,38 @@
+"""The prefill pool's Ray actor: a thin shell around PrefillWorker."""
+
+from __future__ import annotations
+
+import ray
+
+from cluster.messages import EngineInfo, PrefillRequest, PrefillResult, WorkerLoad
+from cluster.worker_spec import WorkerSpec, build_worker
+from prefill_workers.worker import PrefillWorker
+
+
+@ray.remote
+class PrefillActor:
+    def __init__(self, spec: WorkerSpec):
+        self.parts = build_worker(spec, ray.util.get_node_ip_address())
+        self.worker = PrefillWorker(spec.worker_id, self.parts.engine, self.parts.handoff)
+
+    async def prefill(self, req: PrefillRequest) -> PrefillResult:
+        return await self.worker.prefill(req)
+
+    async def send_kv(self, request_id: str, peer: str) -> int:
+        return await self.worker.send_kv(request_id, peer)
+
+    def release(self, request_id: str) -> None:
+        self.worker.release(request_id)
+
+    def abort(self, request_id: str) -> None:
+        self.worker.abort(request_id)
+        self.worker.release(request_id)
+
+    def info(self) -> EngineInfo:
+        return self.worker.info()
+
+    def load(self) -> WorkerLoad:
+        return self.worker.load()
+
+    def shutdown(self) -> None:
+        self.parts.close()

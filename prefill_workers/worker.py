@@ -1,0 +1,43 @@
+"""The prompt phase: run a prompt to its first token and hand its KV to a decode worker."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cluster.messages import PrefillRequest, PrefillResult
+from cluster.worker_base import EngineWorker
+from engine.llm_engine import LLMEngine
+
+
+class PrefillWorker(EngineWorker):
+    """Prompts are batched by the engine's scheduler (chunked, continuously); each finished
+    prompt keeps its blocks until ``send_kv`` or ``release``."""
+
+    role = "prefill"
+
+    async def prefill(self, req: PrefillRequest) -> PrefillResult:
+        params = dataclasses.replace(req.params, max_tokens=1, min_tokens=min(req.params.min_tokens, 1),
+                                     stop=())
+        delta = None
+        async for delta in self.engine.generate(req.request_id, req.prompt_token_ids, params,
+                                                req.cache_salt, hold_kv=True):
+            pass
+        return self.engine.call(lambda e: self._result(e, req.request_id, delta))
+
+    def _result(self, e: LLMEngine, request_id: str, delta) -> PrefillResult:
+        held = e.held_kv(request_id)
+        state = held.generator.get_state().numpy().tobytes() if held.generator is not None else None
+        return PrefillResult(request_id, self.worker_id, delta.new_token_ids[0],
+                             delta.new_logprobs[0] if delta.new_logprobs else None,
+                             held.num_prompt_tokens, held.num_cached_tokens, len(held.block_ids), state)
+
+    async def send_kv(self, request_id: str, peer: str) -> int:
+        """Ship a held prompt's blocks to ``peer`` (which calls recv at the same time), then free them."""
+        try:
+            blocks = self.engine.call(lambda e: list(e.held_kv(request_id).block_ids))
+            return await self._transfer("send", blocks, peer, request_id)
+        finally:
+            self.release(request_id)
+
+    def release(self, request_id: str) -> None:
+        self.engine.call(lambda e: e.release_kv(request_id))

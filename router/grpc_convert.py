@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from engine.llm_engine import GenerationResult
 from engine.outputs import FinishReason, RequestOutput, TokenLogprob
 from engine.sampling_params import InvalidRequestError, SamplingParams
@@ -27,6 +29,9 @@ def request_from_proto(message: pb.GenerateRequest, tokenizer: Tokenizer, defaul
 def sampling_from_proto(p: pb.SamplingParams) -> SamplingParams:
     def given(name: str, default: object) -> object:
         return getattr(p, name) if p.HasField(name) else default
+    for name in ("temperature", "top_p"):
+        if not math.isfinite(getattr(p, name)):
+            raise InvalidRequestError(f"{name} must be a finite number, got {getattr(p, name)}")
     return SamplingParams(
         max_tokens=given("max_tokens", SamplingParams.max_tokens),
         temperature=given("temperature", SamplingParams.temperature), top_k=p.top_k,

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.sampling_params import InvalidRequestError
 from router.errors import ErrorKind, RequestError, classify
@@ -47,22 +48,49 @@ def validation_message(error: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request body"
 
 
-def install_error_handlers(app: FastAPI, metrics: RouterMetrics) -> None:
-    def respond(error: Exception) -> JSONResponse:
-        body = error_body(error, metrics)
-        kind = ErrorKind(body.error.code)
-        headers = {"WWW-Authenticate": "Bearer"} if kind is ErrorKind.UNAUTHENTICATED else None
-        return JSONResponse(body.model_dump(), status_code=HTTP_STATUS[kind], headers=headers)
+def error_response(error: Exception, metrics: RouterMetrics) -> JSONResponse:
+    body = error_body(error, metrics)
+    kind = ErrorKind(body.error.code)
+    headers = {"WWW-Authenticate": "Bearer"} if kind is ErrorKind.UNAUTHENTICATED else None
+    return JSONResponse(body.model_dump(), status_code=HTTP_STATUS[kind], headers=headers)
 
+
+class InternalErrorMiddleware:
+    """Answers an unexpected exception with an OpenAI-shaped 500.
+
+    Starlette's own last-resort handler re-raises after responding, and uvicorn then drops
+    the keep-alive connection under the client's next request.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: RouterMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception as e:
+            if started or scope["type"] != "http":
+                raise
+            await error_response(e, self.metrics)(scope, receive, send)
+
+
+def install_error_handlers(app: FastAPI, metrics: RouterMetrics) -> None:
     async def on_request_error(_: Request, error: Exception) -> JSONResponse:
-        return respond(error)
+        return error_response(error, metrics)
 
     async def on_validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-        return respond(InvalidRequestError(validation_message(error)))
+        return error_response(InvalidRequestError(validation_message(error)), metrics)
 
     async def on_http_error(_: Request, error: HTTPException) -> JSONResponse:
         kind = ErrorKind.NOT_FOUND if error.status_code == 404 else ErrorKind.INVALID_REQUEST
-        response = respond(RequestError(kind, str(error.detail)))
+        response = error_response(RequestError(kind, str(error.detail)), metrics)
         response.status_code = error.status_code
         return response
 
@@ -74,4 +102,4 @@ def install_error_handlers(app: FastAPI, metrics: RouterMetrics) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(ClientDisconnected, on_disconnect)
-    app.add_exception_handler(Exception, on_request_error)
+    app.add_middleware(InternalErrorMiddleware, metrics=metrics)

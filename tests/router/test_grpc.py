@@ -92,6 +92,7 @@ def test_reflection_lists_and_describes_services(channel):
     ({"text": "hi", "sampling": pb.SamplingParams(temperature=-0.5)}, "temperature"),
     ({"text": "hi", "sampling": pb.SamplingParams(top_p=0)}, "top_p"),
     ({"text": "hi", "sampling": pb.SamplingParams(logprobs=21)}, "logprobs"),
+    ({"text": "hi", "sampling": pb.SamplingParams(temperature=float("nan"))}, "finite"),
     ({"token_ids": pb.TokenIds(ids=[1] * 3000)}, "max_model_len"),
     ({"token_ids": pb.TokenIds(ids=[1, 999999])}, "outside the vocabulary"),
 ])

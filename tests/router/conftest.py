@@ -13,6 +13,7 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import openai
 import pytest
 
 from engine.async_engine import AsyncLLMEngine
@@ -22,7 +23,7 @@ from router.backend import BackendStats
 from router.config import RouterConfig
 from router.local_backend import LocalEngineBackend
 from router.server import Router
-from tests.engine.conftest import make_engine, tiny_model, tiny_model_factory  # noqa: F401  (fixtures)
+from tests.engine.conftest import make_engine
 
 T = TypeVar("T")
 NUM_BLOCKS = 256
@@ -59,6 +60,12 @@ class RunningRouter:
     def aborted(self) -> float:
         return self.sample("tierserve_requests_total", finish_reason="abort")
 
+    def assert_aborted_and_freed(self, aborted_before: float) -> None:
+        """One more request was aborted (not run to its end) and every KV block is free again."""
+        stats = self.wait_until_idle()
+        assert (stats.num_blocks_used, stats.num_running, stats.num_waiting) == (0, 0, 0)
+        assert self.aborted() == aborted_before + 1
+
     def wait_until_idle(self, timeout: float = 60) -> BackendStats:
         """Poll until no request holds blocks or is queued (bounded); return the last stats."""
         deadline = time.monotonic() + timeout
@@ -88,12 +95,29 @@ def serve(model: Path, engine_options: dict[str, Any] | None = None, **config: A
 
 
 @pytest.fixture(scope="module")
-def router(tiny_model) -> Iterator[RunningRouter]:  # noqa: F811
+def router(tiny_model) -> Iterator[RunningRouter]:
     yield from serve(tiny_model, request_timeout_s=None)
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_model):  # noqa: F811
+def strict_router(tiny_model) -> Iterator[RunningRouter]:
+    """API keys key-a and key-b, and a 0.5 s request timeout."""
+    yield from serve(tiny_model, api_keys=("key-a", "key-b"), request_timeout_s=0.5)
+
+
+@pytest.fixture(scope="module")
+def client(router) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{router.base_url}/v1", api_key="unused", max_retries=0, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def model(router) -> str:
+    return router.router.model_name
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model):
     """What the engine itself produces: ``reference(prompts, params) -> [GenerationResult]``."""
     engine = make_engine(tiny_model, num_blocks=NUM_BLOCKS)
 

@@ -7,7 +7,6 @@ import pytest
 
 from router.proto import tierserve_pb2 as pb
 from router.proto import tierserve_pb2_grpc as pb_grpc
-from tests.router.conftest import serve
 
 LONG = pb.SamplingParams(max_tokens=2000, temperature=0, ignore_eos=True)
 SHORT = pb.GenerateRequest(text="Hello", sampling=pb.SamplingParams(max_tokens=3))
@@ -19,20 +18,13 @@ def stub(router):
         yield pb_grpc.GenerationStub(channel)
 
 
-def assert_aborted_and_freed(router, aborted_before: float) -> None:
-    """The request was aborted (not run to its end) and every KV block is free again."""
-    stats = router.wait_until_idle()
-    assert (stats.num_blocks_used, stats.num_running, stats.num_waiting) == (0, 0, 0)
-    assert router.aborted() == aborted_before + 1
-
-
 def test_client_cancel_mid_stream_frees_kv(stub, router):
     aborted = router.aborted()
     call = stub.GenerateStream(pb.GenerateRequest(text="Once upon a time", sampling=LONG), timeout=120)
     first = next(call)
     assert first.token_ids and router.backend.stats().num_blocks_used > 0
     call.cancel()
-    assert_aborted_and_freed(router, aborted)
+    router.assert_aborted_and_freed(aborted)
     assert len(stub.Generate(SHORT, timeout=60).token_ids) >= 1
 
 
@@ -43,13 +35,8 @@ def test_deadline_exceeded_aborts_and_frees_kv(stub, router, method):
         reply = getattr(stub, method)(pb.GenerateRequest(text="Once upon a time", sampling=LONG), timeout=0.5)
         list(reply) if method == "GenerateStream" else reply
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert_aborted_and_freed(router, aborted)
+    router.assert_aborted_and_freed(aborted)
     assert len(stub.Generate(SHORT, timeout=60).token_ids) >= 1
-
-
-@pytest.fixture(scope="module")
-def strict_router(tiny_model):
-    yield from serve(tiny_model, api_keys=("key-a", "key-b"), request_timeout_s=0.5)
 
 
 def test_router_request_timeout_is_deadline_exceeded(strict_router):
@@ -61,7 +48,7 @@ def test_router_request_timeout_is_deadline_exceeded(strict_router):
                           metadata=[("authorization", "Bearer key-b")])
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "request timeout of 0.5 s" in info.value.details()
-    assert_aborted_and_freed(strict_router, aborted)
+    strict_router.assert_aborted_and_freed(aborted)
 
 
 @pytest.mark.parametrize("metadata, message", [

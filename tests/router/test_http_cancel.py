@@ -6,15 +6,8 @@ import httpx
 import openai
 import pytest
 
-from tests.router.conftest import serve
 
 LONG = {"max_tokens": 2000, "temperature": 0, "ignore_eos": True}
-
-
-def assert_aborted_and_freed(router, aborted_before: float) -> None:
-    stats = router.wait_until_idle()
-    assert (stats.num_blocks_used, stats.num_running, stats.num_waiting) == (0, 0, 0)
-    assert router.aborted() == aborted_before + 1
 
 
 @pytest.mark.parametrize("path, body", [
@@ -29,7 +22,7 @@ def test_disconnect_mid_stream_aborts(router, path, body):
             assert response.status_code == 200
             lines = response.iter_lines()
             assert next(line for line in lines if line.startswith("data: {"))
-    assert_aborted_and_freed(router, aborted)
+    router.assert_aborted_and_freed(aborted)
     with httpx.Client(base_url=router.base_url, timeout=60) as http:
         assert http.get("/health").json() == {"status": "ok"}
 
@@ -40,12 +33,7 @@ def test_disconnect_while_waiting_for_whole_response_aborts(router):
     with httpx.Client(base_url=router.base_url, timeout=httpx.Timeout(60, read=0.5)) as http:
         with pytest.raises(httpx.ReadTimeout):
             http.post("/v1/completions", json=payload)
-    assert_aborted_and_freed(router, aborted)
-
-
-@pytest.fixture(scope="module")
-def strict_router(tiny_model):
-    yield from serve(tiny_model, api_keys=("key-a", "key-b"), request_timeout_s=0.5)
+    router.assert_aborted_and_freed(aborted)
 
 
 def test_request_timeout_is_504_or_stream_error(strict_router):
@@ -55,11 +43,11 @@ def test_request_timeout_is_504_or_stream_error(strict_router):
         with pytest.raises(openai.InternalServerError) as info:
             client.completions.create(model=model, prompt="Hello", max_tokens=2000, extra_body={"ignore_eos": True})
         assert info.value.status_code == 504 and "request timeout of 0.5 s" in info.value.body["message"]
-        assert_aborted_and_freed(strict_router, aborted)
+        strict_router.assert_aborted_and_freed(aborted)
         with pytest.raises(openai.APIError, match="request timeout of 0.5 s"):
             list(client.completions.create(model=model, prompt="Hello", max_tokens=2000, stream=True,
                                            extra_body={"ignore_eos": True}))
-        assert_aborted_and_freed(strict_router, aborted + 1)
+        strict_router.assert_aborted_and_freed(aborted + 1)
 
 
 def test_api_keys(strict_router):

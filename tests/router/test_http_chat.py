@@ -12,17 +12,6 @@ GREEDY = {"max_tokens": 10, "temperature": 0, "extra_body": {"ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
-def client(router):
-    with openai.OpenAI(base_url=f"{router.base_url}/v1", api_key="unused", max_retries=0, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def model(router) -> str:
-    return router.router.model_name
-
-
-@pytest.fixture(scope="module")
 def chat_prompt(router) -> str:
     return router.backend.tokenizer.apply_chat_template(MESSAGES)
 

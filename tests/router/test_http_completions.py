@@ -12,17 +12,6 @@ from engine.sampling_params import SamplingParams
 GREEDY = {"max_tokens": 12, "temperature": 0, "extra_body": {"ignore_eos": True}}
 
 
-@pytest.fixture(scope="module")
-def client(router):
-    with openai.OpenAI(base_url=f"{router.base_url}/v1", api_key="unused", max_retries=0, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def model(router) -> str:
-    return router.router.model_name
-
-
 def test_models_list_and_retrieve(client, model, router):
     models = client.models.list()
     assert [m.id for m in models.data] == [model]

@@ -65,5 +65,5 @@ class GenerationBackend(Protocol):
         ...
 
     def stats(self) -> BackendStats:
-        """Current load; may block briefly, so the servers call it off the event loop."""
+        """Current load. Called from worker threads (it may block briefly): must be thread-safe."""
         ...

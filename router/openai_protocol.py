@@ -26,8 +26,8 @@ class SamplingFields(BaseModel):
     model: str
     temperature: float | None = None
     top_p: float | None = None
-    n: int = 1
-    stream: bool = False
+    n: int | None = 1
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=-2**63, lt=2**64)
@@ -42,7 +42,7 @@ class SamplingFields(BaseModel):
 
     def check_supported(self) -> None:
         """Refuse options this server does not implement, naming them."""
-        if self.n != 1:
+        if self.n not in (None, 1):
             raise InvalidRequestError(f"n must be 1 (one choice per request), got {self.n}")
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name):
@@ -69,7 +69,7 @@ class CompletionRequest(SamplingFields):
     prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int | None = DEFAULT_COMPLETION_MAX_TOKENS
     logprobs: int | None = None
-    echo: bool = False
+    echo: bool | None = False
     best_of: int | None = None
     suffix: str | None = None
 
@@ -122,7 +122,7 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage]
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    logprobs: bool = False
+    logprobs: bool | None = False
     top_logprobs: int | None = None
 
     def check_supported(self) -> None:
@@ -139,3 +139,7 @@ class ChatCompletionRequest(SamplingFields):
         if limit is None:
             limit = max(1, max_model_len - prompt_len)
         return self.sampling_params(limit, (self.top_logprobs or 0) if self.logprobs else None)
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return bool(self.logprobs)

@@ -53,7 +53,7 @@ class OpenAIRoutes:
         ids = chat_prompt_token_ids(self.tokenizer, body.rendered_messages())
         params = body.chat_sampling_params(len(ids), self.service.backend.max_model_len)
         job = GenerationRequest(f"chatcmpl-{uuid.uuid4().hex}", tuple(ids), params, body.cache_salt)
-        header = self._header(job, body.logprobs, body.include_usage)
+        header = self._header(job, body.wants_logprobs, body.include_usage)
         if body.stream:
             return await self._stream(request, job, ChatStreamFormatter(header, self.tokenizer))
         result = await unless_disconnected(request, self.service.run(job))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
+from contextlib import aclosing
 from collections.abc import AsyncIterator
 
 from cluster.messages import DecodeRequest, PrefillRequest, PrefillResult
@@ -48,26 +49,35 @@ class Dispatcher:
         worker_params = dataclasses.replace(params, stop=())
         req = PrefillRequest(rid, list(prompt_token_ids), worker_params, cache_salt)
         stages = self._disaggregated(req, out) if self.pools.disaggregated else self._colocated(req, out)
-        async for delta in stages:
-            yield delta
+        async with aclosing(stages):  # a caller that leaves closes every stage, freeing its KV
+            async for delta in stages:
+                yield delta
 
     async def _colocated(self, req: PrefillRequest, out: OutputProcessor) -> AsyncIterator[RequestOutput]:
         replica = pick_prefill(self.pools.colocated)
-        async for delta in self._stream(replica, replica.actor.generate.remote(req), req.request_id, out):
-            yield delta
+        stream = self._stream(replica, replica.actor.generate.remote(req), req.request_id, out)
+        async with aclosing(stream):
+            async for delta in stream:
+                yield delta
 
     async def _disaggregated(self, req: PrefillRequest, out: OutputProcessor) -> AsyncIterator[RequestOutput]:
         prefill = pick_prefill(self.pools.prefill)
         first = await self._prefill(prefill, req)
-        delta = out.first_token(first.token_id, first.logprob, first.num_cached_tokens)
-        if delta.finished:
-            prefill.actor.release.remote(req.request_id)
+        handed_off = False
+        try:
+            delta = out.first_token(first.token_id, first.logprob, first.num_cached_tokens)
             yield delta
-            return
-        yield delta
-        decode = await self._handoff(prefill, first, req)
-        async for delta in self._stream(decode, decode.actor.stream.remote(req.request_id), req.request_id, out):
-            yield delta
+            if delta.finished:
+                return
+            decode = await self._handoff(prefill, first, req)
+            handed_off = True
+        finally:
+            if not handed_off:  # finished at the first token, or the caller left: drop the held KV
+                prefill.actor.release.remote(req.request_id)
+        stream = self._stream(decode, decode.actor.stream.remote(req.request_id), req.request_id, out)
+        async with aclosing(stream):
+            async for delta in stream:
+                yield delta
 
     async def _prefill(self, replica: Replica, req: PrefillRequest) -> PrefillResult:
         replica.inflight += 1
@@ -83,15 +93,15 @@ class Dispatcher:
         """Reserve blocks on a decode replica and move the prompt's KV there."""
         dreq = DecodeRequest(req.request_id, req.prompt_token_ids, [first.token_id], req.params,
                              prefill.worker_id, first.generator_state, req.cache_salt)
+        decode, blocks = await self._reserve(dreq)
+        lock = self._pair_locks.setdefault((prefill.worker_id, decode.worker_id), asyncio.Lock())
         try:
-            decode, blocks = await self._reserve(dreq)
-            lock = self._pair_locks.setdefault((prefill.worker_id, decode.worker_id), asyncio.Lock())
             async with lock:
                 send = prefill.actor.send_kv.remote(req.request_id, decode.worker_id)
                 recv = decode.actor.receive_kv.remote(req.request_id, blocks, prefill.worker_id)
                 sent, _ = await asyncio.gather(send, recv)
         except BaseException:
-            prefill.actor.release.remote(req.request_id)
+            decode.actor.abort.remote(req.request_id)
             raise
         self.handoff_bytes += sent
         return decode

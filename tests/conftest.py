@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from engine.tiny_model import TinyModelSpec, make_tiny_model
 from cluster.redis_server import RedisServer, free_port  # noqa: F401  (free_port re-exported for tests)
 
 
@@ -15,6 +17,23 @@ def redis_url() -> Iterator[str]:
     """URL of a real redis-server started for this test session."""
     with RedisServer() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory):
+    made: dict[str, Path] = {}
+
+    def make(spec: TinyModelSpec = TinyModelSpec()) -> Path:
+        key = repr(spec)
+        if key not in made:
+            made[key] = make_tiny_model(tmp_path_factory.mktemp("tiny"), spec)
+        return made[key]
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_factory) -> Path:
+    return tiny_model_factory()
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -40,17 +40,24 @@ def scatter_layers(kv: torch.Tensor, ids: torch.Tensor, first: int, chunk: torch
     kv[first:first + chunk.shape[0]].index_copy_(2, ids, chunk)
 
 
-def gather_block_major(kv: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """``[n, L, 2, block_size, H, D]`` copy of blocks ``ids``, on kv's device."""
-    out = torch.empty((ids.numel(), kv.shape[0], *kv.shape[1:2], *kv.shape[3:]),
-                      dtype=kv.dtype, device=kv.device)
-    torch.index_select(kv, 2, ids, out=out.permute(1, 2, 0, 3, 4, 5))
+def block_major_shape(kv: torch.Tensor, num_blocks: int) -> tuple[int, ...]:
+    return (num_blocks, kv.shape[0], kv.shape[1], *kv.shape[3:])
+
+
+def gather_block_major(kv: torch.Tensor, ids: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Copy blocks ``ids`` into ``out`` (``[n, L, 2, block_size, H, D]``, any device); returns it."""
+    if out.device == kv.device:
+        torch.index_select(kv, 2, ids, out=out.permute(1, 2, 0, 3, 4, 5))
+    else:
+        out.copy_(gather_block_major(kv, ids, torch.empty(out.shape, dtype=kv.dtype, device=kv.device)))
     return out
 
 
 def scatter_block_major(kv: torch.Tensor, ids: torch.Tensor, staging: torch.Tensor) -> None:
-    """Inverse of gather_block_major (``staging`` may live on another device)."""
+    """Inverse of gather_block_major; returns once ``staging`` may be reused."""
     kv.index_copy_(2, ids, staging.to(kv.device, non_blocking=True).permute(1, 2, 0, 3, 4, 5))
+    if kv.device.type == "cuda":
+        torch.cuda.current_stream(kv.device).synchronize()
 
 
 def block_bytes(staging: torch.Tensor) -> np.ndarray:

@@ -16,7 +16,8 @@ import redis
 import torch
 
 from kvstore import lua
-from kvstore.block_codec import block_bytes, block_index_tensor, gather_block_major, scatter_block_major
+from kvstore.block_codec import (block_bytes, block_index_tensor, block_major_shape, gather_block_major,
+                                 scatter_block_major)
 from kvstore.block_index import BlockIndex
 from kvstore.block_key import BlockKey
 from kvstore.checksum import checksum, verify
@@ -24,6 +25,7 @@ from kvstore.errors import CapacityError, LayoutMismatchError, MissingBlocksErro
 from kvstore.keys import RedisKeys, Tier, holder_field
 from kvstore.layout import KVLayout
 from kvstore.leases import LeaseTable
+from kvstore.staging import HostStaging
 
 HOST_WORKER = "redis-host"
 
@@ -37,6 +39,7 @@ class HostTier:
         self.capacity_bytes = capacity_bytes
         self._batch_bytes = batch_bytes
         self._reserve = client.register_script(lua.RESERVE)
+        self._staging = HostStaging()
 
     def put(self, keys: Sequence[BlockKey], kv: torch.Tensor, block_ids: Sequence[int]) -> int:
         """Store the blocks ``kv[:, :, block_ids]`` under ``keys``; returns how many were new.
@@ -47,8 +50,10 @@ class HostTier:
         layout, ids = self._check(keys, kv, block_ids)
         todo = [i for i, present in enumerate(self.contains(keys)) if not present]
         written = 0
-        for part in _batches(todo, max(1, self._batch_bytes // layout.bytes_per_block)):
-            written += self._write([keys[i] for i in part], gather_block_major(kv, ids[part]).cpu(), layout)
+        with self._staging.lock:
+            for part in _batches(todo, max(1, self._batch_bytes // layout.bytes_per_block)):
+                staging = self._staging.view(block_major_shape(kv, len(part)), kv.dtype)
+                written += self._write([keys[i] for i in part], gather_block_major(kv, ids[part], staging), layout)
         self._index.touch(HOST_WORKER, Tier.HOST, keys)
         return written
 
@@ -58,7 +63,7 @@ class HostTier:
         Raises MissingBlocksError if any is absent, ChecksumMismatchError if corrupt.
         """
         layout, ids = self._check(keys, kv, block_ids)
-        with self._leases.pinned(keys):
+        with self._leases.pinned(keys), self._staging.lock:
             for part in _batches(list(range(len(keys))), max(1, self._batch_bytes // layout.bytes_per_block)):
                 scatter_block_major(kv, ids[part], self._read([keys[i] for i in part], layout))
         self._index.touch(HOST_WORKER, Tier.HOST, keys)
@@ -118,7 +123,7 @@ class HostTier:
         pipe = self._redis.pipeline(transaction=False)
         for key in keys:
             pipe.hmget(self._keys.payload(str(key)), "d", "c")
-        staging = torch.empty((len(keys), *layout.block_shape), dtype=layout.torch_dtype)
+        staging = self._staging.view((len(keys), *layout.block_shape), layout.torch_dtype)
         rows = block_bytes(staging)
         for key, row, (data, stored) in zip(keys, rows, pipe.execute()):
             if data is None or stored is None:

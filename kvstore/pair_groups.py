@@ -111,7 +111,7 @@ class PairGroups:
         timeout = timedelta(seconds=self._config.transfer_timeout_s)
         if self.device.type == "cuda":
             options = dist.ProcessGroupNCCL.Options()
-            options._timeout = timeout
+            options._timeout = 2 * timeout + timedelta(seconds=60)  # KVHandoff times out first
             return dist.ProcessGroupNCCL(store, rank, 2, options)
         options = dist.ProcessGroupGloo._Options()
         options._devices = [dist.ProcessGroupGloo.create_device(hostname=self._host)]
@@ -129,8 +129,9 @@ def _warm_up(backend: dist.ProcessGroup, rank: int, device: torch.device) -> Non
 
 
 def _shut_down(backend: dist.ProcessGroup, abort: bool) -> None:
+    """Gloo shuts down; NCCL always aborts, since finalizing can wait on a peer that is gone."""
     try:
-        backend.abort() if abort else backend.shutdown()
+        backend.abort() if abort or backend.name().lower() == "nccl" else backend.shutdown()
     except RuntimeError:
         pass  # already broken: nothing left to release
 

@@ -15,12 +15,14 @@ from contextlib import aclosing
 from collections.abc import AsyncIterator
 
 from cluster.messages import DecodeRequest, PrefillRequest, PrefillResult
+from cluster.stage_timings import StageTimings, TimingLog
 from cluster.output_processor import OutputProcessor
 from cluster.pool_handles import Pools, Replica, pick_decode, pick_prefill
 from engine.outputs import RequestOutput
 from engine.request_validation import validate_prompt
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer
+from router.backend import BackendStats
 
 
 class NoCapacityError(RuntimeError):
@@ -37,12 +39,15 @@ class Dispatcher:
         # NCCL (and our gloo pairs) need both ends of a pair to issue transfers in the same
         # order: one handoff at a time per (prefill, decode) pair keeps the two sides in step.
         self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.timings = TimingLog()
+        self._refresher: asyncio.Task | None = None
 
     async def generate(self, request_id: str | None, prompt_token_ids: list[int], params: SamplingParams,
                        cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
         """Stream a request's deltas; InvalidRequestError before anything is sent for bad input."""
         validate_prompt(prompt_token_ids, self.vocab_size, self.max_model_len)
         params.validate()
+        self._keep_loads_fresh()
         rid = request_id or uuid.uuid4().hex
         out = OutputProcessor(rid, prompt_token_ids, params, self.tokenizer, self.eos_token_ids,
                               self.max_model_len)
@@ -61,8 +66,10 @@ class Dispatcher:
                 yield delta
 
     async def _disaggregated(self, req: PrefillRequest, out: OutputProcessor) -> AsyncIterator[RequestOutput]:
+        clock = self.timings.start(req.request_id)
         prefill = pick_prefill(self.pools.prefill)
         first = await self._prefill(prefill, req)
+        clock.mark("prefill")
         handed_off = False
         try:
             delta = out.first_token(first.token_id, first.logprob, first.num_cached_tokens)
@@ -70,6 +77,7 @@ class Dispatcher:
             if delta.finished:
                 return
             decode = await self._handoff(prefill, first, req)
+            clock.mark("handoff")
             handed_off = True
         finally:
             if not handed_off:  # finished at the first token, or the caller left: drop the held KV
@@ -78,6 +86,7 @@ class Dispatcher:
         async with aclosing(stream):
             async for delta in stream:
                 yield delta
+        clock.mark("decode")
 
     async def _prefill(self, replica: Replica, req: PrefillRequest) -> PrefillResult:
         replica.inflight += 1
@@ -141,4 +150,24 @@ class Dispatcher:
     def abort(self, request_id: str) -> None:
         for replica in self.pools.all:
             replica.actor.abort.remote(request_id)
+
+    def stats(self) -> BackendStats:
+        """Totals over the replicas' last reported loads (refreshed in the background)."""
+        loads = [r.load for r in self.pools.all if r.load is not None]
+        return BackendStats(
+            num_waiting=sum(l.waiting for l in loads), num_running=sum(l.running for l in loads),
+            num_blocks_used=sum(l.total_blocks - l.free_blocks for l in loads),
+            num_blocks_total=sum(l.total_blocks for l in loads),
+            prefix_cache_query_tokens=sum(l.prefix_cache_queries for l in loads),
+            prefix_cache_hit_tokens=sum(l.prefix_cache_hits for l in loads),
+            handoff_bytes_total=self.handoff_bytes, num_preemptions=sum(l.preemptions for l in loads))
+
+    def _keep_loads_fresh(self, interval_s: float = 0.25) -> None:
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loads(interval_s))
+
+    async def _refresh_loads(self, interval_s: float) -> None:
+        while True:
+            await self.pools.refresh()
+            await asyncio.sleep(interval_s)
 

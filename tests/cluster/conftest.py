@@ -31,6 +31,10 @@ def loop():
     """One event loop for a module: the dispatcher's per-pair locks live in it."""
     loop = asyncio.new_event_loop()
     yield loop
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
     loop.close()
 
 

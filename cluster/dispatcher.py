@@ -36,9 +36,6 @@ class Dispatcher:
         self.max_model_len, self.vocab_size, self.eos_token_ids = max_model_len, vocab_size, eos_token_ids
         self.admission_timeout_s = admission_timeout_s
         self.handoff_bytes = 0
-        # NCCL (and our gloo pairs) need both ends of a pair to issue transfers in the same
-        # order: one handoff at a time per (prefill, decode) pair keeps the two sides in step.
-        self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.timings = TimingLog()
         self._refresher: asyncio.Task | None = None
 
@@ -103,12 +100,8 @@ class Dispatcher:
         dreq = DecodeRequest(req.request_id, req.prompt_token_ids, [first.token_id], req.params,
                              prefill.worker_id, first.generator_state, req.cache_salt)
         decode, blocks = await self._reserve(dreq)
-        lock = self._pair_locks.setdefault((prefill.worker_id, decode.worker_id), asyncio.Lock())
         try:
-            async with lock:
-                send = prefill.actor.send_kv.remote(req.request_id, decode.worker_id)
-                recv = decode.actor.receive_kv.remote(req.request_id, blocks, prefill.worker_id)
-                sent, _ = await asyncio.gather(send, recv)
+            sent = await prefill.actor.send_kv.remote(req.request_id, decode.worker_id, decode.actor, blocks)
         except BaseException:
             decode.actor.abort.remote(req.request_id)
             raise

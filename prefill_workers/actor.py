@@ -18,8 +18,12 @@ class PrefillActor:
     async def prefill(self, req: PrefillRequest) -> PrefillResult:
         return await self.worker.prefill(req)
 
-    async def send_kv(self, request_id: str, peer: str) -> int:
-        return await self.worker.send_kv(request_id, peer)
+    async def send_kv(self, request_id: str, peer: str, peer_actor, peer_block_ids: list[int]) -> int:
+        """Hand a held prompt's KV to the decode replica ``peer`` (its actor handle and the
+        blocks it reserved)."""
+        def start_receive():
+            return peer_actor.receive_kv.remote(request_id, peer_block_ids, self.worker.worker_id)
+        return await self.worker.send_kv(request_id, peer, start_receive)
 
     def release(self, request_id: str) -> None:
         self.worker.release(request_id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 
 from cluster.messages import PrefillRequest, PrefillResult
 from cluster.worker_base import EngineWorker
@@ -14,6 +16,10 @@ class PrefillWorker(EngineWorker):
     prompt keeps its blocks until ``send_kv`` or ``release``."""
 
     role = "prefill"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._peer_locks: dict[str, asyncio.Lock] = {}
 
     async def prefill(self, req: PrefillRequest) -> PrefillResult:
         params = dataclasses.replace(req.params, max_tokens=1, min_tokens=min(req.params.min_tokens, 1),
@@ -31,11 +37,22 @@ class PrefillWorker(EngineWorker):
                              delta.new_logprobs[0] if delta.new_logprobs else None,
                              held.num_prompt_tokens, held.num_cached_tokens, len(held.block_ids), state)
 
-    async def send_kv(self, request_id: str, peer: str) -> int:
-        """Ship a held prompt's blocks to ``peer`` (which calls recv at the same time), then free them."""
+    async def send_kv(self, request_id: str, peer: str,
+                      start_receive: Callable[[], Awaitable[int]]) -> int:
+        """Ship a held prompt's blocks to ``peer``, then free them.
+
+        ``start_receive`` asks the peer to post its receive. Both run under this worker's
+        lock for that peer: the two ends of a pair group must issue transfers in the same
+        order, and with the sender alone starting both halves, they do, whoever dispatches.
+        """
+        lock = self._peer_locks.setdefault(peer, asyncio.Lock())
         try:
             blocks = self.engine.call(lambda e: list(e.held_kv(request_id).block_ids))
-            return await self._transfer("send", blocks, peer, request_id)
+            async with lock:
+                received = start_receive()
+                sent = await self._transfer("send", blocks, peer, request_id)
+                await received
+            return sent
         finally:
             self.release(request_id)
 

@@ -14,6 +14,7 @@ Unknown fields are errors; a top-level ``plan`` mapping (the planner's predictio
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,8 +91,11 @@ class RouterSection:
 
 @dataclass(frozen=True)
 class ClusterConfig:
+    """``name`` tells clusters sharing one Ray instance (and one Redis) apart."""
+
     model: str
     pools: dict[str, PoolConfig]
+    name: str = "default"
     dtype: str | None = None
     block_size: int = 16
     max_model_len: int | None = None
@@ -99,6 +103,8 @@ class ClusterConfig:
     router: RouterSection = field(default_factory=RouterSection)
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", self.name):
+            raise ValueError(f"name must be lowercase letters, digits and '-', got {self.name!r}")
         unknown = sorted(set(self.pools) - set(ROLES))
         if unknown:
             raise ValueError(f"pools.{unknown[0]}: unknown pool (expected prefill, decode or colocated)")

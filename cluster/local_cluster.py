@@ -17,13 +17,13 @@ from cluster.config import ClusterConfig, PoolConfig
 from cluster.dispatcher import Dispatcher
 from cluster.pool_handles import Pools, Replica
 from cluster.redis_server import RedisServer
+from cluster.registry import NAMESPACE, ClusterInfo, ClusterRegistry, actor_name, registry_name
 from cluster.worker_spec import WorkerSpec
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.tokenizer import Tokenizer
 from kvstore.config import KVStoreConfig
 from kvstore.redis_client import connect_redis
 
-NAMESPACE = "tierserve"
 
 
 class ClusterStartError(RuntimeError):
@@ -49,6 +49,7 @@ class Cluster:
         self.kvstore: KVStoreConfig | None = None
         self.pools = Pools()
         self.dispatcher: Dispatcher | None = None
+        self.registry = None
         self._started_ray = False
 
     def start(self) -> Dispatcher:
@@ -56,7 +57,12 @@ class Cluster:
             self._start_redis()
             self._start_ray()
             self._start_pools()
-            self.dispatcher = self._make_dispatcher()
+            info = ClusterInfo(self.config.name, self.config.model, self.kvstore,
+                               {role: tuple(r.worker_id for r in getattr(self.pools, role))
+                                for role in self.config.pools}, tuple(self.infos))
+            self.registry = ClusterRegistry.options(name=registry_name(info.name),
+                                                    namespace=NAMESPACE).remote(info)
+            self.dispatcher = make_dispatcher(info, self.pools)
         except BaseException:
             self.shutdown()
             raise
@@ -68,7 +74,7 @@ class Cluster:
             self.redis = RedisServer()
             url = self.redis.start()
         self.kvstore = KVStoreConfig(redis_url=url, host_capacity_bytes=self.config.kvstore.host_tier_bytes,
-                                     key_prefix=f"tierserve-{os.getpid()}")
+                                     key_prefix=f"tierserve-{self.config.name}")
         connect_redis(self.kvstore).close()  # RedisUnavailableError names the URL
 
     def _start_ray(self) -> None:
@@ -92,8 +98,8 @@ class Cluster:
                 worker_id = f"{role}-{i}"
                 spec = WorkerSpec(worker_id, role, engine, self.kvstore if role != "colocated" else None,
                                   use_gpu=pool.hardware.num_gpus > 0)
-                actor = actor_classes[role].options(name=f"{self.kvstore.key_prefix}:{worker_id}",
-                                                    **_ray_options(pool)).remote(spec)
+                actor = actor_classes[role].options(name=actor_name(self.config.name, worker_id),
+                                                    namespace=NAMESPACE, **_ray_options(pool)).remote(spec)
                 getattr(self.pools, role).append(Replica(worker_id, role, actor))
         self.infos = self._wait_ready()
 
@@ -106,12 +112,6 @@ class Cluster:
                 raise ClusterStartError(f"replica {r.worker_id} failed to start: {e}") from None
         return infos
 
-    def _make_dispatcher(self) -> Dispatcher:
-        infos = self.infos
-        return Dispatcher(self.pools, Tokenizer(self.config.model), model_name=os.path.basename(
-            self.config.model.rstrip("/")), max_model_len=min(i.max_model_len for i in infos),
-            vocab_size=infos[0].vocab_size, eos_token_ids=infos[0].eos_token_ids)
-
     def shutdown(self) -> None:
         for r in self.pools.all:
             try:
@@ -120,6 +120,9 @@ class Cluster:
                 pass
             ray.kill(r.actor)
         self.pools = Pools()
+        if self.registry is not None:
+            ray.kill(self.registry)
+            self.registry = None
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
@@ -132,6 +135,13 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def make_dispatcher(info: ClusterInfo, pools: Pools) -> Dispatcher:
+    """A dispatcher over a cluster's replicas (the serving router's, or a batch job's own)."""
+    return Dispatcher(pools, Tokenizer(info.model), model_name=os.path.basename(info.model.rstrip("/")),
+                      max_model_len=min(e.max_model_len for e in info.engines),
+                      vocab_size=info.engines[0].vocab_size, eos_token_ids=info.engines[0].eos_token_ids)
 
 
 def _ray_options(pool: PoolConfig) -> dict:

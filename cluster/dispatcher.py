@@ -82,8 +82,9 @@ class Dispatcher:
         stream = self._stream(decode, decode.actor.stream.remote(req.request_id), req.request_id, out)
         async with aclosing(stream):
             async for delta in stream:
+                if delta.finished:
+                    clock.mark("decode")
                 yield delta
-        clock.mark("decode")
 
     async def _prefill(self, replica: Replica, req: PrefillRequest) -> PrefillResult:
         replica.inflight += 1

@@ -9,7 +9,7 @@ send/recv of one contiguous buffer of the request's bytes and ``KVHandoff`` movi
 same blocks between random, non-contiguous block ids (header, gather, chunks, scatter),
 for several layer-chunk sizes, and checks the moved bytes. Then the Redis host tier
 (``HostTier.put/get``, including the device copy and checksums) against raw pipelined
-SET/GET of the same per-block values; optionally Ray Direct Transport (``--ray-rdt``).
+SET/GET of the same per-block values; optionally Ray Direct Transport (``--parts rdt``).
 Writes handoff.json, handoff_calibration.json ({"links": [...]}) and handoff.png to --out.
 """
 
@@ -36,6 +36,7 @@ from kvstore.pair_groups import PairGroup, PairGroups
 
 LLAMA3_8B = KVLayout(num_layers=32, block_size=16, num_kv_heads=8, head_dim=128, dtype="bfloat16")
 RANKS = ("a-sender", "b-receiver")  # sorted, so process rank == pair-group rank
+PARTS = ("pair", "host", "rdt")
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class BenchConfig:
     warmup: int
     redis_url: str
     out: Path
-    ray_rdt: bool
+    parts: tuple[str, ...]
 
     def __post_init__(self) -> None:
         if self.device not in ("cuda", "cpu"):
@@ -60,6 +61,8 @@ class BenchConfig:
             raise ValueError(f"token counts must be positive multiples of {LLAMA3_8B.block_size}, got {bad}")
         if self.iters < 1 or self.warmup < 0:
             raise ValueError("--iters must be >= 1 and --warmup >= 0")
+        if not set(self.parts) <= set(PARTS):
+            raise ValueError(f"--parts must be among {PARTS}, got {self.parts}")
         if self.device == "cuda" and torch.cuda.device_count() < 2:
             raise ValueError("--device cuda needs two GPUs; use --device cpu for a gloo run")
 
@@ -98,9 +101,14 @@ def _barrier(group: PairGroup, device: torch.device) -> None:
 
 
 def _cache(num_blocks: int, device: torch.device, seed: int) -> tuple[torch.Tensor, list[int]]:
-    gen = torch.Generator().manual_seed(seed)
+    """A cache with 25% spare blocks filled from an integer hash (identical on every device,
+    so the receiver can rebuild the sender's bytes), and ``num_blocks`` random block ids."""
     shape = (LLAMA3_8B.num_layers, 2, num_blocks + num_blocks // 4 + 1, *LLAMA3_8B.block_shape[2:])
-    kv = torch.randn(shape, generator=gen, dtype=torch.float32).to(torch.bfloat16).to(device)
+    kv = torch.empty(shape, dtype=torch.bfloat16, device=device)
+    for layer in range(shape[0]):
+        x = (torch.arange(kv[layer].numel(), dtype=torch.int64, device=device) + seed * 131 + layer * 977)
+        kv[layer].view(torch.int16).view(-1).copy_(((x & 0x7FFFFFFF) * 2654435761 >> 7) & 0x7FFF)
+    gen = torch.Generator().manual_seed(seed)
     return kv, torch.randperm(shape[2], generator=gen)[:num_blocks].tolist()
 
 
@@ -331,7 +339,8 @@ def plot(config: BenchConfig, results: list[Measurement]) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     host = {"raw SET", "raw GET", "HostTier.put", "HostTier.get"}
-    for ax, keep, title in ((axes[0], lambda m: m not in host, "GPU0 -> GPU1 handoff"),
+    pair_title = "GPU0 -> GPU1 (NCCL)" if config.device == "cuda" else "process 0 -> 1 (gloo)"
+    for ax, keep, title in ((axes[0], lambda m: m not in host, pair_title),
                             (axes[1], lambda m: m in host, "Redis host tier")):
         for method in dict.fromkeys(m.method for m in results if keep(m.method)):
             pts = sorted((m.tokens, m.gbps) for m in results if m.method == method)
@@ -369,7 +378,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--redis-url", default=None, help="default: start a private redis-server")
-    parser.add_argument("--ray-rdt", action="store_true", help="also time Ray Direct Transport")
+    parser.add_argument("--parts", nargs="+", default=["pair", "host"],
+                        help=f"what to run, among {PARTS} (rdt: Ray Direct Transport)")
     parser.add_argument("--out", type=Path, default=Path("out/handoff"))
     return parser.parse_args(argv)
 
@@ -381,11 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     url = args.redis_url or server.start()
     try:
         config = BenchConfig(args.device, tuple(args.tokens), tuple(args.host_tokens),
-                             tuple(args.layers_per_chunk), args.iters, args.warmup, url, args.out, args.ray_rdt)
-        results = bench_pair(config) + bench_host_tier(config)
-        if config.ray_rdt:
-            results += bench_ray_rdt(config)
-        write_outputs(config, results)
+                             tuple(args.layers_per_chunk), args.iters, args.warmup, url, args.out,
+                             tuple(args.parts))
+        runners = {"pair": bench_pair, "host": bench_host_tier, "rdt": bench_ray_rdt}
+        write_outputs(config, [m for part in config.parts for m in runners[part](config)])
     finally:
         if server is not None:
             server.stop()

@@ -25,6 +25,7 @@ from kvstore.layout import KVLayout
 from kvstore.pair_groups import PairGroup, PairGroups
 
 _TAG_HEADER, _TAG_ANSWER, _TAG_CHUNK0 = 1, 2, 16
+_SPIN_S = 0.01
 
 
 class KVHandoff:
@@ -152,11 +153,12 @@ def _await_stream(device: torch.device, deadline: float, what: str) -> None:
         _poll(done.query, deadline, what)
 
 
-def _poll(is_done, deadline: float, what: str) -> None:
-    """Spin, then back off (at most 1 ms between checks), until done or past the deadline."""
+def _poll(is_done: Callable[[], bool], deadline: float, what: str) -> None:
+    """Spin for the first few milliseconds (transfers are that short), then back off to 1 ms."""
     start = time.monotonic()
     while not is_done():
         now = time.monotonic()
         if now > deadline:
             raise HandoffTimeoutError(f"timed out {what}")
-        time.sleep(min(1e-3, (now - start) / 50))
+        if now - start > _SPIN_S:
+            time.sleep(min(1e-3, (now - start) / 50))

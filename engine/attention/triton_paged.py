@@ -1,0 +1,49 @@
+"""Triton building blocks shared by the paged attention kernels.
+
+``kv_rows`` turns key positions of one sequence into element offsets of one KV head in a
+cache laid out [num_blocks, block_size, H_kv, D]; ``softmax_step`` folds one tile of keys
+and values into a flash-attention running state (row max ``m`` in log2 units, row sum
+``l``, unnormalised output ``acc``). Scores are scaled by ``scale * log2(e)`` so the
+kernels use exp2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def kv_rows(table_ptr, kpos, kvalid, head_offset, stride_block, stride_token, PAGE: tl.constexpr):
+    """int64 offsets [BLOCK_N] of the rows at positions ``kpos`` (masked rows read page 0)."""
+    page = tl.load(table_ptr + kpos // PAGE, mask=kvalid, other=0).to(tl.int64)
+    return page * stride_block + (kpos % PAGE) * stride_token + head_offset
+
+
+@triton.jit
+def softmax_step(q, k, v, m, l, acc, qk_scale, mask, MASKED: tl.constexpr, PREC: tl.constexpr):
+    """Attend q [M, D] to one tile k, v [N, D]; ``mask`` [M, N] or [1, N] where MASKED."""
+    qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+    if MASKED:
+        qk = tl.where(mask, qk, float("-inf"))
+    m_new = tl.maximum(m, tl.max(qk, 1))
+    p = tl.exp2(qk - m_new[:, None])
+    alpha = tl.exp2(m - m_new)
+    l = l * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    return m_new, l, acc
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 models get full-precision dots (Triton would use tf32); 16-bit ones are exact anyway."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(n)))

@@ -1,0 +1,177 @@
+"""The Triton attention kernels' logic on the CPU, through Triton's interpreter (TRITON_INTERPRET=1).
+
+Triton picks interpreter or compiler when a function is decorated (its own library
+functions included), so the ``case_*`` functions run in a child pytest started with
+TRITON_INTERPRET=1 and ``-o python_functions=case_*``; the parent session collects only
+the ``test_*`` function that runs the child and shows its report on failure.
+Inputs are fresh random draws each run, and the seed is in every failure message. Shapes
+are tiny: the interpreter runs numpy per program.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from engine.attention.triton_inputs import (TOLERANCE, BatchSpec, random_batch, ragged_seq_lens,
+                                            reference_output, relative_error)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_kernels_under_the_triton_interpreter() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                            "-o", "python_functions=case_*", str(Path(__file__).relative_to(REPO))],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, f"interpreter cases failed:\n{child.stdout[-6000:]}\n{child.stderr[-2000:]}"
+    assert " passed" in child.stdout and " skipped" not in child.stdout, child.stdout[-2000:]
+
+
+def _patch_interpreter(mp: pytest.MonkeyPatch) -> None:
+    """Two gaps of Triton 3.6's interpreter, patched for this child only: it calls int() on
+    1-element arrays for loop bounds, which numpy >= 2.4 refuses (triton-lang/triton#9171),
+    and its dot multiplies bfloat16 operands as their raw uint16 bits."""
+    import numpy as np
+    import triton.language as tl
+    import triton.runtime.interpreter as interpreter
+    patch_tensor, dot = interpreter._patch_lang_tensor, interpreter.InterpreterBuilder.create_dot
+
+    def patched_tensor(tensor, scope) -> None:
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(())))
+
+    def as_fp32(h):
+        if h.dtype != tl.bfloat16:
+            return h
+        return interpreter.TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+
+    def patched_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return dot(self, as_fp32(a), as_fp32(b), d, input_precision, max_num_imprecise_acc)
+    mp.setattr(interpreter, "_patch_lang_tensor", patched_tensor)
+    mp.setattr(interpreter.InterpreterBuilder, "create_dot", patched_dot)
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """The kernel modules (interpreted: the child runs with TRITON_INTERPRET=1)."""
+    with pytest.MonkeyPatch.context() as mp:
+        _patch_interpreter(mp)
+        from engine.attention import (triton_backend, triton_decode, triton_merge, triton_prefill,
+                                      triton_write_kv)
+        yield SimpleNamespace(triton_backend=triton_backend, triton_decode=triton_decode,
+                              triton_merge=triton_merge, triton_prefill=triton_prefill,
+                              triton_write_kv=triton_write_kv)
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(random.SystemRandom().randrange(2**31))
+
+
+def backend(kernels, block_n: int = 16):
+    """Small tiles and many programs per 'multiprocessor' (1 on CPU), so sequences get several splits."""
+    decode = kernels.triton_decode.DecodeConfig(block_n=block_n, programs_per_sm=24, min_split_tokens=16)
+    prefill = kernels.triton_prefill.PrefillConfig(block_m=32, block_n=16)
+    return kernels.triton_backend.TritonAttention(decode=decode, prefill=prefill)
+
+
+def check(kernels, spec: BatchSpec, seed: int, strided_q: bool = False) -> None:
+    batch = random_batch(spec, "cpu", seed, strided_q=strided_q)
+    out = backend(kernels).forward(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+    assert out.shape == batch.q.shape and out.dtype == spec.dtype and out.is_contiguous()
+    err = relative_error(out, reference_output(batch))
+    assert err < TOLERANCE[spec.dtype], f"relative error {err:.2e} for {spec} (seed {seed})"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("heads,kv_heads,dim,block_size", [(4, 2, 32, 16), (6, 2, 16, 32), (2, 2, 64, 64),
+                                                           (4, 1, 32, 16)])
+def case_decode_matches_reference(kernels, rng, dtype, heads, kv_heads, dim, block_size) -> None:
+    seq_lens = ragged_seq_lens(rng, 4, 3 * block_size + 5, block_size)
+    spec = BatchSpec((1,) * 4, seq_lens, heads, kv_heads, dim, block_size, dtype)
+    check(kernels, spec, rng.randrange(2**31), strided_q=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads,kv_heads,block_size", [(4, 2, 16), (3, 1, 32), (2, 2, 16)])
+def case_mixed_batch_matches_reference(kernels, rng, dtype, heads, kv_heads, block_size) -> None:
+    seq_lens = ragged_seq_lens(rng, 5, 70, block_size)
+    q_lens = tuple(rng.choice([1, s, rng.randint(1, s)]) for s in seq_lens)
+    spec = BatchSpec(q_lens, seq_lens, heads, kv_heads, 32, block_size, dtype)
+    check(kernels, spec, rng.randrange(2**31), strided_q=rng.random() < 0.5)
+
+
+def case_every_split_and_row_is_written(kernels, rng) -> None:
+    seed = rng.randrange(2**31)
+    batch = random_batch(BatchSpec((1, 1, 1), (1, 17, 90)), "cpu", seed)
+    splits, (b, h, d) = 6, batch.q.shape
+    part_out = torch.full((b, h, splits, d), float("nan"))
+    part_lse = torch.full((b, h, splits), float("nan"))
+    config = kernels.triton_decode.DecodeConfig(block_n=16)
+    kernels.triton_decode.decode_partials(batch.q, batch.k_cache, batch.v_cache, batch.meta.block_tables,
+                                          batch.meta.seq_lens, batch.scale, part_out, part_lse, config)
+    assert not part_out.isnan().any() and not part_lse.isnan().any(), f"seed {seed}"
+    assert torch.isneginf(part_lse[0, :, 1:]).all() and (part_out[0, :, 1:] == 0).all()
+    out = torch.full_like(batch.q, float("nan"))
+    kernels.triton_merge.merge_partials(part_out, part_lse, out)
+    assert relative_error(out, reference_output(batch)) < 1e-5, f"seed {seed}"
+
+
+def case_prefill_writes_every_row(kernels, rng) -> None:
+    seed = rng.randrange(2**31)
+    batch = random_batch(BatchSpec((1, 20, 7), (9, 20, 40), 4, 2, 32), "cpu", seed)
+    out = torch.full_like(batch.q, float("nan"))
+    kernels.triton_prefill.prefill_attention(batch.q, batch.k_cache, batch.v_cache, batch.meta,
+                                             batch.scale, out, kernels.triton_prefill.PrefillConfig(32, 16))
+    assert relative_error(out, reference_output(batch)) < 1e-5, f"seed {seed}"
+
+
+def case_merge_combines_disjoint_key_sets(kernels) -> None:
+    """Prefix/suffix style: partials over two disjoint key ranges merge into attention over all keys."""
+    q, k, v = torch.randn(3, 2, 16), torch.randn(40, 2, 16), torch.randn(40, 2, 16)
+    scores = torch.einsum("thd,nhd->thn", q, k) * 0.25
+    halves = (slice(0, 25), slice(25, 40))
+    part_out = torch.stack([torch.einsum("thn,nhd->thd", scores[..., h].softmax(-1), v[h]) for h in halves], 2)
+    part_lse = torch.stack([scores[..., h].logsumexp(-1) for h in halves], 2)
+    out = torch.full((3, 2, 16), float("nan"))
+    kernels.triton_merge.merge_partials(part_out, part_lse, out)
+    whole = torch.einsum("thn,nhd->thd", scores.softmax(-1), v)
+    assert relative_error(out, whole) < 1e-5
+
+
+def case_write_kv_matches_reference(kernels, rng) -> None:
+    from engine.attention.reference import write_kv
+    seed = rng.randrange(2**31)
+    batch = random_batch(BatchSpec((3, 1, 5), (3, 30, 5), 4, 2, 32, dtype=torch.bfloat16), "cpu", seed)
+    slots = batch.meta.slot_mapping.clone()
+    slots[1] = -1
+    ours = [batch.k_cache.clone(), batch.v_cache.clone()]
+    theirs = [batch.k_cache.clone(), batch.v_cache.clone()]
+    backend(kernels).write_kv(*ours, batch.new_k, batch.new_v, slots)
+    write_kv(*theirs, batch.new_k, batch.new_v, slots)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)), f"seed {seed}"
+
+
+def case_bad_inputs_are_refused_clearly(kernels) -> None:
+    batch = random_batch(BatchSpec((1, 1), (5, 9)), "cpu", 0)
+    attn = backend(kernels)
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        attn.forward(batch.q[:, :3], batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+    with pytest.raises(ValueError, match="differs from the KV cache dtype"):
+        attn.forward(batch.q.half(), batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+    with pytest.raises(ValueError, match="head_dim must be one of"):
+        attn.forward(batch.q[..., :24], batch.k_cache[..., :24], batch.v_cache[..., :24], batch.meta, 1.0)
+    batch.meta.seq_lens = batch.meta.seq_lens.long()
+    with pytest.raises(ValueError, match="meta.seq_lens must be int32"):
+        attn.forward(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+    with pytest.raises(ValueError, match="one slot per row"):
+        attn.write_kv(batch.k_cache, batch.v_cache, batch.new_k, batch.new_v, batch.meta.slot_mapping[:1])

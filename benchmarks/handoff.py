@@ -154,7 +154,7 @@ def _measure_tokens(config: BenchConfig, groups: PairGroups, group: PairGroup, d
         seconds = _timed(config, group, device, lambda i: move(kv, ids, group.peer, f"{tokens}-{lpc}-{i}"))
         exact = None if group.rank == 0 else torch.equal(kv[:, :, ids].view(torch.uint8),
                                                          src[:, :, src_ids].view(torch.uint8))
-        out.append(Measurement(f"KVHandoff chunk={lpc} layers", tokens, nbytes, seconds, exact))
+        out.append(Measurement(f"KVHandoff chunk={lpc}", tokens, nbytes, seconds, exact))
     del src, kv, raw
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.distributed.distributed_c10d import Work
 
-from kvstore.block_codec import block_index_tensor, gather_layers, scatter_layers
+from kvstore.block_codec import block_index_tensor, gather_layers, layer_chunk, scatter_layers
 from kvstore.config import TransportConfig
 from kvstore.errors import HandoffError, HandoffTimeoutError, KVStoreError
 from kvstore.handoff_header import HandoffHeader, answer_tensor, empty_message, read_answer
@@ -99,9 +99,7 @@ class KVHandoff:
                kv.device, deadline, f"answering {group.peer!r} about request {expected.request_id!r}")
         if problem is not None:
             raise HandoffError(f"rejected the handoff from {group.peer!r}: {problem}")
-        shape = lambda first, last: (last - first, 2, ids.numel(), *kv.shape[3:])  # noqa: E731
-        chunks = [(first, torch.empty(shape(first, last), dtype=kv.dtype, device=kv.device))
-                  for first, last in _chunks(header)]
+        chunks = [(first, layer_chunk(kv, ids.numel(), first, last)) for first, last in _chunks(header)]
         works = [group.backend.recv([_as_bytes(buf)], group.peer_rank, tag)
                  for tag, (_, buf) in enumerate(chunks, start=_TAG_CHUNK0)]
         for (first, buf), work in zip(chunks, works):
@@ -115,7 +113,10 @@ class KVHandoff:
 def _prepare(kv: torch.Tensor, block_ids: Sequence[int] | torch.Tensor) -> tuple[KVLayout, torch.Tensor]:
     layout = KVLayout.of_cache(kv)
     layout.check_cache(kv)
-    return layout, block_index_tensor(block_ids, kv.shape[2], kv.device)
+    ids = block_index_tensor(block_ids, kv.shape[2], kv.device)
+    if ids.numel() == 0:
+        raise ValueError("a handoff needs at least one block id")
+    return layout, ids
 
 
 def _chunks(header: HandoffHeader) -> list[tuple[int, int]]:

@@ -10,11 +10,13 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.cli import add_commands as engine_commands
     from cluster.demo import add_commands as demo_commands
     from cluster.serve_cli import add_commands as serve_commands
+    from cluster.submit_cli import add_commands as submit_commands
     parser = argparse.ArgumentParser(prog="tierserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     engine_commands(sub)
     demo_commands(sub)
     serve_commands(sub)
+    submit_commands(sub)
     return parser
 
 

@@ -19,6 +19,7 @@ from engine.cache_sizing import choose_num_blocks, resolve_max_model_len
 from engine.config import EngineConfig, parse_dtype
 from engine.detokenizer import IncrementalDetokenizer
 from engine.kv_cache_manager import KVCacheManager
+from engine.model.llama import LlamaForCausalLM
 from engine.model.loader import load_model
 from engine.model_config import ModelConfig
 from engine.model_runner import ModelRunner
@@ -65,14 +66,16 @@ class EngineStats:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, model: LlamaForCausalLM | None = None):
+        """``model`` injects weights already on the device (benchmarks); else they are loaded."""
         self.config = config
         self.device = torch.device(config.device)
         self.model_config = ModelConfig.from_dir(config.model)
         self.tokenizer = Tokenizer(config.model)
         dtype = parse_dtype(config.dtype or self.model_config.torch_dtype)
         max_len = resolve_max_model_len(self.model_config, config.scheduler.max_model_len)
-        model = load_model(config.model, dtype, self.device, max_positions=max_len)
+        if model is None:
+            model = load_model(config.model, dtype, self.device, max_positions=max_len)
         backend = get_backend(config.attention_backend or default_backend_name(self.device))
         block_size = config.cache.block_size
         num_blocks = choose_num_blocks(model, config, max_len)

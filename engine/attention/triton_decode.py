@@ -17,7 +17,10 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.attention.triton_paged import LN2, LOG2E, dot_precision, kv_rows, next_power_of_2, softmax_step
+from engine.attention.triton_paged import (LN2, LOG2E, dot_precision, fit_block_n, kv_rows, next_power_of_2,
+                                          softmax_step)
+
+SHARED_BUDGET = 128 * 1024  # bytes of staged K/V tiles per program
 
 
 @dataclass(frozen=True)
@@ -97,17 +100,19 @@ def decode_partials(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     """Write split partials of q [B, H_q, D] into part_out [B, H_q, S, D] (fp32), part_lse [B, H_q, S].
 
     Split ``s`` of sequence ``b`` covers keys ``[s * L, (s + 1) * L)`` clipped to
-    ``seq_lens[b]``, where ``L = ceil(ceil(seq_lens[b] / S) / block_n) * block_n``.
+    ``seq_lens[b]``, where ``L = ceil(ceil(seq_lens[b] / S) / block_n) * block_n`` (``block_n`` is
+    the config's, halved where wide fp32 tiles would not fit in shared memory).
     Shapes are assumed checked by the caller (see triton_backend).
     """
     num_seqs, num_heads, dim = q.shape
     num_kv_heads = k_cache.shape[2]
     num_splits = part_out.shape[2]
     group = num_heads // num_kv_heads
+    block_n = fit_block_n(config.block_n, dim, q.element_size(), config.num_stages, 0, SHARED_BUDGET)
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse, scale * LOG2E, num_splits,
         q.stride(0), q.stride(1), block_tables.stride(0), *k_cache.stride()[:3],
         *part_out.stride()[:3], *part_lse.stride(), GROUP=group,
-        BLOCK_G=max(16, next_power_of_2(group)), BLOCK_N=config.block_n, D=dim,
+        BLOCK_G=max(16, next_power_of_2(group)), BLOCK_N=block_n, D=dim,
         PAGE=k_cache.shape[1], PREC=dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages)

@@ -60,26 +60,25 @@ class PagedBatch:
 
 def random_batch(spec: BatchSpec, device: torch.device | str, seed: int, max_seq_len: int | None = None,
                  strided_q: bool = False) -> PagedBatch:
-    """A fresh random batch; ``strided_q`` makes q a view into a wider fused-qkv-like buffer."""
+    """A fresh random batch on ``device``; ``strided_q`` makes q a view into a wider fused-qkv-like buffer."""
     gen = torch.Generator().manual_seed(seed)
+    data_gen = torch.Generator(device=device).manual_seed(seed)
     counts = [spec.blocks_of(s) for s in spec.seq_lens]
     num_blocks = sum(counts) + spec.spare_blocks
     order = torch.randperm(num_blocks, generator=gen).tolist()
-    width = max(counts) + 1
-    tables = torch.full((len(counts), width), 1 << 24, dtype=torch.int32)
+    tables = torch.full((len(counts), max(counts) + 1), 1 << 24, dtype=torch.int32)
     shape = (num_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
-    k_cache = torch.full(shape, float("nan"), dtype=spec.dtype)
-    v_cache = torch.full(shape, float("nan"), dtype=spec.dtype)
+    k_cache, v_cache = (torch.full(shape, float("nan"), dtype=spec.dtype, device=device) for _ in "kv")
     for i, (n, seq_len) in enumerate(zip(counts, spec.seq_lens)):
-        ids = torch.tensor(order[:n], dtype=torch.int32)
+        tables[i, :n] = torch.tensor(order[:n], dtype=torch.int32)
         order = order[n:]
-        tables[i, :n] = ids
-        kv = torch.randn(2, n * spec.block_size, *shape[2:], generator=gen)[:, :seq_len]
-        for cache, rows in zip((k_cache, v_cache), kv):
-            cache.view(-1, *shape[2:])[_slots(ids, seq_len, spec.block_size)] = rows.to(spec.dtype)
-    q, new_k, new_v = _new_rows(spec, gen, strided_q, device)
+        slots = _slots(tables[i], seq_len, spec.block_size).to(device)
+        for cache in (k_cache, v_cache):
+            rows = torch.randn(seq_len, *shape[2:], generator=data_gen, device=device)
+            cache.view(-1, *shape[2:])[slots] = rows.to(spec.dtype)
+    q, new_k, new_v = _new_rows(spec, data_gen, strided_q, device)
     meta = _metadata(spec, tables, max_seq_len)
-    return PagedBatch(q, k_cache.to(device), v_cache.to(device), _meta_to(meta, device), new_k, new_v)
+    return PagedBatch(q, k_cache, v_cache, _meta_to(meta, device), new_k, new_v)
 
 
 def _slots(ids: torch.Tensor, seq_len: int, block_size: int) -> torch.Tensor:
@@ -91,9 +90,10 @@ def _new_rows(spec: BatchSpec, gen: torch.Generator, strided_q: bool, device: to
     """q [T, H, D] (a column slice of a fused buffer if ``strided_q``), new k and v [T, H_kv, D]."""
     rows, dim = sum(spec.q_lens), spec.head_dim
     q_width = spec.num_heads * dim
-    fused = torch.randn(rows, q_width + (2 * spec.num_kv_heads * dim if strided_q else 0), generator=gen)
-    q = fused.to(spec.dtype).to(device)[:, :q_width].view(rows, spec.num_heads, dim)
-    kv = torch.randn(2, rows, spec.num_kv_heads, dim, generator=gen).to(spec.dtype).to(device)
+    width = q_width + (2 * spec.num_kv_heads * dim if strided_q else 0)
+    fused = torch.randn(rows, width, generator=gen, device=device).to(spec.dtype)
+    q = fused[:, :q_width].view(rows, spec.num_heads, dim)
+    kv = torch.randn(2, rows, spec.num_kv_heads, dim, generator=gen, device=device).to(spec.dtype)
     return q, kv[0], kv[1]
 
 

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+LN2 = tl.constexpr(0.6931471805599453)  # used inside kernels
 
 
 @triton.jit
@@ -47,3 +47,11 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 def next_power_of_2(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(n)))
+
+
+def fit_block_n(block_n: int, dim: int, itemsize: int, stages: int, fixed_bytes: int, budget: int) -> int:
+    """Halve the key tile (not below 16) until ``stages`` K and V tiles plus ``fixed_bytes`` fit ``budget``
+    bytes of shared memory; wide heads in fp32 would otherwise fail to launch."""
+    while block_n > 16 and fixed_bytes + 2 * block_n * dim * itemsize * stages > budget:
+        block_n //= 2
+    return block_n

@@ -20,7 +20,9 @@ import triton
 import triton.language as tl
 
 from engine.attention.metadata import AttentionMetadata
-from engine.attention.triton_paged import LOG2E, dot_precision, kv_rows, next_power_of_2, softmax_step
+from engine.attention.triton_paged import LOG2E, dot_precision, fit_block_n, kv_rows, next_power_of_2, softmax_step
+
+SHARED_BUDGET = 192 * 1024  # bytes of the query tile and staged K/V tiles per program
 
 
 @dataclass(frozen=True)
@@ -117,11 +119,14 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     group = num_heads // num_kv_heads
     group_pad = next_power_of_2(group)
     block_q = config.block_q(group_pad, dim)
+    row_bytes = dim * q.element_size()
+    block_n = fit_block_n(config.block_n, dim, q.element_size(), config.num_stages,
+                          block_q * group_pad * row_bytes, SHARED_BUDGET)
     num_tiles = rows // block_q + meta.num_seqs
     _prefill_kernel[(num_tiles, num_kv_heads)](
         q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens, meta.query_start_loc,
         scale * LOG2E, meta.num_seqs, num_tiles, q.stride(0), q.stride(1), out.stride(0),
         out.stride(1), meta.block_tables.stride(0), *k_cache.stride()[:3], GROUP=group,
-        GROUP_PAD=group_pad, BLOCK_Q=block_q, BLOCK_N=config.block_n, D=dim,
+        GROUP_PAD=group_pad, BLOCK_Q=block_q, BLOCK_N=block_n, D=dim,
         PAGE=k_cache.shape[1], PREC=dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages)

@@ -1,0 +1,275 @@
+"""Paged attention kernels against the copy-bandwidth ceiling and torch SDPA (Llama-3-8B heads).
+
+  PYTHONPATH=. python -m benchmarks.attention --out out/attention            # full table
+  PYTHONPATH=. python -m benchmarks.attention --tune --batches 16 --contexts 4096
+
+Decode: one query row per sequence over a paged bf16 cache with shuffled block ids, timed
+as a CUDA-graph replay (how the engine runs decode) with the L2 flushed between replays.
+Bytes = K + V read once + q + out; achieved GB/s is compared with a device-to-device copy
+measured in the same run (read + write bytes) and with SDPA on contiguous K/V of the same
+shapes (enable_gqa, or K/V expanded to all heads where that fits; the faster is kept).
+Prefill: causal attention of whole prompts, Triton over the paged cache against SDPA
+``is_causal`` on contiguous tensors. ``--tune`` first sweeps kernel configs and uses the best.
+Writes attention.json, attention_calibration.json and attention.png to --out (default $OUT).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from benchmarks.common import copy_bandwidth, graph_seconds, machine_info, out_dir, write_json
+from engine.attention.triton_backend import TritonAttention
+from engine.attention.triton_decode import DecodeConfig
+from engine.attention.triton_inputs import BatchSpec, random_batch
+from engine.attention.triton_prefill import PrefillConfig
+
+HEADS, KV_HEADS, DIM = 32, 8, 128  # Llama-3-8B
+DTYPE = torch.bfloat16
+
+
+@dataclass(frozen=True)
+class Case:
+    """One decode timing: Triton over the paged cache and SDPA over contiguous K/V."""
+
+    batch: int
+    context: int
+    nbytes: int
+    seconds: float | None = None
+    sdpa_seconds: float | None = None
+    sdpa_path: str = ""
+    skipped: str = ""
+
+    def gbps(self, seconds: float | None) -> float | None:
+        return None if seconds is None else self.nbytes / seconds / 1e9
+
+    def record(self, copy_bps: float) -> dict[str, object]:
+        """The JSON row: the fields plus achieved GB/s, fraction of copy bandwidth, speed-up over SDPA."""
+        done = not self.skipped
+        return {**dataclasses.asdict(self), "gbps": self.gbps(self.seconds),
+                "copy_fraction": self.gbps(self.seconds) * 1e9 / copy_bps if done else None,
+                "sdpa_gbps": self.gbps(self.sdpa_seconds),
+                "speedup_vs_sdpa": self.sdpa_seconds / self.seconds if done else None}
+
+
+@dataclass(frozen=True)
+class PrefillCase:
+    batch: int
+    length: int
+    flops: float
+    seconds: float
+    sdpa_seconds: float
+
+
+def decode_bytes(batch: int, context: int) -> int:
+    kv = 2 * batch * context * KV_HEADS * DIM
+    return (kv + 2 * batch * HEADS * DIM) * DTYPE.itemsize
+
+
+def fits(nbytes: int) -> bool:
+    free, _ = torch.cuda.mem_get_info()
+    return nbytes < 0.85 * free
+
+
+def decode_batch(batch: int, context: int, block_size: int, seed: int):
+    spec = BatchSpec((1,) * batch, (context,) * batch, HEADS, KV_HEADS, DIM, block_size, DTYPE, spare_blocks=64)
+    return random_batch(spec, "cuda", seed)
+
+
+def time_triton_decode(case: Case, block_size: int, config: DecodeConfig) -> float:
+    b = decode_batch(case.batch, case.context, block_size, seed=case.batch * 7 + case.context)
+    backend = TritonAttention(decode=config)
+    seconds = graph_seconds(lambda: backend.forward(b.q, b.k_cache, b.v_cache, b.meta, b.scale),
+                            torch.device("cuda"))
+    del b
+    torch.cuda.empty_cache()
+    return seconds
+
+
+def time_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> tuple[float, str]:
+    """Best of SDPA with enable_gqa and with K/V expanded to every head (where that fits)."""
+    best = (graph_seconds(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True),
+                          q.device), "enable_gqa")
+    group = q.shape[1] // k.shape[1]
+    if fits(2 * group * k.numel() * k.element_size()):
+        ke, ve = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+        expanded = graph_seconds(lambda: F.scaled_dot_product_attention(q, ke, ve, is_causal=causal), q.device)
+        best = min(best, (expanded, "expanded heads"))
+        del ke, ve
+    return best
+
+
+def run_decode_case(batch: int, context: int, block_size: int, config: DecodeConfig) -> Case:
+    case = Case(batch, context, decode_bytes(batch, context))
+    if not fits(case.nbytes + (64 << 20)):
+        return replace(case, skipped=f"{case.nbytes / 2**30:.1f} GiB of K/V does not fit")
+    case = replace(case, seconds=time_triton_decode(case, block_size, config))
+    q = torch.randn(batch, HEADS, 1, DIM, dtype=DTYPE, device="cuda")
+    k, v = (torch.randn(batch, KV_HEADS, context, DIM, dtype=DTYPE, device="cuda") for _ in "kv")
+    sdpa, path = time_sdpa(q, k, v, causal=False)
+    del q, k, v
+    torch.cuda.empty_cache()
+    return replace(case, sdpa_seconds=sdpa, sdpa_path=path)
+
+
+def time_triton_prefill(batch: int, length: int, block_size: int, config: PrefillConfig) -> float:
+    spec = BatchSpec((length,) * batch, (length,) * batch, HEADS, KV_HEADS, DIM, block_size, DTYPE)
+    b = random_batch(spec, "cuda", seed=length)
+    backend = TritonAttention(prefill=config)
+    seconds = graph_seconds(lambda: backend.forward(b.q, b.k_cache, b.v_cache, b.meta, b.scale),
+                            torch.device("cuda"))
+    del b
+    torch.cuda.empty_cache()
+    return seconds
+
+
+def run_prefill_case(batch: int, length: int, block_size: int, config: PrefillConfig) -> PrefillCase:
+    seconds = time_triton_prefill(batch, length, block_size, config)
+    q = torch.randn(batch, HEADS, length, DIM, dtype=DTYPE, device="cuda")
+    k, v = (torch.randn(batch, KV_HEADS, length, DIM, dtype=DTYPE, device="cuda") for _ in "kv")
+    sdpa, _ = time_sdpa(q, k, v, causal=True)
+    flops = 4.0 * batch * HEADS * DIM * length * (length + 1) / 2
+    return PrefillCase(batch, length, flops, seconds, sdpa)
+
+
+def tune_decode(block_size: int, base: DecodeConfig) -> tuple[DecodeConfig, list]:
+    """Tile shapes on two mid-size cases, then the split target on small batches; sum of times decides."""
+    def total(cfg: DecodeConfig, cases) -> float:
+        return sum(time_triton_decode(Case(b, c, 0), block_size, cfg) for b, c in cases)
+    rows = []
+    tiles = [replace(base, block_n=n, num_stages=s, num_warps=w)
+             for n, s, w in itertools.product((32, 64, 128), (1, 2, 3), (4, 8))]
+    for cfg in track(tiles, description="decode tiles"):
+        rows.append((cfg, total(cfg, [(64, 4096), (16, 32768)])))
+    best = min(rows, key=lambda r: r[1])[0]
+    splits = [replace(best, programs_per_sm=p) for p in (1, 2, 4, 8, 16)]
+    split_rows = [(cfg, total(cfg, [(1, 32768), (16, 4096), (4, 4096)])) for cfg in track(splits, "splits")]
+    return min(split_rows, key=lambda r: r[1])[0], rows + split_rows
+
+
+def tune_prefill(block_size: int, base: PrefillConfig) -> tuple[PrefillConfig, list]:
+    rows = []
+    grid = [replace(base, block_m=m, block_n=n, num_warps=w, num_stages=s)
+            for m, n, w, s in itertools.product((64, 128), (64, 128), (4, 8), (2, 3))]
+    for cfg in track(grid, description="prefill tiles"):
+        try:
+            rows.append((cfg, time_triton_prefill(1, 4096, block_size, cfg)))
+        except Exception as e:  # noqa: BLE001  (a tile that exceeds shared memory is just not a candidate)
+            rows.append((cfg, float("inf")))
+            Console().print(f"[yellow]{cfg}: {type(e).__name__}: {str(e)[:120]}")
+    return min(rows, key=lambda r: r[1])[0], rows
+
+
+def print_tables(cases: list[Case], prefills: list[PrefillCase], copy_bps: float) -> None:
+    table = Table(title=f"paged decode, bf16, Llama-3-8B heads; copy {copy_bps / 1e9:.0f} GB/s")
+    for col in ("batch", "context", "triton µs", "GB/s", "% copy", "SDPA µs", "SDPA path", "vs SDPA"):
+        table.add_column(col, justify="right")
+    for c in cases:
+        if c.skipped:
+            table.add_row(str(c.batch), str(c.context), "skipped: " + c.skipped, *[""] * 5)
+            continue
+        table.add_row(str(c.batch), str(c.context), f"{c.seconds * 1e6:.1f}", f"{c.gbps(c.seconds):.0f}",
+                      f"{100 * c.gbps(c.seconds) * 1e9 / copy_bps:.0f}", f"{c.sdpa_seconds * 1e6:.1f}",
+                      c.sdpa_path, f"{c.sdpa_seconds / c.seconds:.2f}x")
+    ptable = Table(title="causal prefill, bf16, Llama-3-8B heads")
+    for col in ("batch", "length", "triton ms", "TFLOP/s", "SDPA ms", "SDPA TFLOP/s", "vs SDPA"):
+        ptable.add_column(col, justify="right")
+    for p in prefills:
+        ptable.add_row(str(p.batch), str(p.length), f"{p.seconds * 1e3:.3f}", f"{p.flops / p.seconds / 1e12:.0f}",
+                       f"{p.sdpa_seconds * 1e3:.3f}", f"{p.flops / p.sdpa_seconds / 1e12:.0f}",
+                       f"{p.sdpa_seconds / p.seconds:.2f}x")
+    console = Console(width=140)
+    console.print(table)
+    console.print(ptable)
+
+
+def plot(cases: list[Case], copy_bps: float, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    done = [c for c in cases if not c.skipped]
+    labels = [f"B{c.batch}\n{c.context // 1024}K" if c.context >= 1024 else f"B{c.batch}\n{c.context}" for c in done]
+    x = range(len(done))
+    fig, ax = plt.subplots(figsize=(max(6, len(done) * 0.8), 4))
+    ax.bar([i - 0.2 for i in x], [c.gbps(c.seconds) for c in done], 0.4, label="Triton paged decode")
+    ax.bar([i + 0.2 for i in x], [c.gbps(c.sdpa_seconds) for c in done], 0.4, label="SDPA, contiguous K/V")
+    ax.axhline(copy_bps / 1e9, color="k", linestyle="--", label="device copy (read+write)")
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("GB/s (K+V read once, q, out)")
+    ax.set_title("decode attention, Llama-3-8B heads, bf16")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure; see ``--help``."""
+
+    batches: tuple[int, ...]
+    contexts: tuple[int, ...]
+    prefill_lengths: tuple[int, ...]
+    block_size: int
+    tune: bool
+    out: str | None
+
+    def __post_init__(self) -> None:
+        if not torch.cuda.is_available():
+            raise SystemExit("benchmarks.attention needs a CUDA device (the Triton kernels are CUDA-only)")
+        if min(self.batches + self.contexts) < 1 or any(p < 1 for p in self.prefill_lengths):
+            raise SystemExit("--batches, --contexts and --prefill-lengths must be positive")
+        if self.block_size not in (16, 32, 64, 128):
+            raise SystemExit(f"--block-size must be 16, 32, 64 or 128, got {self.block_size}")
+
+
+def parse_args() -> BenchConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
+    p.add_argument("--contexts", type=int, nargs="+", default=[512, 4096, 32768])
+    p.add_argument("--prefill-lengths", type=int, nargs="*", default=[2048, 8192],
+                   help="one prompt of each length (batch 1); pass none to skip prefill")
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--tune", action="store_true", help="sweep kernel configs first and use the best")
+    p.add_argument("--out", default=None, help="output folder (default $OUT, else out/attention)")
+    a = p.parse_args()
+    return BenchConfig(tuple(a.batches), tuple(a.contexts), tuple(a.prefill_lengths), a.block_size,
+                       a.tune, a.out)
+
+
+def main() -> None:
+    cfg = parse_args()
+    out = out_dir(cfg.out, "attention")
+    device = torch.device("cuda")
+    machine = machine_info(device)
+    copy_bps = copy_bandwidth(device)
+    decode, prefill, tuning = DecodeConfig(), PrefillConfig(), {}
+    if cfg.tune:
+        decode, tuning["decode"] = tune_decode(cfg.block_size, decode)
+        prefill, tuning["prefill"] = tune_prefill(cfg.block_size, prefill)
+    grid = list(itertools.product(cfg.batches, cfg.contexts))
+    cases = [run_decode_case(b, c, cfg.block_size, decode) for b, c in track(grid, description="decode")]
+    prefills = [run_prefill_case(1, n, cfg.block_size, prefill)
+                for n in track(cfg.prefill_lengths, description="prefill")]
+    print_tables(cases, prefills, copy_bps)
+    Console().print(f"decode config: {decode}\nprefill config: {prefill}\n{machine}")
+    write_json(out / "attention.json", {
+        "machine": machine, "copy_bytes_per_s": copy_bps, "decode_config": decode, "prefill_config": prefill,
+        "block_size": cfg.block_size, "decode": [c.record(copy_bps) for c in cases], "prefill": prefills,
+        "tuning": {k: [{"config": c, "seconds": s} for c, s in v] for k, v in tuning.items()}})
+    write_json(out / "attention_calibration.json", {"device": machine.device, "measurements": [
+        {"op": "decode_attention", "batch": c.batch, "context": c.context, "seconds": c.seconds}
+        for c in cases if not c.skipped]})
+    plot(cases, copy_bps, out / "attention.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -57,10 +57,14 @@ class Dispatcher:
 
     async def _colocated(self, req: PrefillRequest, out: OutputProcessor) -> AsyncIterator[RequestOutput]:
         replica = pick_prefill(self.pools.colocated)
-        stream = self._stream(replica, replica.actor.generate.remote(req), req.request_id, out)
-        async with aclosing(stream):
-            async for delta in stream:
-                yield delta
+        replica.inflight += 1
+        try:
+            stream = self._stream(replica, replica.actor.generate.remote(req), req.request_id, out)
+            async with aclosing(stream):
+                async for delta in stream:
+                    yield delta
+        finally:
+            replica.inflight -= 1
 
     async def _disaggregated(self, req: PrefillRequest, out: OutputProcessor) -> AsyncIterator[RequestOutput]:
         clock = self.timings.start(req.request_id)
@@ -79,13 +83,15 @@ class Dispatcher:
         finally:
             if not handed_off:  # finished at the first token, or the caller left: drop the held KV
                 prefill.actor.release.remote(req.request_id)
-        stream = self._stream(decode, decode.actor.stream.remote(req.request_id), req.request_id, out)
-        async with aclosing(stream):
-            async for delta in stream:
-                if delta.finished:
-                    clock.mark("decode")
-                yield delta
-
+        try:
+            stream = self._stream(decode, decode.actor.stream.remote(req.request_id), req.request_id, out)
+            async with aclosing(stream):
+                async for delta in stream:
+                    if delta.finished:
+                        clock.mark("decode")
+                    yield delta
+        finally:
+            decode.inflight -= 1  # claimed in _reserve
     async def _prefill(self, replica: Replica, req: PrefillRequest) -> PrefillResult:
         replica.inflight += 1
         try:
@@ -104,6 +110,7 @@ class Dispatcher:
         try:
             sent = await prefill.actor.send_kv.remote(req.request_id, decode.worker_id, decode.actor, blocks)
         except BaseException:
+            decode.inflight -= 1
             decode.actor.abort.remote(req.request_id)
             raise
         self.handoff_bytes += sent
@@ -114,9 +121,15 @@ class Dispatcher:
         while True:
             tried: set[str] = set()
             while (replica := pick_decode(self.pools.decode, tried)) is not None:
-                blocks = await replica.actor.reserve.remote(dreq)
+                replica.inflight += 1  # claimed before awaiting, so concurrent picks spread out
+                try:
+                    blocks = await replica.actor.reserve.remote(dreq)
+                except BaseException:
+                    replica.inflight -= 1
+                    raise
                 if blocks is not None:
                     return replica, blocks
+                replica.inflight -= 1
                 tried.add(replica.worker_id)
             if asyncio.get_running_loop().time() > deadline:
                 raise NoCapacityError(f"no decode replica had room for request {dreq.request_id!r} "
@@ -126,7 +139,6 @@ class Dispatcher:
 
     async def _stream(self, replica: Replica, stream, request_id: str, out: OutputProcessor
                       ) -> AsyncIterator[RequestOutput]:
-        replica.inflight += 1
         worker_done = False
         try:
             async for ref in stream:
@@ -137,7 +149,6 @@ class Dispatcher:
                 if delta.finished:
                     break
         finally:
-            replica.inflight -= 1
             if not worker_done:  # the caller left, or a stop string ended it here
                 replica.actor.abort.remote(request_id)
 

@@ -97,6 +97,7 @@ class ClusterConfig:
     pools: dict[str, PoolConfig]
     name: str = "default"
     dtype: str | None = None
+    load_format: str = "safetensors"
     block_size: int = 16
     max_model_len: int | None = None
     kvstore: KVStoreSection = field(default_factory=KVStoreSection)

@@ -167,6 +167,13 @@ class Dispatcher:
             prefix_cache_hit_tokens=sum(l.prefix_cache_hits for l in loads),
             handoff_bytes_total=self.handoff_bytes, num_preemptions=sum(l.preemptions for l in loads))
 
+    async def aclose(self) -> None:
+        """Stop the background load refresh (call on the loop that served requests)."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
+
     def _keep_loads_fresh(self, interval_s: float = 0.25) -> None:
         if self._refresher is None or self._refresher.done():
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_loads(interval_s))

@@ -70,7 +70,8 @@ class EngineConfig:
     """Everything one engine instance needs. ``dtype`` None takes the checkpoint's.
 
     detokenize False leaves text (and stop strings) to the caller: cluster workers stream
-    token ids and the router detokenizes.
+    token ids and the router detokenizes. load_format "dummy" fills the checkpoint's shapes
+    with random weights instead of reading them (benchmarks of models one does not have).
     """
 
     model: str
@@ -80,12 +81,15 @@ class EngineConfig:
     cuda_graphs: bool = True
     seed: int = 0
     detokenize: bool = True
+    load_format: str = "safetensors"
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
         if self.dtype is not None:
             parse_dtype(self.dtype)
+        if self.load_format not in ("safetensors", "dummy"):
+            raise ConfigError(f"load_format must be safetensors or dummy, got {self.load_format!r}")
         try:
             device = torch.device(self.device)
         except RuntimeError as e:

@@ -75,7 +75,8 @@ class LLMEngine:
         dtype = parse_dtype(config.dtype or self.model_config.torch_dtype)
         max_len = resolve_max_model_len(self.model_config, config.scheduler.max_model_len)
         if model is None:
-            model = load_model(config.model, dtype, self.device, max_positions=max_len)
+            model = load_model(config.model, dtype, self.device, max_positions=max_len,
+                               load_format=config.load_format)
         backend = get_backend(config.attention_backend or default_backend_name(self.device))
         block_size = config.cache.block_size
         num_blocks = choose_num_blocks(model, config, max_len)

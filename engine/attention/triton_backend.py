@@ -103,8 +103,12 @@ class TritonAttention:
         num_seqs, num_heads, dim = q.shape
         splits = self.decode_config.num_splits(num_seqs, k_cache.shape[2], meta.max_seq_len,
                                                multiprocessors(q.device))
-        part_out = torch.empty(num_seqs, num_heads, splits, dim, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(num_seqs, num_heads, splits, dtype=torch.float32, device=q.device)
+        if splits == 1:  # one split is the whole answer: write it straight to out, no merge
+            decode_partials(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale, out.unsqueeze(2),
+                            part_lse, self.decode_config)
+            return
+        part_out = torch.empty(num_seqs, num_heads, splits, dim, dtype=torch.float32, device=q.device)
         decode_partials(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale, part_out,
                         part_lse, self.decode_config)
         merge_partials(part_out, part_lse, out)

@@ -30,6 +30,8 @@ class DecodeConfig:
     block_n: keys per tile. programs_per_sm: how many (sequence, head, split) programs to
     aim for per multiprocessor. min_split_tokens: the shortest slice worth its own program
     (bounds the split count by ``max_seq_len``). max_splits: upper bound on the split count.
+    heads_fastest: launch the KV heads of one (sequence, split) next to each other, so
+    programs running together read neighbouring bytes of the same cache blocks.
     """
 
     block_n: int = 64
@@ -38,6 +40,7 @@ class DecodeConfig:
     programs_per_sm: int = 4
     min_split_tokens: int = 256
     max_splits: int = 64
+    heads_fastest: bool = False
 
     def __post_init__(self) -> None:
         if self.block_n < 16 or self.block_n & (self.block_n - 1):
@@ -59,10 +62,11 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, part_out
                          stride_kb, stride_kt, stride_kh, stride_pn, stride_ph, stride_ps,
                          stride_ln, stride_lh, stride_ls, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
                          BLOCK_N: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
-                         PREC: tl.constexpr):
-    seq = tl.program_id(0)
-    kv_head = tl.program_id(1)
-    split = tl.program_id(2)
+                         PREC: tl.constexpr, HEADS_FASTEST: tl.constexpr):
+    if HEADS_FASTEST:
+        kv_head, split, seq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    else:
+        seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
     split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = split * split_len
@@ -90,14 +94,18 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, part_out
     out = acc / l_safe[:, None]
     live = g < GROUP
     base = seq * stride_pn + split * stride_ps
-    tl.store(part_out_ptr + base + heads[:, None] * stride_ph + d[None, :], out, mask=live[:, None])
+    tl.store(part_out_ptr + base + heads[:, None] * stride_ph + d[None, :],
+             out.to(part_out_ptr.dtype.element_ty), mask=live[:, None])
     tl.store(part_lse_ptr + seq * stride_ln + heads * stride_lh + split * stride_ls, lse, mask=live)
 
 
 def decode_partials(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                     part_out: torch.Tensor, part_lse: torch.Tensor, config: DecodeConfig) -> None:
-    """Write split partials of q [B, H_q, D] into part_out [B, H_q, S, D] (fp32), part_lse [B, H_q, S].
+    """Write split partials of q [B, H_q, D] into part_out [B, H_q, S, D], part_lse [B, H_q, S] (fp32).
+
+    part_out is fp32 for merging; with a single split it may be the final output (a
+    [B, H_q, 1, D] view in q's dtype), since one split is already normalised.
 
     Split ``s`` of sequence ``b`` covers keys ``[s * L, (s + 1) * L)`` clipped to
     ``seq_lens[b]``, where ``L = ceil(ceil(seq_lens[b] / S) / block_n) * block_n`` (``block_n`` is
@@ -109,10 +117,12 @@ def decode_partials(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     num_splits = part_out.shape[2]
     group = num_heads // num_kv_heads
     block_n = fit_block_n(config.block_n, dim, q.element_size(), config.num_stages, 0, SHARED_BUDGET)
-    _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
+    grid = ((num_kv_heads, num_splits, num_seqs) if config.heads_fastest
+            else (num_seqs, num_kv_heads, num_splits))
+    _decode_split_kernel[grid](
         q, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse, scale * LOG2E, num_splits,
         q.stride(0), q.stride(1), block_tables.stride(0), *k_cache.stride()[:3],
         *part_out.stride()[:3], *part_lse.stride(), GROUP=group,
         BLOCK_G=max(16, next_power_of_2(group)), BLOCK_N=block_n, D=dim,
-        PAGE=k_cache.shape[1], PREC=dot_precision(q.dtype),
+        PAGE=k_cache.shape[1], PREC=dot_precision(q.dtype), HEADS_FASTEST=config.heads_fastest,
         num_warps=config.num_warps, num_stages=config.num_stages)

@@ -22,14 +22,18 @@ def build_empty(cfg: ModelConfig, dtype: torch.dtype, device: torch.device,
 
 
 def load_model(path: str | Path, dtype: torch.dtype | None, device: torch.device,
-               max_positions: int | None = None) -> LlamaForCausalLM:
-    """Load a Llama-family checkpoint; dtype None takes the checkpoint's own."""
+               max_positions: int | None = None, load_format: str = "safetensors") -> LlamaForCausalLM:
+    """Load a Llama-family checkpoint; dtype None takes the checkpoint's own. load_format
+    "dummy" reads only config.json and fills the weights with N(0, 0.02)."""
     path = Path(path)
     cfg = ModelConfig.from_dir(path)
     if dtype is None:
         dtype = parse_dtype(cfg.torch_dtype)
     model = build_empty(cfg, dtype, device, max_positions or cfg.max_position_embeddings)
-    load_weights(model, iter_tensors(path), cfg.tie_word_embeddings)
+    if load_format == "dummy":
+        init_random(model, seed=0)
+    else:
+        load_weights(model, iter_tensors(path), cfg.tie_word_embeddings)
     return model
 
 

@@ -125,3 +125,11 @@ def test_duplicate_request_id(engine):
     with pytest.raises(InvalidRequestError, match="already in use"):
         engine.add_request("dup", [1, 2, 3], SamplingParams(max_tokens=1))
     engine.abort_request("dup")
+
+
+def test_dummy_load_format_needs_only_config_and_tokenizer(broken):
+    (broken / "model.safetensors").unlink()
+    engine = LLMEngine(EngineConfig(model=str(broken), load_format="dummy"))
+    assert len(engine.generate([[0, 5, 6]], SamplingParams(max_tokens=3))[0].token_ids) == 3
+    with pytest.raises(ConfigError, match="load_format"):
+        EngineConfig(model="x", load_format="pickle")

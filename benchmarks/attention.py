@@ -85,11 +85,14 @@ def decode_batch(batch: int, context: int, block_size: int, seed: int):
     return random_batch(spec, "cuda", seed)
 
 
+def time_forward(backend: TritonAttention, b) -> float:
+    """Median seconds of a CUDA-graph replay of one attention forward over batch ``b``."""
+    return graph_seconds(lambda: backend.forward(b.q, b.k_cache, b.v_cache, b.meta, b.scale), b.q.device)
+
+
 def time_triton_decode(case: Case, block_size: int, config: DecodeConfig) -> float:
     b = decode_batch(case.batch, case.context, block_size, seed=case.batch * 7 + case.context)
-    backend = TritonAttention(decode=config)
-    seconds = graph_seconds(lambda: backend.forward(b.q, b.k_cache, b.v_cache, b.meta, b.scale),
-                            torch.device("cuda"))
+    seconds = time_forward(TritonAttention(decode=config), b)
     del b
     torch.cuda.empty_cache()
     return seconds
@@ -124,9 +127,7 @@ def run_decode_case(batch: int, context: int, block_size: int, config: DecodeCon
 def time_triton_prefill(batch: int, length: int, block_size: int, config: PrefillConfig) -> float:
     spec = BatchSpec((length,) * batch, (length,) * batch, HEADS, KV_HEADS, DIM, block_size, DTYPE)
     b = random_batch(spec, "cuda", seed=length)
-    backend = TritonAttention(prefill=config)
-    seconds = graph_seconds(lambda: backend.forward(b.q, b.k_cache, b.v_cache, b.meta, b.scale),
-                            torch.device("cuda"))
+    seconds = time_forward(TritonAttention(prefill=config), b)
     del b
     torch.cuda.empty_cache()
     return seconds
@@ -141,32 +142,69 @@ def run_prefill_case(batch: int, length: int, block_size: int, config: PrefillCo
     return PrefillCase(batch, length, flops, seconds, sdpa)
 
 
-def tune_decode(block_size: int, base: DecodeConfig) -> tuple[DecodeConfig, list]:
-    """Tile shapes on two mid-size cases, then the split target on small batches; sum of times decides."""
-    def total(cfg: DecodeConfig, cases) -> float:
-        return sum(time_triton_decode(Case(b, c, 0), block_size, cfg) for b, c in cases)
-    rows = []
-    tiles = [replace(base, block_n=n, num_stages=s, num_warps=w)
-             for n, s, w in itertools.product((32, 64, 128), (1, 2, 3), (4, 8))]
-    for cfg in track(tiles, description="decode tiles"):
-        rows.append((cfg, total(cfg, [(64, 4096), (16, 32768)])))
-    best = min(rows, key=lambda r: r[1])[0]
-    splits = [replace(best, programs_per_sm=p) for p in (1, 2, 4, 8, 16)]
-    split_rows = [(cfg, total(cfg, [(1, 32768), (16, 4096), (4, 4096)])) for cfg in track(splits, "splits")]
-    return min(split_rows, key=lambda r: r[1])[0], rows + split_rows
+@dataclass(frozen=True)
+class TuneRow:
+    """One config's time on one case during --tune."""
+
+    kind: str
+    config: DecodeConfig | PrefillConfig
+    batch: int
+    context: int
+    seconds: float
 
 
-def tune_prefill(block_size: int, base: PrefillConfig) -> tuple[PrefillConfig, list]:
+def geomean(xs: list[float]) -> float:
+    return float(torch.tensor(xs, dtype=torch.float64).log().mean().exp())
+
+
+def sweep(kind: str, configs: list, cases: list[tuple[int, int]], make_batch, make_backend) -> list[TuneRow]:
+    """Time every config on every case; each case's batch is built once and reused."""
+    batches = {case: make_batch(*case) for case in cases}
     rows = []
+    for cfg in track(configs, description=f"tuning {kind}"):
+        backend = make_backend(cfg)
+        for (batch, context), b in batches.items():
+            try:
+                t = time_forward(backend, b)
+            except Exception as e:  # noqa: BLE001  (a tile that exceeds shared memory is not a candidate)
+                Console().print(f"[yellow]{cfg}: {type(e).__name__}: {str(e)[:160]}")
+                t = float("inf")
+            rows.append(TuneRow(kind, cfg, batch, context, t))
+    del batches
+    torch.cuda.empty_cache()
+    return rows
+
+
+def best(rows: list[TuneRow]):
+    by_config: dict = {}
+    for r in rows:
+        by_config.setdefault(r.config, []).append(r.seconds)
+    return min(by_config, key=lambda c: geomean(by_config[c]))
+
+
+def tune_decode(block_size: int, base: DecodeConfig) -> tuple[DecodeConfig, list[TuneRow]]:
+    """Tile shape and launch order on two large cases, then the split choice on small ones."""
+    def make(b: int, c: int):
+        return decode_batch(b, c, block_size, seed=b + c)
+    tiles = [replace(base, block_n=n, num_stages=s, num_warps=w, heads_fastest=h)
+             for h, n, s, w in itertools.product((False, True), (32, 64, 128), (2, 3, 5), (4, 8))]
+    rows = sweep("decode tiles", tiles, [(64, 4096), (16, 32768)], make, lambda c: TritonAttention(decode=c))
+    tile = best(rows)
+    splits = [replace(tile, programs_per_sm=p, min_split_tokens=m)
+              for p, m in itertools.product((2, 4, 8, 16), (64, 128, 256))]
+    small = [(1, 512), (1, 4096), (1, 32768), (4, 4096), (16, 512), (16, 4096)]
+    split_rows = sweep("decode splits", splits, small, make, lambda c: TritonAttention(decode=c))
+    return best(split_rows), rows + split_rows
+
+
+def tune_prefill(block_size: int, base: PrefillConfig) -> tuple[PrefillConfig, list[TuneRow]]:
+    def make(b: int, n: int):
+        spec = BatchSpec((n,) * b, (n,) * b, HEADS, KV_HEADS, DIM, block_size, DTYPE)
+        return random_batch(spec, "cuda", seed=n)
     grid = [replace(base, block_m=m, block_n=n, num_warps=w, num_stages=s)
             for m, n, w, s in itertools.product((64, 128), (64, 128), (4, 8), (2, 3))]
-    for cfg in track(grid, description="prefill tiles"):
-        try:
-            rows.append((cfg, time_triton_prefill(1, 4096, block_size, cfg)))
-        except Exception as e:  # noqa: BLE001  (a tile that exceeds shared memory is just not a candidate)
-            rows.append((cfg, float("inf")))
-            Console().print(f"[yellow]{cfg}: {type(e).__name__}: {str(e)[:120]}")
-    return min(rows, key=lambda r: r[1])[0], rows
+    rows = sweep("prefill", grid, [(1, 4096)], make, lambda c: TritonAttention(prefill=c))
+    return best(rows), rows
 
 
 def print_tables(cases: list[Case], prefills: list[PrefillCase], copy_bps: float) -> None:
@@ -251,10 +289,11 @@ def main() -> None:
     device = torch.device("cuda")
     machine = machine_info(device)
     copy_bps = copy_bandwidth(device)
-    decode, prefill, tuning = DecodeConfig(), PrefillConfig(), {}
+    decode, prefill, tuning = DecodeConfig(), PrefillConfig(), []
     if cfg.tune:
-        decode, tuning["decode"] = tune_decode(cfg.block_size, decode)
-        prefill, tuning["prefill"] = tune_prefill(cfg.block_size, prefill)
+        decode, decode_rows = tune_decode(cfg.block_size, decode)
+        prefill, prefill_rows = tune_prefill(cfg.block_size, prefill)
+        tuning = decode_rows + prefill_rows
     grid = list(itertools.product(cfg.batches, cfg.contexts))
     cases = [run_decode_case(b, c, cfg.block_size, decode) for b, c in track(grid, description="decode")]
     prefills = [run_prefill_case(1, n, cfg.block_size, prefill)
@@ -264,7 +303,7 @@ def main() -> None:
     write_json(out / "attention.json", {
         "machine": machine, "copy_bytes_per_s": copy_bps, "decode_config": decode, "prefill_config": prefill,
         "block_size": cfg.block_size, "decode": [c.record(copy_bps) for c in cases], "prefill": prefills,
-        "tuning": {k: [{"config": c, "seconds": s} for c, s in v] for k, v in tuning.items()}})
+        "tuning": tuning})
     write_json(out / "attention_calibration.json", {"device": machine.device, "measurements": [
         {"op": "decode_attention", "batch": c.batch, "context": c.context, "seconds": c.seconds}
         for c in cases if not c.skipped]})

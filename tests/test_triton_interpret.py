@@ -76,16 +76,17 @@ def rng() -> random.Random:
     return random.Random(random.SystemRandom().randrange(2**31))
 
 
-def backend(kernels, block_n: int = 16):
-    """Small tiles and many programs per 'multiprocessor' (1 on CPU), so sequences get several splits."""
-    decode = kernels.triton_decode.DecodeConfig(block_n=block_n, programs_per_sm=24, min_split_tokens=16)
+def backend(kernels, programs_per_sm: int = 24, heads_fastest: bool = False):
+    """Small tiles; with 1 'multiprocessor' on CPU, programs_per_sm=24 gives several splits, 1 gives one."""
+    decode = kernels.triton_decode.DecodeConfig(block_n=16, programs_per_sm=programs_per_sm, min_split_tokens=16,
+                                                heads_fastest=heads_fastest)
     prefill = kernels.triton_prefill.PrefillConfig(block_m=32, block_n=16)
     return kernels.triton_backend.TritonAttention(decode=decode, prefill=prefill)
 
 
-def check(kernels, spec: BatchSpec, seed: int, strided_q: bool = False) -> None:
+def check(kernels, spec: BatchSpec, seed: int, strided_q: bool = False, **decode) -> None:
     batch = random_batch(spec, "cpu", seed, strided_q=strided_q)
-    out = backend(kernels).forward(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+    out = backend(kernels, **decode).forward(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
     assert out.shape == batch.q.shape and out.dtype == spec.dtype and out.is_contiguous()
     err = relative_error(out, reference_output(batch))
     assert err < TOLERANCE[spec.dtype], f"relative error {err:.2e} for {spec} (seed {seed})"
@@ -98,6 +99,12 @@ def case_decode_matches_reference(kernels, rng, dtype, heads, kv_heads, dim, blo
     seq_lens = ragged_seq_lens(rng, 4, 3 * block_size + 5, block_size)
     spec = BatchSpec((1,) * 4, seq_lens, heads, kv_heads, dim, block_size, dtype)
     check(kernels, spec, rng.randrange(2**31), strided_q=True)
+
+
+@pytest.mark.parametrize("programs_per_sm,heads_fastest", [(1, False), (1, True), (24, True)])
+def case_decode_grid_orders_and_single_split(kernels, rng, programs_per_sm, heads_fastest) -> None:
+    spec = BatchSpec((1,) * 3, ragged_seq_lens(rng, 3, 60, 16), 4, 2, 32, 16, torch.bfloat16)
+    check(kernels, spec, rng.randrange(2**31), programs_per_sm=programs_per_sm, heads_fastest=heads_fastest)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

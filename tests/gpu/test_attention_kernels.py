@@ -51,6 +51,19 @@ def test_decode_matches_reference(rng, dtype, heads, kv_heads, dim, block_size) 
     assert_matches(attend(batch), batch, seed, TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("config", [dict(max_splits=1), dict(heads_fastest=True, programs_per_sm=16),
+                                    dict(block_n=128, num_stages=5, num_warps=8, min_split_tokens=64)])
+def test_decode_configs_match_reference(rng, config) -> None:
+    from engine.attention.triton_backend import TritonAttention
+    from engine.attention.triton_decode import DecodeConfig
+    seed = rng.randrange(2**31)
+    seq_lens = ragged_seq_lens(rng, 40, 5000, 16)
+    batch = random_batch(BatchSpec((1,) * 40, seq_lens, 32, 8, 128, 16, torch.bfloat16), "cuda", seed)
+    out = TritonAttention(decode=DecodeConfig(**config)).forward(batch.q, batch.k_cache, batch.v_cache,
+                                                                 batch.meta, batch.scale)
+    assert_matches(out, batch, seed, 1e-2)
+
+
 @pytest.mark.parametrize("dtype,heads,kv_heads,dim,block_size", CASES)
 def test_mixed_batch_matches_reference(rng, dtype, heads, kv_heads, dim, block_size) -> None:
     seed = rng.randrange(2**31)

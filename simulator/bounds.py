@@ -1,0 +1,59 @@
+"""Lower bounds on pool sizes from the trace's load: where the planner starts its search.
+
+Each bound assumes perfect batching and no queueing, so a design below it cannot keep up.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from simulator.costs import CostModels, kv_capacity_tokens
+from simulator.operators import prefill_work
+from simulator.traces.trace import Trace
+
+
+class LoadBounds:
+    def __init__(self, trace: Trace, costs: CostModels, max_seqs: int, max_tokens: int) -> None:
+        self.costs, self.max_seqs, self.max_tokens = costs, max_seqs, max_tokens
+        self.duration = max(trace.duration_s, 1e-9)
+        self.prompt_tokens = float(trace.prompt_tokens.sum())
+        self.decode_tokens = float((trace.output_tokens - 1).sum())
+        self.mean_length = float((trace.prompt_tokens + trace.output_tokens).mean())
+        # mean context over decode tokens: prompt + half the output, weighted by output
+        out = trace.output_tokens.astype(np.float64)
+        self.mean_context = float(((trace.prompt_tokens + out / 2) * out).sum() / out.sum())
+
+    def _count(self, busy_seconds: float) -> int:
+        return max(1, math.ceil(busy_seconds / self.duration))
+
+    def prefill_seconds(self, hw: str, tp: int) -> float:
+        cost = self.costs.replica(hw, tp)
+        per_token = cost.seconds(prefill_work(self.max_tokens, 0, 1)) / self.max_tokens
+        return self.prompt_tokens * per_token
+
+    def decode_rate(self, hw: str, tp: int) -> float:
+        """Tokens/s of one replica at the largest batch its memory and max_num_seqs allow."""
+        capacity = kv_capacity_tokens(self.costs.model, self.costs.catalog[hw], tp, self.max_tokens)
+        batch = max(1, min(self.max_seqs, int(capacity // self.mean_length)))
+        _, a, b = self.costs.replica(hw, tp).decode_pieces(batch)[0]
+        return batch / (a + b * batch * self.mean_context)
+
+    def prefill(self, hw: str, tp: int) -> int:
+        return self._count(self.prefill_seconds(hw, tp))
+
+    def decode(self, hw: str, tp: int) -> int:
+        return self._count(self.decode_tokens / self.decode_rate(hw, tp))
+
+    def colocated(self, hw: str, tp: int) -> int:
+        return self._count(self.prefill_seconds(hw, tp) + self.decode_tokens / self.decode_rate(hw, tp))
+
+    def offload_compute(self, hw: str, tp: int) -> int:
+        _, a, _ = self.costs.replica(hw, tp).decode_pieces(self.max_seqs)[0]
+        return self._count(self.decode_tokens * a / self.max_seqs)
+
+    def attention(self, hw: str) -> int:
+        per_token = self.costs.replica(hw, 1).attention_seconds_per_token()
+        memory = kv_capacity_tokens(self.costs.model, self.costs.catalog[hw], 1, 0, holds_weights=False)
+        return max(self._count(self.decode_tokens * self.mean_context * per_token), 1 if memory > 0 else 0)

@@ -1,0 +1,89 @@
+"""`tierserve plan` and `tierserve simulate`: the capacity planner and the cluster simulator."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from simulator.errors import SimInputError
+from simulator.inputs import add_input_options
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    plan = sub.add_parser("plan", help="cheapest cluster design that meets an SLO at a trace's rate")
+    plan.add_argument("--trace", required=True, help="Azure .csv, Mooncake .jsonl or synthetic:key=value,...")
+    plan.add_argument("--slo", required=True, help="e.g. ttft_p99=2,tbt_p99=100ms")
+    add_input_options(plan)
+    plan.add_argument("--kinds", default="colocated,disaggregated,offload", help="design kinds to search")
+    plan.add_argument("--hardware", default="", help="tiers to consider, comma separated (default: all)")
+    plan.add_argument("--max-replicas", type=int, default=64)
+    plan.add_argument("--max-num-seqs", type=int, default=256)
+    plan.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    plan.add_argument("--search-requests", type=int, default=4000,
+                      help="search on the trace's first N requests; the winner is rerun on all of them")
+    plan.add_argument("--pareto", type=int, default=6, help="designs whose capacity the Pareto plot measures")
+    plan.add_argument("--out", type=Path, default=Path("plan-out"), help="plots and results")
+    plan.add_argument("--config-out", type=Path, default=None, help="cluster config (default OUT/cluster.yaml)")
+    plan.add_argument("--model-ref", default=None, help="checkpoint the cluster config names (default: the model's)")
+    plan.set_defaults(func=run_plan)
+
+    sim = sub.add_parser("simulate", help="simulate one cluster design on a trace, or run the validation suite")
+    sim.add_argument("--trace", help="Azure .csv, Mooncake .jsonl or synthetic:key=value,...")
+    which = sim.add_mutually_exclusive_group()
+    which.add_argument("--design", help="e.g. prefill=H100x2,decode=L40Sx4@tp2 or colocated=H100x4")
+    which.add_argument("--config", type=Path, help="a cluster config YAML (as `plan` writes)")
+    sim.add_argument("--slo", default=None, help="for SLO attainment and goodput, e.g. ttft_p99=2,tbt_p99=0.1")
+    add_input_options(sim)
+    sim.add_argument("--max-num-seqs", type=int, default=256)
+    sim.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    sim.add_argument("--out", type=Path, default=None, help="write result.json and latency_cdf.png here")
+    sim.add_argument("--validate", action="store_true",
+                     help="run the validation suite (operator sums, M/D/1, monotonicity, seeds, Splitwise, Lamina)")
+    sim.set_defaults(func=run_simulate)
+
+
+def _guard(fn):
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except SimInputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return run
+
+
+def _console() -> Console:
+    """Wide tables when the output is not a terminal (logs, CI)."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+@_guard
+def run_plan(args: argparse.Namespace) -> int:
+    from simulator.plan_command import plan_command
+    return plan_command(args, _console())
+
+
+@_guard
+def run_simulate(args: argparse.Namespace) -> int:
+    from simulator.simulate_command import simulate_command, validate_command
+    if args.validate:
+        return validate_command(args, _console())
+    if not args.trace or not (args.design or args.config):
+        raise SimInputError("simulate needs --trace and --design or --config (or --validate)")
+    return simulate_command(args, _console())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tierserve", description=__doc__)
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Cost models and memory budgets per replica, roofline or calibrated by profiles."""
+
+from __future__ import annotations
+
+from simulator.calibration import CalibratedCost
+from simulator.errors import SimInputError
+from simulator.hardware import Catalog, HardwareSpec
+from simulator.links import LinkTable
+from simulator.models import ModelSpec
+from simulator.offload import OffloadCost, OffloadLink
+from simulator.profiles import Profile
+from simulator.roofline import IterationCost, RooflineCost
+
+
+class CostModels:
+    """Builds (and caches) one cost model per (hardware, tp); a profile measured on that hardware
+    and tp replaces roofline estimates where it has measurements."""
+
+    def __init__(self, model: ModelSpec, catalog: Catalog, profiles: tuple[Profile, ...] = (),
+                 links: LinkTable | None = None) -> None:
+        for p in profiles:
+            if p.model is not None and p.model != model.name:
+                raise SimInputError(f"profile for {p.device} was measured on model {p.model!r}, "
+                                    f"not {model.name!r} (drop its 'model' key to use it anyway)")
+        self.model, self.catalog = model, catalog
+        self.links = links or LinkTable(catalog)
+        self.profiles = {(p.device, p.tp): p for p in profiles}
+        self._costs: dict[tuple[str, int], IterationCost] = {}
+
+    def replica(self, hardware: str, tp: int) -> IterationCost:
+        key = (hardware, tp)
+        if key not in self._costs:
+            cost = RooflineCost(self.model, self.catalog[hardware], tp)
+            profile = self.profiles.get(key)
+            self._costs[key] = CalibratedCost(cost, profile) if profile else cost
+        return self._costs[key]
+
+    def offload(self, compute: str, tp: int, attention: str, share: float, micro_batches: int) -> OffloadCost:
+        """A compute replica of ``tp`` devices using ``share`` attention devices; data moves over
+        min(tp, share) device-pair links (the same rule as KV transfers)."""
+        link = self.links.between(compute, attention)
+        return OffloadCost(self.replica(compute, tp), self.replica(attention, 1), share,
+                           OffloadLink(link.bandwidth * min(tp, share), link.latency_s), micro_batches)
+
+
+def activation_bytes(model: ModelSpec, tp: int, max_batched_tokens: int) -> float:
+    """Working memory of one iteration of ``max_batched_tokens`` tokens (rough upper bound)."""
+    per_token = 4 * model.hidden_size + 3 * model.intermediate_size / tp
+    return max_batched_tokens * per_token * model.dtype_bytes
+
+
+def kv_capacity_tokens(model: ModelSpec, hw: HardwareSpec, tp: int, max_batched_tokens: int,
+                       holds_weights: bool = True) -> int:
+    """KV tokens a replica can hold after weights and activations; <= 0 when the model does not fit."""
+    free = hw.memory_bytes * tp
+    if holds_weights:
+        free -= model.weight_bytes + activation_bytes(model, tp, max_batched_tokens)
+    return int(free // model.kv_bytes_per_token)
+
+
+def min_tp(model: ModelSpec, hw: HardwareSpec, max_batched_tokens: int, min_kv_tokens: int) -> int | None:
+    """The smallest power-of-two tp on one node that holds the weights and ``min_kv_tokens`` of KV."""
+    tp = 1
+    while tp <= hw.max_devices_per_node:
+        if kv_capacity_tokens(model, hw, tp, max_batched_tokens) >= min_kv_tokens:
+            return tp
+        tp *= 2
+    return None

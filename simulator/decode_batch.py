@@ -1,0 +1,102 @@
+"""A replica's running decode batch (continuous batching) advanced in closed-form runs of steps.
+
+The batch changes only when a sequence joins or finishes; between changes the steps form an
+arithmetic series (step_curve), so there is one event per change, not per token. Each run is
+recorded as a segment (batch, steps, first step seconds, growth per step) for TBT statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from heapq import heappop, heappush
+
+from simulator.request import Request
+from simulator.roofline import IterationCost
+from simulator.step_curve import run, steps_to_reach
+
+EPS_S = 1e-9  # boundaries closer than this to a target time count as reaching it
+
+
+class DecodeBatch:
+    __slots__ = ("cost", "t", "k", "batch", "context", "finishes", "pieces", "segments", "busy_s",
+                 "attention_s", "attention_per_token", "joined", "on_finish", "_seq")
+
+    def __init__(self, cost: IterationCost, segments: list, on_finish: Callable[[Request, float], None]) -> None:
+        self.cost, self.segments, self.on_finish = cost, segments, on_finish
+        self.t = 0.0        # start of step k (a boundary)
+        self.k = 0
+        self.batch = 0      # sequences running
+        self.context = 0    # their contexts summed, for step k
+        self.finishes: list[tuple[int, int, Request]] = []  # (step count at which it is done, seq, request)
+        self.pieces = cost.decode_pieces(1)
+        self.busy_s = 0.0
+        self.attention_s = 0.0
+        self.attention_per_token = cost.attention_seconds_per_token()
+        self.joined: list[Request] = []  # joined at this boundary, first decode token not yet timed
+        self._seq = 0
+
+    def join(self, req: Request) -> None:
+        """Add a prefilled request at the current boundary (it needs output - 1 more tokens)."""
+        req.k_join = self.k
+        self._seq += 1
+        heappush(self.finishes, (self.k + req.output - 1, self._seq, req))
+        self.batch += 1
+        self.context += req.prompt + 1
+        self.pieces = self.cost.decode_pieces(self.batch)
+        self.joined.append(req)
+
+    def next_change(self) -> float:
+        """When the next sequence finishes, if nothing joins before."""
+        return self.t + run(self.pieces, self.batch, self.context, self.finishes[0][0] - self.k)
+
+    def advance_to(self, target: float) -> None:
+        """Run to the first boundary at or after ``target``, finishing sequences on the way."""
+        while self.batch and self.t < target - EPS_S:
+            left = self.finishes[0][0] - self.k
+            m = steps_to_reach(self.pieces, self.batch, self.context, target - self.t)
+            self._run(min(m, left))
+            if m >= left:
+                self._finish_due()
+        if not self.batch and self.t < target:
+            self.t = target
+
+    def step(self, seconds: float) -> None:
+        """One step timed from outside (a mixed prefill + decode iteration)."""
+        if not self.batch:
+            self.t += seconds
+            return
+        self.segments.append((self.batch, 1, seconds, 0.0))
+        self._time_joined(seconds)
+        self.attention_s += self.attention_per_token * self.context
+        self.t += seconds
+        self.context += self.batch
+        self.k += 1
+        self._finish_due()
+
+    def _run(self, m: int) -> None:
+        segments = self.segments
+        seconds = run(self.pieces, self.batch, self.context, m, segments)
+        if self.joined:
+            self._time_joined(segments[-1][2] if len(self.pieces) == 1 else run(self.pieces, self.batch, self.context, 1))
+        b = self.batch
+        self.attention_s += self.attention_per_token * (m * self.context + b * m * (m - 1) / 2)
+        self.t += seconds
+        self.busy_s += seconds
+        self.context += m * b
+        self.k += m
+
+    def _time_joined(self, first_step_s: float) -> None:
+        for req in self.joined:
+            req.first_decode_at = self.t + first_step_s
+            req.first_step_s = first_step_s
+        self.joined.clear()
+
+    def _finish_due(self) -> None:
+        finishes = self.finishes
+        while finishes and finishes[0][0] == self.k:
+            req = heappop(finishes)[2]
+            self.batch -= 1
+            self.context -= req.prompt + 1 + (self.k - req.k_join)
+            self.on_finish(req, self.t)
+        if self.batch:
+            self.pieces = self.cost.decode_pieces(self.batch)

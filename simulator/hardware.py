@@ -1,0 +1,152 @@
+"""The hardware catalog: devices with compute, memory, interconnect, price and power (catalog.yaml)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from simulator.errors import SimInputError
+
+DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
+KINDS = ("gpu", "cpu")
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    """One device kind; efficiencies scale the datasheet peaks to what kernels reach."""
+
+    name: str
+    kind: str
+    accelerator_type: str | None
+    peak_bf16_tflops: float
+    memory_gb: float
+    memory_bandwidth_gbs: float
+    interconnect_gbs: float
+    network_gbps: float
+    network_latency_us: float
+    usd_per_hour: float
+    watts: float
+    num_cpus: int
+    max_devices_per_node: int
+    compute_efficiency: float
+    memory_efficiency: float
+    network_efficiency: float
+    iteration_overhead_us: float
+    idle_power_fraction: float
+    memory_fraction: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise SimInputError(f"hardware {self.name}: kind must be one of {KINDS}, got {self.kind!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("float", "int") and not (isinstance(value, int | float) and math.isfinite(value)
+                                                   and value >= 0 and not isinstance(value, bool)):
+                raise SimInputError(f"hardware {self.name}: {f.name} must be a number >= 0, got {value!r}")
+        for name in ("peak_bf16_tflops", "memory_gb", "memory_bandwidth_gbs", "network_gbps"):
+            if getattr(self, name) <= 0:
+                raise SimInputError(f"hardware {self.name}: {name} must be > 0")
+        for name in ("compute_efficiency", "memory_efficiency", "network_efficiency", "memory_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise SimInputError(f"hardware {self.name}: {name} must be in (0, 1]")
+
+    @property
+    def flops(self) -> float:
+        """Reachable FLOP/s of one device."""
+        return self.peak_bf16_tflops * 1e12 * self.compute_efficiency
+
+    @property
+    def memory_bandwidth(self) -> float:
+        """Reachable bytes/s of one device's memory."""
+        return self.memory_bandwidth_gbs * 1e9 * self.memory_efficiency
+
+    @property
+    def network_bandwidth(self) -> float:
+        """Reachable bytes/s of one device's NIC."""
+        return self.network_gbps * 1e9 / 8 * self.network_efficiency
+
+    @property
+    def memory_bytes(self) -> float:
+        """Bytes of one device the engine may use."""
+        return self.memory_gb * 1e9 * self.memory_fraction
+
+
+@dataclass(frozen=True)
+class LinkOverride:
+    """A measured or chosen link between two tiers (both directions)."""
+
+    src: str
+    dst: str
+    gbps: float
+    latency_us: float
+
+    def __post_init__(self) -> None:
+        if self.gbps <= 0 or self.latency_us < 0:
+            raise SimInputError(f"link {self.src}-{self.dst}: gbps must be > 0 and latency_us >= 0")
+
+
+@dataclass(frozen=True)
+class Catalog:
+    hardware: dict[str, HardwareSpec]
+    links: tuple[LinkOverride, ...] = ()
+
+    def __getitem__(self, name: str) -> HardwareSpec:
+        if name not in self.hardware:
+            raise SimInputError(f"unknown hardware {name!r}; the catalog has {', '.join(self.hardware)}")
+        return self.hardware[name]
+
+    def names(self, kind: str | None = None) -> list[str]:
+        return [n for n, h in self.hardware.items() if kind is None or h.kind == kind]
+
+
+def load_catalog(*extra: str | Path) -> Catalog:
+    """The shipped catalog, then each extra file merged over it (field by field, by name)."""
+    defaults: dict = {}
+    entries: dict[str, dict] = {}
+    links: list[dict] = []
+    for path in (DEFAULT_CATALOG, *map(Path, extra)):
+        data = _read(path)
+        defaults.update(data.get("defaults") or {})
+        for name, entry in (data.get("hardware") or {}).items():
+            if not isinstance(entry, dict):
+                raise SimInputError(f"{path}: hardware.{name} must be a mapping")
+            entries.setdefault(str(name), {}).update(entry)
+        links.extend(data.get("links") or [])
+    hardware = {name: _spec(name, {**defaults, **entry}) for name, entry in entries.items()}
+    return Catalog(hardware, tuple(_link(link, hardware) for link in links))
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise SimInputError(f"catalog {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SimInputError(f"catalog {path} is not valid YAML: {e}") from None
+    unknown = set(data) - {"defaults", "hardware", "links"} if isinstance(data, dict) else {"<top level>"}
+    if unknown:
+        raise SimInputError(f"catalog {path}: unknown section(s) {sorted(unknown)} "
+                            "(expected defaults, hardware, links)")
+    return data
+
+
+def _spec(name: str, entry: dict) -> HardwareSpec:
+    names = {f.name for f in fields(HardwareSpec)} - {"name"}
+    unknown, missing = sorted(set(entry) - names), sorted(names - set(entry))
+    if unknown:
+        raise SimInputError(f"hardware {name}: unknown field {unknown[0]!r}")
+    if missing:
+        raise SimInputError(f"hardware {name}: missing field(s) {', '.join(missing)}")
+    return HardwareSpec(name=name, **entry)
+
+
+def _link(entry: dict, hardware: dict[str, HardwareSpec]) -> LinkOverride:
+    if not isinstance(entry, dict) or set(entry) != {"src", "dst", "gbps", "latency_us"}:
+        raise SimInputError(f"links entry {entry!r} must have exactly src, dst, gbps, latency_us")
+    for end in (entry["src"], entry["dst"]):
+        if end not in hardware:
+            raise SimInputError(f"links entry {entry!r}: unknown hardware {end!r}")
+    return LinkOverride(**entry)

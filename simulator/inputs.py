@@ -1,0 +1,62 @@
+"""From command-line options to the simulator's inputs: model, catalog, profiles, links, trace."""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+from simulator.costs import CostModels
+from simulator.errors import SimInputError
+from simulator.hardware import Catalog, load_catalog
+from simulator.links import Link, LinkTable, fit_link
+from simulator.models import load_model
+from simulator.nccl_tests import link_from_nccl_tests
+from simulator.profiles import Profile, load_profile
+from simulator.traces.load import load_trace
+from simulator.traces.trace import Trace
+
+
+def add_input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="llama-3-8b",
+                   help="preset (llama-3-8b, llama-3-70b, qwen2-7b, mistral-7b), config.json or checkpoint dir")
+    p.add_argument("--catalog", action="append", default=[], metavar="YAML",
+                   help="hardware catalog merged over the shipped one (repeatable)")
+    p.add_argument("--profile", action="append", default=[], metavar="JSON[:DEVICE]",
+                   help="calibration profile from our benchmarks; DEVICE names its hardware if the file does not")
+    p.add_argument("--nccl-tests", action="append", default=[], metavar="SRC:DST=FILE",
+                   help="nccl-tests output (all_reduce_perf, sendrecv_perf) measured between two tiers")
+    p.add_argument("--rate-scale", type=float, default=1.0, help="replay the trace this many times faster")
+    p.add_argument("--router", default="prefix_aware", choices=("round_robin", "least_loaded", "prefix_aware"))
+
+
+def profile_arg(text: str, catalog: Catalog) -> Profile:
+    path, sep, device = text.rpartition(":")
+    if sep and device in catalog.hardware and not Path(text).is_file():
+        return load_profile(path, device)
+    return load_profile(text)
+
+
+def nccl_arg(text: str) -> tuple[tuple[str, str], Link]:
+    pair, sep, path = text.partition("=")
+    src, sep2, dst = pair.partition(":")
+    if not sep or not sep2 or not src or not dst:
+        raise SimInputError(f"--nccl-tests {text!r} is not SRC:DST=FILE (e.g. H100:L40S=sendrecv.txt)")
+    return (src, dst), link_from_nccl_tests(path)
+
+
+def build_costs(args: argparse.Namespace) -> CostModels:
+    catalog = load_catalog(*args.catalog)
+    profiles = tuple(profile_arg(p, catalog) for p in args.profile)
+    points: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for prof in profiles:
+        for lp in prof.links:
+            points[(lp.src, lp.dst)].append((lp.bytes, lp.seconds))
+    measured = {pair: fit_link(pts) for pair, pts in points.items()}
+    measured.update(nccl_arg(text) for text in args.nccl_tests)
+    return CostModels(load_model(args.model), catalog, profiles, LinkTable(catalog, measured))
+
+
+def build_trace(args: argparse.Namespace) -> Trace:
+    trace = load_trace(args.trace)
+    return trace.scaled(args.rate_scale) if args.rate_scale != 1.0 else trace

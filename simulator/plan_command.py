@@ -1,0 +1,68 @@
+"""`tierserve plan`: search designs, print the table, write the cluster config and the plots."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from simulator.capacity import max_rate
+from simulator.cluster_config import cluster_config, write_cluster_config
+from simulator.inputs import build_costs, build_trace
+from simulator.planner import Plan, Planner, PlanOptions
+from simulator.plots import ParetoPoint, plot_latency_cdfs, plot_pareto
+from simulator.progress import progress_bar
+from simulator.report import result_dict, results_table, write_json
+from simulator.slo import SLO, parse_slo
+
+PARETO_SCALES = (1, 2, 4)
+
+
+def _options(args: argparse.Namespace) -> PlanOptions:
+    split = lambda text: tuple(s.strip() for s in text.split(",") if s.strip())  # noqa: E731
+    return PlanOptions(kinds=split(args.kinds), hardware=split(args.hardware), max_replicas=args.max_replicas,
+                       max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                       router=args.router, search_requests=args.search_requests)
+
+
+def plan_command(args: argparse.Namespace, console: Console) -> int:
+    costs, trace, slo = build_costs(args), build_trace(args), parse_slo(args.slo)
+    console.print(f"trace {trace.name}: {len(trace)} requests at {trace.rate:.3g} req/s; model {costs.model.name}; "
+                  f"SLO {slo.text()}")
+    with progress_bar(console, "searching designs", None) as update:
+        planner = Planner(trace, costs, slo, _options(args), lambda label: update(advance=1, description=label))
+        plan = planner.plan()
+    console.print(f"simulated {len(plan.evaluated)} designs" + "".join(f"; skipped {s}" for s in plan.skipped))
+    if plan.best is None:
+        console.print("[red]no design meets the SLO[/red] within --max-replicas; loosen the SLO or allow more replicas")
+        return 1
+    marks = ["*" if c is plan.best else "" for c in plan.family_bests]
+    console.print(results_table([c.result for c in plan.family_bests],
+                                "cheapest design per family (* = chosen)", marks))
+    config_path = args.config_out or args.out / "cluster.yaml"
+    config = cluster_config(plan.best.design, costs.model, costs.catalog, plan.best.result, slo, trace.name,
+                            args.model_ref)
+    write_cluster_config(config_path, config)
+    _plots(args, console, planner, plan, slo)
+    write_json(args.out / "plan.json", {"best": result_dict(plan.best.result),
+                                        "family_bests": [result_dict(c.result) for c in plan.family_bests]})
+    console.print(f"chosen: {plan.best.design.label()} at ${plan.best.design.cost_per_hour(costs.catalog):.2f}/h; "
+                  f"wrote {config_path}, {args.out}/plan.json, pareto.png, latency_cdf.png")
+    return 0
+
+
+def _plots(args: argparse.Namespace, console: Console, planner: Planner, plan: Plan, slo: SLO) -> None:
+    """Pareto: the cheapest design of each family (up to --pareto of them) at 1x, 2x and 4x its pool
+    sizes, each at the highest rate it serves within the SLO."""
+    shown = list(plan.family_bests[:args.pareto])
+    designs = [c.design.scaled(k) for c in shown for k in PARETO_SCALES]
+    points = []
+    with progress_bar(console, "measuring capacity for the Pareto plot", len(designs)) as update:
+        for design in designs:
+            update(description=f"capacity of {design.label()}")
+            cap = max_rate(design, planner.trace, planner.costs, slo, steps=4)
+            points.append(ParetoPoint(design.label(), design.cost_per_hour(planner.costs.catalog), cap.rate))
+            update(advance=1)
+    plot_pareto(points, args.out / "pareto.png", f"{planner.costs.model.name}: cost vs throughput within {slo.text()}")
+    plot_latency_cdfs([c.result for c in shown], args.out / "latency_cdf.png", f"{planner.costs.model.name} on "
+                      f"{planner.full.name}")

@@ -1,0 +1,83 @@
+"""PNG plots: latency CDFs of simulated designs, and the cost-throughput Pareto frontier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from simulator.metrics import SimResult  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    label: str
+    cost_per_hour: float
+    throughput_rps: float
+
+
+def _grid(values: list[np.ndarray]) -> np.ndarray:
+    joined = np.concatenate([v[v > 0] for v in values] or [np.array([1e-3])])
+    lo, hi = max(joined.min(), 1e-5), max(joined.max(), 2e-5)
+    return np.geomspace(lo * 0.9, hi * 1.1, 200)
+
+
+def plot_latency_cdfs(results: list[SimResult], path: str | Path, title: str = "") -> Path:
+    """TTFT (per request) and TBT (per token) CDFs, one line per design."""
+    fig, (ax_ttft, ax_tbt) = plt.subplots(1, 2, figsize=(11, 4.2))
+    runs = [r for r in results if r.samples is not None and len(r.samples.ttft)]
+    for r in runs:
+        ttft = np.sort(r.samples.ttft)
+        ax_ttft.plot(ttft, np.arange(1, len(ttft) + 1) / len(ttft), label=r.design)
+    tbt_grid = _grid([np.concatenate([r.samples.tbt.first, r.samples.tbt.first_gaps]) for r in runs])
+    for r in runs:
+        ax_tbt.plot(tbt_grid, r.samples.tbt.cdf(tbt_grid), label=r.design)
+    for ax, name in ((ax_ttft, "time to first token (s)"), (ax_tbt, "time between tokens (s)")):
+        ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel("CDF")
+        ax.grid(True, which="both", alpha=0.3)
+    ax_tbt.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title or "simulated latency CDFs")
+    return _save(fig, path)
+
+
+def pareto_frontier(points: list[ParetoPoint]) -> list[ParetoPoint]:
+    """Points no other point beats on both lower cost and higher throughput, by cost."""
+    frontier: list[ParetoPoint] = []
+    for p in sorted(points, key=lambda p: (p.cost_per_hour, -p.throughput_rps)):
+        if not frontier or p.throughput_rps > frontier[-1].throughput_rps:
+            frontier.append(p)
+    return frontier
+
+
+def plot_pareto(points: list[ParetoPoint], path: str | Path, title: str = "") -> Path:
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    ax.scatter([p.cost_per_hour for p in points], [p.throughput_rps for p in points], s=18, alpha=0.5,
+               label="designs")
+    front = pareto_frontier(points)
+    ax.step([p.cost_per_hour for p in front], [p.throughput_rps for p in front], where="post", color="C3",
+            label="Pareto frontier")
+    for p in front:
+        ax.annotate(p.label, (p.cost_per_hour, p.throughput_rps), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel("cluster cost ($/hour)")
+    ax.set_ylabel("throughput within SLO (requests/s)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "cost vs throughput")
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path

@@ -1,0 +1,113 @@
+"""Calibration profiles: JSON files our benchmarks write, read into typed measurements.
+
+    {"device": "H100", "tp": 1, "model": "llama-3-8b",
+     "measurements": [{"op": "decode_step", "batch": 16, "context": 4096, "seconds": 0.0123},
+                      {"op": "prefill", "tokens": 2048, "context": 0, "seconds": 0.051},
+                      {"op": "attention", "batch": 16, "context": 4096, "seconds": 0.0021}],
+     "links": [{"src": "H100", "dst": "L40S", "bytes": 268435456, "seconds": 0.0061}]}
+
+decode_step/attention: ``context`` is tokens per sequence; prefill: ``context`` is the cached prefix.
+``device`` and ``tp`` say where the measurements were taken; ``model`` (optional) must match the
+simulated model. Link ends are catalog names, or gpuN/cpuN meaning ``device`` (as
+benchmarks/handoff.py writes them); links to redis-host (the host tier) are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from simulator.errors import SimInputError
+
+OPS = {"decode_step": ("batch", "context"), "attention": ("batch", "context"), "prefill": ("tokens",)}
+LOCAL_DEVICE = re.compile(r"^(gpu|cpu)\d+$")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    op: str
+    seconds: float
+    batch: int = 1
+    tokens: int = 0
+    context: int = 0
+
+
+@dataclass(frozen=True)
+class LinkPoint:
+    src: str
+    dst: str
+    bytes: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    device: str
+    tp: int
+    model: str | None
+    measurements: tuple[Measurement, ...]
+    links: tuple[LinkPoint, ...]
+
+    def of(self, op: str) -> list[Measurement]:
+        return [m for m in self.measurements if m.op == op]
+
+
+def load_profile(path: str | Path, device: str | None = None) -> Profile:
+    """Read a profile; ``device`` names the hardware when the file does not (or overrides it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SimInputError(f"profile {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SimInputError(f"profile {path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise SimInputError(f"profile {path}: the top level must be an object")
+    device = device or data.get("device")
+    if not isinstance(device, str):
+        raise SimInputError(f"profile {path}: no 'device' (give it in the file or as FILE:DEVICE)")
+    tp = data.get("tp", 1)
+    if not isinstance(tp, int) or tp < 1:
+        raise SimInputError(f"profile {path}: tp must be a positive integer, got {tp!r}")
+    measurements = tuple(_measurement(m, f"{path}: measurements[{i}]")
+                         for i, m in enumerate(_list(data, "measurements", path)))
+    links = tuple(p for i, e in enumerate(_list(data, "links", path))
+                  if (p := _link_point(e, device, f"{path}: links[{i}]")) is not None)
+    return Profile(device, tp, data.get("model"), measurements, links)
+
+
+def _list(data: dict, key: str, path: Path) -> list:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise SimInputError(f"profile {path}: {key} must be a list")
+    return value
+
+
+def _positive(entry: dict, key: str, where: str, kind: type = int) -> float:
+    value = entry.get(key)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    if not ok or (kind is int and not isinstance(value, int)):
+        raise SimInputError(f"{where}: {key} must be a positive {kind.__name__}, got {value!r}")
+    return value
+
+
+def _measurement(entry: object, where: str) -> Measurement:
+    if not isinstance(entry, dict) or entry.get("op") not in OPS:
+        raise SimInputError(f"{where}: must be an object with op one of {sorted(OPS)}")
+    fields = {k: _positive(entry, k, where) for k in OPS[entry["op"]]}
+    context = entry.get("context", 0)
+    if not isinstance(context, int) or context < 0:
+        raise SimInputError(f"{where}: context must be an integer >= 0, got {context!r}")
+    return Measurement(entry["op"], _positive(entry, "seconds", where, float), context=context, **fields)
+
+
+def _link_point(entry: object, device: str, where: str) -> LinkPoint | None:
+    if not isinstance(entry, dict) or not {"src", "dst", "bytes", "seconds"} <= set(entry):
+        raise SimInputError(f"{where}: must have src, dst, bytes and seconds")
+    ends = [device if LOCAL_DEVICE.match(str(e)) else str(e) for e in (entry["src"], entry["dst"])]
+    if "redis-host" in ends:
+        return None
+    return LinkPoint(ends[0], ends[1], _positive(entry, "bytes", where, float),
+                     _positive(entry, "seconds", where, float))

@@ -1,0 +1,96 @@
+"""Roofline iteration times: each operator takes max(FLOPs / reachable FLOP/s, bytes / reachable
+bandwidth) on its device group, and an iteration is the sum of its operators plus a fixed overhead."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from simulator.errors import SimInputError
+from simulator.hardware import HardwareSpec
+from simulator.models import ModelSpec
+from simulator.operators import Op, OpShape, Work, decode_work, evaluate, op_table
+
+Piece = tuple[float, float, float]  # (context from, seconds at context 0, seconds per context token)
+
+
+class IterationCost(Protocol):
+    """What the simulator asks of a cost model (RooflineCost, CalibratedCost, OffloadCost)."""
+
+    model: ModelSpec
+    hw: HardwareSpec
+    tp: int
+
+    def seconds(self, work: Work) -> float:
+        """One iteration (prefill chunks, or chunks mixed with decode tokens)."""
+
+    def decode_pieces(self, batch: int) -> tuple[Piece, ...]:
+        """A decode step of ``batch`` sequences as affine pieces in their total context, sorted by start."""
+
+    def attention_seconds_per_token(self) -> float:
+        """Decode attention seconds per context token."""
+
+
+class RooflineCost:
+    """Iteration seconds of one replica: ``tp`` devices of ``hw`` running ``model``."""
+
+    def __init__(self, model: ModelSpec, hw: HardwareSpec, tp: int) -> None:
+        if tp < 1 or tp > hw.max_devices_per_node:
+            raise SimInputError(f"tp={tp} on {hw.name}: must be 1..{hw.max_devices_per_node} (one node)")
+        self.model, self.hw, self.tp = model, hw, tp
+        self.table = op_table(model, tp)
+        self.overhead_s = hw.iteration_overhead_us * 1e-6
+        self._rows = [self._row(s) for s in self.table]
+        self._attention_per_token = self._attention_time_per_token()
+        self._pieces: dict[int, tuple[Piece, ...]] = {}
+
+    def _row(self, shape: OpShape) -> tuple[float, ...]:
+        """The operator's seconds per unit of each Work field, compute side then memory side, then fixed."""
+        if shape.unit == "interconnect":
+            rate_f, rate_b = float("inf"), self.hw.interconnect_gbs * 1e9
+        else:
+            rate_f, rate_b = self.hw.flops, self.hw.memory_bandwidth
+        f, b = shape.flops, shape.bytes
+        return (f.const / rate_f, f.per_token / rate_f, f.per_logit / rate_f, f.per_attended / rate_f,
+                f.per_kv_read / rate_f, b.const / rate_b, b.per_token / rate_b, b.per_logit / rate_b,
+                b.per_attended / rate_b, b.per_kv_read / rate_b, shape.fixed_s)
+
+    def op_seconds(self, op: Op) -> float:
+        """One operator's time on this replica's devices."""
+        if op.unit == "fixed":
+            return op.fixed_s
+        if op.unit == "interconnect":
+            return op.fixed_s + op.bytes / (self.hw.interconnect_gbs * 1e9)
+        return max(op.flops / self.hw.flops, op.bytes / self.hw.memory_bandwidth)
+
+    def ops(self, work: Work) -> list[Op]:
+        """The iteration's operators, the engine overhead last."""
+        return evaluate(self.table, work) + [Op("iteration_overhead", "fixed", 0.0, 0.0, self.overhead_s)]
+
+    def seconds(self, work: Work) -> float:
+        """Sum of ``op_seconds`` over ``ops(work)``, without building the list."""
+        t, n, a, k = work.tokens, work.logits, work.attended, work.kv_read
+        total = self.overhead_s
+        for fc, ft, fl, fa, fk, bc, bt, bl, ba, bk, fixed in self._rows:
+            compute = fc + ft * t + fl * n + fa * a + fk * k
+            memory = bc + bt * t + bl * n + ba * a + bk * k
+            total += (compute if compute > memory else memory) + fixed
+        return total
+
+    def attention_seconds_per_token(self) -> float:
+        """Attention time per context token of a decode step (the KV read or its FLOPs, whichever binds)."""
+        return self._attention_per_token
+
+    def _attention_time_per_token(self) -> float:
+        shape = self.attention_shape()
+        return max(shape.flops.per_attended / self.hw.flops, shape.bytes.per_kv_read / self.hw.memory_bandwidth)
+
+    def attention_shape(self) -> OpShape:
+        return next(s for s in self.table if s.unit == "attention")
+
+    def decode_pieces(self, batch: int) -> tuple[Piece, ...]:
+        """A decode step of ``batch`` sequences costs a + b * context: one piece, exact."""
+        pieces = self._pieces.get(batch)
+        if pieces is None:
+            pieces = self._pieces[batch] = ((0.0, self.seconds(decode_work(batch, 0)),
+                                             self.attention_seconds_per_token()),)
+        return pieces

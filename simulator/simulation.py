@@ -1,0 +1,141 @@
+"""The discrete-event simulation of one design on one trace.
+
+Events are (time, seq, handler, arg) in one heap; arrivals come from the trace in order, merged
+with the heap rather than pushed. Decode batches post one event per batch change (decode_batch).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from simulator.costs import CostModels, kv_capacity_tokens
+from simulator.design import Design, PoolSpec
+from simulator.errors import SimInputError
+from simulator.links import Link
+from simulator.prefix_cache import PrefixCache
+from simulator.replica import Replica
+from simulator.request import Request
+from simulator.router import Router
+from simulator.traces.trace import Trace
+
+
+@dataclass(frozen=True)
+class SimRecord:
+    """What a run leaves for metrics: every request, decode segments, replicas, the design."""
+
+    design: Design
+    trace: Trace
+    requests: list[Request]
+    segments: list[tuple[int, int, float, float]]
+    replicas: dict[str, list[Replica]]
+    rejected: int
+
+
+class Simulation:
+    def __init__(self, design: Design, costs: CostModels, trace: Trace) -> None:
+        self.design, self.costs, self.trace = design, costs, trace
+        self.model = costs.model
+        self.heap: list = []
+        self._seq = itertools.count()
+        self.segments: list[tuple[int, int, float, float]] = []
+        self.router = Router(design.router)
+        self.pools = {name: self._pool(name, spec) for name, spec in design.pools().items() if name != "attention"}
+        self.entry = self.pools.get("colocated") or self.pools["prefill"]
+        self.decode = self.pools.get("decode")
+        self.transfer_link = self._transfer_link() if self.decode else None
+        self.finished = 0
+
+    def _pool(self, name: str, spec: PoolSpec) -> list[Replica]:
+        cost, capacity = self._cost_and_capacity(name, spec)
+        caching = self.design.prefix_caching and name != "decode" and self.trace.hash_ids is not None
+        block = self.trace.block_tokens
+        return [Replica(self, name, "colocated" if name == "colocated" else name, cost, capacity,
+                        spec.max_num_seqs, spec.max_num_batched_tokens,
+                        PrefixCache(capacity // block) if caching else None, block)
+                for _ in range(spec.replicas)]
+
+    def _cost_and_capacity(self, name: str, spec: PoolSpec):
+        hw = self.costs.catalog[spec.hardware]
+        capacity = kv_capacity_tokens(self.model, hw, spec.tp, spec.max_num_batched_tokens)
+        if capacity <= 0:
+            raise SimInputError(f"{self.model.name} does not fit on {spec.label()} with tp={spec.tp}")
+        attention = self.design.attention
+        if name != "decode" or attention is None:
+            return self.costs.replica(spec.hardware, spec.tp), capacity
+        share = attention.replicas / spec.replicas
+        attn_hw = self.costs.catalog[attention.hardware]
+        capacity = kv_capacity_tokens(self.model, attn_hw, 1, 0, holds_weights=False) * share
+        cost = self.costs.offload(spec.hardware, spec.tp, attention.hardware, share, self.design.micro_batches)
+        return cost, int(capacity)
+
+    def _transfer_link(self) -> Link:
+        p, d = self.design.prefill, self.design.decode
+        link = self.costs.links.between(p.hardware, d.hardware)
+        return Link(link.bandwidth * min(p.tp, d.tp), link.latency_s)
+
+    def push(self, t: float, handler: Callable, arg: object) -> None:
+        heapq.heappush(self.heap, (t, next(self._seq), handler, arg))
+
+    def run(self, on_progress: Callable[[int], None] | None = None) -> SimRecord:
+        """Run to the last request's end; ``on_progress(arrivals so far)`` every 8192 arrivals."""
+        tr = self.trace
+        hashes = tr.hash_ids or itertools.repeat(None)
+        requests = [Request(i, a, p, o, h) for i, (a, p, o, h) in enumerate(
+            zip(tr.arrival_s.tolist(), tr.prompt_tokens.tolist(), tr.output_tokens.tolist(), hashes))]
+        heap, pop, rejected = self.heap, heapq.heappop, 0
+        limit = self._length_limit()
+        for req in requests:
+            if on_progress is not None and not req.index & 8191:
+                on_progress(req.index)
+            while heap and heap[0][0] < req.arrival:
+                t, _, handler, arg = pop(heap)
+                handler(t, arg)
+            if req.prompt + req.output > limit:
+                rejected += 1
+                continue
+            self._arrive(req)
+        while heap:
+            t, _, handler, arg = pop(heap)
+            handler(t, arg)
+        return SimRecord(self.design, tr, requests, self.segments, self.pools, rejected)
+
+    def _length_limit(self) -> int:
+        """The longest request (prompt + output) every pool on its way can hold."""
+        limits = [r.kv_capacity for r in itertools.chain(*self.pools.values()) if r.role != "prefill"]
+        return min(limits)
+
+    def _arrive(self, req: Request) -> None:
+        self.router.pick_prefill(self.entry, req).submit(req, req.arrival)
+
+    def on_prefilled(self, req: Request, t: float) -> None:
+        if req.output == 1:
+            req.finish_at = t
+            req.prefill_replica.release_prefill(req, t)
+            self.on_finished(req)
+            return
+        if self.router.pick_decode(self.decode).reserve(req):
+            self.start_transfer(req, t)
+
+    def start_transfer(self, req: Request, t: float) -> None:
+        """Send the prompt's KV over the prefill replica's NIC (one transfer at a time per NIC).
+        Layer-wise: if the decode side was ready when the prefill ended, the transfer may stream
+        from the prefill's start, but its last layer still follows the prefill's end."""
+        src, link = req.prefill_replica, self.transfer_link
+        occupy = req.prompt * self.model.kv_bytes_per_token / link.bandwidth
+        streamed = self.design.layerwise_transfer and t == req.ttft_at
+        begin = max(req.prefill_start if streamed else t, src.nic_free)
+        src.nic_free = begin + occupy
+        done = src.nic_free
+        if streamed:
+            done = max(done, t + occupy / self.model.num_layers)
+        self.push(done + link.latency_s, self._transfer_done, req)
+
+    def _transfer_done(self, t: float, req: Request) -> None:
+        req.prefill_replica.release_prefill(req, t)
+        req.decode_replica.kv_arrived(req, t)
+
+    def on_finished(self, req: Request) -> None:
+        self.finished += 1

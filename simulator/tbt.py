@@ -1,0 +1,70 @@
+"""Token-level time-between-tokens statistics from decode segments, without one sample per token.
+
+Each segment (batch, steps, first, delta) stands for ``batch`` tokens per step whose gaps are
+first, first + delta, ... over ``steps`` steps. A request's first decode token also waited for
+its KV and a batch slot: that gap replaces the bare step time it has in the segments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.request import Request
+
+
+@dataclass(frozen=True, eq=False)
+class TokenGaps:
+    batch: np.ndarray
+    steps: np.ndarray
+    first: np.ndarray
+    delta: np.ndarray
+    first_gaps: np.ndarray   # per request: ttft -> first decode token
+    first_steps: np.ndarray  # the step time the segments count for that token
+
+    @classmethod
+    def collect(cls, segments: list[tuple[int, int, float, float]], requests: list[Request]) -> TokenGaps:
+        seg = np.asarray(segments, dtype=np.float64).reshape(-1, 4)
+        joined = [r for r in requests if r.first_decode_at >= 0]
+        gaps = np.array([r.first_decode_at - r.ttft_at for r in joined])
+        steps = np.array([r.first_step_s for r in joined])
+        return cls(seg[:, 0], seg[:, 1], seg[:, 2], seg[:, 3], np.sort(gaps), np.sort(steps))
+
+    @property
+    def count(self) -> float:
+        return float(np.dot(self.batch, self.steps))
+
+    def count_at_most(self, x: float) -> float:
+        """Tokens whose gap is <= x."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            grown = np.where(self.delta > 0, np.floor((x - self.first) / self.delta) + 1,
+                             np.where(self.first <= x, self.steps, 0))
+        n = np.clip(grown, 0, self.steps)
+        fixes = np.searchsorted(self.first_gaps, x, "right") - np.searchsorted(self.first_steps, x, "right")
+        return float(np.dot(self.batch, n)) + fixes
+
+    def quantile(self, q: float) -> float:
+        """Smallest gap g with at least q of all tokens at or below it (bisection to 1e-9 relative)."""
+        if self.count == 0:
+            return float("nan")
+        lo = 0.0
+        hi = float(max(np.max(self.first + self.delta * (self.steps - 1), initial=0.0),
+                       np.max(self.first_gaps, initial=0.0)))
+        target = q * self.count
+        while hi - lo > 1e-9 * max(hi, 1e-12):
+            mid = (lo + hi) / 2
+            if self.count_at_most(mid) >= target:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    def mean(self) -> float:
+        if self.count == 0:
+            return float("nan")
+        seg = self.batch * (self.steps * self.first + self.delta * self.steps * (self.steps - 1) / 2)
+        return float((seg.sum() + self.first_gaps.sum() - self.first_steps.sum()) / self.count)
+
+    def cdf(self, xs: np.ndarray) -> np.ndarray:
+        return np.array([self.count_at_most(float(x)) for x in xs]) / max(self.count, 1.0)

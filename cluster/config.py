@@ -47,7 +47,7 @@ class EngineOverrides:
     max_num_batched_tokens: int | None = None
     num_blocks: int | None = None
     memory_fraction: float | None = None
-    enable_prefix_caching: bool = False
+    enable_prefix_caching: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """The cluster behind the router: prefill on one pool, KV handoff, decode on another.
 
 For each request: a prefill replica computes the prompt and its first token; a decode
-replica reserves blocks; both ends move the KV over their pair group (NCCL or gloo); the
-decode replica streams the remaining tokens. Replicas are picked by load. A colocated
-cluster sends each request to one replica. Detokenization and stop strings happen here.
+replica reserves blocks (reusing the prefix it has cached); the prefill replica moves the
+rest of the KV over their pair group (NCCL or gloo); the decode replica streams the
+remaining tokens. Replicas are picked by cached prefix against load (pool_handles). A
+colocated cluster sends each request to one replica. Detokenization and stop strings
+happen here.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import uuid
 from contextlib import aclosing
 from collections.abc import AsyncIterator
 
+from cluster.cluster_view import ClusterView
 from cluster.messages import DecodeRequest, PrefillRequest, PrefillResult
-from cluster.stage_timings import StageTimings, TimingLog
 from cluster.output_processor import OutputProcessor
-from cluster.pool_handles import Pools, Replica, pick_decode, pick_prefill
+from cluster.pool_handles import Replica, RequestShape, pick_decode, pick_prefill
+from cluster.stage_timings import TimingLog
+from engine.llm_engine import Reservation
 from engine.outputs import RequestOutput
 from engine.request_validation import validate_prompt
 from engine.sampling_params import SamplingParams
@@ -30,33 +34,37 @@ class NoCapacityError(RuntimeError):
 
 
 class Dispatcher:
-    def __init__(self, pools: Pools, tokenizer: Tokenizer, model_name: str, max_model_len: int,
+    def __init__(self, view: ClusterView, tokenizer: Tokenizer, model_name: str, max_model_len: int,
                  vocab_size: int, eos_token_ids: tuple[int, ...], admission_timeout_s: float = 120.0):
-        self.pools, self.tokenizer, self.model_name = pools, tokenizer, model_name
+        self.view, self.pools = view, view.pools
+        self.tokenizer, self.model_name = tokenizer, model_name
         self.max_model_len, self.vocab_size, self.eos_token_ids = max_model_len, vocab_size, eos_token_ids
         self.admission_timeout_s = admission_timeout_s
         self.handoff_bytes = 0
         self.timings = TimingLog()
-        self._refresher: asyncio.Task | None = None
 
     async def generate(self, request_id: str | None, prompt_token_ids: list[int], params: SamplingParams,
                        cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
         """Stream a request's deltas; InvalidRequestError before anything is sent for bad input."""
         validate_prompt(prompt_token_ids, self.vocab_size, self.max_model_len)
         params.validate()
-        self._keep_loads_fresh()
+        self.view.ensure_running()
         rid = request_id or uuid.uuid4().hex
         out = OutputProcessor(rid, prompt_token_ids, params, self.tokenizer, self.eos_token_ids,
                               self.max_model_len)
         worker_params = dataclasses.replace(params, stop=())
         req = PrefillRequest(rid, list(prompt_token_ids), worker_params, cache_salt)
-        stages = self._disaggregated(req, out) if self.pools.disaggregated else self._colocated(req, out)
+        shape = self.view.shape(req.prompt_token_ids, cache_salt)
+        stages = self._disaggregated(req, shape, out) if self.pools.disaggregated else \
+            self._colocated(req, shape, out)
         async with aclosing(stages):  # a caller that leaves closes every stage, freeing its KV
             async for delta in stages:
                 yield delta
 
-    async def _colocated(self, req: PrefillRequest, out: OutputProcessor) -> AsyncIterator[RequestOutput]:
-        replica = pick_prefill(self.pools.colocated)
+    async def _colocated(self, req: PrefillRequest, shape: RequestShape, out: OutputProcessor
+                         ) -> AsyncIterator[RequestOutput]:
+        replica = pick_prefill(self.pools.colocated, shape)
+        self.timings.start(req.request_id).workers["colocated"] = replica.worker_id
         replica.inflight += 1
         try:
             stream = self._stream(replica, replica.actor.generate.remote(req), req.request_id, out)
@@ -66,10 +74,12 @@ class Dispatcher:
         finally:
             replica.inflight -= 1
 
-    async def _disaggregated(self, req: PrefillRequest, out: OutputProcessor) -> AsyncIterator[RequestOutput]:
+    async def _disaggregated(self, req: PrefillRequest, shape: RequestShape, out: OutputProcessor
+                             ) -> AsyncIterator[RequestOutput]:
         clock = self.timings.start(req.request_id)
-        prefill = pick_prefill(self.pools.prefill)
-        first = await self._prefill(prefill, req)
+        prefill = pick_prefill(self.pools.prefill, shape)
+        clock.workers["prefill"] = prefill.worker_id
+        first = await self._prefill(prefill, req, shape.uncached(prefill.worker_id))
         clock.mark("prefill")
         handed_off = False
         try:
@@ -77,7 +87,8 @@ class Dispatcher:
             yield delta
             if delta.finished:
                 return
-            decode = await self._handoff(prefill, first, req)
+            decode = await self._handoff(prefill, first, req, shape)
+            clock.workers["decode"] = decode.worker_id
             clock.mark("handoff")
             handed_off = True
         finally:
@@ -92,8 +103,10 @@ class Dispatcher:
                     yield delta
         finally:
             decode.inflight -= 1  # claimed in _reserve
-    async def _prefill(self, replica: Replica, req: PrefillRequest) -> PrefillResult:
+
+    async def _prefill(self, replica: Replica, req: PrefillRequest, tokens: int) -> PrefillResult:
         replica.inflight += 1
+        replica.pending_tokens += tokens
         try:
             return await replica.actor.prefill.remote(req)
         except asyncio.CancelledError:
@@ -101,14 +114,17 @@ class Dispatcher:
             raise
         finally:
             replica.inflight -= 1
+            replica.pending_tokens -= tokens
 
-    async def _handoff(self, prefill: Replica, first: PrefillResult, req: PrefillRequest) -> Replica:
+    async def _handoff(self, prefill: Replica, first: PrefillResult, req: PrefillRequest,
+                       shape: RequestShape) -> Replica:
         """Reserve blocks on a decode replica and move the prompt's KV there."""
         dreq = DecodeRequest(req.request_id, req.prompt_token_ids, [first.token_id], req.params,
                              prefill.worker_id, first.generator_state, req.cache_salt)
-        decode, blocks = await self._reserve(dreq)
+        decode, reservation = await self._reserve(dreq, shape)
         try:
-            sent = await prefill.actor.send_kv.remote(req.request_id, decode.worker_id, decode.actor, blocks)
+            sent = await prefill.actor.send_kv.remote(req.request_id, decode.worker_id, decode.actor,
+                                                      reservation)
         except BaseException:
             decode.inflight -= 1
             decode.actor.abort.remote(req.request_id)
@@ -116,19 +132,20 @@ class Dispatcher:
         self.handoff_bytes += sent
         return decode
 
-    async def _reserve(self, dreq: DecodeRequest) -> tuple[Replica, list[int]]:
+    async def _reserve(self, dreq: DecodeRequest, shape: RequestShape) -> tuple[Replica, Reservation]:
         deadline = asyncio.get_running_loop().time() + self.admission_timeout_s
         while True:
             tried: set[str] = set()
-            while (replica := pick_decode(self.pools.decode, tried)) is not None:
+            while (replica := pick_decode(self.pools.decode, shape, tried)) is not None:
                 replica.inflight += 1  # claimed before awaiting, so concurrent picks spread out
+                replica.claim(shape.uncached(replica.worker_id) + 1)
                 try:
-                    blocks = await replica.actor.reserve.remote(dreq)
+                    reservation = await replica.actor.reserve.remote(dreq)
                 except BaseException:
                     replica.inflight -= 1
                     raise
-                if blocks is not None:
-                    return replica, blocks
+                if reservation is not None:
+                    return replica, reservation
                 replica.inflight -= 1
                 tried.add(replica.worker_id)
             if asyncio.get_running_loop().time() > deadline:
@@ -168,18 +185,6 @@ class Dispatcher:
             handoff_bytes_total=self.handoff_bytes, num_preemptions=sum(l.preemptions for l in loads))
 
     async def aclose(self) -> None:
-        """Stop the background load refresh (call on the loop that served requests)."""
-        if self._refresher is not None:
-            self._refresher.cancel()
-            await asyncio.gather(self._refresher, return_exceptions=True)
-            self._refresher = None
-
-    def _keep_loads_fresh(self, interval_s: float = 0.25) -> None:
-        if self._refresher is None or self._refresher.done():
-            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loads(interval_s))
-
-    async def _refresh_loads(self, interval_s: float) -> None:
-        while True:
-            await self.pools.refresh()
-            await asyncio.sleep(interval_s)
+        """Stop the background tasks (call on the loop that served requests)."""
+        await self.view.close()
 

@@ -14,6 +14,7 @@ import os
 import ray
 
 from cluster.config import ClusterConfig, PoolConfig
+from cluster.cluster_view import ClusterView
 from cluster.dispatcher import Dispatcher
 from cluster.pool_handles import Pools, Replica
 from cluster.redis_server import RedisServer
@@ -22,6 +23,8 @@ from cluster.worker_spec import WorkerSpec
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.tokenizer import Tokenizer
 from kvstore.config import KVStoreConfig
+from kvstore.keys import RedisKeys
+from kvstore.kv_events import KVEventSubscriber
 from kvstore.redis_client import connect_redis
 
 
@@ -96,7 +99,7 @@ class Cluster:
             engine = engine_config_for(self.config, pool)
             for i in range(pool.replicas):
                 worker_id = f"{role}-{i}"
-                spec = WorkerSpec(worker_id, role, engine, self.kvstore if role != "colocated" else None,
+                spec = WorkerSpec(worker_id, role, engine, self.kvstore,
                                   use_gpu=pool.hardware.num_gpus > 0)
                 actor = actor_classes[role].options(name=actor_name(self.config.name, worker_id),
                                                     namespace=NAMESPACE, **_ray_options(pool)).remote(spec)
@@ -139,7 +142,9 @@ class Cluster:
 
 def make_dispatcher(info: ClusterInfo, pools: Pools) -> Dispatcher:
     """A dispatcher over a cluster's replicas (the serving router's, or a batch job's own)."""
-    return Dispatcher(pools, Tokenizer(info.model), model_name=os.path.basename(info.model.rstrip("/")),
+    events = KVEventSubscriber(connect_redis(info.kvstore), RedisKeys(info.kvstore.key_prefix))
+    view = ClusterView(pools, info.engines[0].block_size, events)
+    return Dispatcher(view, Tokenizer(info.model), model_name=os.path.basename(info.model.rstrip("/")),
                       max_model_len=min(e.max_model_len for e in info.engines),
                       vocab_size=info.engines[0].vocab_size, eos_token_ids=info.engines[0].eos_token_ids)
 

@@ -68,4 +68,5 @@ class EngineInfo:
     vocab_size: int
     eos_token_ids: tuple[int, ...]
     num_blocks: int
+    block_size: int
     device: str

@@ -1,8 +1,16 @@
-"""The dispatcher's view of each replica: its actor handle, requests in flight, last load."""
+"""The dispatcher's view of each replica, and how it picks one for a request.
+
+Both picks weigh the work a replica would save against the work it already has, in
+tokens: prefill cost = prompt tokens it must compute (those past its cached prefix) + prompt
+tokens already queued there; decode cost = prompt blocks it must receive (past its cached
+prefix) + tokens it already holds. Sharing requests thus gather where their prefix is
+(fewer tokens to compute or move; BatchLLM's grouping) until load outweighs the saving.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from cluster.messages import WorkerLoad
@@ -14,11 +22,25 @@ class Replica:
     role: str
     actor: object  # a Ray actor handle
     inflight: int = 0
+    pending_tokens: int = 0   # prompt tokens sent here to prefill and not done yet
+    claims: list[tuple[float, int]] = field(default_factory=list)  # (when, tokens) reserved here
     load: WorkerLoad | None = None
+
+    def claim(self, tokens: int) -> None:
+        self.claims.append((time.monotonic(), tokens))
+
+    @property
+    def claimed_tokens(self) -> int:
+        """Tokens reserved here that the last reported load may not show yet."""
+        return sum(tokens for _, tokens in self.claims)
 
     @property
     def free_blocks(self) -> int:
         return self.load.free_blocks if self.load is not None else 1 << 30
+
+    @property
+    def used_blocks(self) -> int:
+        return self.load.total_blocks - self.load.free_blocks if self.load is not None else 0
 
 
 @dataclass
@@ -38,20 +60,34 @@ class Pools:
     async def refresh(self) -> None:
         """Ask every replica for its load (queue depth, free blocks)."""
         replicas = self.all
+        asked = time.monotonic()
         loads = await asyncio.gather(*(r.actor.load.remote() for r in replicas), return_exceptions=True)
         for r, load in zip(replicas, loads):
             if isinstance(load, WorkerLoad):
                 r.load = load
+                r.claims = [c for c in r.claims if c[0] >= asked]
 
 
-def pick_prefill(replicas: list[Replica]) -> Replica:
-    """Fewest requests in flight, then the shortest queue the replica last reported."""
-    return min(replicas, key=lambda r: (r.inflight, r.load.waiting if r.load else 0))
+@dataclass(frozen=True)
+class RequestShape:
+    """What a pick needs to know of a request: its prompt length and, per worker, how many
+    of its leading blocks that worker has cached."""
+
+    prompt_tokens: int
+    block_size: int
+    matched_blocks: dict[str, int] = field(default_factory=dict)
+
+    def uncached(self, worker_id: str) -> int:
+        return max(0, self.prompt_tokens - self.matched_blocks.get(worker_id, 0) * self.block_size)
 
 
-def pick_decode(replicas: list[Replica], exclude: set[str] = frozenset()) -> Replica | None:
-    """Most free blocks (after what this dispatcher has in flight there), then fewest running."""
+def pick_prefill(replicas: list[Replica], shape: RequestShape) -> Replica:
+    return min(replicas, key=lambda r: (shape.uncached(r.worker_id) + r.pending_tokens, r.inflight))
+
+
+def pick_decode(replicas: list[Replica], shape: RequestShape, exclude: set[str] = frozenset()) -> Replica | None:
     options = [r for r in replicas if r.worker_id not in exclude]
     if not options:
         return None
-    return max(options, key=lambda r: (r.free_blocks - r.inflight, -(r.load.running if r.load else 0)))
+    return min(options, key=lambda r: (shape.uncached(r.worker_id) + r.used_blocks * shape.block_size
+                                       + r.claimed_tokens, r.inflight))

@@ -14,6 +14,7 @@ class StageTimings:
     request_id: str
     started: float = field(default_factory=time.perf_counter)
     stages: dict[str, float] = field(default_factory=dict)
+    workers: dict[str, str] = field(default_factory=dict)   # role -> the replica that served it
     _last: float = 0.0
 
     def mark(self, stage: str) -> None:

@@ -37,7 +37,7 @@ class EngineWorker:
     def info(self) -> EngineInfo:
         e = self.engine.engine
         return EngineInfo(self.worker_id, e.max_model_len, e.model_config.vocab_size, e.eos_token_ids,
-                          e.runner.num_blocks, str(e.device))
+                          e.runner.num_blocks, e.kv.block_size, str(e.device))
 
     def abort(self, request_id: str) -> None:
         self.engine.abort(request_id)

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 import redis
 import torch
 
+from cluster.kv_event_pump import KVEventPump
 from engine.async_engine import AsyncLLMEngine
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from kvstore.config import KVStoreConfig, TransportConfig
 from kvstore.handoff import KVHandoff
 from kvstore.keys import RedisKeys
+from kvstore.kv_events import KVEventPublisher
 from kvstore.pair_groups import PairGroups
 from kvstore.redis_client import connect_redis
 
@@ -37,8 +39,11 @@ class WorkerParts:
     handoff: KVHandoff | None
     redis: redis.Redis | None
     groups: PairGroups | None
+    events: KVEventPump | None = None
 
     def close(self) -> None:
+        if self.events is not None:
+            self.events.stop()
         self.engine.shutdown()
         if self.groups is not None:
             self.groups.close_all()
@@ -54,5 +59,7 @@ def build_worker(spec: WorkerSpec, advertise_host: str | None = None) -> WorkerP
         return WorkerParts(engine, None, None, None)
     client = connect_redis(spec.kvstore)
     transport = dataclasses.replace(spec.transport, advertise_host=advertise_host or spec.transport.advertise_host)
-    groups = PairGroups(spec.worker_id, client, RedisKeys(spec.kvstore.key_prefix), transport, device)
-    return WorkerParts(engine, KVHandoff(groups, transport), client, groups)
+    keys = RedisKeys(spec.kvstore.key_prefix)
+    groups = PairGroups(spec.worker_id, client, keys, transport, device)
+    events = KVEventPump(engine, KVEventPublisher(client, keys, spec.worker_id)).start()
+    return WorkerParts(engine, KVHandoff(groups, transport), client, groups, events)

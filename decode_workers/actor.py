@@ -7,6 +7,7 @@ import ray
 from cluster.messages import EngineInfo, DecodeRequest, PrefillRequest, WorkerLoad
 from cluster.worker_spec import WorkerSpec, build_worker
 from decode_workers.worker import DecodeWorker
+from engine.llm_engine import Reservation
 
 
 @ray.remote
@@ -15,7 +16,7 @@ class DecodeActor:
         self.parts = build_worker(spec, ray.util.get_node_ip_address())
         self.worker = DecodeWorker(spec.worker_id, self.parts.engine, self.parts.handoff)
 
-    def reserve(self, req: DecodeRequest) -> list[int] | None:
+    def reserve(self, req: DecodeRequest) -> Reservation | None:
         return self.worker.reserve(req)
 
     async def receive_kv(self, request_id: str, block_ids: list[int], peer: str) -> int:

@@ -12,14 +12,16 @@ import torch
 
 from cluster.messages import DecodeRequest, PrefillRequest
 from cluster.worker_base import EngineWorker
+from engine.llm_engine import Reservation
 from engine.outputs import RequestOutput
 
 
 class DecodeWorker(EngineWorker):
     role = "decode"
 
-    def reserve(self, req: DecodeRequest) -> list[int] | None:
-        """Blocks to receive the prompt's KV into, or None when this worker has no room."""
+    def reserve(self, req: DecodeRequest) -> Reservation | None:
+        """Blocks to receive the prompt's KV into (after those already cached here), or None
+        when this worker has no room."""
         state = None if req.generator_state is None else torch.frombuffer(
             bytearray(req.generator_state), dtype=torch.uint8)
         return self.engine.call(lambda e: e.add_prefilled(

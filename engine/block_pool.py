@@ -16,10 +16,14 @@ from engine.block_hash import BlockHash
 
 @dataclass
 class BlockEvents:
-    """Hashes that became reusable (stored) or stopped being so (evicted) since last drained."""
+    """Hashes that became reusable (stored, with their parent's hash) or stopped being so
+    (evicted) since last drained."""
 
-    stored: list[BlockHash] = field(default_factory=list)
+    stored: list[tuple[BlockHash, BlockHash]] = field(default_factory=list)
     evicted: list[BlockHash] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.stored or self.evicted)
 
 
 class BlockPool:
@@ -78,7 +82,7 @@ class BlockPool:
             del self.free_queue[block_id]
         self.ref_counts[block_id] += 1
 
-    def commit(self, block_id: int, block_hash: BlockHash) -> None:
+    def commit(self, block_id: int, block_hash: BlockHash, parent_hash: BlockHash) -> None:
         """Record that a full, computed block holds content ``block_hash``."""
         if not self.enable_caching or self.block_hash[block_id] is not None:
             return
@@ -86,7 +90,7 @@ class BlockPool:
             return  # another block already holds this content; this one stays private
         self.block_hash[block_id] = block_hash
         self.cached[block_hash] = block_id
-        self.events.stored.append(block_hash)
+        self.events.stored.append((block_hash, parent_hash))
 
     def reset_cache(self) -> None:
         """Forget every cached hash (blocks in use keep their data)."""

@@ -69,8 +69,9 @@ class KVCacheManager:
             return
         full = request.num_computed_tokens // self.block_size
         self._extend_hashes(request, full * self.block_size)
-        for block_id, h in zip(request.block_ids[:full], request.block_hashes[:full]):
-            self.pool.commit(block_id, h)
+        parents = [ROOT_HASH] + request.block_hashes[:full - 1]
+        for block_id, h, parent in zip(request.block_ids[:full], request.block_hashes[:full], parents):
+            self.pool.commit(block_id, h, parent)
 
     def free(self, request: Request) -> None:
         self.pool.free(request.block_ids)

@@ -33,6 +33,15 @@ from engine.stop_conditions import token_finish_reason
 from engine.tokenizer import Tokenizer
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """Blocks a decode engine set aside for a prompt's KV: receive into ``block_ids``, which
+    follow the ``num_cached_blocks`` leading blocks it already had cached."""
+
+    block_ids: list[int]
+    num_cached_blocks: int
+
+
 @dataclass
 class GenerationResult:
     """A finished request, assembled from its deltas."""
@@ -229,11 +238,12 @@ class LLMEngine:
 
     def add_prefilled(self, request_id: str, prompt_token_ids: list[int], output_token_ids: list[int],
                       params: SamplingParams, generator_state: torch.Tensor | None = None,
-                      cache_salt: str | None = None) -> list[int] | None:
+                      cache_salt: str | None = None) -> Reservation | None:
         """Reserve blocks for a request whose prompt KV another engine computed.
 
-        Returns the block ids to receive the prompt's KV into (None if the pool lacks room);
-        the request starts decoding after ``kv_arrived``.
+        Leading blocks already in this engine's prefix cache are reused; the reservation
+        lists the blocks still to receive (the prompt's blocks after ``num_cached_blocks``).
+        None if the pool lacks room. The request starts decoding after ``kv_arrived``.
         """
         if request_id in self.requests or request_id in self.awaiting_kv:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
@@ -242,11 +252,14 @@ class LLMEngine:
                       cache_salt=(cache_salt or "").encode(), output_token_ids=list(output_token_ids))
         if generator_state is not None and req.generator is not None:
             req.generator.set_state(generator_state)
+        cached = self.kv.match_prefix(req) // self.kv.block_size
         if not self.kv.allocate_slots(req, req.num_prompt_tokens):
+            self.kv.free(req)
             return None
         req.num_computed_tokens = req.num_prompt_tokens
+        req.num_cached_tokens = cached * self.kv.block_size
         self.awaiting_kv[request_id] = req
-        return list(req.block_ids)
+        return Reservation(req.block_ids[cached:], cached)
 
     def kv_arrived(self, request_id: str) -> None:
         """The prompt KV is in place: queue the request to decode."""

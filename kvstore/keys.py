@@ -80,5 +80,9 @@ class RedisKeys:
     def host_used(self) -> str:
         return f"{self.prefix}:host:used"
 
+    @property
+    def kv_events(self) -> str:
+        return f"{self.prefix}:kv-events"
+
     def rendezvous(self, rank0: str, rank1: str) -> str:
         return f"{self.prefix}:rdzv:{check_worker_id(rank0)}|{check_worker_id(rank1)}"

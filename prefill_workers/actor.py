@@ -6,6 +6,7 @@ import ray
 
 from cluster.messages import EngineInfo, PrefillRequest, PrefillResult, WorkerLoad
 from cluster.worker_spec import WorkerSpec, build_worker
+from engine.llm_engine import Reservation
 from prefill_workers.worker import PrefillWorker
 
 
@@ -18,12 +19,13 @@ class PrefillActor:
     async def prefill(self, req: PrefillRequest) -> PrefillResult:
         return await self.worker.prefill(req)
 
-    async def send_kv(self, request_id: str, peer: str, peer_actor, peer_block_ids: list[int]) -> int:
+    async def send_kv(self, request_id: str, peer: str, peer_actor, reservation: Reservation) -> int:
         """Hand a held prompt's KV to the decode replica ``peer`` (its actor handle and the
-        blocks it reserved)."""
+        blocks it reserved after those it had cached)."""
         def start_receive():
-            return peer_actor.receive_kv.remote(request_id, peer_block_ids, self.worker.worker_id)
-        return await self.worker.send_kv(request_id, peer, start_receive)
+            return peer_actor.receive_kv.remote(request_id, reservation.block_ids, self.worker.worker_id)
+        return await self.worker.send_kv(request_id, peer, reservation.num_cached_blocks,
+                                         len(reservation.block_ids), start_receive)
 
     def release(self, request_id: str) -> None:
         self.worker.release(request_id)

@@ -37,9 +37,10 @@ class PrefillWorker(EngineWorker):
                              delta.new_logprobs[0] if delta.new_logprobs else None,
                              held.num_prompt_tokens, held.num_cached_tokens, len(held.block_ids), state)
 
-    async def send_kv(self, request_id: str, peer: str,
+    async def send_kv(self, request_id: str, peer: str, skip_blocks: int, num_blocks: int,
                       start_receive: Callable[[], Awaitable[int]]) -> int:
-        """Ship a held prompt's blocks to ``peer``, then free them.
+        """Ship ``num_blocks`` of a held prompt's blocks, after the first ``skip_blocks`` (the
+        peer has those cached), to ``peer``; then free them.
 
         ``start_receive`` asks the peer to post its receive. Both run under this worker's
         lock for that peer: the two ends of a pair group must issue transfers in the same
@@ -47,7 +48,10 @@ class PrefillWorker(EngineWorker):
         """
         lock = self._peer_locks.setdefault(peer, asyncio.Lock())
         try:
-            blocks = self.engine.call(lambda e: list(e.held_kv(request_id).block_ids))
+            held = self.engine.call(lambda e: list(e.held_kv(request_id).block_ids))
+            blocks = held[skip_blocks:skip_blocks + num_blocks]
+            if not blocks:
+                return 0
             async with lock:
                 received = start_receive()
                 sent = await self._transfer("send", blocks, peer, request_id)

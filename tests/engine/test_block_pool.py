@@ -37,10 +37,11 @@ def test_double_free_is_an_error():
 def test_cached_blocks_survive_until_reallocated_lru_first():
     pool = BlockPool(4, enable_caching=True)
     a, b = pool.allocate(2)
-    pool.commit(a, b"A" * 16)
-    pool.commit(b, b"B" * 16)
+    pool.commit(a, b"A" * 16, b"\0" * 16)
+    pool.commit(b, b"B" * 16, b"A" * 16)
     pool.free([a, b])  # b (the tail) queued before a
     assert pool.lookup(b"A" * 16) == a and pool.lookup(b"B" * 16) == b
+    assert pool.drain_events().stored == [(b"A" * 16, b"\0" * 16), (b"B" * 16, b"A" * 16)]
     assert pool.allocate(2) == [2, 3]  # never-used blocks go first
     assert pool.allocate(1) == [b]     # then the least recently freed cached block
     assert pool.lookup(b"B" * 16) is None

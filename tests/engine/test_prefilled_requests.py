@@ -20,9 +20,10 @@ def disaggregated(prefill, decode, prompt, params):
         first += [t for d in prefill.step() for t in d.new_token_ids]
     src = prefill.held_kv(rid)
     state = src.generator.get_state() if src.generator is not None else None
-    dst_blocks = decode.add_prefilled(rid, prompt, first, params, generator_state=state)
-    n = len(dst_blocks)
-    decode.runner.kv_cache[:, :, dst_blocks] = prefill.runner.kv_cache[:, :, src.block_ids[:n]]
+    reservation = decode.add_prefilled(rid, prompt, first, params, generator_state=state)
+    skip = reservation.num_cached_blocks
+    src_blocks = src.block_ids[skip:skip + len(reservation.block_ids)]
+    decode.runner.kv_cache[:, :, reservation.block_ids] = prefill.runner.kv_cache[:, :, src_blocks]
     prefill.release_kv(rid)
     decode.kv_arrived(rid)
     tokens = list(first)
@@ -47,10 +48,29 @@ def test_prefill_then_decode_elsewhere_equals_one_engine(tiny_model, params):
         assert not engine.held and not engine.awaiting_kv
 
 
+def test_decode_side_prefix_cache_skips_blocks_already_there(tiny_model):
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    single = make_engine(tiny_model)
+    prefill = make_engine(tiny_model, detokenize=False, prefix_caching=True)
+    decode = make_engine(tiny_model, detokenize=False, prefix_caching=True)
+    shared = list(range(3, 51))  # three full blocks
+    for tail in ([7, 8, 9], [10, 11], [12] * 20):
+        prompt = shared + tail
+        assert disaggregated(prefill, decode, prompt, params) == single.generate([prompt], params)[0].token_ids
+    rid = prefill.add_request(None, shared + [99], dataclasses.replace(params, max_tokens=1), hold_kv=True)
+    while prefill.has_unfinished():
+        prefill.step()
+    first = prefill.held_kv(rid).output_token_ids
+    reservation = decode.add_prefilled(rid, shared + [99], first, params)
+    assert reservation.num_cached_blocks == 3 and len(reservation.block_ids) == 1
+    decode.abort_request(rid)
+    prefill.release_kv(rid)
+
+
 def test_no_room_returns_none_and_abort_frees_reserved_blocks(tiny_model):
     decode = make_engine(tiny_model, num_blocks=4, block_size=4)
     params = SamplingParams(max_tokens=4, temperature=0)
-    blocks = decode.add_prefilled("small", [1, 2, 3, 4, 5], [6], params)
+    blocks = decode.add_prefilled("small", [1, 2, 3, 4, 5], [6], params).block_ids
     assert len(blocks) == 2 and decode.kv.num_free_blocks == 2
     assert decode.add_prefilled("big", list(range(3, 15)), [5], params) is None
     assert decode.kv.num_free_blocks == 2

@@ -1,0 +1,52 @@
+"""The router's prefix index over chained block hashes."""
+
+from __future__ import annotations
+
+from engine.block_hash import ROOT_HASH, hash_blocks
+from kvstore.keys import Tier
+from kvstore.kv_events import EventKind, KVEvent
+from cluster.prefix_index import PrefixIndex
+
+
+def chain(tokens, salt=b""):
+    hashes = hash_blocks(tokens, 4, salt)
+    return list(zip(hashes, [ROOT_HASH] + hashes[:-1]))
+
+
+def stored(worker, pairs, tier=Tier.GPU):
+    hashes, parents = zip(*pairs)
+    return KVEvent(worker, EventKind.STORED, tier, hashes, parents)
+
+
+def test_longest_prefix_per_worker_and_eviction():
+    index = PrefixIndex()
+    a = chain(list(range(16)))            # 4 blocks
+    b = chain(list(range(8)) + [9] * 8)  # shares 2 blocks with a
+    index.apply(stored("w1", a))
+    index.apply(stored("w2", b[:3]))
+    query = [h for h, _ in a]
+    assert index.matched_blocks(query) == {"w1": 4, "w2": 2}
+    index.apply(KVEvent("w1", EventKind.EVICTED, hashes=(a[1][0],)))
+    assert index.matched_blocks(query) == {"w1": 1, "w2": 2}
+    index.apply(KVEvent("w2", EventKind.CLEARED))
+    assert index.matched_blocks(query) == {"w1": 1}
+    index.apply(KVEvent("w1", EventKind.EVICTED, hashes=tuple(h for h, _ in a)))
+    assert len(index) == 0 and index.matched_blocks(query) == {}
+
+
+def test_salted_chains_do_not_match_and_events_round_trip():
+    index = PrefixIndex()
+    event = stored("w1", chain(list(range(8)), b"tenant-a"), Tier.HOST)
+    index.apply(KVEvent.decode(event.encode()))
+    assert index.matched_blocks([h for h, _ in chain(list(range(8)), b"tenant-b")]) == {}
+    assert index.matched_blocks([h for h, _ in chain(list(range(8)), b"tenant-a")]) == {"w1": 2}
+    assert index.nodes[event.hashes[0]].holders == {"w1": Tier.HOST}
+
+
+def test_lost_parent_event_is_tolerated():
+    index = PrefixIndex()
+    pairs = chain(list(range(12)))
+    index.apply(stored("w1", pairs[1:]))  # the first block's event never arrived
+    assert index.matched_blocks([h for h, _ in pairs]) == {}
+    index.apply(stored("w1", pairs[:1]))
+    assert index.matched_blocks([h for h, _ in pairs]) == {"w1": 3}

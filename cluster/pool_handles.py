@@ -16,6 +16,11 @@ from dataclasses import dataclass, field
 from cluster.messages import WorkerLoad
 
 
+# Held KV weighs less than KV to move: it costs memory and attention reads, not compute or
+# transfer, and a replica that runs out of room refuses the reservation anyway.
+DECODE_LOAD_WEIGHT = 0.5
+
+
 @dataclass
 class Replica:
     worker_id: str
@@ -89,5 +94,5 @@ def pick_decode(replicas: list[Replica], shape: RequestShape, exclude: set[str] 
     options = [r for r in replicas if r.worker_id not in exclude]
     if not options:
         return None
-    return min(options, key=lambda r: (shape.uncached(r.worker_id) + r.used_blocks * shape.block_size
-                                       + r.claimed_tokens, r.inflight))
+    return min(options, key=lambda r: (shape.uncached(r.worker_id) + DECODE_LOAD_WEIGHT * (
+        r.used_blocks * shape.block_size + r.claimed_tokens), r.inflight))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.attention import AttentionMetadata
+from engine.attention.shared_prefix import plan_shared_prefixes
 from engine.scheduler import ScheduledRequest
 
 
@@ -19,9 +20,15 @@ class ModelInput:
     num_samples: int
 
 
-def build_model_input(scheduled: list[ScheduledRequest], block_size: int,
-                      device: torch.device) -> ModelInput:
-    """Token ids, positions, slot mapping and block tables for one step."""
+# A shared-prefix plan is used when it saves reading at least this many tokens of K/V per
+# layer (below that, the plain kernel, under a CUDA graph, is faster).
+MIN_SHARED_TOKENS = 256
+
+
+def build_model_input(scheduled: list[ScheduledRequest], block_size: int, device: torch.device,
+                      shared_prefix: bool = False) -> ModelInput:
+    """Token ids, positions, slot mapping and block tables for one step; with ``shared_prefix``,
+    a decode-only step whose sequences share blocks also gets a shared-prefix plan."""
     ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
@@ -40,6 +47,12 @@ def build_model_input(scheduled: list[ScheduledRequest], block_size: int,
             sample_rows.append(starts[-1] - 1)
     width = max(len(s.request.block_ids) for s in scheduled)
     tables = [s.request.block_ids + [0] * (width - len(s.request.block_ids)) for s in scheduled]
+    decode_only = all(s.num_new_tokens == 1 for s in scheduled)
+    plan = None
+    if shared_prefix and decode_only and len(scheduled) > 1:
+        plan = plan_shared_prefixes([s.request.block_ids for s in scheduled], seq_lens, block_size)
+        if plan is not None and plan.shared_tokens * block_size < MIN_SHARED_TOKENS:
+            plan = None
     meta = AttentionMetadata(
         query_start_loc=_tensor(starts, torch.int32, device),
         seq_lens=_tensor(seq_lens, torch.int32, device),
@@ -47,7 +60,8 @@ def build_model_input(scheduled: list[ScheduledRequest], block_size: int,
         slot_mapping=_tensor(slots, torch.int64, device),
         max_query_len=max(s.num_new_tokens for s in scheduled),
         max_seq_len=max(seq_lens),
-        decode_only=all(s.num_new_tokens == 1 for s in scheduled),
+        decode_only=decode_only,
+        shared=plan,
     )
     return ModelInput(_tensor(ids, torch.int64, device), _tensor(positions, torch.int64, device),
                       meta, _tensor(sample_rows, torch.int64, device), len(sample_rows))

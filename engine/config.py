@@ -72,6 +72,8 @@ class EngineConfig:
     detokenize False leaves text (and stop strings) to the caller: cluster workers stream
     token ids and the router detokenizes. load_format "dummy" fills the checkpoint's shapes
     with random weights instead of reading them (benchmarks of models one does not have).
+    shared_prefix_attention: with prefix caching, decode steps whose sequences share cached
+    blocks read each shared block once for all of them (Hydragen).
     """
 
     model: str
@@ -82,6 +84,7 @@ class EngineConfig:
     seed: int = 0
     detokenize: bool = True
     load_format: str = "safetensors"
+    shared_prefix_attention: bool = True
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

@@ -105,6 +105,7 @@ class LLMEngine:
         self._seeds = torch.Generator().manual_seed(config.seed)
         self._ids = itertools.count()
         self.num_preemptions = 0
+        self._shared_prefix = config.shared_prefix_attention and config.cache.enable_prefix_caching
         if self.device.type == "cuda" and config.cuda_graphs and backend.name == "triton":
             self.runner.capture_graphs(config.scheduler.max_num_seqs, self.max_model_len)
 
@@ -174,7 +175,7 @@ class LLMEngine:
         self.num_preemptions += len(sched.preempted)
         if sched.is_empty:
             return []
-        inp = build_model_input(sched.scheduled, self.kv.block_size, self.device)
+        inp = build_model_input(sched.scheduled, self.kv.block_size, self.device, self._shared_prefix)
         sampling = [s.request for s in sched.scheduled if s.samples]
         logits = self.runner.execute(inp)
         for s in sched.scheduled:

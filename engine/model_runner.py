@@ -21,6 +21,7 @@ class ModelRunner:
         self.kv_cache = torch.zeros(cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads,
                                     cfg.head_dim, dtype=self.dtype, device=self.device)
         self.graphs: DecodeGraphs | None = None
+        self.shared_prefix_steps = 0
 
     @property
     def num_blocks(self) -> int:
@@ -35,7 +36,8 @@ class ModelRunner:
     def execute(self, inp: ModelInput) -> torch.Tensor:
         """fp32 logits [num_samples, vocab] for the rows that sample this step."""
         meta = inp.meta
-        if self.graphs is not None and meta.decode_only and self.graphs.can_run(
+        self.shared_prefix_steps += meta.shared is not None
+        if self.graphs is not None and meta.decode_only and meta.shared is None and self.graphs.can_run(
                 meta.num_seqs, meta.max_seq_len):
             hidden = self.graphs.run(inp.input_ids, inp.positions, meta)
         else:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.attention.shared_prefix import SharedPrefixPlan
+
 
 @dataclass
 class AttentionMetadata:
@@ -28,6 +30,9 @@ class AttentionMetadata:
         max_seq_len: host int, an upper bound on ``seq_lens`` (kernels may size grids by it;
             under CUDA graphs it is the captured bound, not the live maximum).
         decode_only: host bool, every sequence has exactly one query row.
+        shared: for decode-only batches whose sequences share leading blocks, the plan of
+            shared segments (engine.attention.shared_prefix); backends may use it to read
+            each shared block once for all its sequences. None otherwise.
     """
 
     query_start_loc: torch.Tensor
@@ -37,6 +42,7 @@ class AttentionMetadata:
     max_query_len: int
     max_seq_len: int
     decode_only: bool
+    shared: SharedPrefixPlan | None = None
 
     @property
     def num_seqs(self) -> int:

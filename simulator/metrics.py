@@ -74,14 +74,14 @@ def summarize(record: SimRecord, slo: SLO | None, catalog: Catalog) -> SimResult
 
 def _percentiles(s: LatencySamples) -> dict[str, float]:
     out = {}
+    tbt = dict(zip(PERCENTILES, s.tbt.quantiles([q / 100 for q in PERCENTILES.values()])))
     for key in KEYS:
         metric, pct = key.split("_")
-        q = PERCENTILES[pct]
         if metric == "tbt":
-            out[key] = s.tbt.quantile(q / 100)
+            out[key] = tbt[pct]
         else:
             values = getattr(s, metric)
-            out[key] = float(np.percentile(values, q)) if len(values) else float("nan")
+            out[key] = float(np.percentile(values, PERCENTILES[pct])) if len(values) else float("nan")
     return out
 
 

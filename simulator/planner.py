@@ -51,6 +51,8 @@ class Family:
 
 @dataclass(frozen=True)
 class Candidate:
+    family: Family
+    sizes: tuple[int, ...]  # replicas per pool, in the design's pool order
     design: Design
     result: SimResult
     badness: float          # the worst percentile / bound; <= 1 meets the SLO
@@ -138,7 +140,7 @@ class Planner:
             design = self.design(fam, sizes)
             self.progress(design.label())
             result = simulate(design, trace, self.costs, self.slo)
-            self._cache[key] = Candidate(design, result, badness(result, self.slo))
+            self._cache[key] = Candidate(fam, sizes, design, result, badness(result, self.slo))
             if trace is self.trace:
                 self.evaluated.append(self._cache[key])
         return self._cache[key]
@@ -167,10 +169,5 @@ class Planner:
         from simulator.search import search_family
         if len(self.full) == len(self.trace):
             return cand
-        sizes = self._sizes(cand.design)
-        full = self.evaluate(fam, sizes, self.full)
-        return full if full.passed else search_family(self, fam, math.inf, self.full, start=sizes)
-
-    @staticmethod
-    def _sizes(design: Design) -> tuple[int, ...]:
-        return tuple(p.replicas for p in design.pools().values())
+        full = self.evaluate(fam, cand.sizes, self.full)
+        return full if full.passed else search_family(self, fam, math.inf, self.full, start=cand.sizes)

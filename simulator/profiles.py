@@ -97,10 +97,11 @@ def _measurement(entry: object, where: str) -> Measurement:
     if not isinstance(entry, dict) or entry.get("op") not in OPS:
         raise SimInputError(f"{where}: must be an object with op one of {sorted(OPS)}")
     fields = {k: _positive(entry, k, where) for k in OPS[entry["op"]]}
-    context = entry.get("context", 0)
-    if not isinstance(context, int) or context < 0:
-        raise SimInputError(f"{where}: context must be an integer >= 0, got {context!r}")
-    return Measurement(entry["op"], _positive(entry, "seconds", where, float), context=context, **fields)
+    if "context" not in fields:  # a prefill's cached prefix, 0 when absent
+        fields["context"] = entry.get("context", 0)
+        if not isinstance(fields["context"], int) or fields["context"] < 0:
+            raise SimInputError(f"{where}: context must be an integer >= 0, got {fields['context']!r}")
+    return Measurement(entry["op"], _positive(entry, "seconds", where, float), **fields)
 
 
 def _link_point(entry: object, device: str, where: str) -> LinkPoint | None:

@@ -86,26 +86,29 @@ class Simulation:
         requests = [Request(i, a, p, o, h) for i, (a, p, o, h) in enumerate(
             zip(tr.arrival_s.tolist(), tr.prompt_tokens.tolist(), tr.output_tokens.tolist(), hashes))]
         heap, pop, rejected = self.heap, heapq.heappop, 0
-        limit = self._length_limit()
+        max_prompt, max_length = self._length_limits()
         for req in requests:
             if on_progress is not None and not req.index & 8191:
                 on_progress(req.index)
             while heap and heap[0][0] < req.arrival:
                 t, _, handler, arg = pop(heap)
                 handler(t, arg)
-            if req.prompt + req.output > limit:
+            if req.prompt > max_prompt or req.prompt + req.output > max_length:
                 rejected += 1
                 continue
             self._arrive(req)
         while heap:
             t, _, handler, arg = pop(heap)
             handler(t, arg)
+        if self.finished + rejected != len(requests):
+            raise RuntimeError(f"simulation ended with {len(requests) - self.finished - rejected} requests stuck")
         return SimRecord(self.design, tr, requests, self.segments, self.pools, rejected)
 
-    def _length_limit(self) -> int:
-        """The longest request (prompt + output) every pool on its way can hold."""
-        limits = [r.kv_capacity for r in itertools.chain(*self.pools.values()) if r.role != "prefill"]
-        return min(limits)
+    def _length_limits(self) -> tuple[int, int]:
+        """The longest prompt, and the longest prompt + output, every replica on the way can hold."""
+        replicas = list(itertools.chain(*self.pools.values()))
+        prompt = min((r.kv_capacity for r in replicas if r.role == "prefill"), default=1 << 62)
+        return prompt, min(r.kv_capacity for r in replicas if r.role != "prefill")
 
     def _arrive(self, req: Request) -> None:
         self.router.pick_prefill(self.entry, req).submit(req, req.arrival)

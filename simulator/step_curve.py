@@ -2,7 +2,7 @@
 
 A batch of B sequences with total context C takes ``a + b*C`` seconds per step on the piece of
 the cost curve that holds C; every step adds B to C. So m steps form an arithmetic series and
-the simulator jumps over them without an event per step.
+the simulator jumps over them without an event per step. (Written for speed: helpers inlined.)
 """
 
 from __future__ import annotations
@@ -12,20 +12,6 @@ import math
 from simulator.roofline import Piece
 
 
-def _piece_at(pieces: tuple[Piece, ...], context: float) -> int:
-    i = 0
-    while i + 1 < len(pieces) and pieces[i + 1][0] <= context:
-        i += 1
-    return i
-
-
-def _steps_left(pieces: tuple[Piece, ...], i: int, batch: int, context: float) -> float:
-    """Steps that start on piece i before the context reaches the next piece."""
-    if i + 1 == len(pieces):
-        return math.inf
-    return max(1, math.ceil((pieces[i + 1][0] - context) / batch))
-
-
 def series(d0: float, delta: float, m: int) -> float:
     """d0 + (d0 + delta) + ... over m terms."""
     return m * d0 + delta * m * (m - 1) / 2
@@ -33,41 +19,59 @@ def series(d0: float, delta: float, m: int) -> float:
 
 def run(pieces: tuple[Piece, ...], batch: int, context: float, m: int, sink: list | None = None) -> float:
     """Seconds of m steps from ``context``; appends (batch, steps, first, delta) segments to ``sink``."""
-    if len(pieces) == 1:  # the common case, inlined
+    last = len(pieces) - 1
+    if last == 0:
         _, a, b = pieces[0]
         d0, delta = a + b * context, b * batch
         if sink is not None:
             sink.append((batch, m, d0, delta))
         return m * d0 + delta * m * (m - 1) / 2
-    total, i = 0.0, _piece_at(pieces, context)
+    i = 0
+    while i < last and pieces[i + 1][0] <= context:
+        i += 1
+    total = 0.0
     while m > 0:
-        n = min(m, _steps_left(pieces, i, batch, context))
         _, a, b = pieces[i]
+        n = m
+        if i < last:  # steps that start on this piece before the context reaches the next one
+            n = min(m, max(1, math.ceil((pieces[i + 1][0] - context) / batch)))
         d0, delta = a + b * context, b * batch
-        total += series(d0, delta, n)
+        total += n * d0 + delta * n * (n - 1) / 2
         if sink is not None:
             sink.append((batch, n, d0, delta))
-        m, context, i = m - n, context + n * batch, i + 1
+        m -= n
+        context += n * batch
+        i += 1
     return total
 
 
 def steps_to_reach(pieces: tuple[Piece, ...], batch: int, context: float, dt: float) -> int:
     """Smallest m >= 1 whose m steps take at least ``dt`` > 0 seconds."""
-    if len(pieces) == 1:
+    last = len(pieces) - 1
+    if last == 0:
         _, a, b = pieces[0]
         return _solve(a + b * context, b * batch, dt)
-    done, i = 0, _piece_at(pieces, context)
+    i = 0
+    while i < last and pieces[i + 1][0] <= context:
+        i += 1
+    done = 0
     while True:
         _, a, b = pieces[i]
         d0, delta = a + b * context, b * batch
-        n = _steps_left(pieces, i, batch, context)
-        if n == math.inf or series(d0, delta, n) >= dt:
+        if i == last:
             return done + _solve(d0, delta, dt)
-        dt -= series(d0, delta, n)
-        done, context, i = done + n, context + n * batch, i + 1
+        n = max(1, math.ceil((pieces[i + 1][0] - context) / batch))
+        whole = n * d0 + delta * n * (n - 1) / 2
+        if whole >= dt:
+            return done + _solve(d0, delta, dt)
+        dt -= whole
+        done += n
+        context += n * batch
+        i += 1
 
 
 def _solve(d0: float, delta: float, dt: float) -> int:
+    """Smallest j >= 1 with series(d0, delta, j) >= dt (the quadratic's root, then exact checks)."""
     if delta <= 0:
         j = max(1, math.ceil(dt / d0))
     else:

@@ -35,30 +35,34 @@ class TokenGaps:
     def count(self) -> float:
         return float(np.dot(self.batch, self.steps))
 
-    def count_at_most(self, x: float) -> float:
-        """Tokens whose gap is <= x."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            grown = np.where(self.delta > 0, np.floor((x - self.first) / self.delta) + 1,
-                             np.where(self.first <= x, self.steps, 0))
-        n = np.clip(grown, 0, self.steps)
-        fixes = np.searchsorted(self.first_gaps, x, "right") - np.searchsorted(self.first_steps, x, "right")
-        return float(np.dot(self.batch, n)) + fixes
+    def count_at_most(self, xs: np.ndarray) -> np.ndarray:
+        """Tokens whose gap is <= x, for each x in ``xs`` (a few at a time, to bound memory)."""
+        xs = np.atleast_1d(np.asarray(xs, dtype=np.float64))
+        out = np.empty(len(xs))
+        for i in range(0, len(xs), 8):
+            x = xs[i:i + 8, None]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                grown = np.where(self.delta > 0, np.floor((x - self.first) / self.delta) + 1,
+                                 np.where(self.first <= x, self.steps, 0))
+            n = np.clip(grown, 0, self.steps)
+            fixes = (np.searchsorted(self.first_gaps, x[:, 0], "right")
+                     - np.searchsorted(self.first_steps, x[:, 0], "right"))
+            out[i:i + 8] = n @ self.batch + fixes
+        return out
 
-    def quantile(self, q: float) -> float:
-        """Smallest gap g with at least q of all tokens at or below it (bisection to 1e-9 relative)."""
+    def quantiles(self, qs: list[float], tolerance_s: float = 1e-7) -> list[float]:
+        """For each q, the smallest gap g with at least q of all tokens at or below it (bisection)."""
         if self.count == 0:
-            return float("nan")
-        lo = 0.0
-        hi = float(max(np.max(self.first + self.delta * (self.steps - 1), initial=0.0),
-                       np.max(self.first_gaps, initial=0.0)))
-        target = q * self.count
-        while hi - lo > 1e-9 * max(hi, 1e-12):
+            return [float("nan")] * len(qs)
+        lo = np.zeros(len(qs))
+        hi = np.full(len(qs), float(max(np.max(self.first + self.delta * (self.steps - 1), initial=0.0),
+                                        np.max(self.first_gaps, initial=0.0))))
+        target = np.asarray(qs) * self.count
+        while np.max(hi - lo) > tolerance_s:
             mid = (lo + hi) / 2
-            if self.count_at_most(mid) >= target:
-                hi = mid
-            else:
-                lo = mid
-        return hi
+            below = self.count_at_most(mid) >= target
+            hi, lo = np.where(below, mid, hi), np.where(below, lo, mid)
+        return hi.tolist()
 
     def mean(self) -> float:
         if self.count == 0:
@@ -67,4 +71,4 @@ class TokenGaps:
         return float((seg.sum() + self.first_gaps.sum() - self.first_steps.sum()) / self.count)
 
     def cdf(self, xs: np.ndarray) -> np.ndarray:
-        return np.array([self.count_at_most(float(x)) for x in xs]) / max(self.count, 1.0)
+        return self.count_at_most(xs) / max(self.count, 1.0)

@@ -1,0 +1,123 @@
+"""Profiles replace roofline estimates where measured; links come from profiles and nccl-tests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from simulator.calibration import CalibratedCost
+from simulator.costs import CostModels
+from simulator.errors import SimInputError
+from simulator.links import LinkTable, fit_link
+from simulator.nccl_tests import link_from_nccl_tests, parse_nccl_tests
+from simulator.operators import decode_work, prefill_work
+from simulator.profiles import load_profile
+from tests.simulator.conftest import DATA
+
+
+def write(tmp_path, payload: dict, name: str = "profile.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(payload))
+    return path
+
+
+DECODE = [{"op": "decode_step", "batch": 1, "context": 1000, "seconds": 0.0075},
+          {"op": "decode_step", "batch": 1, "context": 9000, "seconds": 0.0085},
+          {"op": "decode_step", "batch": 64, "context": 2000, "seconds": 0.012}]
+PREFILL = [{"op": "prefill", "tokens": 512, "seconds": 0.02}, {"op": "prefill", "tokens": 4096, "seconds": 0.11}]
+
+
+def calibrated(costs: CostModels, tmp_path, measurements: list[dict]) -> CalibratedCost:
+    profile = load_profile(write(tmp_path, {"device": "H100", "measurements": measurements}))
+    return CostModels(costs.model, costs.catalog, (profile,)).replica("H100", 1)
+
+
+def test_decode_steps_equal_measurements_where_measured(costs: CostModels, tmp_path) -> None:
+    cost = calibrated(costs, tmp_path, DECODE)
+    for m in DECODE:
+        ((_, a, b),) = cost.decode_pieces(m["batch"])
+        assert a + b * m["batch"] * m["context"] == pytest.approx(m["seconds"], rel=1e-9)
+    # between measured batch sizes the correction is interpolated, so the time lies between
+    ((_, a, b),) = cost.decode_pieces(32)
+    roof = costs.replica("H100", 1).seconds(decode_work(32, 32 * 2000))
+    assert a + b * 32 * 2000 != pytest.approx(roof)
+
+
+def test_prefill_ratio_is_exact_at_measured_sizes_and_held_outside(costs: CostModels, tmp_path) -> None:
+    cost = calibrated(costs, tmp_path, PREFILL)
+    roof = costs.replica("H100", 1)
+    for m in PREFILL:
+        assert cost.seconds(prefill_work(m["tokens"], 0, 1)) == pytest.approx(m["seconds"], rel=1e-9)
+    ratio_small = PREFILL[0]["seconds"] / roof.seconds(prefill_work(512, 0, 1))
+    assert cost.seconds(prefill_work(100, 0, 1)) == pytest.approx(ratio_small * roof.seconds(prefill_work(100, 0, 1)))
+    # no decode measurements: decode stays roofline
+    assert cost.decode_pieces(8) == roof.decode_pieces(8)
+
+
+def test_attention_measurements_scale_the_per_token_attention_cost(costs: CostModels, tmp_path) -> None:
+    beta = costs.replica("H20", 1).attention_seconds_per_token()
+    profile = load_profile(write(tmp_path, {"device": "H20", "measurements": [
+        {"op": "attention", "batch": 8, "context": 4096, "seconds": 2 * beta * 8 * 4096}]}))
+    cost = CostModels(costs.model, costs.catalog, (profile,)).replica("H20", 1)
+    assert cost.attention_seconds_per_token() == pytest.approx(2 * beta)
+
+
+def test_profile_links_map_local_devices_and_skip_the_host_tier(tmp_path) -> None:
+    path = write(tmp_path, {"links": [
+        {"src": "gpu0", "dst": "gpu1", "bytes": 1e6, "seconds": 1.1e-4, "method": "KVHandoff"},
+        {"src": "gpu0", "dst": "gpu1", "bytes": 1e8, "seconds": 2.1e-3},
+        {"src": "gpu0", "dst": "redis-host", "bytes": 1e6, "seconds": 0.01}]})
+    profile = load_profile(path, device="H100")
+    assert [(p.src, p.dst) for p in profile.links] == [("H100", "H100")] * 2
+    link = fit_link([(p.bytes, p.seconds) for p in profile.links])
+    assert link.bandwidth == pytest.approx(99e6 / 1.99e-3)
+    assert link.latency_s == pytest.approx(1.1e-4 - 1e6 * 1.99e-3 / 99e6)
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({"measurements": []}, "no 'device'"),
+    ({"device": "H100", "tp": 0}, "tp must be a positive integer"),
+    ({"device": "H100", "measurements": [{"op": "matmul", "seconds": 1}]}, r"measurements\[0\]: must be an object with op"),
+    ({"device": "H100", "measurements": [{"op": "prefill", "tokens": 10, "seconds": -1}]}, "seconds must be a positive"),
+    ({"device": "H100", "measurements": [{"op": "decode_step", "batch": 2.5, "context": 1, "seconds": 1}]},
+     "batch must be a positive int"),
+    ({"device": "H100", "links": [{"src": "a"}]}, r"links\[0\]: must have src, dst, bytes and seconds"),
+])
+def test_bad_profiles_name_the_entry(tmp_path, payload: dict, message: str) -> None:
+    with pytest.raises(SimInputError, match=message):
+        load_profile(write(tmp_path, payload))
+
+
+def test_profile_for_another_model_is_refused(costs: CostModels, tmp_path) -> None:
+    profile = load_profile(write(tmp_path, {"device": "H100", "model": "qwen2-7b", "measurements": PREFILL}))
+    with pytest.raises(SimInputError, match="measured on model 'qwen2-7b'"):
+        CostModels(costs.model, costs.catalog, (profile,))
+
+
+def test_nccl_tests_tables_give_bus_bandwidth_and_latency() -> None:
+    rows = parse_nccl_tests((DATA / "all_reduce_perf_h100x8.txt").read_text())
+    assert len(rows) == 15 and rows[0].size_bytes == 8
+    assert max(r.busbw_gbs for r in rows) == pytest.approx(360, rel=0.01)
+    link = link_from_nccl_tests(DATA / "sendrecv_perf_h100_l40s.txt")
+    assert link.bandwidth == pytest.approx(21.5e9, rel=0.01)
+    assert link.latency_s == pytest.approx(9e-6)
+
+
+def test_nccl_tests_errors(tmp_path) -> None:
+    no_header = tmp_path / "a.txt"
+    no_header.write_text("8 2 float sum -1 1.0 0 0 0\n")
+    with pytest.raises(SimInputError, match="no nccl-tests header"):
+        link_from_nccl_tests(no_header)
+    bad = tmp_path / "b.txt"
+    bad.write_text("#  size count type redop root time algbw busbw #wrong\n  8 2 float sum -1 fast 0 0 0\n")
+    with pytest.raises(SimInputError, match="b.txt:2: not a row of size, time and busbw"):
+        link_from_nccl_tests(bad)
+
+
+def test_measured_links_override_the_nic_default(catalog) -> None:
+    table = LinkTable(catalog, {("L40S", "H100"): link_from_nccl_tests(DATA / "sendrecv_perf_h100_l40s.txt")})
+    assert table.between("H100", "L40S").bandwidth == pytest.approx(21.5e9, rel=0.01)
+    assert table.between("H100", "A10G").bandwidth == catalog["A10G"].network_bandwidth
+    with pytest.raises(SimInputError, match="unknown hardware"):
+        LinkTable(catalog, {("H100", "TPUv9"): table.between("H100", "L40S")})

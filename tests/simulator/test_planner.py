@@ -1,0 +1,92 @@
+"""The planner: cheapest design within the SLO, local minimality, infeasible SLOs, cluster configs."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from cluster.config import parse_cluster_config
+from simulator.cluster_config import cluster_config
+from simulator.costs import CostModels
+from simulator.design import Design, PoolSpec
+from simulator.errors import SimInputError
+from simulator.planner import Planner, PlanOptions
+from simulator.slo import parse_slo
+from simulator.traces.load import load_trace
+
+TRACE = "synthetic:n=1500,rate=15,workload=conversation,seed=6"
+
+
+@pytest.fixture(scope="module")
+def planned(costs: CostModels):
+    slo = parse_slo("ttft_p99=1,tbt_p99=60ms")
+    options = PlanOptions(hardware=("H100", "A100-80G", "L40S", "H20"))
+    planner = Planner(load_trace(TRACE), costs, slo, options)
+    return planner, planner.plan()
+
+
+def test_plan_meets_the_slo_and_is_cheapest_of_its_family_bests(planned, costs: CostModels) -> None:
+    planner, plan = planned
+    assert plan.best is not None and plan.best.passed and plan.best.result.meets(planner.slo)
+    cost = plan.best.design.cost_per_hour(costs.catalog)
+    assert all(cost <= c.design.cost_per_hour(costs.catalog) for c in plan.family_bests)
+    assert {c.design.kind for c in plan.family_bests} == {"colocated", "disaggregated", "offload"}
+    assert all(c.passed for c in plan.family_bests)
+
+
+def test_each_family_best_is_locally_minimal(planned) -> None:
+    planner, plan = planned
+    for cand in plan.family_bests:
+        sizes = cand.sizes
+        for i in range(len(sizes)):
+            smaller = sizes[:i] + (sizes[i] - 1,) + sizes[i + 1:]
+            if smaller[i] >= 1:
+                assert not planner.evaluate(cand.family, smaller).passed, f"{cand.design.label()} could lose a replica"
+
+
+def test_below_the_load_bounds_a_pool_saturates(costs: CostModels) -> None:
+    trace = load_trace("synthetic:n=3000,rate=60,workload=conversation,seed=6")
+    planner = Planner(trace, costs, parse_slo("ttft_p99=1"), PlanOptions(hardware=("H100",)))
+    fam = next(f for f in planner.families()[0] if f.kind == "disaggregated")
+    prefill, decode = planner.lower_bounds(fam)
+    assert prefill >= 2
+    below = planner.evaluate(fam, (prefill - 1, decode + 2))
+    assert below.result.utilization["prefill"] > 0.9  # busy until its queue drains, after the last arrival
+    assert below.result.percentiles["ttft_p50"] > 10 * planner.evaluate(fam, (prefill, decode + 2)).result.percentiles["ttft_p50"]
+
+
+def test_an_impossible_slo_has_no_plan(costs: CostModels) -> None:
+    planner = Planner(load_trace(TRACE), costs, parse_slo("ttft_p99=1ms"),
+                      PlanOptions(hardware=("H100",), kinds=("colocated",), max_replicas=4))
+    assert planner.plan().best is None
+
+
+def test_options_restrict_the_families(costs: CostModels) -> None:
+    planner = Planner(load_trace(TRACE), costs, parse_slo("ttft_p99=1"), PlanOptions(hardware=("H100", "L4"),
+                                                                                    kinds=("disaggregated",)))
+    fams, _ = planner.families()
+    assert {f.tiers for f in fams} == {("H100", "H100"), ("H100", "L4"), ("L4", "H100"), ("L4", "L4")}
+    with pytest.raises(SimInputError, match="design kinds must be among"):
+        PlanOptions(kinds=("pipeline",))
+
+
+@pytest.mark.parametrize("design", [
+    Design(colocated=PoolSpec("H100", 3, max_num_batched_tokens=4096)),
+    Design(prefill=PoolSpec("H100", 2), decode=PoolSpec("L40S", 4, tp=2)),
+])
+def test_cluster_configs_load_in_the_cluster_loader(design: Design, costs: CostModels) -> None:
+    config = cluster_config(design, costs.model, costs.catalog)
+    loaded = parse_cluster_config(yaml.safe_load(yaml.safe_dump(config)))
+    for name, pool in design.pools().items():
+        assert loaded.pools[name].replicas == pool.replicas
+        assert loaded.pools[name].hardware.accelerator_type == pool.hardware
+        assert loaded.pools[name].hardware.num_gpus == pool.tp
+    assert loaded.model == "meta-llama/Meta-Llama-3-8B"
+
+
+def test_offload_config_names_the_attention_pool(costs: CostModels) -> None:
+    design = Design(prefill=PoolSpec("H100", 1), decode=PoolSpec("H100", 2), attention=PoolSpec("CPU-DDR5", 3))
+    config = cluster_config(design, costs.model, costs.catalog)
+    assert config["pools"]["attention"] == {"replicas": 3, "hardware": {"accelerator_type": None, "num_gpus": 0,
+                                                                        "num_cpus": 112}}
+    assert config["plan"]["hardware"]["attention"] == "CPU-DDR5"

@@ -1,0 +1,99 @@
+"""The simulated cluster: memory limits, rejections, prefix caching, interference, links, cost and energy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simulator.costs import CostModels
+from simulator.design import Design, PoolSpec
+from simulator.links import Link, LinkTable
+from simulator.run import simulate
+from simulator.simulation import Simulation
+from simulator.traces.load import load_trace
+from simulator.traces.trace import make_trace
+
+
+def peak_usage(requests, replica) -> tuple[int, int]:
+    """Most KV tokens and sequences in ``replica``'s decode batch at once, from request times."""
+    events = []
+    for r in requests:
+        if r.decode_replica is replica and r.first_decode_at >= 0:
+            need = r.prompt + r.output
+            events += [(r.first_decode_at - r.first_step_s, 1, need), (r.finish_at, -1, -need)]
+    tokens = seqs = peak_tokens = peak_seqs = 0
+    for _, ds, dt in sorted(events, key=lambda e: (e[0], e[1])):
+        seqs, tokens = seqs + ds, tokens + dt
+        peak_seqs, peak_tokens = max(peak_seqs, seqs), max(peak_tokens, tokens)
+    return peak_tokens, peak_seqs
+
+
+def test_decode_memory_and_batch_limits_hold_under_overload(costs: CostModels) -> None:
+    trace = load_trace("synthetic:n=1500,rate=40,prompt=lognormal:3000:0.5,output=lognormal:300:0.5,seed=2")
+    design = Design(prefill=PoolSpec("H100", 2), decode=PoolSpec("L4", 2, max_num_seqs=24))
+    record = Simulation(design, costs, trace).run()
+    assert record.rejected == 0 and all(r.finish_at > r.arrival for r in record.requests)
+    for replica in record.replicas["decode"]:
+        tokens, seqs = peak_usage(record.requests, replica)
+        assert 0 < tokens <= replica.kv_capacity
+        assert seqs <= 24
+        assert replica.kv_used == 0
+    assert all(r.kv_used == 0 for r in record.replicas["prefill"])
+
+
+def test_requests_longer_than_memory_are_rejected_not_stuck(costs: CostModels) -> None:
+    trace = make_trace("one too long", [0.0, 0.1, 0.2], [1000, 600_000, 2000], [10, 10, 10])
+    result = simulate(Design(colocated=PoolSpec("H100", 1)), trace, costs)
+    assert (result.completed, result.rejected) == (2, 1)
+
+
+def test_prefix_aware_routing_finds_more_cache_hits(costs: CostModels) -> None:
+    spec = "synthetic:n=2000,rate=30,prompt=fixed:256,output=fixed:20,prefix_groups=16,prefix_tokens=2048,block=64"
+    trace = load_trace(spec)
+    results = {router: simulate(Design(prefill=PoolSpec("H100", 4), decode=PoolSpec("H100", 2), router=router),
+                                trace, costs) for router in ("round_robin", "prefix_aware")}
+    no_cache = simulate(Design(prefill=PoolSpec("H100", 4), decode=PoolSpec("H100", 2), prefix_caching=False),
+                        trace, costs)
+    assert results["prefix_aware"].prefix_hit_rate > results["round_robin"].prefix_hit_rate > 0.5
+    assert no_cache.prefix_hit_rate == 0
+    assert results["prefix_aware"].percentiles["ttft_p50"] < no_cache.percentiles["ttft_p50"]
+
+
+def test_colocated_prefill_chunks_stretch_decode_steps(costs: CostModels) -> None:
+    trace = load_trace("synthetic:n=3000,rate=12,workload=conversation,seed=1")
+    colocated = simulate(Design(colocated=PoolSpec("H100", 4)), trace, costs)
+    split = simulate(Design(prefill=PoolSpec("H100", 2), decode=PoolSpec("H100", 2)), trace, costs)
+    assert colocated.percentiles["tbt_p99"] > 2 * split.percentiles["tbt_p99"]
+
+
+def test_a_slow_link_delays_the_first_decode_token(costs: CostModels) -> None:
+    trace = load_trace("synthetic:n=500,rate=5,prompt=fixed:4000,output=fixed:50")
+    design = Design(prefill=PoolSpec("H100", 1), decode=PoolSpec("H100", 1))
+    slow = CostModels(costs.model, costs.catalog, links=LinkTable(costs.catalog, {("H100", "H100"): Link(1e9 / 8, 1e-3)}))
+    gap = {}
+    for name, models in (("fast", costs), ("slow", slow)):
+        reqs = Simulation(design, models, trace).run().requests
+        gap[name] = np.mean([r.first_decode_at - r.ttft_at for r in reqs])
+    kv_seconds_at_1gbps = 4000 * costs.model.kv_bytes_per_token / (1e9 / 8)
+    assert gap["slow"] > kv_seconds_at_1gbps > 10 * gap["fast"]
+
+
+def test_offloaded_decode_holds_kv_on_the_attention_pool(costs: CostModels) -> None:
+    trace = make_trace("long", [0.0], [400_000], [20])
+    small = Design(prefill=PoolSpec("H100", 1), decode=PoolSpec("H100", 2), attention=PoolSpec("H20", 1))
+    large = Design(prefill=PoolSpec("H100", 1), decode=PoolSpec("H100", 2), attention=PoolSpec("H20", 4))
+    assert simulate(small, trace, costs).rejected == 1  # half an H20 (48 GB) per decode replica
+    result = simulate(large, trace, costs)
+    assert result.rejected == 0 and 0 < result.utilization["attention"] <= 1
+
+
+def test_cost_and_energy_accounting(costs: CostModels) -> None:
+    trace = load_trace("synthetic:n=800,rate=6,workload=conversation")
+    design = Design(prefill=PoolSpec("H100", 1), decode=PoolSpec("L40S", 2))
+    r = simulate(design, trace, costs)
+    generated = float(trace.output_tokens.sum())
+    assert r.cost_per_hour == pytest.approx(2.99 + 2 * 1.86)
+    assert r.usd_per_mtok == pytest.approx(r.cost_per_hour * r.duration_s / 3600 / (generated / 1e6))
+    idle_w = 0.25 * (700 + 2 * 350)
+    assert generated / (r.duration_s * 1400) < r.tokens_per_joule < generated / (r.duration_s * idle_w)
+    assert 0 < r.utilization["prefill"] < 1 and 0 < r.utilization["decode"] <= 1

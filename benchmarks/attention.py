@@ -186,13 +186,14 @@ def tune_decode(block_size: int, base: DecodeConfig) -> tuple[DecodeConfig, list
     """Tile shape and launch order on two large cases, then the split choice on small ones."""
     def make(b: int, c: int):
         return decode_batch(b, c, block_size, seed=b + c)
-    tiles = [replace(base, block_n=n, num_stages=s, num_warps=w, heads_fastest=h)
-             for h, n, s, w in itertools.product((False, True), (32, 64, 128), (2, 3, 5), (4, 8))]
+    tiles = [replace(base, block_n=n, num_stages=s, num_warps=w, pack_heads=p)
+             for p, n, s, w in itertools.product((False, True), (32, 64, 128), (2, 3), (4,))]
+    tiles += [replace(base, block_n=128, num_warps=8, pack_heads=p) for p in (False, True)]
     rows = sweep("decode tiles", tiles, [(64, 4096), (16, 32768)], make, lambda c: TritonAttention(decode=c))
     tile = best(rows)
     splits = [replace(tile, programs_per_sm=p, min_split_tokens=m)
-              for p, m in itertools.product((2, 4, 8, 16), (64, 128, 256))]
-    small = [(1, 512), (1, 4096), (1, 32768), (4, 4096), (16, 512), (16, 4096)]
+              for p, m in itertools.product((2, 4, 8), (32, 64, 128))]
+    small = [(1, 512), (1, 4096), (1, 32768), (4, 4096), (16, 512), (16, 4096), (64, 512)]
     split_rows = sweep("decode splits", splits, small, make, lambda c: TritonAttention(decode=c))
     return best(split_rows), rows + split_rows
 
@@ -202,7 +203,7 @@ def tune_prefill(block_size: int, base: PrefillConfig) -> tuple[PrefillConfig, l
         spec = BatchSpec((n,) * b, (n,) * b, HEADS, KV_HEADS, DIM, block_size, DTYPE)
         return random_batch(spec, "cuda", seed=n)
     grid = [replace(base, block_m=m, block_n=n, num_warps=w, num_stages=s)
-            for m, n, w, s in itertools.product((64, 128), (64, 128), (4, 8), (2, 3))]
+            for m, n, w, s in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3))]
     rows = sweep("prefill", grid, [(1, 4096)], make, lambda c: TritonAttention(prefill=c))
     return best(rows), rows
 

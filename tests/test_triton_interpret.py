@@ -76,10 +76,10 @@ def rng() -> random.Random:
     return random.Random(random.SystemRandom().randrange(2**31))
 
 
-def backend(kernels, programs_per_sm: int = 24, heads_fastest: bool = False):
+def backend(kernels, programs_per_sm: int = 24, heads_fastest: bool = False, pack_heads: bool = False):
     """Small tiles; with 1 'multiprocessor' on CPU, programs_per_sm=24 gives several splits, 1 gives one."""
     decode = kernels.triton_decode.DecodeConfig(block_n=16, programs_per_sm=programs_per_sm, min_split_tokens=16,
-                                                heads_fastest=heads_fastest)
+                                                heads_fastest=heads_fastest, pack_heads=pack_heads)
     prefill = kernels.triton_prefill.PrefillConfig(block_m=32, block_n=16)
     return kernels.triton_backend.TritonAttention(decode=decode, prefill=prefill)
 
@@ -94,11 +94,12 @@ def check(kernels, spec: BatchSpec, seed: int, strided_q: bool = False, **decode
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("heads,kv_heads,dim,block_size", [(4, 2, 32, 16), (6, 2, 16, 32), (2, 2, 64, 64),
-                                                           (4, 1, 32, 16)])
-def case_decode_matches_reference(kernels, rng, dtype, heads, kv_heads, dim, block_size) -> None:
+                                                           (4, 1, 32, 16), (16, 8, 16, 16)])
+@pytest.mark.parametrize("pack_heads", [False, True])
+def case_decode_matches_reference(kernels, rng, dtype, heads, kv_heads, dim, block_size, pack_heads) -> None:
     seq_lens = ragged_seq_lens(rng, 4, 3 * block_size + 5, block_size)
     spec = BatchSpec((1,) * 4, seq_lens, heads, kv_heads, dim, block_size, dtype)
-    check(kernels, spec, rng.randrange(2**31), strided_q=True)
+    check(kernels, spec, rng.randrange(2**31), strided_q=True, pack_heads=pack_heads)
 
 
 @pytest.mark.parametrize("programs_per_sm,heads_fastest", [(1, False), (1, True), (24, True)])

@@ -37,13 +37,13 @@ class DecodeConfig:
     programs running together read neighbouring bytes of the same cache blocks.
     """
 
-    block_n: int = 64
+    block_n: int = 32
     num_warps: int = 4
     num_stages: int = 2
     programs_per_sm: int = 4
-    min_split_tokens: int = 256
+    min_split_tokens: int = 64
     max_splits: int = 64
-    heads_fastest: bool = False
+    heads_fastest: bool = True
     pack_heads: bool = False
 
     def __post_init__(self) -> None:

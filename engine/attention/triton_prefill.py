@@ -29,9 +29,9 @@ SHARED_BUDGET = 192 * 1024  # bytes of the query tile and staged K/V tiles per p
 class PrefillConfig:
     """Tile choices: block_m rows of (query, head) pairs against block_n keys."""
 
-    block_m: int = 128
+    block_m: int = 64
     block_n: int = 64
-    num_warps: int = 8
+    num_warps: int = 4
     num_stages: int = 2
 
     def __post_init__(self) -> None:

@@ -49,12 +49,16 @@ class SchedulerConfig:
 
     max_num_batched_tokens caps the tokens one step runs (decode tokens plus prefill
     chunks); a prompt longer than the remaining budget is prefilled in chunks.
-    max_model_len None means the model's max_position_embeddings.
+    max_model_len None means the model's max_position_embeddings. With prefix caching,
+    admission looks at the first ``admission_window`` waiting requests and starts those with
+    cached prefixes first, never passing over one that waited ``max_admission_delay_s``.
     """
 
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None
+    admission_window: int = 64
+    max_admission_delay_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:

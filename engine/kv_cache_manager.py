@@ -37,20 +37,24 @@ class KVCacheManager:
         returns the number of tokens whose KV is already there (always < the request's tokens)."""
         if not self.pool.enable_caching or request.block_ids:
             return 0
-        self._extend_hashes(request, request.num_tokens)
-        hits = []
-        for h in request.block_hashes:
-            block_id = self.pool.lookup(h)
-            if block_id is None:
-                break
-            hits.append(block_id)
-        hits = hits[:(request.num_tokens - 1) // self.block_size]  # the last token is always computed
+        n = min(self.cached_prefix_blocks(request), (request.num_tokens - 1) // self.block_size)
+        hits = [self.pool.lookup(h) for h in request.block_hashes[:n]]  # the last token is always computed
         self.prefix_queries += request.num_tokens
         self.prefix_hits += len(hits) * self.block_size
         for block_id in hits:
             self.pool.take(block_id)
         request.block_ids = hits
         return len(hits) * self.block_size
+
+    def cached_prefix_blocks(self, request: Request) -> int:
+        """How many leading blocks of a request are in the prefix cache (nothing is taken)."""
+        self._extend_hashes(request, request.num_tokens)
+        count = 0
+        for h in request.block_hashes:
+            if self.pool.lookup(h) is None:
+                break
+            count += 1
+        return count
 
     def allocate_slots(self, request: Request, num_new_tokens: int) -> bool:
         """Make room for ``num_new_tokens`` more computed tokens; False (and no change) if the

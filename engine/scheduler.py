@@ -9,6 +9,8 @@ goes back to the front of the queue to recompute its KV later.
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -80,9 +82,22 @@ class Scheduler:
             i += 1
         return budget
 
+    def _next_waiting(self) -> Request:
+        """FCFS, except that with prefix caching the requests whose prefix is cached (or whose
+        KV is already here) go first (BatchLLM): they cost the least to start, and they
+        decode in the same batch as the requests they share blocks with. A request that has
+        waited longer than ``max_admission_delay_s`` is not passed over."""
+        head = self.waiting[0]
+        if not self.kv.pool.enable_caching or time.monotonic() - head.arrival_time > \
+                self.config.max_admission_delay_s:
+            return head
+        window = itertools.islice(self.waiting, self.config.admission_window)
+        return max(enumerate(window), key=lambda e: (bool(e[1].block_ids), self.kv.cached_prefix_blocks(e[1]),
+                                                     -e[0]))[1]
+
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            req = self.waiting[0]
+            req = self._next_waiting()
             if not req.block_ids:
                 req.num_computed_tokens = self.kv.match_prefix(req)
                 req.num_cached_tokens = max(req.num_cached_tokens, req.num_computed_tokens)
@@ -91,7 +106,7 @@ class Scheduler:
                 self.kv.free(req)  # waiting requests hold no blocks, cached ones included
                 req.num_computed_tokens = 0
                 break
-            self.waiting.popleft()
+            self.waiting.remove(req)
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             out.scheduled.append(ScheduledRequest(req, n))

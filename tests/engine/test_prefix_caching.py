@@ -65,3 +65,28 @@ def test_salt_isolates_tenants(tiny_model):
                     results.setdefault(salt, []).append(d.num_cached_tokens)
     assert results["tenant-b"] == [0], "another tenant's prefix is never reused"
     assert results["tenant-a"][0] == 0 and results["tenant-a"][1] >= 64
+
+
+def test_admission_prefers_requests_whose_prefix_is_cached(tiny_model):
+    engine = make_engine(tiny_model, prefix_caching=True, max_num_seqs=1)
+    x, y = shared_prefix_prompts(2, seed=3), shared_prefix_prompts(1, seed=4)
+    engine.generate([x[0]], GREEDY)                  # prefix X is now cached
+    order = []
+    for name, prompt in (("y", y[0]), ("x", x[1])):  # y queued first, x second
+        engine.add_request(name, prompt, GREEDY)
+    while engine.has_unfinished():
+        for d in engine.step():
+            if d.request_id not in order:
+                order.append(d.request_id)
+    assert order == ["x", "y"], "the request with a cached prefix starts first"
+
+
+def test_admission_does_not_starve_the_head(tiny_model):
+    engine = make_engine(tiny_model, prefix_caching=True, max_num_seqs=1)
+    x, y = shared_prefix_prompts(2, seed=3), shared_prefix_prompts(1, seed=4)
+    engine.generate([x[0]], GREEDY)
+    engine.add_request("y", y[0], GREEDY)
+    engine.add_request("x", x[1], GREEDY)
+    engine.scheduler.waiting[0].arrival_time -= 10   # y has waited past the delay bound
+    first = next(d.request_id for d in engine.step())
+    assert first == "y"

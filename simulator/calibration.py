@@ -52,8 +52,8 @@ class CalibratedCost:
         return (xs, [statistics.fmean(by_size[x]) for x in xs]) if xs else None
 
     def _attention(self, points: list[Measurement]) -> float:
-        beta = self.roofline.attention_seconds_per_token()
-        ratios = [p.seconds / (beta * p.batch * p.context) for p in points if p.context > 0]
+        per_layer = self.roofline.attention_seconds_per_token() / self.model.num_layers
+        ratios = [p.seconds / (per_layer * p.layers * p.batch * p.context) for p in points]
         return statistics.median(ratios) if ratios else 1.0
 
     def _decode_ratios(self, points: list[Measurement]) -> tuple[list[float], list[float], list[float]] | None:

@@ -40,7 +40,8 @@ def cluster_config(design: Design, model: ModelSpec, catalog: Catalog, result: S
         "router": {"grpc_port": 50051, "http_port": 8000},
     }
     plan = {"design": design.label(), "kind": design.kind,
-            "hardware": {name: pool.hardware for name, pool in design.pools().items()}, "cost_per_hour": round(design.cost_per_hour(catalog), 4),
+            "hardware": {name: pool.hardware for name, pool in design.pools().items()},
+            "cost_per_hour": round(design.cost_per_hour(catalog), 4),
             "peak_watts": design.peak_watts(catalog), "trace": trace_name, "slo": slo.text() if slo else None}
     if result is not None:
         plan.update(throughput_rps=result.throughput_rps, output_tps=result.output_tps,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from simulator.calibration import CalibratedCost
 from simulator.errors import SimInputError
 from simulator.hardware import Catalog, HardwareSpec
@@ -19,12 +21,13 @@ class CostModels:
     def __init__(self, model: ModelSpec, catalog: Catalog, profiles: tuple[Profile, ...] = (),
                  links: LinkTable | None = None) -> None:
         for p in profiles:
-            if p.model is not None and p.model != model.name:
-                raise SimInputError(f"profile for {p.device} was measured on model {p.model!r}, "
-                                    f"not {model.name!r} (drop its 'model' key to use it anyway)")
+            for other in {p.model, *(m.model for m in p.measurements)} - {None, model.name}:
+                raise SimInputError(f"profile for {p.device} was measured on model {other!r}, "
+                                    f"not {model.name!r} (drop its 'model' keys to use it anyway)")
         self.model, self.catalog = model, catalog
         self.links = links or LinkTable(catalog)
-        self.profiles = {(p.device, p.tp): p for p in profiles}
+        self.profiles = {(catalog.resolve(p.device), p.tp): replace(p, device=catalog.resolve(p.device))
+                         for p in profiles}
         self._costs: dict[tuple[str, int], IterationCost] = {}
 
     def replica(self, hardware: str, tp: int) -> IterationCost:

@@ -76,8 +76,9 @@ class DecodeBatch:
     def _run(self, m: int) -> None:
         segments = self.segments
         seconds = run(self.pieces, self.batch, self.context, m, segments)
-        if self.joined:
-            self._time_joined(segments[-1][2] if len(self.pieces) == 1 else run(self.pieces, self.batch, self.context, 1))
+        if self.joined:  # their first decode token comes at the end of the run's first step
+            first = segments[-1][2] if len(self.pieces) == 1 else run(self.pieces, self.batch, self.context, 1)
+            self._time_joined(first)
         b = self.batch
         self.attention_s += self.attention_per_token * (m * self.context + b * m * (m - 1) / 2)
         self.t += seconds

@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
-
 from simulator.design import Design, PoolSpec
 from simulator.errors import SimInputError
+from simulator.files import read_yaml
 from simulator.hardware import Catalog
 
 POOL = re.compile(r"^(?P<hw>[A-Za-z0-9_.-]+?)x(?P<n>\d+)(?:@tp(?P<tp>\d+))?$")
@@ -34,11 +33,7 @@ def parse_design(text: str, catalog: Catalog, max_num_seqs: int = 256, max_num_b
 def design_from_config(path: str | Path, catalog: Catalog, router: str = "prefix_aware") -> Design:
     """The design a cluster config describes; hardware names come from ``plan.hardware`` when the
     planner wrote it, else from each pool's accelerator_type."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise SimInputError(f"cluster config {path}: {e}") from None
+    data = read_yaml(path, "cluster config")
     if not isinstance(data, dict) or not isinstance(data.get("pools"), dict):
         raise SimInputError(f"cluster config {path}: no pools mapping")
     names = (data.get("plan") or {}).get("hardware") or {}
@@ -51,6 +46,7 @@ def design_from_config(path: str | Path, catalog: Catalog, router: str = "prefix
         if name is None:
             raise SimInputError(f"cluster config {path}: pools.{role} names no accelerator_type")
         _ = catalog[name]
-        pools[role] = PoolSpec(name, int(pool.get("replicas", 1)), max(1, int(hardware.get("num_gpus") or 1)),
-                               int(engine.get("max_num_seqs") or 256), int(engine.get("max_num_batched_tokens") or 8192))
+        tp = max(1, int(hardware.get("num_gpus") or 1))
+        pools[role] = PoolSpec(name, int(pool.get("replicas", 1)), tp, int(engine.get("max_num_seqs") or 256),
+                               int(engine.get("max_num_batched_tokens") or 8192))
     return Design(router=router, **pools)

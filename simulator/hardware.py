@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import yaml
-
 from simulator.errors import SimInputError
+from simulator.files import read_yaml
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
 KINDS = ("gpu", "cpu")
@@ -98,6 +98,19 @@ class Catalog:
             raise SimInputError(f"unknown hardware {name!r}; the catalog has {', '.join(self.hardware)}")
         return self.hardware[name]
 
+    def resolve(self, device: str) -> str:
+        """The catalog name for a device: the name itself, or the one entry whose name (before any
+        '-') is a word of a driver's device name, e.g. 'NVIDIA H100 80GB HBM3' -> H100,
+        'NVIDIA A100-SXM4-80GB' -> A100-80G."""
+        if device in self.hardware:
+            return device
+        words = set(re.split(r"[\s_-]+", device.upper()))
+        matches = [n for n in self.hardware if n.split("-")[0].upper() in words]
+        if len(matches) != 1:
+            raise SimInputError(f"device {device!r} matches {matches or 'no'} catalog entries; "
+                                f"name one of {', '.join(self.hardware)} (e.g. --profile FILE:H100)")
+        return matches[0]
+
     def names(self, kind: str | None = None) -> list[str]:
         return [n for n, h in self.hardware.items() if kind is None or h.kind == kind]
 
@@ -120,12 +133,7 @@ def load_catalog(*extra: str | Path) -> Catalog:
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise SimInputError(f"catalog {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise SimInputError(f"catalog {path} is not valid YAML: {e}") from None
+    data = read_yaml(path, "catalog") or {}
     unknown = set(data) - {"defaults", "hardware", "links"} if isinstance(data, dict) else {"<top level>"}
     if unknown:
         raise SimInputError(f"catalog {path}: unknown section(s) {sorted(unknown)} "

@@ -45,15 +45,21 @@ def nccl_arg(text: str) -> tuple[tuple[str, str], Link]:
     return (src, dst), link_from_nccl_tests(path)
 
 
+def resolved(catalog: Catalog, pair: tuple[str, str]) -> tuple[str, str]:
+    return catalog.resolve(pair[0]), catalog.resolve(pair[1])
+
+
 def build_costs(args: argparse.Namespace) -> CostModels:
     catalog = load_catalog(*args.catalog)
     profiles = tuple(profile_arg(p, catalog) for p in args.profile)
     points: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     for prof in profiles:
         for lp in prof.links:
-            points[(lp.src, lp.dst)].append((lp.bytes, lp.seconds))
+            points[resolved(catalog, (lp.src, lp.dst))].append((lp.bytes, lp.seconds))
     measured = {pair: fit_link(pts) for pair, pts in points.items()}
-    measured.update(nccl_arg(text) for text in args.nccl_tests)
+    for text in args.nccl_tests:
+        pair, link = nccl_arg(text)
+        measured[resolved(catalog, pair)] = link
     return CostModels(load_model(args.model), catalog, profiles, LinkTable(catalog, measured))
 
 

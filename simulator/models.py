@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from simulator.errors import SimInputError
+from simulator.files import read_json
 
 PRESETS_FILE = Path(__file__).with_name("models.yaml")
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -81,12 +81,9 @@ def load_model(name_or_path: str) -> ModelSpec:
 
 def from_hf_config(path: Path) -> ModelSpec:
     """Read the shape from a Hugging Face config.json (Llama, Mistral, Qwen2 style keys)."""
-    if not path.is_file():
-        raise SimInputError(f"model config {path} does not exist")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SimInputError(f"{path}: not valid JSON ({e})") from None
+    cfg = read_json(path, "model config")
+    if not isinstance(cfg, dict):
+        raise SimInputError(f"model config {path}: the top level must be an object")
     missing = [k for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
                            "vocab_size") if k not in cfg]
     if missing:
@@ -96,7 +93,8 @@ def from_hf_config(path: Path) -> ModelSpec:
         raise SimInputError(f"{path}: torch_dtype {dtype!r} is not one of {sorted(DTYPE_BYTES)}")
     heads = cfg["num_attention_heads"]
     return ModelSpec(
-        name=path.parent.name or str(path), hf_name=str(path.parent), num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"],
+        name=path.parent.name or str(path), hf_name=str(path.parent), num_layers=cfg["num_hidden_layers"],
+        hidden_size=cfg["hidden_size"],
         num_heads=heads, num_kv_heads=cfg.get("num_key_value_heads") or heads,
         head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads, intermediate_size=cfg["intermediate_size"],
         vocab_size=cfg["vocab_size"], dtype_bytes=DTYPE_BYTES[dtype],

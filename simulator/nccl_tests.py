@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simulator.errors import SimInputError
+from simulator.files import existing
 from simulator.links import Link
 
 
@@ -54,9 +55,7 @@ def _row(words: list[str], columns: list[str], where: str) -> NcclRow:
 
 def link_from_nccl_tests(path: str | Path) -> Link:
     """Bandwidth: the best bus bandwidth; latency: the time of the smallest message."""
-    path = Path(path)
-    if not path.is_file():
-        raise SimInputError(f"nccl-tests output {path} does not exist")
+    path = existing(path, "nccl-tests output")
     rows = parse_nccl_tests(path.read_text(), str(path))
     best = max(r.busbw_gbs for r in rows)
     if best <= 0:

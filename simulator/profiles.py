@@ -7,21 +7,25 @@
      "links": [{"src": "H100", "dst": "L40S", "bytes": 268435456, "seconds": 0.0061}]}
 
 decode_step/attention: ``context`` is tokens per sequence; prefill: ``context`` is the cached prefix.
-``device`` and ``tp`` say where the measurements were taken; ``model`` (optional) must match the
+A decode_step is a whole model step; an attention measurement (``decode_attention`` as
+benchmarks/attention.py writes it) is ``layers`` layers of decode attention (default 1).
+``device`` (a catalog name, or a driver name like "NVIDIA H100 80GB HBM3") and ``tp`` say where
+the measurements were taken; ``model`` (optional, top level or per measurement) must match the
 simulated model. Link ends are catalog names, or gpuN/cpuN meaning ``device`` (as
 benchmarks/handoff.py writes them); links to redis-host (the host tier) are skipped.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from simulator.errors import SimInputError
+from simulator.files import read_json
 
 OPS = {"decode_step": ("batch", "context"), "attention": ("batch", "context"), "prefill": ("tokens",)}
+ALIASES = {"decode_attention": "attention"}
 LOCAL_DEVICE = re.compile(r"^(gpu|cpu)\d+$")
 
 
@@ -32,6 +36,8 @@ class Measurement:
     batch: int = 1
     tokens: int = 0
     context: int = 0
+    layers: int = 1
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,13 +62,7 @@ class Profile:
 
 def load_profile(path: str | Path, device: str | None = None) -> Profile:
     """Read a profile; ``device`` names the hardware when the file does not (or overrides it)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SimInputError(f"profile {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SimInputError(f"profile {path}: not valid JSON ({e})") from None
+    data = read_json(path, "profile")
     if not isinstance(data, dict):
         raise SimInputError(f"profile {path}: the top level must be an object")
     device = device or data.get("device")
@@ -94,14 +94,17 @@ def _positive(entry: dict, key: str, where: str, kind: type = int) -> float:
 
 
 def _measurement(entry: object, where: str) -> Measurement:
-    if not isinstance(entry, dict) or entry.get("op") not in OPS:
-        raise SimInputError(f"{where}: must be an object with op one of {sorted(OPS)}")
-    fields = {k: _positive(entry, k, where) for k in OPS[entry["op"]]}
+    op = ALIASES.get(entry.get("op"), entry.get("op")) if isinstance(entry, dict) else None
+    if op not in OPS:
+        raise SimInputError(f"{where}: must be an object with op one of {sorted(OPS) + sorted(ALIASES)}")
+    fields = {k: _positive(entry, k, where) for k in OPS[op]}
+    if op == "attention" and "layers" in entry:
+        fields["layers"] = _positive(entry, "layers", where)
     if "context" not in fields:  # a prefill's cached prefix, 0 when absent
         fields["context"] = entry.get("context", 0)
         if not isinstance(fields["context"], int) or fields["context"] < 0:
             raise SimInputError(f"{where}: context must be an integer >= 0, got {fields['context']!r}")
-    return Measurement(entry["op"], _positive(entry, "seconds", where, float), **fields)
+    return Measurement(op, _positive(entry, "seconds", where, float), model=entry.get("model"), **fields)
 
 
 def _link_point(entry: object, device: str, where: str) -> LinkPoint | None:

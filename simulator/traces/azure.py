@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from simulator.errors import SimInputError
+from simulator.files import existing
 from simulator.traces.trace import Trace, make_trace
 
 COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -24,9 +25,7 @@ def parse_timestamp(text: str) -> float:
 
 
 def load_azure_csv(path: str | Path) -> Trace:
-    path = Path(path)
-    if not path.is_file():
-        raise SimInputError(f"trace {path} does not exist")
+    path = existing(path, "trace")
     times, prompts, outputs = [], [], []
     with path.open(newline="") as f:
         reader = csv.reader(f)

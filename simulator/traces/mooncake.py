@@ -9,13 +9,12 @@ import math
 from pathlib import Path
 
 from simulator.errors import SimInputError
+from simulator.files import existing
 from simulator.traces.trace import Trace, make_trace
 
 
 def load_mooncake_jsonl(path: str | Path, block_tokens: int = 512) -> Trace:
-    path = Path(path)
-    if not path.is_file():
-        raise SimInputError(f"trace {path} does not exist")
+    path = existing(path, "trace")
     times, prompts, outputs, hashes = [], [], [], []
     with path.open() as f:
         for lineno, line in enumerate(f, 1):

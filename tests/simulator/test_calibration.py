@@ -57,10 +57,22 @@ def test_prefill_ratio_is_exact_at_measured_sizes_and_held_outside(costs: CostMo
 
 def test_attention_measurements_scale_the_per_token_attention_cost(costs: CostModels, tmp_path) -> None:
     beta = costs.replica("H20", 1).attention_seconds_per_token()
-    profile = load_profile(write(tmp_path, {"device": "H20", "measurements": [
-        {"op": "attention", "batch": 8, "context": 4096, "seconds": 2 * beta * 8 * 4096}]}))
+    one_layer = beta / costs.model.num_layers
+    # as benchmarks/attention.py writes it: one layer, the driver's device name
+    profile = load_profile(write(tmp_path, {"device": "NVIDIA H20", "measurements": [
+        {"op": "decode_attention", "batch": 8, "context": 4096, "seconds": 2 * one_layer * 8 * 4096},
+        {"op": "attention", "batch": 2, "context": 1024, "layers": 4, "seconds": 2 * 4 * one_layer * 2 * 1024}]}))
     cost = CostModels(costs.model, costs.catalog, (profile,)).replica("H20", 1)
     assert cost.attention_seconds_per_token() == pytest.approx(2 * beta)
+
+
+def test_driver_device_names_resolve_to_catalog_entries(catalog) -> None:
+    assert catalog.resolve("NVIDIA H100 80GB HBM3") == "H100"
+    assert catalog.resolve("NVIDIA H200") == "H200"
+    assert catalog.resolve("NVIDIA A100-SXM4-80GB") == "A100-80G"
+    assert catalog.resolve("NVIDIA L4") == "L4"
+    with pytest.raises(SimInputError, match="matches no catalog entries"):
+        catalog.resolve("NVIDIA B300")
 
 
 def test_profile_links_map_local_devices_and_skip_the_host_tier(tmp_path) -> None:
@@ -78,8 +90,10 @@ def test_profile_links_map_local_devices_and_skip_the_host_tier(tmp_path) -> Non
 @pytest.mark.parametrize("payload, message", [
     ({"measurements": []}, "no 'device'"),
     ({"device": "H100", "tp": 0}, "tp must be a positive integer"),
-    ({"device": "H100", "measurements": [{"op": "matmul", "seconds": 1}]}, r"measurements\[0\]: must be an object with op"),
-    ({"device": "H100", "measurements": [{"op": "prefill", "tokens": 10, "seconds": -1}]}, "seconds must be a positive"),
+    ({"device": "H100", "measurements": [{"op": "matmul", "seconds": 1}]},
+     r"measurements\[0\]: must be an object with op"),
+    ({"device": "H100", "measurements": [{"op": "prefill", "tokens": 10, "seconds": -1}]},
+     "seconds must be a positive"),
     ({"device": "H100", "measurements": [{"op": "decode_step", "batch": 2.5, "context": 1, "seconds": 1}]},
      "batch must be a positive int"),
     ({"device": "H100", "links": [{"src": "a"}]}, r"links\[0\]: must have src, dst, bytes and seconds"),
@@ -93,6 +107,15 @@ def test_profile_for_another_model_is_refused(costs: CostModels, tmp_path) -> No
     profile = load_profile(write(tmp_path, {"device": "H100", "model": "qwen2-7b", "measurements": PREFILL}))
     with pytest.raises(SimInputError, match="measured on model 'qwen2-7b'"):
         CostModels(costs.model, costs.catalog, (profile,))
+    # benchmarks/decode_step.py names the model per measurement
+    steps = [{**m, "model": "tiny"} for m in DECODE]
+    profile = load_profile(write(tmp_path, {"device": "NVIDIA H100 80GB HBM3", "measurements": steps}))
+    with pytest.raises(SimInputError, match="measured on model 'tiny'"):
+        CostModels(costs.model, costs.catalog, (profile,))
+    steps = [{**m, "model": "llama-3-8b"} for m in DECODE]
+    profile = load_profile(write(tmp_path, {"device": "NVIDIA H100 80GB HBM3", "measurements": steps}))
+    assert CostModels(costs.model, costs.catalog, (profile,)).replica("H100", 1).decode_pieces(1) != \
+        costs.replica("H100", 1).decode_pieces(1)
 
 
 def test_nccl_tests_tables_give_bus_bandwidth_and_latency() -> None:

@@ -69,7 +69,8 @@ def test_colocated_prefill_chunks_stretch_decode_steps(costs: CostModels) -> Non
 def test_a_slow_link_delays_the_first_decode_token(costs: CostModels) -> None:
     trace = load_trace("synthetic:n=500,rate=5,prompt=fixed:4000,output=fixed:50")
     design = Design(prefill=PoolSpec("H100", 1), decode=PoolSpec("H100", 1))
-    slow = CostModels(costs.model, costs.catalog, links=LinkTable(costs.catalog, {("H100", "H100"): Link(1e9 / 8, 1e-3)}))
+    one_gbps = LinkTable(costs.catalog, {("H100", "H100"): Link(1e9 / 8, 1e-3)})
+    slow = CostModels(costs.model, costs.catalog, links=one_gbps)
     gap = {}
     for name, models in (("fast", costs), ("slow", slow)):
         reqs = Simulation(design, models, trace).run().requests

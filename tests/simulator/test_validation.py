@@ -3,9 +3,22 @@ Run with -s to see each table (paper numbers beside ours)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
+
 from simulator import comparisons, validation
 from simulator.costs import CostModels
 from simulator.validation import Table
+
+CHECKS: list[tuple[Callable[[CostModels], Table], str]] = [
+    (validation.single_request, "costs"),   # single-request latency is the sum of operator times
+    (validation.md1, "costs"),              # queueing at one server matches M/D/1
+    (validation.monotonic, "costs"),        # latency grows with load, shrinks with capacity
+    (validation.reproducible, "costs"),     # a seed reproduces a run exactly
+    (comparisons.splitwise, "costs_70b"),   # split and heterogeneous split beat the paper's baseline
+    (comparisons.lamina, "costs_70b"),      # attention offload beats homogeneous decode per $
+]
 
 
 def show(table: Table) -> None:
@@ -16,37 +29,8 @@ def show(table: Table) -> None:
         print(f"  {table.note}")
 
 
-def test_single_request_latency_is_the_sum_of_operator_times(costs: CostModels) -> None:
-    table = validation.single_request(costs)
+@pytest.mark.parametrize("check, models", CHECKS, ids=[c.__name__ for c, _ in CHECKS])
+def test_validation_table_passes(check: Callable[[CostModels], Table], models: str, request) -> None:
+    table = check(request.getfixturevalue(models))
     show(table)
-    assert table.passed
-
-
-def test_queueing_matches_md1(costs: CostModels) -> None:
-    table = validation.md1(costs)
-    show(table)
-    assert table.passed
-
-
-def test_latency_is_monotonic_in_load_and_capacity(costs: CostModels) -> None:
-    table = validation.monotonic(costs)
-    show(table)
-    assert table.passed
-
-
-def test_runs_are_reproducible_with_a_seed(costs: CostModels) -> None:
-    table = validation.reproducible(costs)
-    show(table)
-    assert table.passed
-
-
-def test_splitwise_direction(costs_70b: CostModels) -> None:
-    table = comparisons.splitwise(costs_70b)
-    show(table)
-    assert table.passed  # split and heterogeneous split beat the paper's baseline on throughput and per $
-
-
-def test_lamina_direction(costs_70b: CostModels) -> None:
-    table = comparisons.lamina(costs_70b)
-    show(table)
-    assert table.passed
+    assert table.passed, table.title

@@ -5,7 +5,8 @@
 
 For each design it times ``Simulation.run`` on a 100k-request synthetic trace (conversation
 lengths, Poisson arrivals) and, separately, the metrics summary. The process is pinned to one
-core. Appends one JSON line per design to OUT/sim_speed.jsonl and draws OUT/sim_speed.png.
+core. Appends one JSON line per design to OUT/sim_speed.jsonl and draws OUT/sim_speed.png
+(OUT: --out, else $OUT, else out/sim_speed).
 Goal (issue 5): >= 50,000 simulated requests/s on one core.
 """
 
@@ -28,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from benchmarks.common import out_dir  # noqa: E402
 from simulator.costs import CostModels  # noqa: E402
 from simulator.design_spec import parse_design  # noqa: E402
 from simulator.hardware import load_catalog  # noqa: E402
@@ -42,7 +44,7 @@ DESIGNS = {  # 16 machines each
     "colocated": "colocated=H100x16",
     "disaggregated": "prefill=H100x4,decode=H100x12",
     "heterogeneous": "prefill=H100x4,decode=A100-80Gx12",
-    "attention offload": "prefill=H100x4,decode=H100x8,attention=H20x4",
+    "offload": "prefill=H100x4,decode=H100x8,attention=H20x4",
 }
 
 
@@ -92,7 +94,6 @@ def machine() -> dict[str, str]:
 
 
 def write(out: Path, results: list[SpeedResult], header: dict[str, str], trace_spec: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     with (out / "sim_speed.jsonl").open("a") as f:
         for r in results:
             f.write(json.dumps({"benchmark": "sim_speed", **header, "trace": trace_spec, **asdict(r),
@@ -114,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=120.0, help="arrivals per second (16 H100s carry about 150)")
     p.add_argument("--model", default="llama-3-8b")
     p.add_argument("--repeat", type=int, default=3, help="runs per design; the fastest counts")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out", default=None, help="output folder (default $OUT, else out/sim_speed)")
     args = p.parse_args(argv)
-    console = Console()
+    console = Console(width=120)
     pinned = pin_to_one_core()
     costs = CostModels(load_model(args.model), load_catalog())
     trace_spec = f"synthetic:n={args.requests},rate={args.rate},workload=conversation,seed=0"
@@ -135,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(r.design, str(r.machines), f"{r.sim_seconds:.2f}", f"{r.requests_per_s:,.0f}",
                       f"{r.metrics_seconds:.2f}", f"{r.segments:,}", "met" if r.requests_per_s >= GOAL else "MISSED")
     console.print(table)
-    write(args.out, results, header, trace_spec)
-    console.print(f"appended to {args.out}/sim_speed.jsonl; plot {args.out}/sim_speed.png")
+    out = out_dir(args.out, "sim_speed")
+    write(out, results, header, trace_spec)
+    console.print(f"appended to {out}/sim_speed.jsonl; plot {out}/sim_speed.png")
     return 0 if all(r.requests_per_s >= GOAL for r in results) else 1
 
 

@@ -186,14 +186,14 @@ def tune_decode(block_size: int, base: DecodeConfig) -> tuple[DecodeConfig, list
     """Tile shape and launch order on two large cases, then the split choice on small ones."""
     def make(b: int, c: int):
         return decode_batch(b, c, block_size, seed=b + c)
-    tiles = [replace(base, block_n=n, num_stages=s, num_warps=w, pack_heads=p)
-             for p, n, s, w in itertools.product((False, True), (32, 64, 128), (2, 3), (4,))]
-    tiles += [replace(base, block_n=128, num_warps=8, pack_heads=p) for p in (False, True)]
+    tiles = [replace(base, block_n=n, num_stages=s, num_warps=w)
+             for n, s, w in itertools.product((32, 64, 128), (2, 3), (4, 8))]
     rows = sweep("decode tiles", tiles, [(64, 4096), (16, 32768)], make, lambda c: TritonAttention(decode=c))
     tile = best(rows)
-    splits = [replace(tile, programs_per_sm=p, min_split_tokens=m)
-              for p, m in itertools.product((2, 4, 8), (32, 64, 128))]
-    small = [(1, 512), (1, 4096), (1, 32768), (4, 4096), (16, 512), (16, 4096), (64, 512)]
+    splits = [replace(tile, programs_per_sm=p, min_split_tokens=m, direct_programs_per_sm=min(d, p))
+              for p, m, d in itertools.product((4, 8), (32, 64), (2, 4))]
+    small = [(1, 512), (1, 4096), (1, 32768), (4, 4096), (16, 512), (16, 4096), (40, 4096), (64, 512),
+             (64, 4096)]
     split_rows = sweep("decode splits", splits, small, make, lambda c: TritonAttention(decode=c))
     return best(split_rows), rows + split_rows
 
@@ -203,7 +203,8 @@ def tune_prefill(block_size: int, base: PrefillConfig) -> tuple[PrefillConfig, l
         spec = BatchSpec((n,) * b, (n,) * b, HEADS, KV_HEADS, DIM, block_size, DTYPE)
         return random_batch(spec, "cuda", seed=n)
     grid = [replace(base, block_m=m, block_n=n, num_warps=w, num_stages=s)
-            for m, n, w, s in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3))]
+            for m, n, w, s in ((64, 64, 4, 2), (64, 128, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 128, 8, 3),
+                               (64, 32, 4, 2), (128, 64, 8, 2))]
     rows = sweep("prefill", grid, [(1, 4096)], make, lambda c: TritonAttention(prefill=c))
     return best(rows), rows
 
@@ -305,8 +306,8 @@ def main() -> None:
         "machine": machine, "copy_bytes_per_s": copy_bps, "decode_config": decode, "prefill_config": prefill,
         "block_size": cfg.block_size, "decode": [c.record(copy_bps) for c in cases], "prefill": prefills,
         "tuning": tuning})
-    write_json(out / "attention_calibration.json", {"device": machine.device, "measurements": [
-        {"op": "decode_attention", "batch": c.batch, "context": c.context, "seconds": c.seconds}
+    write_json(out / "attention_calibration.json", {"device": machine.device, "model": "llama-3-8b", "measurements": [
+        {"op": "decode_attention", "batch": c.batch, "context": c.context, "layers": 1, "seconds": c.seconds}
         for c in cases if not c.skipped]})
     plot(cases, copy_bps, out / "attention.png")
 

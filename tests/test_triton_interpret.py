@@ -76,10 +76,10 @@ def rng() -> random.Random:
     return random.Random(random.SystemRandom().randrange(2**31))
 
 
-def backend(kernels, programs_per_sm: int = 24, heads_fastest: bool = False, pack_heads: bool = False):
+def backend(kernels, programs_per_sm: int = 24, heads_fastest: bool = False):
     """Small tiles; with 1 'multiprocessor' on CPU, programs_per_sm=24 gives several splits, 1 gives one."""
     decode = kernels.triton_decode.DecodeConfig(block_n=16, programs_per_sm=programs_per_sm, min_split_tokens=16,
-                                                heads_fastest=heads_fastest, pack_heads=pack_heads)
+                                                heads_fastest=heads_fastest, direct_programs_per_sm=64)
     prefill = kernels.triton_prefill.PrefillConfig(block_m=32, block_n=16)
     return kernels.triton_backend.TritonAttention(decode=decode, prefill=prefill)
 
@@ -95,11 +95,11 @@ def check(kernels, spec: BatchSpec, seed: int, strided_q: bool = False, **decode
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("heads,kv_heads,dim,block_size", [(4, 2, 32, 16), (6, 2, 16, 32), (2, 2, 64, 64),
                                                            (4, 1, 32, 16), (16, 8, 16, 16)])
-@pytest.mark.parametrize("pack_heads", [False, True])
-def case_decode_matches_reference(kernels, rng, dtype, heads, kv_heads, dim, block_size, pack_heads) -> None:
+@pytest.mark.parametrize("heads_fastest", [False, True])
+def case_decode_matches_reference(kernels, rng, dtype, heads, kv_heads, dim, block_size, heads_fastest) -> None:
     seq_lens = ragged_seq_lens(rng, 4, 3 * block_size + 5, block_size)
     spec = BatchSpec((1,) * 4, seq_lens, heads, kv_heads, dim, block_size, dtype)
-    check(kernels, spec, rng.randrange(2**31), strided_q=True, pack_heads=pack_heads)
+    check(kernels, spec, rng.randrange(2**31), strided_q=True, heads_fastest=heads_fastest)
 
 
 @pytest.mark.parametrize("programs_per_sm,heads_fastest", [(1, False), (1, True), (24, True)])
@@ -115,6 +115,16 @@ def case_mixed_batch_matches_reference(kernels, rng, dtype, heads, kv_heads, blo
     q_lens = tuple(rng.choice([1, s, rng.randint(1, s)]) for s in seq_lens)
     spec = BatchSpec(q_lens, seq_lens, heads, kv_heads, 32, block_size, dtype)
     check(kernels, spec, rng.randrange(2**31), strided_q=rng.random() < 0.5)
+
+
+def case_split_count_depends_on_shapes_and_bound_only(kernels) -> None:
+    cfg = kernels.triton_decode.DecodeConfig(programs_per_sm=4, direct_programs_per_sm=2, min_split_tokens=32,
+                                             max_splits=64)
+    assert cfg.num_splits(1, 8, 512, 132) == 16       # bounded by 512 / 32 tokens
+    assert cfg.num_splits(1, 8, 32768, 132) == 64     # 66 wanted, capped by max_splits
+    assert cfg.num_splits(16, 8, 32768, 132) == 5     # ceil(4 * 132 / 128)
+    assert cfg.num_splits(33, 8, 32768, 132) == 1     # 264 programs >= 2 per SM: no split, no merge
+    assert cfg.num_splits(4, 8, 1, 132) == 1
 
 
 def case_every_split_and_row_is_written(kernels, rng) -> None:

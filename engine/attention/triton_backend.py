@@ -101,7 +101,7 @@ class TritonAttention:
     def _decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 meta: AttentionMetadata, scale: float, out: torch.Tensor) -> None:
         num_seqs, num_heads, dim = q.shape
-        splits = self.decode_config.num_splits(num_seqs, num_heads, k_cache.shape[2], meta.max_seq_len,
+        splits = self.decode_config.num_splits(num_seqs, k_cache.shape[2], meta.max_seq_len,
                                                multiprocessors(q.device))
         part_lse = torch.empty(num_seqs, num_heads, splits, dtype=torch.float32, device=q.device)
         if splits == 1:  # one split is the whole answer: write it straight to out, no merge

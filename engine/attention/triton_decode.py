@@ -27,44 +27,39 @@ SHARED_BUDGET = 128 * 1024  # bytes of staged K/V tiles per program
 class DecodeConfig:
     """Tile and split choices for the decode kernel.
 
-    block_n: key rows per tile (tokens x KV heads of the program). pack_heads: give each
-    program several KV heads when a GQA group has fewer than 16 query heads, so the 16 rows
-    of a matrix-unit tile are all real query heads and each token's keys are read as one
-    contiguous run of (heads x head_dim) elements. programs_per_sm: how many programs to
-    aim for per multiprocessor. min_split_tokens: the shortest slice worth its own program
-    (bounds the split count by ``max_seq_len``). max_splits: upper bound on the split count.
-    heads_fastest: launch the head groups of one (sequence, split) next to each other, so
+    block_n: keys per tile. programs_per_sm: how many (sequence, head, split) programs to
+    aim for per multiprocessor. direct_programs_per_sm: with at least this many (sequence,
+    head) programs per multiprocessor without splitting, use one split (no partials, no
+    merge kernel). min_split_tokens: the shortest slice worth its own program (bounds the
+    split count by ``max_seq_len``). max_splits: upper bound on the split count.
+    heads_fastest: launch the KV heads of one (sequence, split) next to each other, so
     programs running together read neighbouring bytes of the same cache blocks.
+    Defaults: the best of the sweeps in docs/kernels.md (H100, Llama-3-8B heads, bf16).
     """
 
     block_n: int = 32
     num_warps: int = 4
     num_stages: int = 2
     programs_per_sm: int = 4
-    min_split_tokens: int = 64
+    direct_programs_per_sm: int = 4
+    min_split_tokens: int = 32
     max_splits: int = 64
     heads_fastest: bool = True
-    pack_heads: bool = False
 
     def __post_init__(self) -> None:
         if self.block_n < 16 or self.block_n & (self.block_n - 1):
             raise ValueError(f"DecodeConfig.block_n must be a power of two >= 16, got {self.block_n}")
-        for name in ("num_warps", "num_stages", "programs_per_sm", "min_split_tokens", "max_splits"):
+        for name in ("num_warps", "num_stages", "programs_per_sm", "direct_programs_per_sm", "min_split_tokens",
+                     "max_splits"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DecodeConfig.{name} must be >= 1, got {getattr(self, name)}")
 
-    def heads_per_program(self, group: int, num_kv_heads: int) -> int:
-        """KV heads per program: the largest power of two dividing num_kv_heads with <= 16 query rows."""
-        heads = 1
-        while self.pack_heads and num_kv_heads % (2 * heads) == 0 and 2 * heads * group <= 16:
-            heads *= 2
-        return heads
-
-    def num_splits(self, num_seqs: int, num_heads: int, num_kv_heads: int, max_seq_len: int,
-                   num_sms: int) -> int:
-        """Splits per (sequence, head group): enough programs to fill the chip, none too short."""
-        groups = num_kv_heads // self.heads_per_program(num_heads // num_kv_heads, num_kv_heads)
-        wanted = -(-self.programs_per_sm * num_sms // max(1, num_seqs * groups))
+    def num_splits(self, num_seqs: int, num_kv_heads: int, max_seq_len: int, num_sms: int) -> int:
+        """Splits per (sequence, KV head): enough programs to fill the chip, none too short."""
+        programs = max(1, num_seqs * num_kv_heads)
+        if programs >= self.direct_programs_per_sm * num_sms:
+            return 1
+        wanted = -(-self.programs_per_sm * num_sms // programs)
         useful = -(-max(1, max_seq_len) // self.min_split_tokens)
         return max(1, min(wanted, useful, self.max_splits))
 
@@ -73,48 +68,39 @@ class DecodeConfig:
 def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, part_out_ptr, part_lse_ptr,
                          qk_scale, num_splits, stride_qt, stride_qh, stride_table,
                          stride_kb, stride_kt, stride_kh, stride_pn, stride_ph, stride_ps,
-                         stride_ln, stride_lh, stride_ls, GROUP: tl.constexpr, HP: tl.constexpr,
-                         BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr, D: tl.constexpr,
-                         PAGE: tl.constexpr, PREC: tl.constexpr, HEADS_FASTEST: tl.constexpr):
-    """Rows are the HP * GROUP query heads of HP consecutive KV heads; key-tile column
-    ``c`` is token ``c // HP`` of KV head ``c % HP``, and a row attends only to its own head."""
+                         stride_ln, stride_lh, stride_ls, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
+                         BLOCK_N: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
+                         PREC: tl.constexpr, HEADS_FASTEST: tl.constexpr):
     if HEADS_FASTEST:
-        head_block, split, seq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        kv_head, split, seq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     else:
-        seq, head_block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
-    split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_T) * BLOCK_T
+    split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
 
-    r = tl.arange(0, BLOCK_R)
-    live = r < HP * GROUP
-    heads = head_block * HP * GROUP + r
+    g = tl.arange(0, BLOCK_G)
+    heads = kv_head * GROUP + g
     d = tl.arange(0, D)
     q = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + d[None, :],
-                mask=live[:, None], other=0.0)
-    m = tl.full([BLOCK_R], float("-inf"), tl.float32)
-    l = tl.zeros([BLOCK_R], tl.float32)
-    acc = tl.zeros([BLOCK_R, D], tl.float32)
+                mask=(g < GROUP)[:, None], other=0.0)
+    m = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, D], tl.float32)
     table = tables_ptr + seq.to(tl.int64) * stride_table
-    c = tl.arange(0, BLOCK_T * HP)
-    head_offset = (head_block * HP + c % HP) * stride_kh
-    own_head = ((r // GROUP)[:, None] == (c % HP)[None, :]) | (r >= HP * GROUP)[:, None]
-    for n0 in range(start, end, BLOCK_T):
-        kpos = n0 + c // HP
+    for n0 in range(start, end, BLOCK_N):
+        kpos = n0 + tl.arange(0, BLOCK_N)
         kvalid = kpos < end
-        rows = kv_rows(table, kpos, kvalid, head_offset, stride_kb, stride_kt, PAGE)
+        rows = kv_rows(table, kpos, kvalid, kv_head * stride_kh, stride_kb, stride_kt, PAGE)
         k = tl.load(k_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
         v = tl.load(v_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
-        if HP == 1:
-            mask = kvalid[None, :]
-        else:
-            mask = kvalid[None, :] & own_head
-        m, l, acc = softmax_step(q, k, v, m, l, acc, qk_scale, mask, True, PREC)
+        m, l, acc = softmax_step(q, k, v, m, l, acc, qk_scale, kvalid[None, :], True, PREC)
 
     l_safe = tl.where(l > 0, l, 1.0)
     lse = tl.where(l > 0, (m + tl.log2(l_safe)) * LN2, float("-inf"))
     out = acc / l_safe[:, None]
+    live = g < GROUP
     base = seq * stride_pn + split * stride_ps
     tl.store(part_out_ptr + base + heads[:, None] * stride_ph + d[None, :],
              out.to(part_out_ptr.dtype.element_ty), mask=live[:, None])
@@ -130,23 +116,21 @@ def decode_partials(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     [B, H_q, 1, D] view in q's dtype), since one split is already normalised.
 
     Split ``s`` of sequence ``b`` covers keys ``[s * L, (s + 1) * L)`` clipped to
-    ``seq_lens[b]``, where ``L`` is ``ceil(seq_lens[b] / S)`` rounded up to whole key tiles
-    (``block_n / heads_per_program`` tokens; ``block_n`` is halved where wide fp32 tiles would
-    not fit in shared memory). Shapes are assumed checked by the caller (see triton_backend).
+    ``seq_lens[b]``, where ``L = ceil(ceil(seq_lens[b] / S) / block_n) * block_n`` (``block_n`` is
+    the config's, halved where wide fp32 tiles would not fit in shared memory).
+    Shapes are assumed checked by the caller (see triton_backend).
     """
     num_seqs, num_heads, dim = q.shape
     num_kv_heads = k_cache.shape[2]
     num_splits = part_out.shape[2]
     group = num_heads // num_kv_heads
-    per_program = config.heads_per_program(group, num_kv_heads)
     block_n = fit_block_n(config.block_n, dim, q.element_size(), config.num_stages, 0, SHARED_BUDGET)
-    head_blocks = num_kv_heads // per_program
-    grid = ((head_blocks, num_splits, num_seqs) if config.heads_fastest
-            else (num_seqs, head_blocks, num_splits))
+    grid = ((num_kv_heads, num_splits, num_seqs) if config.heads_fastest
+            else (num_seqs, num_kv_heads, num_splits))
     _decode_split_kernel[grid](
         q, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse, scale * LOG2E, num_splits,
         q.stride(0), q.stride(1), block_tables.stride(0), *k_cache.stride()[:3],
-        *part_out.stride()[:3], *part_lse.stride(), GROUP=group, HP=per_program,
-        BLOCK_R=max(16, next_power_of_2(per_program * group)), BLOCK_T=max(1, block_n // per_program),
-        D=dim, PAGE=k_cache.shape[1], PREC=dot_precision(q.dtype), HEADS_FASTEST=config.heads_fastest,
+        *part_out.stride()[:3], *part_lse.stride(), GROUP=group,
+        BLOCK_G=max(16, next_power_of_2(group)), BLOCK_N=block_n, D=dim,
+        PAGE=k_cache.shape[1], PREC=dot_precision(q.dtype), HEADS_FASTEST=config.heads_fastest,
         num_warps=config.num_warps, num_stages=config.num_stages)

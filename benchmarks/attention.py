@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from benchmarks.common import copy_bandwidth, graph_seconds, machine_info, out_dir, write_json
+from benchmarks.common import copy_bandwidth, graph_seconds, machine_info, median_seconds, out_dir, write_json
 from engine.attention.triton_backend import TritonAttention
 from engine.attention.triton_decode import DecodeConfig
 from engine.attention.triton_inputs import BatchSpec, random_batch
@@ -59,6 +59,15 @@ class Case:
                 "copy_fraction": self.gbps(self.seconds) * 1e9 / copy_bps if done else None,
                 "sdpa_gbps": self.gbps(self.sdpa_seconds),
                 "speedup_vs_sdpa": self.sdpa_seconds / self.seconds if done else None}
+
+
+@dataclass(frozen=True)
+class WriteCase:
+    """write_kv of ``rows`` new tokens: the Triton kernel against index_copy_ (the torch reference)."""
+
+    rows: int
+    seconds: float
+    index_copy_seconds: float
 
 
 @dataclass(frozen=True)
@@ -182,6 +191,17 @@ def best(rows: list[TuneRow]):
     return min(by_config, key=lambda c: geomean(by_config[c]))
 
 
+def time_write_kv(rows: int, block_size: int) -> WriteCase:
+    """Eager timings (the reference syncs on its slot mask, so it cannot be graph-captured)."""
+    from engine.attention.reference import write_kv
+    spec = BatchSpec((rows,), (rows,), HEADS, KV_HEADS, DIM, block_size, DTYPE)
+    b = random_batch(spec, "cuda", seed=rows)
+    args = (b.k_cache, b.v_cache, b.new_k, b.new_v, b.meta.slot_mapping)
+    device = b.q.device
+    return WriteCase(rows, median_seconds(lambda: TritonAttention().write_kv(*args), device),
+                     median_seconds(lambda: write_kv(*args), device))
+
+
 def tune_decode(block_size: int, base: DecodeConfig) -> tuple[DecodeConfig, list[TuneRow]]:
     """Tile shape and launch order on two large cases, then the split choice on small ones."""
     def make(b: int, c: int):
@@ -209,7 +229,7 @@ def tune_prefill(block_size: int, base: PrefillConfig) -> tuple[PrefillConfig, l
     return best(rows), rows
 
 
-def print_tables(cases: list[Case], prefills: list[PrefillCase], copy_bps: float) -> None:
+def print_tables(cases: list[Case], prefills: list[PrefillCase], writes: list[WriteCase], copy_bps: float) -> None:
     table = Table(title=f"paged decode, bf16, Llama-3-8B heads; copy {copy_bps / 1e9:.0f} GB/s")
     for col in ("batch", "context", "triton µs", "GB/s", "% copy", "SDPA µs", "SDPA path", "vs SDPA"):
         table.add_column(col, justify="right")
@@ -227,9 +247,14 @@ def print_tables(cases: list[Case], prefills: list[PrefillCase], copy_bps: float
         ptable.add_row(str(p.batch), str(p.length), f"{p.seconds * 1e3:.3f}", f"{p.flops / p.seconds / 1e12:.0f}",
                        f"{p.sdpa_seconds * 1e3:.3f}", f"{p.flops / p.sdpa_seconds / 1e12:.0f}",
                        f"{p.sdpa_seconds / p.seconds:.2f}x")
+    wtable = Table(title="write_kv (eager, includes launch)")
+    for col in ("rows", "triton µs", "index_copy_ µs"):
+        wtable.add_column(col, justify="right")
+    for w in writes:
+        wtable.add_row(str(w.rows), f"{w.seconds * 1e6:.1f}", f"{w.index_copy_seconds * 1e6:.1f}")
     console = Console(width=140)
-    console.print(table)
-    console.print(ptable)
+    for t in (table, ptable, wtable):
+        console.print(t)
 
 
 def plot(cases: list[Case], copy_bps: float, path: Path) -> None:
@@ -300,11 +325,13 @@ def main() -> None:
     cases = [run_decode_case(b, c, cfg.block_size, decode) for b, c in track(grid, description="decode")]
     prefills = [run_prefill_case(1, n, cfg.block_size, prefill)
                 for n in track(cfg.prefill_lengths, description="prefill")]
-    print_tables(cases, prefills, copy_bps)
+    writes = [time_write_kv(rows, cfg.block_size) for rows in (256, 8192)]
+    print_tables(cases, prefills, writes, copy_bps)
     Console().print(f"decode config: {decode}\nprefill config: {prefill}\n{machine}")
     write_json(out / "attention.json", {
         "machine": machine, "copy_bytes_per_s": copy_bps, "decode_config": decode, "prefill_config": prefill,
         "block_size": cfg.block_size, "decode": [c.record(copy_bps) for c in cases], "prefill": prefills,
+        "write_kv": writes,
         "tuning": tuning})
     write_json(out / "attention_calibration.json", {"device": machine.device, "model": "llama-3-8b", "measurements": [
         {"op": "decode_attention", "batch": c.batch, "context": c.context, "layers": 1, "seconds": c.seconds}

@@ -144,3 +144,15 @@ def test_measured_links_override_the_nic_default(catalog) -> None:
     assert table.between("H100", "A10G").bandwidth == catalog["A10G"].network_bandwidth
     with pytest.raises(SimInputError, match="unknown hardware"):
         LinkTable(catalog, {("H100", "TPUv9"): table.between("H100", "L40S")})
+
+
+def test_a_real_h100_profile_from_benchmarks_decode_step(costs: CostModels) -> None:
+    """Measured by benchmarks/decode_step.py on one H100 (2026-11-23, llama-3-8b shape, 272-token contexts)."""
+    profile = load_profile(DATA / "h100_decode_step_calibration.json")
+    cost = CostModels(costs.model, costs.catalog, (profile,)).replica("H100", 1)
+    roof = costs.replica("H100", 1)
+    for m in profile.measurements:
+        ((_, a, b),) = cost.decode_pieces(m.batch)
+        context = m.batch * m.context
+        assert a + b * context == pytest.approx(m.seconds, rel=1e-9)
+        assert 1.3 < m.seconds / roof.seconds(decode_work(m.batch, context)) < 1.8  # our engine vs the roofline

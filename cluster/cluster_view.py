@@ -16,15 +16,17 @@ log = logging.getLogger(__name__)
 
 class ClusterView:
     def __init__(self, pools: Pools, block_size: int, events: KVEventSubscriber | None,
-                 load_interval_s: float = 0.25):
+                 load_interval_s: float = 0.25, host_pull_weight: float = 0.5):
         self.pools, self.block_size, self.events = pools, block_size, events
+        self.host_pull_weight = host_pull_weight
         self.prefixes = PrefixIndex()
         self.load_interval_s = load_interval_s
         self._tasks: list[asyncio.Task] = []
 
     def shape(self, prompt: list[int], cache_salt: str | None) -> RequestShape:
         hashes = hash_blocks(prompt, self.block_size, (cache_salt or "").encode())
-        return RequestShape(len(prompt), self.block_size, self.prefixes.matched_blocks(hashes))
+        return RequestShape(len(prompt), self.block_size, self.prefixes.matched_blocks(hashes),
+                            self.host_pull_weight)
 
     def ensure_running(self) -> None:
         """Start the background tasks on the running loop (once, or again if they died)."""

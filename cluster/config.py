@@ -63,17 +63,22 @@ class PoolConfig:
 
 @dataclass(frozen=True)
 class KVStoreSection:
-    """redis_url None starts a local redis-server (local clusters only)."""
+    """redis_url None starts a local redis-server (local clusters only). Prefill replicas
+    write shared prefixes through to the host tier (host_tier_writes); the router sends a
+    prefix's request to another replica, which pulls the prefix from the host tier, when
+    the holder is busier than the pull is worth (host_pull_weight: cost of pulling a token
+    relative to computing it; 1 never pulls)."""
 
     redis_url: str | None = None
     host_tier_bytes: int = 1 << 30
-    transport: str = "auto"
+    host_tier_writes: bool = True
+    host_pull_weight: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.transport not in ("auto", "nccl", "gloo", "host"):
-            raise ValueError(f"transport must be auto, nccl, gloo or host, got {self.transport!r}")
         if self.host_tier_bytes <= 0:
             raise ValueError("host_tier_bytes must be > 0")
+        if not 0 <= self.host_pull_weight <= 1:
+            raise ValueError(f"host_pull_weight must be in [0, 1], got {self.host_pull_weight}")
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,9 @@ class Dispatcher:
         clock = self.timings.start(req.request_id)
         prefill = pick_prefill(self.pools.prefill, shape)
         clock.workers["prefill"] = prefill.worker_id
+        pull = shape.host_pull(prefill.worker_id)
+        if pull:
+            req = dataclasses.replace(req, host_prefix_blocks=pull)
         first = await self._prefill(prefill, req, shape.uncached(prefill.worker_id))
         clock.mark("prefill")
         handed_off = False

@@ -62,7 +62,8 @@ class Cluster:
             self._start_pools()
             info = ClusterInfo(self.config.name, self.config.model, self.kvstore,
                                {role: tuple(r.worker_id for r in getattr(self.pools, role))
-                                for role in self.config.pools}, tuple(self.infos))
+                                for role in self.config.pools}, tuple(self.infos),
+                               self.config.kvstore.host_pull_weight)
             self.registry = ClusterRegistry.options(name=registry_name(info.name),
                                                     namespace=NAMESPACE).remote(info)
             self.dispatcher = make_dispatcher(info, self.pools)
@@ -99,8 +100,8 @@ class Cluster:
             engine = engine_config_for(self.config, pool)
             for i in range(pool.replicas):
                 worker_id = f"{role}-{i}"
-                spec = WorkerSpec(worker_id, role, engine, self.kvstore,
-                                  use_gpu=pool.hardware.num_gpus > 0)
+                spec = WorkerSpec(worker_id, role, engine, self.kvstore, use_gpu=pool.hardware.num_gpus > 0,
+                                  host_tier_writes=self.config.kvstore.host_tier_writes)
                 actor = actor_classes[role].options(name=actor_name(self.config.name, worker_id),
                                                     namespace=NAMESPACE, **_ray_options(pool)).remote(spec)
                 getattr(self.pools, role).append(Replica(worker_id, role, actor))
@@ -143,7 +144,7 @@ class Cluster:
 def make_dispatcher(info: ClusterInfo, pools: Pools) -> Dispatcher:
     """A dispatcher over a cluster's replicas (the serving router's, or a batch job's own)."""
     events = KVEventSubscriber(connect_redis(info.kvstore), RedisKeys(info.kvstore.key_prefix))
-    view = ClusterView(pools, info.engines[0].block_size, events)
+    view = ClusterView(pools, info.engines[0].block_size, events, host_pull_weight=info.host_pull_weight)
     return Dispatcher(view, Tokenizer(info.model), model_name=os.path.basename(info.model.rstrip("/")),
                       max_model_len=min(e.max_model_len for e in info.engines),
                       vocab_size=info.engines[0].vocab_size, eos_token_ids=info.engines[0].eos_token_ids)

@@ -10,10 +10,14 @@ from engine.sampling_params import SamplingParams
 
 @dataclass(frozen=True)
 class PrefillRequest:
+    """``host_prefix_blocks``: leading blocks to pull from the Redis host tier first (their
+    holder is busy, or gone), instead of computing them."""
+
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
     cache_salt: str | None = None
+    host_prefix_blocks: int = 0
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from cluster.messages import WorkerLoad
+from kvstore.host_tier import HOST_WORKER
 
 
 # Held KV weighs less than KV to move: it costs memory and attention reads, not compute or
@@ -75,19 +76,31 @@ class Pools:
 
 @dataclass(frozen=True)
 class RequestShape:
-    """What a pick needs to know of a request: its prompt length and, per worker, how many
-    of its leading blocks that worker has cached."""
+    """What a pick needs to know of a request: its prompt length and, per holder (a worker,
+    or the host tier), how many of its leading blocks it has cached. A prefill replica may
+    pull blocks from the host tier instead of computing them, at ``host_pull_weight`` of the
+    cost of computing a token (measure both on your hardware: see BENCHMARKS.md)."""
 
     prompt_tokens: int
     block_size: int
     matched_blocks: dict[str, int] = field(default_factory=dict)
+    host_pull_weight: float = 0.5
 
     def uncached(self, worker_id: str) -> int:
         return max(0, self.prompt_tokens - self.matched_blocks.get(worker_id, 0) * self.block_size)
 
+    def host_pull(self, worker_id: str) -> int:
+        """Blocks worth pulling from the host tier before prefilling on ``worker_id``."""
+        extra = self.matched_blocks.get(HOST_WORKER, 0) - self.matched_blocks.get(worker_id, 0)
+        return extra if extra > 0 and self.host_pull_weight < 1 else 0
+
+    def prefill_cost(self, worker_id: str) -> float:
+        pulled = self.host_pull(worker_id) * self.block_size
+        return self.uncached(worker_id) - pulled + self.host_pull_weight * pulled
+
 
 def pick_prefill(replicas: list[Replica], shape: RequestShape) -> Replica:
-    return min(replicas, key=lambda r: (shape.uncached(r.worker_id) + r.pending_tokens, r.inflight))
+    return min(replicas, key=lambda r: (shape.prefill_cost(r.worker_id) + r.pending_tokens, r.inflight))
 
 
 def pick_decode(replicas: list[Replica], shape: RequestShape, exclude: set[str] = frozenset()) -> Replica | None:

@@ -24,6 +24,7 @@ class ClusterInfo:
     kvstore: KVStoreConfig
     workers: dict[str, tuple[str, ...]]   # role -> worker ids
     engines: tuple[EngineInfo, ...]
+    host_pull_weight: float = 0.5
 
 
 def actor_name(cluster: str, worker_id: str) -> str:

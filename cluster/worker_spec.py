@@ -18,6 +18,8 @@ from kvstore.keys import RedisKeys
 from kvstore.kv_events import KVEventPublisher
 from kvstore.pair_groups import PairGroups
 from kvstore.redis_client import connect_redis
+from kvstore.store import KVStore
+from prefill_workers.host_prefix import HostPrefixCache, host_publisher
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class WorkerSpec:
     kvstore: KVStoreConfig | None
     transport: TransportConfig = TransportConfig()
     use_gpu: bool = False
+    host_tier_writes: bool = True
 
 
 @dataclass
@@ -40,6 +43,7 @@ class WorkerParts:
     redis: redis.Redis | None
     groups: PairGroups | None
     events: KVEventPump | None = None
+    host_prefix: HostPrefixCache | None = None
 
     def close(self) -> None:
         if self.events is not None:
@@ -62,4 +66,8 @@ def build_worker(spec: WorkerSpec, advertise_host: str | None = None) -> WorkerP
     keys = RedisKeys(spec.kvstore.key_prefix)
     groups = PairGroups(spec.worker_id, client, keys, transport, device)
     events = KVEventPump(engine, KVEventPublisher(client, keys, spec.worker_id)).start()
-    return WorkerParts(engine, KVHandoff(groups, transport), client, groups, events)
+    host_prefix = None
+    if spec.role == "prefill" and spec.host_tier_writes:
+        store = KVStore.connect(spec.kvstore)
+        host_prefix = HostPrefixCache(engine, store.host, host_publisher(client, keys), spec.engine.model)
+    return WorkerParts(engine, KVHandoff(groups, transport), client, groups, events, host_prefix)

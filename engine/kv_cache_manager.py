@@ -5,7 +5,7 @@ The scheduler talks to this class only; it never touches the block pool directly
 
 from __future__ import annotations
 
-from engine.block_hash import ROOT_HASH, hash_block
+from engine.block_hash import ROOT_HASH, BlockHash, hash_block
 from engine.block_pool import BlockPool
 from engine.request import Request
 
@@ -76,6 +76,20 @@ class KVCacheManager:
         parents = [ROOT_HASH] + request.block_hashes[:full - 1]
         for block_id, h, parent in zip(request.block_ids[:full], request.block_hashes[:full], parents):
             self.pool.commit(block_id, h, parent)
+
+    def reserve_import(self, num_blocks: int) -> list[int] | None:
+        """Blocks to copy KV from elsewhere into (the host tier); None if the pool lacks room."""
+        if not self.pool.enable_caching or num_blocks > self.pool.num_free:
+            return None
+        return self.pool.allocate(num_blocks)
+
+    def commit_import(self, block_ids: list[int], hashes: list[BlockHash]) -> None:
+        """Publish imported blocks (a chain from the root) to the prefix cache, unreferenced:
+        they stay until evicted, and any request with that prefix takes them."""
+        parents = [ROOT_HASH] + hashes[:-1]
+        for block_id, h, parent in zip(block_ids, hashes, parents):
+            self.pool.commit(block_id, h, parent)
+        self.pool.free(block_ids)
 
     def free(self, request: Request) -> None:
         self.pool.free(request.block_ids)

@@ -14,7 +14,7 @@ from prefill_workers.worker import PrefillWorker
 class PrefillActor:
     def __init__(self, spec: WorkerSpec):
         self.parts = build_worker(spec, ray.util.get_node_ip_address())
-        self.worker = PrefillWorker(spec.worker_id, self.parts.engine, self.parts.handoff)
+        self.worker = PrefillWorker(spec.worker_id, self.parts.engine, self.parts.handoff, self.parts.host_prefix)
 
     async def prefill(self, req: PrefillRequest) -> PrefillResult:
         return await self.worker.prefill(req)

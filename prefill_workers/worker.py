@@ -8,7 +8,11 @@ from collections.abc import Awaitable, Callable
 
 from cluster.messages import PrefillRequest, PrefillResult
 from cluster.worker_base import EngineWorker
+from engine.async_engine import AsyncLLMEngine
 from engine.llm_engine import LLMEngine
+from engine.request import Request
+from kvstore.handoff import KVHandoff
+from prefill_workers.host_prefix import HostPrefixCache
 
 
 class PrefillWorker(EngineWorker):
@@ -17,16 +21,25 @@ class PrefillWorker(EngineWorker):
 
     role = "prefill"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, worker_id: str, engine: AsyncLLMEngine, handoff: KVHandoff | None,
+                 host_prefix: HostPrefixCache | None = None):
+        super().__init__(worker_id, engine, handoff)
+        self.host_prefix = host_prefix
         self._peer_locks: dict[str, asyncio.Lock] = {}
 
     async def prefill(self, req: PrefillRequest) -> PrefillResult:
         params = dataclasses.replace(req.params, max_tokens=1, min_tokens=min(req.params.min_tokens, 1),
                                      stop=())
+        imported: tuple[list[int], list[bytes]] = ([], [])
+        if req.host_prefix_blocks and self.host_prefix is not None:
+            imported = await self.host_prefix.pull(req.prompt_token_ids, req.cache_salt, req.host_prefix_blocks)
+
+        def start(e: LLMEngine) -> str:
+            if imported[0]:
+                e.kv.commit_import(*imported)
+            return e.add_request(req.request_id, req.prompt_token_ids, params, req.cache_salt, hold_kv=True)
         delta = None
-        async for delta in self.engine.generate(req.request_id, req.prompt_token_ids, params,
-                                                req.cache_salt, hold_kv=True):
+        async for delta in self.engine.stream(start):
             pass
         return self.engine.call(lambda e: self._result(e, req.request_id, delta))
 
@@ -47,9 +60,11 @@ class PrefillWorker(EngineWorker):
         order, and with the sender alone starting both halves, they do, whoever dispatches.
         """
         lock = self._peer_locks.setdefault(peer, asyncio.Lock())
+        stored = None
         try:
-            held = self.engine.call(lambda e: list(e.held_kv(request_id).block_ids))
-            blocks = held[skip_blocks:skip_blocks + num_blocks]
+            held = self.engine.call(lambda e: e.held_kv(request_id))
+            stored = asyncio.ensure_future(self._write_through(held))
+            blocks = held.block_ids[skip_blocks:skip_blocks + num_blocks]
             if not blocks:
                 return 0
             async with lock:
@@ -58,7 +73,15 @@ class PrefillWorker(EngineWorker):
                 await received
             return sent
         finally:
+            if stored is not None:  # the blocks are read until this ends; a failed host write is not fatal
+                await asyncio.gather(stored, return_exceptions=True)
             self.release(request_id)
+
+    async def _write_through(self, held: Request) -> None:
+        """Copy the prompt's shared (prefix-cache hit) blocks to the host tier, while held."""
+        if self.host_prefix is not None:
+            await self.host_prefix.write_through(held.prompt_token_ids, held.cache_salt.decode(), held.block_ids,
+                                                 held.num_cached_tokens // self.host_prefix.block_size)
 
     def release(self, request_id: str) -> None:
         self.engine.call(lambda e: e.release_kv(request_id))

@@ -1,0 +1,71 @@
+"""Moving shared prefixes between a prefill worker's cache and the Redis host tier.
+
+A prompt whose leading blocks were prefix-cache hits is evidently shared: those blocks are
+written through to the host tier (once; later writers find them present), and announced
+as held by the host tier. Another worker told to use them pulls the leading run still
+present into fresh blocks and publishes them to its own prefix cache before it prefills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import torch
+
+from engine.async_engine import AsyncLLMEngine
+from engine.block_hash import ROOT_HASH, hash_blocks
+from kvstore.block_key import block_keys
+from kvstore.host_tier import HOST_WORKER, HostTier
+from kvstore.keys import Tier
+from kvstore.kv_events import KVEventPublisher
+from kvstore.layout import KVLayout
+
+
+class HostPrefixCache:
+    def __init__(self, engine: AsyncLLMEngine, host: HostTier, publisher: KVEventPublisher, model_id: str):
+        self.engine, self.host, self.publisher, self.model_id = engine, host, publisher, model_id
+        self.kv: torch.Tensor = engine.engine.runner.kv_cache
+        self.layout = KVLayout.of_cache(self.kv)
+        self.block_size = engine.engine.kv.block_size
+        self.pulled_blocks = 0
+        self.written_blocks = 0
+
+    def _hashes(self, prompt: list[int], salt: str | None, n: int) -> list[bytes]:
+        return hash_blocks(prompt[:n * self.block_size], self.block_size, (salt or "").encode())
+
+    async def pull(self, prompt: list[int], salt: str | None, num_blocks: int) -> tuple[list[int], list[bytes]]:
+        """Copy up to ``num_blocks`` leading prompt blocks from the host tier into fresh blocks.
+
+        Returns (block ids, hashes) for ``commit_import``; empty when nothing could be pulled.
+        """
+        hashes = self._hashes(prompt, salt, num_blocks)
+        keys = block_keys(hashes, self.model_id, self.layout)
+        present = await asyncio.to_thread(self.host.contains, keys)
+        n = present.index(False) if False in present else len(present)
+        block_ids = self.engine.call(lambda e: e.kv.reserve_import(n)) if n else None
+        if not block_ids:
+            return [], []
+        try:
+            await asyncio.to_thread(self.host.get, keys[:n], self.kv, block_ids)
+        except Exception:
+            self.engine.call(lambda e: e.kv.pool.free(block_ids))
+            raise
+        self.pulled_blocks += n
+        return block_ids, hashes[:n]
+
+    async def write_through(self, prompt: list[int], salt: str | None, block_ids: list[int], num_blocks: int) -> None:
+        """Store the first ``num_blocks`` of a held prompt in the host tier (if not there yet)."""
+        if num_blocks <= 0:
+            return
+        hashes = self._hashes(prompt, salt, num_blocks)
+        keys = block_keys(hashes, self.model_id, self.layout)
+        written = await asyncio.to_thread(self.host.put, keys, self.kv, block_ids[:num_blocks])
+        self.written_blocks += written
+        if written:
+            parents = [ROOT_HASH] + hashes[:-1]
+            await asyncio.to_thread(self.publisher.stored, list(zip(hashes, parents)), Tier.HOST)
+
+
+def host_publisher(client, keys) -> KVEventPublisher:
+    """Events about the host tier are announced under its own holder name."""
+    return KVEventPublisher(client, keys, HOST_WORKER)

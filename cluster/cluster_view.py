@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from cluster.pool_handles import Pools, RequestShape
+from cluster.config import POLICIES
+from cluster.pool_handles import Pools, Replica, RequestShape, pick_decode, pick_prefill
 from cluster.prefix_index import PrefixIndex
 from engine.block_hash import hash_blocks
 from kvstore.kv_events import KVEventSubscriber
@@ -16,17 +17,38 @@ log = logging.getLogger(__name__)
 
 class ClusterView:
     def __init__(self, pools: Pools, block_size: int, events: KVEventSubscriber | None,
-                 load_interval_s: float = 0.25, host_pull_weight: float = 0.5):
+                 load_interval_s: float = 0.25, host_pull_weight: float = 0.5, policy: str = "prefix-aware"):
+        if policy not in POLICIES:
+            raise ValueError(f"routing policy must be one of {POLICIES}, got {policy!r}")
         self.pools, self.block_size, self.events = pools, block_size, events
-        self.host_pull_weight = host_pull_weight
+        self.host_pull_weight, self.policy = host_pull_weight, policy
+        self._turns: dict[str, int] = {}
         self.prefixes = PrefixIndex()
         self.load_interval_s = load_interval_s
         self._tasks: list[asyncio.Task] = []
 
     def shape(self, prompt: list[int], cache_salt: str | None) -> RequestShape:
+        if self.policy == "round-robin":
+            return RequestShape(len(prompt), self.block_size, {}, 1.0)
         hashes = hash_blocks(prompt, self.block_size, (cache_salt or "").encode())
         return RequestShape(len(prompt), self.block_size, self.prefixes.matched_blocks(hashes),
                             self.host_pull_weight)
+
+    def pick_prefill(self, replicas: list[Replica], shape: RequestShape) -> Replica:
+        return self._next(replicas) if self.policy == "round-robin" else pick_prefill(replicas, shape)
+
+    def pick_decode(self, replicas: list[Replica], shape: RequestShape, exclude: set[str]) -> Replica | None:
+        if self.policy == "round-robin":
+            options = [r for r in replicas if r.worker_id not in exclude]
+            return self._next(options) if options else None
+        return pick_decode(replicas, shape, exclude)
+
+    def _next(self, replicas: list[Replica]) -> Replica:
+        """Round robin over a pool (keyed by its first replica)."""
+        key = replicas[0].role
+        turn = self._turns.get(key, 0)
+        self._turns[key] = turn + 1
+        return replicas[turn % len(replicas)]
 
     def ensure_running(self) -> None:
         """Start the background tasks on the running loop (once, or again if they died)."""

@@ -23,6 +23,7 @@ import yaml
 from cluster.schema import ConfigFileError, build
 
 ROLES = ("prefill", "decode", "colocated")
+POLICIES = ("prefix-aware", "round-robin")
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,17 @@ class KVStoreSection:
 
 @dataclass(frozen=True)
 class RouterSection:
+    """policy: prefix-aware (cached prefix against load, the default) or round-robin."""
+
     host: str = "127.0.0.1"
     grpc_port: int = 50051
     http_port: int = 8000
     api_keys: tuple[str, ...] = ()
+    policy: str = "prefix-aware"
 
     def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         for name in ("grpc_port", "http_port"):
             if not 0 <= getattr(self, name) < 65536:
                 raise ValueError(f"{name} must be a port number, got {getattr(self, name)}")

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from cluster.cluster_view import ClusterView
 from cluster.messages import DecodeRequest, PrefillRequest, PrefillResult
 from cluster.output_processor import OutputProcessor
-from cluster.pool_handles import Replica, RequestShape, pick_decode, pick_prefill
+from cluster.pool_handles import Replica, RequestShape
 from cluster.stage_timings import TimingLog
 from engine.llm_engine import Reservation
 from engine.outputs import RequestOutput
@@ -63,7 +63,7 @@ class Dispatcher:
 
     async def _colocated(self, req: PrefillRequest, shape: RequestShape, out: OutputProcessor
                          ) -> AsyncIterator[RequestOutput]:
-        replica = pick_prefill(self.pools.colocated, shape)
+        replica = self.view.pick_prefill(self.pools.colocated, shape)
         self.timings.start(req.request_id).workers["colocated"] = replica.worker_id
         replica.inflight += 1
         try:
@@ -77,7 +77,7 @@ class Dispatcher:
     async def _disaggregated(self, req: PrefillRequest, shape: RequestShape, out: OutputProcessor
                              ) -> AsyncIterator[RequestOutput]:
         clock = self.timings.start(req.request_id)
-        prefill = pick_prefill(self.pools.prefill, shape)
+        prefill = self.view.pick_prefill(self.pools.prefill, shape)
         clock.workers["prefill"] = prefill.worker_id
         pull = shape.host_pull(prefill.worker_id)
         if pull:
@@ -139,7 +139,7 @@ class Dispatcher:
         deadline = asyncio.get_running_loop().time() + self.admission_timeout_s
         while True:
             tried: set[str] = set()
-            while (replica := pick_decode(self.pools.decode, shape, tried)) is not None:
+            while (replica := self.view.pick_decode(self.pools.decode, shape, tried)) is not None:
                 replica.inflight += 1  # claimed before awaiting, so concurrent picks spread out
                 replica.claim(shape.uncached(replica.worker_id) + 1)
                 try:

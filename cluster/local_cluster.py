@@ -63,7 +63,7 @@ class Cluster:
             info = ClusterInfo(self.config.name, self.config.model, self.kvstore,
                                {role: tuple(r.worker_id for r in getattr(self.pools, role))
                                 for role in self.config.pools}, tuple(self.infos),
-                               self.config.kvstore.host_pull_weight)
+                               self.config.kvstore.host_pull_weight, self.config.router.policy)
             self.registry = ClusterRegistry.options(name=registry_name(info.name),
                                                     namespace=NAMESPACE).remote(info)
             self.dispatcher = make_dispatcher(info, self.pools)
@@ -144,7 +144,8 @@ class Cluster:
 def make_dispatcher(info: ClusterInfo, pools: Pools) -> Dispatcher:
     """A dispatcher over a cluster's replicas (the serving router's, or a batch job's own)."""
     events = KVEventSubscriber(connect_redis(info.kvstore), RedisKeys(info.kvstore.key_prefix))
-    view = ClusterView(pools, info.engines[0].block_size, events, host_pull_weight=info.host_pull_weight)
+    view = ClusterView(pools, info.engines[0].block_size, events, host_pull_weight=info.host_pull_weight,
+                       policy=info.policy)
     return Dispatcher(view, Tokenizer(info.model), model_name=os.path.basename(info.model.rstrip("/")),
                       max_model_len=min(e.max_model_len for e in info.engines),
                       vocab_size=info.engines[0].vocab_size, eos_token_ids=info.engines[0].eos_token_ids)

@@ -25,6 +25,7 @@ class ClusterInfo:
     workers: dict[str, tuple[str, ...]]   # role -> worker ids
     engines: tuple[EngineInfo, ...]
     host_pull_weight: float = 0.5
+    policy: str = "prefix-aware"
 
 
 def actor_name(cluster: str, worker_id: str) -> str:

@@ -17,7 +17,7 @@ from simulator.traces.trace import Trace
 class LoadBounds:
     def __init__(self, trace: Trace, costs: CostModels, max_seqs: int, max_tokens: int) -> None:
         self.costs, self.max_seqs, self.max_tokens = costs, max_seqs, max_tokens
-        self.duration = max(trace.duration_s, 1e-9)
+        self.duration = max(trace.duration_s, 1.0)  # a burst at one instant still has a second to drain
         self.prompt_tokens = float(trace.prompt_tokens.sum())
         self.decode_tokens = float((trace.output_tokens - 1).sum())
         self.mean_length = float((trace.prompt_tokens + trace.output_tokens).mean())

@@ -55,13 +55,14 @@ def _plots(args: argparse.Namespace, console: Console, planner: Planner, plan: P
     """Pareto: the cheapest design of each family (up to --pareto of them) at 1x, 2x and 4x its pool
     sizes, each at the highest rate it serves within the SLO."""
     shown = list(plan.family_bests[:args.pareto])
-    designs = [c.design.scaled(k) for c in shown for k in PARETO_SCALES]
+    designs = [(c.design.label(), c.design.scaled(k)) for c in shown for k in PARETO_SCALES]
     points = []
     with progress_bar(console, "measuring capacity for the Pareto plot", len(designs)) as update:
-        for design in designs:
+        for family, design in designs:
             update(description=f"capacity of {design.label()}")
             cap = max_rate(design, planner.trace, planner.costs, slo, steps=4)
-            points.append(ParetoPoint(design.label(), design.cost_per_hour(planner.costs.catalog), cap.rate))
+            points.append(ParetoPoint(design.label(), design.cost_per_hour(planner.costs.catalog), cap.rate,
+                                      f"{family} (x1, x2, x4)"))
             update(advance=1)
     plot_pareto(points, args.out / "pareto.png", f"{planner.costs.model.name}: cost vs throughput within {slo.text()}")
     plot_latency_cdfs([c.result for c in shown], args.out / "latency_cdf.png", f"{planner.costs.model.name} on "

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
 from simulator.metrics import SimResult  # noqa: E402
@@ -19,6 +20,7 @@ class ParetoPoint:
     label: str
     cost_per_hour: float
     throughput_rps: float
+    family: str = ""  # points of one family share a colour and a line
 
 
 def _grid(values: list[np.ndarray]) -> np.ndarray:
@@ -39,6 +41,7 @@ def plot_latency_cdfs(results: list[SimResult], path: str | Path, title: str = "
         ax_tbt.plot(tbt_grid, r.samples.tbt.cdf(tbt_grid), label=r.design)
     for ax, name in ((ax_ttft, "time to first token (s)"), (ax_tbt, "time between tokens (s)")):
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(name)
         ax.set_ylabel("CDF")
         ax.grid(True, which="both", alpha=0.3)
@@ -57,9 +60,14 @@ def pareto_frontier(points: list[ParetoPoint]) -> list[ParetoPoint]:
 
 
 def plot_pareto(points: list[ParetoPoint], path: str | Path, title: str = "") -> Path:
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    ax.scatter([p.cost_per_hour for p in points], [p.throughput_rps for p in points], s=18, alpha=0.5,
-               label="designs")
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    families: dict[str, list[ParetoPoint]] = {}
+    for p in points:
+        families.setdefault(p.family, []).append(p)
+    for name, members in families.items():
+        members.sort(key=lambda p: p.cost_per_hour)
+        ax.plot([p.cost_per_hour for p in members], [p.throughput_rps for p in members], "o-", ms=4, alpha=0.6,
+                lw=1, label=name or "designs")
     front = pareto_frontier(points)
     ax.step([p.cost_per_hour for p in front], [p.throughput_rps for p in front], where="post", color="C3",
             label="Pareto frontier")
@@ -69,7 +77,7 @@ def plot_pareto(points: list[ParetoPoint], path: str | Path, title: str = "") ->
     ax.set_xlabel("cluster cost ($/hour)")
     ax.set_ylabel("throughput within SLO (requests/s)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6, loc="upper left")
     ax.set_title(title or "cost vs throughput")
     return _save(fig, path)
 

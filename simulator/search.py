@@ -38,7 +38,7 @@ def search_family(planner: Planner, fam: Family, budget: float, trace: Trace,
     """The cheapest design of the family that meets the SLO on ``trace`` and costs < budget, or None."""
     floor = planner.lower_bounds(fam)
     sizes = start or floor
-    if planner.cost(fam, sizes) >= budget:
+    if planner.cost(fam, sizes) >= budget or max(sizes) > planner.options.max_replicas:
         return None
     cand = planner.evaluate(fam, sizes, trace)
     while not cand.passed:

@@ -18,6 +18,7 @@ from simulator.links import Link
 from simulator.prefix_cache import PrefixCache
 from simulator.replica import Replica
 from simulator.request import Request
+from simulator.roofline import IterationCost
 from simulator.router import Router
 from simulator.traces.trace import Trace
 
@@ -52,18 +53,18 @@ class Simulation:
         cost, capacity = self._cost_and_capacity(name, spec)
         caching = self.design.prefix_caching and name != "decode" and self.trace.hash_ids is not None
         block = self.trace.block_tokens
-        return [Replica(self, name, "colocated" if name == "colocated" else name, cost, capacity,
-                        spec.max_num_seqs, spec.max_num_batched_tokens,
+        return [Replica(self, name, name, cost, capacity, spec.max_num_seqs, spec.max_num_batched_tokens,
                         PrefixCache(capacity // block) if caching else None, block)
                 for _ in range(spec.replicas)]
 
-    def _cost_and_capacity(self, name: str, spec: PoolSpec):
+    def _cost_and_capacity(self, name: str, spec: PoolSpec) -> tuple[IterationCost, int]:
+        """A replica's cost model and KV capacity in tokens (offloaded decode: its attention share's)."""
         hw = self.costs.catalog[spec.hardware]
         capacity = kv_capacity_tokens(self.model, hw, spec.tp, spec.max_num_batched_tokens)
-        if capacity <= 0:
+        attention = self.design.attention if name == "decode" else None
+        if capacity < 0 or (capacity == 0 and attention is None):
             raise SimInputError(f"{self.model.name} does not fit on {spec.label()} with tp={spec.tp}")
-        attention = self.design.attention
-        if name != "decode" or attention is None:
+        if attention is None:
             return self.costs.replica(spec.hardware, spec.tp), capacity
         share = attention.replicas / spec.replicas
         attn_hw = self.costs.catalog[attention.hardware]

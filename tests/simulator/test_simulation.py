@@ -7,6 +7,7 @@ import pytest
 
 from simulator.costs import CostModels
 from simulator.design import Design, PoolSpec
+from simulator.errors import SimInputError
 from simulator.links import Link, LinkTable
 from simulator.run import simulate
 from simulator.simulation import Simulation
@@ -98,3 +99,10 @@ def test_cost_and_energy_accounting(costs: CostModels) -> None:
     idle_w = 0.25 * (700 + 2 * 350)
     assert generated / (r.duration_s * 1400) < r.tokens_per_joule < generated / (r.duration_s * idle_w)
     assert 0 < r.utilization["prefill"] < 1 and 0 < r.utilization["decode"] <= 1
+
+
+def test_a_model_that_does_not_fit_is_a_clear_error(costs_70b: CostModels) -> None:
+    trace = make_trace("one", [0.0], [100], [10])
+    with pytest.raises(SimInputError, match="llama-3-70b does not fit on 2xH100 with tp=1"):
+        simulate(Design(colocated=PoolSpec("H100", 2)), trace, costs_70b)
+    assert simulate(Design(colocated=PoolSpec("H100", 2, tp=4)), trace, costs_70b).completed == 1

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from simulator.bounds import LoadBounds
 from simulator.costs import CostModels, min_tp
 from simulator.design import Design, PoolSpec
+from simulator.errors import SimInputError
 from simulator.metrics import SimResult
 from simulator.run import simulate
+from simulator.search import search_family
 from simulator.slo import SLO
 from simulator.traces.trace import Trace
 
@@ -35,7 +37,6 @@ class PlanOptions:
     search_requests: int = 4000        # the search runs on the trace's first requests; the winner is rerun on all
 
     def __post_init__(self) -> None:
-        from simulator.errors import SimInputError
         if not self.kinds or set(self.kinds) - set(KINDS):
             raise SimInputError(f"design kinds must be among {KINDS}, got {self.kinds}")
         if self.max_replicas < 1 or self.search_requests < 1:
@@ -148,7 +149,6 @@ class Planner:
     # ---- the search
     def plan(self) -> Plan:
         """Search every family (cheapest bound first, per-kind pruning) and confirm on the full trace."""
-        from simulator.search import search_family
         fams, skipped = self.families()
         fams.sort(key=lambda f: self.cost(f, self.lower_bounds(f)))
         kind_best: dict[str, float] = {}
@@ -166,7 +166,6 @@ class Planner:
 
     def _confirm(self, fam: Family, cand: Candidate) -> Candidate | None:
         """Rerun on the whole trace; if it fails there, keep growing on the whole trace."""
-        from simulator.search import search_family
         if len(self.full) == len(self.trace):
             return cand
         full = self.evaluate(fam, cand.sizes, self.full)

@@ -210,8 +210,8 @@ def tune_decode(block_size: int, base: DecodeConfig) -> tuple[DecodeConfig, list
              for n, s, w in itertools.product((32, 64, 128), (2, 3), (4, 8))]
     rows = sweep("decode tiles", tiles, [(64, 4096), (16, 32768)], make, lambda c: TritonAttention(decode=c))
     tile = best(rows)
-    splits = [replace(tile, programs_per_sm=p, min_split_tokens=m, direct_programs_per_sm=min(d, p))
-              for p, m, d in itertools.product((4, 8), (32, 64), (2, 4))]
+    splits = [replace(tile, programs_per_sm=p, min_split_tokens=m)
+              for p, m in itertools.product((2, 4, 8), (32, 64))]
     small = [(1, 512), (1, 4096), (1, 32768), (4, 4096), (16, 512), (16, 4096), (40, 4096), (64, 512),
              (64, 4096)]
     split_rows = sweep("decode splits", splits, small, make, lambda c: TritonAttention(decode=c))

@@ -79,7 +79,7 @@ def rng() -> random.Random:
 def backend(kernels, programs_per_sm: int = 24, heads_fastest: bool = False):
     """Small tiles; with 1 'multiprocessor' on CPU, programs_per_sm=24 gives several splits, 1 gives one."""
     decode = kernels.triton_decode.DecodeConfig(block_n=16, programs_per_sm=programs_per_sm, min_split_tokens=16,
-                                                heads_fastest=heads_fastest, direct_programs_per_sm=64)
+                                                heads_fastest=heads_fastest)
     prefill = kernels.triton_prefill.PrefillConfig(block_m=32, block_n=16)
     return kernels.triton_backend.TritonAttention(decode=decode, prefill=prefill)
 
@@ -118,12 +118,11 @@ def case_mixed_batch_matches_reference(kernels, rng, dtype, heads, kv_heads, blo
 
 
 def case_split_count_depends_on_shapes_and_bound_only(kernels) -> None:
-    cfg = kernels.triton_decode.DecodeConfig(programs_per_sm=4, direct_programs_per_sm=2, min_split_tokens=32,
-                                             max_splits=64)
+    cfg = kernels.triton_decode.DecodeConfig(programs_per_sm=4, min_split_tokens=32, max_splits=64)
     assert cfg.num_splits(1, 8, 512, 132) == 16       # bounded by 512 / 32 tokens
     assert cfg.num_splits(1, 8, 32768, 132) == 64     # 66 wanted, capped by max_splits
     assert cfg.num_splits(16, 8, 32768, 132) == 5     # ceil(4 * 132 / 128)
-    assert cfg.num_splits(33, 8, 32768, 132) == 1     # 264 programs >= 2 per SM: no split, no merge
+    assert cfg.num_splits(66, 8, 32768, 132) == 1     # 528 programs fill the chip unsplit: no merge
     assert cfg.num_splits(4, 8, 1, 132) == 1
 
 

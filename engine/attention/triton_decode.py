@@ -28,9 +28,8 @@ class DecodeConfig:
     """Tile and split choices for the decode kernel.
 
     block_n: keys per tile. programs_per_sm: how many (sequence, head, split) programs to
-    aim for per multiprocessor. direct_programs_per_sm: with at least this many (sequence,
-    head) programs per multiprocessor without splitting, use one split (no partials, no
-    merge kernel). min_split_tokens: the shortest slice worth its own program (bounds the
+    aim for per multiprocessor; a batch that reaches it unsplit gets one split (no partials,
+    no merge kernel). min_split_tokens: the shortest slice worth its own program (bounds the
     split count by ``max_seq_len``). max_splits: upper bound on the split count.
     heads_fastest: launch the KV heads of one (sequence, split) next to each other, so
     programs running together read neighbouring bytes of the same cache blocks.
@@ -41,7 +40,6 @@ class DecodeConfig:
     num_warps: int = 4
     num_stages: int = 2
     programs_per_sm: int = 4
-    direct_programs_per_sm: int = 4
     min_split_tokens: int = 32
     max_splits: int = 64
     heads_fastest: bool = True
@@ -49,17 +47,13 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         if self.block_n < 16 or self.block_n & (self.block_n - 1):
             raise ValueError(f"DecodeConfig.block_n must be a power of two >= 16, got {self.block_n}")
-        for name in ("num_warps", "num_stages", "programs_per_sm", "direct_programs_per_sm", "min_split_tokens",
-                     "max_splits"):
+        for name in ("num_warps", "num_stages", "programs_per_sm", "min_split_tokens", "max_splits"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DecodeConfig.{name} must be >= 1, got {getattr(self, name)}")
 
     def num_splits(self, num_seqs: int, num_kv_heads: int, max_seq_len: int, num_sms: int) -> int:
         """Splits per (sequence, KV head): enough programs to fill the chip, none too short."""
-        programs = max(1, num_seqs * num_kv_heads)
-        if programs >= self.direct_programs_per_sm * num_sms:
-            return 1
-        wanted = -(-self.programs_per_sm * num_sms // programs)
+        wanted = -(-self.programs_per_sm * num_sms // max(1, num_seqs * num_kv_heads))
         useful = -(-max(1, max_seq_len) // self.min_split_tokens)
         return max(1, min(wanted, useful, self.max_splits))
 

@@ -53,7 +53,7 @@ def test_decode_matches_reference(rng, dtype, heads, kv_heads, dim, block_size) 
 
 @pytest.mark.parametrize("config", [dict(max_splits=1), dict(heads_fastest=True, programs_per_sm=16),
                                     dict(block_n=128, num_stages=5, num_warps=8, min_split_tokens=64),
-                                    dict(heads_fastest=False, block_n=64), dict(direct_programs_per_sm=1)])
+                                    dict(heads_fastest=False, block_n=64)])
 def test_decode_configs_match_reference(rng, config) -> None:
     from engine.attention.triton_backend import TritonAttention
     from engine.attention.triton_decode import DecodeConfig

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from simulator.design import Design, PoolSpec
+from simulator.design_spec import CLUSTER_POLICIES
 from simulator.hardware import Catalog
 from simulator.metrics import SimResult
 from simulator.models import ModelSpec
@@ -39,6 +40,8 @@ def cluster_config(design: Design, model: ModelSpec, catalog: Catalog, result: S
         "kvstore": {"redis_url": DEFAULT_REDIS_URL, "host_tier_bytes": DEFAULT_HOST_TIER_BYTES},
         "router": {"grpc_port": 50051, "http_port": 8000},
     }
+    if design.router in CLUSTER_POLICIES:  # least_loaded has no cluster equivalent: the cluster's default
+        config["router"]["policy"] = CLUSTER_POLICIES[design.router]
     plan = {"design": design.label(), "kind": design.kind,
             "hardware": {name: pool.hardware for name, pool in design.pools().items()},
             "cost_per_hour": round(design.cost_per_hour(catalog), 4),

@@ -12,6 +12,7 @@ from simulator.hardware import Catalog
 
 POOL = re.compile(r"^(?P<hw>[A-Za-z0-9_.-]+?)x(?P<n>\d+)(?:@tp(?P<tp>\d+))?$")
 ROLES = ("colocated", "prefill", "decode", "attention")
+CLUSTER_POLICIES = {"prefix_aware": "prefix-aware", "round_robin": "round-robin"}  # ours -> router.policy
 
 
 def parse_design(text: str, catalog: Catalog, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192,
@@ -30,23 +31,29 @@ def parse_design(text: str, catalog: Catalog, max_num_seqs: int = 256, max_num_b
     return Design(router=router, **pools)
 
 
-def design_from_config(path: str | Path, catalog: Catalog, router: str = "prefix_aware") -> Design:
+def design_from_config(path: str | Path, catalog: Catalog) -> Design:
     """The design a cluster config describes; hardware names come from ``plan.hardware`` when the
-    planner wrote it, else from each pool's accelerator_type."""
+    planner wrote it, else from each pool's accelerator_type; routing from ``router.policy``."""
     data = read_yaml(path, "cluster config")
     if not isinstance(data, dict) or not isinstance(data.get("pools"), dict):
         raise SimInputError(f"cluster config {path}: no pools mapping")
     names = (data.get("plan") or {}).get("hardware") or {}
-    pools = {}
-    for role, pool in data["pools"].items():
-        if role not in ROLES or not isinstance(pool, dict):
-            raise SimInputError(f"cluster config {path}: pools.{role} is not a pool ({', '.join(ROLES)})")
-        hardware, engine = pool.get("hardware") or {}, pool.get("engine") or {}
-        name = names.get(role) or hardware.get("accelerator_type")
-        if name is None:
-            raise SimInputError(f"cluster config {path}: pools.{role} names no accelerator_type")
-        _ = catalog[name]
-        tp = max(1, int(hardware.get("num_gpus") or 1))
-        pools[role] = PoolSpec(name, int(pool.get("replicas", 1)), tp, int(engine.get("max_num_seqs") or 256),
-                               int(engine.get("max_num_batched_tokens") or 8192))
-    return Design(router=router, **pools)
+    pools = {role: _pool(path, role, pool, names, catalog) for role, pool in data["pools"].items()}
+    policy = (data.get("router") or {}).get("policy", CLUSTER_POLICIES["prefix_aware"])
+    routers = {v: k for k, v in CLUSTER_POLICIES.items()}
+    if policy not in routers:
+        raise SimInputError(f"cluster config {path}: router.policy {policy!r} is not one of {sorted(routers)}")
+    return Design(router=routers[policy], **pools)
+
+
+def _pool(path: str | Path, role: str, pool: object, names: dict, catalog: Catalog) -> PoolSpec:
+    if role not in ROLES or not isinstance(pool, dict):
+        raise SimInputError(f"cluster config {path}: pools.{role} is not a pool ({', '.join(ROLES)})")
+    hardware, engine = pool.get("hardware") or {}, pool.get("engine") or {}
+    name = names.get(role) or hardware.get("accelerator_type")
+    if name is None:
+        raise SimInputError(f"cluster config {path}: pools.{role} names no accelerator_type")
+    _ = catalog[name]
+    tp = max(1, int(hardware.get("num_gpus") or 1))
+    return PoolSpec(name, int(pool.get("replicas", 1)), tp, int(engine.get("max_num_seqs") or 256),
+                    int(engine.get("max_num_batched_tokens") or 8192))

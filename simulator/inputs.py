@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from simulator.costs import CostModels
+from simulator.design import ROUTERS
 from simulator.errors import SimInputError
 from simulator.hardware import Catalog, load_catalog
 from simulator.links import Link, LinkTable, fit_link
@@ -27,7 +28,8 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nccl-tests", action="append", default=[], metavar="SRC:DST=FILE",
                    help="nccl-tests output (all_reduce_perf, sendrecv_perf) measured between two tiers")
     p.add_argument("--rate-scale", type=float, default=1.0, help="replay the trace this many times faster")
-    p.add_argument("--router", default="prefix_aware", choices=("round_robin", "least_loaded", "prefix_aware"))
+    p.add_argument("--router", default=None, choices=ROUTERS,
+                   help="routing policy (default prefix_aware, or the cluster config's router.policy)")
 
 
 def profile_arg(text: str, catalog: Catalog) -> Profile:

@@ -22,7 +22,7 @@ def _options(args: argparse.Namespace) -> PlanOptions:
     split = lambda text: tuple(s.strip() for s in text.split(",") if s.strip())  # noqa: E731
     return PlanOptions(kinds=split(args.kinds), hardware=split(args.hardware), max_replicas=args.max_replicas,
                        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                       router=args.router, search_requests=args.search_requests)
+                       router=args.router or "prefix_aware", search_requests=args.search_requests)
 
 
 def plan_command(args: argparse.Namespace, console: Console) -> int:

@@ -24,9 +24,11 @@ def simulate_command(args: argparse.Namespace, console: Console) -> int:
     costs = build_costs(args)
     trace = build_trace(args)
     if args.design:
-        design = parse_design(args.design, costs.catalog, args.max_num_seqs, args.max_num_batched_tokens, args.router)
+        design = parse_design(args.design, costs.catalog, args.max_num_seqs, args.max_num_batched_tokens,
+                              args.router or "prefix_aware")
     else:
-        design = replace(design_from_config(args.config, costs.catalog), router=args.router)
+        design = design_from_config(args.config, costs.catalog)
+        design = replace(design, router=args.router) if args.router else design
     slo = parse_slo(args.slo) if args.slo else None
     with progress_bar(console, f"simulating {design.label()}", len(trace)) as update:
         record = Simulation(design, costs, trace).run(lambda n: update(completed=n))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from cluster.config import parse_cluster_config
-from simulator.cluster_config import cluster_config
+from cluster.config import load_cluster_config, parse_cluster_config
+from simulator.cluster_config import cluster_config, write_cluster_config
 from simulator.costs import CostModels
 from simulator.design import Design, PoolSpec
+from simulator.design_spec import design_from_config
 from simulator.errors import SimInputError
 from simulator.planner import Planner, PlanOptions
 from simulator.slo import parse_slo
@@ -83,6 +84,14 @@ def test_cluster_configs_load_in_the_cluster_loader(design: Design, costs: CostM
         assert loaded.pools[name].hardware.accelerator_type == pool.hardware
         assert loaded.pools[name].hardware.num_gpus == pool.tp
     assert loaded.model == "meta-llama/Meta-Llama-3-8B"
+    assert loaded.router.policy == "prefix-aware"
+
+
+def test_routing_policy_round_trips_through_the_config(costs: CostModels, tmp_path) -> None:
+    design = Design(prefill=PoolSpec("H100", 1), decode=PoolSpec("L40S", 2), router="round_robin")
+    path = write_cluster_config(tmp_path / "c.yaml", cluster_config(design, costs.model, costs.catalog))
+    assert load_cluster_config(path).router.policy == "round-robin"
+    assert design_from_config(path, costs.catalog) == design
 
 
 def test_offload_config_names_the_attention_pool(costs: CostModels) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from cluster.config import POLICIES
-from cluster.pool_handles import Pools, Replica, RequestShape, pick_decode, pick_prefill
+from cluster.pool_handles import Pools, Replica, RequestShape, pick_colocated, pick_decode, pick_prefill
 from cluster.prefix_index import PrefixIndex
 from engine.block_hash import hash_blocks
 from kvstore.kv_events import KVEventSubscriber
@@ -36,6 +36,9 @@ class ClusterView:
 
     def pick_prefill(self, replicas: list[Replica], shape: RequestShape) -> Replica:
         return self._next(replicas) if self.policy == "round-robin" else pick_prefill(replicas, shape)
+
+    def pick_colocated(self, replicas: list[Replica], shape: RequestShape) -> Replica:
+        return self._next(replicas) if self.policy == "round-robin" else pick_colocated(replicas, shape)
 
     def pick_decode(self, replicas: list[Replica], shape: RequestShape, exclude: set[str]) -> Replica | None:
         if self.policy == "round-robin":

@@ -63,16 +63,25 @@ class Dispatcher:
 
     async def _colocated(self, req: PrefillRequest, shape: RequestShape, out: OutputProcessor
                          ) -> AsyncIterator[RequestOutput]:
-        replica = self.view.pick_prefill(self.pools.colocated, shape)
+        replica = self.view.pick_colocated(self.pools.colocated, shape)
         self.timings.start(req.request_id).workers["colocated"] = replica.worker_id
+        tokens = shape.uncached(replica.worker_id)
         replica.inflight += 1
+        replica.pending_tokens += tokens  # until its first token: prefill work queued there
+        replica.claim(tokens)
+        prefilling = True
         try:
             stream = self._stream(replica, replica.actor.generate.remote(req), req.request_id, out)
             async with aclosing(stream):
                 async for delta in stream:
+                    if prefilling:
+                        replica.pending_tokens -= tokens
+                        prefilling = False
                     yield delta
         finally:
             replica.inflight -= 1
+            if prefilling:
+                replica.pending_tokens -= tokens
 
     async def _disaggregated(self, req: PrefillRequest, shape: RequestShape, out: OutputProcessor
                              ) -> AsyncIterator[RequestOutput]:

@@ -103,6 +103,12 @@ def pick_prefill(replicas: list[Replica], shape: RequestShape) -> Replica:
     return min(replicas, key=lambda r: (shape.prefill_cost(r.worker_id) + r.pending_tokens, r.inflight))
 
 
+def pick_colocated(replicas: list[Replica], shape: RequestShape) -> Replica:
+    """A colocated replica both prefills and decodes: the prefill cost plus its decode load."""
+    return min(replicas, key=lambda r: (shape.prefill_cost(r.worker_id) + r.pending_tokens + DECODE_LOAD_WEIGHT * (
+        r.used_blocks * shape.block_size + r.claimed_tokens), r.inflight))
+
+
 def pick_decode(replicas: list[Replica], shape: RequestShape, exclude: set[str] = frozenset()) -> Replica | None:
     options = [r for r in replicas if r.worker_id not in exclude]
     if not options:

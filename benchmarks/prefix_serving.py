@@ -37,7 +37,7 @@ def shared_prefix_workload(args) -> list[TimedRequest]:
 
 
 def config(policy: str, model: Path, args) -> dict:
-    hardware = {"num_gpus": 1, "num_cpus": 2} if args.gpus else {"num_cpus": 0.5}
+    hardware = {"num_gpus": args.gpus_per_replica, "num_cpus": 2} if args.gpus else {"num_cpus": 0.5}
     engine = {"max_num_seqs": 128, "num_blocks": args.blocks_per_replica}
     return {"name": f"prefix-{policy}", "model": str(model), "load_format": "dummy",
             "dtype": "bfloat16" if args.gpus else "float32", "router": {"policy": policy},
@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--shape", default="llama-3-8b", choices=["llama-3-8b", "tiny"])
     ap.add_argument("--gpus", action="store_true")
     ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--gpus-per-replica", type=float, default=1.0, help="0.5 puts two replicas on one GPU")
     ap.add_argument("--users", type=int, default=256)
     ap.add_argument("--rate", type=float, default=32.0, help="arrivals per second")
     ap.add_argument("--system-tokens", type=int, default=2048)

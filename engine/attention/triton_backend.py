@@ -3,7 +3,8 @@
 Decode-only steps run ``triton_decode`` (split-K over the keys) then ``triton_merge``;
 other steps run ``triton_prefill``. Every host-side choice depends only on shapes and
 ``meta.max_seq_len``, never on device values, so decode steps can be captured in CUDA
-graphs with ``max_seq_len`` set to the captured bound.
+graphs with ``max_seq_len`` set to the captured bound. Decode steps with a shared-prefix
+plan (``meta.shared``, run eagerly) go to ``triton_shared_prefix``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from engine.attention.metadata import AttentionMetadata
 from engine.attention.triton_decode import DecodeConfig, decode_partials
 from engine.attention.triton_merge import merge_partials
 from engine.attention.triton_prefill import PrefillConfig, prefill_attention
+from engine.attention.triton_shared_kernel import SharedPrefixConfig
+from engine.attention.triton_shared_prefix import shared_prefix_attention
 from engine.attention.triton_write_kv import write_kv as triton_write_kv
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -62,9 +65,11 @@ class TritonAttention:
 
     name = "triton"
 
-    def __init__(self, decode: DecodeConfig = DecodeConfig(), prefill: PrefillConfig = PrefillConfig()):
+    def __init__(self, decode: DecodeConfig = DecodeConfig(), prefill: PrefillConfig = PrefillConfig(),
+                 shared: SharedPrefixConfig = SharedPrefixConfig()):
         self.decode_config = decode
         self.prefill_config = prefill
+        self.shared_config = shared
 
     def write_kv(self, k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor,
                  v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -92,7 +97,10 @@ class TritonAttention:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         if q.shape[0] == 0:
             return out
-        if meta.decode_only:
+        if meta.decode_only and meta.shared is not None:  # Hydragen: triton_shared_prefix
+            shared_prefix_attention(q, k_cache, v_cache, meta, scale, out, multiprocessors(q.device),
+                                    self.shared_config, self.decode_config)
+        elif meta.decode_only:
             self._decode(q, k_cache, v_cache, meta, scale, out)
         else:
             prefill_attention(q, k_cache, v_cache, meta, scale, out, self.prefill_config)

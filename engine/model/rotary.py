@@ -46,7 +46,12 @@ class RotaryEmbedding:
 
     def __call__(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate q [T, Hq, D] and k [T, Hkv, D] by each row's position."""
+        """Rotate q [T, Hq, D] and k [T, Hkv, D] by each row's position (in place on CUDA)."""
+        if q.is_cuda:
+            from engine.model.triton_fused import rotary_
+            half = q.shape[-1] // 2
+            rotary_(q, k, positions, self.cos[:, :half], self.sin[:, :half])
+            return q, k
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin

@@ -13,6 +13,11 @@ from tests.engine.test_prefilled_requests import PROMPTS, disaggregated
 GREEDY = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True, logprobs=5)
 
 
+def cuda_engine(model, **kwargs):
+    """An engine on CUDA with a fixed, small cache (engines of earlier tests may still hold memory)."""
+    return make_engine(model, device="cuda", **{"num_blocks": 1024, **kwargs})
+
+
 def prompts(n: int, seed: int = 0) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(3, 500, (int(torch.randint(1, 90, (1,), generator=g)),), generator=g).tolist()
@@ -32,7 +37,7 @@ def test_cuda_fp32_tokens_equal_cpu_and_transformers(spec, tiny_model_factory):
     model = tiny_model_factory(spec)
     ps = prompts(6)
     cpu = make_engine(model).generate(ps, GREEDY)
-    gpu_engine = make_engine(model, device="cuda")
+    gpu_engine = cuda_engine(model)
     assert gpu_engine.runner.graphs is not None and gpu_engine.runner.backend.name == "triton"
     gpu = gpu_engine.generate(ps, GREEDY)
     hf = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).cuda()
@@ -48,16 +53,16 @@ def test_cuda_fp32_tokens_equal_cpu_and_transformers(spec, tiny_model_factory):
 
 def test_cuda_graphs_equal_eager(tiny_model):
     ps = prompts(20, seed=1)
-    graphs = make_engine(tiny_model, device="cuda").generate(ps, GREEDY)
-    eager = make_engine(tiny_model, device="cuda", cuda_graphs=False).generate(ps, GREEDY)
+    graphs = cuda_engine(tiny_model).generate(ps, GREEDY)
+    eager = cuda_engine(tiny_model, cuda_graphs=False).generate(ps, GREEDY)
     assert [r.token_ids for r in graphs] == [r.token_ids for r in eager]
 
 
 def test_bf16_triton_close_to_torch_backend(tiny_model):
     ps = prompts(8, seed=2)
     params = SamplingParams(max_tokens=1, temperature=0, logprobs=10)
-    triton = make_engine(tiny_model, device="cuda", dtype="bfloat16").generate(ps, params)
-    ref = make_engine(tiny_model, device="cuda", dtype="bfloat16", attention_backend="torch",
+    triton = cuda_engine(tiny_model, dtype="bfloat16").generate(ps, params)
+    ref = cuda_engine(tiny_model, dtype="bfloat16", attention_backend="torch",
                       cuda_graphs=False).generate(ps, params)
     for a, b in zip(triton, ref):
         top_a = dict(a.logprobs[0].top)
@@ -68,8 +73,8 @@ def test_bf16_triton_close_to_torch_backend(tiny_model):
 def test_preemption_and_chunked_prefill_on_cuda_stay_exact(tiny_model):
     ps = prompts(8, seed=3)
     params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
-    alone = [make_engine(tiny_model, device="cuda").generate([p], params)[0].token_ids for p in ps]
-    tight = make_engine(tiny_model, device="cuda", num_blocks=24, block_size=8, max_num_batched_tokens=32)
+    alone = [cuda_engine(tiny_model).generate([p], params)[0].token_ids for p in ps]
+    tight = cuda_engine(tiny_model, num_blocks=24, block_size=8, max_num_batched_tokens=32)
     assert [r.token_ids for r in tight.generate(ps, params)] == alone
     assert tight.num_preemptions > 0
     assert tight.kv.num_free_blocks == 24
@@ -77,8 +82,8 @@ def test_preemption_and_chunked_prefill_on_cuda_stay_exact(tiny_model):
 
 def test_handoff_hooks_on_cuda(tiny_model):
     params = SamplingParams(max_tokens=20, temperature=0.7, seed=3, ignore_eos=True)
-    single = make_engine(tiny_model, device="cuda")
-    prefill = make_engine(tiny_model, device="cuda", detokenize=False)
-    decode = make_engine(tiny_model, device="cuda", detokenize=False)
+    single = cuda_engine(tiny_model)
+    prefill = cuda_engine(tiny_model, detokenize=False)
+    decode = cuda_engine(tiny_model, detokenize=False)
     for p in PROMPTS:
         assert disaggregated(prefill, decode, p, params) == single.generate([p], params)[0].token_ids

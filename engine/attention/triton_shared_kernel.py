@@ -1,0 +1,134 @@
+"""The shared-prefix (Hydragen) segment kernel: one shared segment's keys against all its members.
+
+A program takes one work item of ``triton_shared_layout`` (a segment's key chunk and a tile
+of its members) and one KV head. Its ``BLOCK_M`` matrix rows are (member, query head)
+pairs, ``BLOCK_M // GROUP`` members of the GQA group, so each K/V tile feeds a real matrix
+product (``tl.dot`` of [BLOCK_M, D] by [D, BLOCK_N]) instead of the 1-row products of plain
+decode; K/V are read once per member tile, not once per member, and the tiles of one chunk
+run side by side so the repeats hit L2. Segments hold whole blocks and keys are unmasked
+(every member sees all of them): only the chunk's last tile is masked. Each member gets a
+partial ``(out, lse)`` in its slot of the shared partial buffers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from engine.attention.triton_paged import (LN2, LOG2E, dot_precision, fit_block_n, kv_rows, next_power_of_2,
+                                          softmax_step)
+from engine.attention.triton_shared_layout import ITEM_FIELDS
+
+SHARED_BUDGET = 160 * 1024  # bytes of the query tile and staged K/V tiles per program
+QUERY_TILE_BYTES = 32 * 1024  # the query tile shrinks (fp32, wide heads) until it fits this
+
+
+@dataclass(frozen=True)
+class SharedPrefixConfig:
+    """Tiles and work split of the segment kernel.
+
+    block_m: (member, head) rows per tile (a ceiling: small groups of members get a smaller
+    tile). block_n: keys per tile. programs_per_sm: how many (item, KV head) programs to aim
+    for per multiprocessor; it sets the key-chunk length. min_chunk_tokens: the shortest key
+    chunk (each chunk costs every member one fp32 partial to write and merge).
+    """
+
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+    programs_per_sm: int = 4
+    min_chunk_tokens: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n"):
+            size = getattr(self, name)
+            if size < 16 or size & (size - 1):
+                raise ValueError(f"SharedPrefixConfig.{name} must be a power of two >= 16, got {size}")
+        for name in ("num_warps", "num_stages", "programs_per_sm", "min_chunk_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SharedPrefixConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    def tiles(self, group: int, dim: int, itemsize: int, max_members: int) -> tuple[int, int]:
+        """(block_m, block_n) for this model and the largest segment's member count."""
+        floor = max(16, next_power_of_2(group))
+        block_m = max(floor, min(self.block_m, next_power_of_2(max_members * group)))
+        while block_m > floor and block_m * dim * itemsize > QUERY_TILE_BYTES:
+            block_m //= 2
+        block_n = fit_block_n(self.block_n, dim, itemsize, self.num_stages, block_m * dim * itemsize,
+                              SHARED_BUDGET)
+        return block_m, block_n
+
+
+@triton.jit
+def _segment_kernel(q_ptr, k_ptr, v_ptr, blocks_ptr, items_ptr, member_rows_ptr, member_slots_ptr,
+                    part_out_ptr, part_lse_ptr, qk_scale, stride_qt, stride_qh, stride_kb, stride_kt,
+                    stride_kh, stride_pn, stride_ph, stride_ps, stride_ln, stride_lh, stride_ls,
+                    FIELDS: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, PREC: tl.constexpr):
+    item = items_ptr + tl.program_id(0) * FIELDS
+    kv_head = tl.program_id(1)
+    table = blocks_ptr + tl.load(item)
+    first = tl.load(item + 1)
+    end = tl.load(item + 2)
+    member_offset = tl.load(item + 3)
+    live = tl.arange(0, BLOCK_M) // GROUP < tl.load(item + 4)
+    member = member_offset + tl.arange(0, BLOCK_M) // GROUP
+    row = tl.load(member_rows_ptr + member, mask=live, other=0).to(tl.int64)
+    slot = tl.load(member_slots_ptr + member, mask=live, other=0) + tl.load(item + 5)
+    heads = kv_head * GROUP + tl.arange(0, BLOCK_M) % GROUP
+    d = tl.arange(0, D)
+    q = tl.load(q_ptr + row[:, None] * stride_qt + heads[:, None] * stride_qh + d[None, :],
+                mask=live[:, None], other=0.0)
+
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    head_offset = kv_head * stride_kh
+    full_end = first + (end - first) // BLOCK_N * BLOCK_N
+    for n0 in range(first, full_end, BLOCK_N):
+        kpos = n0 + tl.arange(0, BLOCK_N)
+        rows = kv_rows(table, kpos, kpos >= 0, head_offset, stride_kb, stride_kt, PAGE)
+        k = tl.load(k_ptr + rows[:, None] + d[None, :])
+        v = tl.load(v_ptr + rows[:, None] + d[None, :])
+        m, l, acc = softmax_step(q, k, v, m, l, acc, qk_scale, None, False, PREC)
+    for n0 in range(full_end, end, BLOCK_N):  # the chunk's partial last tile, if any
+        kpos = n0 + tl.arange(0, BLOCK_N)
+        kvalid = kpos < end
+        rows = kv_rows(table, kpos, kvalid, head_offset, stride_kb, stride_kt, PAGE)
+        k = tl.load(k_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
+        v = tl.load(v_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
+        m, l, acc = softmax_step(q, k, v, m, l, acc, qk_scale, kvalid[None, :], True, PREC)
+
+    lse = (m + tl.log2(l)) * LN2  # chunks are never empty, so l > 0
+    out = acc / l[:, None]
+    out_rows = part_out_ptr + row * stride_pn + heads * stride_ph + slot * stride_ps
+    tl.store(out_rows[:, None] + d[None, :], out.to(part_out_ptr.dtype.element_ty), mask=live[:, None])
+    tl.store(part_lse_ptr + row * stride_ln + heads * stride_lh + slot * stride_ls, lse, mask=live)
+
+
+def segment_partials(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, blocks: torch.Tensor,
+                     items: torch.Tensor, member_rows: torch.Tensor, member_slots: torch.Tensor, scale: float,
+                     part_out: torch.Tensor, part_lse: torch.Tensor, tiles: tuple[int, int],
+                     config: SharedPrefixConfig) -> None:
+    """Write every work item's partials into part_out [B, H_q, S, D] and part_lse [B, H_q, S] (fp32).
+
+    ``blocks``, ``items`` ([num_items, ITEM_FIELDS]), ``member_rows`` and ``member_slots`` are
+    int32 device copies of a ``triton_shared_layout.SegmentWork``; ``tiles`` is
+    ``config.tiles(...)`` with the members per tile the layout was built for
+    (``block_m // group``). Shapes are assumed checked by the caller.
+    """
+    num_heads, dim = q.shape[1], q.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    if items.shape[0] == 0:
+        return
+    block_m, block_n = tiles
+    _segment_kernel[(items.shape[0], num_kv_heads)](
+        q, k_cache, v_cache, blocks, items, member_rows, member_slots, part_out, part_lse, scale * LOG2E,
+        q.stride(0), q.stride(1), *k_cache.stride()[:3], *part_out.stride()[:3], *part_lse.stride(),
+        FIELDS=ITEM_FIELDS, GROUP=num_heads // num_kv_heads, BLOCK_M=block_m, BLOCK_N=block_n, D=dim,
+        PAGE=k_cache.shape[1], PREC=dot_precision(q.dtype), num_warps=config.num_warps,
+        num_stages=config.num_stages)

@@ -1,0 +1,120 @@
+"""Shared-prefix (Hydragen) decode attention on the Triton backend: suffixes, segments, one merge.
+
+For a decode-only step with a plan (``engine.attention.shared_prefix``), three launches per
+layer fill one buffer of partials ``[B, H_q, S, D]`` and merge it:
+
+1. the split-K decode kernel (``triton_decode``) over each sequence's own suffix, keys
+   ``[suffix_start, seq_len)``: a block table shifted by ``suffix_start / block_size`` and
+   lengths ``seq_len - suffix_start`` (segments hold whole blocks), into slots ``[0, S_suffix)``;
+2. the segment kernel (``triton_shared_kernel``) over every segment's keys for all its
+   members at once, into each member's segment slots (``triton_shared_layout``);
+3. ``triton_merge.merge_partials`` by log-sum-exp into the output.
+
+Everything derived from the plan (device copies of the layout, the shifted tables, the
+partial buffers, with the unused slots already neutral) is built on the first layer's call
+and kept in ``plan.tensors`` for the other layers of the step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass
+
+import torch
+
+from engine.attention.metadata import AttentionMetadata
+from engine.attention.shared_prefix import SharedPrefixPlan
+from engine.attention.triton_decode import DecodeConfig, decode_partials
+from engine.attention.triton_merge import merge_partials
+from engine.attention.triton_shared_kernel import SharedPrefixConfig, segment_partials
+from engine.attention.triton_shared_layout import build_segment_work, chunk_length
+
+PREFIX = "triton_shared."
+NAMES = ("key", "suffix_tables", "suffix_lens", "blocks", "items", "member_rows", "member_slots", "part_out",
+         "part_lse")
+
+
+@dataclass(frozen=True)
+class SharedStep:
+    """One step's tensors for the shared-prefix path (kept in ``plan.tensors`` under PREFIX)."""
+
+    key: torch.Tensor            # CPU int64: the shapes and choices these tensors were built for
+    suffix_tables: torch.Tensor  # int32 [B, W]: block tables from each sequence's suffix_start
+    suffix_lens: torch.Tensor    # int32 [B]: seq_len - suffix_start
+    blocks: torch.Tensor         # int32: SegmentWork.blocks
+    items: torch.Tensor          # int32 [num_items, ITEM_FIELDS]
+    member_rows: torch.Tensor    # int32
+    member_slots: torch.Tensor   # int32
+    part_out: torch.Tensor       # fp32 [B, H_q, S, D]
+    part_lse: torch.Tensor       # fp32 [B, H_q, S]
+
+    @classmethod
+    def cached(cls, plan: SharedPrefixPlan, key: torch.Tensor) -> SharedStep | None:
+        if not all(PREFIX + n in plan.tensors for n in NAMES) or not torch.equal(plan.tensors[PREFIX + "key"], key):
+            return None
+        return cls(*(plan.tensors[PREFIX + n] for n in NAMES))
+
+    def store(self, plan: SharedPrefixPlan) -> None:
+        plan.tensors.update({PREFIX + n: getattr(self, n) for n in NAMES})
+
+
+def suffix_splits(meta: AttentionMetadata, plan: SharedPrefixPlan, num_kv_heads: int, num_sms: int,
+                  config: DecodeConfig) -> int:
+    """Split count of the suffix decode, from host values only (the longest suffix is bounded)."""
+    return config.num_splits(meta.num_seqs, num_kv_heads, meta.max_seq_len - min(plan.suffix_start), num_sms)
+
+
+def build_step(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata, plan: SharedPrefixPlan,
+               key: torch.Tensor, suffix_slots: int, tiles: tuple[int, int], num_sms: int,
+               config: SharedPrefixConfig) -> SharedStep:
+    """Lay out the plan's work, copy it to the device, and allocate the partials (unused slots neutral)."""
+    num_seqs, num_heads, dim = q.shape
+    page, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    members_per_tile = tiles[0] // (num_heads // num_kv_heads)
+    chunk = chunk_length(plan, page, members_per_tile, num_kv_heads, config.programs_per_sm * num_sms,
+                         config.min_chunk_tokens, tiles[1])
+    work = build_segment_work(plan, num_seqs, page, suffix_slots, members_per_tile, chunk)
+
+    def device(values: list) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int32).to(q.device)
+    start_blocks = device([s // page for s in plan.suffix_start])
+    width = meta.block_tables.shape[1]
+    shifted = (torch.arange(width, device=q.device)[None, :] + start_blocks[:, None]).clamp_(max=width - 1)
+    part_out = torch.empty(num_seqs, num_heads, work.num_slots, dim, dtype=torch.float32, device=q.device)
+    part_lse = torch.empty(num_seqs, num_heads, work.num_slots, dtype=torch.float32, device=q.device)
+    rows, slots = (torch.tensor(x, dtype=torch.long).to(q.device) for x in work.unused_slots())
+    part_out[rows, :, slots] = 0.0
+    part_lse[rows, :, slots] = float("-inf")
+    return SharedStep(key, meta.block_tables.gather(1, shifted.long()),
+                      meta.seq_lens - device(plan.suffix_start), device(work.blocks),
+                      device(work.items), device(work.member_rows),
+                      device(work.member_slots), part_out, part_lse)
+
+
+def shared_prefix_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            meta: AttentionMetadata, scale: float, out: torch.Tensor, num_sms: int,
+                            config: SharedPrefixConfig, decode: DecodeConfig) -> None:
+    """Decode attention of q [B, H_q, D] through ``meta.shared`` into ``out`` [B, H_q, D].
+
+    Equal (up to rounding) to plain paged decode. Inputs are assumed checked as for plain
+    decode (see triton_backend); the plan must cover the batch's sequences.
+    """
+    plan = meta.shared
+    if plan is None or len(plan.suffix_start) != meta.num_seqs:
+        raise ValueError(f"shared_prefix_attention needs meta.shared planned for the batch's {meta.num_seqs} "
+                         f"sequences, got {None if plan is None else len(plan.suffix_start)}")
+    num_heads, dim = q.shape[1], q.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    splits = suffix_splits(meta, plan, num_kv_heads, num_sms, decode)
+    tiles = config.tiles(num_heads // num_kv_heads, dim, q.element_size(),
+                         max(len(s.members) for s in plan.segments))
+    key = torch.tensor([num_heads, num_kv_heads, dim, k_cache.shape[1], splits, *tiles, num_sms,
+                        *astuple(config), q.device.index or 0, q.device.type == "cuda"])
+    step = SharedStep.cached(plan, key)
+    if step is None:
+        step = build_step(q, k_cache, meta, plan, key, splits, tiles, num_sms, config)
+        step.store(plan)
+    decode_partials(q, k_cache, v_cache, step.suffix_tables, step.suffix_lens, scale,
+                    step.part_out[:, :, :splits], step.part_lse[:, :, :splits], decode)
+    segment_partials(q, k_cache, v_cache, step.blocks, step.items, step.member_rows, step.member_slots, scale,
+                     step.part_out, step.part_lse, tiles, config)
+    merge_partials(step.part_out, step.part_lse, out)

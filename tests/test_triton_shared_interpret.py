@@ -1,0 +1,138 @@
+"""The shared-prefix (Hydragen) Triton path on the CPU, through Triton's interpreter.
+
+As in tests/test_triton_interpret.py (read why there), the ``case_*`` functions run in a
+child pytest with TRITON_INTERPRET=1; the parent runs that child and the ``test_*``
+checks of the host-side layout, which need no Triton. Inputs are fresh random draws each
+run, with the seed in every failure message; shapes are tiny.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from engine.attention.shared_prefix import SharedPrefixPlan, SharedSegment
+from engine.attention.triton_inputs import TOLERANCE, BatchSpec, reference_output, relative_error
+from engine.attention.triton_shared_inputs import (PrefixTree, nested_tree, random_shared_batch,
+                                                   shared_reference_output)
+from engine.attention.triton_shared_layout import build_segment_work, chunk_length
+from tests.test_triton_interpret import _patch_interpreter
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shared_prefix_kernels_under_the_triton_interpreter() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                            "-o", "python_functions=case_*", str(Path(__file__).relative_to(REPO))],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, f"interpreter cases failed:\n{child.stdout[-6000:]}\n{child.stderr[-2000:]}"
+    assert " passed" in child.stdout and " skipped" not in child.stdout, child.stdout[-2000:]
+
+
+def test_layout_gives_each_member_one_slot_per_chunk_after_its_suffix_slots() -> None:
+    plan = SharedPrefixPlan([SharedSegment((7, 8, 9), 0, (0, 1, 2)), SharedSegment((4,), 48, (1, 2))],
+                            [64, 64, 64, 0])
+    work = build_segment_work(plan, 4, 16, suffix_slots=2, members_per_tile=2, chunk_tokens=32)
+    assert work.blocks == [7, 8, 9, 4]
+    # segment 0: 48 keys = chunks [0, 32) and [32, 48), members in tiles (0, 1) and (2,)
+    assert work.items == [(0, 0, 32, 0, 2, 0), (0, 0, 32, 2, 1, 0), (0, 32, 48, 0, 2, 1), (0, 32, 48, 2, 1, 1),
+                          (3, 0, 16, 3, 2, 0)]
+    assert work.member_rows == [0, 1, 2, 1, 2] and work.member_slots == [2, 2, 2, 4, 4]
+    assert work.slots_used == [4, 5, 5, 2] and work.num_slots == 5
+    assert work.unused_slots() == ([0, 3, 3, 3], [4, 2, 3, 4])
+
+
+def test_chunks_spread_work_over_the_target_and_respect_the_floor() -> None:
+    plan = SharedPrefixPlan([SharedSegment(tuple(range(64)), 0, tuple(range(40)))], [1024] * 40)
+    # 40 members in tiles of 16 -> 3 tiles x 1024 keys x 2 heads over 48 programs = 128 keys
+    assert chunk_length(plan, 16, 16, 2, 48, 32, 64) == 128
+    assert chunk_length(plan, 16, 16, 2, 48, 512, 64) == 512
+    assert chunk_length(plan, 16, 16, 2, 7, 32, 64) == 896     # 878 rounded up to the key tile
+
+
+def test_layout_refuses_a_plan_of_another_batch() -> None:
+    plan = SharedPrefixPlan([SharedSegment((1,), 0, (0, 1))], [16, 16])
+    with pytest.raises(ValueError, match="covers 2 sequences, the batch 3"):
+        build_segment_work(plan, 3, 16, 1, 4, 16)
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """The kernel modules (interpreted: the child runs with TRITON_INTERPRET=1)."""
+    with pytest.MonkeyPatch.context() as mp:
+        _patch_interpreter(mp)
+        from engine.attention import triton_backend, triton_decode, triton_shared_kernel, triton_shared_prefix
+        yield SimpleNamespace(triton_backend=triton_backend, triton_decode=triton_decode,
+                              triton_shared_kernel=triton_shared_kernel, triton_shared_prefix=triton_shared_prefix)
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(random.SystemRandom().randrange(2**31))
+
+
+def backend(kernels, **shared):
+    """Small tiles, short chunks (ending in partial key tiles), so a tiny batch still has several member tiles and key chunks."""
+    decode = kernels.triton_decode.DecodeConfig(block_n=16, programs_per_sm=24, min_split_tokens=16)
+    config = kernels.triton_shared_kernel.SharedPrefixConfig(**{"block_m": 16, "block_n": 32, "programs_per_sm": 64,
+                                                                "min_chunk_tokens": 16, **shared})
+    return kernels.triton_backend.TritonAttention(decode=decode, shared=config)
+
+
+def check(kernels, tree: PrefixTree, spec: BatchSpec, seed: int, **shared) -> None:
+    batch = random_shared_batch(tree, spec, "cpu", seed)
+    assert batch.meta.shared is not None, f"no sharing planned for {tree}"
+    attn = backend(kernels, **shared)
+    out = attn.forward(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+    assert out.shape == batch.q.shape and out.dtype == spec.dtype
+    for name, ref in (("shared reference", shared_reference_output(batch)), ("paged", reference_output(batch))):
+        err = relative_error(out, ref)
+        assert err < TOLERANCE[spec.dtype], f"{name}: relative error {err:.2e} for {tree} {spec} (seed {seed})"
+    again = attn.forward(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale)  # cached layout
+    assert torch.equal(out, again), f"second layer's call differs (seed {seed})"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("heads,kv_heads,dim,block_size", [(4, 2, 32, 16), (6, 2, 16, 16), (4, 1, 32, 32)])
+def case_nested_tree_matches_both_references(kernels, rng, dtype, heads, kv_heads, dim, block_size) -> None:
+    tree = nested_tree(rng, 11, system=3 * block_size, fewshot=block_size, groups=2, unshared=1, max_suffix=40,
+                       block_size=block_size)
+    check(kernels, tree, BatchSpec((1,), (1,), heads, kv_heads, dim, block_size, dtype), rng.randrange(2**31))
+
+
+@pytest.mark.parametrize("shared", [dict(block_m=32), dict(programs_per_sm=1, min_chunk_tokens=512),
+                                    dict(block_n=16, num_stages=1)])
+def case_configs_and_segments_without_few_shot(kernels, rng, shared) -> None:
+    tree = nested_tree(rng, 12, system=48, fewshot=0, groups=0, unshared=2, max_suffix=20, block_size=16)
+    check(kernels, tree, BatchSpec((1,), (1,), 4, 2, 32, 16, torch.bfloat16), rng.randrange(2**31), **shared)
+
+
+def case_segment_kernel_writes_exactly_its_slots(kernels, rng) -> None:
+    seed = rng.randrange(2**31)
+    tree = PrefixTree(((-1, 32), (0, 16)), ((1, 5), (1, 9), (0, 3), (-1, 7)))
+    batch = random_shared_batch(tree, BatchSpec((1,), (1,), 4, 2, 32, 16), "cpu", seed)
+    attn = backend(kernels)
+    attn.forward(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+    tensors = batch.meta.shared.tensors
+    step = kernels.triton_shared_prefix.SharedStep.cached(batch.meta.shared, tensors["triton_shared.key"])
+    part_out, part_lse = torch.full_like(step.part_out, float("nan")), torch.full_like(step.part_lse, float("nan"))
+    tiles = attn.shared_config.tiles(2, 32, 4, max(len(s.members) for s in batch.meta.shared.segments))
+    kernels.triton_shared_kernel.segment_partials(batch.q, batch.k_cache, batch.v_cache, step.blocks, step.items,
+                                                  step.member_rows, step.member_slots, batch.scale, part_out,
+                                                  part_lse, tiles, attn.shared_config)
+    expected = torch.zeros(part_lse.shape[0], part_lse.shape[2], dtype=torch.bool)
+    items = step.items.tolist()
+    for entry, (row, slot) in enumerate(zip(step.member_rows.tolist(), step.member_slots.tolist())):
+        for chunk in {it[5] for it in items if it[3] <= entry < it[3] + it[4]}:
+            expected[row, slot + chunk] = True
+    expected = expected[:, None, :].expand(part_lse.shape)
+    assert torch.equal(~part_lse.isnan(), expected), f"seed {seed}: {part_lse}"
+    assert not part_out[expected].isnan().any() and part_out[~expected].isnan().all(), f"seed {seed}"

@@ -1,0 +1,216 @@
+"""Shared-prefix (Hydragen) decode attention against plain paged decode and SDPA (Llama-3-8B heads).
+
+  PYTHONPATH=. python -m benchmarks.shared_prefix --out out/shared_prefix
+  PYTHONPATH=. python -m benchmarks.shared_prefix --batches 256 --prefixes 16384 --no-sweep
+
+Each case: ``batch`` sequences share one ``prefix``-token system prompt (the same physical
+blocks, as prefix caching leaves them) and own suffixes uniform in [suffix_min, suffix_max];
+bf16, block 16, shuffled block ids. Timed (median, CUDA events, L2 flushed between calls):
+  shared   TritonAttention with the plan (suffix decode + segment kernel + merge), graph replay;
+  eager    the same launched eagerly, as the engine runs shared steps (host work included);
+  plain    TritonAttention without the plan (split-K paged decode), graph replay;
+  SDPA     torch SDPA (enable_gqa) on contiguous per-sequence K/V of prefix + mean suffix tokens.
+Floor: the larger of (prefix once + suffixes) K/V bytes over the measured copy rate and the
+prefix's matrix FLOPs over the measured bf16 matmul rate. ``--sweep`` (default) first times a
+few segment-kernel configs on the largest cases and keeps the best.
+Writes shared_prefix.json, shared_prefix.png, shared_prefix_calibration.json to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.attention import geomean
+from benchmarks.common import copy_bandwidth, graph_seconds, machine_info, median_seconds, out_dir, write_json
+from engine.attention.triton_backend import TritonAttention
+from engine.attention.triton_inputs import BatchSpec, PagedBatch, relative_error
+from engine.attention.triton_shared_inputs import PrefixTree, random_shared_batch
+from engine.attention.triton_shared_kernel import SharedPrefixConfig
+
+HEADS, KV_HEADS, DIM, BLOCK = 32, 8, 128, 16  # Llama-3-8B
+DTYPE = torch.bfloat16
+SWEEP = [SharedPrefixConfig(block_m=m, num_warps=w, programs_per_sm=p, min_chunk_tokens=c)
+         for (m, w), p, c in itertools.product(((64, 4), (64, 8), (128, 8)), (2, 4), (256, 1024))]
+
+
+@dataclass(frozen=True)
+class Case:
+    batch: int
+    prefix: int
+    suffix_mean: float
+    shared_s: float
+    eager_s: float
+    plain_s: float
+    sdpa_s: float | None
+    floor_s: float
+    error_vs_plain: float
+
+    def record(self) -> dict[str, object]:
+        return {**dataclasses.asdict(self), "speedup_vs_plain": self.plain_s / self.shared_s,
+                "speedup_vs_sdpa": None if self.sdpa_s is None else self.sdpa_s / self.shared_s,
+                "tokens_per_s": self.batch / self.shared_s, "floor_fraction": self.floor_s / self.shared_s}
+
+
+def make_batch(batch: int, prefix: int, suffixes: tuple[int, int], seed: int) -> PagedBatch:
+    rng = random.Random(seed)
+    tree = PrefixTree(((-1, prefix),), tuple((0, rng.randint(*suffixes)) for _ in range(batch)))
+    return random_shared_batch(tree, BatchSpec((1,), (1,), HEADS, KV_HEADS, DIM, BLOCK, DTYPE, 64), "cuda", seed)
+
+
+def forward(backend: TritonAttention, b: PagedBatch, shared: bool):
+    meta = b.meta if shared else dataclasses.replace(b.meta, shared=None)
+    return lambda: backend.forward(b.q, b.k_cache, b.v_cache, meta, b.scale)
+
+
+def time_sdpa(b: PagedBatch, context: int) -> float | None:
+    """SDPA over contiguous K/V [B, H_kv, context, D] (None when it does not fit in memory)."""
+    nbytes = 2 * b.q.shape[0] * KV_HEADS * context * DIM * DTYPE.itemsize
+    if nbytes > 0.8 * torch.cuda.mem_get_info()[0]:
+        return None
+    q = b.q.unsqueeze(2)
+    k, v = (torch.randn(b.q.shape[0], KV_HEADS, context, DIM, dtype=DTYPE, device="cuda") for _ in "kv")
+    seconds = graph_seconds(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), q.device)
+    del k, v
+    torch.cuda.empty_cache()
+    return seconds
+
+
+def run_case(batch: int, prefix: int, suffixes: tuple[int, int], config: SharedPrefixConfig,
+             copy_bps: float, flops_per_s: float) -> Case:
+    b = make_batch(batch, prefix, suffixes, seed=batch * 31 + prefix)
+    suffix_total = int((b.meta.seq_lens.sum() - batch * prefix).item())
+    backend, plain = TritonAttention(shared=config), TritonAttention()
+    error = relative_error(forward(backend, b, True)(), forward(plain, b, False)())
+    shared_s = graph_seconds(forward(backend, b, True), b.q.device)
+    eager_s = median_seconds(forward(backend, b, True), b.q.device)
+    plain_s = graph_seconds(forward(plain, b, False), b.q.device)
+    kv_bytes = (prefix + suffix_total) * KV_HEADS * DIM * 2 * DTYPE.itemsize
+    floor = max(kv_bytes / copy_bps, 4 * batch * HEADS * prefix * DIM / flops_per_s)
+    sdpa_s = time_sdpa(b, prefix + round(suffix_total / batch))
+    del b
+    torch.cuda.empty_cache()
+    return Case(batch, prefix, suffix_total / batch, shared_s, eager_s, plain_s, sdpa_s, floor, error)
+
+
+def sweep(cases: list[tuple[int, int]], suffixes: tuple[int, int]) -> tuple[SharedPrefixConfig, list[dict]]:
+    """Graph-replay time of every SWEEP config on each case; the best by geometric mean."""
+    batches = {c: make_batch(*c, suffixes, seed=sum(c)) for c in cases}
+    rows = []
+    for config in SWEEP:
+        for (batch, prefix), b in batches.items():
+            seconds = graph_seconds(forward(TritonAttention(shared=config), b, True), b.q.device)
+            rows.append({"config": config, "batch": batch, "prefix": prefix, "seconds": seconds})
+            b.meta.shared.tensors.clear()
+    del batches
+    torch.cuda.empty_cache()
+    best = min(SWEEP, key=lambda c: geomean([r["seconds"] for r in rows if r["config"] == c]))
+    return best, rows
+
+
+def matmul_rate() -> float:
+    a, b = (torch.randn(8192, 8192, dtype=DTYPE, device="cuda") for _ in "ab")
+    return 2 * 8192**3 / median_seconds(lambda: a @ b, a.device)
+
+
+def throughput_drops(cases: list[Case]) -> dict[int, float]:
+    """Per batch: 1 - tokens/s at the longest prefix over tokens/s at the shortest."""
+    drops = {}
+    for batch in sorted({c.batch for c in cases}):
+        row = sorted((c for c in cases if c.batch == batch), key=lambda c: c.prefix)
+        if len(row) > 1:
+            drops[batch] = 1 - row[0].shared_s / row[-1].shared_s
+    return drops
+
+
+def print_table(cases: list[Case], copy_bps: float, flops_per_s: float) -> None:
+    table = Table(title=f"shared-prefix decode, bf16, Llama-3-8B heads, block {BLOCK}; copy {copy_bps / 1e9:.0f} GB/s, "
+                        f"bf16 matmul {flops_per_s / 1e12:.0f} TFLOP/s")
+    for col in ("batch", "prefix", "shared µs", "eager µs", "plain µs", "SDPA µs", "vs plain", "vs SDPA",
+                "floor µs", "% floor", "err vs plain"):
+        table.add_column(col, justify="right")
+    for c in cases:
+        table.add_row(str(c.batch), str(c.prefix), f"{c.shared_s * 1e6:.1f}", f"{c.eager_s * 1e6:.1f}",
+                      f"{c.plain_s * 1e6:.1f}", "-" if c.sdpa_s is None else f"{c.sdpa_s * 1e6:.1f}",
+                      f"{c.plain_s / c.shared_s:.1f}x", "-" if c.sdpa_s is None else f"{c.sdpa_s / c.shared_s:.1f}x",
+                      f"{c.floor_s * 1e6:.1f}", f"{100 * c.floor_s / c.shared_s:.0f}", f"{c.error_vs_plain:.1e}")
+    Console(width=160).print(table)
+
+
+def plot(cases: list[Case], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    x = range(len(cases))
+    for i, (name, key) in enumerate((("shared prefix", "shared_s"), ("plain paged", "plain_s"), ("SDPA", "sdpa_s"))):
+        left.bar([j + (i - 1) * 0.27 for j in x], [(getattr(c, key) or 0) * 1e6 for c in cases], 0.27, label=name)
+    left.set_xticks(list(x), [f"B{c.batch}\n{c.prefix // 1024}K" for c in cases])
+    left.set_yscale("log")
+    left.set_ylabel("µs per layer (median)")
+    left.legend()
+    for batch in sorted({c.batch for c in cases}):
+        row = sorted((c for c in cases if c.batch == batch), key=lambda c: c.prefix)
+        right.plot([c.prefix for c in row], [c.batch / c.shared_s / 1e6 for c in row], marker="o", label=f"B{batch}")
+    right.set_xscale("log", base=2)
+    right.set_xlabel("shared prefix tokens")
+    right.set_ylabel("M tokens/s (one layer's attention)")
+    right.legend()
+    fig.suptitle("shared-prefix decode attention, Llama-3-8B heads, bf16")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batches", type=int, nargs="+", default=[32, 128, 256])
+    p.add_argument("--prefixes", type=int, nargs="+", default=[1024, 4096, 16384])
+    p.add_argument("--suffix", type=int, nargs=2, default=[128, 512], metavar=("MIN", "MAX"))
+    p.add_argument("--no-sweep", action="store_true", help="use SharedPrefixConfig() without the sweep")
+    p.add_argument("--out", default=None, help="output folder (default $OUT, else out/shared_prefix)")
+    a = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks.shared_prefix needs a CUDA device (the Triton kernels are CUDA-only)")
+    if min(a.batches) < 2 or min(a.prefixes) < BLOCK or not 1 <= a.suffix[0] <= a.suffix[1]:
+        raise SystemExit(f"--batches >= 2, --prefixes >= {BLOCK} and 1 <= suffix MIN <= MAX, please")
+    if any(p % BLOCK for p in a.prefixes):
+        raise SystemExit(f"--prefixes must be multiples of the block size {BLOCK}")
+    return a
+
+
+def main() -> None:
+    args = parse_args()
+    out, device = out_dir(args.out, "shared_prefix"), torch.device("cuda")
+    machine, suffixes = machine_info(device), tuple(args.suffix)
+    copy_bps, flops_per_s = copy_bandwidth(device), matmul_rate()
+    config, tuning = SharedPrefixConfig(), []
+    if not args.no_sweep:
+        config, tuning = sweep([(max(args.batches), max(args.prefixes)), (min(args.batches), max(args.prefixes))],
+                               suffixes)
+    cases = [run_case(b, p, suffixes, config, copy_bps, flops_per_s)
+             for b, p in itertools.product(args.batches, args.prefixes)]
+    print_table(cases, copy_bps, flops_per_s)
+    drops = throughput_drops(cases)
+    Console().print(f"config: {config}\nthroughput drop, shortest -> longest prefix: "
+                    + ", ".join(f"B{b} {100 * d:.0f}%" for b, d in drops.items()) + f"\n{machine}")
+    write_json(out / "shared_prefix.json", {
+        "machine": machine, "copy_bytes_per_s": copy_bps, "matmul_flops_per_s": flops_per_s, "config": config,
+        "suffix_range": suffixes, "block_size": BLOCK, "cases": [c.record() for c in cases],
+        "throughput_drop": drops, "tuning": tuning})
+    write_json(out / "shared_prefix_calibration.json", {"device": machine.device, "model": "llama-3-8b", "measurements": [
+        {"op": "shared_prefix_decode", "batch": c.batch, "prefix": c.prefix, "suffix": round(c.suffix_mean),
+         "seconds": c.shared_s} for c in cases]})
+    plot(cases, out / "shared_prefix.png")
+
+
+if __name__ == "__main__":
+    main()

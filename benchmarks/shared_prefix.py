@@ -39,8 +39,8 @@ from engine.attention.triton_shared_kernel import SharedPrefixConfig
 
 HEADS, KV_HEADS, DIM, BLOCK = 32, 8, 128, 16  # Llama-3-8B
 DTYPE = torch.bfloat16
-SWEEP = [SharedPrefixConfig(block_m=m, num_warps=w, programs_per_sm=p, min_chunk_tokens=c)
-         for (m, w), p, c in itertools.product(((64, 4), (64, 8), (128, 8)), (2, 4), (256, 1024))]
+SWEEP = [SharedPrefixConfig(), SharedPrefixConfig(block_m=128, num_warps=8), SharedPrefixConfig(num_warps=8),
+         SharedPrefixConfig(programs_per_sm=2, min_chunk_tokens=1024), SharedPrefixConfig(min_chunk_tokens=256)]
 
 
 @dataclass(frozen=True)

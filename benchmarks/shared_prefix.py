@@ -10,7 +10,8 @@ bf16, block 16, shuffled block ids. Timed (median, CUDA events, L2 flushed betwe
   eager    the same launched eagerly, as the engine runs shared steps (host work included);
   plain    TritonAttention without the plan (split-K paged decode), graph replay;
   SDPA     torch SDPA (enable_gqa) on contiguous per-sequence K/V of prefix + mean suffix tokens.
-Floor: the larger of (prefix once + suffixes) K/V bytes over the measured copy rate and the
+Each case also times the shared path's three launches alone (suffix decode, segment kernel
+with its achieved TFLOP/s, merge). Floor: the larger of (prefix once + suffixes) K/V bytes over the measured copy rate and the
 prefix's matrix FLOPs over the measured bf16 matmul rate. ``--sweep`` (default) first times a
 few segment-kernel configs on the largest cases and keeps the best.
 Writes shared_prefix.json, shared_prefix.png, shared_prefix_calibration.json to --out.
@@ -32,15 +33,18 @@ from rich.table import Table
 
 from benchmarks.attention import geomean
 from benchmarks.common import copy_bandwidth, graph_seconds, machine_info, median_seconds, out_dir, write_json
-from engine.attention.triton_backend import TritonAttention
+from engine.attention.triton_backend import TritonAttention, multiprocessors
+from engine.attention.triton_decode import DecodeConfig
 from engine.attention.triton_inputs import BatchSpec, PagedBatch, relative_error
 from engine.attention.triton_shared_inputs import PrefixTree, random_shared_batch
 from engine.attention.triton_shared_kernel import SharedPrefixConfig
+from engine.attention.triton_shared_prefix import prepare
 
 HEADS, KV_HEADS, DIM, BLOCK = 32, 8, 128, 16  # Llama-3-8B
 DTYPE = torch.bfloat16
-SWEEP = [SharedPrefixConfig(), SharedPrefixConfig(block_m=128, num_warps=8), SharedPrefixConfig(num_warps=8),
-         SharedPrefixConfig(programs_per_sm=2, min_chunk_tokens=1024), SharedPrefixConfig(min_chunk_tokens=256)]
+SWEEP = [SharedPrefixConfig(), SharedPrefixConfig(overlap_suffix=True),
+         SharedPrefixConfig(programs_per_sm=1, overlap_suffix=True), SharedPrefixConfig(num_stages=3),
+         SharedPrefixConfig(block_n=128, num_warps=8), SharedPrefixConfig(block_n=32)]
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,17 @@ class Case:
     sdpa_s: float | None
     floor_s: float
     error_vs_plain: float
+    suffix_s: float     # the three launches timed alone (graph replay)
+    segments_s: float
+    merge_s: float
+
+    @property
+    def segment_flops(self) -> float:
+        return 4.0 * self.batch * HEADS * self.prefix * DIM
 
     def record(self) -> dict[str, object]:
-        return {**dataclasses.asdict(self), "speedup_vs_plain": self.plain_s / self.shared_s,
+        return {**dataclasses.asdict(self), "segment_flops_per_s": self.segment_flops / self.segments_s,
+                "speedup_vs_plain": self.plain_s / self.shared_s,
                 "speedup_vs_sdpa": None if self.sdpa_s is None else self.sdpa_s / self.shared_s,
                 "tokens_per_s": self.batch / self.shared_s, "floor_fraction": self.floor_s / self.shared_s}
 
@@ -96,10 +108,21 @@ def run_case(batch: int, prefix: int, suffixes: tuple[int, int], config: SharedP
     plain_s = graph_seconds(forward(plain, b, False), b.q.device)
     kv_bytes = (prefix + suffix_total) * KV_HEADS * DIM * 2 * DTYPE.itemsize
     floor = max(kv_bytes / copy_bps, 4 * batch * HEADS * prefix * DIM / flops_per_s)
+    parts = time_launches(b, config)
     sdpa_s = time_sdpa(b, prefix + round(suffix_total / batch))
     del b
     torch.cuda.empty_cache()
-    return Case(batch, prefix, suffix_total / batch, shared_s, eager_s, plain_s, sdpa_s, floor, error)
+    return Case(batch, prefix, suffix_total / batch, shared_s, eager_s, plain_s, sdpa_s, floor, error, *parts)
+
+
+def time_launches(b: PagedBatch, config: SharedPrefixConfig) -> tuple[float, float, float]:
+    """Graph-replay seconds of the suffix decode, the segment kernel and the merge, each alone."""
+    decode = DecodeConfig()
+    launch = prepare(b.q, b.k_cache, b.meta, multiprocessors(b.q.device), config, decode)
+    out = torch.empty_like(b.q)
+    return (graph_seconds(lambda: launch.suffix(b.q, b.k_cache, b.v_cache, b.scale, decode), b.q.device),
+            graph_seconds(lambda: launch.segments(b.q, b.k_cache, b.v_cache, b.scale, config), b.q.device),
+            graph_seconds(lambda: launch.merge(out), b.q.device))
 
 
 def sweep(cases: list[tuple[int, int]], suffixes: tuple[int, int]) -> tuple[SharedPrefixConfig, list[dict]]:
@@ -136,14 +159,16 @@ def print_table(cases: list[Case], copy_bps: float, flops_per_s: float) -> None:
     table = Table(title=f"shared-prefix decode, bf16, Llama-3-8B heads, block {BLOCK}; copy {copy_bps / 1e9:.0f} GB/s, "
                         f"bf16 matmul {flops_per_s / 1e12:.0f} TFLOP/s")
     for col in ("batch", "prefix", "shared µs", "eager µs", "plain µs", "SDPA µs", "vs plain", "vs SDPA",
-                "floor µs", "% floor", "err vs plain"):
+                "floor µs", "% floor", "suffix µs", "segments µs", "seg TFLOP/s", "merge µs", "err"):
         table.add_column(col, justify="right")
     for c in cases:
         table.add_row(str(c.batch), str(c.prefix), f"{c.shared_s * 1e6:.1f}", f"{c.eager_s * 1e6:.1f}",
                       f"{c.plain_s * 1e6:.1f}", "-" if c.sdpa_s is None else f"{c.sdpa_s * 1e6:.1f}",
                       f"{c.plain_s / c.shared_s:.1f}x", "-" if c.sdpa_s is None else f"{c.sdpa_s / c.shared_s:.1f}x",
-                      f"{c.floor_s * 1e6:.1f}", f"{100 * c.floor_s / c.shared_s:.0f}", f"{c.error_vs_plain:.1e}")
-    Console(width=160).print(table)
+                      f"{c.floor_s * 1e6:.1f}", f"{100 * c.floor_s / c.shared_s:.0f}", f"{c.suffix_s * 1e6:.1f}",
+                      f"{c.segments_s * 1e6:.1f}", f"{c.segment_flops / c.segments_s / 1e12:.0f}",
+                      f"{c.merge_s * 1e6:.1f}", f"{c.error_vs_plain:.1e}")
+    Console(width=200).print(table)
 
 
 def plot(cases: list[Case], path: Path) -> None:

@@ -33,15 +33,18 @@ class SharedPrefixConfig:
     block_m: (member, head) rows per tile (a ceiling: small groups of members get a smaller
     tile). block_n: keys per tile. programs_per_sm: how many (item, KV head) programs to aim
     for per multiprocessor; it sets the key-chunk length. min_chunk_tokens: the shortest key
-    chunk (each chunk costs every member one fp32 partial to write and merge).
+    chunk (each chunk costs every member one fp32 partial to write and merge). Defaults: the
+    best of the first H100 sweep (docs/kernels.md).
+    overlap_suffix: run the suffix decode on a second CUDA stream beside the segment kernel.
     """
 
     block_m: int = 64
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
-    programs_per_sm: int = 4
-    min_chunk_tokens: int = 512
+    programs_per_sm: int = 2
+    min_chunk_tokens: int = 1024
+    overlap_suffix: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):

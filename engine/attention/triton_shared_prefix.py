@@ -17,6 +17,7 @@ and kept in ``plan.tensors`` for the other layers of the step.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import astuple, dataclass
 
 import torch
@@ -90,14 +91,33 @@ def build_step(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata, 
                       device(work.member_slots), part_out, part_lse)
 
 
-def shared_prefix_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                            meta: AttentionMetadata, scale: float, out: torch.Tensor, num_sms: int,
-                            config: SharedPrefixConfig, decode: DecodeConfig) -> None:
-    """Decode attention of q [B, H_q, D] through ``meta.shared`` into ``out`` [B, H_q, D].
+@dataclass(frozen=True)
+class SharedLaunch:
+    """One layer's three launches over a prepared step (separable for timing)."""
 
-    Equal (up to rounding) to plain paged decode. Inputs are assumed checked as for plain
-    decode (see triton_backend); the plan must cover the batch's sequences.
-    """
+    step: SharedStep
+    suffix_splits: int
+    tiles: tuple[int, int]
+
+    def suffix(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float,
+               decode: DecodeConfig) -> None:
+        step, s = self.step, self.suffix_splits
+        decode_partials(q, k_cache, v_cache, step.suffix_tables, step.suffix_lens, scale,
+                        step.part_out[:, :, :s], step.part_lse[:, :, :s], decode)
+
+    def segments(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float,
+                 config: SharedPrefixConfig) -> None:
+        step = self.step
+        segment_partials(q, k_cache, v_cache, step.blocks, step.items, step.member_rows, step.member_slots, scale,
+                         step.part_out, step.part_lse, self.tiles, config)
+
+    def merge(self, out: torch.Tensor) -> None:
+        merge_partials(self.step.part_out, self.step.part_lse, out)
+
+
+def prepare(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata, num_sms: int,
+            config: SharedPrefixConfig, decode: DecodeConfig) -> SharedLaunch:
+    """The step's tensors from ``plan.tensors``, built there first if this is the step's first layer."""
     plan = meta.shared
     if plan is None or len(plan.suffix_start) != meta.num_seqs:
         raise ValueError(f"shared_prefix_attention needs meta.shared planned for the batch's {meta.num_seqs} "
@@ -113,8 +133,34 @@ def shared_prefix_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     if step is None:
         step = build_step(q, k_cache, meta, plan, key, splits, tiles, num_sms, config)
         step.store(plan)
-    decode_partials(q, k_cache, v_cache, step.suffix_tables, step.suffix_lens, scale,
-                    step.part_out[:, :, :splits], step.part_lse[:, :, :splits], decode)
-    segment_partials(q, k_cache, v_cache, step.blocks, step.items, step.member_rows, step.member_slots, scale,
-                     step.part_out, step.part_lse, tiles, config)
-    merge_partials(step.part_out, step.part_lse, out)
+    return SharedLaunch(step, splits, tiles)
+
+
+@functools.cache
+def side_stream(device: torch.device) -> torch.cuda.Stream:
+    """The second stream that runs suffix decodes beside segment kernels (one per device)."""
+    return torch.cuda.Stream(device)
+
+
+def shared_prefix_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            meta: AttentionMetadata, scale: float, out: torch.Tensor, num_sms: int,
+                            config: SharedPrefixConfig, decode: DecodeConfig) -> None:
+    """Decode attention of q [B, H_q, D] through ``meta.shared`` into ``out`` [B, H_q, D].
+
+    Equal (up to rounding) to plain paged decode. Inputs are assumed checked as for plain
+    decode (see triton_backend); the plan must cover the batch's sequences. With
+    ``config.overlap_suffix`` on CUDA, the suffix decode runs on a second stream while the
+    segment kernel runs (both write disjoint slots; the merge waits for both).
+    """
+    launch = prepare(q, k_cache, meta, num_sms, config, decode)
+    if config.overlap_suffix and q.is_cuda:
+        main, side = torch.cuda.current_stream(q.device), side_stream(q.device)
+        side.wait_stream(main)
+        launch.segments(q, k_cache, v_cache, scale, config)
+        with torch.cuda.stream(side):
+            launch.suffix(q, k_cache, v_cache, scale, decode)
+        main.wait_stream(side)
+    else:
+        launch.suffix(q, k_cache, v_cache, scale, decode)
+        launch.segments(q, k_cache, v_cache, scale, config)
+    launch.merge(out)

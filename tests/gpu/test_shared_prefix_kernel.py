@@ -70,7 +70,9 @@ def test_16k_prefix(rng, dtype) -> None:
 @pytest.mark.parametrize("config", [SharedPrefixConfig(block_m=128, num_warps=8),
                                     SharedPrefixConfig(programs_per_sm=1, min_chunk_tokens=8192),
                                     SharedPrefixConfig(block_n=32, num_stages=3, min_chunk_tokens=64),
-                                    SharedPrefixConfig(block_m=16, block_n=128)])
+                                    SharedPrefixConfig(block_m=16, block_n=128),
+                                    SharedPrefixConfig(overlap_suffix=True),
+                                    SharedPrefixConfig(programs_per_sm=1, overlap_suffix=True, num_stages=3)])
 def test_configs_match_references(rng, config) -> None:
     tree = nested_tree(rng, 64, system=rng.randint(500, 5000), fewshot=rng.randint(16, 300), groups=4,
                        unshared=4, max_suffix=400, block_size=16)

@@ -1,16 +1,19 @@
 """The dispatcher's view of each replica, and how it picks one for a request.
 
-Both picks weigh the work a replica would save against the work it already has, in
-tokens: prefill cost = prompt tokens it must compute (those past its cached prefix) + prompt
-tokens already queued there; decode cost = prompt blocks it must receive (past its cached
-prefix) + tokens it already holds. Sharing requests thus gather where their prefix is
-(fewer tokens to compute or move; BatchLLM's grouping) until load outweighs the saving.
+A pick prefers cache affinity while the pool is balanced and the least loaded replica when
+it is not (the rule of SGLang's cache-aware router). Work and load are counted in tokens:
+a prefill replica's work for a request is the prompt tokens past its cached prefix (pulling
+from the host tier counts at ``host_pull_weight``), its load the prompt tokens queued there;
+a decode replica's work is the prompt tokens it must receive, its load the tokens it holds.
+Sharing requests thus gather where their prefix is (BatchLLM's grouping, and shared-prefix
+batches for the decode kernel) until one replica runs ahead of the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cluster.messages import WorkerLoad
@@ -20,6 +23,10 @@ from kvstore.host_tier import HOST_WORKER
 # Held KV weighs less than KV to move: it costs memory and attention reads, not compute or
 # transfer, and a replica that runs out of room refuses the reservation anyway.
 DECODE_LOAD_WEIGHT = 0.5
+# The pool counts as imbalanced when the busiest replica's load exceeds the idlest's by this
+# ratio plus this many tokens; then the least loaded replica is picked, cache or not.
+IMBALANCE_RATIO = 1.5
+IMBALANCE_SLACK_TOKENS = 2048
 
 
 @dataclass
@@ -99,19 +106,31 @@ class RequestShape:
         return self.uncached(worker_id) - pulled + self.host_pull_weight * pulled
 
 
+def pick(replicas: list[Replica], work: Callable[[Replica], float], load: Callable[[Replica], float]) -> Replica:
+    """Least work (then load) while balanced; least load when imbalanced."""
+    loads = {r.worker_id: load(r) for r in replicas}
+    if max(loads.values()) > IMBALANCE_RATIO * min(loads.values()) + IMBALANCE_SLACK_TOKENS:
+        return min(replicas, key=lambda r: (loads[r.worker_id], r.inflight))
+    return min(replicas, key=lambda r: (work(r), loads[r.worker_id], r.inflight))
+
+
 def pick_prefill(replicas: list[Replica], shape: RequestShape) -> Replica:
-    return min(replicas, key=lambda r: (shape.prefill_cost(r.worker_id) + r.pending_tokens, r.inflight))
+    return pick(replicas, lambda r: shape.prefill_cost(r.worker_id), lambda r: r.pending_tokens)
 
 
 def pick_colocated(replicas: list[Replica], shape: RequestShape) -> Replica:
-    """A colocated replica both prefills and decodes: the prefill cost plus its decode load."""
-    return min(replicas, key=lambda r: (shape.prefill_cost(r.worker_id) + r.pending_tokens + DECODE_LOAD_WEIGHT * (
-        r.used_blocks * shape.block_size + r.claimed_tokens), r.inflight))
+    """A colocated replica both prefills and decodes: prefill queue plus decode load."""
+    return pick(replicas, lambda r: shape.prefill_cost(r.worker_id),
+                lambda r: r.pending_tokens + DECODE_LOAD_WEIGHT * held_tokens(r, shape.block_size))
 
 
 def pick_decode(replicas: list[Replica], shape: RequestShape, exclude: set[str] = frozenset()) -> Replica | None:
     options = [r for r in replicas if r.worker_id not in exclude]
     if not options:
         return None
-    return min(options, key=lambda r: (shape.uncached(r.worker_id) + DECODE_LOAD_WEIGHT * (
-        r.used_blocks * shape.block_size + r.claimed_tokens), r.inflight))
+    return pick(options, lambda r: shape.uncached(r.worker_id), lambda r: held_tokens(r, shape.block_size))
+
+
+def held_tokens(r: Replica, block_size: int) -> int:
+    """KV tokens a replica holds, with the reservations its last load report may not show."""
+    return r.used_blocks * block_size + r.claimed_tokens

@@ -11,12 +11,14 @@ def build_parser() -> argparse.ArgumentParser:
     from cluster.demo import add_commands as demo_commands
     from cluster.serve_cli import add_commands as serve_commands
     from cluster.submit_cli import add_commands as submit_commands
+    from simulator.cli import add_commands as simulator_commands
     parser = argparse.ArgumentParser(prog="tierserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     engine_commands(sub)
     demo_commands(sub)
     serve_commands(sub)
     submit_commands(sub)
+    simulator_commands(sub)
     return parser
 
 

@@ -117,6 +117,9 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", self.name):
             raise ValueError(f"name must be lowercase letters, digits and '-', got {self.name!r}")
+        if "attention" in self.pools:
+            raise ValueError("pools.attention: attention-offload pools are not implemented yet; plan with "
+                             "a disaggregated or colocated design")
         unknown = sorted(set(self.pools) - set(ROLES))
         if unknown:
             raise ValueError(f"pools.{unknown[0]}: unknown pool (expected prefill, decode or colocated)")

@@ -12,7 +12,8 @@ partial ``(out, lse)`` in its slot of the shared partial buffers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, fields
 
 import torch
 import triton
@@ -54,6 +55,11 @@ class SharedPrefixConfig:
         for name in ("num_warps", "num_stages", "programs_per_sm", "min_chunk_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SharedPrefixConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    @functools.cached_property
+    def as_ints(self) -> tuple[int, ...]:
+        """Every field as an int (a cache key; computed once per config)."""
+        return tuple(int(getattr(self, f.name)) for f in fields(self))
 
     def tiles(self, group: int, dim: int, itemsize: int, max_members: int) -> tuple[int, int]:
         """(block_m, block_n) for this model and the largest segment's member count."""

@@ -18,7 +18,7 @@ and kept in ``plan.tensors`` for the other layers of the step.
 from __future__ import annotations
 
 import functools
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -128,7 +128,7 @@ def prepare(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata, num
     tiles = config.tiles(num_heads // num_kv_heads, dim, q.element_size(),
                          max(len(s.members) for s in plan.segments))
     key = torch.tensor([num_heads, num_kv_heads, dim, k_cache.shape[1], splits, *tiles, num_sms,
-                        *astuple(config), q.device.index or 0, q.device.type == "cuda"])
+                        *config.as_ints, q.device.index or 0, q.device.type == "cuda"])
     step = SharedStep.cached(plan, key)
     if step is None:
         step = build_step(q, k_cache, meta, plan, key, splits, tiles, num_sms, config)

@@ -26,7 +26,7 @@ DECODE_LOAD_WEIGHT = 0.5
 # The pool counts as imbalanced when the busiest replica's load exceeds the idlest's by this
 # ratio plus this many tokens; then the least loaded replica is picked, cache or not.
 IMBALANCE_RATIO = 1.5
-IMBALANCE_SLACK_TOKENS = 2048
+IMBALANCE_SLACK_TOKENS = 16384
 
 
 @dataclass

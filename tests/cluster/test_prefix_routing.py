@@ -73,7 +73,7 @@ def test_salts_keep_tenants_apart(loop, cluster):
 def replica(worker_id: str, pending: int = 0, used_blocks: int = 0) -> Replica:
     from cluster.messages import WorkerLoad
     r = Replica(worker_id, "prefill", actor=None, pending_tokens=pending)
-    r.load = WorkerLoad(worker_id, "prefill", 0, 0, 1000 - used_blocks, 1000, 0, 0, 0, 0, 0)
+    r.load = WorkerLoad(worker_id, "prefill", 0, 0, 10_000 - used_blocks, 10_000, 0, 0, 0, 0, 0)
     return r
 
 
@@ -81,8 +81,10 @@ def test_picks_weigh_saved_tokens_against_load():
     shape = RequestShape(prompt_tokens=2048, block_size=16, matched_blocks={"a": 120})  # a saves 1920
     assert pick_prefill([replica("a"), replica("b")], shape).worker_id == "a"
     assert pick_prefill([replica("a", pending=1000), replica("b")], shape).worker_id == "a"
-    assert pick_prefill([replica("a", pending=4000), replica("b")], shape).worker_id == "b", "busy holder"
+    assert pick_prefill([replica("a", pending=10_000), replica("b")], shape).worker_id == "a", "saving > load"
+    assert pick_prefill([replica("a", pending=40_000), replica("b")], shape).worker_id == "b", "busy holder"
     assert pick_decode([replica("a", used_blocks=10), replica("b")], shape).worker_id == "a"
     assert pick_decode([replica("a", used_blocks=100), replica("b")], shape).worker_id == "a"
-    assert pick_decode([replica("a", used_blocks=500), replica("b")], shape).worker_id == "b"
+    assert pick_decode([replica("a", used_blocks=500), replica("b")], shape).worker_id == "a"
+    assert pick_decode([replica("a", used_blocks=2000), replica("b")], shape).worker_id == "b"
     assert pick_decode([replica("a"), replica("b")], shape, exclude={"a"}).worker_id == "b"

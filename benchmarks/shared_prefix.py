@@ -11,9 +11,10 @@ bf16, block 16, shuffled block ids. Timed (median, CUDA events, L2 flushed betwe
   plain    TritonAttention without the plan (split-K paged decode), graph replay;
   SDPA     torch SDPA (enable_gqa) on contiguous per-sequence K/V of prefix + mean suffix tokens.
 Each case also times the shared path's three launches alone (suffix decode, segment kernel
-with its achieved TFLOP/s, merge). Floor: the larger of (prefix once + suffixes) K/V bytes over the measured copy rate and the
-prefix's matrix FLOPs over the measured bf16 matmul rate. ``--sweep`` (default) first times a
-few segment-kernel configs on the largest cases and keeps the best.
+with its achieved TFLOP/s, merge). Floor: the larger of (prefix once + suffixes) K/V bytes
+over the measured copy rate and the prefix's matrix FLOPs over the measured bf16 matmul rate.
+Unless ``--no-sweep``, a few segment-kernel configs are timed first on the largest prefix
+(largest and smallest batch) and the best is used.
 Writes shared_prefix.json, shared_prefix.png, shared_prefix_calibration.json to --out.
 """
 
@@ -231,9 +232,10 @@ def main() -> None:
         "machine": machine, "copy_bytes_per_s": copy_bps, "matmul_flops_per_s": flops_per_s, "config": config,
         "suffix_range": suffixes, "block_size": BLOCK, "cases": [c.record() for c in cases],
         "throughput_drop": drops, "tuning": tuning})
-    write_json(out / "shared_prefix_calibration.json", {"device": machine.device, "model": "llama-3-8b", "measurements": [
-        {"op": "shared_prefix_decode", "batch": c.batch, "prefix": c.prefix, "suffix": round(c.suffix_mean),
-         "seconds": c.shared_s} for c in cases]})
+    measurements = [{"op": "shared_prefix_decode", "batch": c.batch, "prefix": c.prefix,
+                     "suffix": round(c.suffix_mean), "seconds": c.shared_s} for c in cases]
+    write_json(out / "shared_prefix_calibration.json",
+               {"device": machine.device, "model": "llama-3-8b", "measurements": measurements})
     plot(cases, out / "shared_prefix.png")
 
 

@@ -80,7 +80,8 @@ def rng() -> random.Random:
 
 
 def backend(kernels, **shared):
-    """Small tiles, short chunks (ending in partial key tiles), so a tiny batch still has several member tiles and key chunks."""
+    """Small tiles and short chunks (ending in partial key tiles): tiny batches still get several
+    member tiles and key chunks."""
     decode = kernels.triton_decode.DecodeConfig(block_n=16, programs_per_sm=24, min_split_tokens=16)
     config = kernels.triton_shared_kernel.SharedPrefixConfig(**{"block_m": 16, "block_n": 32, "programs_per_sm": 64,
                                                                 "min_chunk_tokens": 16, **shared})

@@ -17,8 +17,7 @@ from engine.outputs import FinishReason, RequestOutput
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from router.backend import GenerationBackend
 from router.errors import RequestTimeoutError
-from router.metrics import RequestTracker, RouterMetrics
-
+from router.metrics import RouterMetrics
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -26,7 +25,6 @@ class GenerationRequest:
     prompt_token_ids: tuple[int, ...]
     params: SamplingParams
     cache_salt: str | None = None
-
 
 class GenerationService:
     """Runs requests on a backend with metrics, a timeout and abort-on-exit."""
@@ -57,9 +55,11 @@ class GenerationService:
                 finished = True  # refused: nothing was queued, so nothing to abort
             raise
         finally:
+            if not finished:  # counted before the backend frees its blocks, so /metrics never lags
+                tracker.ended(FinishReason.ABORT)
             await deltas.aclose()
             if not finished:
-                self._abort(request.request_id, tracker)
+                self.backend.abort(request.request_id)
 
     async def run(self, request: GenerationRequest) -> GenerationResult:
         """Run a request to completion and assemble its output."""
@@ -78,6 +78,3 @@ class GenerationService:
         except StopAsyncIteration:
             raise RuntimeError("the backend ended the stream before the request finished") from None
 
-    def _abort(self, request_id: str, tracker: RequestTracker) -> None:
-        tracker.ended(FinishReason.ABORT)
-        self.backend.abort(request_id)

@@ -60,10 +60,16 @@ class RunningRouter:
     def aborted(self) -> float:
         return self.sample("tierserve_requests_total", finish_reason="abort")
 
-    def assert_aborted_and_freed(self, aborted_before: float) -> None:
-        """One more request was aborted (not run to its end) and every KV block is free again."""
+    def assert_aborted_and_freed(self, aborted_before: float, timeout: float = 60) -> None:
+        """One more request was aborted (not run to its end) and every KV block is free again.
+
+        The abort is counted by the request's own task as it unwinds, which may be just
+        after the engine freed its blocks: wait (bounded) for both."""
         stats = self.wait_until_idle()
         assert (stats.num_blocks_used, stats.num_running, stats.num_waiting) == (0, 0, 0)
+        deadline = time.monotonic() + timeout
+        while self.aborted() < aborted_before + 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert self.aborted() == aborted_before + 1
 
     def wait_until_idle(self, timeout: float = 60) -> BackendStats:

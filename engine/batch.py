@@ -20,15 +20,11 @@ class ModelInput:
     num_samples: int
 
 
-# A shared-prefix plan is used when it saves reading at least this many tokens of K/V per
-# layer (below that, the plain kernel, under a CUDA graph, is faster).
-MIN_SHARED_TOKENS = 256
-
-
 def build_model_input(scheduled: list[ScheduledRequest], block_size: int, device: torch.device,
-                      shared_prefix: bool = False) -> ModelInput:
-    """Token ids, positions, slot mapping and block tables for one step; with ``shared_prefix``,
-    a decode-only step whose sequences share blocks also gets a shared-prefix plan."""
+                      shared_prefix_min_tokens: int | None = None) -> ModelInput:
+    """Token ids, positions, slot mapping and block tables for one step. A decode-only step
+    whose sequences share blocks gets a shared-prefix plan when sharing saves reading at
+    least ``shared_prefix_min_tokens`` tokens of K/V per layer (None: never)."""
     ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
@@ -49,9 +45,9 @@ def build_model_input(scheduled: list[ScheduledRequest], block_size: int, device
     tables = [s.request.block_ids + [0] * (width - len(s.request.block_ids)) for s in scheduled]
     decode_only = all(s.num_new_tokens == 1 for s in scheduled)
     plan = None
-    if shared_prefix and decode_only and len(scheduled) > 1:
+    if shared_prefix_min_tokens is not None and decode_only and len(scheduled) > 1:
         plan = plan_shared_prefixes([s.request.block_ids for s in scheduled], seq_lens, block_size)
-        if plan is not None and plan.shared_tokens * block_size < MIN_SHARED_TOKENS:
+        if plan is not None and plan.shared_tokens * block_size < shared_prefix_min_tokens:
             plan = None
     meta = AttentionMetadata(
         query_start_loc=_tensor(starts, torch.int32, device),

@@ -77,7 +77,10 @@ class EngineConfig:
     token ids and the router detokenizes. load_format "dummy" fills the checkpoint's shapes
     with random weights instead of reading them (benchmarks of models one does not have).
     shared_prefix_attention: with prefix caching, decode steps whose sequences share cached
-    blocks read each shared block once for all of them (Hydragen).
+    blocks read each shared block once for all of them (Hydragen), when that saves reading at
+    least shared_prefix_min_tokens tokens of K/V per layer. None picks by device: 256 on CPU;
+    on CUDA 1M, because shared steps run without CUDA graphs and, on an H100 with Llama-3-8B
+    heads, only win above about batch 256 x 4K shared tokens (BENCHMARKS.md).
     """
 
     model: str
@@ -89,6 +92,7 @@ class EngineConfig:
     detokenize: bool = True
     load_format: str = "safetensors"
     shared_prefix_attention: bool = True
+    shared_prefix_min_tokens: int | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

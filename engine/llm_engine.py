@@ -74,6 +74,15 @@ class EngineStats:
     prefix_cache_hits: int
 
 
+def shared_prefix_threshold(config: EngineConfig, device: torch.device) -> int | None:
+    """Saved K/V tokens per layer above which a decode step takes the shared-prefix path."""
+    if not (config.shared_prefix_attention and config.cache.enable_prefix_caching):
+        return None
+    if config.shared_prefix_min_tokens is not None:
+        return config.shared_prefix_min_tokens
+    return 1 << 20 if device.type == "cuda" else 256
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig, model: LlamaForCausalLM | None = None):
         """``model`` injects weights already on the device (benchmarks); else they are loaded."""
@@ -105,7 +114,7 @@ class LLMEngine:
         self._seeds = torch.Generator().manual_seed(config.seed)
         self._ids = itertools.count()
         self.num_preemptions = 0
-        self._shared_prefix = config.shared_prefix_attention and config.cache.enable_prefix_caching
+        self._shared_prefix_min = shared_prefix_threshold(config, self.device)
         if self.device.type == "cuda" and config.cuda_graphs and backend.name == "triton":
             self.runner.capture_graphs(config.scheduler.max_num_seqs, self.max_model_len)
 
@@ -175,7 +184,7 @@ class LLMEngine:
         self.num_preemptions += len(sched.preempted)
         if sched.is_empty:
             return []
-        inp = build_model_input(sched.scheduled, self.kv.block_size, self.device, self._shared_prefix)
+        inp = build_model_input(sched.scheduled, self.kv.block_size, self.device, self._shared_prefix_min)
         sampling = [s.request for s in sched.scheduled if s.samples]
         logits = self.runner.execute(inp)
         for s in sched.scheduled:

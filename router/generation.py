@@ -77,4 +77,3 @@ class GenerationService:
             raise RequestTimeoutError(self.timeout_s or 0.0) from None
         except StopAsyncIteration:
             raise RuntimeError("the backend ended the stream before the request finished") from None
-

@@ -10,6 +10,7 @@ and every run of trie nodes visited by the same two or more sequences becomes a 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -34,38 +35,34 @@ class SharedPrefixPlan:
         return sum(len(s.blocks) * (len(s.members) - 1) for s in self.segments)
 
 
-@dataclass(eq=False)
-class _Node:
-    members: list[int] = field(default_factory=list)
-    children: dict[int, _Node] = field(default_factory=dict)
-
-
 def plan_shared_prefixes(block_tables: list[list[int]], seq_lens: list[int], block_size: int,
                          min_members: int = 2) -> SharedPrefixPlan | None:
     """Segments of full blocks shared by >= ``min_members`` sequences (None when there are none).
 
     Only blocks wholly before each sequence's last token are considered: the block being
-    written this step is always private.
+    written this step is always private. Rows are split by the block they hold at each
+    depth; a group's shared run is found with one C-level common-prefix comparison, so the
+    cost is per segment, not per block.
     """
-    root = _Node()
-    for row, (table, seq_len) in enumerate(zip(block_tables, seq_lens)):
-        node = root
-        for block in table[:(seq_len - 1) // block_size]:
-            node = node.children.setdefault(block, _Node())
-            node.members.append(row)
+    full = [table[:(n - 1) // block_size] for table, n in zip(block_tables, seq_lens)]
     segments: list[SharedSegment] = []
-    suffix_start = [0] * len(seq_lens)
-    stack = [(child, [block], 0) for block, child in root.children.items()]
+    suffix_start = [0] * len(full)
+    stack = [(list(range(len(full))), 0)]  # rows known to share blocks [0, depth)
     while stack:
-        node, blocks, start = stack.pop()
-        if len(node.members) < min_members:
-            continue
-        while len(node.children) == 1 and len(next(iter(node.children.values())).members) == len(node.members):
-            block, node = next(iter(node.children.items()))
-            blocks = blocks + [block]
-        segments.append(SharedSegment(tuple(blocks), start * block_size, tuple(node.members)))
-        end = start + len(blocks)
-        for row in node.members:
-            suffix_start[row] = end * block_size
-        stack.extend((child, [block], end) for block, child in node.children.items())
+        rows, depth = stack.pop()
+        for group in _groups_at(full, rows, depth, min_members):
+            end = depth + len(os.path.commonprefix([full[r][depth:] for r in group]))
+            segments.append(SharedSegment(tuple(full[group[0]][depth:end]), depth * block_size, tuple(group)))
+            for r in group:
+                suffix_start[r] = end * block_size
+            stack.append((group, end))
     return SharedPrefixPlan(segments, suffix_start) if segments else None
+
+
+def _groups_at(full: list[list[int]], rows: list[int], depth: int, min_members: int) -> list[list[int]]:
+    """Rows grouped by the block they hold at ``depth`` (groups of at least ``min_members``)."""
+    by_block: dict[int, list[int]] = {}
+    for r in rows:
+        if len(full[r]) > depth:
+            by_block.setdefault(full[r][depth], []).append(r)
+    return [g for g in by_block.values() if len(g) >= min_members]

@@ -88,7 +88,8 @@ def test_engine_greedy_tokens_same_with_and_without_the_shared_path(tiny_model) 
     params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
     results = []
     for shared in (True, False):
-        engine = make_engine(tiny_model, device="cuda", prefix_caching=True, shared_prefix_attention=shared)
+        engine = make_engine(tiny_model, device="cuda", prefix_caching=True, shared_prefix_attention=shared,
+                             shared_prefix_min_tokens=0, num_blocks=1024)  # take the path even at tiny sizes
         assert engine.runner.backend.name == "triton"
         engine.generate(prompts[:1], params)  # cache the system prompt so the others share its blocks
         results.append([r.token_ids for r in engine.generate(prompts, params)])

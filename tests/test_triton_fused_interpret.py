@@ -4,26 +4,17 @@ the ``case_*`` functions run in a child pytest with TRITON_INTERPRET=1."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
-from engine.model.layers import GatedMLP, RMSNorm
+from tests.interpreter import run_interpreter_cases
+from engine.model.layers import RMSNorm
 from engine.model.rotary import _rotate_half
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_fused_kernels_under_the_triton_interpreter() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                            "-o", "python_functions=case_*", str(Path(__file__).relative_to(REPO))],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert child.returncode == 0, f"interpreter cases failed:\n{child.stdout[-6000:]}\n{child.stderr[-2000:]}"
-    assert " passed" in child.stdout, child.stdout[-2000:]
+    run_interpreter_cases(__file__)
 
 
 def case_rms_norm_with_and_without_residual() -> None:

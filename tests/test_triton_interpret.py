@@ -10,29 +10,20 @@ are tiny: the interpreter runs numpy per program.
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tests.interpreter import run_interpreter_cases
 from engine.attention.triton_inputs import (TOLERANCE, BatchSpec, random_batch, ragged_seq_lens,
                                             reference_output, relative_error)
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_kernels_under_the_triton_interpreter() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                            "-o", "python_functions=case_*", str(Path(__file__).relative_to(REPO))],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert child.returncode == 0, f"interpreter cases failed:\n{child.stdout[-6000:]}\n{child.stderr[-2000:]}"
-    assert " passed" in child.stdout and " skipped" not in child.stdout, child.stdout[-2000:]
+    run_interpreter_cases(__file__)
 
 
 def _patch_interpreter(mp: pytest.MonkeyPatch) -> None:

@@ -8,16 +8,13 @@ run, with the seed in every failure message; shapes are tiny.
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tests.interpreter import run_interpreter_cases
 from engine.attention.shared_prefix import SharedPrefixPlan, SharedSegment
 from engine.attention.triton_inputs import TOLERANCE, BatchSpec, reference_output, relative_error
 from engine.attention.triton_shared_inputs import (PrefixTree, nested_tree, random_shared_batch,
@@ -25,16 +22,10 @@ from engine.attention.triton_shared_inputs import (PrefixTree, nested_tree, rand
 from engine.attention.triton_shared_layout import build_segment_work, chunk_length
 from tests.test_triton_interpret import _patch_interpreter
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_shared_prefix_kernels_under_the_triton_interpreter() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                            "-o", "python_functions=case_*", str(Path(__file__).relative_to(REPO))],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert child.returncode == 0, f"interpreter cases failed:\n{child.stdout[-6000:]}\n{child.stderr[-2000:]}"
-    assert " passed" in child.stdout and " skipped" not in child.stdout, child.stdout[-2000:]
+    run_interpreter_cases(__file__)
 
 
 def test_layout_gives_each_member_one_slot_per_chunk_after_its_suffix_slots() -> None:

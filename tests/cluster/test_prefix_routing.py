@@ -9,7 +9,7 @@ import ray
 
 from cluster.pool_handles import Replica, RequestShape, pick_decode, pick_prefill
 from engine.sampling_params import SamplingParams
-from tests.cluster.conftest import collect
+
 from tests.engine.conftest import make_engine
 
 pytestmark = [pytest.mark.ray, pytest.mark.redis]

@@ -24,9 +24,12 @@ from kvstore.host_tier import HOST_WORKER
 # transfer, and a replica that runs out of room refuses the reservation anyway.
 DECODE_LOAD_WEIGHT = 0.5
 # The pool counts as imbalanced when the busiest replica's load exceeds the idlest's by this
-# ratio plus this many tokens; then the least loaded replica is picked, cache or not.
+# ratio plus this many tokens, or its requests in flight the idlest's by the ratio plus this
+# many requests (cached prompts add little token load but still queue); then the least
+# loaded replica is picked, cache or not.
 IMBALANCE_RATIO = 1.5
 IMBALANCE_SLACK_TOKENS = 16384
+IMBALANCE_SLACK_REQUESTS = 8
 
 
 @dataclass
@@ -109,8 +112,10 @@ class RequestShape:
 def pick(replicas: list[Replica], work: Callable[[Replica], float], load: Callable[[Replica], float]) -> Replica:
     """Least work (then load) while balanced; least load when imbalanced."""
     loads = {r.worker_id: load(r) for r in replicas}
-    if max(loads.values()) > IMBALANCE_RATIO * min(loads.values()) + IMBALANCE_SLACK_TOKENS:
-        return min(replicas, key=lambda r: (loads[r.worker_id], r.inflight))
+    counts = [r.inflight for r in replicas]
+    if (max(loads.values()) > IMBALANCE_RATIO * min(loads.values()) + IMBALANCE_SLACK_TOKENS
+            or max(counts) > IMBALANCE_RATIO * min(counts) + IMBALANCE_SLACK_REQUESTS):
+        return min(replicas, key=lambda r: (r.inflight, loads[r.worker_id]))
     return min(replicas, key=lambda r: (work(r), loads[r.worker_id], r.inflight))
 
 

@@ -39,8 +39,6 @@ class KVCacheManager:
             return 0
         n = min(self.cached_prefix_blocks(request), (request.num_tokens - 1) // self.block_size)
         hits = [self.pool.lookup(h) for h in request.block_hashes[:n]]  # the last token is always computed
-        self.prefix_queries += request.num_tokens
-        self.prefix_hits += len(hits) * self.block_size
         for block_id in hits:
             self.pool.take(block_id)
         request.block_ids = hits
@@ -76,6 +74,11 @@ class KVCacheManager:
         parents = [ROOT_HASH] + request.block_hashes[:full - 1]
         for block_id, h, parent in zip(request.block_ids[:full], request.block_hashes[:full], parents):
             self.pool.commit(block_id, h, parent)
+
+    def count_lookup(self, query_tokens: int, hit_tokens: int) -> None:
+        """Record one admitted request's prefix-cache lookup (retries are not counted again)."""
+        self.prefix_queries += query_tokens
+        self.prefix_hits += hit_tokens
 
     def reserve_import(self, num_blocks: int) -> list[int] | None:
         """Blocks to copy KV from elsewhere into (the host tier); None if the pool lacks room."""

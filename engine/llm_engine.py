@@ -268,6 +268,7 @@ class LLMEngine:
             return None
         req.num_computed_tokens = req.num_prompt_tokens
         req.num_cached_tokens = cached * self.kv.block_size
+        self.kv.count_lookup(req.num_prompt_tokens, req.num_cached_tokens)
         self.awaiting_kv[request_id] = req
         return Reservation(req.block_ids[cached:], cached)
 

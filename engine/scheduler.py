@@ -98,14 +98,17 @@ class Scheduler:
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             req = self._next_waiting()
-            if not req.block_ids:
+            looked_up = not req.block_ids
+            if looked_up:
                 req.num_computed_tokens = self.kv.match_prefix(req)
                 req.num_cached_tokens = max(req.num_cached_tokens, req.num_computed_tokens)
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             if not self.kv.allocate_slots(req, n):
-                self.kv.free(req)  # waiting requests hold no blocks, cached ones included
+                self.kv.free(req)  # a request that cannot start holds no blocks, cached ones included
                 req.num_computed_tokens = 0
                 break
+            if looked_up:
+                self.kv.count_lookup(req.num_tokens, req.num_computed_tokens)
             self.waiting.remove(req)
             req.status = RequestStatus.RUNNING
             self.running.append(req)

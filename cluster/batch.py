@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -107,13 +108,27 @@ class BatchRunner:
                 self.done += 1
 
 
+def connect_ray(address: str, attempts: int = 3, backoff_s: float = 2.0) -> None:
+    """Join Ray at ``address``. A Ray Client server refuses sessions for a moment after its
+    head starts (its per-client server cannot start yet), so that failure is retried."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, namespace=NAMESPACE)
+            return
+        except ConnectionError:
+            if attempt == attempts or not address.startswith("ray://"):
+                raise
+            ray.shutdown()  # drop what the failed session left behind
+            time.sleep(backoff_s * attempt)
+
+
 def submit_batch(requests: list[BatchRequest], cluster: str = "default", address: str | None = None,
                  progress: bool = True) -> list[BatchResult]:
     """Run ``requests`` through the named cluster; joins Ray at ``address`` (None: this process's Ray,
     or "auto") and shows a progress bar."""
     from tqdm import tqdm
     if not ray.is_initialized():
-        ray.init(address=address or "auto", namespace=NAMESPACE)
+        connect_ray(address or "auto")
     lookup(cluster)  # ClusterNotFoundError here, not inside the runner
     runner = BatchRunner.remote(cluster)
     result = runner.run.remote(requests)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import ray
 
-from cluster.messages import EngineInfo, DecodeRequest, PrefillRequest, WorkerLoad
+from cluster.messages import DecodeRequest, PrefillRequest
+from cluster.worker_actor import WorkerActor
 from cluster.worker_spec import WorkerSpec, build_worker
 from decode_workers.worker import DecodeWorker
 from engine.llm_engine import Reservation
 
 
 @ray.remote
-class DecodeActor:
+class DecodeActor(WorkerActor):
     def __init__(self, spec: WorkerSpec):
         self.parts = build_worker(spec, ray.util.get_node_ip_address())
         self.worker = DecodeWorker(spec.worker_id, self.parts.engine, self.parts.handoff)
@@ -29,15 +30,3 @@ class DecodeActor:
     async def generate(self, req: PrefillRequest):
         async for delta in self.worker.generate(req):
             yield delta
-
-    def abort(self, request_id: str) -> None:
-        self.worker.abort(request_id)
-
-    def info(self) -> EngineInfo:
-        return self.worker.info()
-
-    def load(self) -> WorkerLoad:
-        return self.worker.load()
-
-    def shutdown(self) -> None:
-        self.parts.close()

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import ray
 
-from cluster.messages import EngineInfo, PrefillRequest, PrefillResult, WorkerLoad
+from cluster.messages import PrefillRequest, PrefillResult
+from cluster.worker_actor import WorkerActor
 from cluster.worker_spec import WorkerSpec, build_worker
 from engine.llm_engine import Reservation
 from prefill_workers.worker import PrefillWorker
 
 
 @ray.remote
-class PrefillActor:
+class PrefillActor(WorkerActor):
     def __init__(self, spec: WorkerSpec):
         self.parts = build_worker(spec, ray.util.get_node_ip_address())
         self.worker = PrefillWorker(spec.worker_id, self.parts.engine, self.parts.handoff, self.parts.host_prefix)
@@ -29,16 +30,3 @@ class PrefillActor:
 
     def release(self, request_id: str) -> None:
         self.worker.release(request_id)
-
-    def abort(self, request_id: str) -> None:
-        self.worker.abort(request_id)
-        self.worker.release(request_id)
-
-    def info(self) -> EngineInfo:
-        return self.worker.info()
-
-    def load(self) -> WorkerLoad:
-        return self.worker.load()
-
-    def shutdown(self) -> None:
-        self.parts.close()

@@ -83,5 +83,10 @@ class PrefillWorker(EngineWorker):
             await self.host_prefix.write_through(held.prompt_token_ids, held.cache_salt.decode(), held.block_ids,
                                                  held.num_cached_tokens // self.host_prefix.block_size)
 
+    def abort(self, request_id: str) -> None:
+        """Cancel a prompt still prefilling, or drop one whose KV is held for a handoff."""
+        super().abort(request_id)
+        self.release(request_id)
+
     def release(self, request_id: str) -> None:
         self.engine.call(lambda e: e.release_kv(request_id))

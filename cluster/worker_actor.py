@@ -1,0 +1,26 @@
+"""What every pool's Ray actor answers, whatever its role: the thin shell's shared part."""
+
+from __future__ import annotations
+
+from cluster.messages import EngineInfo, WorkerLoad
+from cluster.worker_base import EngineWorker
+from cluster.worker_spec import WorkerParts
+
+
+class WorkerActor:
+    """Base of the pool actors; a subclass sets ``parts`` and ``worker`` in its __init__."""
+
+    parts: WorkerParts
+    worker: EngineWorker
+
+    def abort(self, request_id: str) -> None:
+        self.worker.abort(request_id)
+
+    def info(self) -> EngineInfo:
+        return self.worker.info()
+
+    def load(self) -> WorkerLoad:
+        return self.worker.load()
+
+    def shutdown(self) -> None:
+        self.parts.close()

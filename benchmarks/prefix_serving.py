@@ -53,6 +53,7 @@ def run_policy(policy: str, model: Path, requests: list[TimedRequest], args) -> 
         traces, wall = loop.run_until_complete(drive(dispatcher, requests))
         loop.run_until_complete(dispatcher.view.pools.refresh())
         after = dispatcher.stats()
+        profiles = loop.run_until_complete(dispatcher.profiles())
         loop.run_until_complete(dispatcher.aclose())
         loop.close()
     ttft = np.array([t.ttft for t in traces])
@@ -61,7 +62,46 @@ def run_policy(policy: str, model: Path, requests: list[TimedRequest], args) -> 
     return {"policy": policy, "requests": len(traces), "wall_s": wall, "req_s": len(traces) / wall,
             "tok_s": sum(t.tokens for t in traces) / wall, "ttft_p50": float(np.percentile(ttft, 50)),
             "ttft_p90": float(np.percentile(ttft, 90)), "ttft_p99": float(np.percentile(ttft, 99)),
-            "hit_rate": hits / max(1, queries)}
+            "hit_rate": hits / max(1, queries), "step_profiles": profiles}
+
+
+def print_profiles(profiles: dict[str, dict]) -> None:
+    """One line per replica and step kind: steps, mean batch, ms per step and its phases."""
+    for worker, kinds in profiles.items():
+        for kind, k in kinds.items():
+            phases = " ".join(f"{p} {1e3 * sec / max(1, k['steps']):.2f}" for p, sec in k["seconds"].items())
+            print(f"    {worker:12s} {kind:7s} {k['steps']:6d} steps  batch {k['mean_batch']:6.1f}  "
+                  f"{k['tokens']:8d} tokens  {k['ms_per_step']:7.2f} ms/step ({phases})")
+
+
+def run_engine_baseline(model: Path, requests: list[TimedRequest], args) -> dict:
+    """The same arrivals into one in-process engine holding every replica's blocks (no Ray, no
+    router): what the hardware does for this workload without the serving stack."""
+    import torch
+
+    from engine.async_engine import AsyncLLMEngine
+    from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+    from engine.llm_engine import LLMEngine
+    gpu = args.gpus and torch.cuda.is_available()
+    config = EngineConfig(model=str(model), load_format="dummy", dtype="bfloat16" if gpu else "float32",
+                          device="cuda" if gpu else "cpu",
+                          cache=CacheConfig(num_blocks=args.replicas * args.blocks_per_replica,
+                                            enable_prefix_caching=True),
+                          scheduler=SchedulerConfig(max_num_seqs=args.replicas * 128))
+    engine = AsyncLLMEngine(LLMEngine(config))
+    loop = asyncio.new_event_loop()
+    try:
+        traces, wall = loop.run_until_complete(drive(engine, requests))
+        stats, profile = engine.stats(), engine.call(lambda e: e.profile.as_dict())
+    finally:
+        engine.shutdown()
+        loop.close()
+    ttft = np.array([t.ttft for t in traces])
+    return {"policy": "one engine", "requests": len(traces), "wall_s": wall, "req_s": len(traces) / wall,
+            "tok_s": sum(t.tokens for t in traces) / wall, "ttft_p50": float(np.percentile(ttft, 50)),
+            "ttft_p90": float(np.percentile(ttft, 90)), "ttft_p99": float(np.percentile(ttft, 99)),
+            "hit_rate": stats.prefix_cache_hits / max(1, stats.prefix_cache_queries),
+            "step_profiles": {"engine": profile}}
 
 
 def main() -> None:
@@ -79,17 +119,22 @@ def main() -> None:
     ap.add_argument("--output-tokens", type=int, default=64)
     ap.add_argument("--blocks-per-replica", type=int, default=800, help="KV cache per replica, in 16-token blocks")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--engine-baseline", action="store_true",
+                    help="also run the arrivals into one in-process engine (no serving stack)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     out = out_dir(args.out, "prefix_serving")
     model = shape_dir(args.shape, Path(tempfile.mkdtemp()))
     requests = shared_prefix_workload(args)
     rows = [run_policy(policy, model, requests, args) for policy in ("prefix-aware", "round-robin")]
+    if args.engine_baseline:
+        rows.append(run_engine_baseline(model, requests, args))
     for r in rows:
         print(f"{r['policy']:13s} {r['req_s']:7.2f} req/s {r['tok_s']:8.0f} tok/s  TTFT p50/p90/p99 "
               f"{1e3 * r['ttft_p50']:8.1f}/{1e3 * r['ttft_p90']:8.1f}/{1e3 * r['ttft_p99']:8.1f} ms  "
               f"hit rate {100 * r['hit_rate']:5.1f}%")
-    aware, rr = rows
+        print_profiles(r["step_profiles"])
+    aware, rr = rows[:2]
     print(f"prefix-aware / round-robin: throughput x{aware['req_s'] / rr['req_s']:.2f}, "
           f"median TTFT x{rr['ttft_p50'] / aware['ttft_p50']:.2f} lower")
     write_json(out / "prefix_serving.json", {"args": vars(args), "rows": rows,

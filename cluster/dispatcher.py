@@ -196,6 +196,12 @@ class Dispatcher:
             prefix_cache_hit_tokens=sum(l.prefix_cache_hits for l in loads),
             handoff_bytes_total=self.handoff_bytes, num_preemptions=sum(l.preemptions for l in loads))
 
+    async def profiles(self) -> dict[str, dict]:
+        """Every replica's engine step profile, by worker id."""
+        replicas = self.pools.all
+        found = await asyncio.gather(*(r.actor.profile.remote() for r in replicas))
+        return {r.worker_id: p for r, p in zip(replicas, found)}
+
     async def aclose(self) -> None:
         """Stop the background tasks (call on the loop that served requests)."""
         await self.view.close()

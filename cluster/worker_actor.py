@@ -19,6 +19,9 @@ class WorkerActor:
     def info(self) -> EngineInfo:
         return self.worker.info()
 
+    def profile(self) -> dict:
+        return self.worker.profile()
+
     def load(self) -> WorkerLoad:
         return self.worker.load()
 

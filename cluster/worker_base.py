@@ -34,6 +34,10 @@ class EngineWorker:
                           s.num_blocks, len(e.held) + len(e.awaiting_kv), self.handoff_bytes,
                           s.prefix_cache_queries, s.prefix_cache_hits, s.num_preemptions)
 
+    def profile(self) -> dict:
+        """The engine's step profile (engine/step_profile.py): time per phase and step kind."""
+        return self.engine.call(lambda e: e.profile.as_dict())
+
     def info(self) -> EngineInfo:
         e = self.engine.engine
         return EngineInfo(self.worker_id, e.max_model_len, e.model_config.vocab_size, e.eos_token_ids,

@@ -45,7 +45,10 @@ def build_model_input(scheduled: list[ScheduledRequest], block_size: int, device
     tables = [s.request.block_ids + [0] * (width - len(s.request.block_ids)) for s in scheduled]
     decode_only = all(s.num_new_tokens == 1 for s in scheduled)
     plan = None
-    if shared_prefix_min_tokens is not None and decode_only and len(scheduled) > 1:
+    # sharing saves at most every token but the longest sequence's: skip planning (Python
+    # work per step) when even that bound is below the threshold
+    if (shared_prefix_min_tokens is not None and decode_only and len(scheduled) > 1
+            and sum(seq_lens) - max(seq_lens) >= shared_prefix_min_tokens):
         plan = plan_shared_prefixes([s.request.block_ids for s in scheduled], seq_lens, block_size)
         if plan is not None and plan.shared_tokens * block_size < shared_prefix_min_tokens:
             plan = None

@@ -29,6 +29,7 @@ from engine.request_validation import validate_prompt
 from engine.sampler import Sampler
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.scheduler import Scheduler
+from engine.step_profile import StepProfile, step_kind
 from engine.stop_conditions import token_finish_reason
 from engine.tokenizer import Tokenizer
 
@@ -114,6 +115,7 @@ class LLMEngine:
         self._seeds = torch.Generator().manual_seed(config.seed)
         self._ids = itertools.count()
         self.num_preemptions = 0
+        self.profile = StepProfile()
         self._shared_prefix_min = shared_prefix_threshold(config, self.device)
         if self.device.type == "cuda" and config.cuda_graphs and backend.name == "triton":
             self.runner.capture_graphs(config.scheduler.max_num_seqs, self.max_model_len)
@@ -180,20 +182,31 @@ class LLMEngine:
     # -- stepping -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Run one scheduled batch; returns a delta for every request that sampled."""
+        prof = self.profile
+        prof.begin()
         sched = self.scheduler.schedule()
         self.num_preemptions += len(sched.preempted)
         if sched.is_empty:
             return []
+        prof.lap("schedule")
         inp = build_model_input(sched.scheduled, self.kv.block_size, self.device, self._shared_prefix_min)
         sampling = [s.request for s in sched.scheduled if s.samples]
+        prof.lap("prepare")
         logits = self.runner.execute(inp)
         for s in sched.scheduled:
             s.request.num_computed_tokens += s.num_new_tokens
             self.kv.commit_computed(s.request)
-        if not sampling:
-            return []
-        tokens, logprobs = self.sampler(logits, sampling)
-        return [self._append(r, t, lp) for r, t, lp in zip(sampling, tokens, logprobs)]
+        outputs = []
+        if sampling:
+            tokens, logprobs = self.sampler(logits, sampling)  # the host copy waits for the device
+        prof.lap("forward")
+        if sampling:
+            outputs = [self._append(r, t, lp) for r, t, lp in zip(sampling, tokens, logprobs)]
+        prof.lap("finish")
+        meta = inp.meta
+        prof.end(step_kind(meta.decode_only, meta.shared is not None, self.runner.last_graphed),
+                 sum(s.num_new_tokens for s in sched.scheduled), meta.num_seqs)
+        return outputs
 
     def _append(self, req: Request, token: int, logprob: TokenLogprob | None) -> RequestOutput:
         req.output_token_ids.append(token)

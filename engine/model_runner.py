@@ -22,6 +22,7 @@ class ModelRunner:
                                     cfg.head_dim, dtype=self.dtype, device=self.device)
         self.graphs: DecodeGraphs | None = None
         self.shared_prefix_steps = 0
+        self.last_graphed = False  # whether the last step replayed a CUDA graph
 
     @property
     def num_blocks(self) -> int:
@@ -37,8 +38,9 @@ class ModelRunner:
         """fp32 logits [num_samples, vocab] for the rows that sample this step."""
         meta = inp.meta
         self.shared_prefix_steps += meta.shared is not None
-        if self.graphs is not None and meta.decode_only and meta.shared is None and self.graphs.can_run(
-                meta.num_seqs, meta.max_seq_len):
+        self.last_graphed = (self.graphs is not None and meta.decode_only and meta.shared is None
+                             and self.graphs.can_run(meta.num_seqs, meta.max_seq_len))
+        if self.last_graphed:
             hidden = self.graphs.run(inp.input_ids, inp.positions, meta)
         else:
             ctx = ForwardContext(self.kv_cache, meta, self.backend)

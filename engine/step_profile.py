@@ -1,0 +1,68 @@
+"""Where an engine's steps spend their time, by kind of step (always on, a few counters).
+
+Host phases are timed with ``time.perf_counter``; ``forward`` ends when the sampler has the
+logits on the host, so on CUDA it includes the device time of the step (the sampler's copy
+synchronises). Kinds: ``graph`` (decode replayed as a CUDA graph), ``decode`` (decode-only,
+run eagerly), ``shared`` (decode through a shared-prefix plan), ``mixed`` (any prefill rows).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+PHASES = ("schedule", "prepare", "forward", "finish")
+
+
+@dataclass
+class KindTotals:
+    steps: int = 0
+    tokens: int = 0
+    seqs: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+
+    def as_dict(self) -> dict[str, object]:
+        total = sum(self.seconds.values())
+        return {"steps": self.steps, "tokens": self.tokens, "mean_batch": self.seqs / max(1, self.steps),
+                "seconds": dict(self.seconds), "ms_per_step": 1e3 * total / max(1, self.steps)}
+
+
+class StepProfile:
+    """Totals per step kind; ``lap(phase)`` charges the time since the last lap to a phase."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, KindTotals] = defaultdict(KindTotals)
+        self.idle_seconds = 0.0
+        self._last = time.perf_counter()
+        self._laps: dict[str, float] = {}
+
+    def begin(self) -> None:
+        now = time.perf_counter()
+        self._laps = {}
+        self._last = now
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self._laps[phase] = self._laps.get(phase, 0.0) + now - self._last
+        self._last = now
+
+    def end(self, kind: str, tokens: int, seqs: int) -> None:
+        totals = self.kinds[kind]
+        totals.steps += 1
+        totals.tokens += tokens
+        totals.seqs += seqs
+        for phase, seconds in self._laps.items():
+            totals.seconds[phase] += seconds
+        self._laps = {}
+
+    def as_dict(self) -> dict[str, dict[str, object]]:
+        return {kind: totals.as_dict() for kind, totals in sorted(self.kinds.items())}
+
+
+def step_kind(decode_only: bool, shared: bool, graphed: bool) -> str:
+    if not decode_only:
+        return "mixed"
+    if shared:
+        return "shared"
+    return "graph" if graphed else "decode"

@@ -31,9 +31,14 @@ def shared_prefix_workload(args) -> list[TimedRequest]:
     rng = np.random.default_rng(args.seed)
     system = rng.integers(3, 500, args.system_tokens).tolist()
     fewshot = [rng.integers(3, 500, args.fewshot_tokens).tolist() for _ in range(args.groups)]
-    arrivals = np.cumsum(rng.exponential(1.0 / args.rate, args.users))
-    return [TimedRequest(float(t), system + fewshot[i % args.groups] + rng.integers(3, 500, args.question_tokens).tolist(),
-                         args.output_tokens) for i, t in enumerate(arrivals)]
+    total = args.users * args.requests_per_user
+    arrivals = np.cumsum(rng.exponential(1.0 / args.rate, total))
+    # each user draws its group at random: a cyclic assignment (user i -> group i % groups)
+    # would line up with round-robin's cyclic replica choice and partition the groups for it
+    user_group = rng.integers(0, args.groups, args.users)
+    users = rng.permutation(np.arange(total) % args.users)  # every user asks requests_per_user times
+    return [TimedRequest(float(t), system + fewshot[user_group[u]] + rng.integers(3, 500, args.question_tokens).tolist(),
+                         args.output_tokens) for u, t in zip(users, arrivals)]
 
 
 def config(policy: str, model: Path, args) -> dict:
@@ -111,6 +116,7 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--gpus-per-replica", type=float, default=1.0, help="0.5 puts two replicas on one GPU")
     ap.add_argument("--users", type=int, default=256)
+    ap.add_argument("--requests-per-user", type=int, default=1, help="questions each user asks")
     ap.add_argument("--rate", type=float, default=32.0, help="arrivals per second")
     ap.add_argument("--system-tokens", type=int, default=2048)
     ap.add_argument("--groups", type=int, default=16)

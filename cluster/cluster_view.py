@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from cluster.config import POLICIES
 from cluster.pool_handles import Pools, Replica, RequestShape, pick_colocated, pick_decode, pick_prefill
@@ -17,7 +18,8 @@ log = logging.getLogger(__name__)
 
 class ClusterView:
     def __init__(self, pools: Pools, block_size: int, events: KVEventSubscriber | None,
-                 load_interval_s: float = 0.25, host_pull_weight: float = 0.5, policy: str = "prefix-aware"):
+                 load_interval_s: float = 0.25, host_pull_weight: float = 0.5, policy: str = "prefix-aware",
+                 prediction_ttl_s: float = 30.0):
         if policy not in POLICIES:
             raise ValueError(f"routing policy must be one of {POLICIES}, got {policy!r}")
         self.pools, self.block_size, self.events = pools, block_size, events
@@ -25,14 +27,21 @@ class ClusterView:
         self._turns: dict[str, int] = {}
         self.prefixes = PrefixIndex()
         self.load_interval_s = load_interval_s
+        self.prediction_ttl_s = prediction_ttl_s
         self._tasks: list[asyncio.Task] = []
 
     def shape(self, prompt: list[int], cache_salt: str | None) -> RequestShape:
         if self.policy == "round-robin":
             return RequestShape(len(prompt), self.block_size, {}, 1.0)
         hashes = hash_blocks(prompt, self.block_size, (cache_salt or "").encode())
+        self.prefixes.expire(time.monotonic())
         return RequestShape(len(prompt), self.block_size, self.prefixes.matched_blocks(hashes),
-                            self.host_pull_weight)
+                            self.host_pull_weight, tuple(hashes))
+
+    def routed(self, replica: Replica, shape: RequestShape) -> None:
+        """``replica`` will compute (or receive) the request's prompt blocks: predict it holds them."""
+        if shape.hashes:
+            self.prefixes.predict(replica.worker_id, shape.hashes, time.monotonic() + self.prediction_ttl_s)
 
     def pick_prefill(self, replicas: list[Replica], shape: RequestShape) -> Replica:
         return self._next(replicas) if self.policy == "round-robin" else pick_prefill(replicas, shape)

@@ -64,6 +64,7 @@ class Dispatcher:
     async def _colocated(self, req: PrefillRequest, shape: RequestShape, out: OutputProcessor
                          ) -> AsyncIterator[RequestOutput]:
         replica = self.view.pick_colocated(self.pools.colocated, shape)
+        self.view.routed(replica, shape)
         self.timings.start(req.request_id).workers["colocated"] = replica.worker_id
         tokens = shape.uncached(replica.worker_id)
         replica.inflight += 1
@@ -87,6 +88,7 @@ class Dispatcher:
                              ) -> AsyncIterator[RequestOutput]:
         clock = self.timings.start(req.request_id)
         prefill = self.view.pick_prefill(self.pools.prefill, shape)
+        self.view.routed(prefill, shape)
         clock.workers["prefill"] = prefill.worker_id
         pull = shape.host_pull(prefill.worker_id)
         if pull:
@@ -157,6 +159,7 @@ class Dispatcher:
                     replica.inflight -= 1
                     raise
                 if reservation is not None:
+                    self.view.routed(replica, shape)
                     return replica, reservation
                 replica.inflight -= 1
                 tried.add(replica.worker_id)

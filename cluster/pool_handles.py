@@ -95,6 +95,7 @@ class RequestShape:
     block_size: int
     matched_blocks: dict[str, int] = field(default_factory=dict)
     host_pull_weight: float = 0.5
+    hashes: tuple = ()  # the prompt's chained block hashes (empty where routing ignores prefixes)
 
     def uncached(self, worker_id: str) -> int:
         return max(0, self.prompt_tokens - self.matched_blocks.get(worker_id, 0) * self.block_size)

@@ -50,3 +50,28 @@ def test_lost_parent_event_is_tolerated():
     assert index.matched_blocks([h for h, _ in pairs]) == {}
     index.apply(stored("w1", pairs[:1]))
     assert index.matched_blocks([h for h, _ in pairs]) == {"w1": 3}
+
+
+def test_predicted_blocks_match_until_confirmed_or_expired():
+    index = PrefixIndex()
+    a, b = chain(list(range(16))), chain(list(range(100, 116)))
+    index.predict("w1", [h for h, _ in a], expires_at=10.0)
+    index.predict("w2", [h for h, _ in b], expires_at=10.0)
+    assert index.matched_blocks([h for h, _ in a]) == {"w1": 4}, "a routed prompt counts before its events"
+    index.apply(stored("w1", a[:2]))           # the first two blocks confirmed by the worker
+    index.expire(now=10.0)
+    assert index.matched_blocks([h for h, _ in a]) == {"w1": 2}, "unconfirmed predictions expire"
+    assert index.matched_blocks([h for h, _ in b]) == {} and len(index) == 2
+
+
+def test_prediction_leaves_blocks_already_held_alone():
+    index = PrefixIndex()
+    a = chain(list(range(16)))
+    index.apply(stored("w1", a))
+    index.predict("w1", [h for h, _ in a], expires_at=1.0)
+    index.expire(now=2.0)
+    assert index.matched_blocks([h for h, _ in a]) == {"w1": 4}
+    index.predict("w2", [h for h, _ in a], expires_at=3.0)
+    index.apply(KVEvent("w2", EventKind.EVICTED, hashes=(a[3][0],)))  # evicted before it expired
+    index.expire(now=4.0)
+    assert index.matched_blocks([h for h, _ in a]) == {"w1": 4} and not index.predicted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -68,6 +69,23 @@ def test_salts_keep_tenants_apart(loop, cluster):
     assert deltas[0].num_cached_tokens == 0, "another tenant's cache is invisible"
     deltas, _ = run_one(loop, cluster, prompt + [3], salt="tenant-a")
     assert deltas[0].num_cached_tokens >= 48
+
+
+def test_a_burst_sharing_a_new_prefix_gathers_on_one_replica(loop, cluster):
+    """Requests arriving together, before any KV event for their prefix exists, follow the
+    first one (the router predicts where it sent the prefix) instead of scattering."""
+    prefix = [0] + [(13 * i) % 450 + 30 for i in range(95)]  # 96 tokens: 6 full blocks
+    rids = []
+
+    async def one(tail):
+        async for d in cluster.dispatcher.generate(None, prefix + tail, PARAMS):
+            rids.append(d.request_id)
+
+    async def burst():
+        await asyncio.gather(*(one([i + 1]) for i in range(4)))
+    loop.run_until_complete(burst())
+    prefills = {cluster.dispatcher.timings.get(r).workers["prefill"] for r in set(rids)}
+    assert len(set(rids)) == 4 and len(prefills) == 1
 
 
 def replica(worker_id: str, pending: int = 0, used_blocks: int = 0) -> Replica:

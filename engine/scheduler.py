@@ -82,22 +82,30 @@ class Scheduler:
             i += 1
         return budget
 
-    def _next_waiting(self) -> Request:
+    def _next_waiting(self, cached: dict[str, int]) -> Request:
         """FCFS, except that with prefix caching the requests whose prefix is cached (or whose
         KV is already here) go first (BatchLLM): they cost the least to start, and they
         decode in the same batch as the requests they share blocks with. A request that has
-        waited longer than ``max_admission_delay_s`` is not passed over."""
+        waited longer than ``max_admission_delay_s`` is not passed over. ``cached`` keeps
+        each candidate's cached-block count for one scheduling pass (admitting a request
+        does not change what is cached; only the ranking's cost would grow with the window)."""
         head = self.waiting[0]
         if not self.kv.pool.enable_caching or time.monotonic() - head.arrival_time > \
                 self.config.max_admission_delay_s:
             return head
-        window = itertools.islice(self.waiting, self.config.admission_window)
-        return max(enumerate(window), key=lambda e: (bool(e[1].block_ids), self.kv.cached_prefix_blocks(e[1]),
-                                                     -e[0]))[1]
+
+        def rank(entry: tuple[int, Request]) -> tuple[bool, int, int]:
+            i, req = entry
+            blocks = cached.get(req.request_id)
+            if blocks is None:
+                blocks = cached[req.request_id] = self.kv.cached_prefix_blocks(req)
+            return bool(req.block_ids), blocks, -i
+        return max(enumerate(itertools.islice(self.waiting, self.config.admission_window)), key=rank)[1]
 
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        cached: dict[str, int] = {}
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            req = self._next_waiting()
+            req = self._next_waiting(cached)
             looked_up = not req.block_ids
             if looked_up:
                 req.num_computed_tokens = self.kv.match_prefix(req)

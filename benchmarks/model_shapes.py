@@ -21,7 +21,10 @@ LLAMA3_8B = {
 }
 TINY = {**LLAMA3_8B, "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "torch_dtype": "float32"}
-SHAPES = {"llama-3-8b": LLAMA3_8B, "tiny": TINY}
+# one narrow layer: steps cost almost nothing, so the serving stack's own overhead shows
+MICRO = {**TINY, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+         "num_key_value_heads": 1}
+SHAPES = {"llama-3-8b": LLAMA3_8B, "tiny": TINY, "micro": MICRO}
 
 
 def shape_dir(name: str, root: Path) -> Path:

@@ -111,7 +111,7 @@ def run_engine_baseline(model: Path, requests: list[TimedRequest], args) -> dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", default="llama-3-8b", choices=["llama-3-8b", "tiny"])
+    ap.add_argument("--shape", default="llama-3-8b", choices=["llama-3-8b", "tiny", "micro"])
     ap.add_argument("--gpus", action="store_true")
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--gpus-per-replica", type=float, default=1.0, help="0.5 puts two replicas on one GPU")

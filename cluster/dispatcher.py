@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 
 from cluster.cluster_view import ClusterView
 from cluster.messages import DecodeRequest, PrefillRequest, PrefillResult
+from cluster.output_channel import OutputDemux, ReplicaFailed
 from cluster.output_processor import OutputProcessor
 from cluster.pool_handles import Replica, RequestShape
 from cluster.stage_timings import TimingLog
@@ -42,6 +43,7 @@ class Dispatcher:
         self.admission_timeout_s = admission_timeout_s
         self.handoff_bytes = 0
         self.timings = TimingLog()
+        self.outputs = OutputDemux(uuid.uuid4().hex)
 
     async def generate(self, request_id: str | None, prompt_token_ids: list[int], params: SamplingParams,
                        cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
@@ -72,7 +74,8 @@ class Dispatcher:
         replica.claim(tokens)
         prefilling = True
         try:
-            stream = self._stream(replica, replica.actor.generate.remote(req), req.request_id, out)
+            stream = self._stream(replica, lambda channel: replica.actor.start_generate.remote(req, channel),
+                                  req.request_id, out)
             async with aclosing(stream):
                 async for delta in stream:
                     if prefilling:
@@ -109,7 +112,8 @@ class Dispatcher:
             if not handed_off:  # finished at the first token, or the caller left: drop the held KV
                 prefill.actor.release.remote(req.request_id)
         try:
-            stream = self._stream(decode, decode.actor.stream.remote(req.request_id), req.request_id, out)
+            stream = self._stream(decode, lambda channel: decode.actor.start_stream.remote(req.request_id, channel),
+                                  req.request_id, out)
             async with aclosing(stream):
                 async for delta in stream:
                     if delta.finished:
@@ -169,19 +173,26 @@ class Dispatcher:
             await asyncio.sleep(0.02)
             await self.pools.refresh()
 
-    async def _stream(self, replica: Replica, stream, request_id: str, out: OutputProcessor
+    async def _stream(self, replica: Replica, start, request_id: str, out: OutputProcessor
                       ) -> AsyncIterator[RequestOutput]:
+        """Start a request on ``replica`` (``start(channel)`` returns the actor call) and yield
+        its deltas from this dispatcher's batched output channel."""
+        queue = self.outputs.open(request_id, replica)
         worker_done = False
         try:
-            async for ref in stream:
-                raw = await ref
+            await start(self.outputs.channel_for_loop())
+            while True:
+                raw = await queue.get()
+                if isinstance(raw, ReplicaFailed):
+                    raise raw
                 worker_done = raw.finished
                 delta = out.worker_delta(raw)
                 yield delta
                 if delta.finished:
                     break
         finally:
-            if not worker_done:  # the caller left, or a stop string ended it here
+            self.outputs.close(request_id)
+            if not worker_done:  # the caller left, a stop string ended it here, or the start failed
                 replica.actor.abort.remote(request_id)
 
     def abort(self, request_id: str) -> None:
@@ -207,5 +218,6 @@ class Dispatcher:
 
     async def aclose(self) -> None:
         """Stop the background tasks (call on the loop that served requests)."""
+        await self.outputs.aclose()
         await self.view.close()
 

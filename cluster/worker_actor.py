@@ -19,6 +19,11 @@ class WorkerActor:
     def info(self) -> EngineInfo:
         return self.worker.info()
 
+    async def outputs(self, channel: str):
+        """A dispatcher's batched output stream (cluster/output_channel.py)."""
+        async for batch in self.worker.outputs(channel):
+            yield batch
+
     def profile(self) -> dict:
         return self.worker.profile()
 

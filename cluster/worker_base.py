@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Sequence
 
 from cluster.messages import EngineInfo, WorkerLoad
+from cluster.output_channel import OutputChannels
 from engine.async_engine import AsyncLLMEngine
 from engine.llm_engine import LLMEngine
 from kvstore.handoff import KVHandoff
@@ -20,6 +21,7 @@ class EngineWorker:
         self.engine = engine
         self.handoff = handoff
         self.handoff_bytes = 0
+        self.channels = OutputChannels()
 
     @property
     def kv_cache(self):
@@ -33,6 +35,10 @@ class EngineWorker:
         return WorkerLoad(self.worker_id, self.role, s.num_waiting, s.num_running, s.num_free_blocks,
                           s.num_blocks, len(e.held) + len(e.awaiting_kv), self.handoff_bytes,
                           s.prefix_cache_queries, s.prefix_cache_hits, s.num_preemptions)
+
+    def outputs(self, channel: str):
+        """The deltas of every request started with ``channel``, in batches (output_channel.py)."""
+        return self.channels.drain(channel)
 
     def profile(self) -> dict:
         """The engine's step profile (engine/step_profile.py): time per phase and step kind."""

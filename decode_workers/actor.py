@@ -23,10 +23,8 @@ class DecodeActor(WorkerActor):
     async def receive_kv(self, request_id: str, block_ids: list[int], peer: str) -> int:
         return await self.worker.receive_kv(request_id, block_ids, peer)
 
-    async def stream(self, request_id: str):
-        async for delta in self.worker.stream(request_id):
-            yield delta
+    async def start_stream(self, request_id: str, channel: str) -> None:
+        self.worker.start_stream(request_id, channel)
 
-    async def generate(self, req: PrefillRequest):
-        async for delta in self.worker.generate(req):
-            yield delta
+    async def start_generate(self, req: PrefillRequest, channel: str) -> None:
+        self.worker.start_generate(req, channel)

@@ -1,19 +1,16 @@
 """The token phase: take a prompt's KV from a prefill worker and stream the rest of the output.
 
-A decode worker also serves whole requests (``generate``) when it runs colocated, or when
+A decode worker also serves whole requests (``start_generate``) when it runs colocated, or when
 the dispatcher falls back to recomputing a prompt here.
 """
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
 
 import torch
 
 from cluster.messages import DecodeRequest, PrefillRequest
 from cluster.worker_base import EngineWorker
 from engine.llm_engine import Reservation
-from engine.outputs import RequestOutput
 
 
 class DecodeWorker(EngineWorker):
@@ -35,16 +32,15 @@ class DecodeWorker(EngineWorker):
             self.abort(request_id)
             raise
 
-    async def stream(self, request_id: str) -> AsyncIterator[RequestOutput]:
-        """Start decoding a request whose KV has arrived and stream its deltas."""
+    def start_stream(self, request_id: str, channel: str) -> None:
+        """Start decoding a request whose KV has arrived; its deltas go to ``channel``."""
         def start(e) -> str:
             e.kv_arrived(request_id)
             return request_id
-        async for delta in self.engine.stream(start):
-            yield delta
+        self.engine.submit(start, self.channels.sink(channel))
 
-    async def generate(self, req: PrefillRequest) -> AsyncIterator[RequestOutput]:
-        """A whole request, prompt included, on this worker."""
-        async for delta in self.engine.generate(req.request_id, req.prompt_token_ids, req.params,
-                                                req.cache_salt):
-            yield delta
+    def start_generate(self, req: PrefillRequest, channel: str) -> None:
+        """A whole request, prompt included, on this worker; its deltas go to ``channel``
+        (InvalidRequestError at once for bad input)."""
+        self.engine.submit(lambda e: e.add_request(req.request_id, req.prompt_token_ids, req.params,
+                                                   req.cache_salt), self.channels.sink(channel))

@@ -5,7 +5,9 @@
         ...
 
 A caller that stops iterating (a cancelled task, a closed stream) aborts its request, so
-its KV blocks are freed at once.
+its KV blocks are freed at once. ``submit`` instead sends a request's deltas into a queue
+shared by many requests (a worker's batched output channel); each step hands every queue
+its deltas in one wake-up of the caller's loop.
 """
 
 from __future__ import annotations
@@ -49,12 +51,7 @@ class AsyncLLMEngine:
         """Run ``start`` on the engine (it queues a request and returns its id), then stream
         that request's deltas; nothing is lost in between, both happen under the engine lock."""
         queue: asyncio.Queue = asyncio.Queue()
-        with self._wake:
-            if self._stopped:
-                raise RuntimeError(f"engine is stopped: {self._error!r}")
-            rid = start(self.engine)
-            self._streams[rid] = (asyncio.get_running_loop(), queue)
-            self._wake.notify()
+        rid = self.submit(start, queue)
         finished = False
         try:
             while not finished:
@@ -66,6 +63,18 @@ class AsyncLLMEngine:
         finally:
             if not finished:
                 self.abort(rid)
+
+    def submit(self, start: Callable[[LLMEngine], str], sink: asyncio.Queue) -> str:
+        """Run ``start`` on the engine (it queues a request and returns its id) and send that
+        request's deltas, and an engine failure, into ``sink``; call from ``sink``'s loop.
+        Nobody aborts the request when its reader leaves: the owner of ``sink`` must."""
+        with self._wake:
+            if self._stopped:
+                raise RuntimeError(f"engine is stopped: {self._error!r}")
+            rid = start(self.engine)
+            self._streams[rid] = (asyncio.get_running_loop(), sink)
+            self._wake.notify()
+        return rid
 
     def call(self, fn: Callable[[LLMEngine], T]) -> T:
         """Run ``fn`` on the engine between steps (the engine is not thread-safe)."""
@@ -100,13 +109,15 @@ class AsyncLLMEngine:
                     if self._stopped:
                         return
                     deltas = self.engine.step()
-                    targets = [(self._streams.get(d.request_id), d) for d in deltas]
+                    by_queue: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue, list]] = {}
                     for d in deltas:
+                        target = self._streams.get(d.request_id)
+                        if target is not None:
+                            by_queue.setdefault(id(target[1]), (*target, []))[2].append(d)
                         if d.finished:
                             self._streams.pop(d.request_id, None)
-                for target, delta in targets:
-                    if target is not None:
-                        target[0].call_soon_threadsafe(target[1].put_nowait, delta)
+                for loop, queue, items in by_queue.values():  # one wake-up per queue per step
+                    loop.call_soon_threadsafe(_put_all, queue, items)
         except BaseException as e:  # surface engine crashes to every waiting caller
             self._fail(e)
 
@@ -114,5 +125,10 @@ class AsyncLLMEngine:
         with self._lock:
             self._stopped, self._error = True, error
             streams, self._streams = list(self._streams.values()), {}
-        for loop, queue in streams:
+        for loop, queue in {id(q): (l, q) for l, q in streams}.values():
             loop.call_soon_threadsafe(queue.put_nowait, error)
+
+
+def _put_all(queue: asyncio.Queue, items: list) -> None:
+    for item in items:
+        queue.put_nowait(item)

@@ -28,9 +28,10 @@ from engine.request_validation import validate_prompt
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer
 from router.backend import BackendStats
+from router.errors import ServiceUnavailableError
 
 
-class NoCapacityError(RuntimeError):
+class NoCapacityError(ServiceUnavailableError):
     """No decode replica could take a request before the admission timeout."""
 
 

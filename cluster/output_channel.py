@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import ray
 
 from engine.outputs import RequestOutput
+from router.errors import ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class OutputChannels:
                 del self.queues[channel]
 
 
-class ReplicaFailed(RuntimeError):
+class ReplicaFailed(ServiceUnavailableError):
     """A replica's output stream broke (the actor died, or its engine failed)."""
 
 

@@ -12,7 +12,12 @@ class ErrorKind(str, Enum):
     UNAUTHENTICATED = "unauthenticated"     # gRPC UNAUTHENTICATED, HTTP 401
     NOT_FOUND = "not_found"                 # gRPC NOT_FOUND, HTTP 404
     TIMEOUT = "timeout"                     # gRPC DEADLINE_EXCEEDED, HTTP 504
+    UNAVAILABLE = "unavailable"             # gRPC UNAVAILABLE, HTTP 503
     INTERNAL = "internal"                   # gRPC INTERNAL, HTTP 500
+
+
+class ServiceUnavailableError(RuntimeError):
+    """The backend cannot serve the request now (no capacity, a replica lost); a retry may succeed."""
 
 
 class RequestError(Exception):
@@ -35,4 +40,6 @@ def classify(error: Exception) -> RequestError:
         return error
     if isinstance(error, InvalidRequestError):
         return RequestError(ErrorKind.INVALID_REQUEST, str(error))
+    if isinstance(error, ServiceUnavailableError):
+        return RequestError(ErrorKind.UNAVAILABLE, f"service unavailable, retry later: {error}")
     return RequestError(ErrorKind.INTERNAL, f"internal error: {type(error).__name__}: {error}")

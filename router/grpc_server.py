@@ -29,6 +29,7 @@ STATUS_CODES = {ErrorKind.INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
                 ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
                 ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
                 ErrorKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+                ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
                 ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL}
 GENERATION_SERVICE = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name

@@ -20,9 +20,10 @@ from router.sse import ClientDisconnected
 log = logging.getLogger(__name__)
 
 HTTP_STATUS = {ErrorKind.INVALID_REQUEST: 400, ErrorKind.UNAUTHENTICATED: 401, ErrorKind.NOT_FOUND: 404,
-               ErrorKind.TIMEOUT: 504, ErrorKind.INTERNAL: 500}
+               ErrorKind.TIMEOUT: 504, ErrorKind.UNAVAILABLE: 503, ErrorKind.INTERNAL: 500}
 ERROR_TYPES = {ErrorKind.INVALID_REQUEST: "invalid_request_error", ErrorKind.UNAUTHENTICATED: "authentication_error",
                ErrorKind.NOT_FOUND: "not_found_error", ErrorKind.TIMEOUT: "timeout_error",
+               ErrorKind.UNAVAILABLE: "service_unavailable_error",
                ErrorKind.INTERNAL: "server_error"}
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left; nobody reads it
 

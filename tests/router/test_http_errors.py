@@ -72,3 +72,16 @@ def test_failed_engine_gives_500_and_internal_without_killing_the_server(stopped
         with pytest.raises(grpc.RpcError) as info:
             pb_grpc.GenerationStub(channel).Generate(pb.GenerateRequest(text="hi"), timeout=60)
     assert info.value.code() == grpc.StatusCode.INTERNAL and "engine is stopped" in info.value.details()
+
+
+def test_capacity_and_lost_replicas_are_503_and_unavailable():
+    from cluster.dispatcher import NoCapacityError
+    from cluster.output_channel import ReplicaFailed
+    from router.errors import ErrorKind, classify
+    from router.grpc_server import STATUS_CODES
+    from router.http_errors import ERROR_TYPES, HTTP_STATUS
+    for error in (NoCapacityError("no decode replica had room"), ReplicaFailed("replica decode-0 failed")):
+        failure = classify(error)
+        assert failure.kind is ErrorKind.UNAVAILABLE and "retry later" in str(failure)
+        assert HTTP_STATUS[failure.kind] == 503 and ERROR_TYPES[failure.kind] == "service_unavailable_error"
+        assert STATUS_CODES[failure.kind] == grpc.StatusCode.UNAVAILABLE

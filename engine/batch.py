@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from engine.attention import AttentionMetadata
@@ -42,7 +43,9 @@ def build_model_input(scheduled: list[ScheduledRequest], block_size: int, device
         if s.samples:
             sample_rows.append(starts[-1] - 1)
     width = max(len(s.request.block_ids) for s in scheduled)
-    tables = [s.request.block_ids + [0] * (width - len(s.request.block_ids)) for s in scheduled]
+    tables = np.zeros((len(scheduled), width), dtype=np.int32)  # numpy fills rows from lists in C
+    for row, s in zip(tables, scheduled):
+        row[:len(s.request.block_ids)] = s.request.block_ids
     decode_only = all(s.num_new_tokens == 1 for s in scheduled)
     plan = None
     # sharing saves at most every token but the longest sequence's: skip planning (Python
@@ -55,7 +58,7 @@ def build_model_input(scheduled: list[ScheduledRequest], block_size: int, device
     meta = AttentionMetadata(
         query_start_loc=_tensor(starts, torch.int32, device),
         seq_lens=_tensor(seq_lens, torch.int32, device),
-        block_tables=_tensor(tables, torch.int32, device),
+        block_tables=torch.from_numpy(tables).to(device),
         slot_mapping=_tensor(slots, torch.int64, device),
         max_query_len=max(s.num_new_tokens for s in scheduled),
         max_seq_len=max(seq_lens),

@@ -8,8 +8,12 @@ as a CUDA-graph replay (how the engine runs decode) with the L2 flushed between 
 Bytes = K + V read once + q + out; achieved GB/s is compared with a device-to-device copy
 measured in the same run (read + write bytes) and with SDPA on contiguous K/V of the same
 shapes (enable_gqa, or K/V expanded to all heads where that fits; the faster is kept).
-Prefill: causal attention of whole prompts, Triton over the paged cache against SDPA
-``is_causal`` on contiguous tensors. ``--tune`` first sweeps kernel configs and uses the best.
+Every decode case is timed with the split merge fused into the decode launch and with the
+separate merge kernel (``DecodeConfig.fused_merge``). Prefill: causal attention of whole
+prompts, Triton over the paged cache against SDPA ``is_causal`` on contiguous tensors.
+``--tune`` first sweeps kernel configs and uses the best: decode tiles on two large cases,
+then fused/unfused merge x programs_per_sm {2, 4, 8} on small and mid cases (``merge_sweep``
+in the JSON).
 Writes attention.json, attention_calibration.json and attention.png to --out (default $OUT).
 """
 
@@ -44,7 +48,9 @@ class Case:
     batch: int
     context: int
     nbytes: int
-    seconds: float | None = None
+    seconds: float | None = None  # the run's decode config
+    fused_seconds: float | None = None  # the same config with fused_merge on
+    unfused_seconds: float | None = None  # ... and off (separate merge kernel)
     sdpa_seconds: float | None = None
     sdpa_path: str = ""
     skipped: str = ""
@@ -99,9 +105,10 @@ def time_forward(backend: TritonAttention, b) -> float:
     return graph_seconds(lambda: backend.forward(b.q, b.k_cache, b.v_cache, b.meta, b.scale), b.q.device)
 
 
-def time_triton_decode(case: Case, block_size: int, config: DecodeConfig) -> float:
+def time_triton_decode(case: Case, block_size: int, configs: list[DecodeConfig]) -> list[float]:
+    """Seconds of each config on one batch (built once: the largest take long to fill)."""
     b = decode_batch(case.batch, case.context, block_size, seed=case.batch * 7 + case.context)
-    seconds = time_forward(TritonAttention(decode=config), b)
+    seconds = [time_forward(TritonAttention(decode=config), b) for config in configs]
     del b
     torch.cuda.empty_cache()
     return seconds
@@ -124,7 +131,9 @@ def run_decode_case(batch: int, context: int, block_size: int, config: DecodeCon
     case = Case(batch, context, decode_bytes(batch, context))
     if not fits(case.nbytes + (64 << 20)):
         return replace(case, skipped=f"{case.nbytes / 2**30:.1f} GiB of K/V does not fit")
-    case = replace(case, seconds=time_triton_decode(case, block_size, config))
+    fused, unfused = time_triton_decode(case, block_size, [replace(config, fused_merge=f) for f in (True, False)])
+    case = replace(case, seconds=fused if config.fused_merge else unfused, fused_seconds=fused,
+                   unfused_seconds=unfused)
     q = torch.randn(batch, HEADS, 1, DIM, dtype=DTYPE, device="cuda")
     k, v = (torch.randn(batch, KV_HEADS, context, DIM, dtype=DTYPE, device="cuda") for _ in "kv")
     sdpa, path = time_sdpa(q, k, v, causal=False)
@@ -202,20 +211,31 @@ def time_write_kv(rows: int, block_size: int) -> WriteCase:
                      median_seconds(lambda: write_kv(*args), device))
 
 
+MERGE_SWEEP_CASES = [(1, 512), (1, 4096), (1, 32768), (4, 4096), (16, 512), (16, 4096), (40, 4096), (64, 512),
+                     (64, 4096)]
+
+
 def tune_decode(block_size: int, base: DecodeConfig) -> tuple[DecodeConfig, list[TuneRow]]:
-    """Tile shape and launch order on two large cases, then the split choice on small ones."""
+    """Tile shape on two large cases, then fused/unfused merge x programs per SM on small and mid ones."""
     def make(b: int, c: int):
         return decode_batch(b, c, block_size, seed=b + c)
     tiles = [replace(base, block_n=n, num_stages=s, num_warps=w)
              for n, s, w in itertools.product((32, 64, 128), (2, 3), (4, 8))]
     rows = sweep("decode tiles", tiles, [(64, 4096), (16, 32768)], make, lambda c: TritonAttention(decode=c))
     tile = best(rows)
-    splits = [replace(tile, programs_per_sm=p, min_split_tokens=m)
-              for p, m in itertools.product((2, 4, 8), (32, 64))]
-    small = [(1, 512), (1, 4096), (1, 32768), (4, 4096), (16, 512), (16, 4096), (40, 4096), (64, 512),
-             (64, 4096)]
-    split_rows = sweep("decode splits", splits, small, make, lambda c: TritonAttention(decode=c))
+    splits = [replace(tile, programs_per_sm=p, fused_merge=f) for f, p in itertools.product((True, False), (2, 4, 8))]
+    split_rows = sweep("decode merge", splits, MERGE_SWEEP_CASES, make, lambda c: TritonAttention(decode=c))
     return best(split_rows), rows + split_rows
+
+
+def merge_sweep(rows: list[TuneRow]) -> list[dict[str, object]]:
+    """The merge sweep's rows per config: fused_merge, programs_per_sm, µs per case and their geomean."""
+    by_config: dict[DecodeConfig, dict[str, float]] = {}
+    for r in rows:
+        if r.kind == "decode merge":
+            by_config.setdefault(r.config, {})[f"{r.batch}x{r.context}"] = r.seconds * 1e6
+    return [{"fused_merge": c.fused_merge, "programs_per_sm": c.programs_per_sm,
+             "geomean_us": geomean(list(us.values())), "us": us} for c, us in by_config.items()]
 
 
 def tune_prefill(block_size: int, base: PrefillConfig) -> tuple[PrefillConfig, list[TuneRow]]:
@@ -229,16 +249,19 @@ def tune_prefill(block_size: int, base: PrefillConfig) -> tuple[PrefillConfig, l
     return best(rows), rows
 
 
-def print_tables(cases: list[Case], prefills: list[PrefillCase], writes: list[WriteCase], copy_bps: float) -> None:
+def print_tables(cases: list[Case], prefills: list[PrefillCase], writes: list[WriteCase], copy_bps: float,
+                 sweep_rows: list[dict[str, object]]) -> None:
     table = Table(title=f"paged decode, bf16, Llama-3-8B heads; copy {copy_bps / 1e9:.0f} GB/s")
-    for col in ("batch", "context", "triton µs", "GB/s", "% copy", "SDPA µs", "SDPA path", "vs SDPA"):
+    for col in ("batch", "context", "triton µs", "GB/s", "% copy", "fused µs", "unfused µs", "SDPA µs", "SDPA path",
+                "vs SDPA"):
         table.add_column(col, justify="right")
     for c in cases:
         if c.skipped:
-            table.add_row(str(c.batch), str(c.context), "skipped: " + c.skipped, *[""] * 5)
+            table.add_row(str(c.batch), str(c.context), "skipped: " + c.skipped, *[""] * 7)
             continue
         table.add_row(str(c.batch), str(c.context), f"{c.seconds * 1e6:.1f}", f"{c.gbps(c.seconds):.0f}",
-                      f"{100 * c.gbps(c.seconds) * 1e9 / copy_bps:.0f}", f"{c.sdpa_seconds * 1e6:.1f}",
+                      f"{100 * c.gbps(c.seconds) * 1e9 / copy_bps:.0f}", f"{c.fused_seconds * 1e6:.1f}",
+                      f"{c.unfused_seconds * 1e6:.1f}", f"{c.sdpa_seconds * 1e6:.1f}",
                       c.sdpa_path, f"{c.sdpa_seconds / c.seconds:.2f}x")
     ptable = Table(title="causal prefill, bf16, Llama-3-8B heads")
     for col in ("batch", "length", "triton ms", "TFLOP/s", "SDPA ms", "SDPA TFLOP/s", "vs SDPA"):
@@ -252,8 +275,14 @@ def print_tables(cases: list[Case], prefills: list[PrefillCase], writes: list[Wr
         wtable.add_column(col, justify="right")
     for w in writes:
         wtable.add_row(str(w.rows), f"{w.seconds * 1e6:.1f}", f"{w.index_copy_seconds * 1e6:.1f}")
-    console = Console(width=140)
-    for t in (table, ptable, wtable):
+    stable = Table(title="merge sweep (µs, CUDA-graph replay)")
+    for col in ("merge", "programs/SM", *(sweep_rows[0]["us"] if sweep_rows else ()), "geomean"):
+        stable.add_column(col, justify="right")
+    for r in sweep_rows:
+        stable.add_row("fused" if r["fused_merge"] else "separate", str(r["programs_per_sm"]),
+                       *(f"{us:.1f}" for us in r["us"].values()), f"{r['geomean_us']:.1f}")
+    console = Console(width=160)
+    for t in (table, ptable, wtable) + ((stable,) if sweep_rows else ()):
         console.print(t)
 
 
@@ -326,12 +355,13 @@ def main() -> None:
     prefills = [run_prefill_case(1, n, cfg.block_size, prefill)
                 for n in track(cfg.prefill_lengths, description="prefill")]
     writes = [time_write_kv(rows, cfg.block_size) for rows in (256, 8192)]
-    print_tables(cases, prefills, writes, copy_bps)
+    sweep_rows = merge_sweep(tuning)
+    print_tables(cases, prefills, writes, copy_bps, sweep_rows)
     Console().print(f"decode config: {decode}\nprefill config: {prefill}\n{machine}")
     write_json(out / "attention.json", {
         "machine": machine, "copy_bytes_per_s": copy_bps, "decode_config": decode, "prefill_config": prefill,
         "block_size": cfg.block_size, "decode": [c.record(copy_bps) for c in cases], "prefill": prefills,
-        "write_kv": writes,
+        "write_kv": writes, "merge_sweep": sweep_rows,
         "tuning": tuning})
     write_json(out / "attention_calibration.json", {"device": machine.device, "model": "llama-3-8b", "measurements": [
         {"op": "decode_attention", "batch": c.batch, "context": c.context, "layers": 1, "seconds": c.seconds}

@@ -67,10 +67,10 @@ def rng() -> random.Random:
     return random.Random(random.SystemRandom().randrange(2**31))
 
 
-def backend(kernels, programs_per_sm: int = 24, heads_fastest: bool = False):
+def backend(kernels, programs_per_sm: int = 24, heads_fastest: bool = False, fused_merge: bool = True):
     """Small tiles; with 1 'multiprocessor' on CPU, programs_per_sm=24 gives several splits, 1 gives one."""
     decode = kernels.triton_decode.DecodeConfig(block_n=16, programs_per_sm=programs_per_sm, min_split_tokens=16,
-                                                heads_fastest=heads_fastest)
+                                                heads_fastest=heads_fastest, fused_merge=fused_merge)
     prefill = kernels.triton_prefill.PrefillConfig(block_m=32, block_n=16)
     return kernels.triton_backend.TritonAttention(decode=decode, prefill=prefill)
 
@@ -93,10 +93,12 @@ def case_decode_matches_reference(kernels, rng, dtype, heads, kv_heads, dim, blo
     check(kernels, spec, rng.randrange(2**31), strided_q=True, heads_fastest=heads_fastest)
 
 
-@pytest.mark.parametrize("programs_per_sm,heads_fastest", [(1, False), (1, True), (24, True)])
-def case_decode_grid_orders_and_single_split(kernels, rng, programs_per_sm, heads_fastest) -> None:
+@pytest.mark.parametrize("programs_per_sm,heads_fastest,fused_merge", [(1, False, True), (1, True, True),
+                                                                      (24, True, True), (24, False, False)])
+def case_decode_grid_orders_and_single_split(kernels, rng, programs_per_sm, heads_fastest, fused_merge) -> None:
     spec = BatchSpec((1,) * 3, ragged_seq_lens(rng, 3, 60, 16), 4, 2, 32, 16, torch.bfloat16)
-    check(kernels, spec, rng.randrange(2**31), programs_per_sm=programs_per_sm, heads_fastest=heads_fastest)
+    check(kernels, spec, rng.randrange(2**31), programs_per_sm=programs_per_sm, heads_fastest=heads_fastest,
+          fused_merge=fused_merge)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -183,3 +185,74 @@ def case_bad_inputs_are_refused_clearly(kernels) -> None:
         attn.forward(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
     with pytest.raises(ValueError, match="one slot per row"):
         attn.write_kv(batch.k_cache, batch.v_cache, batch.new_k, batch.new_v, batch.meta.slot_mapping[:1])
+
+
+def split_decode(kernels, batch, splits: int, config, counters: torch.Tensor | None = None):
+    """(out, part_out, part_lse) of one decode with ``splits`` splits, fused when counters are given.
+    Every buffer starts as NaN, so an element left unwritten shows up."""
+    (b, h, d), nan = batch.q.shape, float("nan")
+    part_out, part_lse = torch.full((b, h, splits, d), nan), torch.full((b, h, splits), nan)
+    out = torch.full_like(batch.q, nan)
+    args = (batch.q, batch.k_cache, batch.v_cache, batch.meta.block_tables, batch.meta.seq_lens, batch.scale,
+            part_out, part_lse)
+    if counters is None:
+        kernels.triton_decode.decode_partials(*args, config)
+        kernels.triton_merge.merge_partials(part_out, part_lse, out)
+    else:
+        kernels.triton_decode.decode_merged(*args, out, counters, config)
+    return out, part_out, part_lse
+
+
+@pytest.mark.parametrize("dtype,heads,kv_heads,dim,block_size", [(torch.float32, 4, 2, 32, 16),
+                                                                 (torch.bfloat16, 8, 2, 16, 16),
+                                                                 (torch.float32, 2, 2, 64, 32)])
+@pytest.mark.parametrize("splits,merge_tile", [(2, 4096), (5, 64), (12, 4096), (12, 256)])
+def case_fused_merge_equals_unfused(kernels, rng, dtype, heads, kv_heads, dim, block_size, splits,
+                                    merge_tile) -> None:
+    """Ragged lengths (1, block boundaries), empty splits (12 splits of at most 4 blocks + 6 keys),
+    merges of one or several chunks (a small MERGE_TILE); counters back at zero; a second call
+    gives the same bits."""
+    seed = rng.randrange(2**31)
+    seq_lens = ragged_seq_lens(rng, 6, 4 * block_size + 6, block_size)
+    batch = random_batch(BatchSpec((1,) * 6, seq_lens, heads, kv_heads, dim, block_size, dtype), "cpu", seed,
+                         strided_q=True)
+    config = kernels.triton_decode.DecodeConfig(block_n=16, heads_fastest=rng.random() < 0.5)
+    want, want_parts, want_lse = split_decode(kernels, batch, splits, config)
+    counters = torch.zeros(6 * kv_heads + 5, dtype=torch.int32)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels.triton_decode, "MERGE_TILE", merge_tile)
+        runs = [split_decode(kernels, batch, splits, config, counters) for _ in range(2)]
+    msg = f"seed {seed}, seq_lens {seq_lens}, {config}"
+    assert not counters.any(), msg
+    for out, parts, lse in runs:
+        assert torch.equal(parts, want_parts) and torch.equal(lse, want_lse), msg
+        assert torch.equal(out, runs[0][0]), msg
+        if dtype == torch.float32:
+            torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6, msg=msg)
+        else:  # the same fp32 sums up to rounding, then one rounding to bf16: at most one ulp apart
+            torch.testing.assert_close(out.float(), want.float(), rtol=2**-7, atol=1e-6, msg=msg)
+    assert relative_error(runs[0][0], reference_output(batch)) < TOLERANCE[dtype], msg
+
+
+def case_backend_fused_and_unfused_agree_and_counters_grow(kernels, rng) -> None:
+    """Through the backend: fused (default) and unfused decode agree; a larger batch grows the counter
+    buffer (the old one is kept for graphs captured with it); every buffer is zero after use."""
+    seed = rng.randrange(2**31)
+    fused, unfused = backend(kernels), backend(kernels, fused_merge=False)
+    fused.counters = kernels.triton_backend.SplitCounters(min_size=4)
+    for seq_lens in ((50, 1), ragged_seq_lens(rng, 7, 50, 16)):
+        batch = random_batch(BatchSpec((1,) * len(seq_lens), seq_lens, 4, 2, 32), "cpu", seed)
+        args = (batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+        torch.testing.assert_close(fused.forward(*args), unfused.forward(*args), rtol=1e-6, atol=1e-6,
+                                   msg=f"seed {seed}")
+    buffers = fused.counters.buffers[torch.device("cpu")]
+    assert [b.numel() for b in buffers] == [4, 14] and not any(b.any() for b in buffers)
+    assert fused.counters.get(torch.device("cpu"), 9) is buffers[-1]
+
+
+def case_decode_merged_refuses_bad_counters(kernels) -> None:
+    batch = random_batch(BatchSpec((1, 1), (5, 9)), "cpu", 0)
+    config = kernels.triton_decode.DecodeConfig(block_n=16)
+    for counters in (torch.zeros(3, dtype=torch.int32), torch.zeros(4, dtype=torch.int64)):
+        with pytest.raises(ValueError, match="int32 counters for 2 x 2"):
+            split_decode(kernels, batch, 3, config, counters)

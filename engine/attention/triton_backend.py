@@ -1,7 +1,8 @@
 """The Triton attention backend: paged KV writes, split-K decode, causal mixed-batch prefill.
 
-Decode-only steps run ``triton_decode`` (split-K over the keys) then ``triton_merge``;
-other steps run ``triton_prefill``. Every host-side choice depends only on shapes and
+Decode-only steps run ``triton_decode`` (split-K over the keys; the splits are merged in the
+same launch, or by ``triton_merge`` when ``DecodeConfig.fused_merge`` is off); other steps
+run ``triton_prefill``. Every host-side choice depends only on shapes and
 ``meta.max_seq_len``, never on device values, so decode steps can be captured in CUDA
 graphs with ``max_seq_len`` set to the captured bound. Decode steps with a shared-prefix
 plan (``meta.shared``, run eagerly) go to ``triton_shared_prefix``.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from engine.attention.metadata import AttentionMetadata
-from engine.attention.triton_decode import DecodeConfig, decode_partials
+from engine.attention.triton_decode import DecodeConfig, decode_merged, decode_partials
 from engine.attention.triton_merge import merge_partials
 from engine.attention.triton_prefill import PrefillConfig, prefill_attention
 from engine.attention.triton_shared_kernel import SharedPrefixConfig
@@ -60,6 +61,34 @@ def check_meta(q: torch.Tensor, meta: AttentionMetadata) -> None:
         raise ValueError(f"a decode-only batch of {b} sequences needs {b} query rows, got {q.shape[0]}")
 
 
+class SplitCounters:
+    """Zeroed int32 arrival counters for the fused decode merge, one buffer per device.
+
+    Every fused launch leaves the counters it used at zero, so one buffer serves every layer
+    and step, eager or replayed in a CUDA graph. A buffer is made (zeroed) outside graph
+    capture and grown by doubling; growing while a capture is running raises, since a
+    graph must not own the counters. Older buffers are kept alive, never freed: a graph
+    captured with one still uses it after a larger batch has replaced it.
+    """
+
+    def __init__(self, min_size: int = 1024):
+        self.min_size = min_size
+        self.buffers: dict[torch.device, list[torch.Tensor]] = {}
+
+    def get(self, device: torch.device, size: int) -> torch.Tensor:
+        """A zeroed int32 buffer on ``device`` with at least ``size`` elements."""
+        held = self.buffers.setdefault(device, [])
+        if held and held[-1].numel() >= size:
+            return held[-1]
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"the fused decode merge needs {size} split counters but only "
+                               f"{held[-1].numel() if held else 0} exist on {device}; run one eager decode "
+                               "step of this batch size before capturing a CUDA graph")
+        grown = max(size, self.min_size, 2 * held[-1].numel() if held else 0)
+        held.append(torch.zeros(grown, dtype=torch.int32, device=device))
+        return held[-1]
+
+
 class TritonAttention:
     """Attention backend running Triton kernels over the paged KV cache (CUDA)."""
 
@@ -70,6 +99,7 @@ class TritonAttention:
         self.decode_config = decode
         self.prefill_config = prefill
         self.shared_config = shared
+        self.counters = SplitCounters()
 
     def write_kv(self, k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor,
                  v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -117,9 +147,13 @@ class TritonAttention:
                             part_lse, self.decode_config)
             return
         part_out = torch.empty(num_seqs, num_heads, splits, dim, dtype=torch.float32, device=q.device)
-        decode_partials(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale, part_out,
-                        part_lse, self.decode_config)
-        merge_partials(part_out, part_lse, out)
+        args = (q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale, part_out, part_lse)
+        if self.decode_config.fused_merge:
+            counters = self.counters.get(q.device, num_seqs * k_cache.shape[2])
+            decode_merged(*args, out, counters, self.decode_config)
+        else:
+            decode_partials(*args, self.decode_config)
+            merge_partials(part_out, part_lse, out)
 
 
 def multiprocessors(device: torch.device) -> int:

@@ -5,8 +5,15 @@ so every K/V tile is loaded once for the whole group, and covers one contiguous 
 its sequence's keys. The slice length is computed on the device from the live
 ``seq_lens[b]`` (``ceil(seq_len / splits)`` rounded up to the key tile), so the grid
 depends only on host values and the launch is CUDA-graph capturable; a program whose slice
-is empty writes the neutral partial (out 0, lse -inf). ``triton_merge.merge_partials``
-combines the splits.
+is empty writes the neutral partial (out 0, lse -inf).
+
+Splits are combined in one of two ways. ``decode_partials`` only writes the partials and
+``triton_merge.merge_partials`` combines them in a second launch (the shared-prefix path
+needs exactly that: it merges decode partials with its own). ``decode_merged`` fuses the
+merge: after writing its partial a program counts itself in on a per-(sequence, KV head)
+int32 counter, and the program that arrives last merges the group's splits into the output
+and sets the counter back to 0, saving the second launch (~3 µs in a CUDA graph, the main
+gap to SDPA at small and mid batch sizes).
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ from engine.attention.triton_paged import (LN2, LOG2E, dot_precision, fit_block_
                                           softmax_step)
 
 SHARED_BUDGET = 128 * 1024  # bytes of staged K/V tiles per program
+# fp32 partial elements the last program loads per merge step: 32 per thread at 4 warps. The
+# kernel stays at 64 registers (sm_90 compile, Llama-3-8B heads); 8192 would take it to 96.
+MERGE_TILE = 4096
 
 
 @dataclass(frozen=True)
@@ -29,11 +39,14 @@ class DecodeConfig:
 
     block_n: keys per tile. programs_per_sm: how many (sequence, head, split) programs to
     aim for per multiprocessor; a batch that reaches it unsplit gets one split (no partials,
-    no merge kernel). min_split_tokens: the shortest slice worth its own program (bounds the
+    no merge). min_split_tokens: the shortest slice worth its own program (bounds the
     split count by ``max_seq_len``). max_splits: upper bound on the split count.
     heads_fastest: launch the KV heads of one (sequence, split) next to each other, so
     programs running together read neighbouring bytes of the same cache blocks.
-    Defaults: the best of the sweeps in docs/kernels.md (H100, Llama-3-8B heads, bf16).
+    fused_merge: the last split of each (sequence, KV head) merges the partials in the same
+    launch (``decode_merged``) instead of a second merge kernel.
+    Defaults: the best of the sweeps in docs/kernels.md (H100, Llama-3-8B heads, bf16);
+    fused_merge is on by prediction until the fused-vs-unfused sweep has run on an H100.
     """
 
     block_n: int = 32
@@ -43,6 +56,7 @@ class DecodeConfig:
     min_split_tokens: int = 32
     max_splits: int = 64
     heads_fastest: bool = True
+    fused_merge: bool = True
 
     def __post_init__(self) -> None:
         if self.block_n < 16 or self.block_n & (self.block_n - 1):
@@ -59,12 +73,51 @@ class DecodeConfig:
 
 
 @triton.jit
+def _merge_group(part_out_ptr, part_lse_ptr, out_ptr, seq, kv_head, num_splits,
+                 stride_pn, stride_ph, stride_ps, stride_ln, stride_lh, stride_ls, stride_on, stride_oh,
+                 GROUP: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr):
+    """Write the output of one (sequence, KV group) from its ``num_splits`` partials.
+
+    The same log-sum-exp weights as ``triton_merge`` (``exp(lse_s - max lse)``), taken
+    ``CHUNK`` splits at a time so the loads of a chunk are all in flight together (one
+    step covers every split at usual split counts); later chunks rescale the running sums.
+    Loads bypass L1 (``.cg``): the partials were written by other programs.
+    """
+    g = tl.arange(0, G_PAD)
+    d = tl.arange(0, D)
+    heads = kv_head * GROUP + g
+    live_g = g < GROUP
+    top = tl.full([G_PAD], float("-inf"), tl.float32)
+    total = tl.zeros([G_PAD], tl.float32)
+    acc = tl.zeros([G_PAD, D], tl.float32)
+    for s0 in range(0, num_splits, CHUNK):
+        s = s0 + tl.arange(0, CHUNK)
+        live = (s < num_splits)[:, None] & live_g[None, :]
+        lse = tl.load(part_lse_ptr + seq * stride_ln + heads[None, :] * stride_lh + s[:, None] * stride_ls,
+                      mask=live, other=float("-inf"), cache_modifier=".cg")
+        parts = tl.load(part_out_ptr + seq * stride_pn + s[:, None, None] * stride_ps
+                        + heads[None, :, None] * stride_ph + d[None, None, :],
+                        mask=live[:, :, None], other=0.0, cache_modifier=".cg")
+        new_top = tl.maximum(top, tl.max(lse, 0))
+        base = tl.where(new_top == float("-inf"), 0.0, new_top)  # all empty so far: weights 0, not NaN
+        weight = tl.exp(lse - base[None, :])
+        rescale = tl.exp(top - base)
+        acc = acc * rescale[:, None] + tl.sum(parts * weight[:, :, None], 0)
+        total = total * rescale + tl.sum(weight, 0)
+        top = new_top
+    merged = acc / tl.where(total > 0, total, 1.0)[:, None]
+    tl.store(out_ptr + seq * stride_on + heads[:, None] * stride_oh + d[None, :],
+             merged.to(out_ptr.dtype.element_ty), mask=live_g[:, None])
+
+
+@triton.jit
 def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, part_out_ptr, part_lse_ptr,
-                         qk_scale, num_splits, stride_qt, stride_qh, stride_table,
-                         stride_kb, stride_kt, stride_kh, stride_pn, stride_ph, stride_ps,
-                         stride_ln, stride_lh, stride_ls, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
-                         BLOCK_N: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
-                         PREC: tl.constexpr, HEADS_FASTEST: tl.constexpr):
+                         out_ptr, counters_ptr, qk_scale, num_splits, num_kv_heads, stride_qt, stride_qh,
+                         stride_table, stride_kb, stride_kt, stride_kh, stride_pn, stride_ph, stride_ps,
+                         stride_ln, stride_lh, stride_ls, stride_on, stride_oh, GROUP: tl.constexpr,
+                         BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
+                         PREC: tl.constexpr, HEADS_FASTEST: tl.constexpr, MERGE: tl.constexpr,
+                         G_PAD: tl.constexpr, CHUNK: tl.constexpr):
     if HEADS_FASTEST:
         kv_head, split, seq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     else:
@@ -99,6 +152,18 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, part_out
     tl.store(part_out_ptr + base + heads[:, None] * stride_ph + d[None, :],
              out.to(part_out_ptr.dtype.element_ty), mask=live[:, None])
     tl.store(part_lse_ptr + seq * stride_ln + heads * stride_lh + split * stride_ls, lse, mask=live)
+    if MERGE:
+        # Every thread's partial stores come before the barrier, the barrier before the
+        # counter's release (acq_rel, GPU scope: cumulative over the CTA after the barrier),
+        # so the program that counts last, having acquired, sees all splits' partials.
+        tl.debug_barrier()
+        counter = counters_ptr + seq * num_kv_heads + kv_head
+        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        if arrived == num_splits - 1:
+            tl.store(counter, 0)  # no other program of this launch touches it again: clean for the next
+            _merge_group(part_out_ptr, part_lse_ptr, out_ptr, seq, kv_head, num_splits,
+                         stride_pn, stride_ph, stride_ps, stride_ln, stride_lh, stride_ls, stride_on, stride_oh,
+                         GROUP, G_PAD, D, CHUNK)
 
 
 def decode_partials(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -114,17 +179,49 @@ def decode_partials(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     the config's, halved where wide fp32 tiles would not fit in shared memory).
     Shapes are assumed checked by the caller (see triton_backend).
     """
+    _launch(q, k_cache, v_cache, block_tables, seq_lens, scale, part_out, part_lse, None, None, config)
+
+
+def decode_merged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                  part_out: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor,
+                  counters: torch.Tensor, config: DecodeConfig) -> None:
+    """``decode_partials`` and the merge into ``out`` [B, H_q, D] in one launch.
+
+    ``counters``: int32, at least ``B * H_kv`` elements, all zero on entry; the launch leaves
+    them zero. Launches sharing a counter buffer must not run concurrently (two streams);
+    one after the other on a stream, or replayed in CUDA graphs, they may.
+    """
+    num_kv_heads = k_cache.shape[2]
+    if counters.dtype != torch.int32 or counters.numel() < q.shape[0] * num_kv_heads:
+        raise ValueError(f"decode_merged needs int32 counters for {q.shape[0]} x {num_kv_heads} (sequence, "
+                         f"KV head) pairs, got {counters.dtype} [{counters.numel()}]")
+    _launch(q, k_cache, v_cache, block_tables, seq_lens, scale, part_out, part_lse, out, counters, config)
+
+
+def merge_chunk(num_splits: int, group: int, dim: int) -> int:
+    """Splits the fused merge loads per step: all of them where ``MERGE_TILE`` allows."""
+    return max(1, min(next_power_of_2(num_splits), MERGE_TILE // (next_power_of_2(group) * dim)))
+
+
+def _launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+            seq_lens: torch.Tensor, scale: float, part_out: torch.Tensor, part_lse: torch.Tensor,
+            out: torch.Tensor | None, counters: torch.Tensor | None, config: DecodeConfig) -> None:
     num_seqs, num_heads, dim = q.shape
     num_kv_heads = k_cache.shape[2]
     num_splits = part_out.shape[2]
     group = num_heads // num_kv_heads
+    merge = out is not None
     block_n = fit_block_n(config.block_n, dim, q.element_size(), config.num_stages, 0, SHARED_BUDGET)
     grid = ((num_kv_heads, num_splits, num_seqs) if config.heads_fastest
             else (num_seqs, num_kv_heads, num_splits))
+    out_strides = out.stride()[:2] if merge else (0, 0)
     _decode_split_kernel[grid](
-        q, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse, scale * LOG2E, num_splits,
+        q, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse,
+        out if merge else part_out, counters if merge else seq_lens, scale * LOG2E, num_splits, num_kv_heads,
         q.stride(0), q.stride(1), block_tables.stride(0), *k_cache.stride()[:3],
-        *part_out.stride()[:3], *part_lse.stride(), GROUP=group,
+        *part_out.stride()[:3], *part_lse.stride(), *out_strides, GROUP=group,
         BLOCK_G=max(16, next_power_of_2(group)), BLOCK_N=block_n, D=dim,
         PAGE=k_cache.shape[1], PREC=dot_precision(q.dtype), HEADS_FASTEST=config.heads_fastest,
+        MERGE=merge, G_PAD=next_power_of_2(group), CHUNK=merge_chunk(num_splits, group, dim) if merge else 1,
         num_warps=config.num_warps, num_stages=config.num_stages)

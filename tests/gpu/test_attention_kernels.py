@@ -54,8 +54,8 @@ def test_decode_matches_reference(rng, dtype, heads, kv_heads, dim, block_size) 
 
 @pytest.mark.parametrize("config", [dict(max_splits=1), dict(heads_fastest=True, programs_per_sm=16),
                                     dict(block_n=128, num_stages=5, num_warps=8, min_split_tokens=64),
-                                    dict(heads_fastest=False, block_n=64), dict(fused_merge=False),
-                                    dict(fused_merge=False, programs_per_sm=8), dict(programs_per_sm=2),
+                                    dict(heads_fastest=False, block_n=64), dict(fused_merge=True),
+                                    dict(fused_merge=True, programs_per_sm=8), dict(programs_per_sm=2),
                                     dict(programs_per_sm=8, num_warps=8)])
 def test_decode_configs_match_reference(rng, config) -> None:
     from engine.attention.triton_backend import TritonAttention
@@ -199,7 +199,7 @@ def test_graph_keeps_its_counters_after_they_grow(rng) -> None:
     from engine.attention.triton_backend import TritonAttention
     from engine.attention.triton_decode import DecodeConfig
     seed = rng.randrange(2**31)
-    backend = TritonAttention(decode=DecodeConfig(programs_per_sm=16))  # 2 splits even at 160 x 8 heads
+    backend = TritonAttention(decode=DecodeConfig(programs_per_sm=16, fused_merge=True))  # 2 splits at 160 x 8 heads
     small = random_batch(BatchSpec((1,) * 4, ragged_seq_lens(rng, 4, 2000, 16), 32, 8, 128,
                                    dtype=torch.bfloat16), "cuda", seed)
     args = (small.q, small.k_cache, small.v_cache, small.meta, small.scale)

@@ -13,8 +13,10 @@ bf16, block 16, shuffled block ids. Timed (median, CUDA events, L2 flushed betwe
 Each case also times the shared path's three launches alone (suffix decode, segment kernel
 with its achieved TFLOP/s, merge). Floor: the larger of (prefix once + suffixes) K/V bytes
 over the measured copy rate and the prefix's matrix FLOPs over the measured bf16 matmul rate.
-Unless ``--no-sweep``, a few segment-kernel configs are timed first on the largest prefix
-(largest and smallest batch) and the best is used.
+Unless ``--no-sweep``, the SWEEP configs are timed first on the largest prefix (largest and
+smallest batch): the whole shared path and the segment kernel alone, printed as a table; the
+best by geometric mean of the whole path is used for the cases. "hidden" is how much of the
+three launches timed alone the overlap (second stream) hides in the whole path.
 Writes shared_prefix.json, shared_prefix.png, shared_prefix_calibration.json to --out.
 """
 
@@ -43,9 +45,27 @@ from engine.attention.triton_shared_prefix import prepare
 
 HEADS, KV_HEADS, DIM, BLOCK = 32, 8, 128, 16  # Llama-3-8B
 DTYPE = torch.bfloat16
-SWEEP = [SharedPrefixConfig(), SharedPrefixConfig(overlap_suffix=True),
-         SharedPrefixConfig(programs_per_sm=1, overlap_suffix=True), SharedPrefixConfig(num_stages=3),
-         SharedPrefixConfig(block_n=128, num_warps=8), SharedPrefixConfig(block_n=32)]
+C = SharedPrefixConfig
+# One idea per entry (docs/kernels.md, "Shared-prefix"). Registers and shared memory per program from an
+# sm_90 compile with triton 3.6; "+k" = suffix-decode programs (64 regs x 128 threads, 21.5 KB) that fit beside.
+SWEEP = [
+    C(block_m=64, num_warps=4, num_stages=2, programs_per_sm=2, maxnreg=0),  # old tiles: 234 regs, 80 KB, +0
+    C(block_m=64, num_warps=4, num_stages=2, programs_per_sm=2),             # capped at 192 regs: +2
+    C(block_m=64, num_warps=4, num_stages=3, programs_per_sm=2, maxnreg=0),  # pipelined: 244 regs, 112 KB, +0
+    C(block_m=64, block_n=32, num_warps=4, num_stages=3, programs_per_sm=3, maxnreg=0),  # 144 regs, 64 KB, +1
+    C(block_m=64, block_n=32, num_warps=4, num_stages=4, programs_per_sm=2, maxnreg=0),  # 144 regs, 80 KB, +2
+    C(maxnreg=0),                # 128 rows over 8 warps, 3 stages: 220 regs, 128 KB, +1
+    C(),                         # the default: the same capped at 192 regs, +2
+    C(overlap_suffix=False),     # the default without the second stream
+    C(num_stages=4),             # 160 KB, +2
+    C(block_n=32, num_stages=4),  # 186 regs, 96 KB, +2
+]
+
+
+def label(c: SharedPrefixConfig) -> str:
+    """A short name of a config: rows, keys, warps, stages, programs per SM, register cap, overlap."""
+    return (f"m{c.block_m} n{c.block_n} w{c.num_warps} s{c.num_stages} p{c.programs_per_sm} "
+            f"r{c.maxnreg or '-'}{' ov' if c.overlap_suffix else ''}")
 
 
 @dataclass(frozen=True)
@@ -64,12 +84,18 @@ class Case:
     merge_s: float
 
     @property
+    def hidden_s(self) -> float:
+        """How much of the three launches timed alone the whole path hides (overlap; launch gaps count against)."""
+        return self.suffix_s + self.segments_s + self.merge_s - self.shared_s
+
+    @property
     def segment_flops(self) -> float:
         return 4.0 * self.batch * HEADS * self.prefix * DIM
 
     def record(self) -> dict[str, object]:
         return {**dataclasses.asdict(self), "segment_flops_per_s": self.segment_flops / self.segments_s,
                 "speedup_vs_plain": self.plain_s / self.shared_s,
+                "hidden_s": self.hidden_s,
                 "speedup_vs_sdpa": None if self.sdpa_s is None else self.sdpa_s / self.shared_s,
                 "tokens_per_s": self.batch / self.shared_s, "floor_fraction": self.floor_s / self.shared_s}
 
@@ -127,18 +153,40 @@ def time_launches(b: PagedBatch, config: SharedPrefixConfig) -> tuple[float, flo
 
 
 def sweep(cases: list[tuple[int, int]], suffixes: tuple[int, int]) -> tuple[SharedPrefixConfig, list[dict]]:
-    """Graph-replay time of every SWEEP config on each case; the best by geometric mean."""
+    """Graph-replay time of the whole path and of the segment kernel alone, for every SWEEP config on
+    each case; the best config by geometric mean of the whole path."""
     batches = {c: make_batch(*c, suffixes, seed=sum(c)) for c in cases}
     rows = []
     for config in SWEEP:
         for (batch, prefix), b in batches.items():
             seconds = graph_seconds(forward(TritonAttention(shared=config), b, True), b.q.device)
-            rows.append({"config": config, "batch": batch, "prefix": prefix, "seconds": seconds})
+            launch = prepare(b.q, b.k_cache, b.meta, multiprocessors(b.q.device), config, DecodeConfig())
+            segments = graph_seconds(lambda: launch.segments(b.q, b.k_cache, b.v_cache, b.scale, config), b.q.device)
+            rows.append({"config": config, "batch": batch, "prefix": prefix, "seconds": seconds,
+                         "segments_s": segments, "slots": launch.step.part_lse.shape[2]})
             b.meta.shared.tensors.clear()
     del batches
     torch.cuda.empty_cache()
     best = min(SWEEP, key=lambda c: geomean([r["seconds"] for r in rows if r["config"] == c]))
+    print_sweep(rows, best, cases)
     return best, rows
+
+
+def print_sweep(rows: list[dict], best: SharedPrefixConfig, cases: list[tuple[int, int]]) -> None:
+    table = Table(title="segment-kernel sweep (graph replay, µs): whole shared path / segment kernel alone")
+    table.add_column("config")
+    for batch, prefix in cases:
+        for what in ("shared", "segments", "TFLOP/s", "slots"):
+            table.add_column(f"B{batch}x{prefix // 1024}K {what}", justify="right")
+    for config in SWEEP:
+        cells = []
+        for batch, prefix in cases:
+            r = next(r for r in rows if r["config"] == config and (r["batch"], r["prefix"]) == (batch, prefix))
+            flops = 4.0 * batch * HEADS * prefix * DIM / r["segments_s"]
+            cells += [f"{r['seconds'] * 1e6:.1f}", f"{r['segments_s'] * 1e6:.1f}", f"{flops / 1e12:.0f}",
+                      str(r["slots"])]
+        table.add_row(("* " if config == best else "  ") + label(config), *cells)
+    Console(width=200).print(table)
 
 
 def matmul_rate() -> float:
@@ -160,7 +208,7 @@ def print_table(cases: list[Case], copy_bps: float, flops_per_s: float) -> None:
     table = Table(title=f"shared-prefix decode, bf16, Llama-3-8B heads, block {BLOCK}; copy {copy_bps / 1e9:.0f} GB/s, "
                         f"bf16 matmul {flops_per_s / 1e12:.0f} TFLOP/s")
     for col in ("batch", "prefix", "shared µs", "eager µs", "plain µs", "SDPA µs", "vs plain", "vs SDPA",
-                "floor µs", "% floor", "suffix µs", "segments µs", "seg TFLOP/s", "merge µs", "err"):
+                "floor µs", "% floor", "suffix µs", "segments µs", "seg TFLOP/s", "merge µs", "hidden µs", "err"):
         table.add_column(col, justify="right")
     for c in cases:
         table.add_row(str(c.batch), str(c.prefix), f"{c.shared_s * 1e6:.1f}", f"{c.eager_s * 1e6:.1f}",
@@ -168,7 +216,7 @@ def print_table(cases: list[Case], copy_bps: float, flops_per_s: float) -> None:
                       f"{c.plain_s / c.shared_s:.1f}x", "-" if c.sdpa_s is None else f"{c.sdpa_s / c.shared_s:.1f}x",
                       f"{c.floor_s * 1e6:.1f}", f"{100 * c.floor_s / c.shared_s:.0f}", f"{c.suffix_s * 1e6:.1f}",
                       f"{c.segments_s * 1e6:.1f}", f"{c.segment_flops / c.segments_s / 1e12:.0f}",
-                      f"{c.merge_s * 1e6:.1f}", f"{c.error_vs_plain:.1e}")
+                      f"{c.merge_s * 1e6:.1f}", f"{c.hidden_s * 1e6:.1f}", f"{c.error_vs_plain:.1e}")
     Console(width=200).print(table)
 
 
@@ -226,7 +274,7 @@ def main() -> None:
              for b, p in itertools.product(args.batches, args.prefixes)]
     print_table(cases, copy_bps, flops_per_s)
     drops = throughput_drops(cases)
-    Console().print(f"config: {config}\nthroughput drop, shortest -> longest prefix: "
+    Console().print(f"config: {label(config)} = {config}\nthroughput drop, shortest -> longest prefix: "
                     + ", ".join(f"B{b} {100 * d:.0f}%" for b, d in drops.items()) + f"\n{machine}")
     write_json(out / "shared_prefix.json", {
         "machine": machine, "copy_bytes_per_s": copy_bps, "matmul_flops_per_s": flops_per_s, "config": config,

@@ -17,11 +17,11 @@ import torch
 from tests.interpreter import run_interpreter_cases
 from engine.attention.shared_prefix import SharedPrefixPlan, SharedSegment
 from engine.attention.triton_inputs import TOLERANCE, BatchSpec, reference_output, relative_error
-from engine.attention.triton_shared_inputs import (PrefixTree, nested_tree, random_shared_batch,
-                                                   shared_reference_output)
+from engine.attention.triton_shared_inputs import (PrefixTree, merge_reference, nested_tree, random_partials,
+                                                   random_shared_batch, shared_reference_output)
+from engine.attention.triton_merge import merge_tiles
 from engine.attention.triton_shared_layout import build_segment_work, chunk_length
 from tests.test_triton_interpret import _patch_interpreter
-
 
 
 def test_shared_prefix_kernels_under_the_triton_interpreter() -> None:
@@ -41,12 +41,35 @@ def test_layout_gives_each_member_one_slot_per_chunk_after_its_suffix_slots() ->
     assert work.unused_slots() == ([0, 3, 3, 3], [4, 2, 3, 4])
 
 
-def test_chunks_spread_work_over_the_target_and_respect_the_floor() -> None:
-    plan = SharedPrefixPlan([SharedSegment(tuple(range(64)), 0, tuple(range(40)))], [1024] * 40)
-    # 40 members in tiles of 16 -> 3 tiles x 1024 keys x 2 heads over 48 programs = 128 keys
-    assert chunk_length(plan, 16, 16, 2, 48, 32, 64) == 128
-    assert chunk_length(plan, 16, 16, 2, 48, 512, 64) == 512
-    assert chunk_length(plan, 16, 16, 2, 7, 32, 64) == 896     # 878 rounded up to the key tile
+@pytest.mark.parametrize("members,per_tile,heads,target,floor,expected", [
+    (40, 16, 2, 48, 32, 128),    # 3 tiles x 2 heads = 6 programs per chunk: 8 chunks of 128 fill one wave
+    (40, 16, 2, 48, 512, 512),   # the floor wins
+    (40, 8, 1, 8, 32, 384),      # 5 per chunk: one wave (1 chunk, 1024 keys) loses to 2 waves of 3 chunks of 384
+    (40, 16, 2, 1, 32, 1024),    # more than MAX_WAVES waves even unchunked: spread the work, at most one segment
+])
+def test_chunks_fill_whole_waves_and_respect_the_floor(members, per_tile, heads, target, floor, expected) -> None:
+    plan = SharedPrefixPlan([SharedSegment(tuple(range(64)), 0, tuple(range(members)))], [1024] * members)
+    assert chunk_length(plan, 16, per_tile, heads, target, floor, 64) == expected
+
+
+def test_chunks_of_nested_segments_fit_one_wave() -> None:
+    # a 4096-key system prompt (32 members: 2 tiles) and a 1024-key few-shot node (16 members: 1 tile), 8 heads
+    plan = SharedPrefixPlan([SharedSegment(tuple(range(256)), 0, tuple(range(32))),
+                             SharedSegment(tuple(range(256, 320)), 4096, tuple(range(16)))], [5120] * 32)
+    def programs(chunk: int) -> int:
+        return 8 * (2 * -(-4096 // chunk) + -(-1024 // chunk))
+    chunk = chunk_length(plan, 16, 16, 8, 132, 128, 64)
+    assert chunk == 640 and programs(640) == 128 and programs(576) > 132  # 576: 8 + 8 + 2 tile-chunks
+
+
+@pytest.mark.parametrize("pairs,parts,dim,expected", [
+    (8192, 3, 128, (8, 4)),   # B256 x 32 heads, 1 suffix split + 2 chunks: 8 pairs x 4 partials x 128 per program
+    (512, 5, 128, (4, 8)),    # 128 programs exactly
+    (32, 64, 128, (1, 32)),   # B1 x 32 heads, 64 splits: two steps of 32 partials
+    (100, 3, 128, (1, 4)),    # few pairs: one per program
+])
+def test_merge_tiles_load_about_4k_elements_per_step(pairs, parts, dim, expected) -> None:
+    assert merge_tiles(pairs, parts, dim) == expected
 
 
 def test_layout_refuses_a_plan_of_another_batch() -> None:
@@ -60,8 +83,9 @@ def kernels():
     """The kernel modules (interpreted: the child runs with TRITON_INTERPRET=1)."""
     with pytest.MonkeyPatch.context() as mp:
         _patch_interpreter(mp)
-        from engine.attention import triton_backend, triton_decode, triton_shared_kernel, triton_shared_prefix
-        yield SimpleNamespace(triton_backend=triton_backend, triton_decode=triton_decode,
+        from engine.attention import (triton_backend, triton_decode, triton_merge, triton_shared_kernel,
+                                      triton_shared_prefix)
+        yield SimpleNamespace(triton_backend=triton_backend, triton_decode=triton_decode, triton_merge=triton_merge,
                               triton_shared_kernel=triton_shared_kernel, triton_shared_prefix=triton_shared_prefix)
 
 
@@ -128,3 +152,38 @@ def case_segment_kernel_writes_exactly_its_slots(kernels, rng) -> None:
     expected = expected[:, None, :].expand(part_lse.shape)
     assert torch.equal(~part_lse.isnan(), expected), f"seed {seed}: {part_lse}"
     assert not part_out[expected].isnan().any() and part_out[~expected].isnan().all(), f"seed {seed}"
+
+
+@pytest.mark.parametrize("n,heads,parts,dim,step,min_programs", [
+    (5, 3, 4, 32, 4096, 1),     # 12 pairs x 4 partials per program: one program, pairs masked at the end
+    (5, 3, 4, 32, 4096, 128),   # one pair per program
+    (3, 4, 13, 16, 64, 1),      # 4 partials per step: 4 steps, the last one masked
+    (2, 8, 1, 64, 4096, 1),     # a single partial
+    (6, 8, 3, 128, 2048, 4),    # Llama-like heads, 4 pairs per program
+])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def case_merge_matches_float64_and_never_reads_empty_partials(kernels, rng, n, heads, parts, dim, step,
+                                                              min_programs, out_dtype) -> None:
+    """Inputs from ``random_partials`` (strided, empty partials holding NaN, an empty row, a row with only
+    its last partial); the output a strided view too."""
+    seed = rng.randrange(2**31)
+    part_out, part_lse = random_partials(n, heads, parts, dim, seed, "cpu")
+    out = torch.full((n, heads, dim + 8), float("nan"), dtype=out_dtype)[..., :dim]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels.triton_merge, "STEP_ELEMENTS", step)
+        mp.setattr(kernels.triton_merge, "MIN_PROGRAMS", min_programs)
+        kernels.triton_merge.merge_partials(part_out, part_lse, out)
+    want = merge_reference(part_out, part_lse)
+    assert not out.isnan().any() and (out[0] == 0).all(), f"seed {seed}"
+    assert relative_error(out, want) < (1e-6 if out_dtype == torch.float32 else 1e-2), f"seed {seed}"
+    tol = 1e-6 if out_dtype == torch.float32 else 2**-7  # one live partial: copied, then rounded once
+    torch.testing.assert_close(out[-1].float(), part_out[-1, :, -1], rtol=tol, atol=1e-6, msg=f"seed {seed}")
+
+
+def case_default_config_with_128_row_tiles(kernels, rng) -> None:
+    """The default tiles (128 rows: 64 members of a group of 2 in one tile) and register cap; on the
+    CPU one multiprocessor, so chunks span whole segments."""
+    from dataclasses import asdict
+    defaults = asdict(kernels.triton_shared_kernel.SharedPrefixConfig())
+    tree = nested_tree(rng, 70, system=80, fewshot=32, groups=2, unshared=3, max_suffix=30, block_size=16)
+    check(kernels, tree, BatchSpec((1,), (1,), 4, 2, 32, 16, torch.bfloat16), rng.randrange(2**31), **defaults)

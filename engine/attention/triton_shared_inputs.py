@@ -1,5 +1,5 @@
 """Random decode batches whose sequences share prefix blocks, for the shared-prefix kernel's tests
-and benchmark.
+and benchmark (and the float64 references they are checked against).
 
 A batch is a prefix tree: each node is a run of whole blocks with a parent (nested sharing:
 a system prompt, few-shot examples below it), and each sequence follows the path to one
@@ -104,3 +104,31 @@ def shared_reference_output(batch: PagedBatch) -> torch.Tensor:
     from engine.attention.shared_prefix_reference import shared_prefix_decode
     return shared_prefix_decode(batch.q.double(), batch.k_cache.double(), batch.v_cache.double(), batch.meta,
                                 batch.meta.shared, batch.scale)
+
+
+def random_partials(n: int, heads: int, parts: int, dim: int, seed: int,
+                    device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partials ``(part_out [n, heads, parts, dim], part_lse [n, heads, parts])`` for merge tests: strided
+    views of larger buffers, lse spread over +-20, ~30% empty partials (lse -inf, out NaN: never to be
+    read), row 0 without any partial, the last row with only its last partial."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    part_out = torch.randn(n, heads + 1, parts + 2, dim, generator=gen, device=device)[:, 1:, 1:parts + 1]
+    part_lse = (torch.randn(n, heads, parts + 1, generator=gen, device=device) * 20)[..., :parts]
+    empty = torch.rand(n, heads, parts, generator=gen, device=device) < 0.3
+    empty[0] = True
+    empty[-1] = True
+    empty[-1, :, -1] = n == 1  # a single row is the empty one
+    part_lse[empty] = float("-inf")
+    part_out[empty] = float("nan")
+    return part_out, part_lse
+
+
+def merge_reference(part_out: torch.Tensor, part_lse: torch.Tensor) -> torch.Tensor:
+    """``triton_merge.merge_partials`` in float64: empty partials (lse -inf) weigh 0 whatever their
+    values (even NaN), rows without any partial give 0."""
+    lse, filled = part_lse.double(), part_lse > float("-inf")
+    top = lse.amax(-1, keepdim=True).nan_to_num(neginf=0.0)
+    weight = torch.where(filled, (lse - top).exp(), 0.0)
+    total = weight.sum(-1, keepdim=True)
+    merged = (torch.where(filled[..., None], part_out.double(), 0.0) * weight[..., None]).sum(-2)
+    return merged / torch.where(total > 0, total, 1.0)

@@ -8,6 +8,15 @@ decode; K/V are read once per member tile, not once per member, and the tiles of
 run side by side so the repeats hit L2. Segments hold whole blocks and keys are unmasked
 (every member sees all of them): only the chunk's last tile is masked. Each member gets a
 partial ``(out, lse)`` in its slot of the shared partial buffers.
+
+Pipelining. The K/V rows of a tile come from a block-table read. Read in the same iteration
+as the tile (as before), Triton's software pipeliner spends a stage on that read: with 2
+stages the copies of tile i+1 are issued after tile i's products and awaited at once at the
+top of the next iteration, so every tile waited the full load latency (the kernel reached
+303 TFLOP/s, 42% of matmul, at B256 x 16K). Here each iteration reads the table for the
+*next* tile and carries its rows in registers, so the K/V loads depend on no load of their
+own iteration: with ``num_stages`` 3 the copies of tile i+1 fly while tile i is computed
+(checked in the TTGIR: ``async_wait {num = 2}``, three K/V buffers; 2 stages still wait).
 """
 
 from __future__ import annotations
@@ -29,23 +38,31 @@ QUERY_TILE_BYTES = 32 * 1024  # the query tile shrinks (fp32, wide heads) until 
 
 @dataclass(frozen=True)
 class SharedPrefixConfig:
-    """Tiles and work split of the segment kernel.
+    """Tiles, work split and launch of the segment kernel.
 
     block_m: (member, head) rows per tile (a ceiling: small groups of members get a smaller
-    tile). block_n: keys per tile. programs_per_sm: how many (item, KV head) programs to aim
-    for per multiprocessor; it sets the key-chunk length. min_chunk_tokens: the shortest key
-    chunk (each chunk costs every member one fp32 partial to write and merge). Defaults: the
-    best of the first H100 sweep (docs/kernels.md).
-    overlap_suffix: run the suffix decode on a second CUDA stream beside the segment kernel.
+    tile). block_n: keys per tile. programs_per_sm: how many (item, KV head) programs fit on
+    a multiprocessor at once (registers and shared memory decide; see docs/kernels.md); the
+    key chunks are sized to whole waves of that many programs. min_chunk_tokens: the
+    shortest key chunk (each chunk costs every member one fp32 partial to write and merge).
+    maxnreg: a register cap per thread for the segment kernel (0: the compiler's choice), to
+    leave registers for suffix-decode programs beside it. overlap_suffix: run the suffix
+    decode on a second CUDA stream beside the segment kernel.
+
+    Defaults (by prediction, not yet measured: docs/kernels.md, "Shared-prefix"): 128-row
+    tiles over 8 warps read each K/V tile from L2 half as often as 64-row tiles, 3 stages
+    keep copies in flight, and capped at 192 registers one program (48K registers, 128 KB
+    shared) leaves room for two suffix-decode programs (8K registers, 21.5 KB each) per SM.
     """
 
-    block_m: int = 64
+    block_m: int = 128
     block_n: int = 64
-    num_warps: int = 4
-    num_stages: int = 2
-    programs_per_sm: int = 2
-    min_chunk_tokens: int = 1024
-    overlap_suffix: bool = False
+    num_warps: int = 8
+    num_stages: int = 3
+    programs_per_sm: int = 1
+    min_chunk_tokens: int = 128
+    overlap_suffix: bool = True
+    maxnreg: int = 192
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -55,6 +72,14 @@ class SharedPrefixConfig:
         for name in ("num_warps", "num_stages", "programs_per_sm", "min_chunk_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SharedPrefixConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.maxnreg and not 32 <= self.maxnreg <= 255:
+            raise ValueError(f"SharedPrefixConfig.maxnreg must be 0 (no cap) or 32..255, got {self.maxnreg}")
+
+    @property
+    def launch_options(self) -> dict[str, int]:
+        """Triton launch options of the segment kernel."""
+        options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        return {**options, "maxnreg": self.maxnreg} if self.maxnreg else options
 
     @functools.cached_property
     def as_ints(self) -> tuple[int, ...]:
@@ -98,16 +123,17 @@ def _segment_kernel(q_ptr, k_ptr, v_ptr, blocks_ptr, items_ptr, member_rows_ptr,
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     head_offset = kv_head * stride_kh
     full_end = first + (end - first) // BLOCK_N * BLOCK_N
+    # Rows of the next tile are looked up one iteration ahead (see the module docstring).
+    kpos = first + tl.arange(0, BLOCK_N)
+    rows = kv_rows(table, kpos, kpos < end, head_offset, stride_kb, stride_kt, PAGE)
     for n0 in range(first, full_end, BLOCK_N):
-        kpos = n0 + tl.arange(0, BLOCK_N)
-        rows = kv_rows(table, kpos, kpos >= 0, head_offset, stride_kb, stride_kt, PAGE)
         k = tl.load(k_ptr + rows[:, None] + d[None, :])
         v = tl.load(v_ptr + rows[:, None] + d[None, :])
+        kpos = n0 + BLOCK_N + tl.arange(0, BLOCK_N)
+        rows = kv_rows(table, kpos, kpos < end, head_offset, stride_kb, stride_kt, PAGE)
         m, l, acc = softmax_step(q, k, v, m, l, acc, qk_scale, None, False, PREC)
-    for n0 in range(full_end, end, BLOCK_N):  # the chunk's partial last tile, if any
-        kpos = n0 + tl.arange(0, BLOCK_N)
-        kvalid = kpos < end
-        rows = kv_rows(table, kpos, kvalid, head_offset, stride_kb, stride_kt, PAGE)
+    if full_end < end:  # the chunk's partial last tile: rows already point at it (rows past end at page 0)
+        kvalid = full_end + tl.arange(0, BLOCK_N) < end
         k = tl.load(k_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
         v = tl.load(v_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
         m, l, acc = softmax_step(q, k, v, m, l, acc, qk_scale, kvalid[None, :], True, PREC)
@@ -139,5 +165,4 @@ def segment_partials(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         q, k_cache, v_cache, blocks, items, member_rows, member_slots, part_out, part_lse, scale * LOG2E,
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *part_out.stride()[:3], *part_lse.stride(),
         FIELDS=ITEM_FIELDS, GROUP=num_heads // num_kv_heads, BLOCK_M=block_m, BLOCK_N=block_n, D=dim,
-        PAGE=k_cache.shape[1], PREC=dot_precision(q.dtype), num_warps=config.num_warps,
-        num_stages=config.num_stages)
+        PAGE=k_cache.shape[1], PREC=dot_precision(q.dtype), **config.launch_options)

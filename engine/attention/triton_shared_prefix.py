@@ -27,7 +27,7 @@ from engine.attention.shared_prefix import SharedPrefixPlan
 from engine.attention.triton_decode import DecodeConfig, decode_partials
 from engine.attention.triton_merge import merge_partials
 from engine.attention.triton_shared_kernel import SharedPrefixConfig, segment_partials
-from engine.attention.triton_shared_layout import build_segment_work, chunk_length
+from engine.attention.triton_shared_layout import SegmentWork, build_segment_work, chunk_length
 
 PREFIX = "triton_shared."
 NAMES = ("key", "suffix_tables", "suffix_lens", "blocks", "items", "member_rows", "member_slots", "part_out",
@@ -64,16 +64,23 @@ def suffix_splits(meta: AttentionMetadata, plan: SharedPrefixPlan, num_kv_heads:
     return config.num_splits(meta.num_seqs, num_kv_heads, meta.max_seq_len - min(plan.suffix_start), num_sms)
 
 
+def segment_layout(q: torch.Tensor, k_cache: torch.Tensor, plan: SharedPrefixPlan, suffix_slots: int,
+                   tiles: tuple[int, int], num_sms: int, config: SharedPrefixConfig) -> SegmentWork:
+    """The segment kernel's work layout for this plan, tiles and machine (host only)."""
+    page, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    members_per_tile = tiles[0] // (q.shape[1] // num_kv_heads)
+    chunk = chunk_length(plan, page, members_per_tile, num_kv_heads, config.programs_per_sm * num_sms,
+                         config.min_chunk_tokens, tiles[1])
+    return build_segment_work(plan, q.shape[0], page, suffix_slots, members_per_tile, chunk)
+
+
 def build_step(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata, plan: SharedPrefixPlan,
                key: torch.Tensor, suffix_slots: int, tiles: tuple[int, int], num_sms: int,
                config: SharedPrefixConfig) -> SharedStep:
     """Lay out the plan's work, copy it to the device, and allocate the partials (unused slots neutral)."""
     num_seqs, num_heads, dim = q.shape
-    page, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
-    members_per_tile = tiles[0] // (num_heads // num_kv_heads)
-    chunk = chunk_length(plan, page, members_per_tile, num_kv_heads, config.programs_per_sm * num_sms,
-                         config.min_chunk_tokens, tiles[1])
-    work = build_segment_work(plan, num_seqs, page, suffix_slots, members_per_tile, chunk)
+    page = k_cache.shape[1]
+    work = segment_layout(q, k_cache, plan, suffix_slots, tiles, num_sms, config)
 
     def device(values: list) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int32).to(q.device)
@@ -150,7 +157,11 @@ def shared_prefix_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     Equal (up to rounding) to plain paged decode. Inputs are assumed checked as for plain
     decode (see triton_backend); the plan must cover the batch's sequences. With
     ``config.overlap_suffix`` on CUDA, the suffix decode runs on a second stream while the
-    segment kernel runs (both write disjoint slots; the merge waits for both).
+    segment kernel runs (both write disjoint slots; the merge waits for both). The segment
+    kernel is launched first: its programs (one wave, see ``chunk_length``) take their room
+    on every SM at once and the many small suffix programs fill what they leave
+    (``SharedPrefixConfig.maxnreg``); launched first, the suffix would hold every SM and the
+    large segment programs would wait for room.
     """
     launch = prepare(q, k_cache, meta, num_sms, config, decode)
     if config.overlap_suffix and q.is_cuda:

@@ -4,7 +4,9 @@ Every run draws fresh random inputs (the seed is in each failure message): prefi
 a system prompt shared by all, few-shot nodes shared by subsets, sequences sharing nothing
 mixed in, shuffled block ids and NaN in every cache slot a kernel must not read. Outputs are
 compared in float64 with ``shared_prefix_reference`` (the decomposition) and with plain
-``reference.paged_attention``.
+``reference.paged_attention``; then the suffix decode and segment kernel run again into
+NaN-filled partials, which must all be written, and merge to the same bits. The merge kernel
+is checked alone against a float64 merge (empty partials holding NaN must not be read).
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import random
 import pytest
 import torch
 
-from engine.attention.triton_backend import TritonAttention
+from engine.attention.triton_backend import TritonAttention, multiprocessors
+from engine.attention.triton_decode import DecodeConfig
 from engine.attention.triton_inputs import TOLERANCE, BatchSpec, reference_output, relative_error
-from engine.attention.triton_shared_inputs import PrefixTree, nested_tree, random_shared_batch, shared_reference_output
+from engine.attention.triton_merge import merge_partials
+from engine.attention.triton_shared_inputs import (PrefixTree, merge_reference, nested_tree, random_partials,
+                                                   random_shared_batch, shared_reference_output)
 from engine.attention.triton_shared_kernel import SharedPrefixConfig
+from engine.attention.triton_shared_prefix import prepare, segment_layout
 from engine.sampling_params import SamplingParams
 from tests.engine.conftest import make_engine
 
@@ -34,12 +40,32 @@ def check(tree: PrefixTree, spec: BatchSpec, seed: int, config: SharedPrefixConf
     out = TritonAttention(shared=config).forward(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
     torch.cuda.synchronize()
     assert out.shape == batch.q.shape and out.dtype == spec.dtype and out.is_contiguous()
-    assert not plan.tensors["triton_shared.part_out"].isnan().any(), f"a partial slot was never written (seed {seed})"
-    where = f"(seed {seed}, {len(plan.segments)} segments, seq_lens {batch.meta.seq_lens.tolist()})"
+    where = f"(seed {seed}, {len(plan.segments)} segments, seq_lens {batch.meta.seq_lens.tolist()}, {config})"
     for name, ref in (("shared_prefix_reference", shared_reference_output(batch)),
                       ("paged reference", reference_output(batch))):
         err = relative_error(out, ref)
         assert err < TOLERANCE[spec.dtype], f"{name}: relative error {err:.2e} >= {TOLERANCE[spec.dtype]} {where}"
+    assert torch.equal(rerun_into_nan(batch, config), out), f"partials not all written, or not deterministic {where}"
+
+
+def rerun_into_nan(batch, config: SharedPrefixConfig) -> torch.Tensor:
+    """The step's launches again (serially) into partials that are NaN except the slots the layout leaves
+    neutral: no NaN may remain; returns the merged output."""
+    decode, sms = DecodeConfig(), multiprocessors(batch.q.device)
+    launch = prepare(batch.q, batch.k_cache, batch.meta, sms, config, decode)
+    step = launch.step
+    work = segment_layout(batch.q, batch.k_cache, batch.meta.shared, launch.suffix_splits, launch.tiles, sms, config)
+    rows, slots = (torch.tensor(x, dtype=torch.long, device=batch.q.device) for x in work.unused_slots())
+    step.part_out.fill_(float("nan"))
+    step.part_lse.fill_(float("nan"))
+    step.part_out[rows, :, slots] = 0.0
+    step.part_lse[rows, :, slots] = float("-inf")
+    launch.suffix(batch.q, batch.k_cache, batch.v_cache, batch.scale, decode)
+    launch.segments(batch.q, batch.k_cache, batch.v_cache, batch.scale, config)
+    assert not step.part_out.isnan().any() and not step.part_lse.isnan().any(), "a partial slot was never written"
+    out = torch.empty_like(batch.q)
+    launch.merge(out)
+    return out
 
 
 CASES = [(torch.bfloat16, 32, 8, 128, 16), (torch.float16, 32, 8, 128, 16), (torch.float32, 32, 8, 128, 16),
@@ -67,16 +93,35 @@ def test_16k_prefix(rng, dtype) -> None:
     check(tree, BatchSpec((1,), (1,), 32, 8, 128, 16, dtype), rng.randrange(2**31))
 
 
-@pytest.mark.parametrize("config", [SharedPrefixConfig(block_m=128, num_warps=8),
-                                    SharedPrefixConfig(programs_per_sm=1, min_chunk_tokens=8192),
-                                    SharedPrefixConfig(block_n=32, num_stages=3, min_chunk_tokens=64),
-                                    SharedPrefixConfig(block_m=16, block_n=128),
-                                    SharedPrefixConfig(overlap_suffix=True),
-                                    SharedPrefixConfig(programs_per_sm=1, overlap_suffix=True, num_stages=3)])
+C = SharedPrefixConfig
+
+
+@pytest.mark.parametrize("config", [
+    C(block_m=64, num_warps=4, num_stages=2, programs_per_sm=2, maxnreg=0, overlap_suffix=False),  # the old tiles
+    C(block_m=64, num_warps=4, num_stages=2, programs_per_sm=2),
+    C(block_m=64, num_warps=4, num_stages=3, programs_per_sm=2, maxnreg=0),
+    C(block_m=64, block_n=32, num_warps=4, num_stages=3, programs_per_sm=3, maxnreg=0),
+    C(num_stages=4), C(block_n=32, num_stages=4), C(overlap_suffix=False),
+    C(programs_per_sm=1, min_chunk_tokens=8192, maxnreg=0),
+    C(block_m=16, block_n=128, num_warps=4, num_stages=2, maxnreg=0),
+    C(block_m=32, block_n=16, num_warps=4, num_stages=5, min_chunk_tokens=16, programs_per_sm=8)])
 def test_configs_match_references(rng, config) -> None:
     tree = nested_tree(rng, 64, system=rng.randint(500, 5000), fewshot=rng.randint(16, 300), groups=4,
                        unshared=4, max_suffix=400, block_size=16)
     check(tree, BatchSpec((1,), (1,), 32, 8, 128, 16, torch.bfloat16), rng.randrange(2**31), config)
+
+
+@pytest.mark.parametrize("n,heads,parts,dim", [(256, 32, 3, 128), (3, 32, 64, 128), (37, 28, 10, 128),
+                                              (64, 16, 5, 256), (300, 8, 2, 32), (3, 4, 130, 64)])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_merge_matches_float64_and_never_reads_empty_partials(rng, n, heads, parts, dim, out_dtype) -> None:
+    seed = rng.randrange(2**31)
+    part_out, part_lse = random_partials(n, heads, parts, dim, seed, "cuda")
+    out = torch.full((n, heads, dim + 8), float("nan"), dtype=out_dtype, device="cuda")[..., :dim]
+    merge_partials(part_out, part_lse, out)
+    err = relative_error(out, merge_reference(part_out, part_lse))
+    assert not out.isnan().any() and (out[0] == 0).all(), f"seed {seed}"
+    assert err < (1e-6 if out_dtype == torch.float32 else 1e-2), f"relative error {err:.2e} (seed {seed})"
 
 
 def test_engine_greedy_tokens_same_with_and_without_the_shared_path(tiny_model) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import ray
 
@@ -24,12 +24,21 @@ log = logging.getLogger(__name__)
 
 
 class OutputChannels:
-    """A worker's side: one queue of deltas per dispatcher channel."""
+    """A worker's side: one queue of deltas per dispatcher channel.
 
-    def __init__(self) -> None:
+    A channel whose reader goes away (its dispatcher closed it, or the stream was cancelled)
+    aborts the requests still running on it, so nobody's KV blocks outlive their reader.
+    """
+
+    def __init__(self, abort: Callable[[str], None] | None = None) -> None:
         self.queues: dict[str, asyncio.Queue] = {}
+        self.running: dict[str, set[str]] = {}  # channel -> requests not finished yet
+        self.abort = abort
 
-    def sink(self, channel: str) -> asyncio.Queue:
+    def sink(self, channel: str, request_id: str | None = None) -> asyncio.Queue:
+        """The channel's queue; ``request_id`` is a request whose deltas will go there."""
+        if request_id is not None:
+            self.running.setdefault(channel, set()).add(request_id)
         return self.queues.setdefault(channel, asyncio.Queue())
 
     async def drain(self, channel: str) -> AsyncIterator[list[RequestOutput]]:
@@ -43,6 +52,8 @@ class OutputChannels:
                     items.append(queue.get_nowait())
                 failure = next((x for x in items if isinstance(x, BaseException)), None)
                 deltas = [x for x in items if not isinstance(x, BaseException)]
+                running = self.running.get(channel, set())
+                running.difference_update(d.request_id for d in deltas if d.finished)
                 if deltas:
                     yield deltas
                 if failure is not None:
@@ -50,6 +61,10 @@ class OutputChannels:
         finally:
             if self.queues.get(channel) is queue:
                 del self.queues[channel]
+            orphans = self.running.pop(channel, set())
+            if self.abort is not None:
+                for request_id in orphans:
+                    self.abort(request_id)
 
 
 class ReplicaFailed(ServiceUnavailableError):

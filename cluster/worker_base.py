@@ -21,7 +21,7 @@ class EngineWorker:
         self.engine = engine
         self.handoff = handoff
         self.handoff_bytes = 0
-        self.channels = OutputChannels()
+        self.channels = OutputChannels(abort=self.abort)
 
     @property
     def kv_cache(self):

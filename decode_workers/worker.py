@@ -37,10 +37,10 @@ class DecodeWorker(EngineWorker):
         def start(e) -> str:
             e.kv_arrived(request_id)
             return request_id
-        self.engine.submit(start, self.channels.sink(channel))
+        self.engine.submit(start, self.channels.sink(channel, request_id))
 
     def start_generate(self, req: PrefillRequest, channel: str) -> None:
         """A whole request, prompt included, on this worker; its deltas go to ``channel``
         (InvalidRequestError at once for bad input)."""
         self.engine.submit(lambda e: e.add_request(req.request_id, req.prompt_token_ids, req.params,
-                                                   req.cache_salt), self.channels.sink(channel))
+                                                   req.cache_salt), self.channels.sink(channel, req.request_id))

@@ -48,3 +48,48 @@ def test_a_killed_replica_fails_its_requests(tiny_model):
                         ray.kill(dispatcher.pools.colocated[0].actor)
             await dispatcher.aclose()
         asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_a_closed_channel_aborts_the_requests_still_running_on_it():
+    aborted = []
+
+    async def go():
+        channels = OutputChannels(abort=aborted.append)
+        for rid in ("done", "left"):
+            channels.sink("c", rid)
+        channels.sink("c").put_nowait(delta("done", 1, finished=True))
+        stream = channels.drain("c")
+        assert [d.request_id for d in await anext(stream)] == ["done"]
+        await stream.aclose()  # the dispatcher went away
+        assert "c" not in channels.queues and "c" not in channels.running
+    asyncio.run(go())
+    assert aborted == ["left"]
+
+
+@pytest.mark.ray
+@pytest.mark.redis
+def test_closing_a_dispatcher_aborts_its_running_requests_on_the_workers(tiny_model):
+    params = SamplingParams(max_tokens=4000, temperature=0, ignore_eos=True)  # runs to max_model_len
+    config = cluster_config(tiny_model, colocated={"replicas": 1, "hardware": {"num_cpus": 0.25}})
+    with Cluster(config) as dispatcher:
+        replica = dispatcher.pools.colocated[0]
+        max_len = ray.get(replica.actor.info.remote()).max_model_len
+
+        async def go():
+            started = asyncio.Event()
+
+            async def consume():
+                async for _ in dispatcher.generate(None, [5, 6, 7, 8], params):
+                    started.set()
+            task = asyncio.create_task(consume())
+            await started.wait()
+            await dispatcher.aclose()  # its output streams end: the worker must drop the request
+            while (load := await replica.actor.load.remote()).running:
+                await asyncio.sleep(0.05)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return load, await replica.actor.profile.remote()
+        load, profile = asyncio.run(asyncio.wait_for(go(), 120))
+        decoded = sum(kind["tokens"] for kind in profile.values())
+        assert load.free_blocks == load.total_blocks
+        assert decoded < (max_len - 4) * 3 // 4, f"ran {decoded} of {max_len - 4} tokens: not aborted"

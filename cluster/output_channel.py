@@ -124,7 +124,8 @@ class OutputDemux:
                 queue.put_nowait(failure)
 
     async def aclose(self) -> None:
-        """Stop this loop's readers and their streams on the workers."""
+        """Stop this loop's readers and their streams on the workers (which abort what still
+        runs there); requests still waiting here end with ReplicaFailed."""
         loop_id = id(asyncio.get_running_loop())
         for key, (task, stream) in list(self.readers.items()):
             if key[1] != loop_id:
@@ -136,3 +137,6 @@ class OutputDemux:
                 pass
             await asyncio.gather(task, return_exceptions=True)
             del self.readers[key]
+            for owner, queue in list(self.queues.values()):
+                if owner == key[0]:
+                    queue.put_nowait(ReplicaFailed(f"the dispatcher closed its stream from {owner}"))

@@ -86,8 +86,8 @@ def test_closing_a_dispatcher_aborts_its_running_requests_on_the_workers(tiny_mo
             await dispatcher.aclose()  # its output streams end: the worker must drop the request
             while (load := await replica.actor.load.remote()).running:
                 await asyncio.sleep(0.05)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            with pytest.raises(ReplicaFailed, match="closed"):
+                await task  # the caller is told, not left waiting
             return load, await replica.actor.profile.remote()
         load, profile = asyncio.run(asyncio.wait_for(go(), 120))
         decoded = sum(kind["tokens"] for kind in profile.values())

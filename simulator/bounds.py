@@ -11,6 +11,7 @@ import numpy as np
 
 from simulator.costs import CostModels, kv_capacity_tokens
 from simulator.operators import prefill_work
+from simulator.shared_prefix import shared_segments
 from simulator.traces.trace import Trace
 
 
@@ -21,9 +22,12 @@ class LoadBounds:
         self.prompt_tokens = float(trace.prompt_tokens.sum())
         self.decode_tokens = float((trace.output_tokens - 1).sum())
         self.mean_length = float((trace.prompt_tokens + trace.output_tokens).mean())
-        # mean context over decode tokens: prompt + half the output, weighted by output
+        # mean context over decode tokens: prompt + half the output, weighted by output; prompt blocks
+        # other requests share may be read once per batch (shared-prefix steps), so they do not count
         out = trace.output_tokens.astype(np.float64)
-        self.mean_context = float(((trace.prompt_tokens + out / 2) * out).sum() / out.sum())
+        runs = shared_segments(trace)
+        shared = 0 if runs is None else np.array([r[-1][2] if r else 0 for r in runs]) * trace.block_tokens
+        self.mean_context = float(((trace.prompt_tokens - shared + out / 2) * out).sum() / out.sum())
 
     def _count(self, busy_seconds: float) -> int:
         return max(1, math.ceil(busy_seconds / self.duration))

@@ -5,6 +5,12 @@ context: the roofline line scaled through the point); between measured batch siz
 correction (measured / roofline) of both terms is interpolated, outside them the nearest is
 kept. Prefill: the ratio measured / roofline, interpolated in log(tokens), nearest outside.
 Attention-only measurements correct the per-token attention cost (used for offload).
+Shared-prefix decode: a measurement less its suffixes (at the per-token attention cost) is the
+shared prefix's own cost. Per measured batch size it is piecewise linear in the prefix through
+the measured points, constant below the shortest (the path's fixed costs), proportional beyond
+the longest; between measured batch sizes its correction (/ the roofline's: prefix read once,
+FLOPs as a matmul) is interpolated, outside them the nearest is kept. Without measurements the
+roofline's is scaled like the attention.
 """
 
 from __future__ import annotations
@@ -17,6 +23,20 @@ from simulator.errors import SimInputError
 from simulator.operators import Work, decode_work, prefill_work
 from simulator.profiles import Measurement, Profile
 from simulator.roofline import Piece, RooflineCost
+
+
+def _mean_curve(points: list[tuple[float, float]]) -> tuple[list[float], list[float]] | None:
+    """Sorted xs and the mean y at each (None without points)."""
+    by_x: dict[float, list[float]] = {}
+    for x, y in points:
+        by_x.setdefault(x, []).append(y)
+    xs = sorted(by_x)
+    return (xs, [statistics.fmean(by_x[x]) for x in xs]) if xs else None
+
+
+def _held_then_proportional(xs: list[float], ys: list[float], x: float) -> float:
+    """Piecewise-linear through sorted positive xs, constant below the first, proportional beyond the last."""
+    return ys[-1] * x / xs[-1] if x >= xs[-1] else _interpolate(xs, ys, x)
 
 
 def _interpolate(xs: list[float], ys: list[float], x: float) -> float:
@@ -40,16 +60,29 @@ class CalibratedCost:
         self.roofline, self.model, self.hw, self.tp = roofline, roofline.model, roofline.hw, roofline.tp
         self._prefill = self._prefill_ratios(profile.of("prefill"))
         self._attention_ratio = self._attention(profile.of("attention"))
+        self._shared = self._shared_costs(profile.of("shared_prefix_decode"), profile.device)
         self._decode = self._decode_ratios(profile.of("decode_step"))
         self._pieces: dict[int, tuple[Piece, ...]] = {}
 
     def _prefill_ratios(self, points: list[Measurement]) -> tuple[list[float], list[float]] | None:
-        by_size: dict[float, list[float]] = {}
+        roof = self.roofline.seconds
+        return _mean_curve([(math.log(p.tokens), p.seconds / roof(prefill_work(p.tokens, p.context, 1)))
+                            for p in points])
+
+    def _shared_costs(self, points: list[Measurement], device: str) -> tuple[list[float], list] | None:
+        """Per measured batch size, (prefix tokens, seconds of a step) of the shared prefix's own cost."""
+        layers = self.model.num_layers
+        per_layer = self.attention_seconds_per_token() / layers
+        by_batch: dict[int, list[tuple[float, float]]] = {}
         for p in points:
-            roof = self.roofline.seconds(prefill_work(p.tokens, p.context, 1))
-            by_size.setdefault(math.log(p.tokens), []).append(p.seconds / roof)
-        xs = sorted(by_size)
-        return (xs, [statistics.fmean(by_size[x]) for x in xs]) if xs else None
+            suffixes = per_layer * p.layers * p.batch * p.suffix
+            if p.seconds <= suffixes:
+                raise SimInputError(f"profile for {device}: shared_prefix_decode at batch {p.batch}, prefix {p.prefix} "
+                                    f"takes {p.seconds:.3g} s, no more than its suffixes' modeled attention "
+                                    f"({suffixes:.3g} s)")
+            by_batch.setdefault(p.batch, []).append((p.prefix, (p.seconds - suffixes) * layers / p.layers))
+        batches = sorted(by_batch)
+        return ([float(b) for b in batches], [_mean_curve(by_batch[b]) for b in batches]) if batches else None
 
     def _attention(self, points: list[Measurement]) -> float:
         per_layer = self.roofline.attention_seconds_per_token() / self.model.num_layers
@@ -82,6 +115,18 @@ class CalibratedCost:
 
     def attention_seconds_per_token(self) -> float:
         return self.roofline.attention_seconds_per_token() * self._attention_ratio
+
+    def decode_attention_per_token(self, batch: int) -> float:
+        return self.decode_pieces(batch)[0][2]
+
+    def shared_prefix_seconds(self, members: int, tokens: int) -> float:
+        roof = self.roofline.shared_prefix_seconds(members, tokens)
+        if self._shared is None or tokens <= 0:
+            return roof * self._attention_ratio
+        batches, curves = self._shared
+        ratios = [_held_then_proportional(*curve, tokens) / self.roofline.shared_prefix_seconds(int(b), tokens)
+                  for b, curve in zip(batches, curves)]
+        return roof * _interpolate(batches, ratios, members)
 
     def seconds(self, work: Work) -> float:
         roof = self.roofline.seconds(work)

@@ -40,6 +40,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_input_options(sim)
     sim.add_argument("--max-num-seqs", type=int, default=256)
     sim.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    sim.add_argument("--no-shared-prefix", action="store_true",
+                     help="decode steps read every sequence's whole context (no shared-prefix attention)")
     sim.add_argument("--out", type=Path, default=None, help="write result.json and latency_cdf.png here")
     sim.add_argument("--validate", action="store_true",
                      help="run the validation suite (operator sums, M/D/1, monotonicity, seeds, Splitwise, Lamina)")

@@ -16,7 +16,8 @@ from simulator.roofline import IterationCost, RooflineCost
 
 class CostModels:
     """Builds (and caches) one cost model per (hardware, tp); a profile measured on that hardware
-    and tp replaces roofline estimates where it has measurements."""
+    and tp replaces roofline estimates where it has measurements (several profiles of one hardware
+    and tp count as one: e.g. decode_step and shared_prefix_decode files from two benchmarks)."""
 
     def __init__(self, model: ModelSpec, catalog: Catalog, profiles: tuple[Profile, ...] = (),
                  links: LinkTable | None = None) -> None:
@@ -26,8 +27,11 @@ class CostModels:
                                     f"not {model.name!r} (drop its 'model' keys to use it anyway)")
         self.model, self.catalog = model, catalog
         self.links = links or LinkTable(catalog)
-        self.profiles = {(catalog.resolve(p.device), p.tp): replace(p, device=catalog.resolve(p.device))
-                         for p in profiles}
+        self.profiles: dict[tuple[str, int], Profile] = {}
+        for p in profiles:
+            key = (catalog.resolve(p.device), p.tp)
+            earlier = self.profiles[key].measurements if key in self.profiles else ()
+            self.profiles[key] = replace(p, device=key[0], measurements=earlier + p.measurements)
         self._costs: dict[tuple[str, int], IterationCost] = {}
 
     def replica(self, hardware: str, tp: int) -> IterationCost:

@@ -3,6 +3,8 @@
 The batch changes only when a sequence joins or finishes; between changes the steps form an
 arithmetic series (step_curve), so there is one event per change, not per token. Each run is
 recorded as a segment (batch, steps, first step seconds, growth per step) for TBT statistics.
+With ``shared`` (shared_prefix.py), prompt blocks that running sequences share are attended once
+per step: the steps run as if the context were ``saved`` tokens shorter (constant between changes).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from heapq import heappop, heappush
 
 from simulator.request import Request
 from simulator.roofline import IterationCost
+from simulator.shared_prefix import SharedPrefixes
 from simulator.step_curve import run, steps_to_reach
 
 EPS_S = 1e-9  # boundaries closer than this to a target time count as reaching it
@@ -19,10 +22,12 @@ EPS_S = 1e-9  # boundaries closer than this to a target time count as reaching i
 
 class DecodeBatch:
     __slots__ = ("cost", "t", "k", "batch", "context", "finishes", "pieces", "segments", "busy_s",
-                 "attention_s", "attention_per_token", "joined", "on_finish", "_seq")
+                 "attention_s", "attention_per_token", "joined", "on_finish", "_seq", "shared", "saved")
 
-    def __init__(self, cost: IterationCost, segments: list, on_finish: Callable[[Request, float], None]) -> None:
-        self.cost, self.segments, self.on_finish = cost, segments, on_finish
+    def __init__(self, cost: IterationCost, segments: list, on_finish: Callable[[Request, float], None],
+                 shared: SharedPrefixes | None = None) -> None:
+        self.cost, self.segments, self.on_finish, self.shared = cost, segments, on_finish, shared
+        self.saved = 0.0    # context tokens shared-prefix steps do not pay for (decode-only steps)
         self.t = 0.0        # start of step k (a boundary)
         self.k = 0
         self.batch = 0      # sequences running
@@ -44,16 +49,20 @@ class DecodeBatch:
         self.context += req.prompt + 1
         self.pieces = self.cost.decode_pieces(self.batch)
         self.joined.append(req)
+        if self.shared is not None:
+            if req.shared_runs:
+                self.shared.join(req)
+            self.saved = self.shared.saved(self.batch)
 
     def next_change(self) -> float:
         """When the next sequence finishes, if nothing joins before."""
-        return self.t + run(self.pieces, self.batch, self.context, self.finishes[0][0] - self.k)
+        return self.t + run(self.pieces, self.batch, self.context - self.saved, self.finishes[0][0] - self.k)
 
     def advance_to(self, target: float) -> None:
         """Run to the first boundary at or after ``target``, finishing sequences on the way."""
         while self.batch and self.t < target - EPS_S:
             left = self.finishes[0][0] - self.k
-            m = steps_to_reach(self.pieces, self.batch, self.context, target - self.t)
+            m = steps_to_reach(self.pieces, self.batch, self.context - self.saved, target - self.t)
             self._run(min(m, left))
             if m >= left:
                 self._finish_due()
@@ -61,7 +70,7 @@ class DecodeBatch:
             self.t = target
 
     def step(self, seconds: float) -> None:
-        """One step timed from outside (a mixed prefill + decode iteration)."""
+        """One step timed from outside (a mixed prefill + decode iteration: no shared-prefix path)."""
         if not self.batch:
             self.t += seconds
             return
@@ -74,13 +83,13 @@ class DecodeBatch:
         self._finish_due()
 
     def _run(self, m: int) -> None:
-        segments = self.segments
-        seconds = run(self.pieces, self.batch, self.context, m, segments)
+        segments, context = self.segments, self.context - self.saved
+        seconds = run(self.pieces, self.batch, context, m, segments)
         if self.joined:  # their first decode token comes at the end of the run's first step
-            first = segments[-1][2] if len(self.pieces) == 1 else run(self.pieces, self.batch, self.context, 1)
+            first = segments[-1][2] if len(self.pieces) == 1 else run(self.pieces, self.batch, context, 1)
             self._time_joined(first)
         b = self.batch
-        self.attention_s += self.attention_per_token * (m * self.context + b * m * (m - 1) / 2)
+        self.attention_s += self.attention_per_token * (m * context + b * m * (m - 1) / 2)
         self.t += seconds
         self.busy_s += seconds
         self.context += m * b
@@ -98,6 +107,10 @@ class DecodeBatch:
             req = heappop(finishes)[2]
             self.batch -= 1
             self.context -= req.prompt + 1 + (self.k - req.k_join)
+            if self.shared is not None and req.shared_runs:
+                self.shared.leave(req)
             self.on_finish(req, self.t)
         if self.batch:
             self.pieces = self.cost.decode_pieces(self.batch)
+        if self.shared is not None:
+            self.saved = self.shared.saved(self.batch)

@@ -38,7 +38,9 @@ class PoolSpec:
 @dataclass(frozen=True)
 class Design:
     """colocated: one pool does both phases; disaggregated: prefill + decode; offload: prefill +
-    decode whose attention runs on the attention pool (shared evenly by the decode replicas)."""
+    decode whose attention runs on the attention pool (shared evenly by the decode replicas).
+    shared_prefix_attention (with prefix_caching): decode-only steps attend prompt blocks that
+    running sequences share once for all of them (Hydragen-style; see shared_prefix.py)."""
 
     colocated: PoolSpec | None = None
     prefill: PoolSpec | None = None
@@ -46,6 +48,7 @@ class Design:
     attention: PoolSpec | None = None
     router: str = "prefix_aware"
     prefix_caching: bool = True
+    shared_prefix_attention: bool = True
     layerwise_transfer: bool = True
     micro_batches: int = 2
 

@@ -33,7 +33,8 @@ class OffloadCost:
             raise SimInputError("offload share must be > 0 and micro_batches >= 1")
         if attention.tp != 1:
             raise SimInputError("attention devices are modeled one by one (tp=1)")
-        self.compute, self.share, self.micro_batches, self.link = compute, share, micro_batches, link
+        self.compute, self.attention, self.share = compute, attention, share
+        self.micro_batches, self.link = micro_batches, link
         self.model, self.hw, self.tp = compute.model, compute.hw, compute.tp
         self.attention_per_token = attention.attention_seconds_per_token() / share
         m = compute.model
@@ -48,6 +49,13 @@ class OffloadCost:
 
     def attention_seconds_per_token(self) -> float:
         return self.attention_per_token
+
+    def decode_attention_per_token(self, batch: int) -> float:
+        return self.attention_per_token
+
+    def shared_prefix_seconds(self, members: int, tokens: int) -> float:
+        """On the attention devices (the attention stage)."""
+        return self.attention.shared_prefix_seconds(members, tokens) / self.share
 
     def step_seconds(self, batch: int, context: int) -> float:
         stages = self.stages(batch, context)

@@ -9,6 +9,10 @@
 decode_step/attention: ``context`` is tokens per sequence; prefill: ``context`` is the cached prefix.
 A decode_step is a whole model step; an attention measurement (``decode_attention`` as
 benchmarks/attention.py writes it) is ``layers`` layers of decode attention (default 1).
+A shared_prefix_decode measurement (benchmarks/shared_prefix.py) is ``layers`` layers (default 1)
+of decode attention for ``batch`` >= 2 sequences that share one ``prefix`` of tokens and own
+``suffix`` tokens each (the mean, the new token included), through the shared-prefix path:
+    {"op": "shared_prefix_decode", "batch": 128, "prefix": 4096, "suffix": 312, "seconds": 0.000123}
 ``device`` (a catalog name, or a driver name like "NVIDIA H100 80GB HBM3") and ``tp`` say where
 the measurements were taken; ``model`` (optional, top level or per measurement) must match the
 simulated model. Link ends are catalog names, or gpuN/cpuN meaning ``device`` (as
@@ -24,7 +28,9 @@ from pathlib import Path
 from simulator.errors import SimInputError
 from simulator.files import read_json
 
-OPS = {"decode_step": ("batch", "context"), "attention": ("batch", "context"), "prefill": ("tokens",)}
+OPS = {"decode_step": ("batch", "context"), "attention": ("batch", "context"), "prefill": ("tokens",),
+       "shared_prefix_decode": ("batch", "prefix", "suffix")}
+LAYERED = ("attention", "shared_prefix_decode")  # ops measured per ``layers`` layers
 ALIASES = {"decode_attention": "attention"}
 LOCAL_DEVICE = re.compile(r"^(gpu|cpu)\d+$")
 
@@ -36,6 +42,8 @@ class Measurement:
     batch: int = 1
     tokens: int = 0
     context: int = 0
+    prefix: int = 0
+    suffix: int = 0
     layers: int = 1
     model: str | None = None
 
@@ -97,10 +105,14 @@ def _measurement(entry: object, where: str) -> Measurement:
     op = ALIASES.get(entry.get("op"), entry.get("op")) if isinstance(entry, dict) else None
     if op not in OPS:
         raise SimInputError(f"{where}: must be an object with op one of {sorted(OPS) + sorted(ALIASES)}")
+    where = f"{where} ({op})"
     fields = {k: _positive(entry, k, where) for k in OPS[op]}
-    if op == "attention" and "layers" in entry:
+    if op in LAYERED and "layers" in entry:
         fields["layers"] = _positive(entry, "layers", where)
-    if "context" not in fields:  # a prefill's cached prefix, 0 when absent
+    if op == "shared_prefix_decode" and fields["batch"] < 2:
+        raise SimInputError(f"{where}: a shared_prefix_decode batch must be >= 2 (sequences sharing the prefix), "
+                            f"got {fields['batch']}")
+    if op == "prefill":  # the cached prefix, 0 when absent
         fields["context"] = entry.get("context", 0)
         if not isinstance(fields["context"], int) or fields["context"] < 0:
             raise SimInputError(f"{where}: context must be an integer >= 0, got {fields['context']!r}")

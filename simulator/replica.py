@@ -15,6 +15,7 @@ from simulator.operators import Work
 from simulator.prefix_cache import PrefixCache
 from simulator.request import Request
 from simulator.roofline import IterationCost
+from simulator.shared_prefix import SharedPrefixes
 
 if TYPE_CHECKING:
     from simulator.simulation import Simulation
@@ -26,7 +27,8 @@ class Replica:
                  "current", "version", "busy_s", "nic_free")
 
     def __init__(self, sim: Simulation, pool: str, role: str, cost: IterationCost, kv_capacity: int,
-                 max_seqs: int, max_tokens: int, cache: PrefixCache | None, block_tokens: int) -> None:
+                 max_seqs: int, max_tokens: int, cache: PrefixCache | None, block_tokens: int,
+                 share_prefixes: bool = False) -> None:
         self.sim, self.pool, self.role, self.cost = sim, pool, role, cost
         self.kv_capacity, self.max_seqs, self.max_tokens = kv_capacity, max_seqs, max_tokens
         self.cache, self.block_tokens = cache, block_tokens
@@ -36,7 +38,8 @@ class Replica:
         self.pending: deque[Request] = deque()  # decode: waiting for a KV reservation
         self.pending_tokens = 0
         self.ready: deque[Request] = deque()    # decode: KV arrived, waiting for a batch slot
-        self.batch = None if role == "prefill" else DecodeBatch(cost, sim.segments, self._finished)
+        shared = SharedPrefixes(cost, block_tokens) if share_prefixes else None
+        self.batch = None if role == "prefill" else DecodeBatch(cost, sim.segments, self._finished, shared)
         self.iterating = False
         self.current: list[tuple[Request, int]] = []
         self.version = 0                         # bumps cancel scheduled decode wake-ups

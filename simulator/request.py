@@ -8,7 +8,7 @@ class Request:
 
     __slots__ = ("index", "arrival", "prompt", "output", "hash_ids", "cached", "remaining", "computed",
                  "reserved", "prefill_start", "ttft_at", "first_decode_at", "first_step_s", "finish_at",
-                 "k_join", "prefill_replica", "decode_replica")
+                 "k_join", "prefill_replica", "decode_replica", "shared_runs")
 
     def __init__(self, index: int, arrival: float, prompt: int, output: int, hash_ids: tuple[int, ...] | None):
         self.index, self.arrival, self.prompt, self.output, self.hash_ids = index, arrival, prompt, output, hash_ids
@@ -24,3 +24,4 @@ class Request:
         self.k_join = 0
         self.prefill_replica = None
         self.decode_replica = None
+        self.shared_runs = ()    # runs of prompt blocks other requests also hold (shared_prefix.py)

@@ -29,6 +29,14 @@ class IterationCost(Protocol):
     def attention_seconds_per_token(self) -> float:
         """Decode attention seconds per context token."""
 
+    def decode_attention_per_token(self, batch: int) -> float:
+        """Attention seconds per context token in a decode step of ``batch`` sequences (the slope of
+        its pieces in the context where attention binds)."""
+
+    def shared_prefix_seconds(self, members: int, tokens: int) -> float:
+        """A decode step's attention over a ``tokens``-long prefix that ``members`` sequences share
+        (Hydragen: its K/V read once, its FLOPs as one matrix product), in decode_attention_per_token's units."""
+
 
 class RooflineCost:
     """Iteration seconds of one replica: ``tp`` devices of ``hw`` running ``model``."""
@@ -40,7 +48,10 @@ class RooflineCost:
         self.table = op_table(model, tp)
         self.overhead_s = hw.iteration_overhead_us * 1e-6
         self._rows = [self._row(s) for s in self.table]
-        self._attention_per_token = self._attention_time_per_token()
+        shape = self.attention_shape()
+        self._prefix_flops_s = shape.flops.per_attended / hw.flops  # per prefix token and member
+        self._prefix_read_s = shape.bytes.per_kv_read / hw.memory_bandwidth  # per prefix token
+        self._attention_per_token = self.shared_prefix_seconds(1, 1)
         self._pieces: dict[int, tuple[Piece, ...]] = {}
 
     def _row(self, shape: OpShape) -> tuple[float, ...]:
@@ -80,9 +91,12 @@ class RooflineCost:
         """Attention time per context token of a decode step (the KV read or its FLOPs, whichever binds)."""
         return self._attention_per_token
 
-    def _attention_time_per_token(self) -> float:
-        shape = self.attention_shape()
-        return max(shape.flops.per_attended / self.hw.flops, shape.bytes.per_kv_read / self.hw.memory_bandwidth)
+    def decode_attention_per_token(self, batch: int) -> float:
+        return self._attention_per_token
+
+    def shared_prefix_seconds(self, members: int, tokens: int) -> float:
+        """The prefix's K/V read once or its FLOPs for every member, whichever binds."""
+        return tokens * max(members * self._prefix_flops_s, self._prefix_read_s)
 
     def attention_shape(self) -> OpShape:
         return next(s for s in self.table if s.unit == "attention")

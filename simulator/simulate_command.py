@@ -29,6 +29,7 @@ def simulate_command(args: argparse.Namespace, console: Console) -> int:
     else:
         design = design_from_config(args.config, costs.catalog)
         design = replace(design, router=args.router) if args.router else design
+    design = replace(design, shared_prefix_attention=False) if args.no_shared_prefix else design
     slo = parse_slo(args.slo) if args.slo else None
     with progress_bar(console, f"simulating {design.label()}", len(trace)) as update:
         record = Simulation(design, costs, trace).run(lambda n: update(completed=n))

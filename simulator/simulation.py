@@ -20,6 +20,7 @@ from simulator.replica import Replica
 from simulator.request import Request
 from simulator.roofline import IterationCost
 from simulator.router import Router
+from simulator.shared_prefix import shared_segments
 from simulator.traces.trace import Trace
 
 
@@ -43,6 +44,7 @@ class Simulation:
         self._seq = itertools.count()
         self.segments: list[tuple[int, int, float, float]] = []
         self.router = Router(design.router)
+        self.sharing = design.prefix_caching and design.shared_prefix_attention and trace.hash_ids is not None
         self.pools = {name: self._pool(name, spec) for name, spec in design.pools().items() if name != "attention"}
         self.entry = self.pools.get("colocated") or self.pools["prefill"]
         self.decode = self.pools.get("decode")
@@ -52,9 +54,10 @@ class Simulation:
     def _pool(self, name: str, spec: PoolSpec) -> list[Replica]:
         cost, capacity = self._cost_and_capacity(name, spec)
         caching = self.design.prefix_caching and name != "decode" and self.trace.hash_ids is not None
+        sharing = self.sharing and name != "prefill"
         block = self.trace.block_tokens
         return [Replica(self, name, name, cost, capacity, spec.max_num_seqs, spec.max_num_batched_tokens,
-                        PrefixCache(capacity // block) if caching else None, block)
+                        PrefixCache(capacity // block) if caching else None, block, sharing)
                 for _ in range(spec.replicas)]
 
     def _cost_and_capacity(self, name: str, spec: PoolSpec) -> tuple[IterationCost, int]:
@@ -86,6 +89,9 @@ class Simulation:
         hashes = tr.hash_ids or itertools.repeat(None)
         requests = [Request(i, a, p, o, h) for i, (a, p, o, h) in enumerate(
             zip(tr.arrival_s.tolist(), tr.prompt_tokens.tolist(), tr.output_tokens.tolist(), hashes))]
+        if self.sharing:
+            for req, runs in zip(requests, shared_segments(tr)):
+                req.shared_runs = runs
         heap, pop, rejected = self.heap, heapq.heappop, 0
         max_prompt, max_length = self._length_limits()
         for req in requests:

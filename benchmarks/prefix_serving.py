@@ -128,8 +128,13 @@ def main() -> None:
     ap.add_argument("--engine-baseline", action="store_true",
                     help="also run the arrivals into one in-process engine (no serving stack)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--plot-sweep", nargs="+", type=Path, default=None,
+                    help="only plot the ratios of these earlier runs' output directories into --out")
     args = ap.parse_args()
     out = out_dir(args.out, "prefix_serving")
+    if args.plot_sweep:
+        plot_sweep(args.plot_sweep, out / "sweep.png")
+        return
     model = shape_dir(args.shape, Path(tempfile.mkdtemp()))
     requests = shared_prefix_workload(args)
     rows = [run_policy(policy, model, requests, args) for policy in ("prefix-aware", "round-robin")]
@@ -146,6 +151,32 @@ def main() -> None:
     write_json(out / "prefix_serving.json", {"args": vars(args), "rows": rows,
                                              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     _plot(rows, out / "prefix_serving.png")
+
+
+def plot_sweep(runs: list[Path], path: Path) -> None:
+    """Ratios (prefix-aware over round-robin) of several runs' prefix_serving.json, side by side."""
+    import json
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels, tput, ttft = [], [], []
+    for run in runs:
+        data = json.loads((run / "prefix_serving.json").read_text())
+        aware, rr = data["rows"][:2]
+        labels.append(f"out {data['args']['output_tokens']}\n{data['args']['rate']:g} req/s")
+        tput.append(aware["req_s"] / rr["req_s"])
+        ttft.append(rr["ttft_p50"] / aware["ttft_p50"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = np.arange(len(runs))
+    ax.bar(x - 0.2, tput, 0.4, label="throughput: prefix-aware / round-robin")
+    ax.bar(x + 0.2, ttft, 0.4, label="median TTFT: round-robin / prefix-aware")
+    ax.set_xticks(x, labels)
+    ax.axhline(1.0, color="gray", linewidth=0.8)
+    ax.set_ylabel("prefix-aware vs round-robin (x)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def _plot(rows: list[dict], path: Path) -> None:

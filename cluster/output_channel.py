@@ -12,7 +12,9 @@ each delta to its request (``OutputDemux``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable
 
 import ray
@@ -77,7 +79,9 @@ class OutputDemux:
     def __init__(self, channel: str):
         self.channel = channel
         self.queues: dict[str, tuple[str, asyncio.Queue]] = {}  # request id -> (worker id, queue)
-        self.readers: dict[tuple[str, int], tuple[asyncio.Task, object]] = {}
+        self.readers: dict[tuple[str, str], tuple[asyncio.Task, object]] = {}  # (worker, channel) -> reader
+        self._loop_channels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._loops = itertools.count()
 
     def open(self, request_id: str, replica) -> asyncio.Queue:
         """The queue a request's deltas (or a ReplicaFailed) will arrive in; starts the
@@ -91,19 +95,22 @@ class OutputDemux:
         self.queues.pop(request_id, None)
 
     def _ensure_reader(self, replica) -> None:
-        loop = asyncio.get_running_loop()
-        key = (replica.worker_id, id(loop))
+        key = (replica.worker_id, self.channel_for_loop())
         found = self.readers.get(key)
         if found is not None and not found[0].done():
             return
-        # each loop reads its own channel: a reader left on a stopped loop must not steal
-        # deltas meant for this one
-        stream = replica.actor.outputs.remote(self.channel_for_loop())
-        self.readers[key] = (loop.create_task(self._read(replica.worker_id, stream)), stream)
+        stream = replica.actor.outputs.remote(key[1])
+        self.readers[key] = (asyncio.get_running_loop().create_task(self._read(replica.worker_id, stream)), stream)
 
     def channel_for_loop(self) -> str:
-        """The channel name a worker should put this loop's requests' deltas into."""
-        return f"{self.channel}:{id(asyncio.get_running_loop())}"
+        """The channel a worker should put this loop's requests' deltas into: one per event
+        loop object (never reused, unlike ``id(loop)``), so a reader stranded on a stopped
+        loop never shares a worker queue with, and steals deltas from, a live one."""
+        loop = asyncio.get_running_loop()
+        name = self._loop_channels.get(loop)
+        if name is None:
+            name = self._loop_channels[loop] = f"{self.channel}:{next(self._loops)}"
+        return name
 
     async def _read(self, worker_id: str, stream) -> None:
         try:
@@ -126,9 +133,9 @@ class OutputDemux:
     async def aclose(self) -> None:
         """Stop this loop's readers and their streams on the workers (which abort what still
         runs there); requests still waiting here end with ReplicaFailed."""
-        loop_id = id(asyncio.get_running_loop())
+        channel = self.channel_for_loop()
         for key, (task, stream) in list(self.readers.items()):
-            if key[1] != loop_id:
+            if key[1] != channel:
                 continue
             task.cancel()
             try:

@@ -93,3 +93,17 @@ def test_closing_a_dispatcher_aborts_its_running_requests_on_the_workers(tiny_mo
         decoded = sum(kind["tokens"] for kind in profile.values())
         assert load.free_blocks == load.total_blocks
         assert decoded < (max_len - 4) * 3 // 4, f"ran {decoded} of {max_len - 4} tokens: not aborted"
+
+
+@pytest.mark.ray
+@pytest.mark.redis
+def test_one_dispatcher_serves_successive_event_loops(tiny_model):
+    """Each loop gets its own channel: a reader stranded on a finished loop (asyncio.run
+    returned) must not take the deltas of the next loop's requests."""
+    params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+    config = cluster_config(tiny_model, colocated={"replicas": 1, "hardware": {"num_cpus": 0.25}})
+    with Cluster(config) as dispatcher:
+        async def one() -> int:
+            return sum([len(d.new_token_ids) async for d in dispatcher.generate(None, [5, 6, 7], params)])
+        for _ in range(4):
+            assert asyncio.run(asyncio.wait_for(one(), 30)) == 3

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import ray
 
-from cluster.registry import NAMESPACE, attach, lookup
+from cluster.ray_connect import connect_ray
+from cluster.registry import attach, lookup
 from engine.sampling_params import InvalidRequestError, SamplingParams
 
 _SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)}
@@ -106,20 +106,6 @@ class BatchRunner:
                 return BatchResult(req.id, [], "", None, error=str(e))
             finally:
                 self.done += 1
-
-
-def connect_ray(address: str, attempts: int = 3, backoff_s: float = 2.0) -> None:
-    """Join Ray at ``address``. A Ray Client server refuses sessions for a moment after its
-    head starts (its per-client server cannot start yet), so that failure is retried."""
-    for attempt in range(1, attempts + 1):
-        try:
-            ray.init(address=address, namespace=NAMESPACE)
-            return
-        except ConnectionError:
-            if attempt == attempts or not address.startswith("ray://"):
-                raise
-            ray.shutdown()  # drop what the failed session left behind
-            time.sleep(backoff_s * attempt)
 
 
 def submit_batch(requests: list[BatchRequest], cluster: str = "default", address: str | None = None,

@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cluster.ray_auth import opt_into_token_auth
+    opt_into_token_auth()  # before anything imports ray, which reads RAY_AUTH_MODE on import
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -18,6 +18,7 @@ from cluster.cluster_view import ClusterView
 from cluster.dispatcher import Dispatcher
 from cluster.pool_handles import Pools, Replica
 from cluster.redis_server import RedisServer
+from cluster.ray_connect import connect_ray
 from cluster.registry import NAMESPACE, ClusterInfo, ClusterRegistry, actor_name, registry_name
 from cluster.worker_spec import WorkerSpec
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
@@ -89,7 +90,7 @@ class Cluster:
             ray.init(num_cpus=max(int(cpus) + 1, os.cpu_count() or 1), namespace=NAMESPACE,
                      include_dashboard=False, log_to_driver=True)
         else:
-            ray.init(address=self.address, namespace=NAMESPACE)
+            connect_ray(self.address)
         self._started_ray = True
 
     def _start_pools(self) -> None:

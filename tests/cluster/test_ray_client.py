@@ -56,9 +56,9 @@ def wait_line(proc: subprocess.Popen, needle: str, timeout: float) -> str:
 
 
 def test_serve_then_submit_over_ray_client(tiny_model, tmp_path, monkeypatch):
-    # Ray's token auth: processes that join a cluster by address must opt in (the token
-    # itself is in ~/.ray/auth_token, written by the head).
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    # Ray's token auth is on by default; serve and submit join by address and must opt in by
+    # themselves (cluster/ray_connect.py) with the token the head wrote to ~/.ray/auth_token.
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     gcs, client = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
     head = subprocess.Popen(["ray", "start", "--head", f"--port={gcs}", f"--ray-client-server-port={client}",

@@ -24,6 +24,7 @@ from cluster.pool_handles import Replica, RequestShape
 from cluster.stage_timings import TimingLog
 from engine.llm_engine import Reservation
 from engine.outputs import RequestOutput
+from engine.step_profile import add_totals
 from engine.request_validation import validate_prompt
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer
@@ -209,7 +210,8 @@ class Dispatcher:
             num_blocks_total=sum(l.total_blocks for l in loads),
             prefix_cache_query_tokens=sum(l.prefix_cache_queries for l in loads),
             prefix_cache_hit_tokens=sum(l.prefix_cache_hits for l in loads),
-            handoff_bytes_total=self.handoff_bytes, num_preemptions=sum(l.preemptions for l in loads))
+            handoff_bytes_total=self.handoff_bytes, num_preemptions=sum(l.preemptions for l in loads),
+            step_totals=add_totals([l.step_totals for l in loads]))
 
     async def profiles(self) -> dict[str, dict]:
         """Every replica's engine step profile, by worker id."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.outputs import TokenLogprob
 from engine.sampling_params import SamplingParams
@@ -61,6 +61,7 @@ class WorkerLoad:
     prefix_cache_queries: int
     prefix_cache_hits: int
     preemptions: int
+    step_totals: dict = field(default_factory=dict)  # engine.step_profile totals, per step kind
 
 
 @dataclass(frozen=True)

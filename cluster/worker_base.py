@@ -34,7 +34,7 @@ class EngineWorker:
         s = e.stats()
         return WorkerLoad(self.worker_id, self.role, s.num_waiting, s.num_running, s.num_free_blocks,
                           s.num_blocks, len(e.held) + len(e.awaiting_kv), self.handoff_bytes,
-                          s.prefix_cache_queries, s.prefix_cache_hits, s.num_preemptions)
+                          s.prefix_cache_queries, s.prefix_cache_hits, s.num_preemptions, s.step_totals)
 
     def outputs(self, channel: str):
         """The deltas of every request started with ``channel``, in batches (output_channel.py)."""

@@ -73,6 +73,7 @@ class EngineStats:
     num_preemptions: int
     prefix_cache_queries: int
     prefix_cache_hits: int
+    step_totals: dict = field(default_factory=dict)  # StepProfile.totals(): per step kind
 
 
 def shared_prefix_threshold(config: EngineConfig, device: torch.device) -> int | None:
@@ -296,4 +297,4 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting),
                            self.runner.num_blocks, self.kv.num_free_blocks, self.num_preemptions,
-                           self.kv.prefix_queries, self.kv.prefix_hits)
+                           self.kv.prefix_queries, self.kv.prefix_hits, self.profile.totals())

@@ -59,6 +59,21 @@ class StepProfile:
     def as_dict(self) -> dict[str, dict[str, object]]:
         return {kind: totals.as_dict() for kind, totals in sorted(self.kinds.items())}
 
+    def totals(self) -> dict[str, dict[str, float]]:
+        """Flat running totals per kind (steps, tokens and seconds per phase), for metrics."""
+        return {kind: {"steps": t.steps, "tokens": t.tokens, **t.seconds} for kind, t in self.kinds.items()}
+
+
+def add_totals(parts: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """The sum of several engines' ``totals()``."""
+    out: dict[str, dict[str, float]] = {}
+    for part in parts:
+        for kind, values in part.items():
+            mine = out.setdefault(kind, {})
+            for name, value in values.items():
+                mine[name] = mine.get(name, 0) + value
+    return out
+
 
 def step_kind(decode_only: bool, shared: bool, graphed: bool) -> str:
     if not decode_only:

@@ -8,7 +8,7 @@ implements the same protocol over its prefill and decode pools.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.outputs import RequestOutput
@@ -30,6 +30,7 @@ class BackendStats:
     prefix_cache_hit_tokens: int = 0
     handoff_bytes_total: int = 0
     num_preemptions: int = 0
+    step_totals: dict = field(default_factory=dict)  # per step kind: steps, tokens, seconds per phase
 
 
 class Tokenizer(Protocol):

@@ -46,7 +46,8 @@ class LocalEngineBackend:
         return BackendStats(num_waiting=s.num_waiting, num_running=s.num_running,
                             num_blocks_used=s.num_blocks - s.num_free_blocks, num_blocks_total=s.num_blocks,
                             prefix_cache_query_tokens=s.prefix_cache_queries,
-                            prefix_cache_hit_tokens=s.prefix_cache_hits, num_preemptions=s.num_preemptions)
+                            prefix_cache_hit_tokens=s.prefix_cache_hits, num_preemptions=s.num_preemptions,
+                            step_totals=s.step_totals)
 
     def shutdown(self) -> None:
         """Stop the engine's stepping thread."""

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from engine.outputs import FinishReason, RequestOutput
 from router.backend import GenerationBackend
+from engine.step_profile import PHASES
 from router.errors import ErrorKind
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -42,6 +43,21 @@ class BackendStatsCollector:
                                   value=s.handoff_bytes_total)
         yield CounterMetricFamily("tierserve_preemptions", "Requests preempted for lack of KV blocks",
                                   value=s.num_preemptions)
+        steps = CounterMetricFamily("tierserve_engine_steps", "Engine steps, by kind (graph, decode, shared, mixed)",
+                                    labels=["kind"])
+        tokens = CounterMetricFamily("tierserve_engine_step_tokens", "Tokens computed by engine steps, by kind",
+                                     labels=["kind"])
+        seconds = CounterMetricFamily("tierserve_engine_step_seconds",
+                                      "Seconds engine steps spent, by kind and phase (schedule, prepare, forward, finish)",
+                                      labels=["kind", "phase"])
+        for kind, totals in sorted(s.step_totals.items()):
+            steps.add_metric([kind], totals.get("steps", 0))
+            tokens.add_metric([kind], totals.get("tokens", 0))
+            for phase in PHASES:
+                seconds.add_metric([kind, phase], totals.get(phase, 0.0))
+        yield steps
+        yield tokens
+        yield seconds
 
 
 class RouterMetrics:

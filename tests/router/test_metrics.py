@@ -54,6 +54,10 @@ def test_metrics_named_and_counting(cached_router):
     assert delta("tierserve_prefix_cache_hit_tokens_total") > 0
     assert delta("tierserve_prefix_cache_query_tokens_total") >= delta("tierserve_prefix_cache_hit_tokens_total")
     assert after[("tierserve_kv_blocks_total", ())] == cached_router.backend.stats().num_blocks_total
+    kinds = {dict(labels)["kind"] for name, labels in after if name == "tierserve_engine_steps_total" and labels}
+    steps = sum(delta("tierserve_engine_steps_total", kind=k) for k in kinds)
+    assert steps >= 7 and sum(delta("tierserve_engine_step_tokens_total", kind=k) for k in kinds) >= 14
+    assert sum(delta("tierserve_engine_step_seconds_total", kind=k, phase="forward") for k in kinds) > 0
 
 
 def test_load_gauges_while_a_request_runs(router):

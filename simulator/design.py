@@ -40,7 +40,11 @@ class Design:
     """colocated: one pool does both phases; disaggregated: prefill + decode; offload: prefill +
     decode whose attention runs on the attention pool (shared evenly by the decode replicas).
     shared_prefix_attention (with prefix_caching): decode-only steps attend prompt blocks that
-    running sequences share once for all of them (Hydragen-style; see shared_prefix.py)."""
+    running sequences share once for all of them (Hydragen-style; see shared_prefix.py).
+    paged_kv (colocated, with prefix_caching): a replica's prefix cache and its running requests
+    share its KV memory in blocks, a cached block stored once however many requests use it (our
+    engine's block pool); off, each request reserves its whole prompt + output and the cache is
+    as large as the whole KV memory besides."""
 
     colocated: PoolSpec | None = None
     prefill: PoolSpec | None = None
@@ -51,6 +55,7 @@ class Design:
     shared_prefix_attention: bool = True
     layerwise_transfer: bool = True
     micro_batches: int = 2
+    paged_kv: bool = False
 
     def __post_init__(self) -> None:
         split = self.prefill is not None and self.decode is not None
@@ -60,6 +65,8 @@ class Design:
             raise SimInputError("an attention pool needs prefill + decode pools")
         if self.router not in ROUTERS:
             raise SimInputError(f"router must be one of {ROUTERS}, got {self.router!r}")
+        if self.paged_kv and self.colocated is None:
+            raise SimInputError("paged_kv is modeled for colocated pools only")
         if self.micro_batches < 1:
             raise SimInputError("micro_batches must be >= 1")
 

@@ -37,5 +37,57 @@ class PrefixCache:
                 blocks.move_to_end(h)
             else:
                 blocks[h] = None
+        self.evict()
+
+    def evict(self) -> None:
+        """Drop the least recently used blocks beyond capacity."""
+        blocks = self.blocks
         while len(blocks) > self.capacity:
             blocks.popitem(last=False)
+
+
+class PagedPrefixCache(PrefixCache):
+    """The prefix cache of a replica whose KV lives in blocks that running requests and the cache
+    share (our engine's block pool; vLLM's): a block is stored once however many requests use it.
+    Blocks a running request uses are pinned and never evicted; idle ones are evicted least
+    recently used. The replica sets ``capacity`` to the blocks its requests' own KV leaves."""
+
+    __slots__ = ("pins",)
+
+    def __init__(self, capacity_blocks: int) -> None:
+        super().__init__(capacity_blocks)
+        self.pins: dict[int, int] = {}  # hash -> running requests using it (all of them cached)
+
+    def unpinned(self, hash_ids: tuple[int, ...]) -> int:
+        """How many of these (distinct) blocks are not pinned yet."""
+        pins = self.pins
+        return sum(1 for h in hash_ids if h not in pins)
+
+    def pin(self, hash_ids: tuple[int, ...]) -> None:
+        pins = self.pins
+        for h in hash_ids:
+            pins[h] = pins.get(h, 0) + 1
+
+    def unpin(self, hash_ids: tuple[int, ...]) -> None:
+        pins = self.pins
+        for h in hash_ids:
+            n = pins[h] - 1
+            if n:
+                pins[h] = n
+            else:
+                del pins[h]
+
+    def evict(self) -> None:
+        """Drop the least recently used unpinned blocks beyond capacity (pinned ones stay)."""
+        blocks, pins = self.blocks, self.pins
+        excess = len(blocks) - self.capacity
+        if excess <= 0:
+            return
+        victims = []
+        for h in blocks:
+            if h not in pins:
+                victims.append(h)
+                if len(victims) == excess:
+                    break
+        for h in victims:
+            del blocks[h]

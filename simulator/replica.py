@@ -3,6 +3,9 @@ decode batch, or both (colocated: prefill chunks ride along with decode steps, S
 
 KV memory is reserved when a request starts: its prompt on a prefill replica (held until the KV
 has left), prompt + output on a colocated or decode replica, so nothing is ever preempted.
+With a paged prefix cache (Design.paged_kv, colocated only) a request reserves only what the
+cache does not hold, its prompt's blocks move to the cache once computed, and the cache gets
+the memory running requests leave (blocks they use are pinned there).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from simulator.decode_batch import DecodeBatch
 from simulator.operators import Work
-from simulator.prefix_cache import PrefixCache
+from simulator.prefix_cache import PagedPrefixCache, PrefixCache
 from simulator.request import Request
 from simulator.roofline import IterationCost
 from simulator.shared_prefix import SharedPrefixes
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
 class Replica:
     __slots__ = ("sim", "pool", "role", "cost", "kv_capacity", "max_seqs", "max_tokens", "cache", "block_tokens",
                  "queue", "queued_tokens", "kv_used", "pending", "pending_tokens", "ready", "batch", "iterating",
-                 "current", "version", "busy_s", "nic_free")
+                 "current", "version", "busy_s", "nic_free", "paged")
 
     def __init__(self, sim: Simulation, pool: str, role: str, cost: IterationCost, kv_capacity: int,
                  max_seqs: int, max_tokens: int, cache: PrefixCache | None, block_tokens: int,
@@ -45,6 +48,7 @@ class Replica:
         self.version = 0                         # bumps cancel scheduled decode wake-ups
         self.busy_s = 0.0
         self.nic_free = 0.0                      # when this replica's NIC is free for the next KV transfer
+        self.paged = isinstance(cache, PagedPrefixCache)
 
     # ---- prefill side
     def cached_tokens(self, req: Request) -> int:
@@ -101,6 +105,8 @@ class Replica:
         return chunks
 
     def _start(self, req: Request, t: float) -> bool:
+        if self.paged:
+            return self._start_paged(req, t)
         need = req.prompt if self.role == "prefill" else req.prompt + req.output
         if self.kv_used + need > self.kv_capacity:
             return False
@@ -112,6 +118,33 @@ class Replica:
             req.computed, req.remaining = req.cached, req.prompt - req.cached
             self.queued_tokens -= req.cached
         return True
+
+    def _start_paged(self, req: Request, t: float) -> bool:
+        """Reserve what the cache does not hold; the cached leading blocks are pinned, not copied
+        (as the engine: at most (prompt - 1) // block of them, the last token is computed)."""
+        cache, block = self.cache, self.block_tokens
+        hits = req.hash_ids[:min(cache.peek(req.hash_ids), (req.prompt - 1) // block)] if req.hash_ids else ()
+        need = req.prompt + req.output - len(hits) * block
+        if self.kv_used + need + (len(cache.pins) + cache.unpinned(hits)) * block > self.kv_capacity:
+            return False
+        cache.lookup(hits)
+        cache.pin(hits)
+        self.kv_used += need
+        req.reserved = need
+        req.prefill_start = t
+        req.cached = req.computed = len(hits) * block
+        req.remaining = req.prompt - req.cached
+        self.queued_tokens -= req.cached
+        self._resize_cache()
+        return True
+
+    def _full_blocks(self, req: Request) -> tuple[int, ...]:
+        """The prompt's full blocks: what the engine publishes to its prefix cache."""
+        return req.hash_ids[:req.prompt // self.block_tokens] if req.hash_ids else ()
+
+    def _resize_cache(self) -> None:
+        self.cache.capacity = (self.kv_capacity - self.kv_used) // self.block_tokens
+        self.cache.evict()
 
     def _iteration_end(self, t: float, seconds: float) -> None:
         self.iterating = False
@@ -132,7 +165,15 @@ class Replica:
 
     def _prefilled(self, req: Request, t: float) -> None:
         req.ttft_at = t
-        if self.cache is not None and req.hash_ids:
+        if self.paged:  # the computed full blocks move from the request's reservation to the cache
+            cache, computed = self.cache, self._full_blocks(req)[req.cached // self.block_tokens:]
+            moved = sum(self.block_tokens for h in computed if h not in cache.blocks)
+            self.kv_used -= moved
+            req.reserved -= moved
+            cache.capacity = (self.kv_capacity - self.kv_used) // self.block_tokens
+            cache.pin(computed)
+            cache.insert(self._full_blocks(req))
+        elif self.cache is not None and req.hash_ids:
             self.cache.insert(req.hash_ids)
         if self.role == "prefill":
             self.sim.on_prefilled(req, t)
@@ -174,6 +215,9 @@ class Replica:
     def _finished(self, req: Request, t: float) -> None:
         req.finish_at = t
         self.kv_used -= req.reserved
+        if self.paged:
+            self.cache.unpin(self._full_blocks(req))
+            self.cache.capacity = (self.kv_capacity - self.kv_used) // self.block_tokens
         self.sim.on_finished(req)
         if self.role == "decode":
             while self.pending and self.kv_used + self.pending[0].prompt + self.pending[0].output <= self.kv_capacity:

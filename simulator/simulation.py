@@ -15,7 +15,7 @@ from simulator.costs import CostModels, kv_capacity_tokens
 from simulator.design import Design, PoolSpec
 from simulator.errors import SimInputError
 from simulator.links import Link
-from simulator.prefix_cache import PrefixCache
+from simulator.prefix_cache import PagedPrefixCache, PrefixCache
 from simulator.replica import Replica
 from simulator.request import Request
 from simulator.roofline import IterationCost
@@ -56,8 +56,9 @@ class Simulation:
         caching = self.design.prefix_caching and name != "decode" and self.trace.hash_ids is not None
         sharing = self.sharing and name != "prefill"
         block = self.trace.block_tokens
+        cache = PagedPrefixCache if self.design.paged_kv else PrefixCache
         return [Replica(self, name, name, cost, capacity, spec.max_num_seqs, spec.max_num_batched_tokens,
-                        PrefixCache(capacity // block) if caching else None, block, sharing)
+                        cache(capacity // block) if caching else None, block, sharing)
                 for _ in range(spec.replicas)]
 
     def _cost_and_capacity(self, name: str, spec: PoolSpec) -> tuple[IterationCost, int]:

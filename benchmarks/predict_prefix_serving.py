@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.workload import shared_prefix_prompts
+from cluster.pool_handles import DECODE_LOAD_WEIGHT, pick
 from simulator.costs import CostModels, activation_bytes, kv_capacity_tokens
 from simulator.design import Design, PoolSpec
 from simulator.hardware import load_catalog
@@ -75,22 +77,6 @@ class Workload:
         return self.users * (1 if self.cyclic_groups else self.requests_per_user)
 
 
-def workload_tokens(w: Workload) -> tuple[np.ndarray, list[list[int]], list[int]]:
-    """Arrival times, prompts and each prompt's group, drawn exactly as prefix_serving.py draws them."""
-    rng = np.random.default_rng(w.seed)
-    system = rng.integers(3, 500, w.system_tokens).tolist()
-    fewshot = [rng.integers(3, 500, w.fewshot_tokens).tolist() for _ in range(w.groups)]
-    arrivals = np.cumsum(rng.exponential(1.0 / w.rate, w.requests))
-    if w.cyclic_groups:
-        groups = [i % w.groups for i in range(w.users)]
-    else:
-        user_group = rng.integers(0, w.groups, w.users)
-        users = rng.permutation(np.arange(w.requests) % w.users)
-        groups = [int(user_group[u]) for u in users]
-    prompts = [system + fewshot[g] + rng.integers(3, 500, w.question_tokens).tolist() for g in groups]
-    return arrivals, prompts, groups
-
-
 def block_hashes(tokens: list[int], block: int = BLOCK) -> tuple[int, ...]:
     """Chained hashes of the prompt's blocks (the last one may be partial), as the engine keys its cache."""
     out, parent = [], 0
@@ -101,7 +87,7 @@ def block_hashes(tokens: list[int], block: int = BLOCK) -> tuple[int, ...]:
 
 
 def build_trace(w: Workload, block: int = BLOCK) -> Trace:
-    arrivals, prompts, _ = workload_tokens(w)
+    arrivals, prompts, _ = shared_prefix_prompts(w)
     return make_trace(f"prefix_serving(users={w.users}x{w.requests_per_user}, groups={w.groups}, rate={w.rate:g})",
                       arrivals.tolist(), [len(p) for p in prompts], [w.output_tokens] * len(prompts),
                       [block_hashes(p, block) for p in prompts], block)
@@ -113,8 +99,6 @@ class ClusterRule:
     there and not yet prefilled + 0.5 x KV tokens held; in flight: routed and not finished. A
     replica is predicted to hold a prompt's blocks from the moment the prompt is sent there (the
     router's prediction) and then as long as its cache does."""
-
-    RATIO, SLACK_TOKENS, SLACK_REQUESTS, HELD_WEIGHT = 1.5, 16384, 8, 0.5
 
     def __init__(self) -> None:
         self.sent: dict[int, deque] = {}       # replica id -> (request, uncached tokens) not finished
@@ -145,16 +129,12 @@ class ClusterRule:
     def pick_prefill(self, replicas, req):
         state = {id(r): self._state(r) for r in replicas}
         work = {id(r): max(0, req.prompt - self._matched(r, req) * r.block_tokens) for r in replicas}
-        load = {id(r): state[id(r)][0] + self.HELD_WEIGHT * self._held(r) for r in replicas}
-        count = {id(r): state[id(r)][1] for r in replicas}
-        if (max(load.values()) > self.RATIO * min(load.values()) + self.SLACK_TOKENS
-                or max(count.values()) > self.RATIO * min(count.values()) + self.SLACK_REQUESTS):
-            pick = min(replicas, key=lambda r: (count[id(r)], load[id(r)]))
-        else:
-            pick = min(replicas, key=lambda r: (work[id(r)], load[id(r)], count[id(r)]))
-        self.sent[id(pick)].append((req, work[id(pick)], True))
-        self.predicted[id(pick)].update(req.hash_ids)
-        return pick
+        chosen = pick(replicas, work=lambda r: work[id(r)],
+                      load=lambda r: state[id(r)][0] + DECODE_LOAD_WEIGHT * self._held(r),
+                      inflight=lambda r: state[id(r)][1])
+        self.sent[id(chosen)].append((req, work[id(chosen)], True))
+        self.predicted[id(chosen)].update(req.hash_ids)
+        return chosen
 
     @staticmethod
     def _held(r) -> int:

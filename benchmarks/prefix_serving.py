@@ -22,23 +22,14 @@ import numpy as np
 from benchmarks.common import out_dir, write_json
 from benchmarks.model_shapes import shape_dir
 from benchmarks.serve import drive
-from benchmarks.workload import TimedRequest
+from benchmarks.workload import TimedRequest, shared_prefix_prompts
 from cluster.config import parse_cluster_config
 from cluster.local_cluster import Cluster
 
 
 def shared_prefix_workload(args) -> list[TimedRequest]:
-    rng = np.random.default_rng(args.seed)
-    system = rng.integers(3, 500, args.system_tokens).tolist()
-    fewshot = [rng.integers(3, 500, args.fewshot_tokens).tolist() for _ in range(args.groups)]
-    total = args.users * args.requests_per_user
-    arrivals = np.cumsum(rng.exponential(1.0 / args.rate, total))
-    # each user draws its group at random: a cyclic assignment (user i -> group i % groups)
-    # would line up with round-robin's cyclic replica choice and partition the groups for it
-    user_group = rng.integers(0, args.groups, args.users)
-    users = rng.permutation(np.arange(total) % args.users)  # every user asks requests_per_user times
-    return [TimedRequest(float(t), system + fewshot[user_group[u]] + rng.integers(3, 500, args.question_tokens).tolist(),
-                         args.output_tokens) for u, t in zip(users, arrivals)]
+    arrivals, prompts, _ = shared_prefix_prompts(args)
+    return [TimedRequest(float(t), p, args.output_tokens) for t, p in zip(arrivals, prompts)]
 
 
 def config(policy: str, model: Path, args) -> dict:
@@ -61,13 +52,18 @@ def run_policy(policy: str, model: Path, requests: list[TimedRequest], args) -> 
         profiles = loop.run_until_complete(dispatcher.profiles())
         loop.run_until_complete(dispatcher.aclose())
         loop.close()
-    ttft = np.array([t.ttft for t in traces])
     hits = after.prefix_cache_hit_tokens - before.prefix_cache_hit_tokens
     queries = after.prefix_cache_query_tokens - before.prefix_cache_query_tokens
+    return result_row(policy, traces, wall, hits / max(1, queries), profiles)
+
+
+def result_row(policy: str, traces: list, wall: float, hit_rate: float, profiles: dict) -> dict:
+    """One policy's JSON row: throughput, TTFT percentiles, prefix hit rate, step profiles."""
+    ttft = np.array([t.ttft for t in traces])
     return {"policy": policy, "requests": len(traces), "wall_s": wall, "req_s": len(traces) / wall,
             "tok_s": sum(t.tokens for t in traces) / wall, "ttft_p50": float(np.percentile(ttft, 50)),
             "ttft_p90": float(np.percentile(ttft, 90)), "ttft_p99": float(np.percentile(ttft, 99)),
-            "hit_rate": hits / max(1, queries), "step_profiles": profiles}
+            "hit_rate": hit_rate, "step_profiles": profiles}
 
 
 def print_profiles(profiles: dict[str, dict]) -> None:
@@ -101,12 +97,8 @@ def run_engine_baseline(model: Path, requests: list[TimedRequest], args) -> dict
     finally:
         engine.shutdown()
         loop.close()
-    ttft = np.array([t.ttft for t in traces])
-    return {"policy": "one engine", "requests": len(traces), "wall_s": wall, "req_s": len(traces) / wall,
-            "tok_s": sum(t.tokens for t in traces) / wall, "ttft_p50": float(np.percentile(ttft, 50)),
-            "ttft_p90": float(np.percentile(ttft, 90)), "ttft_p99": float(np.percentile(ttft, 99)),
-            "hit_rate": stats.prefix_cache_hits / max(1, stats.prefix_cache_queries),
-            "step_profiles": {"engine": profile}}
+    return result_row("one engine", traces, wall, stats.prefix_cache_hits / max(1, stats.prefix_cache_queries),
+                      {"engine": profile})
 
 
 def main() -> None:

@@ -46,3 +46,30 @@ def poisson_workload(spec: WorkloadSpec) -> list[TimedRequest]:
     outputs = _lengths(rng, spec.output_mean, spec.sigma, n, spec.max_output)
     return [TimedRequest(float(t), rng.integers(3, spec.vocab, int(p)).tolist(), int(o))
             for t, p, o in zip(arrivals, prompts, outputs)]
+
+
+def shared_prefix_prompts(w) -> tuple[np.ndarray, list[list[int]], list[int]]:
+    """Arrival times, prompts and each prompt's few-shot group of the shared-prefix workload
+    (benchmarks/prefix_serving.py, and its simulator prediction, draw for draw).
+
+    ``w`` has users, requests_per_user, rate, system_tokens, groups, fewshot_tokens,
+    question_tokens, seed and optionally cyclic_groups. Prompt = one system prompt + the user's
+    group of few-shot examples + the user's own question. Each user draws its group at random:
+    the cyclic assignment (user i -> group i % groups, one request each; ``cyclic_groups``,
+    kept to reproduce the runs made with it) lines up with round-robin's cyclic replica choice
+    and partitions the groups for it.
+    """
+    rng = np.random.default_rng(w.seed)
+    system = rng.integers(3, 500, w.system_tokens).tolist()
+    fewshot = [rng.integers(3, 500, w.fewshot_tokens).tolist() for _ in range(w.groups)]
+    cyclic = getattr(w, "cyclic_groups", False)
+    total = w.users * (1 if cyclic else w.requests_per_user)
+    arrivals = np.cumsum(rng.exponential(1.0 / w.rate, total))
+    if cyclic:
+        groups = [i % w.groups for i in range(w.users)]
+    else:
+        user_group = rng.integers(0, w.groups, w.users)
+        users = rng.permutation(np.arange(total) % w.users)  # every user asks requests_per_user times
+        groups = [int(user_group[u]) for u in users]
+    prompts = [system + fewshot[g] + rng.integers(3, 500, w.question_tokens).tolist() for g in groups]
+    return arrivals, prompts, groups

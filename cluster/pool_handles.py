@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cluster.messages import WorkerLoad
 from kvstore.host_tier import HOST_WORKER
@@ -30,6 +31,8 @@ DECODE_LOAD_WEIGHT = 0.5
 IMBALANCE_RATIO = 1.5
 IMBALANCE_SLACK_TOKENS = 16384
 IMBALANCE_SLACK_REQUESTS = 8
+
+R = TypeVar("R")
 
 
 @dataclass
@@ -110,14 +113,17 @@ class RequestShape:
         return self.uncached(worker_id) - pulled + self.host_pull_weight * pulled
 
 
-def pick(replicas: list[Replica], work: Callable[[Replica], float], load: Callable[[Replica], float]) -> Replica:
-    """Least work (then load) while balanced; least load when imbalanced."""
-    loads = {r.worker_id: load(r) for r in replicas}
-    counts = [r.inflight for r in replicas]
-    if (max(loads.values()) > IMBALANCE_RATIO * min(loads.values()) + IMBALANCE_SLACK_TOKENS
+def pick(replicas: Sequence[R], work: Callable[[R], float], load: Callable[[R], float],
+         inflight: Callable[[R], int] = lambda r: r.inflight) -> R:
+    """Least work (then load) while balanced; least load when imbalanced. Any replica type
+    (the simulator's prediction of our router uses it on simulated replicas)."""
+    loads = [load(r) for r in replicas]
+    counts = [inflight(r) for r in replicas]
+    order = range(len(replicas))
+    if (max(loads) > IMBALANCE_RATIO * min(loads) + IMBALANCE_SLACK_TOKENS
             or max(counts) > IMBALANCE_RATIO * min(counts) + IMBALANCE_SLACK_REQUESTS):
-        return min(replicas, key=lambda r: (r.inflight, loads[r.worker_id]))
-    return min(replicas, key=lambda r: (work(r), loads[r.worker_id], r.inflight))
+        return replicas[min(order, key=lambda i: (counts[i], loads[i]))]
+    return replicas[min(order, key=lambda i: (work(replicas[i]), loads[i], counts[i]))]
 
 
 def pick_prefill(replicas: list[Replica], shape: RequestShape) -> Replica:

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.predict_prefix_serving import (DECODE_PROFILE, Workload, build_trace, regime, run_config,
-                                               workload_tokens)
+from benchmarks.predict_prefix_serving import DECODE_PROFILE, Workload, build_trace, regime, run_config
+from benchmarks.workload import shared_prefix_prompts
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = Workload(users=32, requests_per_user=2, rate=40, system_tokens=128, groups=4, fewshot_tokens=256,
@@ -18,7 +18,7 @@ SMALL = Workload(users=32, requests_per_user=2, rate=40, system_tokens=128, grou
 
 
 def test_trace_shares_the_system_prompt_and_each_group_s_examples() -> None:
-    _, prompts, groups = workload_tokens(SMALL)
+    _, prompts, groups = shared_prefix_prompts(SMALL)
     trace = build_trace(SMALL)
     assert len(trace) == 64 and set(trace.prompt_tokens.tolist()) == {400} and trace.block_tokens == 16
     assert all(len(h) == 25 for h in trace.hash_ids)

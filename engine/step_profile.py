@@ -33,7 +33,6 @@ class StepProfile:
 
     def __init__(self) -> None:
         self.kinds: dict[str, KindTotals] = defaultdict(KindTotals)
-        self.idle_seconds = 0.0
         self._last = time.perf_counter()
         self._laps: dict[str, float] = {}
 

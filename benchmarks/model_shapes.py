@@ -27,11 +27,15 @@ MICRO = {**TINY, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers"
 SHAPES = {"llama-3-8b": LLAMA3_8B, "tiny": TINY, "micro": MICRO}
 
 
-def shape_dir(name: str, root: Path) -> Path:
-    """A config-only checkpoint directory (config.json, tokenizer) for shape ``name``."""
+def shape_dir(name: str, root: Path, max_positions: int | None = None) -> Path:
+    """A config-only checkpoint directory (config.json, tokenizer) for shape ``name``;
+    ``max_positions`` raises its context limit (Llama 3.1 is Llama 3's shape at 128K)."""
     path = root / name
     path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps(SHAPES[name], indent=2))
+    config = dict(SHAPES[name])
+    if max_positions is not None:
+        config["max_position_embeddings"] = max(config["max_position_embeddings"], max_positions)
+    (path / "config.json").write_text(json.dumps(config, indent=2))
     train_tokenizer(512).save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(json.dumps(
         {"bos_token": SPECIAL_TOKENS[0], "eos_token": SPECIAL_TOKENS[1]}))

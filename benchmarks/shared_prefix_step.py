@@ -36,22 +36,28 @@ from engine.sampling_params import SamplingParams
 
 def engine_for(model_dir: Path, model, device: str, dtype: str, batch: int, prefix: int, args,
                shared: bool) -> LLMEngine:
-    per_request = -(-(args.question_tokens + args.warmup_steps + args.steps + 4) // 16) + 1
+    per_request = -(-(args.question_tokens + new_tokens(args)) // 16) + 1
     blocks = prefix // 16 + 2 + batch * per_request
     return LLMEngine(EngineConfig(
         model=str(model_dir), dtype=dtype, device=device, detokenize=False, load_format="dummy",
         shared_prefix_attention=shared, shared_prefix_min_tokens=0 if shared else None,
         cache=CacheConfig(num_blocks=blocks, enable_prefix_caching=True),
         scheduler=SchedulerConfig(max_num_seqs=batch, max_num_batched_tokens=max(8192, prefix + 16),
-                                  max_model_len=prefix + args.question_tokens + args.warmup_steps + args.steps + 16,
+                                  max_model_len=prefix + args.question_tokens + new_tokens(args) + 16,
                                   max_admission_delay_s=0.0)), model=model)
+
+
+def new_tokens(args) -> int:
+    # requests are admitted over several prefill steps (the token budget), so the first ones
+    # are a few tokens ahead when timing starts: the margin keeps all of them running through it
+    return args.warmup_steps + args.steps + 16
 
 
 def decode_rate(engine: LLMEngine, batch: int, prefix: int, args, rng: np.random.Generator) -> dict:
     """Decode tokens/s of ``batch`` requests sharing a ``prefix``-token prompt head."""
     vocab = engine.model_config.vocab_size
     head = rng.integers(3, vocab - 1, prefix).tolist()
-    new = args.warmup_steps + args.steps + 2
+    new = new_tokens(args)
     engine.generate([head + [7]], SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))  # cache the prefix
     params = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
     for i in range(batch):
@@ -66,12 +72,32 @@ def decode_rate(engine: LLMEngine, batch: int, prefix: int, args, rng: np.random
             raise RuntimeError(f"a timed step decoded {len(out)} of {batch} requests")
         if i >= args.warmup_steps:
             times.append(time.perf_counter() - t0)
-    while engine.has_unfinished():
-        engine.step()
-    kinds = {k: v["steps"] for k, v in engine.profile.as_dict().items()}
+    if args.trace:
+        print_trace(engine, f"prefix {prefix}, {'shared' if engine.config.shared_prefix_attention else 'plain'} path")
+    for request_id in list(engine.requests):
+        engine.abort_request(request_id)
+    kinds = engine.profile.as_dict()  # steps and seconds per phase, by step kind
     step = statistics.median(times)
     return {"prefix": prefix, "batch": batch, "step_s": step, "tok_s": batch / step, "step_kinds": kinds,
             "cached_tokens": engine.kv.prefix_hits, "free_blocks_after": engine.kv.num_free_blocks}
+
+
+def print_trace(engine: LLMEngine, title: str) -> None:
+    """Where one more step's time goes: torch.profiler's top operators by device time."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        engine.step()
+        wall = time.perf_counter() - t0
+    sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    print(f"--- {title}: one step {1e3 * wall:.1f} ms (profiled)")
+    print(prof.key_averages().table(sort_by=sort, row_limit=14, max_name_column_width=60))
+    import cProfile
+    import pstats
+    host = cProfile.Profile()
+    host.runcall(engine.step)  # host time by Python function (kernel launches included)
+    pstats.Stats(host).sort_stats("tottime").print_stats(18)
 
 
 def main() -> None:
@@ -84,13 +110,14 @@ def main() -> None:
     ap.add_argument("--warmup-steps", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trace", action="store_true", help="print a torch.profiler table of one more step per case")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     out = out_dir(args.out, "shared_prefix_step")
     device = torch.device(args.device)
     dtype = "bfloat16" if device.type == "cuda" else "float32"
-    model_dir = shape_dir(args.shape, Path(tempfile.mkdtemp()))
-    max_len = max(args.prefixes) + args.question_tokens + args.warmup_steps + args.steps + 16
+    max_len = max(args.prefixes) + args.question_tokens + new_tokens(args) + 16
+    model_dir = shape_dir(args.shape, Path(tempfile.mkdtemp()), max_positions=max_len)
     model = load_model(model_dir, parse_dtype(dtype), device, max_positions=max_len, load_format="dummy")
     rows = []
     cases = [(p, shared) for p in args.prefixes for shared in (True, False)]

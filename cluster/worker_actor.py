@@ -24,11 +24,11 @@ class WorkerActor:
         async for batch in self.worker.outputs(channel):
             yield batch
 
-    def profile(self) -> dict:
-        return self.worker.profile()
+    async def profile(self) -> dict:
+        return await self.worker.profile()
 
-    def load(self) -> WorkerLoad:
-        return self.worker.load()
+    async def load(self) -> WorkerLoad:
+        return await self.worker.load()
 
     def shutdown(self) -> None:
         self.parts.close()

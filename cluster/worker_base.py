@@ -27,8 +27,8 @@ class EngineWorker:
     def kv_cache(self):
         return self.engine.engine.runner.kv_cache
 
-    def load(self) -> WorkerLoad:
-        return self.engine.call(self._load)
+    async def load(self) -> WorkerLoad:
+        return await self.engine.acall(self._load)
 
     def _load(self, e: LLMEngine) -> WorkerLoad:
         s = e.stats()
@@ -40,9 +40,9 @@ class EngineWorker:
         """The deltas of every request started with ``channel``, in batches (output_channel.py)."""
         return self.channels.drain(channel)
 
-    def profile(self) -> dict:
+    async def profile(self) -> dict:
         """The engine's step profile (engine/step_profile.py): time per phase and step kind."""
-        return self.engine.call(lambda e: e.profile.as_dict())
+        return await self.engine.acall(lambda e: e.profile.as_dict())
 
     def info(self) -> EngineInfo:
         e = self.engine.engine

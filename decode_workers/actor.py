@@ -17,14 +17,14 @@ class DecodeActor(WorkerActor):
         self.parts = build_worker(spec, ray.util.get_node_ip_address())
         self.worker = DecodeWorker(spec.worker_id, self.parts.engine, self.parts.handoff)
 
-    def reserve(self, req: DecodeRequest) -> Reservation | None:
-        return self.worker.reserve(req)
+    async def reserve(self, req: DecodeRequest) -> Reservation | None:
+        return await self.worker.reserve(req)
 
     async def receive_kv(self, request_id: str, block_ids: list[int], peer: str) -> int:
         return await self.worker.receive_kv(request_id, block_ids, peer)
 
     async def start_stream(self, request_id: str, channel: str) -> None:
-        self.worker.start_stream(request_id, channel)
+        await self.worker.start_stream(request_id, channel)
 
     async def start_generate(self, req: PrefillRequest, channel: str) -> None:
-        self.worker.start_generate(req, channel)
+        await self.worker.start_generate(req, channel)

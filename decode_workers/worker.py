@@ -16,12 +16,12 @@ from engine.llm_engine import Reservation
 class DecodeWorker(EngineWorker):
     role = "decode"
 
-    def reserve(self, req: DecodeRequest) -> Reservation | None:
+    async def reserve(self, req: DecodeRequest) -> Reservation | None:
         """Blocks to receive the prompt's KV into (after those already cached here), or None
         when this worker has no room."""
         state = None if req.generator_state is None else torch.frombuffer(
             bytearray(req.generator_state), dtype=torch.uint8)
-        return self.engine.call(lambda e: e.add_prefilled(
+        return await self.engine.acall(lambda e: e.add_prefilled(
             req.request_id, req.prompt_token_ids, req.output_token_ids, req.params, state, req.cache_salt))
 
     async def receive_kv(self, request_id: str, block_ids: list[int], peer: str) -> int:
@@ -32,15 +32,15 @@ class DecodeWorker(EngineWorker):
             self.abort(request_id)
             raise
 
-    def start_stream(self, request_id: str, channel: str) -> None:
+    async def start_stream(self, request_id: str, channel: str) -> None:
         """Start decoding a request whose KV has arrived; its deltas go to ``channel``."""
         def start(e) -> str:
             e.kv_arrived(request_id)
             return request_id
-        self.engine.submit(start, self.channels.sink(channel, request_id))
+        await self.engine.asubmit(start, self.channels.sink(channel, request_id))
 
-    def start_generate(self, req: PrefillRequest, channel: str) -> None:
+    async def start_generate(self, req: PrefillRequest, channel: str) -> None:
         """A whole request, prompt included, on this worker; its deltas go to ``channel``
         (InvalidRequestError at once for bad input)."""
-        self.engine.submit(lambda e: e.add_request(req.request_id, req.prompt_token_ids, req.params,
+        await self.engine.asubmit(lambda e: e.add_request(req.request_id, req.prompt_token_ids, req.params,
                                                    req.cache_salt), self.channels.sink(channel, req.request_id))

@@ -8,12 +8,20 @@ A caller that stops iterating (a cancelled task, a closed stream) aborts its req
 its KV blocks are freed at once. ``submit`` instead sends a request's deltas into a queue
 shared by many requests (a worker's batched output channel); each step hands every queue
 its deltas in one wake-up of the caller's loop.
+
+Only the stepping thread touches the engine. Everything else (adding a request, an abort,
+a stats query) is a command queued for it and run between two steps, so a caller never
+holds a lock across a step: on a GPU the stepping thread would otherwise release the lock
+and take it again within microseconds, and a caller could wait many steps for it (that
+starved request admission to ~2 per second per replica).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
+from concurrent.futures import Future
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -27,9 +35,9 @@ T = TypeVar("T")
 class AsyncLLMEngine:
     def __init__(self, engine: LLMEngine):
         self.engine = engine
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._wake = threading.Condition(threading.Lock())
+        self._commands: collections.deque[tuple[Callable[[LLMEngine], object], Future]] = collections.deque()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}  # engine thread only
         self._stopped = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="engine-loop", daemon=True)
@@ -49,9 +57,9 @@ class AsyncLLMEngine:
 
     async def stream(self, start: Callable[[LLMEngine], str]) -> AsyncIterator[RequestOutput]:
         """Run ``start`` on the engine (it queues a request and returns its id), then stream
-        that request's deltas; nothing is lost in between, both happen under the engine lock."""
+        that request's deltas; nothing is lost in between (the engine thread does both)."""
         queue: asyncio.Queue = asyncio.Queue()
-        rid = self.submit(start, queue)
+        rid = await self.asubmit(start, queue)
         finished = False
         try:
             while not finished:
@@ -61,38 +69,68 @@ class AsyncLLMEngine:
                 finished = item.finished
                 yield item
         finally:
-            if not finished:
-                self.abort(rid)
+            if not finished:  # wait for it: the caller's loop may close right after
+                try:
+                    await asyncio.wrap_future(self._enqueue(self._aborter(rid)))
+                except RuntimeError:  # the engine stopped: nothing runs any more
+                    pass
 
-    def submit(self, start: Callable[[LLMEngine], str], sink: asyncio.Queue) -> str:
-        """Run ``start`` on the engine (it queues a request and returns its id) and send that
-        request's deltas, and an engine failure, into ``sink``; call from ``sink``'s loop.
-        Nobody aborts the request when its reader leaves: the owner of ``sink`` must."""
-        with self._wake:
-            if self._stopped:
-                raise RuntimeError(f"engine is stopped: {self._error!r}")
-            rid = start(self.engine)
-            self._streams[rid] = (asyncio.get_running_loop(), sink)
-            self._wake.notify()
-        return rid
+    def submit(self, start: Callable[[LLMEngine], str], sink: asyncio.Queue) -> Future:
+        """Queue ``start`` for the engine (it adds a request and returns its id; the future
+        holds the id, or the error for bad input) and send that request's deltas, and an
+        engine failure, into ``sink``; call from ``sink``'s loop. Nobody aborts the request
+        when its reader leaves: the owner of ``sink`` must."""
+        loop = asyncio.get_running_loop()
+
+        def run(engine: LLMEngine) -> str:
+            rid = start(engine)
+            self._streams[rid] = (loop, sink)
+            return rid
+        return self._enqueue(run)
+
+    async def asubmit(self, start: Callable[[LLMEngine], str], sink: asyncio.Queue) -> str:
+        """``submit``, awaited: the request id, or InvalidRequestError for bad input."""
+        return await asyncio.wrap_future(self.submit(start, sink))
 
     def call(self, fn: Callable[[LLMEngine], T]) -> T:
-        """Run ``fn`` on the engine between steps (the engine is not thread-safe)."""
-        with self._wake:
-            result = fn(self.engine)
-            self._wake.notify()
-            return result
+        """Run ``fn`` on the engine between steps and wait for its result (up to one step;
+        from a coroutine, ``acall`` waits without blocking the loop)."""
+        if threading.current_thread() is self._thread:
+            return fn(self.engine)
+        return self._enqueue(fn).result()
+
+    async def acall(self, fn: Callable[[LLMEngine], T]) -> T:
+        return await asyncio.wrap_future(self._enqueue(fn))
 
     def abort(self, request_id: str) -> None:
-        """Cancel a request; its stream, if any, ends with a final ABORT delta."""
-        with self._lock:
+        """Cancel a request (queued; runs before anything queued after it); its stream, if
+        any, ends with a final ABORT delta. A no-op once the engine has stopped."""
+        self.post(self._aborter(request_id))
+
+    def _aborter(self, request_id: str) -> Callable[[LLMEngine], None]:
+        def run(engine: LLMEngine) -> None:
             target = self._streams.pop(request_id, None)
-            final = self.engine.abort_request(request_id)
-        if target is not None and final is not None:
-            target[0].call_soon_threadsafe(target[1].put_nowait, final)
+            final = engine.abort_request(request_id)
+            if target is not None and final is not None:
+                _deliver(target[0], target[1], [final])
+        return run
+
+    def post(self, fn: Callable[[LLMEngine], object]) -> None:
+        """Run ``fn`` on the engine between steps without waiting for it (in order with
+        everything queued before and after); a no-op once the engine has stopped."""
+        if threading.current_thread() is self._thread:
+            fn(self.engine)
+            return
+        try:
+            self._enqueue(fn)
+        except RuntimeError:  # stopped: nothing runs any more
+            pass
 
     def stats(self) -> EngineStats:
         return self.call(LLMEngine.stats)
+
+    async def astats(self) -> EngineStats:
+        return await self.acall(LLMEngine.stats)
 
     def shutdown(self) -> None:
         with self._wake:
@@ -100,33 +138,74 @@ class AsyncLLMEngine:
             self._wake.notify()
         self._thread.join(timeout=30)
 
+    def _enqueue(self, fn: Callable[[LLMEngine], T]) -> Future:
+        future: Future = Future()
+        with self._wake:
+            if self._stopped:
+                raise RuntimeError(f"engine is stopped: {self._error!r}" if self._error else "engine is stopped")
+            self._commands.append((fn, future))
+            self._wake.notify()
+        return future
+
     def _loop(self) -> None:
         try:
             while True:
                 with self._wake:
-                    while not self._stopped and not self.engine.has_unfinished():
+                    while not self._stopped and not self._commands and not self.engine.has_unfinished():
                         self._wake.wait()
                     if self._stopped:
-                        return
-                    deltas = self.engine.step()
-                    by_queue: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue, list]] = {}
-                    for d in deltas:
-                        target = self._streams.get(d.request_id)
-                        if target is not None:
-                            by_queue.setdefault(id(target[1]), (*target, []))[2].append(d)
-                        if d.finished:
-                            self._streams.pop(d.request_id, None)
+                        break
+                    commands, self._commands = self._commands, collections.deque()
+                for fn, future in commands:
+                    if future.set_running_or_notify_cancel():
+                        try:
+                            future.set_result(fn(self.engine))
+                        except BaseException as e:  # noqa: BLE001 — the caller's error, not the engine's
+                            future.set_exception(e)
+                if not self.engine.has_unfinished():
+                    continue
+                deltas = self.engine.step()
+                by_queue: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue, list]] = {}
+                for d in deltas:
+                    target = self._streams.get(d.request_id)
+                    if target is not None:
+                        by_queue.setdefault(id(target[1]), (*target, []))[2].append(d)
+                    if d.finished:
+                        self._streams.pop(d.request_id, None)
                 for loop, queue, items in by_queue.values():  # one wake-up per queue per step
-                    loop.call_soon_threadsafe(_put_all, queue, items)
+                    if not _deliver(loop, queue, items):  # its loop is gone: nobody reads these
+                        for d in items:
+                            if not d.finished:
+                                self._aborter(d.request_id)(self.engine)
         except BaseException as e:  # surface engine crashes to every waiting caller
             self._fail(e)
+        self._fail(None)
 
-    def _fail(self, error: BaseException) -> None:
-        with self._lock:
-            self._stopped, self._error = True, error
-            streams, self._streams = list(self._streams.values()), {}
+    def _fail(self, error: BaseException | None) -> None:
+        """Stop taking commands; fail the queued ones and (on a crash) every open stream."""
+        with self._wake:
+            self._stopped = True
+            if error is not None:
+                self._error = error
+            commands, self._commands = self._commands, collections.deque()
+        for _, future in commands:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(RuntimeError(f"engine is stopped: {self._error!r}" if self._error
+                                                  else "engine is stopped"))
+        if error is None:
+            return
+        streams, self._streams = list(self._streams.values()), {}
         for loop, queue in {id(q): (l, q) for l, q in streams}.values():
-            loop.call_soon_threadsafe(queue.put_nowait, error)
+            _deliver(loop, queue, [error])
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, items: list) -> bool:
+    """Put ``items`` into ``queue`` on its loop; False if that loop is closed."""
+    try:
+        loop.call_soon_threadsafe(_put_all, queue, items)
+        return True
+    except RuntimeError:
+        return False
 
 
 def _put_all(queue: asyncio.Queue, items: list) -> None:

@@ -42,6 +42,7 @@ class KVCacheManager:
         for block_id in hits:
             self.pool.take(block_id)
         request.block_ids = hits
+        request.num_committed_blocks = len(hits)
         return len(hits) * self.block_size
 
     def cached_prefix_blocks(self, request: Request) -> int:
@@ -66,14 +67,18 @@ class KVCacheManager:
         return True
 
     def commit_computed(self, request: Request) -> None:
-        """Publish every full block whose KV is now computed to the prefix cache."""
+        """Publish the full blocks whose KV became computed since the last call to the prefix
+        cache (each block is offered once: a decode step costs O(1), not O(context))."""
         if not self.pool.enable_caching:
             return
-        full = request.num_computed_tokens // self.block_size
+        first, full = request.num_committed_blocks, request.num_computed_tokens // self.block_size
+        if full <= first:
+            return
         self._extend_hashes(request, full * self.block_size)
-        parents = [ROOT_HASH] + request.block_hashes[:full - 1]
-        for block_id, h, parent in zip(request.block_ids[:full], request.block_hashes[:full], parents):
-            self.pool.commit(block_id, h, parent)
+        hashes = request.block_hashes
+        for i in range(first, full):
+            self.pool.commit(request.block_ids[i], hashes[i], hashes[i - 1] if i else ROOT_HASH)
+        request.num_committed_blocks = full
 
     def count_lookup(self, query_tokens: int, hit_tokens: int) -> None:
         """Record one admitted request's prefix-cache lookup (retries are not counted again)."""
@@ -97,6 +102,7 @@ class KVCacheManager:
     def free(self, request: Request) -> None:
         self.pool.free(request.block_ids)
         request.block_ids = []
+        request.num_committed_blocks = 0
 
     def _extend_hashes(self, request: Request, num_tokens: int) -> None:
         bs = self.block_size

@@ -42,13 +42,13 @@ class HostPrefixCache:
         keys = block_keys(hashes, self.model_id, self.layout)
         present = await asyncio.to_thread(self.host.contains, keys)
         n = present.index(False) if False in present else len(present)
-        block_ids = self.engine.call(lambda e: e.kv.reserve_import(n)) if n else None
+        block_ids = await self.engine.acall(lambda e: e.kv.reserve_import(n)) if n else None
         if not block_ids:
             return [], []
         try:
             await asyncio.to_thread(self.host.get, keys[:n], self.kv, block_ids)
         except Exception:
-            self.engine.call(lambda e: e.kv.pool.free(block_ids))
+            await self.engine.acall(lambda e: e.kv.pool.free(block_ids))
             raise
         self.pulled_blocks += n
         return block_ids, hashes[:n]

@@ -41,7 +41,7 @@ class PrefillWorker(EngineWorker):
         delta = None
         async for delta in self.engine.stream(start):
             pass
-        return self.engine.call(lambda e: self._result(e, req.request_id, delta))
+        return await self.engine.acall(lambda e: self._result(e, req.request_id, delta))
 
     def _result(self, e: LLMEngine, request_id: str, delta) -> PrefillResult:
         held = e.held_kv(request_id)
@@ -62,7 +62,7 @@ class PrefillWorker(EngineWorker):
         lock = self._peer_locks.setdefault(peer, asyncio.Lock())
         stored = None
         try:
-            held = self.engine.call(lambda e: e.held_kv(request_id))
+            held = await self.engine.acall(lambda e: e.held_kv(request_id))
             stored = asyncio.ensure_future(self._write_through(held))
             blocks = held.block_ids[skip_blocks:skip_blocks + num_blocks]
             if not blocks:
@@ -89,4 +89,5 @@ class PrefillWorker(EngineWorker):
         self.release(request_id)
 
     def release(self, request_id: str) -> None:
-        self.engine.call(lambda e: e.release_kv(request_id))
+        """Free a held prompt's blocks (queued for the engine thread, in order with later calls)."""
+        self.engine.post(lambda e: e.release_kv(request_id))

@@ -199,7 +199,10 @@ def test_graph_keeps_its_counters_after_they_grow(rng) -> None:
     from engine.attention.triton_backend import TritonAttention
     from engine.attention.triton_decode import DecodeConfig
     seed = rng.randrange(2**31)
-    backend = TritonAttention(decode=DecodeConfig(programs_per_sm=16, fused_merge=True))  # 2 splits at 160 x 8 heads
+    from engine.attention.triton_backend import SplitCounters
+    backend = TritonAttention(decode=DecodeConfig(programs_per_sm=16, fused_merge=True))
+    # first buffer: 4 x 8 counters; 64 x 8 (split, since 64 x 8 < 16 programs per SM) must grow it
+    backend.counters = SplitCounters(min_size=16)
     small = random_batch(BatchSpec((1,) * 4, ragged_seq_lens(rng, 4, 2000, 16), 32, 8, 128,
                                    dtype=torch.bfloat16), "cuda", seed)
     args = (small.q, small.k_cache, small.v_cache, small.meta, small.scale)
@@ -210,10 +213,10 @@ def test_graph_keeps_its_counters_after_they_grow(rng) -> None:
         captured = backend.forward(*args)
         with pytest.raises(RuntimeError, match="before capturing"):
             backend.counters.get(small.q.device, 1 << 20)
-    large = random_batch(BatchSpec((1,) * 160, ragged_seq_lens(rng, 160, 600, 16), 32, 8, 128,
+    large = random_batch(BatchSpec((1,) * 64, ragged_seq_lens(rng, 64, 2000, 16), 32, 8, 128,
                                    dtype=torch.bfloat16), "cuda", seed + 1)
     assert_matches(attend(large, backend), large, seed, 1e-2)
-    assert len(backend.counters.buffers[small.q.device]) == 2, "160 x 8 counters should have grown the buffer"
+    assert len(backend.counters.buffers[small.q.device]) == 2, "64 x 8 counters should have grown the buffer"
     del large
     torch.cuda.empty_cache()
     squatters = [torch.full((1024,), 7, dtype=torch.int32, device="cuda") for _ in range(256)]

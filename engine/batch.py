@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from engine.attention import AttentionMetadata
-from engine.attention.shared_prefix import plan_shared_prefixes
+from engine.attention.shared_prefix import PlanCache
 from engine.scheduler import ScheduledRequest
 
 
@@ -22,10 +22,12 @@ class ModelInput:
 
 
 def build_model_input(scheduled: list[ScheduledRequest], block_size: int, device: torch.device,
-                      shared_prefix_min_tokens: int | None = None) -> ModelInput:
+                      shared_prefix_min_tokens: int | None = None,
+                      plan_cache: PlanCache | None = None) -> ModelInput:
     """Token ids, positions, slot mapping and block tables for one step. A decode-only step
     whose sequences share blocks gets a shared-prefix plan when sharing saves reading at
-    least ``shared_prefix_min_tokens`` tokens of K/V per layer (None: never)."""
+    least ``shared_prefix_min_tokens`` tokens of K/V per layer (None: never). Pass the same
+    ``plan_cache`` every step to reuse the plan while the batch is unchanged (None: plan anew)."""
     ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
@@ -42,19 +44,19 @@ def build_model_input(scheduled: list[ScheduledRequest], block_size: int, device
         seq_lens.append(lo + n)
         if s.samples:
             sample_rows.append(starts[-1] - 1)
-    width = max(len(s.request.block_ids) for s in scheduled)
-    tables = np.zeros((len(scheduled), width), dtype=np.int32)  # numpy fills rows from lists in C
-    for row, s in zip(tables, scheduled):
-        row[:len(s.request.block_ids)] = s.request.block_ids
+    rows = [s.request.block_id_array() for s in scheduled]  # kept up to date incrementally
+    tables = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.int32)
+    for table, row in zip(tables, rows):
+        table[:len(row)] = row
     decode_only = all(s.num_new_tokens == 1 for s in scheduled)
     plan = None
     # sharing saves at most every token but the longest sequence's: skip planning (Python
     # work per step) when even that bound is below the threshold
     if (shared_prefix_min_tokens is not None and decode_only and len(scheduled) > 1
             and sum(seq_lens) - max(seq_lens) >= shared_prefix_min_tokens):
-        plan = plan_shared_prefixes([s.request.block_ids for s in scheduled], seq_lens, block_size)
-        if plan is not None and plan.shared_tokens * block_size < shared_prefix_min_tokens:
-            plan = None
+        cache = plan_cache if plan_cache is not None else PlanCache()
+        plan = cache.plan([s.request.block_ids for s in scheduled], seq_lens,
+                          block_size, shared_prefix_min_tokens)
     meta = AttentionMetadata(
         query_start_loc=_tensor(starts, torch.int32, device),
         seq_lens=_tensor(seq_lens, torch.int32, device),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.attention import default_backend_name, get_backend
+from engine.attention.shared_prefix import PlanCache
 from engine.batch import build_model_input
 from engine.cache_sizing import choose_num_blocks, resolve_max_model_len
 from engine.config import EngineConfig, parse_dtype
@@ -118,6 +119,7 @@ class LLMEngine:
         self.num_preemptions = 0
         self.profile = StepProfile()
         self._shared_prefix_min = shared_prefix_threshold(config, self.device)
+        self._plan_cache = PlanCache()  # the last shared-prefix plan, reused while the batch is unchanged
         if self.device.type == "cuda" and config.cuda_graphs and backend.name == "triton":
             self.runner.capture_graphs(config.scheduler.max_num_seqs, self.max_model_len)
 
@@ -190,7 +192,8 @@ class LLMEngine:
         if sched.is_empty:
             return []
         prof.lap("schedule")
-        inp = build_model_input(sched.scheduled, self.kv.block_size, self.device, self._shared_prefix_min)
+        inp = build_model_input(sched.scheduled, self.kv.block_size, self.device, self._shared_prefix_min,
+                                self._plan_cache)
         sampling = [s.request for s in sched.scheduled if s.samples]
         prof.lap("prepare")
         logits = self.runner.execute(inp)

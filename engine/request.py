@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
+import numpy as np
 import torch
 
 from engine.block_hash import BlockHash
@@ -41,6 +42,7 @@ class Request:
     num_preemptions: int = 0
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
+    _block_array: BlockIdArray | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -66,3 +68,39 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
+
+    def block_id_array(self) -> np.ndarray:
+        """``block_ids`` as int32, for the step's block table; a view valid until the next call."""
+        if self._block_array is None:
+            self._block_array = BlockIdArray()
+        return self._block_array.sync(self.block_ids)
+
+
+class BlockIdArray:
+    """An int32 copy of one request's ``block_ids``, brought up to date by copying the new tail.
+
+    Converting every sequence's whole block list each step costs host time that grows with
+    context (263k ints per step at 256 sequences x 16K tokens). ``block_ids`` only grows by
+    ``extend`` or is replaced by a new list (``match_prefix``, ``free``), so while the list is
+    the object last seen and no shorter, only the blocks appended since then need copying.
+    """
+
+    __slots__ = ("source", "array", "size")
+
+    def __init__(self) -> None:
+        self.source: list[int] | None = None  # held, so its identity cannot be reused
+        self.array = np.empty(0, dtype=np.int32)
+        self.size = 0                         # leading entries of array that mirror source
+
+    def sync(self, block_ids: list[int]) -> np.ndarray:
+        n = len(block_ids)
+        if block_ids is not self.source or n < self.size:
+            self.source, self.size = block_ids, 0
+        if n > self.size:
+            if n > len(self.array):  # grow geometrically: appends stay amortized O(new blocks)
+                grown = np.empty(max(n, 2 * len(self.array)), dtype=np.int32)
+                grown[:self.size] = self.array[:self.size]
+                self.array = grown
+            self.array[self.size:n] = block_ids[self.size:]
+            self.size = n
+        return self.array[:n]

@@ -10,6 +10,7 @@ and every run of trie nodes visited by the same two or more sequences becomes a 
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass, field
 
@@ -66,3 +67,40 @@ def _groups_at(full: list[list[int]], rows: list[int], depth: int, min_members: 
         if len(full[r]) > depth:
             by_block.setdefault(full[r][depth], []).append(r)
     return [g for g in by_block.values() if len(g) >= min_members]
+
+
+class PlanCache:
+    """Reuses the last decode step's shared-prefix plan while the batch holds the same block lists.
+
+    Planning walks every sequence's block list (~4.5 ms of host time per step at 256
+    sequences x 16K tokens), yet in steady decoding the answer does not change: blocks are
+    shared only through the prefix cache, which hands out whole computed blocks, and decode
+    appends freshly allocated, private blocks. So while the rows are the same list objects
+    in the same order (a preempted or re-admitted request gets a new list), the segments and
+    suffix starts stay exact as the suffixes grow, and so does the verdict of the threshold.
+    Even if a list were to gain a block shared with another row, the old plan would still
+    be exact attention, only with that block read as suffix.
+    """
+
+    def __init__(self) -> None:
+        self._tables: list[list[int]] = []  # held, so their identities cannot be reused
+        self._params: tuple[int, int] | None = None
+        self._result: tuple[list[SharedSegment], list[int]] | None = None
+
+    def plan(self, block_tables: list[list[int]], seq_lens: list[int], block_size: int,
+             min_tokens: int) -> SharedPrefixPlan | None:
+        """The plan for a decode step, or None when sharing saves fewer than ``min_tokens``
+        tokens of K/V reads per layer. Each call returns a new plan: backends keep the
+        step's device tensors (some derived from seq_lens) in ``plan.tensors``."""
+        tables = self._tables
+        if not (self._params == (block_size, min_tokens) and len(block_tables) == len(tables)
+                and all(map(operator.is_, block_tables, tables))):
+            plan = plan_shared_prefixes(block_tables, seq_lens, block_size)
+            if plan is not None and plan.shared_tokens * block_size < min_tokens:
+                plan = None
+            self._tables, self._params = list(block_tables), (block_size, min_tokens)
+            self._result = None if plan is None else (plan.segments, plan.suffix_start)
+        if self._result is None:
+            return None
+        segments, suffix_start = self._result
+        return SharedPrefixPlan(list(segments), list(suffix_start))

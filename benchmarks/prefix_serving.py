@@ -67,12 +67,15 @@ def result_row(policy: str, traces: list, wall: float, hit_rate: float, profiles
 
 
 def print_profiles(profiles: dict[str, dict]) -> None:
-    """One line per replica and step kind: steps, mean batch, ms per step and its phases."""
+    """One line per replica and step kind: steps, mean batch, ms per step and its phases
+    (wall / the stepping thread's CPU time: a host phase far above its CPU time waited)."""
     for worker, kinds in profiles.items():
         for kind, k in kinds.items():
-            phases = " ".join(f"{p} {1e3 * sec / max(1, k['steps']):.2f}" for p, sec in k["seconds"].items())
+            n = max(1, k["steps"])
+            cpu = k.get("cpu_seconds", {})
+            phases = " ".join(f"{p} {1e3 * sec / n:.2f}/{1e3 * cpu.get(p, 0.0) / n:.2f}" for p, sec in k["seconds"].items())
             print(f"    {worker:12s} {kind:7s} {k['steps']:6d} steps  batch {k['mean_batch']:6.1f}  "
-                  f"{k['tokens']:8d} tokens  {k['ms_per_step']:7.2f} ms/step ({phases})")
+                  f"{k['tokens']:8d} tokens  {k['ms_per_step']:7.2f} ms/step (wall/cpu ms: {phases})")
 
 
 def run_engine_baseline(model: Path, requests: list[TimedRequest], args) -> dict:

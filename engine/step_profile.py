@@ -2,7 +2,9 @@
 
 Host phases are timed with ``time.perf_counter``; ``forward`` ends when the sampler has the
 logits on the host, so on CUDA it includes the device time of the step (the sampler's copy
-synchronises). Kinds: ``graph`` (decode replayed as a CUDA graph), ``decode`` (decode-only,
+synchronises). Each phase also gets the stepping thread's own CPU time
+(``time.thread_time``): a host phase whose wall time far exceeds it was waiting — for the
+GIL held by another thread of the process, or for a core. Kinds: ``graph`` (decode replayed as a CUDA graph), ``decode`` (decode-only,
 run eagerly), ``shared`` (decode through a shared-prefix plan), ``mixed`` (any prefill rows).
 """
 
@@ -21,11 +23,13 @@ class KindTotals:
     tokens: int = 0
     seqs: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    cpu_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
 
     def as_dict(self) -> dict[str, object]:
         total = sum(self.seconds.values())
         return {"steps": self.steps, "tokens": self.tokens, "mean_batch": self.seqs / max(1, self.steps),
-                "seconds": dict(self.seconds), "ms_per_step": 1e3 * total / max(1, self.steps)}
+                "seconds": dict(self.seconds), "cpu_seconds": dict(self.cpu_seconds),
+                "ms_per_step": 1e3 * total / max(1, self.steps)}
 
 
 class StepProfile:
@@ -33,17 +37,17 @@ class StepProfile:
 
     def __init__(self) -> None:
         self.kinds: dict[str, KindTotals] = defaultdict(KindTotals)
-        self._last = time.perf_counter()
-        self._laps: dict[str, float] = {}
+        self._last = (time.perf_counter(), time.thread_time())
+        self._laps: dict[str, tuple[float, float]] = {}  # phase -> (wall, thread CPU) seconds
 
     def begin(self) -> None:
-        now = time.perf_counter()
         self._laps = {}
-        self._last = now
+        self._last = (time.perf_counter(), time.thread_time())
 
     def lap(self, phase: str) -> None:
-        now = time.perf_counter()
-        self._laps[phase] = self._laps.get(phase, 0.0) + now - self._last
+        now = (time.perf_counter(), time.thread_time())
+        wall, cpu = self._laps.get(phase, (0.0, 0.0))
+        self._laps[phase] = (wall + now[0] - self._last[0], cpu + now[1] - self._last[1])
         self._last = now
 
     def end(self, kind: str, tokens: int, seqs: int) -> None:
@@ -51,8 +55,9 @@ class StepProfile:
         totals.steps += 1
         totals.tokens += tokens
         totals.seqs += seqs
-        for phase, seconds in self._laps.items():
-            totals.seconds[phase] += seconds
+        for phase, (wall, cpu) in self._laps.items():
+            totals.seconds[phase] += wall
+            totals.cpu_seconds[phase] += cpu
         self._laps = {}
 
     def as_dict(self) -> dict[str, dict[str, object]]:

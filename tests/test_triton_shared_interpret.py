@@ -8,6 +8,7 @@ run, with the seed in every failure message; shapes are tiny.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from types import SimpleNamespace
 
@@ -152,6 +153,29 @@ def case_segment_kernel_writes_exactly_its_slots(kernels, rng) -> None:
     expected = expected[:, None, :].expand(part_lse.shape)
     assert torch.equal(~part_lse.isnan(), expected), f"seed {seed}: {part_lse}"
     assert not part_out[expected].isnan().any() and part_out[~expected].isnan().all(), f"seed {seed}"
+
+
+def case_next_step_reuses_the_plan_layout(kernels, rng) -> None:
+    """Two steps of one batch through plans sharing ``layout`` (as PlanCache hands them out): the
+    second step builds only its suffix tables and lengths, and both are exact."""
+    seed = rng.randrange(2**31)
+    tree = nested_tree(rng, 9, system=32, fewshot=16, groups=2, unshared=1, max_suffix=40, block_size=16)
+    batch = random_shared_batch(tree, BatchSpec((1,), (1,), 4, 2, 32, 16), "cpu", seed)
+    plan = batch.meta.shared
+    lens = batch.meta.seq_lens.tolist()
+    shorter = [max(start + 1, n - rng.randint(1, 20)) for start, n in zip(plan.suffix_start, lens)]
+    earlier = dataclasses.replace(batch, meta=dataclasses.replace(
+        batch.meta, seq_lens=torch.tensor(shorter, dtype=torch.int32),
+        shared=dataclasses.replace(plan, tensors={}, layout=plan.layout)))
+    attn = backend(kernels)
+    for b in (earlier, batch):
+        out = attn.forward(b.q, b.k_cache, b.v_cache, b.meta, b.scale)
+        if b is earlier:
+            items = plan.layout["triton_shared.items"]
+        for name, ref in (("shared reference", shared_reference_output(b)), ("paged", reference_output(b))):
+            err = relative_error(out, ref)
+            assert err < TOLERANCE[b.q.dtype], f"{name}: relative error {err:.2e}, lens {b.meta.seq_lens} (seed {seed})"
+    assert plan.layout["triton_shared.items"] is items, f"the second step rebuilt the layout (seed {seed})"
 
 
 @pytest.mark.parametrize("n,heads,parts,dim,step,min_programs", [

@@ -28,7 +28,10 @@ class SharedSegment:
 class SharedPrefixPlan:
     segments: list[SharedSegment]
     suffix_start: list[int]     # per sequence: tokens covered by its shared segments
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # device copies, built by backends
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # this step's device tensors, built by backends
+    # device tensors derived from segments and suffix_start alone: shared by the plans that
+    # PlanCache hands out for consecutive steps of the same batch, so backends lay out once
+    layout: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def shared_tokens(self) -> int:
@@ -86,6 +89,7 @@ class PlanCache:
         self._tables: list[list[int]] = []  # held, so their identities cannot be reused
         self._params: tuple[int, int] | None = None
         self._result: tuple[list[SharedSegment], list[int]] | None = None
+        self._layout: dict[str, torch.Tensor] = {}
 
     def plan(self, block_tables: list[list[int]], seq_lens: list[int], block_size: int,
              min_tokens: int) -> SharedPrefixPlan | None:
@@ -100,7 +104,8 @@ class PlanCache:
                 plan = None
             self._tables, self._params = list(block_tables), (block_size, min_tokens)
             self._result = None if plan is None else (plan.segments, plan.suffix_start)
+            self._layout = {}
         if self._result is None:
             return None
         segments, suffix_start = self._result
-        return SharedPrefixPlan(list(segments), list(suffix_start))
+        return SharedPrefixPlan(list(segments), list(suffix_start), layout=self._layout)

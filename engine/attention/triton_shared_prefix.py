@@ -10,9 +10,11 @@ layer fill one buffer of partials ``[B, H_q, S, D]`` and merge it:
    members at once, into each member's segment slots (``triton_shared_layout``);
 3. ``triton_merge.merge_partials`` by log-sum-exp into the output.
 
-Everything derived from the plan (device copies of the layout, the shifted tables, the
-partial buffers, with the unused slots already neutral) is built on the first layer's call
-and kept in ``plan.tensors`` for the other layers of the step.
+What depends on the plan's segments alone (device copies of the work layout, the partial
+buffers with the unused slots already neutral) is built once and kept in ``plan.layout``,
+which the engine's PlanCache shares between the steps of an unchanged batch; what depends on
+the step's block tables and lengths (the shifted tables, the suffix lengths) is built on the
+step's first layer and kept in ``plan.tensors`` for its other layers.
 """
 
 from __future__ import annotations
@@ -30,17 +32,20 @@ from engine.attention.triton_shared_kernel import SharedPrefixConfig, segment_pa
 from engine.attention.triton_shared_layout import SegmentWork, build_segment_work, chunk_length
 
 PREFIX = "triton_shared."
-NAMES = ("key", "suffix_tables", "suffix_lens", "blocks", "items", "member_rows", "member_slots", "part_out",
-         "part_lse")
+STEP_NAMES = ("key", "suffix_tables", "suffix_lens")  # in plan.tensors: this step's
+LAYOUT_NAMES = ("key", "start_blocks", "suffix_start", "blocks", "items", "member_rows", "member_slots",
+                "part_out", "part_lse")  # in plan.layout: the plan's, across steps
 
 
 @dataclass(frozen=True)
 class SharedStep:
-    """One step's tensors for the shared-prefix path (kept in ``plan.tensors`` under PREFIX)."""
+    """One step's tensors for the shared-prefix path."""
 
     key: torch.Tensor            # CPU int64: the shapes and choices these tensors were built for
     suffix_tables: torch.Tensor  # int32 [B, W]: block tables from each sequence's suffix_start
     suffix_lens: torch.Tensor    # int32 [B]: seq_len - suffix_start
+    start_blocks: torch.Tensor   # int32 [B]: suffix_start / block size
+    suffix_start: torch.Tensor   # int32 [B]
     blocks: torch.Tensor         # int32: SegmentWork.blocks
     items: torch.Tensor          # int32 [num_items, ITEM_FIELDS]
     member_rows: torch.Tensor    # int32
@@ -50,12 +55,19 @@ class SharedStep:
 
     @classmethod
     def cached(cls, plan: SharedPrefixPlan, key: torch.Tensor) -> SharedStep | None:
-        if not all(PREFIX + n in plan.tensors for n in NAMES) or not torch.equal(plan.tensors[PREFIX + "key"], key):
-            return None
-        return cls(*(plan.tensors[PREFIX + n] for n in NAMES))
+        step = _lookup(plan.tensors, STEP_NAMES, key)
+        layout = _lookup(plan.layout, LAYOUT_NAMES, key) if step is not None else None
+        return None if layout is None else cls(**{**step, **layout})
 
     def store(self, plan: SharedPrefixPlan) -> None:
-        plan.tensors.update({PREFIX + n: getattr(self, n) for n in NAMES})
+        plan.tensors.update({PREFIX + n: getattr(self, n) for n in STEP_NAMES})
+        plan.layout.update({PREFIX + n: getattr(self, n) for n in LAYOUT_NAMES})
+
+
+def _lookup(tensors: dict[str, torch.Tensor], names: tuple[str, ...], key: torch.Tensor) -> dict | None:
+    if not all(PREFIX + n in tensors for n in names) or not torch.equal(tensors[PREFIX + "key"], key):
+        return None
+    return {n: tensors[PREFIX + n] for n in names}
 
 
 def suffix_splits(meta: AttentionMetadata, plan: SharedPrefixPlan, num_kv_heads: int, num_sms: int,
@@ -74,28 +86,39 @@ def segment_layout(q: torch.Tensor, k_cache: torch.Tensor, plan: SharedPrefixPla
     return build_segment_work(plan, q.shape[0], page, suffix_slots, members_per_tile, chunk)
 
 
-def build_step(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata, plan: SharedPrefixPlan,
-               key: torch.Tensor, suffix_slots: int, tiles: tuple[int, int], num_sms: int,
-               config: SharedPrefixConfig) -> SharedStep:
-    """Lay out the plan's work, copy it to the device, and allocate the partials (unused slots neutral)."""
+def build_layout(q: torch.Tensor, k_cache: torch.Tensor, plan: SharedPrefixPlan, key: torch.Tensor,
+                 suffix_slots: int, tiles: tuple[int, int], num_sms: int, config: SharedPrefixConfig) -> dict:
+    """Lay out the plan's work, copy it to the device, and allocate the partials (unused slots
+    neutral): the tensors of ``LAYOUT_NAMES``, valid for every step the plan is reused."""
     num_seqs, num_heads, dim = q.shape
     page = k_cache.shape[1]
     work = segment_layout(q, k_cache, plan, suffix_slots, tiles, num_sms, config)
 
     def device(values: list) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int32).to(q.device)
-    start_blocks = device([s // page for s in plan.suffix_start])
-    width = meta.block_tables.shape[1]
-    shifted = (torch.arange(width, device=q.device)[None, :] + start_blocks[:, None]).clamp_(max=width - 1)
     part_out = torch.empty(num_seqs, num_heads, work.num_slots, dim, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(num_seqs, num_heads, work.num_slots, dtype=torch.float32, device=q.device)
     rows, slots = (torch.tensor(x, dtype=torch.long).to(q.device) for x in work.unused_slots())
     part_out[rows, :, slots] = 0.0
     part_lse[rows, :, slots] = float("-inf")
-    return SharedStep(key, meta.block_tables.gather(1, shifted.long()),
-                      meta.seq_lens - device(plan.suffix_start), device(work.blocks),
-                      device(work.items), device(work.member_rows),
-                      device(work.member_slots), part_out, part_lse)
+    return dict(key=key, start_blocks=device([s // page for s in plan.suffix_start]),
+                suffix_start=device(plan.suffix_start), blocks=device(work.blocks), items=device(work.items),
+                member_rows=device(work.member_rows), member_slots=device(work.member_slots),
+                part_out=part_out, part_lse=part_lse)
+
+
+def build_step(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata, plan: SharedPrefixPlan,
+               key: torch.Tensor, suffix_slots: int, tiles: tuple[int, int], num_sms: int,
+               config: SharedPrefixConfig) -> SharedStep:
+    """This step's tensors: the plan's layout (built unless ``plan.layout`` holds it for ``key``)
+    and the suffix tables and lengths (device-side arithmetic on this step's metadata)."""
+    layout = _lookup(plan.layout, LAYOUT_NAMES, key)
+    if layout is None:
+        layout = build_layout(q, k_cache, plan, key, suffix_slots, tiles, num_sms, config)
+    width = meta.block_tables.shape[1]
+    shifted = (torch.arange(width, device=q.device)[None, :] + layout["start_blocks"][:, None]).clamp_(max=width - 1)
+    return SharedStep(suffix_tables=meta.block_tables.gather(1, shifted.long()),
+                      suffix_lens=meta.seq_lens - layout["suffix_start"], **layout)
 
 
 @dataclass(frozen=True)
@@ -124,7 +147,8 @@ class SharedLaunch:
 
 def prepare(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata, num_sms: int,
             config: SharedPrefixConfig, decode: DecodeConfig) -> SharedLaunch:
-    """The step's tensors from ``plan.tensors``, built there first if this is the step's first layer."""
+    """The step's tensors from ``plan.tensors`` and ``plan.layout``, built there first if this
+    is the step's first layer (and the plan's first step)."""
     plan = meta.shared
     if plan is None or len(plan.suffix_start) != meta.num_seqs:
         raise ValueError(f"shared_prefix_attention needs meta.shared planned for the batch's {meta.num_seqs} "

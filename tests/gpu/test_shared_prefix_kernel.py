@@ -11,6 +11,7 @@ is checked alone against a float64 merge (empty partials holding NaN must not be
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -91,6 +92,30 @@ def test_16k_prefix(rng, dtype) -> None:
     tree = nested_tree(rng, 12, system=16384, fewshot=rng.randint(16, 2000), groups=2, unshared=2,
                        max_suffix=512, block_size=16)
     check(tree, BatchSpec((1,), (1,), 32, 8, 128, 16, dtype), rng.randrange(2**31))
+
+
+def test_next_step_reuses_the_plan_layout(rng) -> None:
+    """Two steps of one batch through plans sharing ``layout`` (as the engine's PlanCache hands
+    them out): the second builds only its suffix tables and lengths, and both are exact."""
+    seed = rng.randrange(2**31)
+    tree = nested_tree(rng, 64, system=rng.randint(1000, 5000), fewshot=rng.randint(16, 500), groups=3,
+                       unshared=3, max_suffix=400, block_size=16)
+    batch = random_shared_batch(tree, BatchSpec((1,), (1,), 32, 8, 128, 16, torch.bfloat16), "cuda", seed)
+    plan = batch.meta.shared
+    shorter = [max(start + 1, n - rng.randint(1, 40)) for start, n in zip(plan.suffix_start,
+                                                                          batch.meta.seq_lens.tolist())]
+    earlier = dataclasses.replace(batch, meta=dataclasses.replace(
+        batch.meta, seq_lens=torch.tensor(shorter, dtype=torch.int32, device="cuda"),
+        shared=dataclasses.replace(plan, tensors={}, layout=plan.layout)))
+    attention = TritonAttention()
+    items = None
+    for b in (earlier, batch):
+        out = attention.forward(b.q, b.k_cache, b.v_cache, b.meta, b.scale)
+        items = plan.layout["triton_shared.items"] if items is None else items
+        for name, ref in (("shared reference", shared_reference_output(b)), ("paged", reference_output(b))):
+            err = relative_error(out, ref)
+            assert err < TOLERANCE[torch.bfloat16], f"{name}: relative error {err:.2e} (seed {seed})"
+    assert plan.layout["triton_shared.items"] is items, f"the second step rebuilt the layout (seed {seed})"
 
 
 C = SharedPrefixConfig

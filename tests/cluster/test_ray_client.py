@@ -21,15 +21,38 @@ from tests.engine.conftest import make_engine
 pytestmark = [pytest.mark.ray, pytest.mark.redis]
 
 
-def wait_port(port: int, timeout: float) -> None:
+def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s"
+                       + ("" if proc is None or proc.poll() is None else f" (the process exited: {proc.returncode})"))
+
+
+def start_head(log_dir, attempts: int = 2) -> tuple[subprocess.Popen, int, int]:
+    """`ray start --head --block` on fresh ports until its Ray Client port listens: (process, GCS
+    port, client port). A head that dies or stays silent is retried once on other ports (on a
+    loaded 2-core CI machine one failed to bring up its GCS); the last failure carries its log."""
+    for attempt in range(attempts):
+        gcs, client = free_port(), free_port()
+        temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
+        log = log_dir / f"ray-head-{attempt}.log"
+        with open(log, "w") as sink:
+            head = subprocess.Popen(["ray", "start", "--head", f"--port={gcs}", f"--ray-client-server-port={client}",
+                                     "--num-cpus=4", "--include-dashboard=false", f"--temp-dir={temp}", "--block"],
+                                    start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            wait_port(client, 60, head)
+            return head, gcs, client
+        except TimeoutError as e:
+            stop(head)
+            if attempt == attempts - 1:
+                raise TimeoutError(f"{e}; ray start said:\n{log.read_text()[-3000:]}") from None
+    raise AssertionError("unreachable")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -59,14 +82,9 @@ def test_serve_then_submit_over_ray_client(tiny_model, tmp_path, monkeypatch):
     # Ray's token auth is on by default; serve and submit join by address and must opt in by
     # themselves (cluster/ray_connect.py) with the token the head wrote to ~/.ray/auth_token.
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    gcs, client = free_port(), free_port()
-    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
-    head = subprocess.Popen(["ray", "start", "--head", f"--port={gcs}", f"--ray-client-server-port={client}",
-                             "--num-cpus=4", "--include-dashboard=false", f"--temp-dir={temp}", "--block"],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    head, gcs, client = start_head(tmp_path)
     serve = None
     try:
-        wait_port(client, 90)
         config = tmp_path / "cluster.yaml"
         config.write_text(f"name: rc\nmodel: {tiny_model}\npools:\n  prefill: {{replicas: 1, hardware: {{num_cpus: 1}}}}\n"
                           "  decode: {replicas: 1, hardware: {num_cpus: 1}}\nrouter: {grpc_port: 0, http_port: 0}\n")

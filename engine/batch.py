@@ -45,9 +45,18 @@ def build_model_input(scheduled: list[ScheduledRequest], block_size: int, device
         if s.samples:
             sample_rows.append(starts[-1] - 1)
     rows = [s.request.block_id_array() for s in scheduled]  # kept up to date incrementally
-    tables = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.int32)
+    num_seqs, width = len(rows), max(len(r) for r in rows)
+    ints = _Packed(np.int32, [num_seqs + 1, num_seqs, num_seqs * width])
+    ints.part(0)[:] = starts
+    ints.part(1)[:] = seq_lens
+    tables = ints.part(2).reshape(num_seqs, width)
     for table, row in zip(tables, rows):
         table[:len(row)] = row
+        table[len(row):] = 0
+    longs = _Packed(np.int64, [len(ids), len(ids), len(ids), len(sample_rows)])
+    for i, values in enumerate((ids, positions, slots, sample_rows)):
+        longs.part(i)[:] = values
+    ints_dev, longs_dev = ints.upload(device), longs.upload(device)
     decode_only = all(s.num_new_tokens == 1 for s in scheduled)
     plan = None
     # sharing saves at most every token but the longest sequence's: skip planning (Python
@@ -58,19 +67,39 @@ def build_model_input(scheduled: list[ScheduledRequest], block_size: int, device
         plan = cache.plan([s.request.block_ids for s in scheduled], seq_lens,
                           block_size, shared_prefix_min_tokens)
     meta = AttentionMetadata(
-        query_start_loc=_tensor(starts, torch.int32, device),
-        seq_lens=_tensor(seq_lens, torch.int32, device),
-        block_tables=torch.from_numpy(tables).to(device),
-        slot_mapping=_tensor(slots, torch.int64, device),
+        query_start_loc=ints_dev[0],
+        seq_lens=ints_dev[1],
+        block_tables=ints_dev[2].view(num_seqs, width),
+        slot_mapping=longs_dev[2],
         max_query_len=max(s.num_new_tokens for s in scheduled),
         max_seq_len=max(seq_lens),
         decode_only=decode_only,
         shared=plan,
     )
-    return ModelInput(_tensor(ids, torch.int64, device), _tensor(positions, torch.int64, device),
-                      meta, _tensor(sample_rows, torch.int64, device), len(sample_rows))
+    return ModelInput(longs_dev[0], longs_dev[1], meta, longs_dev[3], len(sample_rows))
 
 
-def _tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    # Pinning a fresh buffer every step costs more than the small synchronous copy it saves.
-    return torch.tensor(values, dtype=dtype, device=device)
+class _Packed:
+    """Several integer arrays of one dtype in one host buffer, moved to the device in one copy.
+
+    A step's inputs are seven small arrays; seven synchronous host-to-device copies each wait
+    for the device's copy queue (and, with two processes time-slicing one GPU, possibly for
+    this process's turn), one copy waits once. Parts start 16-byte aligned, as kernels'
+    pointer arguments prefer.
+    """
+
+    def __init__(self, dtype, sizes: list[int]):
+        align = 16 // np.dtype(dtype).itemsize
+        self.bounds, start = [], 0
+        for n in sizes:
+            self.bounds.append((start, start + n))
+            start += -(-n // align) * align
+        self.host = np.empty(start, dtype=dtype)
+
+    def part(self, i: int) -> np.ndarray:
+        lo, hi = self.bounds[i]
+        return self.host[lo:hi]
+
+    def upload(self, device: torch.device) -> list[torch.Tensor]:
+        whole = torch.from_numpy(self.host).to(device)
+        return [whole[lo:hi] for lo, hi in self.bounds]

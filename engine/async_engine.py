@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
 from concurrent.futures import Future
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,11 @@ from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class EngineStopped(RuntimeError):
+    """The engine's thread has stopped (shut down, or crashed): nothing runs any more."""
 
 
 class AsyncLLMEngine:
@@ -72,7 +78,7 @@ class AsyncLLMEngine:
             if not finished:  # wait for it: the caller's loop may close right after
                 try:
                     await asyncio.wrap_future(self._enqueue(self._aborter(rid)))
-                except RuntimeError:  # the engine stopped: nothing runs any more
+                except EngineStopped:
                     pass
 
     def submit(self, start: Callable[[LLMEngine], str], sink: asyncio.Queue) -> Future:
@@ -122,15 +128,12 @@ class AsyncLLMEngine:
             fn(self.engine)
             return
         try:
-            self._enqueue(fn)
-        except RuntimeError:  # stopped: nothing runs any more
+            self._enqueue(fn).add_done_callback(_log_failure)
+        except EngineStopped:
             pass
 
     def stats(self) -> EngineStats:
         return self.call(LLMEngine.stats)
-
-    async def astats(self) -> EngineStats:
-        return await self.acall(LLMEngine.stats)
 
     def shutdown(self) -> None:
         with self._wake:
@@ -138,11 +141,14 @@ class AsyncLLMEngine:
             self._wake.notify()
         self._thread.join(timeout=30)
 
+    def _stopped_error(self) -> EngineStopped:
+        return EngineStopped(f"engine is stopped: {self._error!r}" if self._error else "engine is stopped")
+
     def _enqueue(self, fn: Callable[[LLMEngine], T]) -> Future:
         future: Future = Future()
         with self._wake:
             if self._stopped:
-                raise RuntimeError(f"engine is stopped: {self._error!r}" if self._error else "engine is stopped")
+                raise self._stopped_error()
             self._commands.append((fn, future))
             self._wake.notify()
         return future
@@ -190,13 +196,18 @@ class AsyncLLMEngine:
             commands, self._commands = self._commands, collections.deque()
         for _, future in commands:
             if future.set_running_or_notify_cancel():
-                future.set_exception(RuntimeError(f"engine is stopped: {self._error!r}" if self._error
-                                                  else "engine is stopped"))
+                future.set_exception(self._stopped_error())
         if error is None:
             return
         streams, self._streams = list(self._streams.values()), {}
         for loop, queue in {id(q): (l, q) for l, q in streams}.values():
             _deliver(loop, queue, [error])
+
+
+def _log_failure(future: Future) -> None:
+    """Nobody waits for a posted command: its error goes to the log."""
+    if not future.cancelled() and not isinstance(future.exception(), (type(None), EngineStopped)):
+        log.error("engine command failed", exc_info=future.exception())
 
 
 def _deliver(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, items: list) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
 from concurrent.futures import Future
@@ -58,14 +59,21 @@ class AsyncLLMEngine:
         """Queue a request (InvalidRequestError at once for bad input) and stream its deltas."""
         def add(engine: LLMEngine) -> str:
             return engine.add_request(request_id, prompt, params, cache_salt, hold_kv=hold_kv)
-        async for delta in self.stream(add):
-            yield delta
+        async with contextlib.aclosing(self.stream(add)) as deltas:  # closing us closes it, at once
+            async for delta in deltas:
+                yield delta
 
     async def stream(self, start: Callable[[LLMEngine], str]) -> AsyncIterator[RequestOutput]:
         """Run ``start`` on the engine (it queues a request and returns its id), then stream
         that request's deltas; nothing is lost in between (the engine thread does both)."""
         queue: asyncio.Queue = asyncio.Queue()
-        rid = await self.asubmit(start, queue)
+        submitted = self.submit(start, queue)
+        try:
+            rid = await asyncio.shield(asyncio.wrap_future(submitted))
+        except asyncio.CancelledError:  # the caller left before the id came back
+            if not submitted.cancel():  # too late to drop the command: abort what it adds
+                submitted.add_done_callback(self._abort_added)
+            raise
         finished = False
         try:
             while not finished:
@@ -75,11 +83,17 @@ class AsyncLLMEngine:
                 finished = item.finished
                 yield item
         finally:
-            if not finished:  # wait for it: the caller's loop may close right after
+            if not finished:  # wait for it (the caller's loop may close right after), uncancellably
                 try:
-                    await asyncio.wrap_future(self._enqueue(self._aborter(rid)))
+                    aborted = self._enqueue(self._aborter(rid))
                 except EngineStopped:
-                    pass
+                    aborted = None
+                if aborted is not None:
+                    await asyncio.shield(asyncio.wrap_future(aborted))
+
+    def _abort_added(self, submitted: Future) -> None:
+        if not submitted.cancelled() and submitted.exception() is None:
+            self.abort(submitted.result())
 
     def submit(self, start: Callable[[LLMEngine], str], sink: asyncio.Queue) -> Future:
         """Queue ``start`` for the engine (it adds a request and returns its id; the future
@@ -188,7 +202,8 @@ class AsyncLLMEngine:
         self._fail(None)
 
     def _fail(self, error: BaseException | None) -> None:
-        """Stop taking commands; fail the queued ones and (on a crash) every open stream."""
+        """Stop taking commands; fail the queued ones and end every open stream (with the
+        crash, or EngineStopped after a shutdown)."""
         with self._wake:
             self._stopped = True
             if error is not None:
@@ -197,11 +212,9 @@ class AsyncLLMEngine:
         for _, future in commands:
             if future.set_running_or_notify_cancel():
                 future.set_exception(self._stopped_error())
-        if error is None:
-            return
         streams, self._streams = list(self._streams.values()), {}
         for loop, queue in {id(q): (l, q) for l, q in streams}.values():
-            _deliver(loop, queue, [error])
+            _deliver(loop, queue, [error if error is not None else self._stopped_error()])
 
 
 def _log_failure(future: Future) -> None:

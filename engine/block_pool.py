@@ -3,7 +3,10 @@
 A block whose refcount drops to zero goes to the tail of the free queue but keeps its
 hash: until it is reallocated, a later request with the same prefix can take it back
 (prefix caching). Allocation pops from the head, so the least recently freed block is
-evicted first.
+evicted first. A block computed with content another block already holds (two requests
+prefilling one prompt in the same step) stays private but on standby: if the cached copy is
+evicted while the standby block is still in use, it becomes the cached copy instead, so
+each block needs offering only once.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class BlockPool:
         self.block_hash: list[BlockHash | None] = [None] * num_blocks
         self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self.cached: dict[BlockHash, int] = {}
+        self.standby: dict[BlockHash, dict[int, None]] = {}  # hash -> in-use private blocks holding it
+        self.standby_hash: dict[int, BlockHash] = {}        # such a block -> its content
         self.events = BlockEvents()
 
     @property
@@ -66,6 +71,7 @@ class BlockPool:
                 raise RuntimeError(f"block {block_id} freed more often than allocated")
             self.ref_counts[block_id] -= 1
             if self.ref_counts[block_id] == 0:
+                self._leave_standby(block_id)
                 if self.block_hash[block_id] is None:
                     self.free_queue[block_id] = None
                     self.free_queue.move_to_end(block_id, last=False)
@@ -86,14 +92,19 @@ class BlockPool:
         """Record that a full, computed block holds content ``block_hash``."""
         if not self.enable_caching or self.block_hash[block_id] is not None:
             return
-        if block_hash in self.cached:
-            return  # another block already holds this content; this one stays private
+        if block_hash in self.cached:  # another block holds this content: this one stays private
+            if self.cached[block_hash] != block_id:
+                self.standby.setdefault(block_hash, {})[block_id] = None
+                self.standby_hash[block_id] = block_hash
+            return
         self.block_hash[block_id] = block_hash
         self.cached[block_hash] = block_id
         self.events.stored.append((block_hash, parent_hash))
 
     def reset_cache(self) -> None:
         """Forget every cached hash (blocks in use keep their data)."""
+        self.standby.clear()
+        self.standby_hash.clear()
         for block_id, h in enumerate(self.block_hash):
             if h is not None:
                 self._evict(block_id)
@@ -104,7 +115,23 @@ class BlockPool:
 
     def _evict(self, block_id: int) -> None:
         h = self.block_hash[block_id]
+        if h is None:
+            return
+        self.block_hash[block_id] = None
+        waiting = self.standby.get(h)
+        if waiting:  # a block in use holds the same content: it takes over, nothing is lost
+            heir = next(iter(waiting))
+            self._leave_standby(heir)
+            self.block_hash[heir] = h
+            self.cached[h] = heir
+            return
+        del self.cached[h]
+        self.events.evicted.append(h)
+
+    def _leave_standby(self, block_id: int) -> None:
+        h = self.standby_hash.pop(block_id, None)
         if h is not None:
-            self.block_hash[block_id] = None
-            del self.cached[h]
-            self.events.evicted.append(h)
+            holders = self.standby[h]
+            del holders[block_id]
+            if not holders:
+                del self.standby[h]

@@ -48,6 +48,37 @@ def test_cached_blocks_survive_until_reallocated_lru_first():
     assert pool.drain_events().evicted == [b"B" * 16]
 
 
+def test_a_duplicate_in_use_takes_over_when_the_cached_copy_is_evicted():
+    """Two requests prefilled one prompt in the same step: the second copy is offered once
+    (the per-step commit is incremental) and must inherit the content when the first goes."""
+    pool = BlockPool(3, enable_caching=True)
+    first, second, spare = pool.allocate(3)
+    pool.commit(first, b"A" * 16, b"\0" * 16)
+    pool.commit(second, b"A" * 16, b"\0" * 16)  # same content: stays private, on standby
+    assert pool.lookup(b"A" * 16) == first
+    pool.free([first])
+    pool.drain_events()
+    assert pool.allocate(1) == [first]         # the cached copy is evicted...
+    assert pool.lookup(b"A" * 16) == second    # ...and the copy still in use takes over, silently
+    assert not pool.drain_events()
+    pool.free([second])                        # now an ordinary cached free block
+    pool.free([spare])
+    assert pool.allocate(1) == [spare] and pool.lookup(b"A" * 16) == second
+    assert pool.allocate(1) == [second] and pool.lookup(b"A" * 16) is None
+    assert pool.drain_events().evicted == [b"A" * 16]
+
+
+def test_a_freed_duplicate_leaves_standby():
+    pool = BlockPool(2, enable_caching=True)
+    first, second = pool.allocate(2)
+    pool.commit(first, b"A" * 16, b"\0" * 16)
+    pool.commit(second, b"A" * 16, b"\0" * 16)
+    pool.free([second])                        # freed before the cached copy went: nothing to inherit
+    pool.free([first])
+    assert pool.allocate(2) == [second, first]  # the private block first, then the cached one
+    assert pool.lookup(b"A" * 16) is None and not pool.standby and not pool.standby_hash
+
+
 def test_prefix_match_shares_blocks_and_keeps_last_token_uncomputed():
     kv = KVCacheManager(num_blocks=8, block_size=4, enable_prefix_caching=True)
     first = req(list(range(10)), "a")

@@ -40,3 +40,11 @@ def test_prefix_serving_runs_on_cpu(tmp_path):
     rows = json.loads((tmp_path / "prefix_serving.json").read_text())["rows"]
     assert [r["policy"] for r in rows] == ["prefix-aware", "round-robin", "one engine"]
     assert all(r["requests"] == 16 and r["step_profiles"] for r in rows)
+
+
+def test_step_inputs_runs_on_cpu(tmp_path):
+    run(["-m", "benchmarks.step_inputs", "--batch", "4", "--prefix", "64", "--question-tokens", "8", "--steps", "3"],
+        tmp_path)
+    rows = json.loads((tmp_path / "step_inputs.json").read_text())["rows"]
+    assert [r["case"] for r in rows] == ["no plan", "plan every step", "plan, PlanCache"]
+    assert (tmp_path / "step_inputs.png").exists()

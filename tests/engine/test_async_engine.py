@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -68,3 +69,46 @@ def test_abort_from_outside_ends_the_stream(async_engine):
     deltas = asyncio.run(main())
     assert deltas[-1].finished and deltas[-1].finish_reason.value == "abort"
     assert async_engine.stats().num_free_blocks == async_engine.stats().num_blocks
+
+
+def test_stream_cancelled_while_its_request_is_added_leaves_nothing_behind(async_engine):
+    """The caller leaves while the engine thread runs the command that adds its request (held KV
+    included): the request is aborted once added, so no block stays taken."""
+    inside, release = threading.Event(), threading.Event()
+
+    def start(engine) -> str:
+        rid = engine.add_request("slow-add", [0, 1, 2, 3, 4, 5], SamplingParams(max_tokens=1, temperature=0),
+                                 hold_kv=True)
+        inside.set()
+        release.wait(10)
+        return rid
+
+    async def main():
+        async def consume():
+            async for _ in async_engine.stream(start):
+                pass
+        task = asyncio.create_task(consume())
+        while not inside.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+    asyncio.run(main())
+    stats = async_engine.stats()  # queued after the abort: it has run
+    assert stats.num_free_blocks == stats.num_blocks and async_engine.call(lambda e: list(e.held)) == []
+
+
+def test_shutdown_ends_open_streams(tiny_model):
+    engine = AsyncLLMEngine(make_engine(tiny_model))
+
+    async def main():
+        deltas = []
+        with pytest.raises(RuntimeError, match="engine is stopped"):
+            async for delta in engine.generate("long", [0, 1, 2, 3], SamplingParams(max_tokens=10_000,
+                                                                                   temperature=0, ignore_eos=True)):
+                deltas.append(delta)
+                if len(deltas) == 2:
+                    await asyncio.to_thread(engine.shutdown)
+        return deltas
+    assert len(asyncio.run(asyncio.wait_for(main(), 60))) >= 2

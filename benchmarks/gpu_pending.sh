@@ -21,17 +21,21 @@ case "${1:-}" in
     python -m benchmarks.shared_prefix_step --shape llama-3-8b --batch 256 --out "$work/shared-prefix-step" \
       2>&1 | tee "$out/shared-prefix-step.log" | tail -12
     ;;
-  serving)  # ~4 min: prefix-aware routing against round-robin, two replicas sharing the GPU (issue 4)
-    # 48 req/s as on 2026-11-23 (both policies nearly keep up; TTFT 8-13x), then 96 req/s
-    # (above both capacities: the throughput ratio). The step profile prints wall/CPU ms per
-    # phase: is the 7-12 ms 'prepare' of the serving actors GIL wait?
-    for rate in 48 96; do
-      python benchmarks/prefix_serving.py --shape llama-3-8b --gpus --gpus-per-replica 0.5 --users 256 \
-        --requests-per-user 4 --rate "$rate" --system-tokens 2048 --groups 64 --fewshot-tokens 1024 \
-        --question-tokens 64 --output-tokens 64 --blocks-per-replica 3200 --out "$work/prefix-serving-$rate" \
-        > "$out/prefix-serving-$rate.log" 2>&1
-      grep -v "WARN\|INFO" "$out/prefix-serving-$rate.log" | tail -12
-    done
+  serving)  # ~5 min: prefix-aware routing against round-robin, two replicas sharing the GPU (issue 4)
+    # 1. as on 2026-11-23 (48 req/s; TTFT 8-13x lower, throughput 1.06-1.14x), now with the
+    #    wall/CPU step profile: is the serving actors' 7-12 ms 'prepare' waiting?
+    python benchmarks/prefix_serving.py --shape llama-3-8b --gpus --gpus-per-replica 0.5 --users 256 \
+      --requests-per-user 4 --rate 48 --system-tokens 2048 --groups 64 --fewshot-tokens 1024 \
+      --question-tokens 64 --output-tokens 64 --blocks-per-replica 3200 --out "$work/prefix-serving-48" \
+      > "$out/prefix-serving-48.log" 2>&1
+    grep -v "WARN\|INFO" "$out/prefix-serving-48.log" | tail -12
+    # 2. the prefill-heavy workload the simulator predicts 3.38x throughput / 11x lower median
+    #    TTFT for at 200 req/s (docs/simulator.md): 32 groups of 2K few-shot, 16 output tokens
+    python benchmarks/prefix_serving.py --shape llama-3-8b --gpus --gpus-per-replica 0.5 --users 256 \
+      --requests-per-user 8 --rate 200 --system-tokens 2048 --groups 32 --fewshot-tokens 2048 \
+      --question-tokens 64 --output-tokens 16 --blocks-per-replica 3200 --out "$work/prefix-serving-heavy" \
+      > "$out/prefix-serving-heavy.log" 2>&1
+    grep -v "WARN\|INFO" "$out/prefix-serving-heavy.log" | tail -12
     ;;
   *)
     echo "usage: $0 engine|serving" >&2

@@ -174,8 +174,8 @@ def cost_models(blocks: int, gpu_share: str, profiles: list[Path]) -> CostModels
 
 
 def simulate_policy(trace: Trace, costs: CostModels, policy: str, paged_kv: bool = True,
-                    shared_prefix: bool = False) -> dict:
-    pool = PoolSpec("H100-kv", 2, 1, MAX_NUM_SEQS, MAX_BATCHED_TOKENS)
+                    shared_prefix: bool = False, replicas: int = 2) -> dict:
+    pool = PoolSpec("H100-kv", replicas, 1, MAX_NUM_SEQS, MAX_BATCHED_TOKENS)
     design = Design(colocated=pool, router="prefix_aware" if policy == "cluster_rule" else policy,
                     shared_prefix_attention=shared_prefix, paged_kv=paged_kv)
     sim = Simulation(design, costs, trace)
@@ -194,23 +194,27 @@ def simulate_policy(trace: Trace, costs: CostModels, policy: str, paged_kv: bool
             "split": sorted(per_replica.values(), reverse=True)}
 
 
-def regime(w: Workload, blocks: int) -> dict:
-    """Does a replica's KV hold the system prompt, half the groups and max_num_seqs running requests'
-    own blocks (question + output), but not the system prompt and all the groups?"""
+def regime(w: Workload, blocks: int, replicas: int = 2) -> dict:
+    """Does a replica's KV hold the system prompt, its share of the groups (1 / replicas) and
+    max_num_seqs running requests' own blocks (question + output), but not the system prompt and
+    all the groups?"""
     system, group = -(-w.system_tokens // BLOCK), -(-w.fewshot_tokens // BLOCK)
     running = MAX_NUM_SEQS * -(-(w.question_tokens + w.output_tokens) // BLOCK)
-    share = system + -(-w.groups // 2) * group + running
+    share = system + -(-w.groups // replicas) * group + running
     return {"share_blocks": share, "all_blocks": system + w.groups * group,
             "ok": share <= blocks < system + w.groups * group}
 
 
 def run_config(w: Workload, blocks: int, gpu_share: str, profiles: list[Path], policies=POLICIES,
-               paged_kv: bool = True, shared_prefix: bool = False) -> dict:
+               paged_kv: bool = True, shared_prefix: bool = False, replicas: int = 2) -> dict:
+    if gpu_share == "shared" and replicas != 2:
+        raise ValueError(f"--gpu-share shared models two replicas on one H100; with {replicas} replicas "
+                         "use --gpu-share separate (one H100 each)")
     trace = build_trace(w)
     costs = cost_models(blocks, gpu_share, profiles)
-    rows = {p: simulate_policy(trace, costs, p, paged_kv, shared_prefix) for p in policies}
-    out = {"workload": w.__dict__, "blocks": blocks, "gpu_share": gpu_share, "regime": regime(w, blocks),
-           "rows": rows}
+    rows = {p: simulate_policy(trace, costs, p, paged_kv, shared_prefix, replicas) for p in policies}
+    out = {"workload": w.__dict__, "blocks": blocks, "gpu_share": gpu_share, "replicas": replicas,
+           "regime": regime(w, blocks, replicas), "rows": rows}
     rr = rows.get("round_robin")
     if rr:
         out["ratios"] = {p: {"throughput": r["req_s"] / rr["req_s"], "ttft_p50": rr["ttft_p50"] / r["ttft_p50"]}
@@ -227,7 +231,7 @@ def gpu_minutes(config: dict, startup_s: float = 120.0) -> float:
 def print_config(c: dict) -> None:
     w = c["workload"]
     print(f"groups {w['groups']:3d} blocks {c['blocks']:5d} rate {w['rate']:5.1f} seed {w['seed']} "
-          f"({c['gpu_share']} GPU{', regime ok' if c['regime']['ok'] else ', OUT OF REGIME'})")
+          f"({c.get('replicas', 2)} replicas, {c['gpu_share']} GPU{', regime ok' if c['regime']['ok'] else ', OUT OF REGIME'})")
     for p, r in c["rows"].items():
         ratio = c.get("ratios", {}).get(p)
         extra = f"  x{ratio['throughput']:.2f} thr, x{ratio['ttft_p50']:.2f} lower TTFT p50" if ratio else ""
@@ -351,6 +355,7 @@ def main() -> None:
     ap.add_argument("--output-tokens", type=int, default=64)
     ap.add_argument("--cyclic-groups", action="store_true",
                     help="the pre-fix generator (user i -> group i %% groups, one request per user)")
+    ap.add_argument("--replicas", type=int, default=2, help="colocated replicas (other than 2: --gpu-share separate)")
     ap.add_argument("--gpu-share", choices=("shared", "separate"), default="shared",
                     help="shared: both replicas on one H100 (fluid halves); separate: one H100 each")
     ap.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
@@ -362,6 +367,8 @@ def main() -> None:
     ap.add_argument("--shared-prefix", action="store_true", help="model the shared-prefix decode kernel too")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if args.replicas < 1 or (args.replicas != 2 and args.gpu_share == "shared"):
+        ap.error("--replicas >= 1; other than 2 needs --gpu-share separate (one H100 per replica)")
     out = args.out or Path(os.environ.get("OUT") or "out") / "predict_prefix_serving"
     out.mkdir(parents=True, exist_ok=True)
     profiles = [] if args.roofline else (args.profile or [DECODE_PROFILE])
@@ -375,7 +382,7 @@ def main() -> None:
                                  args.fewshot_tokens, args.question_tokens, args.output_tokens, seed,
                                  args.cyclic_groups)
                     c = run_config(w, blocks, args.gpu_share, profiles, policies, not args.no_paged_kv,
-                                   args.shared_prefix)
+                                   args.shared_prefix, args.replicas)
                     c["gpu_minutes"] = gpu_minutes(c)
                     print_config(c)
                     configs.append(c)
@@ -399,6 +406,7 @@ def main() -> None:
                       f"TTFT ({f0:.2f}-{f1:.2f}) over {r['seeds']} seed(s); in the window if the cluster runs at "
                       f"{lo:.2f}-{hi:.2f}x the modeled speed; ~{r['gpu_minutes']:.1f} GPU min for the two policies")
     meta = {"what": "SIMULATOR PREDICTION, not a measurement", "gpu_share": args.gpu_share,
+            "replicas": args.replicas,
             "profiles": [str(p) for p in profiles], "paged_kv": not args.no_paged_kv,
             "shared_prefix": args.shared_prefix,
             "capacities": {f"{g} groups, {b} blocks": cap for (g, b), cap in caps.items()},

@@ -205,11 +205,15 @@ def regime(w: Workload, blocks: int, replicas: int = 2) -> dict:
             "ok": share <= blocks < system + w.groups * group}
 
 
+def check_replicas(replicas: int, gpu_share: str) -> None:
+    if replicas < 1 or (gpu_share == "shared" and replicas != 2):
+        raise ValueError(f"--replicas must be >= 1, and --gpu-share shared models two replicas on one H100: "
+                         f"with {replicas} replicas use --gpu-share separate (one H100 each)")
+
+
 def run_config(w: Workload, blocks: int, gpu_share: str, profiles: list[Path], policies=POLICIES,
                paged_kv: bool = True, shared_prefix: bool = False, replicas: int = 2) -> dict:
-    if gpu_share == "shared" and replicas != 2:
-        raise ValueError(f"--gpu-share shared models two replicas on one H100; with {replicas} replicas "
-                         "use --gpu-share separate (one H100 each)")
+    check_replicas(replicas, gpu_share)
     trace = build_trace(w)
     costs = cost_models(blocks, gpu_share, profiles)
     rows = {p: simulate_policy(trace, costs, p, paged_kv, shared_prefix, replicas) for p in policies}
@@ -367,8 +371,10 @@ def main() -> None:
     ap.add_argument("--shared-prefix", action="store_true", help="model the shared-prefix decode kernel too")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    if args.replicas < 1 or (args.replicas != 2 and args.gpu_share == "shared"):
-        ap.error("--replicas >= 1; other than 2 needs --gpu-share separate (one H100 per replica)")
+    try:
+        check_replicas(args.replicas, args.gpu_share)
+    except ValueError as e:
+        ap.error(str(e))
     out = args.out or Path(os.environ.get("OUT") or "out") / "predict_prefix_serving"
     out.mkdir(parents=True, exist_ok=True)
     profiles = [] if args.roofline else (args.profile or [DECODE_PROFILE])

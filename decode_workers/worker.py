@@ -42,5 +42,6 @@ class DecodeWorker(EngineWorker):
     async def start_generate(self, req: PrefillRequest, channel: str) -> None:
         """A whole request, prompt included, on this worker; its deltas go to ``channel``
         (InvalidRequestError at once for bad input)."""
-        await self.engine.asubmit(lambda e: e.add_request(req.request_id, req.prompt_token_ids, req.params,
-                                                   req.cache_salt), self.channels.sink(channel, req.request_id))
+        def start(e) -> str:
+            return e.add_request(req.request_id, req.prompt_token_ids, req.params, req.cache_salt)
+        await self.engine.asubmit(start, self.channels.sink(channel, req.request_id))

@@ -93,9 +93,8 @@ class BlockPool:
         if not self.enable_caching or self.block_hash[block_id] is not None:
             return
         if block_hash in self.cached:  # another block holds this content: this one stays private
-            if self.cached[block_hash] != block_id:
-                self.standby.setdefault(block_hash, {})[block_id] = None
-                self.standby_hash[block_id] = block_hash
+            self.standby.setdefault(block_hash, {})[block_id] = None
+            self.standby_hash[block_id] = block_hash
             return
         self.block_hash[block_id] = block_hash
         self.cached[block_hash] = block_id

@@ -197,17 +197,20 @@ def test_graph_keeps_its_counters_after_they_grow(rng) -> None:
     replaced the counter buffer (small allocations filled with 7 would take the old buffer's
     memory if it had been freed); growing the counters inside a capture is refused."""
     from engine.attention.triton_backend import TritonAttention
+    from engine.attention.triton_backend import SplitCounters
     from engine.attention.triton_decode import DecodeConfig
     seed = rng.randrange(2**31)
-    from engine.attention.triton_backend import SplitCounters
     backend = TritonAttention(decode=DecodeConfig(programs_per_sm=16, fused_merge=True))
-    # first buffer: 4 x 8 counters; 64 x 8 (split, since 64 x 8 < 16 programs per SM) must grow it
+    # first buffer: 4 x 8 counters; 64 x 8 (split, since 64 x 8 < 16 programs per SM) must grow it.
+    # The small batch's sequences are long enough to split (ragged_seq_lens would give 4 lengths
+    # under 32 tokens here, one split each, and no counters at all)
     backend.counters = SplitCounters(min_size=16)
-    small = random_batch(BatchSpec((1,) * 4, ragged_seq_lens(rng, 4, 2000, 16), 32, 8, 128,
+    small = random_batch(BatchSpec((1,) * 4, tuple(rng.randint(1000, 2000) for _ in range(4)), 32, 8, 128,
                                    dtype=torch.bfloat16), "cuda", seed)
     args = (small.q, small.k_cache, small.v_cache, small.meta, small.scale)
     backend.forward(*args)
     torch.cuda.synchronize()
+    assert [b.numel() for b in backend.counters.buffers[small.q.device]] == [32], "4 x 8 should split"
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = backend.forward(*args)

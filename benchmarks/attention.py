@@ -8,12 +8,14 @@ as a CUDA-graph replay (how the engine runs decode) with the L2 flushed between 
 Bytes = K + V read once + q + out; achieved GB/s is compared with a device-to-device copy
 measured in the same run (read + write bytes) and with SDPA on contiguous K/V of the same
 shapes (enable_gqa, or K/V expanded to all heads where that fits; the faster is kept).
-Every decode case is timed with the split merge fused into the decode launch and with the
-separate merge kernel (``DecodeConfig.fused_merge``). Prefill: causal attention of whole
-prompts, Triton over the paged cache against SDPA ``is_causal`` on contiguous tensors.
-``--tune`` first sweeps kernel configs and uses the best: decode tiles on two large cases,
-then fused/unfused merge x programs_per_sm {2, 4, 8} on small and mid cases (``merge_sweep``
-in the JSON).
+Every decode case is also timed in variants of the run's config: the split merge fused into
+the decode launch or a separate merge kernel (``DecodeConfig.fused_merge``), and the block
+table read one tile ahead (``table_lookahead``, at >= 3 stages) or in the tile's own
+iteration (at 2 stages). Prefill: causal attention of whole prompts, Triton over the paged
+cache against SDPA ``is_causal`` on contiguous tensors.
+``--tune`` first sweeps kernel configs and uses the best: decode tiles x stages x lookahead on
+three cases, then fused/unfused merge x programs_per_sm {2, 4, 8} on small and mid cases
+(``merge_sweep`` in the JSON).
 Writes attention.json, attention_calibration.json and attention.png to --out (default $OUT).
 """
 
@@ -49,8 +51,7 @@ class Case:
     context: int
     nbytes: int
     seconds: float | None = None  # the run's decode config
-    fused_seconds: float | None = None  # the same config with fused_merge on
-    unfused_seconds: float | None = None  # ... and off (separate merge kernel)
+    variants: dict[str, float] = dataclasses.field(default_factory=dict)  # VARIANTS of that config
     sdpa_seconds: float | None = None
     sdpa_path: str = ""
     skipped: str = ""
@@ -105,6 +106,13 @@ def time_forward(backend: TritonAttention, b) -> float:
     return graph_seconds(lambda: backend.forward(b.q, b.k_cache, b.v_cache, b.meta, b.scale), b.q.device)
 
 
+def variants(config: DecodeConfig) -> dict[str, DecodeConfig]:
+    """The run's config with one choice flipped each way (a name per column of the table)."""
+    return {"fused": replace(config, fused_merge=True), "unfused": replace(config, fused_merge=False),
+            "lookahead": replace(config, table_lookahead=True, num_stages=max(3, config.num_stages)),
+            "no lookahead": replace(config, table_lookahead=False, num_stages=2)}
+
+
 def time_triton_decode(case: Case, block_size: int, configs: list[DecodeConfig]) -> list[float]:
     """Seconds of each config on one batch (built once: the largest take long to fill)."""
     b = decode_batch(case.batch, case.context, block_size, seed=case.batch * 7 + case.context)
@@ -131,9 +139,10 @@ def run_decode_case(batch: int, context: int, block_size: int, config: DecodeCon
     case = Case(batch, context, decode_bytes(batch, context))
     if not fits(case.nbytes + (64 << 20)):
         return replace(case, skipped=f"{case.nbytes / 2**30:.1f} GiB of K/V does not fit")
-    fused, unfused = time_triton_decode(case, block_size, [replace(config, fused_merge=f) for f in (True, False)])
-    case = replace(case, seconds=fused if config.fused_merge else unfused, fused_seconds=fused,
-                   unfused_seconds=unfused)
+    named = variants(config)
+    configs = list(dict.fromkeys([config, *named.values()]))  # the run's config is often one of them
+    timed = dict(zip(configs, time_triton_decode(case, block_size, configs)))
+    case = replace(case, seconds=timed[config], variants={name: timed[c] for name, c in named.items()})
     q = torch.randn(batch, HEADS, 1, DIM, dtype=DTYPE, device="cuda")
     k, v = (torch.randn(batch, KV_HEADS, context, DIM, dtype=DTYPE, device="cuda") for _ in "kv")
     sdpa, path = time_sdpa(q, k, v, causal=False)
@@ -219,23 +228,29 @@ def tune_decode(block_size: int, base: DecodeConfig) -> tuple[DecodeConfig, list
     """Tile shape on two large cases, then fused/unfused merge x programs per SM on small and mid ones."""
     def make(b: int, c: int):
         return decode_batch(b, c, block_size, seed=b + c)
-    tiles = [replace(base, block_n=n, num_stages=s, num_warps=w)
-             for n, s, w in itertools.product((32, 64, 128), (2, 3), (4, 8))]
-    rows = sweep("decode tiles", tiles, [(64, 4096), (16, 32768)], make, lambda c: TritonAttention(decode=c))
+    tiles = [replace(base, block_n=n, num_stages=s, num_warps=w, table_lookahead=la)
+             for n, s, w, la in itertools.product((32, 64), (2, 3, 4), (4, 8), (False, True))]
+    rows = sweep("decode tiles", tiles, [(64, 4096), (16, 32768), (16, 4096)], make,
+                 lambda c: TritonAttention(decode=c))
     tile = best(rows)
     splits = [replace(tile, programs_per_sm=p, fused_merge=f) for f, p in itertools.product((True, False), (2, 4, 8))]
     split_rows = sweep("decode merge", splits, MERGE_SWEEP_CASES, make, lambda c: TritonAttention(decode=c))
     return best(split_rows), rows + split_rows
 
 
-def merge_sweep(rows: list[TuneRow]) -> list[dict[str, object]]:
-    """The merge sweep's rows per config: fused_merge, programs_per_sm, µs per case and their geomean."""
+MERGE_FIELDS = ("fused_merge", "programs_per_sm")
+TILE_FIELDS = ("block_n", "num_stages", "num_warps", "table_lookahead")
+
+
+def sweep_summary(rows: list[TuneRow], kind: str, fields: tuple[str, ...]) -> list[dict[str, object]]:
+    """One sweep's rows per config: the swept ``fields``, µs per case and their geomean, fastest first."""
     by_config: dict[DecodeConfig, dict[str, float]] = {}
     for r in rows:
-        if r.kind == "decode merge":
+        if r.kind == kind:
             by_config.setdefault(r.config, {})[f"{r.batch}x{r.context}"] = r.seconds * 1e6
-    return [{"fused_merge": c.fused_merge, "programs_per_sm": c.programs_per_sm,
-             "geomean_us": geomean(list(us.values())), "us": us} for c, us in by_config.items()]
+    summary = [{**{f: getattr(c, f) for f in fields}, "geomean_us": geomean(list(us.values())), "us": us}
+               for c, us in by_config.items()]
+    return sorted(summary, key=lambda r: r["geomean_us"])
 
 
 def tune_prefill(block_size: int, base: PrefillConfig) -> tuple[PrefillConfig, list[TuneRow]]:
@@ -250,18 +265,19 @@ def tune_prefill(block_size: int, base: PrefillConfig) -> tuple[PrefillConfig, l
 
 
 def print_tables(cases: list[Case], prefills: list[PrefillCase], writes: list[WriteCase], copy_bps: float,
-                 sweep_rows: list[dict[str, object]]) -> None:
+                 sweeps: dict[str, list[dict[str, object]]]) -> None:
     table = Table(title=f"paged decode, bf16, Llama-3-8B heads; copy {copy_bps / 1e9:.0f} GB/s")
-    for col in ("batch", "context", "triton µs", "GB/s", "% copy", "fused µs", "unfused µs", "SDPA µs", "SDPA path",
-                "vs SDPA"):
+    names = list(variants(DecodeConfig()))
+    for col in ("batch", "context", "triton µs", "GB/s", "% copy", *(f"{n} µs" for n in names), "SDPA µs",
+                "SDPA path", "vs SDPA"):
         table.add_column(col, justify="right")
     for c in cases:
         if c.skipped:
-            table.add_row(str(c.batch), str(c.context), "skipped: " + c.skipped, *[""] * 7)
+            table.add_row(str(c.batch), str(c.context), "skipped: " + c.skipped, *[""] * (6 + len(names)))
             continue
         table.add_row(str(c.batch), str(c.context), f"{c.seconds * 1e6:.1f}", f"{c.gbps(c.seconds):.0f}",
-                      f"{100 * c.gbps(c.seconds) * 1e9 / copy_bps:.0f}", f"{c.fused_seconds * 1e6:.1f}",
-                      f"{c.unfused_seconds * 1e6:.1f}", f"{c.sdpa_seconds * 1e6:.1f}",
+                      f"{100 * c.gbps(c.seconds) * 1e9 / copy_bps:.0f}",
+                      *(f"{c.variants[n] * 1e6:.1f}" for n in names), f"{c.sdpa_seconds * 1e6:.1f}",
                       c.sdpa_path, f"{c.sdpa_seconds / c.seconds:.2f}x")
     ptable = Table(title="causal prefill, bf16, Llama-3-8B heads")
     for col in ("batch", "length", "triton ms", "TFLOP/s", "SDPA ms", "SDPA TFLOP/s", "vs SDPA"):
@@ -275,15 +291,21 @@ def print_tables(cases: list[Case], prefills: list[PrefillCase], writes: list[Wr
         wtable.add_column(col, justify="right")
     for w in writes:
         wtable.add_row(str(w.rows), f"{w.seconds * 1e6:.1f}", f"{w.index_copy_seconds * 1e6:.1f}")
-    stable = Table(title="merge sweep (µs, CUDA-graph replay)")
-    for col in ("merge", "programs/SM", *(sweep_rows[0]["us"] if sweep_rows else ()), "geomean"):
-        stable.add_column(col, justify="right")
-    for r in sweep_rows:
-        stable.add_row("fused" if r["fused_merge"] else "separate", str(r["programs_per_sm"]),
-                       *(f"{us:.1f}" for us in r["us"].values()), f"{r['geomean_us']:.1f}")
-    console = Console(width=160)
-    for t in (table, ptable, wtable) + ((stable,) if sweep_rows else ()):
+    console = Console(width=200)
+    for t in (table, ptable, wtable, *(summary_table(title, rows) for title, rows in sweeps.items() if rows)):
         console.print(t)
+
+
+def summary_table(title: str, rows: list[dict[str, object]]) -> Table:
+    """A sweep summary (``sweep_summary``) as a table: swept fields, µs per case, geomean."""
+    fields = [k for k in rows[0] if k not in ("us", "geomean_us")]
+    table = Table(title=f"{title} (µs, CUDA-graph replay)")
+    for col in (*fields, *rows[0]["us"], "geomean"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(*(str(r[f]) for f in fields), *(f"{us:.1f}" for us in r["us"].values()),
+                      f"{r['geomean_us']:.1f}")
+    return table
 
 
 def plot(cases: list[Case], copy_bps: float, path: Path) -> None:
@@ -355,13 +377,14 @@ def main() -> None:
     prefills = [run_prefill_case(1, n, cfg.block_size, prefill)
                 for n in track(cfg.prefill_lengths, description="prefill")]
     writes = [time_write_kv(rows, cfg.block_size) for rows in (256, 8192)]
-    sweep_rows = merge_sweep(tuning)
-    print_tables(cases, prefills, writes, copy_bps, sweep_rows)
+    sweeps = {"tile sweep": sweep_summary(tuning, "decode tiles", TILE_FIELDS),
+              "merge sweep": sweep_summary(tuning, "decode merge", MERGE_FIELDS)}
+    print_tables(cases, prefills, writes, copy_bps, sweeps)
     Console().print(f"decode config: {decode}\nprefill config: {prefill}\n{machine}")
     write_json(out / "attention.json", {
         "machine": machine, "copy_bytes_per_s": copy_bps, "decode_config": decode, "prefill_config": prefill,
         "block_size": cfg.block_size, "decode": [c.record(copy_bps) for c in cases], "prefill": prefills,
-        "write_kv": writes, "merge_sweep": sweep_rows,
+        "write_kv": writes, "tile_sweep": sweeps["tile sweep"], "merge_sweep": sweeps["merge sweep"],
         "tuning": tuning})
     write_json(out / "attention_calibration.json", {"device": machine.device, "model": "llama-3-8b", "measurements": [
         {"op": "decode_attention", "batch": c.batch, "context": c.context, "layers": 1, "seconds": c.seconds}

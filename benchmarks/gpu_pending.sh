@@ -2,8 +2,8 @@
 # GPU work written or changed since the last device run, in batches that fit the device
 # tool's 10-minute calls. On the device machine, from the repo root, after the bundle:
 #
-#   source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh engine
-#   ... bash benchmarks/gpu_pending.sh serving
+#   source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh kernels
+#   ... bash benchmarks/gpu_pending.sh engine (or serving)
 #
 # Each batch writes its logs and one results.tgz under $OUT (the device tool brings back at
 # most 8 files, so the benchmarks' own folders travel as one archive). Expected times are
@@ -14,10 +14,14 @@ work="$(mktemp -d)"
 mkdir -p "$out"
 trap 'tar czf "$out/results.tgz" -C "$work" . 2>/dev/null' EXIT
 case "${1:-}" in
-  engine)  # ~4 min: tests changed since the last run, then Hydragen's whole-model figure (issue 4)
-    python -m pytest -q -p no:cacheprovider tests/gpu/test_shared_prefix_kernel.py tests/gpu/test_engine_cuda.py \
-      "tests/gpu/test_attention_kernels.py::test_graph_keeps_its_counters_after_they_grow" 2>&1 \
+  kernels)  # ~6 min: decode kernel with the block table read one tile ahead (issue 2's SDPA goal)
+    python -m pytest -q -p no:cacheprovider tests/gpu/test_attention_kernels.py 2>&1 \
       | tee "$out/tests.log" | tail -5
+    python -m benchmarks.attention --tune --out "$work/attention" 2>&1 | tee "$out/attention.log" | tail -80
+    ;;
+  engine)  # ~4 min: Hydragen's whole-model figure (issue 4; last run 2026-11-23 17:04 UTC)
+    python -m pytest -q -p no:cacheprovider tests/gpu/test_shared_prefix_kernel.py tests/gpu/test_engine_cuda.py \
+      2>&1 | tee "$out/tests.log" | tail -5
     python -m benchmarks.shared_prefix_step --shape llama-3-8b --batch 256 --out "$work/shared-prefix-step" \
       2>&1 | tee "$out/shared-prefix-step.log" | tail -12
     ;;
@@ -38,7 +42,7 @@ case "${1:-}" in
     grep -v "WARN\|INFO" "$out/prefix-serving-heavy.log" | tail -12
     ;;
   *)
-    echo "usage: $0 engine|serving" >&2
+    echo "usage: $0 kernels|engine|serving" >&2
     exit 2
     ;;
 esac

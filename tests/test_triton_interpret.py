@@ -67,10 +67,12 @@ def rng() -> random.Random:
     return random.Random(random.SystemRandom().randrange(2**31))
 
 
-def backend(kernels, programs_per_sm: int = 24, heads_fastest: bool = False, fused_merge: bool = True):
+def backend(kernels, programs_per_sm: int = 24, heads_fastest: bool = False, fused_merge: bool = True,
+            table_lookahead: bool = False):
     """Small tiles; with 1 'multiprocessor' on CPU, programs_per_sm=24 gives several splits, 1 gives one."""
     decode = kernels.triton_decode.DecodeConfig(block_n=16, programs_per_sm=programs_per_sm, min_split_tokens=16,
-                                                heads_fastest=heads_fastest, fused_merge=fused_merge)
+                                                heads_fastest=heads_fastest, fused_merge=fused_merge,
+                                                table_lookahead=table_lookahead)
     prefill = kernels.triton_prefill.PrefillConfig(block_m=32, block_n=16)
     return kernels.triton_backend.TritonAttention(decode=decode, prefill=prefill)
 
@@ -93,12 +95,38 @@ def case_decode_matches_reference(kernels, rng, dtype, heads, kv_heads, dim, blo
     check(kernels, spec, rng.randrange(2**31), strided_q=True, heads_fastest=heads_fastest)
 
 
-@pytest.mark.parametrize("programs_per_sm,heads_fastest,fused_merge", [(1, False, True), (1, True, True),
-                                                                      (24, True, True), (24, False, False)])
-def case_decode_grid_orders_and_single_split(kernels, rng, programs_per_sm, heads_fastest, fused_merge) -> None:
+@pytest.mark.parametrize("programs_per_sm,heads_fastest,fused_merge,table_lookahead", [
+    (1, False, True, False), (1, True, True, True), (24, True, True, False), (24, False, False, False),
+    (24, True, True, True), (24, False, False, True)])
+def case_decode_grid_orders_and_single_split(kernels, rng, programs_per_sm, heads_fastest, fused_merge,
+                                             table_lookahead) -> None:
     spec = BatchSpec((1,) * 3, ragged_seq_lens(rng, 3, 60, 16), 4, 2, 32, 16, torch.bfloat16)
     check(kernels, spec, rng.randrange(2**31), programs_per_sm=programs_per_sm, heads_fastest=heads_fastest,
-          fused_merge=fused_merge)
+          fused_merge=fused_merge, table_lookahead=table_lookahead)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("splits,block_size", [(1, 16), (3, 16), (7, 32)])
+def case_table_lookahead_gives_the_same_bits(kernels, rng, dtype, splits, block_size) -> None:
+    """Reading the next tile's block ids one iteration ahead changes when rows are looked up,
+    not what is summed: partials equal bit for bit, over lengths at tile and block boundaries
+    (a tile past the slice's end looks up masked rows) and empty splits."""
+    seed = rng.randrange(2**31)
+    seq_lens = ragged_seq_lens(rng, 6, 5 * block_size + 3, block_size)
+    batch = random_batch(BatchSpec((1,) * 6, seq_lens, 4, 2, 32, block_size, dtype), "cpu", seed, strided_q=True)
+    (b, h, d), runs = batch.q.shape, []
+    for lookahead in (False, True):
+        part_out = torch.full((b, h, splits, d), float("nan"))
+        part_lse = torch.full((b, h, splits), float("nan"))
+        config = kernels.triton_decode.DecodeConfig(block_n=16, table_lookahead=lookahead)
+        kernels.triton_decode.decode_partials(batch.q, batch.k_cache, batch.v_cache, batch.meta.block_tables,
+                                              batch.meta.seq_lens, batch.scale, part_out, part_lse, config)
+        runs.append((part_out, part_lse))
+    msg = f"seed {seed}, seq_lens {seq_lens}"
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1]), msg
+    out = torch.empty_like(batch.q)
+    kernels.triton_merge.merge_partials(*runs[1], out)
+    assert relative_error(out, reference_output(batch)) < TOLERANCE[dtype], msg
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

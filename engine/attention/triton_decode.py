@@ -14,6 +14,16 @@ merge: after writing its partial a program counts itself in on a per-(sequence, 
 int32 counter, and the program that arrives last merges the group's splits into the output
 and sets the counter back to 0, saving the second launch (~3 µs in a CUDA graph, the main
 gap to SDPA at small and mid batch sizes).
+
+Pipelining. The K/V rows of a tile come from a block-table read. Read in the same iteration
+as the tile, Triton 3.6's software pipeliner gives that read a stage of its own, and the
+tile's copies are awaited at once (``async_wait {num = 0}`` in the sm_90 TTGIR at 2, 3 and 4
+stages): each tile waits the whole load latency, hidden only by the other programs on the
+SM. With ``DecodeConfig.table_lookahead`` each iteration reads the table for the next tile
+and carries its rows, so the K/V loads depend on no load of their own iteration; at 3 stages
+the TTGIR then keeps the next tile's copies in flight while one is computed (``num = 2``,
+37 KB of shared memory against 21.5 KB), at 4 stages two (``num = 4``, 54 KB). The
+shared-prefix segment kernel does the same (``triton_shared_kernel``).
 """
 
 from __future__ import annotations
@@ -45,9 +55,12 @@ class DecodeConfig:
     programs running together read neighbouring bytes of the same cache blocks.
     fused_merge: the last split of each (sequence, KV head) merges the partials in the same
     launch (``decode_merged``) instead of a second merge kernel.
-    Defaults: the best of the sweeps in docs/kernels.md (H100, Llama-3-8B heads, bf16);
-    fused_merge stays off until its GPU tests (ordering of the counter across programs) and
-    the fused-vs-unfused sweep have run on an H100; the benchmark and tests exercise both.
+    table_lookahead: each iteration reads the block table for the *next* key tile and carries
+    its rows, so a tile's K/V loads depend on no load of their own iteration and the software
+    pipeliner can keep ``num_stages - 1`` tiles in flight (see the module docstring).
+    Defaults: the best of the sweeps in docs/kernels.md (H100, Llama-3-8B heads, bf16).
+    fused_merge is off: measured slower on an H100 (docs/kernels.md). table_lookahead is off
+    until its sweep has run on an H100; the benchmark and tests exercise every combination.
     """
 
     block_n: int = 32
@@ -58,6 +71,7 @@ class DecodeConfig:
     max_splits: int = 64
     heads_fastest: bool = True
     fused_merge: bool = False
+    table_lookahead: bool = False
 
     def __post_init__(self) -> None:
         if self.block_n < 16 or self.block_n & (self.block_n - 1):
@@ -118,7 +132,7 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, part_out
                          stride_ln, stride_lh, stride_ls, stride_on, stride_oh, GROUP: tl.constexpr,
                          BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
                          PREC: tl.constexpr, HEADS_FASTEST: tl.constexpr, MERGE: tl.constexpr,
-                         G_PAD: tl.constexpr, CHUNK: tl.constexpr):
+                         G_PAD: tl.constexpr, CHUNK: tl.constexpr, LOOKAHEAD: tl.constexpr):
     if HEADS_FASTEST:
         kv_head, split, seq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     else:
@@ -137,13 +151,25 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, part_out
     l = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, D], tl.float32)
     table = tables_ptr + seq.to(tl.int64) * stride_table
-    for n0 in range(start, end, BLOCK_N):
-        kpos = n0 + tl.arange(0, BLOCK_N)
-        kvalid = kpos < end
-        rows = kv_rows(table, kpos, kvalid, kv_head * stride_kh, stride_kb, stride_kt, PAGE)
-        k = tl.load(k_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
-        v = tl.load(v_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
-        m, l, acc = softmax_step(q, k, v, m, l, acc, qk_scale, kvalid[None, :], True, PREC)
+    head_offset = kv_head * stride_kh
+    if LOOKAHEAD:  # rows of the next tile are read one iteration ahead
+        kpos = start + tl.arange(0, BLOCK_N)
+        rows = kv_rows(table, kpos, kpos < end, head_offset, stride_kb, stride_kt, PAGE)
+        for n0 in range(start, end, BLOCK_N):
+            kvalid = n0 + tl.arange(0, BLOCK_N) < end
+            k = tl.load(k_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
+            v = tl.load(v_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
+            kpos = n0 + BLOCK_N + tl.arange(0, BLOCK_N)
+            rows = kv_rows(table, kpos, kpos < end, head_offset, stride_kb, stride_kt, PAGE)
+            m, l, acc = softmax_step(q, k, v, m, l, acc, qk_scale, kvalid[None, :], True, PREC)
+    else:
+        for n0 in range(start, end, BLOCK_N):
+            kpos = n0 + tl.arange(0, BLOCK_N)
+            kvalid = kpos < end
+            rows = kv_rows(table, kpos, kvalid, head_offset, stride_kb, stride_kt, PAGE)
+            k = tl.load(k_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
+            v = tl.load(v_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
+            m, l, acc = softmax_step(q, k, v, m, l, acc, qk_scale, kvalid[None, :], True, PREC)
 
     l_safe = tl.where(l > 0, l, 1.0)
     lse = tl.where(l > 0, (m + tl.log2(l_safe)) * LN2, float("-inf"))
@@ -225,4 +251,4 @@ def _launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block
         BLOCK_G=max(16, next_power_of_2(group)), BLOCK_N=block_n, D=dim,
         PAGE=k_cache.shape[1], PREC=dot_precision(q.dtype), HEADS_FASTEST=config.heads_fastest,
         MERGE=merge, G_PAD=next_power_of_2(group), CHUNK=merge_chunk(num_splits, group, dim) if merge else 1,
-        num_warps=config.num_warps, num_stages=config.num_stages)
+        LOOKAHEAD=config.table_lookahead, num_warps=config.num_warps, num_stages=config.num_stages)

@@ -56,7 +56,9 @@ def test_decode_matches_reference(rng, dtype, heads, kv_heads, dim, block_size) 
                                     dict(block_n=128, num_stages=5, num_warps=8, min_split_tokens=64),
                                     dict(heads_fastest=False, block_n=64), dict(fused_merge=True),
                                     dict(fused_merge=True, programs_per_sm=8), dict(programs_per_sm=2),
-                                    dict(programs_per_sm=8, num_warps=8)])
+                                    dict(programs_per_sm=8, num_warps=8), dict(table_lookahead=True, num_stages=3),
+                                    dict(table_lookahead=True, num_stages=4, fused_merge=True),
+                                    dict(table_lookahead=True, block_n=64, num_stages=3, programs_per_sm=8)])
 def test_decode_configs_match_reference(rng, config) -> None:
     from engine.attention.triton_backend import TritonAttention
     from engine.attention.triton_decode import DecodeConfig
@@ -114,8 +116,8 @@ def test_write_kv_matches_reference_and_skips_padding(rng) -> None:
         assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)), f"seed {seed}"
 
 
-@pytest.mark.parametrize("fused_merge", [True, False])
-def test_decode_graph_replay_follows_seq_lens_changed_in_place(rng, fused_merge) -> None:
+@pytest.mark.parametrize("fused_merge,table_lookahead", [(True, False), (False, False), (False, True)])
+def test_decode_graph_replay_follows_seq_lens_changed_in_place(rng, fused_merge, table_lookahead) -> None:
     """Capture two decode layers with a 4096-token bound, then grow and shrink the live lengths.
     Two fused launches in a row share the split counters: the first must leave them at zero."""
     from engine.attention.triton_backend import TritonAttention
@@ -126,7 +128,8 @@ def test_decode_graph_replay_follows_seq_lens_changed_in_place(rng, fused_merge)
     batch = random_batch(spec, "cuda", seed, max_seq_len=4096)
     live = batch.meta.seq_lens
     live.copy_(torch.tensor(lens, dtype=torch.int32))
-    backend = TritonAttention(decode=DecodeConfig(fused_merge=fused_merge))
+    backend = TritonAttention(decode=DecodeConfig(fused_merge=fused_merge, table_lookahead=table_lookahead,
+                                                  num_stages=3 if table_lookahead else 2))
     q2 = torch.randn_like(batch.q)
 
     def layers() -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,8 +13,8 @@ the decode launch or a separate merge kernel (``DecodeConfig.fused_merge``), and
 table read one tile ahead (``table_lookahead``, at >= 3 stages) or in the tile's own
 iteration (at 2 stages). Prefill: causal attention of whole prompts, Triton over the paged
 cache against SDPA ``is_causal`` on contiguous tensors.
-``--tune`` first sweeps kernel configs and uses the best: decode tiles x stages x lookahead on
-three cases, then fused/unfused merge x programs_per_sm {2, 4, 8} on small and mid cases
+``--tune`` first sweeps kernel configs and uses the best: decode tiles x stages x programs per
+SM x lookahead on five cases, then fused/unfused merge x programs_per_sm {1, 2, 4, 8} on small and mid cases
 (``merge_sweep`` in the JSON).
 Writes attention.json, attention_calibration.json and attention.png to --out (default $OUT).
 """
@@ -35,7 +35,7 @@ from rich.table import Table
 
 from benchmarks.common import copy_bandwidth, graph_seconds, machine_info, median_seconds, out_dir, write_json
 from engine.attention.triton_backend import TritonAttention
-from engine.attention.triton_decode import DecodeConfig
+from engine.attention.triton_decode import SHARED_BUDGET, DecodeConfig
 from engine.attention.triton_inputs import BatchSpec, random_batch
 from engine.attention.triton_prefill import PrefillConfig
 
@@ -220,26 +220,29 @@ def time_write_kv(rows: int, block_size: int) -> WriteCase:
                      median_seconds(lambda: write_kv(*args), device))
 
 
+# Few splits with deep tiles (as FlashAttention's split-KV heuristic picks: one CTA per SM at
+# 16 x 4K) against many programs per SM with short tiles; 8 warps lost every earlier sweep.
+TILE_SWEEP_CASES = [(16, 512), (16, 4096), (64, 4096), (16, 32768), (1, 32768)]
 MERGE_SWEEP_CASES = [(1, 512), (1, 4096), (1, 32768), (4, 4096), (16, 512), (16, 4096), (40, 4096), (64, 512),
                      (64, 4096)]
 
 
 def tune_decode(block_size: int, base: DecodeConfig) -> tuple[DecodeConfig, list[TuneRow]]:
-    """Tile shape on two large cases, then fused/unfused merge x programs per SM on small and mid ones."""
+    """Tile shape x stages x programs per SM x lookahead, then fused/unfused merge x programs per SM."""
     def make(b: int, c: int):
         return decode_batch(b, c, block_size, seed=b + c)
-    tiles = [replace(base, block_n=n, num_stages=s, num_warps=w, table_lookahead=la)
-             for n, s, w, la in itertools.product((32, 64), (2, 3, 4), (4, 8), (False, True))]
-    rows = sweep("decode tiles", tiles, [(64, 4096), (16, 32768), (16, 4096)], make,
-                 lambda c: TritonAttention(decode=c))
+    tiles = [replace(base, block_n=n, num_stages=s, programs_per_sm=p, table_lookahead=la)
+             for n, s, p, la in itertools.product((32, 64, 128), (2, 3, 4), (1, 2, 4), (False, True))
+             if 2 * n * DIM * DTYPE.itemsize * s <= SHARED_BUDGET]  # larger ones would be shrunk to a smaller n
+    rows = sweep("decode tiles", tiles, TILE_SWEEP_CASES, make, lambda c: TritonAttention(decode=c))
     tile = best(rows)
-    splits = [replace(tile, programs_per_sm=p, fused_merge=f) for f, p in itertools.product((True, False), (2, 4, 8))]
+    splits = [replace(tile, programs_per_sm=p, fused_merge=f) for f, p in itertools.product((True, False), (1, 2, 4, 8))]
     split_rows = sweep("decode merge", splits, MERGE_SWEEP_CASES, make, lambda c: TritonAttention(decode=c))
     return best(split_rows), rows + split_rows
 
 
 MERGE_FIELDS = ("fused_merge", "programs_per_sm")
-TILE_FIELDS = ("block_n", "num_stages", "num_warps", "table_lookahead")
+TILE_FIELDS = ("block_n", "num_stages", "programs_per_sm", "table_lookahead")
 
 
 def sweep_summary(rows: list[TuneRow], kind: str, fields: tuple[str, ...]) -> list[dict[str, object]]:

@@ -113,13 +113,28 @@ def variants(config: DecodeConfig) -> dict[str, DecodeConfig]:
             "no lookahead": replace(config, table_lookahead=False, num_stages=2)}
 
 
-def time_triton_decode(case: Case, block_size: int, configs: list[DecodeConfig]) -> list[float]:
-    """Seconds of each config on one batch (built once: the largest take long to fill)."""
+def make_tables_sequential(block_tables: torch.Tensor, context: int, block_size: int) -> None:
+    """Give every sequence consecutive block ids (0.., then the next run): the same bytes as the
+    shuffled tables, read as long contiguous runs, to tell the page-table access pattern's cost
+    from the kernel's own. The cache contents no longer match the reference: timing only."""
+    per_seq = -(-context // block_size)
+    ids = torch.arange(block_tables.shape[0] * per_seq, dtype=block_tables.dtype, device=block_tables.device)
+    block_tables[:, :per_seq] = ids.view(-1, per_seq)
+
+
+def time_triton_decode(case: Case, block_size: int, configs: list[DecodeConfig],
+                       sequential: DecodeConfig | None = None) -> tuple[list[float], float | None]:
+    """Seconds of each config on one batch (built once: the largest take long to fill), then of
+    ``sequential`` over the same batch with sequential block tables."""
     b = decode_batch(case.batch, case.context, block_size, seed=case.batch * 7 + case.context)
     seconds = [time_forward(TritonAttention(decode=config), b) for config in configs]
+    in_order = None
+    if sequential is not None:
+        make_tables_sequential(b.meta.block_tables, case.context, block_size)
+        in_order = time_forward(TritonAttention(decode=sequential), b)
     del b
     torch.cuda.empty_cache()
-    return seconds
+    return seconds, in_order
 
 
 def time_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> tuple[float, str]:
@@ -135,14 +150,18 @@ def time_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -
     return best
 
 
-def run_decode_case(batch: int, context: int, block_size: int, config: DecodeConfig) -> Case:
+def run_decode_case(batch: int, context: int, block_size: int, config: DecodeConfig,
+                    sequential_blocks: bool = False) -> Case:
     case = Case(batch, context, decode_bytes(batch, context))
     if not fits(case.nbytes + (64 << 20)):
         return replace(case, skipped=f"{case.nbytes / 2**30:.1f} GiB of K/V does not fit")
     named = variants(config)
     configs = list(dict.fromkeys([config, *named.values()]))  # the run's config is often one of them
-    timed = dict(zip(configs, time_triton_decode(case, block_size, configs)))
-    case = replace(case, seconds=timed[config], variants={name: timed[c] for name, c in named.items()})
+    seconds, in_order = time_triton_decode(case, block_size, configs, config if sequential_blocks else None)
+    timed = dict(zip(configs, seconds))
+    found = {name: timed[c] for name, c in named.items()}
+    case = replace(case, seconds=timed[config],
+                   variants=found | ({"sequential blocks": in_order} if sequential_blocks else {}))
     q = torch.randn(batch, HEADS, 1, DIM, dtype=DTYPE, device="cuda")
     k, v = (torch.randn(batch, KV_HEADS, context, DIM, dtype=DTYPE, device="cuda") for _ in "kv")
     sdpa, path = time_sdpa(q, k, v, causal=False)
@@ -270,17 +289,18 @@ def tune_prefill(block_size: int, base: PrefillConfig) -> tuple[PrefillConfig, l
 def print_tables(cases: list[Case], prefills: list[PrefillCase], writes: list[WriteCase], copy_bps: float,
                  sweeps: dict[str, list[dict[str, object]]]) -> None:
     table = Table(title=f"paged decode, bf16, Llama-3-8B heads; copy {copy_bps / 1e9:.0f} GB/s")
-    names = list(variants(DecodeConfig()))
+    names = list(dict.fromkeys(n for c in cases if not c.skipped for n in c.variants))
     for col in ("batch", "context", "triton µs", "GB/s", "% copy", *(f"{n} µs" for n in names), "SDPA µs",
                 "SDPA path", "vs SDPA"):
         table.add_column(col, justify="right")
     for c in cases:
         if c.skipped:
-            table.add_row(str(c.batch), str(c.context), "skipped: " + c.skipped, *[""] * (6 + len(names)))
+            table.add_row(str(c.batch), str(c.context), "skipped: " + c.skipped, *[""] * (5 + len(names)))
             continue
         table.add_row(str(c.batch), str(c.context), f"{c.seconds * 1e6:.1f}", f"{c.gbps(c.seconds):.0f}",
                       f"{100 * c.gbps(c.seconds) * 1e9 / copy_bps:.0f}",
-                      *(f"{c.variants[n] * 1e6:.1f}" for n in names), f"{c.sdpa_seconds * 1e6:.1f}",
+                      *(f"{c.variants[n] * 1e6:.1f}" if n in c.variants else "" for n in names),
+                      f"{c.sdpa_seconds * 1e6:.1f}",
                       c.sdpa_path, f"{c.sdpa_seconds / c.seconds:.2f}x")
     ptable = Table(title="causal prefill, bf16, Llama-3-8B heads")
     for col in ("batch", "length", "triton ms", "TFLOP/s", "SDPA ms", "SDPA TFLOP/s", "vs SDPA"):
@@ -339,6 +359,7 @@ class BenchConfig:
     prefill_lengths: tuple[int, ...]
     block_size: int
     tune: bool
+    sequential_blocks: bool
     out: str | None
 
     def __post_init__(self) -> None:
@@ -358,10 +379,12 @@ def parse_args() -> BenchConfig:
                    help="one prompt of each length (batch 1); pass none to skip prefill")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--tune", action="store_true", help="sweep kernel configs first and use the best")
+    p.add_argument("--sequential-blocks", action="store_true",
+                   help="also time each decode case with consecutive block ids (the paged layout's cost)")
     p.add_argument("--out", default=None, help="output folder (default $OUT, else out/attention)")
     a = p.parse_args()
     return BenchConfig(tuple(a.batches), tuple(a.contexts), tuple(a.prefill_lengths), a.block_size,
-                       a.tune, a.out)
+                       a.tune, a.sequential_blocks, a.out)
 
 
 def main() -> None:
@@ -376,7 +399,8 @@ def main() -> None:
         prefill, prefill_rows = tune_prefill(cfg.block_size, prefill)
         tuning = decode_rows + prefill_rows
     grid = list(itertools.product(cfg.batches, cfg.contexts))
-    cases = [run_decode_case(b, c, cfg.block_size, decode) for b, c in track(grid, description="decode")]
+    cases = [run_decode_case(b, c, cfg.block_size, decode, cfg.sequential_blocks)
+             for b, c in track(grid, description="decode")]
     prefills = [run_prefill_case(1, n, cfg.block_size, prefill)
                 for n in track(cfg.prefill_lengths, description="prefill")]
     writes = [time_write_kv(rows, cfg.block_size) for rows in (256, 8192)]

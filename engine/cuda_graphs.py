@@ -1,5 +1,7 @@
 """CUDA graphs for decode steps: one captured forward per padded batch size.
 
+(Shared-prefix steps are captured per batch instead: ``shared_step_graph``, on these buffers.)
+
 Decode steps are many small kernels; replaying a captured graph removes the launch gaps.
 Inputs are copied into static buffers, rows past the live batch are padding (slot -1, so
 they write no KV), and the captured attention grid is sized for ``max_model_len``.
@@ -10,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from engine.attention import AttentionBackend, AttentionMetadata
+from engine.attention.shared_prefix import SharedPrefixPlan
 from engine.model.llama import ForwardContext, LlamaForCausalLM
 
 
@@ -36,24 +39,25 @@ class DecodeGraphs:
         self.kv_cache, self.backend = kv_cache, backend
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
+        self.pool = None  # the memory pool all captures share (graphs never run at the same time)
 
-    def _context(self, bs: int) -> ForwardContext:
+    def context(self, bs: int, shared: SharedPrefixPlan | None = None) -> ForwardContext:
+        """The forward context over the first ``bs`` rows of the static buffers."""
         meta = AttentionMetadata(self.starts[:bs + 1], self.seq_lens[:bs], self.tables[:bs],
                                  self.slots[:bs], max_query_len=1, max_seq_len=self.max_model_len,
-                                 decode_only=True)
+                                 decode_only=True, shared=shared)
         return ForwardContext(self.kv_cache, meta, self.backend)
 
     @torch.inference_mode()
     def capture(self) -> None:
-        pool = None
         for bs in sorted(capture_sizes(self.max_bs), reverse=True):
-            ctx = self._context(bs)
+            ctx = self.context(bs)
             self.model(self.input_ids[:bs], self.positions[:bs], ctx)  # warm up kernels
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            with torch.cuda.graph(graph, pool=self.pool):
                 self.outputs[bs] = self.model(self.input_ids[:bs], self.positions[:bs], ctx)
-            pool = graph.pool()
+            self.pool = graph.pool()
             self.graphs[bs] = graph
         torch.cuda.synchronize()
 
@@ -64,6 +68,14 @@ class DecodeGraphs:
         """Hidden states [n, hidden] of a decode-only step of n sequences."""
         n = input_ids.shape[0]
         bs = min(b for b in self.graphs if b >= n)
+        self.load(input_ids, positions, meta, bs)
+        self.graphs[bs].replay()
+        return self.outputs[bs][:n]
+
+    def load(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, bs: int) -> None:
+        """Copy a decode step of n <= bs sequences into the static buffers; rows n..bs pad
+        (slot -1 writes no KV, length 1 reads one key)."""
+        n = input_ids.shape[0]
         self.input_ids[:n].copy_(input_ids)
         self.positions[:n].copy_(positions)
         self.slots[:n].copy_(meta.slot_mapping)
@@ -71,5 +83,3 @@ class DecodeGraphs:
         self.seq_lens[:n].copy_(meta.seq_lens)
         self.seq_lens[n:bs].fill_(1)
         self.tables[:n, :meta.block_tables.shape[1]].copy_(meta.block_tables)
-        self.graphs[bs].replay()
-        return self.outputs[bs][:n]

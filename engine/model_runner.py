@@ -8,6 +8,7 @@ from engine.attention import AttentionBackend
 from engine.batch import ModelInput
 from engine.cuda_graphs import DecodeGraphs
 from engine.model.llama import ForwardContext, LlamaForCausalLM
+from engine.shared_step_graph import SharedStepGraph
 
 
 class ModelRunner:
@@ -21,6 +22,7 @@ class ModelRunner:
         self.kv_cache = torch.zeros(cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads,
                                     cfg.head_dim, dtype=self.dtype, device=self.device)
         self.graphs: DecodeGraphs | None = None
+        self.shared_graph: SharedStepGraph | None = None
         self.shared_prefix_steps = 0
         self.last_graphed = False  # whether the last step replayed a CUDA graph
 
@@ -32,17 +34,21 @@ class ModelRunner:
         self.graphs = DecodeGraphs(self.model, self.kv_cache, self.backend, max_num_seqs,
                                    max_model_len, self.block_size)
         self.graphs.capture()
+        self.shared_graph = SharedStepGraph(self.graphs)
 
     @torch.inference_mode()
     def execute(self, inp: ModelInput) -> torch.Tensor:
         """fp32 logits [num_samples, vocab] for the rows that sample this step."""
         meta = inp.meta
         self.shared_prefix_steps += meta.shared is not None
-        self.last_graphed = (self.graphs is not None and meta.decode_only and meta.shared is None
-                             and self.graphs.can_run(meta.num_seqs, meta.max_seq_len))
-        if self.last_graphed:
-            hidden = self.graphs.run(inp.input_ids, inp.positions, meta)
-        else:
+        hidden, self.last_graphed = None, False
+        if (self.graphs is not None and meta.decode_only
+                and self.graphs.can_run(meta.num_seqs, meta.max_seq_len)):
+            if meta.shared is None:
+                hidden, self.last_graphed = self.graphs.run(inp.input_ids, inp.positions, meta), True
+            else:  # replayed, captured (after the batch kept its plan a few steps) or None: eager
+                hidden, self.last_graphed = self.shared_graph.run(inp.input_ids, inp.positions, meta)
+        if hidden is None:
             ctx = ForwardContext(self.kv_cache, meta, self.backend)
             hidden = self.model(inp.input_ids, inp.positions, ctx)
         return self.model.compute_logits(hidden[inp.sample_rows])

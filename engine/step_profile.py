@@ -84,5 +84,5 @@ def step_kind(decode_only: bool, shared: bool, graphed: bool) -> str:
     if not decode_only:
         return "mixed"
     if shared:
-        return "shared"
+        return "shared graph" if graphed else "shared"
     return "graph" if graphed else "decode"

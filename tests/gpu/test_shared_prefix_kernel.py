@@ -164,4 +164,46 @@ def test_engine_greedy_tokens_same_with_and_without_the_shared_path(tiny_model) 
         engine.generate(prompts[:1], params)  # cache the system prompt so the others share its blocks
         results.append([r.token_ids for r in engine.generate(prompts, params)])
         assert (engine.runner.shared_prefix_steps > 0) == shared
+        assert (engine.runner.shared_graph.replays > 0) == shared  # the batch kept its plan: replayed
     assert results[0] == results[1]
+
+
+def test_shared_step_graphs_follow_a_changing_batch(tiny_model) -> None:
+    """Requests leave at different steps (each departure changes the plan, so the graph is
+    dropped and, once the smaller batch has kept its plan, captured again) and more join
+    mid-way: greedy tokens equal the plain path's and the eager shared path's, every block
+    comes back."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    g = torch.Generator().manual_seed(1)
+    system = torch.randint(3, 500, (70,), generator=g).tolist()
+    fewshot = [torch.randint(3, 500, (33,), generator=g).tolist() for _ in range(3)]
+    prompts = [system + fewshot[i % 3] + torch.randint(3, 500, (2 + i,), generator=g).tolist() for i in range(16)]
+    params = [SamplingParams(max_tokens=8 + 4 * (i % 5), temperature=0, ignore_eos=True) for i in range(16)]
+    runs = {}
+    for name, kwargs in {"graphs": dict(shared_prefix_attention=True),
+                         "eager": dict(shared_prefix_attention=True, cuda_graphs=False),
+                         "plain": dict(shared_prefix_attention=False)}.items():
+        engine = make_engine(tiny_model, device="cuda", prefix_caching=True, shared_prefix_min_tokens=0,
+                             num_blocks=1024, **kwargs)
+        engine.generate(prompts[:1], params[:1])
+        free = engine.kv.num_free_blocks
+        tokens: dict[str, list[int]] = {f"a{i}": [] for i in range(16)}
+
+        def step() -> None:
+            for out in engine.step():
+                tokens[out.request_id].extend(out.new_token_ids)
+        for i in range(10):
+            engine.add_request(f"a{i}", prompts[i], params[i])
+        for _ in range(12):  # the first ten are decoding, some about to finish, when six more join
+            step()
+        for i in range(10, 16):
+            engine.add_request(f"a{i}", prompts[i], params[i])
+        while engine.has_unfinished():
+            step()
+        assert all(len(t) == p.max_tokens for t, p in zip(tokens.values(), params)), name
+        runs[name] = tokens
+        assert engine.kv.num_free_blocks == free, name
+        if name == "graphs":
+            graph = engine.runner.shared_graph
+            assert graph.captures >= 2 and graph.replays > 0, (graph.captures, graph.replays)
+    assert runs["graphs"] == runs["eager"] == runs["plain"]

@@ -125,7 +125,11 @@ def _merge_group(part_out_ptr, part_lse_ptr, out_ptr, seq, kv_head, num_splits,
              merged.to(out_ptr.dtype.element_ty), mask=live_g[:, None])
 
 
-@triton.jit
+# Step-varying integer arguments: see triton_paged.STEP_VARYING_NOTE.
+STEP_VARYING_DECODE = ("num_splits", "stride_table")
+
+
+@triton.jit(do_not_specialize=STEP_VARYING_DECODE)
 def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, part_out_ptr, part_lse_ptr,
                          out_ptr, counters_ptr, qk_scale, num_splits, num_kv_heads, stride_qt, stride_qh,
                          stride_table, stride_kb, stride_kt, stride_kh, stride_pn, stride_ph, stride_ps,

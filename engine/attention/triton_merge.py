@@ -28,7 +28,11 @@ MAX_PAIRS = 64
 MIN_PROGRAMS = 128  # small merges keep at least this many programs (about one per SM)
 
 
-@triton.jit
+# Step-varying integer arguments: see triton_paged.STEP_VARYING_NOTE.
+STEP_VARYING_MERGE = ("num_pairs", "num_parts")
+
+
+@triton.jit(do_not_specialize=STEP_VARYING_MERGE)
 def _merge_kernel(part_out_ptr, part_lse_ptr, out_ptr, num_pairs, num_heads, num_parts,
                   stride_pn, stride_ph, stride_ps, stride_ln, stride_lh, stride_ls,
                   stride_on, stride_oh, D: tl.constexpr, PAIRS: tl.constexpr, PARTS: tl.constexpr):

@@ -19,6 +19,13 @@ LOG2E = 1.4426950408889634
 LN2 = tl.constexpr(0.6931471805599453)  # used inside kernels
 
 
+STEP_VARYING_NOTE = """Integer kernel arguments that change from step to step (sequence and tile
+counts, split counts, block-table widths) are in each kernel's ``do_not_specialize``: Triton
+would otherwise compile a variant per class of value (1, a multiple of 16, other), i.e. again
+on the first step of each new batch shape, seconds added to some request's latency. None of
+them takes part in address arithmetic that alignment would vectorize."""
+
+
 @triton.jit
 def kv_rows(table_ptr, kpos, kvalid, head_offset, stride_block, stride_token, PAGE: tl.constexpr):
     """int64 offsets [BLOCK_N] of the rows at positions ``kpos`` (masked rows read page 0)."""

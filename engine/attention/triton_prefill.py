@@ -61,7 +61,11 @@ def _find_sequence(starts_ptr, num_seqs, tile, BLOCK_Q: tl.constexpr):
     return lo
 
 
-@triton.jit
+# Step-varying integer arguments: see triton_paged.STEP_VARYING_NOTE.
+STEP_VARYING_PREFILL = ("num_seqs", "num_tiles", "stride_table")
+
+
+@triton.jit(do_not_specialize=STEP_VARYING_PREFILL)
 def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, seq_lens_ptr, starts_ptr,
                     qk_scale, num_seqs, num_tiles, stride_qt, stride_qh, stride_ot, stride_oh,
                     stride_table, stride_kb, stride_kt, stride_kh, GROUP: tl.constexpr,

@@ -56,6 +56,7 @@ class SharedStepGraph:
             self.replays += 1
             return self._output, True
         if plan.layout is not self._seen:
+            self.drop()  # the batch changed: the graph will not be replayed again
             self._seen, self._streak = plan.layout, 0
         self._streak += 1
         if self._streak < self.capture_after:

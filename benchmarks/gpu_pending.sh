@@ -5,6 +5,10 @@
 #   source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh kernels
 #   ... bash benchmarks/gpu_pending.sh engine (or serving)
 #
+# State (2026-11-23, session 5): every batch below ran on an H100 this session (BENCHMARKS.md).
+# Changed since: SharedStepGraph drops its graph as soon as the batch's plan changes (was: at
+# the next capture); `engine` re-runs its GPU tests (test_shared_step_graphs_follow_a_changing_batch).
+#
 # Each batch writes its logs and one results.tgz under $OUT (the device tool brings back at
 # most 8 files, so the benchmarks' own folders travel as one archive). Expected times are
 # for one H100; results go to BENCHMARKS.md with machine and date.

@@ -79,8 +79,9 @@ class EngineConfig:
     shared_prefix_attention: with prefix caching, decode steps whose sequences share cached
     blocks read each shared block once for all of them (Hydragen), when that saves reading at
     least shared_prefix_min_tokens tokens of K/V per layer. None picks by device: 256 on CPU;
-    on CUDA 1M, because shared steps run without CUDA graphs and, on an H100 with Llama-3-8B
-    heads, only win above about batch 256 x 4K shared tokens (BENCHMARKS.md).
+    on CUDA 1M: shared steps reach CUDA graphs only once a batch has kept its plan for a few
+    steps (engine/shared_step_graph.py), and eager, on an H100 with Llama-3-8B heads, they win
+    only above about batch 256 x 4K shared tokens (BENCHMARKS.md).
     """
 
     model: str

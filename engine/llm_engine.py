@@ -190,6 +190,8 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         self.num_preemptions += len(sched.preempted)
         if sched.is_empty:
+            self._plan_cache.clear()  # idle: the last batch's plan, layout and graph can go
+            self.runner.release_shared()
             return []
         prof.lap("schedule")
         inp = build_model_input(sched.scheduled, self.kv.block_size, self.device, self._shared_prefix_min,

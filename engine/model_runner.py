@@ -36,6 +36,11 @@ class ModelRunner:
         self.graphs.capture()
         self.shared_graph = SharedStepGraph(self.graphs)
 
+    def release_shared(self) -> None:
+        """Let go of the shared-prefix graph and layout (nothing is running)."""
+        if self.shared_graph is not None:
+            self.shared_graph.release()
+
     @torch.inference_mode()
     def execute(self, inp: ModelInput) -> torch.Tensor:
         """fp32 logits [num_samples, vocab] for the rows that sample this step."""
@@ -45,6 +50,7 @@ class ModelRunner:
         if (self.graphs is not None and meta.decode_only
                 and self.graphs.can_run(meta.num_seqs, meta.max_seq_len)):
             if meta.shared is None:
+                self.shared_graph.release()  # no shared batch: its graph and layout can go
                 hidden, self.last_graphed = self.graphs.run(inp.input_ids, inp.positions, meta), True
             else:  # replayed, captured (after the batch kept its plan a few steps) or None: eager
                 hidden, self.last_graphed = self.shared_graph.run(inp.input_ids, inp.positions, meta)

@@ -17,15 +17,23 @@ A capture step runs the step eagerly first (its result is the step's; it also bu
 layout for the bound, the only host-to-device copies, which a capture may not contain),
 then captures. Capturing 32 layers costs about as much as a few eager steps: ``capture_after``
 (default 3) skips batches that change every step or two, as under a stream of arrivals.
+Captures happen while serving, so other threads may be using the device (KV handoffs, the
+host tier): the capture is thread-local (their calls are not refused), and a capture that
+fails anyway leaves that batch to eager steps. The graph and the batch's layout are let go
+as soon as a decode step runs without a plan or the engine has nothing to run.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
 from engine.attention import AttentionMetadata
 from engine.attention.shared_prefix import SharedPrefixPlan
 from engine.cuda_graphs import DecodeGraphs
+
+log = logging.getLogger(__name__)
 
 
 class SharedStepGraph:
@@ -42,6 +50,7 @@ class SharedStepGraph:
         self._held: tuple = ()  # the tensors the graph reads, kept alive with it
         self._seen: dict | None = None  # the layout of the last steps, and how many in a row
         self._streak = 0
+        self._failed: dict | None = None  # a layout whose capture failed: eager from then on
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor,
             meta: AttentionMetadata) -> tuple[torch.Tensor | None, bool]:
@@ -59,9 +68,15 @@ class SharedStepGraph:
             self.drop()  # the batch changed: the graph will not be replayed again
             self._seen, self._streak = plan.layout, 0
         self._streak += 1
-        if self._streak < self.capture_after:
+        if self._streak < self.capture_after or plan.layout is self._failed:
             return None, False
         return self._capture(input_ids, positions, meta, plan), False
+
+    def release(self) -> None:
+        """Let go of the graph and of the last batch's layout (no shared batch is running)."""
+        self.drop()
+        self._seen = self._failed = None
+        self._streak = 0
 
     @torch.inference_mode()
     def _capture(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
@@ -79,8 +94,14 @@ class SharedStepGraph:
         hidden, _ = forward()  # this step's result; builds the layout for the graph's bound
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=graphs.pool):
-            output, captured_plan = forward()
+        try:
+            with torch.cuda.graph(graph, pool=graphs.pool, capture_error_mode="thread_local"):
+                output, captured_plan = forward()
+        except RuntimeError as e:  # the step's result stands; this batch stays eager
+            log.warning("capturing a shared-prefix step of %d sequences failed (%s); its batch runs "
+                        "eagerly", n, e)
+            self._failed = plan.layout
+            return hidden
         self._graph, self._output, self._layout = graph, output, plan.layout
         self._held = (captured_plan.tensors, dict(plan.layout))
         self.captures += 1

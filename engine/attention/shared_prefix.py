@@ -91,6 +91,10 @@ class PlanCache:
         self._result: tuple[list[SharedSegment], list[int]] | None = None
         self._layout: dict[str, torch.Tensor] = {}
 
+    def clear(self) -> None:
+        """Forget the last plan and its layout (nothing is running)."""
+        self._tables, self._params, self._result, self._layout = [], None, None, {}
+
     def plan(self, block_tables: list[list[int]], seq_lens: list[int], block_size: int,
              min_tokens: int) -> SharedPrefixPlan | None:
         """The plan for a decode step, or None when sharing saves fewer than ``min_tokens``

@@ -5,7 +5,8 @@ same launch, or by ``triton_merge`` when ``DecodeConfig.fused_merge`` is off); o
 run ``triton_prefill``. Every host-side choice depends only on shapes and
 ``meta.max_seq_len``, never on device values, so decode steps can be captured in CUDA
 graphs with ``max_seq_len`` set to the captured bound. Decode steps with a shared-prefix
-plan (``meta.shared``, run eagerly) go to ``triton_shared_prefix``.
+plan (``meta.shared``) go to ``triton_shared_prefix`` (eagerly, or in a graph captured for
+their batch: ``engine/shared_step_graph.py``).
 """
 
 from __future__ import annotations

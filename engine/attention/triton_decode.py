@@ -126,7 +126,7 @@ def _merge_group(part_out_ptr, part_lse_ptr, out_ptr, seq, kv_head, num_splits,
 
 
 # Step-varying integer arguments: see triton_paged.STEP_VARYING_NOTE.
-STEP_VARYING_DECODE = ("num_splits", "stride_table")
+STEP_VARYING_DECODE = ("num_splits", "stride_table", "stride_ln", "stride_lh")
 
 
 @triton.jit(do_not_specialize=STEP_VARYING_DECODE)

@@ -29,7 +29,7 @@ MIN_PROGRAMS = 128  # small merges keep at least this many programs (about one p
 
 
 # Step-varying integer arguments: see triton_paged.STEP_VARYING_NOTE.
-STEP_VARYING_MERGE = ("num_pairs", "num_parts")
+STEP_VARYING_MERGE = ("num_pairs", "num_parts", "stride_ln", "stride_lh")
 
 
 @triton.jit(do_not_specialize=STEP_VARYING_MERGE)

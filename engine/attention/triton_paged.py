@@ -20,10 +20,15 @@ LN2 = tl.constexpr(0.6931471805599453)  # used inside kernels
 
 
 STEP_VARYING_NOTE = """Integer kernel arguments that change from step to step (sequence and tile
-counts, split counts, block-table widths) are in each kernel's ``do_not_specialize``: Triton
-would otherwise compile a variant per class of value (1, a multiple of 16, other), i.e. again
-on the first step of each new batch shape, seconds added to some request's latency. None of
-them takes part in address arithmetic that alignment would vectorize."""
+counts, split counts, block-table widths, the strides of lse partials, which equal the split
+count S) are in each kernel's ``do_not_specialize``: Triton would otherwise compile a variant per
+class of value (1, a multiple of 16, other), i.e. again on the first step of each new batch
+shape, seconds added to some request's latency. None feeds a vectorizable address: table
+widths only locate a row whose entries are gathered one by one, lse partials are stored one
+per head. (The strides of the out partials, multiples of the head dim, keep their class.)
+Constexprs still chosen by shape compile once per value: the merge's PAIRS/PARTS (a handful),
+the segment kernel's BLOCK_M, the fused merge's CHUNK; CUDA-graph capture at start-up compiles
+the plain decode's."""
 
 
 @triton.jit

@@ -97,7 +97,11 @@ class SharedPrefixConfig:
         return block_m, block_n
 
 
-@triton.jit
+# Step-varying integer arguments: see triton_paged.STEP_VARYING_NOTE (S, the slot count, is the plan's).
+STEP_VARYING_SEGMENTS = ("stride_ln", "stride_lh")
+
+
+@triton.jit(do_not_specialize=STEP_VARYING_SEGMENTS)
 def _segment_kernel(q_ptr, k_ptr, v_ptr, blocks_ptr, items_ptr, member_rows_ptr, member_slots_ptr,
                     part_out_ptr, part_lse_ptr, qk_scale, stride_qt, stride_qh, stride_kb, stride_kt,
                     stride_kh, stride_pn, stride_ph, stride_ps, stride_ln, stride_lh, stride_ls,

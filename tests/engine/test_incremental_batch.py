@@ -160,3 +160,31 @@ def test_plan_cache_replans_when_rows_change():
     assert cache.plan([c, a, b], [11, 17, 15], bs, 0).suffix_start == [4, 4, 0]
     assert cache.plan([c, a, b], [11, 17, 15], bs, 5) is None  # one shared block: 4 tokens < 5
     assert cache.plan([c, a, b], [11, 17, 15], bs, 4).suffix_start == [4, 4, 0]
+
+
+def test_plan_cache_shares_one_layout_until_cleared():
+    """Consecutive plans of an unchanged batch share one layout (a captured shared-step graph is
+    valid while it is the same object); clear() lets it go, and the next plan has a new one."""
+    cache, bs = PlanCache(), 4
+    a, b = [0, 1, 2, 10], [0, 1, 2, 11]
+    first = cache.plan([a, b], [14, 14], bs, 0)
+    first.layout["x"] = torch.zeros(1)
+    second = cache.plan([a, b], [15, 15], bs, 0)
+    assert second.layout is first.layout
+    cache.clear()
+    third = cache.plan([a, b], [16, 16], bs, 0)
+    assert third.layout is not first.layout and third.layout == {} and third.suffix_start == first.suffix_start
+
+
+def test_an_idle_engine_lets_the_shared_plan_go(tiny_model):
+    """Once nothing runs, the engine forgets the last batch's shared-prefix plan and layout."""
+    from engine.sampling_params import SamplingParams
+    from tests.engine.conftest import make_engine
+    engine = make_engine(tiny_model, prefix_caching=True, shared_prefix_min_tokens=0)
+    prompt = list(range(3, 40))
+    engine.generate([prompt], SamplingParams(max_tokens=1, temperature=0))
+    engine.generate([prompt + [50 + i] for i in range(4)], SamplingParams(max_tokens=6, temperature=0,
+                                                                       ignore_eos=True))
+    assert engine.runner.shared_prefix_steps > 0
+    engine.step()  # nothing to run
+    assert engine._plan_cache._layout == {} and engine._plan_cache._result is None

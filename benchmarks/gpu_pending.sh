@@ -6,8 +6,12 @@
 #   ... bash benchmarks/gpu_pending.sh engine (or serving)
 #
 # State (2026-11-23, session 5): every batch below ran on an H100 this session (BENCHMARKS.md).
-# Changed since: SharedStepGraph drops its graph as soon as the batch's plan changes (was: at
-# the next capture); `engine` re-runs its GPU tests (test_shared_step_graphs_follow_a_changing_batch).
+# Changed since (after a review, CPU-tested only): SharedStepGraph captures thread-locally, falls
+# back to eager for a batch whose capture failed, and lets its graph go on plain decode steps,
+# when the plan changes and when the engine idles; lse-partial strides are no longer specialized
+# in the decode, merge and segment kernels. `engine` re-runs the shared-prefix and engine GPU
+# tests (incl. test_new_batch_shapes_compile_nothing_new) and Hydragen's figure; `kernels` the
+# kernel tests (its --tune sweep may be skipped).
 #
 # Each batch writes its logs and one results.tgz under $OUT (the device tool brings back at
 # most 8 files, so the benchmarks' own folders travel as one archive). Expected times are
@@ -25,7 +29,7 @@ case "${1:-}" in
     ;;
   engine)  # ~4 min: Hydragen's whole-model figure (issue 4; last run 2026-11-23 17:04 UTC)
     python -m pytest -q -p no:cacheprovider tests/gpu/test_shared_prefix_kernel.py tests/gpu/test_engine_cuda.py \
-      2>&1 | tee "$out/tests.log" | tail -5
+      2>&1 | tee "$out/tests.log" | tail -5  # ~2.5 min
     python -m benchmarks.shared_prefix_step --shape llama-3-8b --batch 256 --out "$work/shared-prefix-step" \
       2>&1 | tee "$out/shared-prefix-step.log" | tail -12
     ;;

@@ -120,8 +120,10 @@ class LLMEngine:
         self.profile = StepProfile()
         self._shared_prefix_min = shared_prefix_threshold(config, self.device)
         self._plan_cache = PlanCache()  # the last shared-prefix plan, reused while the batch is unchanged
-        if self.device.type == "cuda" and config.cuda_graphs and backend.name == "triton":
-            self.runner.capture_graphs(config.scheduler.max_num_seqs, self.max_model_len)
+        if self.device.type == "cuda" and backend.name == "triton":
+            self.runner.warm_up()  # compile the prefill kernels now, not in the first request
+            if config.cuda_graphs:
+                self.runner.capture_graphs(config.scheduler.max_num_seqs, self.max_model_len)
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, request_id: str | None, prompt: str | list[int], params: SamplingParams,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.attention import AttentionBackend
+from engine.attention import AttentionBackend, AttentionMetadata
 from engine.batch import ModelInput
 from engine.cuda_graphs import DecodeGraphs
 from engine.model.llama import ForwardContext, LlamaForCausalLM
@@ -35,6 +35,23 @@ class ModelRunner:
                                    max_model_len, self.block_size)
         self.graphs.capture()
         self.shared_graph = SharedStepGraph(self.graphs)
+
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Run one small mixed step (a 9-token prompt beside a decode row, no KV written) so the
+        first request does not wait for the prefill kernels to compile; their integer arguments
+        are not specialized, so this one variant serves every later batch shape."""
+        q_lens, seq_lens = (9, 1), (9, 10)
+        width = -(-seq_lens[1] // self.block_size)
+        ints = dict(dtype=torch.int32, device=self.device)
+        meta = AttentionMetadata(
+            query_start_loc=torch.tensor([0, q_lens[0], sum(q_lens)], **ints),
+            seq_lens=torch.tensor(seq_lens, **ints),
+            block_tables=torch.zeros(2, width, **ints),  # block 0, read but never written
+            slot_mapping=torch.full((sum(q_lens),), -1, dtype=torch.int64, device=self.device),
+            max_query_len=q_lens[0], max_seq_len=seq_lens[1], decode_only=False)
+        positions = torch.tensor([*range(9), 9], dtype=torch.int64, device=self.device)
+        self.model(torch.zeros_like(positions), positions, ForwardContext(self.kv_cache, meta, self.backend))
 
     def release_shared(self) -> None:
         """Let go of the shared-prefix graph and layout (nothing is running)."""

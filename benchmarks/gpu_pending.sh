@@ -9,7 +9,7 @@
 # Changed since (after a review, CPU-tested only): SharedStepGraph captures thread-locally, falls
 # back to eager for a batch whose capture failed, and lets its graph go on plain decode steps,
 # when the plan changes and when the engine idles; lse-partial strides are no longer specialized
-# in the decode, merge and segment kernels. `engine` re-runs the shared-prefix and engine GPU
+# in the decode, merge and segment kernels; the engine warms the prefill kernels up at start. `engine` re-runs the shared-prefix and engine GPU
 # tests (incl. test_new_batch_shapes_compile_nothing_new) and Hydragen's figure; `kernels` the
 # kernel tests (its --tune sweep may be skipped).
 #

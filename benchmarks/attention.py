@@ -361,6 +361,7 @@ class BenchConfig:
     tune: bool
     sequential_blocks: bool
     out: str | None
+    decode: tuple[tuple[str, object], ...] = ()  # DecodeConfig overrides
 
     def __post_init__(self) -> None:
         if not torch.cuda.is_available():
@@ -371,6 +372,26 @@ class BenchConfig:
             raise SystemExit(f"--block-size must be 16, 32, 64 or 128, got {self.block_size}")
 
 
+def decode_overrides(items: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` pairs as DecodeConfig fields (ints or true/false), checked by name."""
+    fields = {f.name: f.type for f in dataclasses.fields(DecodeConfig)}
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--decode takes KEY=VALUE with KEY one of {', '.join(fields)}; got {item!r}")
+        if fields[key] in (bool, "bool"):
+            if value.lower() not in ("true", "false"):
+                raise SystemExit(f"--decode {key} takes true or false, got {value!r}")
+            out[key] = value.lower() == "true"
+        else:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise SystemExit(f"--decode {key} takes an integer, got {value!r}") from None
+    return out
+
+
 def parse_args() -> BenchConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
@@ -379,12 +400,15 @@ def parse_args() -> BenchConfig:
                    help="one prompt of each length (batch 1); pass none to skip prefill")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--tune", action="store_true", help="sweep kernel configs first and use the best")
+    p.add_argument("--decode", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="decode config fields to use instead of the defaults (e.g. max_splits=1 "
+                        "table_lookahead=true); --tune starts from them")
     p.add_argument("--sequential-blocks", action="store_true",
                    help="also time each decode case with consecutive block ids (the paged layout's cost)")
     p.add_argument("--out", default=None, help="output folder (default $OUT, else out/attention)")
     a = p.parse_args()
     return BenchConfig(tuple(a.batches), tuple(a.contexts), tuple(a.prefill_lengths), a.block_size,
-                       a.tune, a.sequential_blocks, a.out)
+                       a.tune, a.sequential_blocks, a.out, tuple(decode_overrides(a.decode).items()))
 
 
 def main() -> None:
@@ -393,7 +417,7 @@ def main() -> None:
     device = torch.device("cuda")
     machine = machine_info(device)
     copy_bps = copy_bandwidth(device)
-    decode, prefill, tuning = DecodeConfig(), PrefillConfig(), []
+    decode, prefill, tuning = DecodeConfig(**dict(cfg.decode)), PrefillConfig(), []
     if cfg.tune:
         decode, decode_rows = tune_decode(cfg.block_size, decode)
         prefill, prefill_rows = tune_prefill(cfg.block_size, prefill)

@@ -22,9 +22,13 @@ work="$(mktemp -d)"
 mkdir -p "$out"
 trap 'tar czf "$out/results.tgz" -C "$work" . 2>/dev/null' EXIT
 case "${1:-}" in
-  kernels)  # ~6 min: decode kernel with the block table read one tile ahead (issue 2's SDPA goal)
+  kernels)  # ~6 min: kernel GPU tests, single-split decode, --tune (issue 2's SDPA goal)
     python -m pytest -q -p no:cacheprovider tests/gpu/test_attention_kernels.py 2>&1 \
       | tee "$out/tests.log" | tail -5
+    # the one untried config family (docs/kernels.md): one split per (sequence, head), deep lookahead
+    python -m benchmarks.attention --batches 16 64 --contexts 4096 32768 --prefill-lengths \
+      --decode max_splits=1 block_n=64 num_stages=4 table_lookahead=true --out "$work/attention-single-split" \
+      2>&1 | tee "$out/attention-single-split.log" | grep -v "━" | head -12
     python -m benchmarks.attention --tune --out "$work/attention" 2>&1 | tee "$out/attention.log" | tail -80
     ;;
   engine)  # ~4 min: Hydragen's whole-model figure (issue 4; last run 2026-11-23 17:04 UTC)

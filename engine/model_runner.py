@@ -50,7 +50,7 @@ class ModelRunner:
             block_tables=torch.zeros(2, width, **ints),  # block 0, read but never written
             slot_mapping=torch.full((sum(q_lens),), -1, dtype=torch.int64, device=self.device),
             max_query_len=q_lens[0], max_seq_len=seq_lens[1], decode_only=False)
-        positions = torch.tensor([*range(9), 9], dtype=torch.int64, device=self.device)
+        positions = torch.tensor([*range(seq_lens[0]), seq_lens[1] - 1], dtype=torch.int64, device=self.device)
         self.model(torch.zeros_like(positions), positions, ForwardContext(self.kv_cache, meta, self.backend))
 
     def release_shared(self) -> None:

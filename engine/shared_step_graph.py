@@ -46,9 +46,9 @@ class SharedStepGraph:
         self.replays = 0
         self._graph: torch.cuda.CUDAGraph | None = None
         self._output: torch.Tensor | None = None
-        self._layout: dict | None = None  # the plan layout the graph was captured for
         self._held: tuple = ()  # the tensors the graph reads, kept alive with it
-        self._seen: dict | None = None  # the layout of the last steps, and how many in a row
+        # the layout of the last steps and how many in a row; a graph, if any, is captured for it
+        self._seen: dict | None = None
         self._streak = 0
         self._failed: dict | None = None  # a layout whose capture failed: eager from then on
 
@@ -59,7 +59,7 @@ class SharedStepGraph:
         plan, n = meta.shared, input_ids.shape[0]
         if plan is None:
             raise ValueError("SharedStepGraph.run needs a step with a shared-prefix plan")
-        if self._graph is not None and plan.layout is self._layout and n == self._output.shape[0]:
+        if self._graph is not None and plan.layout is self._seen and n == self._output.shape[0]:
             self.graphs.load(input_ids, positions, meta, n)
             self._graph.replay()
             self.replays += 1
@@ -102,12 +102,12 @@ class SharedStepGraph:
                         "eagerly", n, e)
             self._failed = plan.layout
             return hidden
-        self._graph, self._output, self._layout = graph, output, plan.layout
+        self._graph, self._output = graph, output
         self._held = (captured_plan.tensors, dict(plan.layout))
         self.captures += 1
         return hidden
 
     def drop(self) -> None:
         """Forget the captured graph (its memory goes back to the shared pool)."""
-        self._graph = self._output = self._layout = None
+        self._graph = self._output = None
         self._held = ()

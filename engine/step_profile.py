@@ -6,7 +6,7 @@ synchronises). Each phase also gets the stepping thread's own CPU time
 (``time.thread_time``): a host phase whose wall time far exceeds it was waiting — for the
 GIL held by another thread of the process, or for a core. Kinds: ``graph`` (decode replayed
 as a CUDA graph), ``decode`` (decode-only, run eagerly), ``shared`` (decode through a
-shared-prefix plan), ``mixed`` (any prefill rows).
+shared-prefix plan, eagerly), ``shared graph`` (the same, replayed), ``mixed`` (any prefill rows).
 """
 
 from __future__ import annotations

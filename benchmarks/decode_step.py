@@ -7,6 +7,8 @@ of --prompt-len random tokens generate --new-tokens tokens each (EOS ignored).
   ours step:    median wall time of an engine.step() in which all B requests decode
   floor:        (weight bytes + KV bytes read in that step) / device copy bandwidth
   ours e2e:     B * new_tokens / wall time of engine.generate (prefill included)
+  overlapped:   the same two with EngineConfig.async_scheduling (the host prepares step N+1
+                while the device runs step N), on the same weights in the same process
   hf static:    the same through transformers' generate (one static batch)
   hf cb:        the same through transformers' continuous batching (generate_batch), if present
 """
@@ -14,6 +16,7 @@ of --prompt-len random tokens generate --new-tokens tokens each (EOS ignored).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -39,12 +42,18 @@ class Row:
     floor_s: float
     ours_tok_s: float
     ours_e2e_tok_s: float
+    async_step_s: float
+    async_e2e_tok_s: float
     hf_static_tok_s: float | None
     hf_cb_tok_s: float | None
 
     @property
     def floor_fraction(self) -> float:
         return self.floor_s / self.ours_step_s
+
+    @property
+    def async_floor_fraction(self) -> float:
+        return self.floor_s / self.async_step_s
 
 
 def hf_model(path: Path, device: torch.device, dtype: torch.dtype):
@@ -55,16 +64,19 @@ def hf_model(path: Path, device: torch.device, dtype: torch.dtype):
     return model.eval()
 
 
-def our_engine(path: Path, hf, device: torch.device, dtype: torch.dtype, max_batch: int, max_len: int) -> LLMEngine:
+def our_engines(path: Path, hf, device: torch.device, dtype: torch.dtype, max_batch: int, max_len: int
+                ) -> tuple[LLMEngine, LLMEngine]:
+    """Lockstep and overlapped engines over one copy of ``hf``'s weights (each with its own cache)."""
     cfg = ModelConfig.from_dir(path)
     model = build_empty(cfg, dtype, device, max_len)
     load_weights(model, iter(hf.state_dict().items()), cfg.tie_word_embeddings)
     blocks = max_batch * (max_len // 16 + 1) + 64
     config = EngineConfig(model=str(path), dtype=str(dtype).removeprefix("torch."), device=str(device),
-                          detokenize=False, cache=CacheConfig(num_blocks=blocks),
+                          detokenize=False, cache=CacheConfig(num_blocks=blocks), async_scheduling=False,
                           scheduler=SchedulerConfig(max_num_seqs=max_batch, max_num_batched_tokens=8192,
                                                     max_model_len=max_len))
-    return LLMEngine(config, model=model)
+    return (LLMEngine(config, model=model),
+            LLMEngine(dataclasses.replace(config, async_scheduling=True), model=model))
 
 
 def decode_steps(engine: LLMEngine, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
@@ -145,17 +157,19 @@ def main() -> None:
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else 20e9
     hf = hf_model(path, device, dtype)
     max_len = args.prompt_len + args.new_tokens + 16
-    engine = our_engine(path, hf, device, dtype, max(args.batches), max_len)
+    engine, overlapped = our_engines(path, hf, device, dtype, max(args.batches), max_len)
     gen = torch.Generator().manual_seed(0)
     rows = []
     for b in args.batches:
         prompts = torch.randint(3, 500, (b, args.prompt_len), generator=gen).tolist()
         decode_steps(engine, prompts[:1], 4)  # warm-up
         step, e2e = decode_steps(engine, prompts, args.new_tokens)
+        decode_steps(overlapped, prompts[:1], 4)
+        async_step, async_e2e = decode_steps(overlapped, prompts, args.new_tokens)
         floor = floor_seconds(engine, b, args.prompt_len + args.new_tokens // 2, bandwidth)
         static = None if args.no_hf else hf_static(hf, prompts, args.new_tokens, device)
         cb = None if args.no_hf else hf_continuous(hf, prompts, args.new_tokens, device)
-        rows.append(Row(b, step, floor, b / step, e2e, static, cb))
+        rows.append(Row(b, step, floor, b / step, e2e, async_step, async_e2e, static, cb))
         print(_line(rows[-1]), flush=True)
     report(rows, info, bandwidth, out, args)
 
@@ -164,7 +178,8 @@ def _line(r: Row) -> str:
     fmt = lambda v: "-" if v is None else f"{v:9.0f}"  # noqa: E731
     return (f"B={r.batch:4d} step {1e3 * r.ours_step_s:7.2f} ms  floor {1e3 * r.floor_s:7.2f} ms "
             f"({100 * r.floor_fraction:5.1f}% of floor)  ours {r.ours_tok_s:9.0f} tok/s  e2e {r.ours_e2e_tok_s:9.0f}"
-            f"  hf static {fmt(r.hf_static_tok_s)}  hf cb {fmt(r.hf_cb_tok_s)}")
+            f"  overlapped step {1e3 * r.async_step_s:7.2f} ms ({100 * r.async_floor_fraction:5.1f}%)"
+            f" e2e {r.async_e2e_tok_s:9.0f}  hf static {fmt(r.hf_static_tok_s)}  hf cb {fmt(r.hf_cb_tok_s)}")
 
 
 def report(rows: list[Row], info, bandwidth: float, out: Path, args) -> None:
@@ -175,7 +190,9 @@ def report(rows: list[Row], info, bandwidth: float, out: Path, args) -> None:
     for r in rows:
         print(_line(r))
     write_json(out / "decode_step.json", {"machine": info, "bandwidth": bandwidth, "args": vars(args),
-                                          "rows": [dict(vars(r), floor_fraction=r.floor_fraction) for r in rows]})
+                                          "rows": [dict(vars(r), floor_fraction=r.floor_fraction,
+                                                                async_floor_fraction=r.async_floor_fraction)
+                                                           for r in rows]})
     write_json(out / "decode_step_calibration.json", {"device": info.device, "measurements": [
         {"op": "decode_step", "model": args.shape, "batch": r.batch,
          "context": args.prompt_len + args.new_tokens // 2, "seconds": r.ours_step_s} for r in rows]})
@@ -184,6 +201,8 @@ def report(rows: list[Row], info, bandwidth: float, out: Path, args) -> None:
     ax.plot(bs, [r.batch / r.floor_s for r in rows], "k--", label="bandwidth floor")
     ax.plot(bs, [r.ours_tok_s for r in rows], "o-", label="tierserve (decode step)")
     ax.plot(bs, [r.ours_e2e_tok_s for r in rows], "o:", label="tierserve (end to end)")
+    ax.plot(bs, [r.batch / r.async_step_s for r in rows], "D-", label="tierserve overlapped (decode step)")
+    ax.plot(bs, [r.async_e2e_tok_s for r in rows], "D:", label="tierserve overlapped (end to end)")
     if any(r.hf_static_tok_s for r in rows):
         ax.plot(bs, [r.hf_static_tok_s or float("nan") for r in rows], "s-", label="transformers generate")
     if any(r.hf_cb_tok_s for r in rows):

@@ -5,13 +5,9 @@
 #   source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh kernels
 #   ... bash benchmarks/gpu_pending.sh engine (or serving)
 #
-# State (2026-11-23, session 5): every batch below ran on an H100 this session (BENCHMARKS.md).
-# Changed since (after a review, CPU-tested only): SharedStepGraph captures thread-locally, falls
-# back to eager for a batch whose capture failed, and lets its graph go on plain decode steps,
-# when the plan changes and when the engine idles; lse-partial strides are no longer specialized
-# in the decode, merge and segment kernels; the engine warms the prefill kernels up at start. `engine` re-runs the shared-prefix and engine GPU
-# tests (incl. test_new_batch_shapes_compile_nothing_new) and Hydragen's figure; `kernels` the
-# kernel tests (its --tune sweep may be skipped).
+# State (2026-11-23, session 6): every batch below ran on an H100 this session (BENCHMARKS.md),
+# after the last code change to what it covers; nothing is pending. `overlap` is the batch for
+# overlapped scheduling (engine/launched_step.py).
 #
 # Each batch writes its logs and one results.tgz under $OUT (the device tool brings back at
 # most 8 files, so the benchmarks' own folders travel as one archive). Expected times are
@@ -34,8 +30,16 @@ case "${1:-}" in
   engine)  # ~4 min: Hydragen's whole-model figure (issue 4; last run 2026-11-23 17:04 UTC)
     python -m pytest -q -p no:cacheprovider tests/gpu/test_shared_prefix_kernel.py tests/gpu/test_engine_cuda.py \
       2>&1 | tee "$out/tests.log" | tail -5  # ~2.5 min
-    python -m benchmarks.shared_prefix_step --shape llama-3-8b --batch 256 --out "$work/shared-prefix-step" \
+    python -m benchmarks.shared_prefix_step --shape llama-3-8b --batch 256 --lockstep --out "$work/shared-prefix-step" \
       2>&1 | tee "$out/shared-prefix-step.log" | tail -12
+    ;;
+  overlap)  # ~6 min: overlapped scheduling (EngineConfig.async_scheduling), new in session 6
+    python -m pytest -q -p no:cacheprovider tests/gpu/test_async_scheduling_cuda.py tests/gpu/test_engine_cuda.py \
+      2>&1 | tee "$out/tests.log" | tail -15
+    python benchmarks/decode_step.py --shape llama-3-8b --batches 1 4 16 64 --no-hf --out "$work/decode-step" \
+      2>&1 | tee "$out/decode-step.log" | tail -6
+    python -m benchmarks.shared_prefix_step --shape llama-3-8b --batch 256 \
+      --out "$work/shared-prefix-step-async" 2>&1 | tee "$out/shared-prefix-step-async.log" | tail -12
     ;;
   serving)  # ~5 min: prefix-aware routing against round-robin, two replicas sharing the GPU (issue 4)
     # 1. as on 2026-11-23 (48 req/s; TTFT 8-13x lower, throughput 1.06-1.14x), now with the
@@ -54,7 +58,7 @@ case "${1:-}" in
     grep -v "WARN\|INFO" "$out/prefix-serving-heavy.log" | tail -12
     ;;
   *)
-    echo "usage: $0 kernels|engine|serving" >&2
+    echo "usage: $0 kernels|engine|overlap|serving" >&2
     exit 2
     ;;
 esac

@@ -42,13 +42,14 @@ class HardwareSpec:
 
 @dataclass(frozen=True)
 class EngineOverrides:
-    """Per-pool engine limits (None keeps the engine's default)."""
+    """Per-pool engine limits and options (None keeps the engine's default)."""
 
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     num_blocks: int | None = None
     memory_fraction: float | None = None
     enable_prefix_caching: bool = True
+    async_scheduling: bool | None = None  # overlap host and device work (default: on for CUDA)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ def engine_config_for(cfg: ClusterConfig, pool: PoolConfig) -> EngineConfig:
     sched = {k: v for k, v in (("max_num_seqs", o.max_num_seqs),
                                ("max_num_batched_tokens", o.max_num_batched_tokens)) if v is not None}
     return EngineConfig(model=cfg.model, dtype=cfg.dtype, load_format=cfg.load_format, cache=CacheConfig(**cache),
-                        scheduler=SchedulerConfig(max_model_len=cfg.max_model_len, **sched), detokenize=False)
+                        scheduler=SchedulerConfig(max_model_len=cfg.max_model_len, **sched), detokenize=False,
+                        async_scheduling=o.async_scheduling)
 
 
 class Cluster:

@@ -101,5 +101,7 @@ class _Packed:
         return self.host[lo:hi]
 
     def upload(self, device: torch.device) -> list[torch.Tensor]:
-        whole = torch.from_numpy(self.host).to(device)
+        # Non-blocking: CUDA stages pageable memory before returning, so the buffer may change
+        # after; a blocking copy would first wait for every queued kernel (the running step).
+        whole = torch.from_numpy(self.host).to(device, non_blocking=True)
         return [whole[lo:hi] for lo, hi in self.bounds]

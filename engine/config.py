@@ -82,6 +82,12 @@ class EngineConfig:
     on CUDA 1M: shared steps reach CUDA graphs only once a batch has kept its plan for a few
     steps (engine/shared_step_graph.py), and eager, on an H100 with Llama-3-8B heads, they win
     only above about batch 256 x 4K shared tokens (BENCHMARKS.md).
+    async_scheduling: queue each step on the device before reading the previous step's tokens
+    back, so the host's scheduling, input building and output processing overlap the device's
+    forward (engine/launched_step.py). Outputs are the same; a request that stops on a token
+    (EOS, stop token or string) costs one spare row in the step after it, and ``step()``
+    returns each step's deltas one call later. None: on for CUDA devices (where the device
+    runs behind the host), off on the CPU (where nothing would overlap).
     """
 
     model: str
@@ -94,6 +100,7 @@ class EngineConfig:
     load_format: str = "safetensors"
     shared_prefix_attention: bool = True
     shared_prefix_min_tokens: int | None = None
+    async_scheduling: bool | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

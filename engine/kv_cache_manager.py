@@ -47,7 +47,7 @@ class KVCacheManager:
 
     def cached_prefix_blocks(self, request: Request) -> int:
         """How many leading blocks of a request are in the prefix cache (nothing is taken)."""
-        self._extend_hashes(request, request.num_tokens)
+        self._extend_hashes(request, request.num_known_tokens)
         count = 0
         for h in request.block_hashes:
             if self.pool.lookup(h) is None:
@@ -71,7 +71,8 @@ class KVCacheManager:
         cache (each block is offered once: a decode step costs O(1), not O(context))."""
         if not self.pool.enable_caching:
             return
-        first, full = request.num_committed_blocks, request.num_computed_tokens // self.block_size
+        first = request.num_committed_blocks
+        full = min(request.num_computed_tokens, request.num_known_tokens) // self.block_size  # ids known
         if full <= first:
             return
         self._extend_hashes(request, full * self.block_size)

@@ -20,16 +20,17 @@ from engine.cache_sizing import choose_num_blocks, resolve_max_model_len
 from engine.config import EngineConfig, parse_dtype
 from engine.detokenizer import IncrementalDetokenizer
 from engine.kv_cache_manager import KVCacheManager
+from engine.launched_step import LaunchedStep
 from engine.model.llama import LlamaForCausalLM
 from engine.model.loader import load_model
 from engine.model_config import ModelConfig
 from engine.model_runner import ModelRunner
 from engine.outputs import FinishReason, RequestOutput, TokenLogprob
-from engine.request import Request
+from engine.request import PENDING, Request
 from engine.request_validation import validate_prompt
 from engine.sampler import Sampler
 from engine.sampling_params import InvalidRequestError, SamplingParams
-from engine.scheduler import Scheduler
+from engine.scheduler import Scheduler, SchedulerOutput
 from engine.step_profile import StepProfile, step_kind
 from engine.stop_conditions import token_finish_reason
 from engine.tokenizer import Tokenizer
@@ -120,6 +121,9 @@ class LLMEngine:
         self.profile = StepProfile()
         self._shared_prefix_min = shared_prefix_threshold(config, self.device)
         self._plan_cache = PlanCache()  # the last shared-prefix plan, reused while the batch is unchanged
+        self._in_flight: LaunchedStep | None = None  # async scheduling: the step queued, not read back
+        self.async_scheduling = (config.async_scheduling if config.async_scheduling is not None
+                                 else self.device.type == "cuda")
         if self.device.type == "cuda" and backend.name == "triton":
             self.runner.warm_up()  # compile the prefill kernels now, not in the first request
             if config.cuda_graphs:
@@ -159,14 +163,14 @@ class LLMEngine:
         req = self.requests.get(request_id) or self.awaiting_kv.pop(request_id, None)
         if req is None:
             return None
-        self.scheduler.finish(req)
+        self._release(req)
         req.finish_reason = FinishReason.ABORT
         self._forget(req)
         return RequestOutput(request_id, [], "", True, FinishReason.ABORT,
                              num_prompt_tokens=req.num_prompt_tokens)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._in_flight is not None
 
     def generate(self, prompts: list[str | list[int]], params: SamplingParams | list[SamplingParams]
                  ) -> list[GenerationResult]:
@@ -186,46 +190,92 @@ class LLMEngine:
 
     # -- stepping -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Run one scheduled batch; returns a delta for every request that sampled."""
+        """Run one scheduled batch; returns a delta for every request that sampled.
+
+        With ``async_scheduling`` the batch is queued on the device and the deltas are those
+        of the step before it (whose tokens the device sampled while this one was prepared):
+        the host's work for a step overlaps the device's work for the previous one.
+        """
         prof = self.profile
         prof.begin()
         sched = self.scheduler.schedule()
         self.num_preemptions += len(sched.preempted)
-        if sched.is_empty:
-            self._plan_cache.clear()  # idle: the last batch's plan, layout and graph can go
+        launched = None
+        if not sched.is_empty:
+            prof.lap("schedule")
+            launched = self._launch(sched)
+            if not self.async_scheduling:
+                launched.wait()  # the forward phase ends with the device's work, as without overlap
+            prof.lap("forward")
+        previous, self._in_flight = self._in_flight, launched
+        if not self.async_scheduling:
+            previous, self._in_flight = launched, None
+        outputs = self._read_back(previous) if previous is not None else []
+        if launched is not None:
+            prof.lap("finish")
+            prof.end(launched.kind, launched.num_tokens, launched.num_seqs)
+        elif previous is None:  # idle: the last batch's plan, layout and graph can go
+            self._plan_cache.clear()
             self.runner.release_shared()
-            return []
-        prof.lap("schedule")
+        return outputs
+
+    def _launch(self, sched: SchedulerOutput) -> LaunchedStep:
+        """Queue one step's forward and sampling on the device; nothing here waits for it."""
         inp = build_model_input(sched.scheduled, self.kv.block_size, self.device, self._shared_prefix_min,
                                 self._plan_cache)
+        if self._in_flight is not None:
+            self._in_flight.feed(sched.scheduled, inp.input_ids)
         sampling = [s.request for s in sched.scheduled if s.samples]
-        prof.lap("prepare")
+        self.profile.lap("prepare")
         logits = self.runner.execute(inp)
         for s in sched.scheduled:
             s.request.num_computed_tokens += s.num_new_tokens
             self.kv.commit_computed(s.request)
-        outputs = []
-        if sampling:
-            tokens, logprobs = self.sampler(logits, sampling)  # the host copy waits for the device
-        prof.lap("forward")
-        if sampling:
-            outputs = [self._append(r, t, lp) for r, t, lp in zip(sampling, tokens, logprobs)]
-        prof.lap("finish")
         meta = inp.meta
-        prof.end(step_kind(meta.decode_only, meta.shared is not None, self.runner.last_graphed),
-                 sum(s.num_new_tokens for s in sched.scheduled), meta.num_seqs)
+        step = LaunchedStep(
+            sampling, [len(r.output_token_ids) for r in sampling],
+            self.sampler.sample(logits, sampling) if sampling else None,
+            logits if Sampler.wants_logprobs(sampling) else None,
+            {id(s.request) for s in sched.scheduled},
+            step_kind(meta.decode_only, meta.shared is not None, self.runner.last_graphed),
+            sum(s.num_new_tokens for s in sched.scheduled), meta.num_seqs)
+        for r in sampling:
+            r.output_token_ids.append(PENDING)
+            r.num_pending_tokens += 1
+            r.stop_pending = (r.hold_kv or len(r.output_token_ids) >= r.params.max_tokens
+                              or r.num_tokens >= self.max_model_len)
+        return step
+
+    def _read_back(self, step: LaunchedStep) -> list[RequestOutput]:
+        """Fill in a launched step's tokens: stop checks, detokenizing, deltas; then free the
+        blocks of requests released while it ran."""
+        tokens = step.wait_tokens()
+        logprobs = (self.sampler.logprobs(step.logits, tokens, step.sampling) if step.logits is not None
+                    else [None] * len(tokens))
+        outputs = []
+        for req, slot, token, lp in zip(step.sampling, step.slots, tokens, logprobs):
+            if req.finish_reason is not None:  # finished (or aborted) by an earlier token: a spare row
+                continue
+            req.num_pending_tokens -= 1
+            req.stop_pending = req.stop_pending and req.num_pending_tokens > 0
+            outputs.append(self._append(req, slot, token, lp))
+        for req in step.deferred:
+            self.kv.free(req)
         return outputs
 
-    def _append(self, req: Request, token: int, logprob: TokenLogprob | None) -> RequestOutput:
-        req.output_token_ids.append(token)
+    def _append(self, req: Request, slot: int, token: int, logprob: TokenLogprob | None) -> RequestOutput:
+        req.output_token_ids[slot] = token  # in place of PENDING
+        num_output = slot + 1
         detok = self.detokenizers.get(req.request_id)
-        reason = token_finish_reason(req.params, token, len(req.output_token_ids), req.num_tokens,
+        reason = token_finish_reason(req.params, token, num_output, req.num_prompt_tokens + num_output,
                                      self.eos_token_ids, self.max_model_len)
         if detok is not None and not (reason is FinishReason.STOP):
             detok.add(token)
             if detok.stopped:
                 reason = FinishReason.STOP
         if reason is not None:
+            del req.output_token_ids[num_output:]  # tokens a later step was sampling: never returned
+            req.num_pending_tokens, req.stop_pending = 0, False
             req.finish_reason = reason
             self._finish(req)
         text = detok.take(final=reason is not None) if detok is not None else ""
@@ -240,8 +290,15 @@ class LLMEngine:
             self.scheduler.detach(req)
             self.held[req.request_id] = req
         else:
-            self.scheduler.finish(req)
+            self._release(req)
         self._forget(req)
+
+    def _release(self, req: Request) -> None:
+        """Drop a request from the scheduler and free its blocks, once no queued step writes them."""
+        if self._in_flight is not None and self._in_flight.defer_free(req):
+            self.scheduler.detach(req)
+        else:
+            self.scheduler.finish(req)
 
     def _forget(self, req: Request) -> None:
         self.requests.pop(req.request_id, None)

@@ -14,6 +14,9 @@ from engine.outputs import FinishReason
 from engine.sampling_params import SamplingParams
 
 
+PENDING = -1  # an output token sampled on the device and not yet read back (overlapped scheduling)
+
+
 class RequestStatus(Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -24,7 +27,14 @@ class RequestStatus(Enum):
 class Request:
     """Tokens are ``prompt_token_ids + output_token_ids``; the first ``num_computed_tokens``
     of them have their KV in ``block_ids``. A preempted request keeps its output tokens and
-    recomputes their KV when it runs again."""
+    recomputes their KV when it runs again.
+
+    Under overlapped scheduling the last ``num_pending_tokens`` output tokens are ``PENDING``:
+    sampled by a step whose results are still on the device. They count as tokens (the next
+    step feeds them from the device), but nothing on the host reads their ids (hashes, stop
+    checks) until the engine fills them in. ``stop_pending``: the pending token is the
+    request's last by length, or it keeps its KV for a handoff, so it is not scheduled again.
+    """
 
     request_id: str
     prompt_token_ids: list[int]
@@ -40,6 +50,8 @@ class Request:
     num_committed_blocks: int = 0  # leading blocks of block_ids already offered to the prefix cache
     num_cached_tokens: int = 0
     num_preemptions: int = 0
+    num_pending_tokens: int = 0
+    stop_pending: bool = False
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
     _block_array: BlockIdArray | None = field(default=None, init=False, repr=False, compare=False)
@@ -51,6 +63,11 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_known_tokens(self) -> int:
+        """Tokens whose ids the host has (all but the pending ones)."""
+        return self.num_tokens - self.num_pending_tokens
 
     @property
     def all_token_ids(self) -> list[int]:

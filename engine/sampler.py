@@ -16,33 +16,40 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, requests: Sequence[Request]
                  ) -> tuple[list[int], list[TokenLogprob | None]]:
-        """Sample one token per row of fp32 ``logits`` [N, vocab] for ``requests`` [N]."""
-        raw = logits
+        """Sample one token per row of fp32 ``logits`` [N, vocab] for ``requests`` [N] (waits for them)."""
+        tokens = self.sample(logits, requests).tolist()
+        return tokens, self.logprobs(logits, tokens, requests)
+
+    def sample(self, logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
+        """int64 [N] next tokens, left on the logits' device: nothing here waits for the device."""
         logits = self._mask_early_stops(logits, requests)
         tokens = logits.argmax(dim=-1)
         rand_rows = [i for i, r in enumerate(requests) if not r.params.greedy]
         if rand_rows:
-            picked = self._sample_rows(logits[rand_rows], [requests[i] for i in rand_rows])
-            tokens[rand_rows] = picked
-        token_list = tokens.tolist()
-        return token_list, self._logprobs(raw, token_list, requests)
+            rows = _index(rand_rows if len(rand_rows) < len(requests) else slice(None), logits.device)
+            tokens[rows] = self._sample_rows(logits[rows], [requests[i] for i in rand_rows])
+        return tokens
+
+    @staticmethod
+    def wants_logprobs(requests: Sequence[Request]) -> bool:
+        return any(r.params.logprobs is not None for r in requests)
 
     def _mask_early_stops(self, logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
         """Forbid EOS and stop tokens for requests below their min_tokens."""
-        rows = [i for i, r in enumerate(requests) if len(r.output_token_ids) < r.params.min_tokens]
+        rows, cols = [], []
+        for i, r in enumerate(requests):
+            if len(r.output_token_ids) < r.params.min_tokens:  # pending tokens count: they exist
+                banned = list(r.params.stop_token_ids) + ([] if r.params.ignore_eos else list(self.eos_token_ids))
+                rows += [i] * len(banned)
+                cols += banned
         if not rows:
             return logits
         logits = logits.clone()
-        for i in rows:
-            p = requests[i].params
-            banned = list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
-            if banned:
-                logits[i, banned] = float("-inf")
+        logits[_index(rows, logits.device), _index(cols, logits.device)] = float("-inf")
         return logits
 
     def _sample_rows(self, logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
-        device = logits.device
-        temps = torch.tensor([r.params.temperature for r in requests], device=device)
+        temps = _on(torch.tensor([r.params.temperature for r in requests]), logits.device)
         logits = logits / temps.unsqueeze(1)
         logits = apply_top_k(logits, [r.params.top_k for r in requests])
         logits = apply_top_p(logits, [r.params.top_p for r in requests])
@@ -53,8 +60,9 @@ class Sampler:
         return (probs / noise).argmax(dim=-1)
 
     @staticmethod
-    def _logprobs(raw: torch.Tensor, tokens: list[int], requests: Sequence[Request]
-                  ) -> list[TokenLogprob | None]:
+    def logprobs(raw: torch.Tensor, tokens: list[int], requests: Sequence[Request]
+                 ) -> list[TokenLogprob | None]:
+        """The chosen tokens' log-probabilities (and top-n) from the raw logits, for rows that ask."""
         rows = [i for i, r in enumerate(requests) if r.params.logprobs is not None]
         result: list[TokenLogprob | None] = [None] * len(requests)
         if not rows:
@@ -75,7 +83,7 @@ def apply_top_k(logits: torch.Tensor, top_k: Sequence[int]) -> torch.Tensor:
     ks = [k if 0 < k < vocab else vocab for k in top_k]
     if all(k == vocab for k in ks):
         return logits
-    k_t = torch.tensor(ks, device=logits.device)
+    k_t = _on(torch.tensor(ks), logits.device)
     sorted_vals = logits.sort(dim=-1, descending=True).values
     kth = sorted_vals.gather(1, (k_t - 1).unsqueeze(1))
     return logits.masked_fill(logits < kth, float("-inf"))
@@ -85,10 +93,22 @@ def apply_top_p(logits: torch.Tensor, top_p: Sequence[float]) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose probability reaches p."""
     if all(p >= 1.0 for p in top_p):
         return logits
-    p_t = torch.tensor(top_p, device=logits.device, dtype=logits.dtype).unsqueeze(1)
+    p_t = _on(torch.tensor(top_p, dtype=logits.dtype), logits.device).unsqueeze(1)
     sorted_vals, order = logits.sort(dim=-1, descending=True)
     probs = sorted_vals.softmax(dim=-1)
     before = probs.cumsum(dim=-1) - probs  # mass strictly above each token
     drop_sorted = before >= p_t
     drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
+
+
+def _on(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device`` without waiting for the device's queue: CUDA stages a
+    pageable non-blocking copy before returning, and a blocking one would first wait for every
+    kernel already queued (the step still running, under overlapped scheduling)."""
+    return values.to(device, non_blocking=True)
+
+
+def _index(rows, device: torch.device):
+    """Python row indices as a device index tensor (a slice stays a slice)."""
+    return rows if isinstance(rows, slice) else _on(torch.tensor(rows, dtype=torch.int64), device)

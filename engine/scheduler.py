@@ -70,9 +70,12 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
+            if req.stop_pending:  # ends with the token its last step sampled: nothing left to run
+                i += 1
+                continue
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             while not self.kv.allocate_slots(req, n):
-                victim = self.running.pop()
+                victim = self._pop_victim()
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is req:
@@ -122,6 +125,14 @@ class Scheduler:
             self.running.append(req)
             out.scheduled.append(ScheduledRequest(req, n))
             budget -= n
+
+    def _pop_victim(self) -> Request:
+        """The most recently admitted running request that may still run (one whose last token
+        is pending ends anyway, and may be holding its KV for a handoff)."""
+        for j in range(len(self.running) - 1, -1, -1):
+            if not self.running[j].stop_pending:
+                return self.running.pop(j)
+        raise AssertionError("a request being scheduled is always a candidate")
 
     def _preempt(self, req: Request) -> None:
         self.kv.free(req)

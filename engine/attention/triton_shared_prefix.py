@@ -94,11 +94,11 @@ def build_layout(q: torch.Tensor, k_cache: torch.Tensor, plan: SharedPrefixPlan,
     page = k_cache.shape[1]
     work = segment_layout(q, k_cache, plan, suffix_slots, tiles, num_sms, config)
 
-    def device(values: list) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.int32).to(q.device)
+    def device(values: list) -> torch.Tensor:  # non-blocking: a step may still be running (staged copy)
+        return torch.tensor(values, dtype=torch.int32).to(q.device, non_blocking=True)
     part_out = torch.empty(num_seqs, num_heads, work.num_slots, dim, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(num_seqs, num_heads, work.num_slots, dtype=torch.float32, device=q.device)
-    rows, slots = (torch.tensor(x, dtype=torch.long).to(q.device) for x in work.unused_slots())
+    rows, slots = (torch.tensor(x, dtype=torch.long).to(q.device, non_blocking=True) for x in work.unused_slots())
     part_out[rows, :, slots] = 0.0
     part_lse[rows, :, slots] = float("-inf")
     return dict(key=key, start_blocks=device([s // page for s in plan.suffix_start]),

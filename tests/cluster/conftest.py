@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -26,9 +27,9 @@ def cluster(tiny_model):
     c.shutdown()
 
 
-@pytest.fixture(scope="module")
-def loop():
-    """One event loop for a module: the dispatcher's per-pair locks live in it."""
+@contextlib.contextmanager
+def event_loop():
+    """A new event loop; its tasks are cancelled and finished before it closes."""
     loop = asyncio.new_event_loop()
     yield loop
     tasks = asyncio.all_tasks(loop)
@@ -36,6 +37,13 @@ def loop():
         task.cancel()
     loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
     loop.close()
+
+
+@pytest.fixture(scope="module")
+def loop():
+    """One event loop for a module: the dispatcher's per-pair locks live in it."""
+    with event_loop() as loop:
+        yield loop
 
 
 async def collect(dispatcher, prompt, params, request_id=None):

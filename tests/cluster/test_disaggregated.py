@@ -9,10 +9,29 @@ import ray
 
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from kvstore.store import KVStore
-from tests.cluster.conftest import collect, gather
+from cluster.local_cluster import Cluster
+from tests.cluster.conftest import TWO_BY_TWO, cluster_config, collect, event_loop, gather
 from tests.engine.conftest import make_engine
 
 pytestmark = [pytest.mark.ray, pytest.mark.redis]
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["sync", "async"])
+def cluster(tiny_model, request):
+    """The 2 x 2 cluster, its engines stepping in lockstep or with overlapped scheduling (the
+    default on CUDA): handoffs, cancels and frees must not depend on it."""
+    pools = {name: {**pool, "engine": {"async_scheduling": request.param}} for name, pool in TWO_BY_TWO.items()}
+    c = Cluster(cluster_config(tiny_model, **pools))
+    c.start()
+    yield c
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def loop(cluster):
+    """One event loop per cluster: its streams end before that cluster shuts down."""
+    with event_loop() as loop:
+        yield loop
 
 
 def prompts(n: int) -> list[list[int]]:

@@ -7,7 +7,9 @@ import dataclasses
 import pytest
 
 from engine.sampling_params import SamplingParams
-from tests.engine.conftest import make_engine
+from tests.engine.conftest import BOTH_SCHEDULINGS, make_engine
+
+pytestmark = BOTH_SCHEDULINGS
 
 PROMPTS = [[0, 42, 385, 81, 14, 349, 400, 3] * 5, [0, 7, 8, 9], list(range(3, 40))]
 

@@ -7,13 +7,15 @@ import torch
 
 from engine.sampler import apply_top_k, apply_top_p
 from engine.sampling_params import SamplingParams
-from tests.engine.conftest import make_engine
+from tests.engine.conftest import BOTH_SCHEDULINGS, make_engine
+
+pytestmark = BOTH_SCHEDULINGS
 
 PROMPT = [0, 42, 385, 81, 14, 349, 400, 3]
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model):
+def engine(tiny_model, async_scheduling):
     return make_engine(tiny_model)
 
 

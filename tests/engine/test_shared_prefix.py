@@ -9,7 +9,9 @@ from engine.attention.reference import paged_attention
 from engine.attention.shared_prefix import SharedSegment, plan_shared_prefixes
 from engine.attention.shared_prefix_reference import shared_prefix_decode
 from engine.sampling_params import SamplingParams
-from tests.engine.conftest import make_engine
+from tests.engine.conftest import BOTH_SCHEDULINGS, make_engine
+
+pytestmark = BOTH_SCHEDULINGS
 
 
 def test_plan_finds_nested_segments():

@@ -1,0 +1,80 @@
+"""A step whose forward and sampling are queued on the device, and whose tokens are on their way.
+
+Under overlapped scheduling (``EngineConfig.async_scheduling``) the engine queues step N+1
+before it reads step N's tokens, so the host schedules, prepares and post-processes while
+the device computes. A ``LaunchedStep`` carries what the engine needs to finish step N later:
+which requests sampled and where their ``PENDING`` placeholders are, the sampled tokens on the
+device (the next step's input rows are filled from them there, ``feed``) and their copy to the
+host, started as soon as they are queued. Requests released while their step is in flight
+keep their blocks until it is read back (``defer_free``): the device may still write their KV,
+and a block handed to another request could be filled meanwhile by a KV transfer on another
+stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.request import Request
+from engine.scheduler import ScheduledRequest
+
+
+@dataclass(eq=False)
+class LaunchedStep:
+    sampling: list[Request]            # requests that sampled, in row order
+    slots: list[int]                   # each one's index of its PENDING token in output_token_ids
+    tokens: torch.Tensor | None        # int64 [len(sampling)] on the device (None: nothing sampled)
+    logits: torch.Tensor | None        # fp32 [len(sampling), vocab], kept while some row wants logprobs
+    members: set[int]                  # id() of every scheduled request: this step writes their blocks
+    kind: str                          # the step profile's kind
+    num_tokens: int
+    num_seqs: int
+    deferred: list[Request] = field(default_factory=list)
+    _host: torch.Tensor | None = None
+    _ready: torch.cuda.Event | None = None
+
+    def __post_init__(self) -> None:
+        self._row = {id(r): i for i, r in enumerate(self.sampling)}
+        if self.tokens is None or self.tokens.device.type != "cuda":
+            self._host = self.tokens
+            return
+        self._host = torch.empty(self.tokens.shape, dtype=self.tokens.dtype, pin_memory=True)
+        self._host.copy_(self.tokens, non_blocking=True)
+        self._ready = torch.cuda.Event()
+        self._ready.record()
+
+    def feed(self, scheduled: Sequence[ScheduledRequest], input_ids: torch.Tensor) -> None:
+        """Copy this step's tokens, on the device, into the input rows of the next step that are
+        still ``PENDING`` (a request's pending token is the last row of its one-token chunk)."""
+        dst, src, row = [], [], 0
+        for s in scheduled:
+            row += s.num_new_tokens
+            if s.request.num_pending_tokens:
+                if s.num_new_tokens != 1 or id(s.request) not in self._row:
+                    raise AssertionError(f"request {s.request.request_id} is scheduled with a pending token "
+                                         "that this step did not sample")
+                dst.append(row - 1)
+                src.append(self._row[id(s.request)])
+        if dst:
+            index = torch.tensor([dst, src], dtype=torch.int64).to(input_ids.device, non_blocking=True)
+            input_ids[index[0]] = self.tokens[index[1]]
+
+    def defer_free(self, request: Request) -> bool:
+        """Keep a released request's blocks until this step is read back, if it writes them."""
+        if id(request) not in self.members:
+            return False
+        self.deferred.append(request)
+        return True
+
+    def wait(self) -> None:
+        """Block until the step's tokens are on the host."""
+        if self._ready is not None:
+            self._ready.synchronize()
+
+    def wait_tokens(self) -> list[int]:
+        """The sampled tokens on the host (waits for the device to sample them)."""
+        self.wait()
+        return [] if self._host is None else self._host.tolist()

@@ -3,6 +3,7 @@ except to read back the previous step's tokens."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -40,23 +41,35 @@ def test_overlapped_graphs_and_preemption_equal_lockstep(tiny_model):
     assert [r.token_ids for r in overlapped] == [r.token_ids for r in lockstep]
 
 
-def test_a_decode_step_queues_without_waiting_for_the_device(tiny_model):
-    """Steady-state decode under overlap: the only host-device synchronization of a step is the
-    read-back of the previous step's tokens (an event wait, not a stream sync)."""
-    engine = cuda_engine(tiny_model, async_scheduling=True)
-    for i, p in enumerate(prompts(8, seed=5)):
-        engine.add_request(f"r{i}", p, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))
-    for _ in range(6):  # prefill, then decode steps replayed from graphs
-        engine.step()
-    torch.cuda.synchronize()
+def steps_without_stream_syncs(engine, steps: int) -> list:
+    """Run ``steps`` steps under torch's sync debug mode; the synchronizing calls seen, with where."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            for _ in range(5):
-                assert len(engine.step()) == 8
+            deltas = [engine.step() for _ in range(steps)]
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    syncs = [str(w.message) for w in caught if "called a synchronizing" in str(w.message)]
+    syncs = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if "called a synchronizing" in str(w.message)]
     assert not syncs, syncs
+    return deltas
+
+
+def test_steps_queue_without_waiting_for_the_device(tiny_model):
+    """Under overlap the only host-device synchronization of a step is the read-back of the
+    previous step's tokens (an event wait, not a stream sync): in decode steps replayed from
+    graphs, and in mixed steps where new prompts prefill beside them."""
+    engine = cuda_engine(tiny_model, async_scheduling=True, prefix_caching=True)
+    params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    for i, p in enumerate(prompts(8, seed=5)):
+        engine.add_request(f"r{i}", p, params)
+    for _ in range(6):  # prefill, then decode steps replayed from graphs
+        engine.step()
+    torch.cuda.synchronize()
+    assert all(len(d) == 8 for d in steps_without_stream_syncs(engine, 5))
     assert engine.profile.kinds["graph"].steps >= 5
+    for i, p in enumerate(prompts(4, seed=6)):  # mixed steps: prefill beside decode
+        engine.add_request(f"new{i}", p, dataclasses.replace(params, temperature=0.7, top_p=0.9, seed=i))
+    mixed = engine.profile.kinds["mixed"].steps
+    steps_without_stream_syncs(engine, 3)
+    assert engine.profile.kinds["mixed"].steps > mixed

@@ -5,7 +5,8 @@ before it reads step N's tokens, so the host schedules, prepares and post-proces
 the device computes. A ``LaunchedStep`` carries what the engine needs to finish step N later:
 which requests sampled and where their ``PENDING`` placeholders are, the sampled tokens on the
 device (the next step's input rows are filled from them there, ``feed``) and their copy to the
-host, started as soon as they are queued. Requests released while their step is in flight
+host with their logprobs, started as soon as they are queued, and an event that marks the
+step's end on the device. Requests released while their step is in flight
 keep their blocks until it is read back (``defer_free``): the device may still write their KV,
 and a block handed to another request could be filled meanwhile by a KV transfer on another
 stream.
@@ -18,31 +19,38 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.outputs import TokenLogprob
 from engine.request import Request
+from engine.sampler import LogprobTensors
 from engine.scheduler import ScheduledRequest
 
 
 @dataclass(eq=False)
 class LaunchedStep:
+    device: torch.device
     sampling: list[Request]            # requests that sampled, in row order
     slots: list[int]                   # each one's index of its PENDING token in output_token_ids
     tokens: torch.Tensor | None        # int64 [len(sampling)] on the device (None: nothing sampled)
-    logits: torch.Tensor | None        # fp32 [len(sampling), vocab], kept while some row wants logprobs
+    logprobs: LogprobTensors | None    # for the rows that asked, on the device
     members: set[int]                  # id() of every scheduled request: this step writes their blocks
     kind: str                          # the step profile's kind
     num_tokens: int
     num_seqs: int
     deferred: list[Request] = field(default_factory=list)
-    _host: torch.Tensor | None = None
-    _ready: torch.cuda.Event | None = None
 
     def __post_init__(self) -> None:
+        """Start the copy of the tokens (and logprobs) to the host, and mark the step's end: an
+        event after its last kernel, recorded even when nothing sampled, so that ``wait``
+        means the step's KV writes are done too."""
         self._row = {id(r): i for i, r in enumerate(self.sampling)}
-        if self.tokens is None or self.tokens.device.type != "cuda":
-            self._host = self.tokens
+        self._ready: torch.cuda.Event | None = None
+        self._host_tokens, self._host_logprobs = self.tokens, self.logprobs
+        if self.device.type != "cuda":
             return
-        self._host = torch.empty(self.tokens.shape, dtype=self.tokens.dtype, pin_memory=True)
-        self._host.copy_(self.tokens, non_blocking=True)
+        if self.tokens is not None:
+            self._host_tokens = _to_host(self.tokens)
+        if self.logprobs is not None:
+            self._host_logprobs = self.logprobs.map(_to_host)
         self._ready = torch.cuda.Event()
         self._ready.record()
 
@@ -70,11 +78,21 @@ class LaunchedStep:
         return True
 
     def wait(self) -> None:
-        """Block until the step's tokens are on the host."""
+        """Block until the step is done on the device and its results are on the host."""
         if self._ready is not None:
             self._ready.synchronize()
 
-    def wait_tokens(self) -> list[int]:
-        """The sampled tokens on the host (waits for the device to sample them)."""
+    def results(self) -> tuple[list[int], list[TokenLogprob | None]]:
+        """The sampled tokens and their logprobs (None for rows that did not ask), after ``wait``."""
         self.wait()
-        return [] if self._host is None else self._host.tolist()
+        tokens = [] if self._host_tokens is None else self._host_tokens.tolist()
+        if self._host_logprobs is None:
+            return tokens, [None] * len(tokens)
+        return tokens, self._host_logprobs.assemble(tokens)
+
+
+def _to_host(values: torch.Tensor) -> torch.Tensor:
+    """A pinned host copy of a device tensor, queued behind the kernels that compute it."""
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    host.copy_(values, non_blocking=True)
+    return host

@@ -186,6 +186,8 @@ class LLMEngine:
             for delta in self.step():
                 if delta.request_id in results:
                     results[delta.request_id].add(delta)
+        while self._in_flight is not None and not self.scheduler.has_unfinished():
+            self.step()  # read back a queued step of spare rows: its blocks are freed after it
         return list(results.values())
 
     # -- stepping -------------------------------------------------------------------------
@@ -232,10 +234,10 @@ class LLMEngine:
             s.request.num_computed_tokens += s.num_new_tokens
             self.kv.commit_computed(s.request)
         meta = inp.meta
+        tokens = self.sampler.sample(logits, sampling) if sampling else None
         step = LaunchedStep(
-            sampling, [len(r.output_token_ids) for r in sampling],
-            self.sampler.sample(logits, sampling) if sampling else None,
-            logits if Sampler.wants_logprobs(sampling) else None,
+            self.device, sampling, [len(r.output_token_ids) for r in sampling], tokens,
+            self.sampler.logprob_tensors(logits, tokens, sampling) if sampling else None,
             {id(s.request) for s in sched.scheduled},
             step_kind(meta.decode_only, meta.shared is not None, self.runner.last_graphed),
             sum(s.num_new_tokens for s in sched.scheduled), meta.num_seqs)
@@ -249,9 +251,7 @@ class LLMEngine:
     def _read_back(self, step: LaunchedStep) -> list[RequestOutput]:
         """Fill in a launched step's tokens: stop checks, detokenizing, deltas; then free the
         blocks of requests released while it ran."""
-        tokens = step.wait_tokens()
-        logprobs = (self.sampler.logprobs(step.logits, tokens, step.sampling) if step.logits is not None
-                    else [None] * len(tokens))
+        tokens, logprobs = step.results()
         outputs = []
         for req, slot, token, lp in zip(step.sampling, step.slots, tokens, logprobs):
             if req.finish_reason is not None:  # finished (or aborted) by an earlier token: a spare row
@@ -265,6 +265,7 @@ class LLMEngine:
 
     def _append(self, req: Request, slot: int, token: int, logprob: TokenLogprob | None) -> RequestOutput:
         req.output_token_ids[slot] = token  # in place of PENDING
+        self.kv.commit_computed(req)  # the block this token's step completed, now that its ids are known
         num_output = slot + 1
         detok = self.detokenizers.get(req.request_id)
         reason = token_finish_reason(req.params, token, num_output, req.num_prompt_tokens + num_output,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -14,12 +15,6 @@ class Sampler:
     def __init__(self, eos_token_ids: Sequence[int]):
         self.eos_token_ids = tuple(eos_token_ids)
 
-    def __call__(self, logits: torch.Tensor, requests: Sequence[Request]
-                 ) -> tuple[list[int], list[TokenLogprob | None]]:
-        """Sample one token per row of fp32 ``logits`` [N, vocab] for ``requests`` [N] (waits for them)."""
-        tokens = self.sample(logits, requests).tolist()
-        return tokens, self.logprobs(logits, tokens, requests)
-
     def sample(self, logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
         """int64 [N] next tokens, left on the logits' device: nothing here waits for the device."""
         logits = self._mask_early_stops(logits, requests)
@@ -29,10 +24,6 @@ class Sampler:
             rows = _index(rand_rows if len(rand_rows) < len(requests) else slice(None), logits.device)
             tokens[rows] = self._sample_rows(logits[rows], [requests[i] for i in rand_rows])
         return tokens
-
-    @staticmethod
-    def wants_logprobs(requests: Sequence[Request]) -> bool:
-        return any(r.params.logprobs is not None for r in requests)
 
     def _mask_early_stops(self, logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
         """Forbid EOS and stop tokens for requests below their min_tokens."""
@@ -60,20 +51,40 @@ class Sampler:
         return (probs / noise).argmax(dim=-1)
 
     @staticmethod
-    def logprobs(raw: torch.Tensor, tokens: list[int], requests: Sequence[Request]
-                 ) -> list[TokenLogprob | None]:
-        """The chosen tokens' log-probabilities (and top-n) from the raw logits, for rows that ask."""
+    def logprob_tensors(raw: torch.Tensor, tokens: torch.Tensor, requests: Sequence[Request]
+                        ) -> LogprobTensors | None:
+        """The sampled tokens' log-probabilities and each asking row's top-n, computed where the
+        logits are (nothing waits for the device); None when no row asks."""
         rows = [i for i, r in enumerate(requests) if r.params.logprobs is not None]
-        result: list[TokenLogprob | None] = [None] * len(requests)
         if not rows:
-            return result
-        logp = torch.log_softmax(raw[rows], dim=-1)
-        for j, i in enumerate(rows):
-            n = requests[i].params.logprobs
-            chosen = float(logp[j, tokens[i]])
-            top = torch.topk(logp[j], n) if n else None
-            pairs = tuple(zip(top.indices.tolist(), top.values.tolist())) if top is not None else ()
-            result[i] = TokenLogprob(tokens[i], chosen, pairs)
+            return None
+        index = _index(rows, raw.device)
+        logp = torch.log_softmax(raw[index], dim=-1)
+        counts = [requests[i].params.logprobs for i in rows]
+        top = torch.topk(logp, max(counts), dim=-1)
+        return LogprobTensors(rows, counts, logp.gather(1, tokens[index].unsqueeze(1)).squeeze(1),
+                              top.values, top.indices)
+
+
+@dataclass
+class LogprobTensors:
+    """One step's log-probabilities for the sampling rows that asked (``rows``, top-``counts``)."""
+
+    rows: list[int]
+    counts: list[int]
+    chosen: torch.Tensor      # fp32 [R]: each row's sampled token
+    top_values: torch.Tensor  # fp32 [R, max(counts)], descending
+    top_ids: torch.Tensor     # int64 [R, max(counts)]
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> LogprobTensors:
+        return LogprobTensors(self.rows, self.counts, fn(self.chosen), fn(self.top_values), fn(self.top_ids))
+
+    def assemble(self, tokens: list[int]) -> list[TokenLogprob | None]:
+        """Per sampling row (``tokens`` in row order): its TokenLogprob, or None if it did not ask."""
+        result: list[TokenLogprob | None] = [None] * len(tokens)
+        chosen, values, ids = self.chosen.tolist(), self.top_values.tolist(), self.top_ids.tolist()
+        for j, (i, n) in enumerate(zip(self.rows, self.counts)):
+            result[i] = TokenLogprob(tokens[i], chosen[j], tuple(zip(ids[j][:n], values[j][:n])))
         return result
 
 

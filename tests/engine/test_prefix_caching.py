@@ -43,6 +43,16 @@ def test_repeated_prompt_reuses_its_own_output_blocks(tiny_model):
     assert b.num_cached_tokens >= 48
 
 
+def test_a_follow_up_reuses_the_block_the_last_answer_token_completed(tiny_model):
+    """15 prompt tokens: the first output token completes block 0 and the request then stops by
+    length, so (overlapped) that block's ids are known only when its step is read back."""
+    engine = make_engine(tiny_model, prefix_caching=True)
+    prompt, params = list(range(10, 25)), SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+    first = engine.generate([prompt], params)[0]
+    follow = engine.generate([prompt + first.token_ids + [7, 8, 9]], params)[0]
+    assert follow.num_cached_tokens == 16
+
+
 def test_eviction_under_memory_pressure_stays_exact(tiny_model):
     prompts = shared_prefix_prompts(6, seed=1) + shared_prefix_prompts(6, seed=2)
     plain = [make_engine(tiny_model).generate([p], GREEDY)[0].token_ids for p in prompts]

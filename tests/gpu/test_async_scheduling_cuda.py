@@ -58,7 +58,8 @@ def steps_without_stream_syncs(engine, steps: int) -> list:
 def test_steps_queue_without_waiting_for_the_device(tiny_model):
     """Under overlap the only host-device synchronization of a step is the read-back of the
     previous step's tokens (an event wait, not a stream sync): in decode steps replayed from
-    graphs, and in mixed steps where new prompts prefill beside them."""
+    graphs, and in mixed steps where new prompts prefill beside them (some with logprobs, which
+    are computed on the device and come back with the tokens)."""
     engine = cuda_engine(tiny_model, async_scheduling=True, prefix_caching=True)
     params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
     for i, p in enumerate(prompts(8, seed=5)):
@@ -69,7 +70,22 @@ def test_steps_queue_without_waiting_for_the_device(tiny_model):
     assert all(len(d) == 8 for d in steps_without_stream_syncs(engine, 5))
     assert engine.profile.kinds["graph"].steps >= 5
     for i, p in enumerate(prompts(4, seed=6)):  # mixed steps: prefill beside decode
-        engine.add_request(f"new{i}", p, dataclasses.replace(params, temperature=0.7, top_p=0.9, seed=i))
+        engine.add_request(f"new{i}", p, dataclasses.replace(params, temperature=0.7, top_p=0.9, seed=i,
+                                                             logprobs=3 if i % 2 else None))
     mixed = engine.profile.kinds["mixed"].steps
     steps_without_stream_syncs(engine, 3)
     assert engine.profile.kinds["mixed"].steps > mixed
+
+
+def test_a_step_that_samples_nothing_still_marks_its_end(tiny_model):
+    """A step of mid-prompt chunks samples no token, yet reading it back must wait for it: the
+    blocks of a request aborted meanwhile are freed then."""
+    engine = cuda_engine(tiny_model, async_scheduling=True, max_num_batched_tokens=16)
+    engine.add_request("long", list(range(3, 83)), SamplingParams(max_tokens=4, temperature=0))
+    engine.step()  # the first 16-token chunk: nothing sampled
+    step = engine._in_flight
+    assert step is not None and step.tokens is None and step._ready is not None
+    engine.abort_request("long")
+    while engine.has_unfinished():
+        engine.step()
+    assert engine.kv.num_free_blocks == engine.runner.num_blocks

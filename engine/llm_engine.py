@@ -206,19 +206,25 @@ class LLMEngine:
         if not sched.is_empty:
             prof.lap("schedule")
             launched = self._launch(sched)
-            if not self.async_scheduling:
-                launched.wait()  # the forward phase ends with the device's work, as without overlap
             prof.lap("forward")
         previous, self._in_flight = self._in_flight, launched
         if not self.async_scheduling:
             previous, self._in_flight = launched, None
-        outputs = self._read_back(previous) if previous is not None else []
+        if previous is None:
+            if launched is None:  # idle: the last batch's plan, layout and graph can go
+                self._plan_cache.clear()
+                self.runner.release_shared()
+            else:
+                prof.end(launched.kind, launched.num_tokens, launched.num_seqs)
+            return []
+        previous.wait()
+        prof.lap("wait")
+        outputs = self._read_back(previous)
+        prof.lap("finish")
         if launched is not None:
-            prof.lap("finish")
             prof.end(launched.kind, launched.num_tokens, launched.num_seqs)
-        elif previous is None:  # idle: the last batch's plan, layout and graph can go
-            self._plan_cache.clear()
-            self.runner.release_shared()
+        else:  # the last queued step read back: its time counts, as no step of its own
+            prof.end(previous.kind, 0, 0, count=False)
         return outputs
 
     def _launch(self, sched: SchedulerOutput) -> LaunchedStep:

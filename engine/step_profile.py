@@ -1,8 +1,11 @@
 """Where an engine's steps spend their time, by kind of step (always on, a few counters).
 
-Host phases are timed with ``time.perf_counter``; ``forward`` ends when the sampler has the
-logits on the host, so on CUDA it includes the device time of the step (the sampler's copy
-synchronises). Each phase also gets the stepping thread's own CPU time
+Host phases are timed with ``time.perf_counter``: ``schedule``, ``prepare`` (input tensors),
+``forward`` (queueing the model's kernels and the sampler's: on CUDA host time only, unless
+the device's launch queue is full), ``wait`` (the host waiting for sampled tokens: in lockstep
+for this step's, with overlapped scheduling for the previous step's, so a host-bound engine
+shows little of it) and ``finish`` (stop checks, detokenizing, deltas). Until 2026-11-23
+``forward`` included the wait. Each phase also gets the stepping thread's own CPU time
 (``time.thread_time``): a host phase whose wall time far exceeds it was waiting — for the
 GIL held by another thread of the process, or for a core. Kinds: ``graph`` (decode replayed
 as a CUDA graph), ``decode`` (decode-only, run eagerly), ``shared`` (decode through a
@@ -15,7 +18,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-PHASES = ("schedule", "prepare", "forward", "finish")
+PHASES = ("schedule", "prepare", "forward", "wait", "finish")
 
 
 @dataclass
@@ -51,9 +54,10 @@ class StepProfile:
         self._laps[phase] = (wall + now[0] - self._last[0], cpu + now[1] - self._last[1])
         self._last = now
 
-    def end(self, kind: str, tokens: int, seqs: int) -> None:
+    def end(self, kind: str, tokens: int, seqs: int, count: bool = True) -> None:
+        """Charge the laps since ``begin`` to ``kind``; ``count`` False adds time but no step."""
         totals = self.kinds[kind]
-        totals.steps += 1
+        totals.steps += count
         totals.tokens += tokens
         totals.seqs += seqs
         for phase, (wall, cpu) in self._laps.items():

@@ -47,9 +47,10 @@ class BackendStatsCollector:
                                     labels=["kind"])
         tokens = CounterMetricFamily("tierserve_engine_step_tokens", "Tokens computed by engine steps, by kind",
                                      labels=["kind"])
-        seconds = CounterMetricFamily("tierserve_engine_step_seconds",
-                                      "Seconds engine steps spent, by kind and phase (schedule, prepare, forward, finish)",
-                                      labels=["kind", "phase"])
+        seconds = CounterMetricFamily(
+            "tierserve_engine_step_seconds",
+            "Seconds engine steps spent, by kind and phase (schedule, prepare, forward, wait, finish)",
+            labels=["kind", "phase"])
         for kind, totals in sorted(s.step_totals.items()):
             steps.add_metric([kind], totals.get("steps", 0))
             tokens.add_metric([kind], totals.get("tokens", 0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from engine.sampling_params import SamplingParams
+from engine.step_profile import PHASES
 from tests.engine.conftest import make_engine
 
 PROMPTS = [[0, 42, 385, 81, 14, 349, 400, 3] * 3, [0, 7, 8, 9], list(range(3, 40)), [5] * 20,
@@ -86,7 +87,10 @@ def test_deltas_come_one_call_later_and_length_stops_cost_no_spare_row(tiny_mode
         while engine.has_unfinished():
             engine.step()
             calls[overlap] += 1
-        tokens[overlap] = sum(t["tokens"] for t in engine.stats().step_totals.values())
+        totals = engine.stats().step_totals.values()
+        tokens[overlap] = sum(t["tokens"] for t in totals)
+        assert sum(t["steps"] for t in totals) == calls[False]  # the read-back-only call is no step
+        assert all(set(PHASES) <= set(t) for t in totals)
     assert calls[True] == calls[False] + 1  # the last step is read back by one more call
     assert tokens[True] == tokens[False], "a request known to end by length is not run a spare step"
 

@@ -6,7 +6,8 @@
 #   ... bash benchmarks/gpu_pending.sh engine (or serving)
 #
 # State (2026-11-23, session 6): every batch below ran on an H100 this session (BENCHMARKS.md),
-# after the last code change to what it covers; nothing is pending. `overlap` is the batch for
+# after the last code change to what it covers, except `pair` (2xH200: benchmarks/serve.py never
+# ran on GPUs) and the step profile's new `wait` phase (CPU-tested). `overlap` is the batch for
 # overlapped scheduling (engine/launched_step.py).
 #
 # Each batch writes its logs and one results.tgz under $OUT (the device tool brings back at
@@ -41,6 +42,14 @@ case "${1:-}" in
     python -m benchmarks.shared_prefix_step --shape llama-3-8b --batch 256 \
       --out "$work/shared-prefix-step-async" 2>&1 | tee "$out/shared-prefix-step-async.log" | tail -12
     ;;
+  pair)  # ~8 min, nvidia-h200-x2 only (issue 3): disaggregated GPU tests, handoff, 1P+1D vs 2 colocated
+    python -m pytest -q -p no:cacheprovider tests/gpu/test_cluster_cuda.py tests/gpu/test_kv_transport.py \
+      2>&1 | tee "$out/tests.log" | tail -5  # ~1 min; passed on 2026-11-23 19:40 UTC
+    python -m benchmarks.handoff --out "$work/handoff" 2>&1 | grep "│" | tee "$out/handoff.log"  # ~1.5 min
+    python benchmarks/serve.py --shape llama-3-8b --gpus --rates 2 4 8 --duration 20 --out "$work/serve" \
+      > "$out/serve.log" 2>&1  # never run on GPUs yet: 55 s were not enough on 2026-11-23
+    grep -v "WARN\|INFO" "$out/serve.log" | tail -15
+    ;;
   serving)  # ~5 min: prefix-aware routing against round-robin, two replicas sharing the GPU (issue 4)
     # 1. as on 2026-11-23 (48 req/s; TTFT 8-13x lower, throughput 1.06-1.14x), now with the
     #    wall/CPU step profile: is the serving actors' 7-12 ms 'prepare' waiting?
@@ -58,7 +67,7 @@ case "${1:-}" in
     grep -v "WARN\|INFO" "$out/prefix-serving-heavy.log" | tail -12
     ;;
   *)
-    echo "usage: $0 kernels|engine|overlap|serving" >&2
+    echo "usage: $0 kernels|engine|overlap|pair|serving" >&2
     exit 2
     ;;
 esac

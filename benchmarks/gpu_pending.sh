@@ -45,7 +45,9 @@ case "${1:-}" in
   pair)  # ~8 min, nvidia-h200-x2 only (issue 3): disaggregated GPU tests, handoff, 1P+1D vs 2 colocated
     python -m pytest -q -p no:cacheprovider tests/gpu/test_cluster_cuda.py tests/gpu/test_kv_transport.py \
       2>&1 | tee "$out/tests.log" | tail -5  # ~1 min; passed on 2026-11-23 19:40 UTC
-    python -m benchmarks.handoff --out "$work/handoff" 2>&1 | grep "│" | tee "$out/handoff.log"  # ~1.5 min
+    # ~2 min; with the new "part:" rows (header round trip, gather, scatter, raw in 4 messages) that
+    # say where the ~0.6 ms over raw at 4K goes
+    python -m benchmarks.handoff --out "$work/handoff" 2>&1 | grep "│" | tee "$out/handoff.log"
     python benchmarks/serve.py --shape llama-3-8b --gpus --rates 2 4 8 --duration 20 --out "$work/serve" \
       > "$out/serve.log" 2>&1  # never run on GPUs yet: 55 s were not enough on 2026-11-23
     grep -v "WARN\|INFO" "$out/serve.log" | tail -15

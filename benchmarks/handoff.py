@@ -7,7 +7,9 @@ Two processes (GPU0 -> GPU1, or two CPU processes over gloo) form a pair group t
 Redis. For each prompt length it times, in the same run and on the same group, raw
 send/recv of one contiguous buffer of the request's bytes and ``KVHandoff`` moving the
 same blocks between random, non-contiguous block ids (header, gather, chunks, scatter),
-for several layer-chunk sizes, and checks the moved bytes. Then the Redis host tier
+for several layer-chunk sizes, and checks the moved bytes; then the pieces of a handoff alone
+("part:" rows: header round trip, gather, scatter, raw send/recv in 4 messages), to tell where
+its time over raw goes. Then the Redis host tier
 (``HostTier.put/get``, including the device copy and checksums) against raw pipelined
 SET/GET of the same per-block values; optionally Ray Direct Transport (``--parts rdt``).
 Writes handoff.json, handoff_calibration.json ({"links": [...]}) and handoff.png to --out.
@@ -28,8 +30,10 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+from kvstore.block_codec import block_index_tensor, gather_layers, layer_chunk, scatter_layers
 from kvstore.config import KVStoreConfig, TransportConfig
 from kvstore.handoff import KVHandoff
+from kvstore.handoff_header import empty_message
 from kvstore.keys import RedisKeys
 from kvstore.layout import KVLayout
 from kvstore.pair_groups import PairGroup, PairGroups
@@ -155,10 +159,52 @@ def _measure_tokens(config: BenchConfig, groups: PairGroups, group: PairGroup, d
         exact = None if group.rank == 0 else torch.equal(kv[:, :, ids].view(torch.uint8),
                                                          src[:, :, src_ids].view(torch.uint8))
         out.append(Measurement(f"KVHandoff chunk={lpc}", tokens, nbytes, seconds, exact))
+    out += _parts(config, group, device, kv, ids, tokens, nbytes)
     del src, kv, raw
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
+
+
+PART = "part: "  # rows that time one piece of a handoff, to tell where its time over raw goes
+PART_NAMES = ("header round trip", "gather", "scatter", "raw send/recv as 4 messages")
+
+
+def _parts(config: BenchConfig, group: PairGroup, device: torch.device, kv: torch.Tensor, ids: list[int],
+           tokens: int, nbytes: int) -> list[Measurement]:
+    """The pieces of a handoff, each timed alone on the same group and cache: the header and
+    answer round trip (two small messages), the receiver's scatter and the sender's gather of
+    all layers (measured on the receiver's cache: the same bytes), and raw send/recv of the
+    same bytes as 4 messages (the default chunking's message count)."""
+    message = empty_message(device)
+    send, recv = group.backend.send, group.backend.recv
+
+    def round_trip(i: int) -> None:
+        first, second = (send, recv) if group.rank == 0 else (recv, send)
+        first([message], group.peer_rank, 5).wait()
+        second([message], group.peer_rank, 6).wait()
+
+    index = block_index_tensor(ids, kv.shape[2], device)
+    layers = kv.shape[0]
+    chunk = layer_chunk(kv, index.numel(), 0, layers)
+    local = group.rank == 1
+    pieces = torch.empty(nbytes, dtype=torch.uint8, device=device).chunk(4)
+    op = send if group.rank == 0 else recv
+
+    def chunked(i: int) -> None:
+        for work in [op([piece], group.peer_rank, 7 + k) for k, piece in enumerate(pieces)]:
+            work.wait()
+
+    def gather(i: int) -> None:
+        if local:
+            gather_layers(kv, index, 0, layers)
+
+    def scatter(i: int) -> None:
+        if local:
+            scatter_layers(kv, index, 0, chunk)
+    sizes = (2 * message.numel() * message.element_size(), nbytes, nbytes, nbytes)
+    return [Measurement(PART + name, tokens, size, _timed(config, group, device, fn))
+            for name, size, fn in zip(PART_NAMES, sizes, (round_trip, gather, scatter, chunked))]
 
 
 def bench_pair(config: BenchConfig) -> list[Measurement]:
@@ -169,7 +215,7 @@ def bench_pair(config: BenchConfig) -> list[Measurement]:
     procs = [ctx.Process(target=_pair_worker, args=(r, config, prefix, results)) for r in (0, 1)]
     for proc in procs:
         proc.start()
-    expected = len(config.tokens) * (1 + len(config.layers_per_chunk))
+    expected = len(config.tokens) * (1 + len(config.layers_per_chunk) + len(PART_NAMES))
     got = []
     from tqdm import tqdm
     for _ in tqdm(range(2 * expected), desc="pair transfers", unit="result"):
@@ -301,7 +347,8 @@ def ratio_to_raw(results: list[Measurement]) -> dict[tuple[str, int], float]:
     baseline = {"HostTier.put": "raw SET", "HostTier.get": "raw GET"}
     return {(m.method, m.tokens): raw[(baseline.get(m.method, "raw send/recv"), m.tokens)] / m.seconds
             for m in results
-            if not m.method.startswith("raw") and (baseline.get(m.method, "raw send/recv"), m.tokens) in raw}
+            if not m.method.startswith(("raw", PART))
+            and (baseline.get(m.method, "raw send/recv"), m.tokens) in raw}
 
 
 def calibration_links(config: BenchConfig, results: list[Measurement]) -> list[dict]:
@@ -342,7 +389,7 @@ def plot(config: BenchConfig, results: list[Measurement]) -> None:
     pair_title = "GPU0 -> GPU1 (NCCL)" if config.device == "cuda" else "process 0 -> 1 (gloo)"
     for ax, keep, title in ((axes[0], lambda m: m not in host, pair_title),
                             (axes[1], lambda m: m in host, "Redis host tier")):
-        for method in dict.fromkeys(m.method for m in results if keep(m.method)):
+        for method in dict.fromkeys(m.method for m in results if keep(m.method) and not m.method.startswith(PART)):
             pts = sorted((m.tokens, m.gbps) for m in results if m.method == method)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
         ax.set_xscale("log", base=2)

@@ -6,10 +6,9 @@ the device computes. A ``LaunchedStep`` carries what the engine needs to finish 
 which requests sampled and where their ``PENDING`` placeholders are, the sampled tokens on the
 device (the next step's input rows are filled from them there, ``feed``) and their copy to the
 host with their logprobs, started as soon as they are queued, and an event that marks the
-step's end on the device. Requests released while their step is in flight
-keep their blocks until it is read back (``defer_free``): the device may still write their KV,
-and a block handed to another request could be filled meanwhile by a KV transfer on another
-stream.
+step's end on the device. Requests released while their step is in flight keep their blocks
+until it is read back (``defer_free``): the device may still write their KV, and a block
+handed to another request could be filled meanwhile by a KV transfer on another stream.
 """
 
 from __future__ import annotations

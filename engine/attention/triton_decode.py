@@ -34,8 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.attention.triton_paged import (LN2, LOG2E, dot_precision, fit_block_n, kv_rows, next_power_of_2,
-                                          softmax_step)
+from engine.attention.triton_paged import (LN2, LOG2E, dot_precision, fit_block_n, kv_rows, load_kv_tile,
+                                          next_power_of_2, softmax_step)
 
 SHARED_BUDGET = 128 * 1024  # bytes of staged K/V tiles per program
 # fp32 partial elements the last program loads per merge step: 32 per thread at 4 warps. The
@@ -161,8 +161,7 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, part_out
         rows = kv_rows(table, kpos, kpos < end, head_offset, stride_kb, stride_kt, PAGE)
         for n0 in range(start, end, BLOCK_N):
             kvalid = n0 + tl.arange(0, BLOCK_N) < end
-            k = tl.load(k_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
-            v = tl.load(v_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
+            k, v = load_kv_tile(k_ptr, v_ptr, rows, d, kvalid, True)
             kpos = n0 + BLOCK_N + tl.arange(0, BLOCK_N)
             rows = kv_rows(table, kpos, kpos < end, head_offset, stride_kb, stride_kt, PAGE)
             m, l, acc = softmax_step(q, k, v, m, l, acc, qk_scale, kvalid[None, :], True, PREC)
@@ -171,8 +170,7 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, part_out
             kpos = n0 + tl.arange(0, BLOCK_N)
             kvalid = kpos < end
             rows = kv_rows(table, kpos, kvalid, head_offset, stride_kb, stride_kt, PAGE)
-            k = tl.load(k_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
-            v = tl.load(v_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
+            k, v = load_kv_tile(k_ptr, v_ptr, rows, d, kvalid, True)
             m, l, acc = softmax_step(q, k, v, m, l, acc, qk_scale, kvalid[None, :], True, PREC)
 
     l_safe = tl.where(l > 0, l, 1.0)

@@ -39,6 +39,18 @@ def kv_rows(table_ptr, kpos, kvalid, head_offset, stride_block, stride_token, PA
 
 
 @triton.jit
+def load_kv_tile(k_ptr, v_ptr, rows, d, kvalid, MASKED: tl.constexpr):
+    """K and V [BLOCK_N, D] at the row offsets ``rows``; with MASKED, rows not ``kvalid`` are 0."""
+    if MASKED:
+        k = tl.load(k_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
+        v = tl.load(v_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
+    else:
+        k = tl.load(k_ptr + rows[:, None] + d[None, :])
+        v = tl.load(v_ptr + rows[:, None] + d[None, :])
+    return k, v
+
+
+@triton.jit
 def softmax_step(q, k, v, m, l, acc, qk_scale, mask, MASKED: tl.constexpr, PREC: tl.constexpr):
     """Attend q [M, D] to one tile k, v [N, D]; ``mask`` [M, N] or [1, N] where MASKED."""
     qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale

@@ -20,7 +20,8 @@ import triton
 import triton.language as tl
 
 from engine.attention.metadata import AttentionMetadata
-from engine.attention.triton_paged import LOG2E, dot_precision, fit_block_n, kv_rows, next_power_of_2, softmax_step
+from engine.attention.triton_paged import (LOG2E, dot_precision, fit_block_n, kv_rows, load_kv_tile, next_power_of_2,
+                                          softmax_step)
 
 SHARED_BUDGET = 192 * 1024  # bytes of the query tile and staged K/V tiles per program
 
@@ -97,16 +98,14 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, seq_lens_ptr, star
         for n0 in range(0, seen_by_all, BLOCK_N):
             kpos = n0 + tl.arange(0, BLOCK_N)
             rows = kv_rows(table, kpos, kpos >= 0, head_offset, stride_kb, stride_kt, PAGE)
-            k = tl.load(k_ptr + rows[:, None] + d[None, :])
-            v = tl.load(v_ptr + rows[:, None] + d[None, :])
+            k, v = load_kv_tile(k_ptr, v_ptr, rows, d, None, False)
             m, l, acc = softmax_step(q, k, v, m, l, acc, qk_scale, None, False, PREC)
         end = context + tl.minimum(first + BLOCK_Q, q_len)
         for n0 in range(seen_by_all, end, BLOCK_N):
             kpos = n0 + tl.arange(0, BLOCK_N)
             kvalid = kpos < end
             rows = kv_rows(table, kpos, kvalid, head_offset, stride_kb, stride_kt, PAGE)
-            k = tl.load(k_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
-            v = tl.load(v_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
+            k, v = load_kv_tile(k_ptr, v_ptr, rows, d, kvalid, True)
             causal = (kpos[None, :] <= q_pos[:, None]) & kvalid[None, :]
             m, l, acc = softmax_step(q, k, v, m, l, acc, qk_scale, causal, True, PREC)
         out = acc / l[:, None]

@@ -28,8 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.attention.triton_paged import (LN2, LOG2E, dot_precision, fit_block_n, kv_rows, next_power_of_2,
-                                          softmax_step)
+from engine.attention.triton_paged import (LN2, LOG2E, dot_precision, fit_block_n, kv_rows, load_kv_tile,
+                                          next_power_of_2, softmax_step)
 from engine.attention.triton_shared_layout import ITEM_FIELDS
 
 SHARED_BUDGET = 160 * 1024  # bytes of the query tile and staged K/V tiles per program
@@ -131,15 +131,13 @@ def _segment_kernel(q_ptr, k_ptr, v_ptr, blocks_ptr, items_ptr, member_rows_ptr,
     kpos = first + tl.arange(0, BLOCK_N)
     rows = kv_rows(table, kpos, kpos < end, head_offset, stride_kb, stride_kt, PAGE)
     for n0 in range(first, full_end, BLOCK_N):
-        k = tl.load(k_ptr + rows[:, None] + d[None, :])
-        v = tl.load(v_ptr + rows[:, None] + d[None, :])
+        k, v = load_kv_tile(k_ptr, v_ptr, rows, d, None, False)
         kpos = n0 + BLOCK_N + tl.arange(0, BLOCK_N)
         rows = kv_rows(table, kpos, kpos < end, head_offset, stride_kb, stride_kt, PAGE)
         m, l, acc = softmax_step(q, k, v, m, l, acc, qk_scale, None, False, PREC)
     if full_end < end:  # the chunk's partial last tile: rows already point at it (rows past end at page 0)
         kvalid = full_end + tl.arange(0, BLOCK_N) < end
-        k = tl.load(k_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
-        v = tl.load(v_ptr + rows[:, None] + d[None, :], mask=kvalid[:, None], other=0.0)
+        k, v = load_kv_tile(k_ptr, v_ptr, rows, d, kvalid, True)
         m, l, acc = softmax_step(q, k, v, m, l, acc, qk_scale, kvalid[None, :], True, PREC)
 
     lse = (m + tl.log2(l)) * LN2  # chunks are never empty, so l > 0

@@ -210,21 +210,19 @@ class LLMEngine:
         previous, self._in_flight = self._in_flight, launched
         if not self.async_scheduling:
             previous, self._in_flight = launched, None
-        if previous is None:
-            if launched is None:  # idle: the last batch's plan, layout and graph can go
-                self._plan_cache.clear()
-                self.runner.release_shared()
-            else:
-                prof.end(launched.kind, launched.num_tokens, launched.num_seqs)
-            return []
-        previous.wait()
-        prof.lap("wait")
-        outputs = self._read_back(previous)
-        prof.lap("finish")
+        outputs = []
+        if previous is not None:
+            previous.wait()
+            prof.lap("wait")
+            outputs = self._read_back(previous)
+            prof.lap("finish")
         if launched is not None:
             prof.end(launched.kind, launched.num_tokens, launched.num_seqs)
-        else:  # the last queued step read back: its time counts, as no step of its own
+        elif previous is not None:  # the last queued step read back: its time counts, as no step of its own
             prof.end(previous.kind, 0, 0, count=False)
+        else:  # idle: the last batch's plan, layout and graph can go
+            self._plan_cache.clear()
+            self.runner.release_shared()
         return outputs
 
     def _launch(self, sched: SchedulerOutput) -> LaunchedStep:

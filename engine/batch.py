@@ -10,6 +10,7 @@ import torch
 from engine.attention import AttentionMetadata
 from engine.attention.shared_prefix import PlanCache
 from engine.scheduler import ScheduledRequest
+from engine.uploads import upload
 
 
 @dataclass
@@ -101,7 +102,5 @@ class _Packed:
         return self.host[lo:hi]
 
     def upload(self, device: torch.device) -> list[torch.Tensor]:
-        # Non-blocking: CUDA stages pageable memory before returning, so the buffer may change
-        # after; a blocking copy would first wait for every queued kernel (the running step).
-        whole = torch.from_numpy(self.host).to(device, non_blocking=True)
+        whole = upload(torch.from_numpy(self.host), device)
         return [whole[lo:hi] for lo, hi in self.bounds]

@@ -22,6 +22,7 @@ from engine.outputs import TokenLogprob
 from engine.request import Request
 from engine.sampler import LogprobTensors
 from engine.scheduler import ScheduledRequest
+from engine.uploads import upload
 
 
 @dataclass(eq=False)
@@ -66,7 +67,7 @@ class LaunchedStep:
                 dst.append(row - 1)
                 src.append(self._row[id(s.request)])
         if dst:
-            index = torch.tensor([dst, src], dtype=torch.int64).to(input_ids.device, non_blocking=True)
+            index = upload(torch.tensor([dst, src], dtype=torch.int64), input_ids.device)
             input_ids[index[0]] = self.tokens[index[1]]
 
     def defer_free(self, request: Request) -> bool:

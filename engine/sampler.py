@@ -9,6 +9,7 @@ import torch
 
 from engine.outputs import TokenLogprob
 from engine.request import Request
+from engine.uploads import upload
 
 
 class Sampler:
@@ -40,7 +41,7 @@ class Sampler:
         return logits
 
     def _sample_rows(self, logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
-        temps = _on(torch.tensor([r.params.temperature for r in requests]), logits.device)
+        temps = upload(torch.tensor([r.params.temperature for r in requests]), logits.device)
         logits = logits / temps.unsqueeze(1)
         logits = apply_top_k(logits, [r.params.top_k for r in requests])
         logits = apply_top_p(logits, [r.params.top_p for r in requests])
@@ -94,7 +95,7 @@ def apply_top_k(logits: torch.Tensor, top_k: Sequence[int]) -> torch.Tensor:
     ks = [k if 0 < k < vocab else vocab for k in top_k]
     if all(k == vocab for k in ks):
         return logits
-    k_t = _on(torch.tensor(ks), logits.device)
+    k_t = upload(torch.tensor(ks), logits.device)
     sorted_vals = logits.sort(dim=-1, descending=True).values
     kth = sorted_vals.gather(1, (k_t - 1).unsqueeze(1))
     return logits.masked_fill(logits < kth, float("-inf"))
@@ -104,7 +105,7 @@ def apply_top_p(logits: torch.Tensor, top_p: Sequence[float]) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose probability reaches p."""
     if all(p >= 1.0 for p in top_p):
         return logits
-    p_t = _on(torch.tensor(top_p, dtype=logits.dtype), logits.device).unsqueeze(1)
+    p_t = upload(torch.tensor(top_p, dtype=logits.dtype), logits.device).unsqueeze(1)
     sorted_vals, order = logits.sort(dim=-1, descending=True)
     probs = sorted_vals.softmax(dim=-1)
     before = probs.cumsum(dim=-1) - probs  # mass strictly above each token
@@ -113,13 +114,6 @@ def apply_top_p(logits: torch.Tensor, top_p: Sequence[float]) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def _on(values: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small host tensor on ``device`` without waiting for the device's queue: CUDA stages a
-    pageable non-blocking copy before returning, and a blocking one would first wait for every
-    kernel already queued (the step still running, under overlapped scheduling)."""
-    return values.to(device, non_blocking=True)
-
-
 def _index(rows, device: torch.device):
     """Python row indices as a device index tensor (a slice stays a slice)."""
-    return rows if isinstance(rows, slice) else _on(torch.tensor(rows, dtype=torch.int64), device)
+    return rows if isinstance(rows, slice) else upload(torch.tensor(rows, dtype=torch.int64), device)

@@ -30,6 +30,7 @@ from engine.attention.triton_decode import DecodeConfig, decode_partials
 from engine.attention.triton_merge import merge_partials
 from engine.attention.triton_shared_kernel import SharedPrefixConfig, segment_partials
 from engine.attention.triton_shared_layout import SegmentWork, build_segment_work, chunk_length
+from engine.uploads import upload
 
 PREFIX = "triton_shared."
 STEP_NAMES = ("key", "suffix_tables", "suffix_lens")  # in plan.tensors: this step's
@@ -94,11 +95,11 @@ def build_layout(q: torch.Tensor, k_cache: torch.Tensor, plan: SharedPrefixPlan,
     page = k_cache.shape[1]
     work = segment_layout(q, k_cache, plan, suffix_slots, tiles, num_sms, config)
 
-    def device(values: list) -> torch.Tensor:  # non-blocking: a step may still be running (staged copy)
-        return torch.tensor(values, dtype=torch.int32).to(q.device, non_blocking=True)
+    def device(values: list) -> torch.Tensor:
+        return upload(torch.tensor(values, dtype=torch.int32), q.device)
     part_out = torch.empty(num_seqs, num_heads, work.num_slots, dim, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(num_seqs, num_heads, work.num_slots, dtype=torch.float32, device=q.device)
-    rows, slots = (torch.tensor(x, dtype=torch.long).to(q.device, non_blocking=True) for x in work.unused_slots())
+    rows, slots = (upload(torch.tensor(x, dtype=torch.long), q.device) for x in work.unused_slots())
     part_out[rows, :, slots] = 0.0
     part_lse[rows, :, slots] = float("-inf")
     return dict(key=key, start_blocks=device([s // page for s in plan.suffix_start]),

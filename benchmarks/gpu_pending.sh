@@ -7,8 +7,10 @@
 #
 # State (2026-11-23, session 6): every batch below ran on an H100 this session (BENCHMARKS.md),
 # after the last code change to what it covers, except `pair` (2xH200: benchmarks/serve.py never
-# ran on GPUs) and the step profile's new `wait` phase (CPU-tested). `overlap` is the batch for
-# overlapped scheduling (engine/launched_step.py).
+# ran on GPUs), the step profile's new `wait` phase and engine/uploads.py (CPU-tested), and
+# triton_paged.load_kv_tile, the K/V tile load now shared by the decode, prefill and segment
+# kernels (same sm_90 TTGIR, compiled on the CPU; `kernels` and `engine` re-run them). `overlap`
+# is the batch for overlapped scheduling (engine/launched_step.py).
 #
 # Each batch writes its logs and one results.tgz under $OUT (the device tool brings back at
 # most 8 files, so the benchmarks' own folders travel as one archive). Expected times are

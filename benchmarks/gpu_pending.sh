@@ -5,12 +5,11 @@
 #   source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh kernels
 #   ... bash benchmarks/gpu_pending.sh engine (or serving)
 #
-# State (2026-11-23, session 6): every batch below ran on an H100 this session (BENCHMARKS.md),
-# after the last code change to what it covers, except `pair` (2xH200: benchmarks/serve.py never
-# ran on GPUs), the step profile's new `wait` phase and engine/uploads.py (CPU-tested), and
-# triton_paged.load_kv_tile, the K/V tile load now shared by the decode, prefill and segment
-# kernels (same sm_90 TTGIR, compiled on the CPU; `kernels` and `engine` re-run them). `overlap`
-# is the batch for overlapped scheduling (engine/launched_step.py).
+# State (2026-11-23, session 7): `pair` ran on 2xH200 (BENCHMARKS.md: disaggregated GPU tests, handoff
+# before and after this session's protocol change, serve.py 1P+1D vs colocated at 4-32 req/s); the
+# kernel, shared-prefix, engine and overlap GPU tests passed on an H200 after load_kv_tile and
+# uploads.upload (115 tests). Not re-run on an H100 since those two changes: the `kernels` and
+# `overlap` benchmarks (timings), and the step profile's `wait` phase.
 #
 # Each batch writes its logs and one results.tgz under $OUT (the device tool brings back at
 # most 8 files, so the benchmarks' own folders travel as one archive). Expected times are
@@ -44,14 +43,15 @@ case "${1:-}" in
     python -m benchmarks.shared_prefix_step --shape llama-3-8b --batch 256 \
       --out "$work/shared-prefix-step-async" 2>&1 | tee "$out/shared-prefix-step-async.log" | tail -12
     ;;
-  pair)  # ~8 min, nvidia-h200-x2 only (issue 3): disaggregated GPU tests, handoff, 1P+1D vs 2 colocated
+  pair)  # ~6 min, nvidia-h200-x2 only (issue 3): disaggregated GPU tests, handoff (+ timeline), 1P+1D vs 2 colocated
     python -m pytest -q -p no:cacheprovider tests/gpu/test_cluster_cuda.py tests/gpu/test_kv_transport.py \
-      2>&1 | tee "$out/tests.log" | tail -5  # ~1 min; passed on 2026-11-23 19:40 UTC
-    # ~2 min; with the new "part:" rows (header round trip, gather, scatter, raw in 4 messages) that
-    # say where the ~0.6 ms over raw at 4K goes
-    python -m benchmarks.handoff --out "$work/handoff" 2>&1 | grep "│" | tee "$out/handoff.log"
-    python benchmarks/serve.py --shape llama-3-8b --gpus --rates 2 4 8 --duration 20 --out "$work/serve" \
-      > "$out/serve.log" 2>&1  # never run on GPUs yet: 55 s were not enough on 2026-11-23
+      2>&1 | tee "$out/tests.log" | tail -5  # ~1 min; passed on 2026-11-23 (session 7)
+    python -m benchmarks.handoff --parts pair --layers-per-chunk 32 8 4 --out "$work/handoff" 2>&1 \
+      | grep "│" | tee "$out/handoff.log"  # ~1 min; 4K 2.10 ms (71% of raw), 16K 86% on 2026-11-23
+    python -m benchmarks.handoff_trace --tokens 4096 --out "$work/handoff-trace" > "$out/handoff-trace.log" 2>&1
+    gzip "$work"/handoff-trace/*.json
+    timeout 400 python benchmarks/serve.py --shape llama-3-8b --gpus --rates 8 16 24 32 --duration 12 \
+      --out "$work/serve" > "$out/serve.log" 2>&1  # ~4 min
     grep -v "WARN\|INFO" "$out/serve.log" | tail -15
     ;;
   serving)  # ~5 min: prefix-aware routing against round-robin, two replicas sharing the GPU (issue 4)

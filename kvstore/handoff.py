@@ -5,7 +5,15 @@ The sender gathers the blocks layer chunk by layer chunk into contiguous buffers
 then scatters each chunk into its own block ids (index_copy_) as it lands. On CUDA
 gathers and scatters run on the current stream and NCCL orders itself against it, so
 gathering chunk k+1 overlaps sending chunk k; only the completion is polled from the
-CPU (with the transfer timeout). A header and the receiver's answer go first.
+CPU (with the transfer timeout). NCCL runs on a high-priority stream (kvstore.pair_groups):
+otherwise a scatter that becomes ready with the next receive takes every SM and the
+receive waits for it, serialising the pipeline.
+
+A header goes first and the payload follows it at once; the receiver's answer (accept,
+or its reason to reject) comes last, after the payload in stream order, so no round trip
+stands between the header and the first byte. A receiver that rejects still drains the
+chunks the header announced (into one scratch buffer), so both ends stay in step and the
+group stays usable; only an unreadable header, whose sizes are unknown, drops the group.
 """
 
 from __future__ import annotations
@@ -73,19 +81,17 @@ class KVHandoff:
 
     def _send(self, group: PairGroup, kv: torch.Tensor, ids: torch.Tensor, header: HandoffHeader,
               deadline: float) -> int:
-        answer = empty_message(kv.device)
-        _await(group.backend.send([header.to_tensor(kv.device)], group.peer_rank, _TAG_HEADER),
-               kv.device, deadline, f"sending the header of request {header.request_id!r} to {group.peer!r}")
-        _await(group.backend.recv([answer], group.peer_rank, _TAG_ANSWER),
-               kv.device, deadline, f"waiting for {group.peer!r} to accept request {header.request_id!r}")
-        if (problem := read_answer(answer)) is not None:
-            raise HandoffError(f"{group.peer!r} rejected the handoff: {problem}")
-        chunks, works = [], []
+        works = [group.backend.send([header.to_tensor(kv.device)], group.peer_rank, _TAG_HEADER)]
+        chunks = []
         for tag, (first, last) in enumerate(_chunks(header), start=_TAG_CHUNK0):
             chunks.append(gather_layers(kv, ids, first, last))
             works.append(group.backend.send([_as_bytes(chunks[-1])], group.peer_rank, tag))
+        answer = empty_message(kv.device)
+        works.append(group.backend.recv([answer], group.peer_rank, _TAG_ANSWER))
         for work in works:
             _await(work, kv.device, deadline, f"sending request {header.request_id!r} to {group.peer!r}")
+        if (problem := read_answer(answer)) is not None:
+            raise HandoffError(f"{group.peer!r} rejected the handoff: {problem}")
         return sum(c.numel() * c.element_size() for c in chunks)
 
     def _recv(self, group: PairGroup, kv: torch.Tensor, ids: torch.Tensor, expected: HandoffHeader,
@@ -93,21 +99,48 @@ class KVHandoff:
         message = empty_message(kv.device)
         _await(group.backend.recv([message], group.peer_rank, _TAG_HEADER),
                kv.device, deadline, f"waiting for {group.peer!r} to hand off request {expected.request_id!r}")
-        header = HandoffHeader.from_tensor(message)
+        try:
+            header = HandoffHeader.from_tensor(message)
+        except (HandoffError, ValueError, KeyError, TypeError) as exc:  # sizes unknown: cannot drain
+            self._groups.close(group.peer, abort=True)
+            raise HandoffError(f"unreadable handoff header from {group.peer!r} (group dropped): {exc}") from exc
         problem = header.mismatch(expected)
+        what = f"receiving request {expected.request_id!r} from {group.peer!r}"
+        if problem is None:
+            nbytes = self._land(group, kv, ids, header, deadline, what)
+        else:
+            _drain(group, header, kv.device, deadline, what)
         _await(group.backend.send([answer_tensor(problem, kv.device)], group.peer_rank, _TAG_ANSWER),
-               kv.device, deadline, f"answering {group.peer!r} about request {expected.request_id!r}")
+               kv.device, deadline, f"answering {group.peer!r} about request {expected.request_id!r}",
+               block_host=False)
         if problem is not None:
             raise HandoffError(f"rejected the handoff from {group.peer!r}: {problem}")
+        _await_stream(kv.device, deadline, f"scattering request {expected.request_id!r}")
+        return nbytes
+
+    @staticmethod
+    def _land(group: PairGroup, kv: torch.Tensor, ids: torch.Tensor, header: HandoffHeader,
+              deadline: float, what: str) -> int:
+        """Receive every chunk and scatter each into ``kv`` as it lands (in stream order)."""
         chunks = [(first, layer_chunk(kv, ids.numel(), first, last)) for first, last in _chunks(header)]
         works = [group.backend.recv([_as_bytes(buf)], group.peer_rank, tag)
                  for tag, (_, buf) in enumerate(chunks, start=_TAG_CHUNK0)]
         for (first, buf), work in zip(chunks, works):
-            _await(work, kv.device, deadline, f"receiving request {expected.request_id!r} from {group.peer!r}",
-                   block_host=False)
+            _await(work, kv.device, deadline, what, block_host=False)
             scatter_layers(kv, ids, first, buf)
-        _await_stream(kv.device, deadline, f"scattering request {expected.request_id!r}")
         return sum(buf.numel() * buf.element_size() for _, buf in chunks)
+
+
+def _drain(group: PairGroup, header: HandoffHeader, device: torch.device, deadline: float, what: str) -> None:
+    """Receive and discard the chunks ``header`` announces, all into one scratch buffer."""
+    layer_bytes = header.num_blocks * header.layout.bytes_per_block // header.layout.num_layers
+    ranges = _chunks(header)
+    scratch = torch.empty(max(last - first for first, last in ranges) * layer_bytes, dtype=torch.uint8,
+                          device=device)
+    works = [group.backend.recv([scratch[:(last - first) * layer_bytes]], group.peer_rank, tag)
+             for tag, (first, last) in enumerate(ranges, start=_TAG_CHUNK0)]
+    for work in works:
+        _await(work, device, deadline, what, block_host=False)
 
 
 def _prepare(kv: torch.Tensor, block_ids: Sequence[int] | torch.Tensor) -> tuple[KVLayout, torch.Tensor]:
@@ -120,8 +153,14 @@ def _prepare(kv: torch.Tensor, block_ids: Sequence[int] | torch.Tensor) -> tuple
 
 
 def _chunks(header: HandoffHeader) -> list[tuple[int, int]]:
+    """Layer ranges, one message each. When chunked at all, the first and the last layer
+    travel alone: nothing overlaps the gather before the first byte nor the scatter after the
+    last, so those are one layer's instead of a chunk's."""
     step, layers = header.layers_per_chunk, header.layout.num_layers
-    return [(first, min(first + step, layers)) for first in range(0, layers, step)]
+    if step == 1 or step >= layers or layers <= 2:
+        return [(first, min(first + step, layers)) for first in range(0, layers, step)]
+    inner = [(first, min(first + step, layers - 1)) for first in range(1, layers - 1, step)]
+    return [(0, 1), *inner, (layers - 1, layers)]
 
 
 def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:

@@ -110,7 +110,9 @@ class PairGroups:
     def _make_backend(self, store: dist.Store, rank: int) -> dist.ProcessGroup:
         timeout = timedelta(seconds=self._config.transfer_timeout_s)
         if self.device.type == "cuda":
-            options = dist.ProcessGroupNCCL.Options()
+            # high priority: a gather or scatter on the compute stream must not hold the next
+            # chunk's send/recv off the SMs (kvstore.handoff)
+            options = dist.ProcessGroupNCCL.Options(is_high_priority_stream=True)
             options._timeout = 2 * timeout + timedelta(seconds=60)  # KVHandoff times out first
             return dist.ProcessGroupNCCL(store, rank, 2, options)
         options = dist.ProcessGroupGloo._Options()

@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 
 from kvstore.config import TransportConfig
 from kvstore.errors import KVStoreError
-from kvstore.handoff import KVHandoff
+from kvstore.handoff import _TAG_HEADER, KVHandoff
+from kvstore.handoff_header import MESSAGE_BYTES
 from kvstore.keys import RedisKeys
 from kvstore.layout import KVLayout
 from kvstore.pair_groups import PairGroups
@@ -34,6 +35,7 @@ class Step:
     recv_blocks: int
     seed: int
     reform: bool = False  # both sides drop their pair group first and form a new one
+    garbage: bool = False  # the sender sends an unreadable header instead of a handoff
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,13 @@ def run_peer(role: str, redis_url: str, prefix: str, layout: KVLayout, steps: li
         for index, step in enumerate(steps):
             if step.reform:
                 groups.close(peer)
-            results.put((role, _attempt(role, handoff, peer, layout, step, index, device)))
+            if step.garbage and role == SENDER:
+                group = groups.get(peer)
+                garbage = torch.full((MESSAGE_BYTES,), 7, dtype=torch.uint8, device=device)
+                group.backend.send([garbage], group.peer_rank, _TAG_HEADER).wait()
+                results.put((role, Outcome(index)))
+            else:
+                results.put((role, _attempt(role, handoff, peer, layout, step, index, device)))
             step_done.wait(timeout=120)  # both finish a step before either starts the next
 
 

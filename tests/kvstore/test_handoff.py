@@ -28,19 +28,22 @@ def test_handoff_moves_exact_bytes_and_reports_mismatches_on_both_sides(redis_ur
         Step("r5", "r5", 48, 48, seed=5),               # the whole cache
         Step("", "never-sent", 0, 1, seed=6),           # nobody sends: receiver times out, aborts
         Step("r7", "r7", 5, 5, seed=7, reform=True),    # a fresh group after the abort
+        Step("g", "g", 1, 1, seed=8, garbage=True),     # an unreadable header: the group is dropped
+        Step("r9", "r9", 4, 4, seed=9, reform=True),    # and formed again
     ]
     sender = TransportConfig(advertise_host="127.0.0.1", layers_per_chunk=2, transfer_timeout_s=60)
     receiver = TransportConfig(advertise_host="127.0.0.1", layers_per_chunk=3, transfer_timeout_s=3)
     out = run_pair(redis_url, _prefix(), (LAYOUT, LAYOUT), steps, (sender, receiver), ("cpu", "cpu"))
     got, sent = out[RECEIVER], out[SENDER]
-    assert [o.exact for o in got] == [True, None, True, None, True, None, True]
-    assert [o.error is None for o in sent] == [True, False, True, False, True, True, True]
+    assert [o.exact for o in got] == [True, None, True, None, True, None, True, None, True]
+    assert [o.error is None for o in sent] == [True, False, True, False, True, True, True, True, True]
     assert "sender has 3 blocks for request 'r2', receiver allocated 4" in got[1].error
     assert sent[1].error.startswith(f"HandoffError: '{RECEIVER}' rejected the handoff: sender has 3 blocks")
     assert "request 'r4' arrived where 'other' was expected" in got[3].error
     assert "request 'r4' arrived where 'other' was expected" in sent[3].error
     assert got[5].error == (f"HandoffTimeoutError: timed out waiting for '{SENDER}' to hand off "
                             f"request 'never-sent' (transfer_timeout_s=3)")
+    assert got[7].error.startswith(f"HandoffError: unreadable handoff header from '{SENDER}' (group dropped)")
 
 
 def test_layout_mismatch_is_rejected_with_both_layouts_named(redis_url: str) -> None:

@@ -9,8 +9,9 @@ The decode kernel only sees strides, so the same logical view over a head-major 
 contiguous run, as SDPA's per-head K/V are) runs unchanged. Every (layout, page size)
 variant is timed as a CUDA-graph replay of the engine's decode forward on the same
 shuffled block tables, next to SDPA on contiguous K/V in the same process; the outputs of
-each variant are checked against the token-major run's. ``--tma-stages`` adds the TMA page-tile
-kernel (``DecodeConfig.tma``, token-major caches only) at those pipeline depths.
+each variant are checked against the token-major run's.
+The TMA page-tile kernel measured with ``--tma-stages`` on 2026-11-23 lives in the commit that
+added it (BENCHMARKS.md); it lost and was removed.
 Writes decode_layout.json and decode_layout.png to --out.
 """
 
@@ -29,21 +30,16 @@ from benchmarks.attention import DIM, DTYPE, HEADS, KV_HEADS, decode_batch, deco
 from benchmarks.common import copy_bandwidth, machine_info, out_dir, write_json
 from engine.attention.triton_backend import TritonAttention
 from engine.attention.triton_decode import DecodeConfig
-from engine.attention.triton_inputs import relative_error
 
 
 @dataclass(frozen=True)
 class Variant:
     layout: str  # "NHD" (the engine's) or "HND"
     block_size: int
-    tma_stages: int = 0  # > 0: the TMA page-tile kernel (DecodeConfig.tma) at that many stages
 
     @property
     def name(self) -> str:
-        return f"{self.layout} p{self.block_size}" + (f" tma s{self.tma_stages}" if self.tma_stages else "")
-
-    def config(self, base: DecodeConfig) -> DecodeConfig:
-        return replace(base, tma=True, num_stages=self.tma_stages) if self.tma_stages else base
+        return f"{self.layout} p{self.block_size}"
 
 
 def head_major(cache: torch.Tensor) -> torch.Tensor:
@@ -63,11 +59,9 @@ def run_case(batch: int, context: int, variants: list[Variant], base: DecodeConf
             if layout == "HND":
                 b = replace(b, k_cache=head_major(b.k_cache), v_cache=head_major(b.v_cache))
             for v in mine:
-                backend = TritonAttention(decode=v.config(base))
+                backend = TritonAttention(decode=base)
                 out = backend.forward(b.q, b.k_cache, b.v_cache, b.meta, b.scale)
-                # the same tiles give the same bits; TMA's page tiles sum in another order
-                same = (relative_error(out, expected) < 1e-2 if v.tma_stages else torch.equal(out, expected))
-                if not same:
+                if not torch.equal(out, expected):
                     raise AssertionError(f"{v.name} differs from NHD at {batch}x{context}: max "
                                          f"{(out.float() - expected.float()).abs().max().item():.3g}")
                 row[v.name] = time_forward(backend, b)
@@ -106,8 +100,6 @@ def main() -> None:
     p.add_argument("--contexts", type=int, nargs="+", default=[4096, 32768])
     p.add_argument("--block-sizes", type=int, nargs="+", default=[16, 64])
     p.add_argument("--layouts", nargs="+", default=["NHD", "HND"], choices=["NHD", "HND"])
-    p.add_argument("--tma-stages", type=int, nargs="*", default=[],
-                   help="also time the TMA page-tile kernel (NHD only) at these pipeline depths")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     if not torch.cuda.is_available():
@@ -115,7 +107,6 @@ def main() -> None:
     out = out_dir(a.out, "decode-layout")
     base = DecodeConfig()
     variants = [Variant(layout, bs) for bs, layout in itertools.product(a.block_sizes, a.layouts)]
-    variants += [Variant("NHD", bs, stages) for bs, stages in itertools.product(a.block_sizes, a.tma_stages)]
     names = [v.name for v in variants]
     copy = copy_bandwidth(torch.device("cuda"))
     cases = list(itertools.product(a.batches, a.contexts))

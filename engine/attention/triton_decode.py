@@ -34,7 +34,6 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.attention.triton_decode_tma import decode_partials_tma
 from engine.attention.triton_paged import (LN2, LOG2E, dot_precision, fit_block_n, kv_rows, load_kv_tile,
                                           next_power_of_2, softmax_step)
 
@@ -59,8 +58,6 @@ class DecodeConfig:
     table_lookahead: each iteration reads the block table for the *next* key tile and carries
     its rows, so a tile's K/V loads depend on no load of their own iteration and the software
     pipeliner can keep ``num_stages - 1`` tiles in flight (see the module docstring).
-    tma: key tiles are whole cache pages fetched by TMA (``triton_decode_tma``; Hopper, partials
-    path only, block_n unused: the tile is the page).
     Defaults: the best of the sweeps in docs/kernels.md (H100, Llama-3-8B heads, bf16).
     fused_merge is off: measured slower on an H100 (docs/kernels.md). table_lookahead is off
     until its sweep has run on an H100; the benchmark and tests exercise every combination.
@@ -75,11 +72,8 @@ class DecodeConfig:
     heads_fastest: bool = True
     fused_merge: bool = False
     table_lookahead: bool = False
-    tma: bool = False
 
     def __post_init__(self) -> None:
-        if self.tma and self.fused_merge:
-            raise ValueError("DecodeConfig.tma supports the separate merge only (fused_merge=False)")
         if self.block_n < 16 or self.block_n & (self.block_n - 1):
             raise ValueError(f"DecodeConfig.block_n must be a power of two >= 16, got {self.block_n}")
         for name in ("num_warps", "num_stages", "programs_per_sm", "min_split_tokens", "max_splits"):
@@ -214,11 +208,7 @@ def decode_partials(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     the config's, halved where wide fp32 tiles would not fit in shared memory).
     Shapes are assumed checked by the caller (see triton_backend).
     """
-    if config.tma:
-        decode_partials_tma(q, k_cache, v_cache, block_tables, seq_lens, scale, part_out, part_lse,
-                            config.num_warps, config.num_stages)
-    else:
-        _launch(q, k_cache, v_cache, block_tables, seq_lens, scale, part_out, part_lse, None, None, config)
+    _launch(q, k_cache, v_cache, block_tables, seq_lens, scale, part_out, part_lse, None, None, config)
 
 
 def decode_merged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

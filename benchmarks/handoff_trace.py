@@ -3,7 +3,8 @@
   PYTHONPATH=. python -m benchmarks.handoff_trace --tokens 4096 --layers-per-chunk 8 --out out/trace
 
 Same set-up as ``benchmarks.handoff`` (two processes, a pair group through Redis, Llama-3-8B
-KV shapes, random block ids). After a warm-up, ``torch.profiler`` records a few handoffs;
+KV shapes, random block ids). After a warm-up, ``torch.profiler`` records a few handoffs (the same loop as the
+benchmark's timings: barrier, call, device sync);
 each side prints its last one as a timeline relative to the start of its ``send``/``recv``
 call: host operations (top level) and device kernels (NCCL, gather, scatter), with start and
 duration in microseconds, and writes a Chrome trace per side to --out; and, for scale, the
@@ -15,8 +16,6 @@ over raw send/recv.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import uuid
 from pathlib import Path
 
@@ -25,10 +24,9 @@ import torch.multiprocessing as mp
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from benchmarks.handoff import LLAMA3_8B, RANKS, _barrier, _cache, _device, _sync
-from kvstore.config import TransportConfig
 import kvstore.handoff as handoff_module
-from kvstore.handoff import KVHandoff
+from benchmarks.handoff import LLAMA3_8B, RANKS, _cache, _device, _timed
+from kvstore.config import TransportConfig
 from kvstore.keys import RedisKeys
 from kvstore.pair_groups import PairGroups
 
@@ -39,7 +37,7 @@ def _worker(rank: int, args: argparse.Namespace, url: str, prefix: str) -> None:
     import redis
     if args.spin_s is not None:
         handoff_module._SPIN_S = args.spin_s
-    device = _device(argparse.Namespace(device=args.device), rank)
+    device = _device(args, rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     me, peer = RANKS[rank], RANKS[1 - rank]
@@ -48,24 +46,19 @@ def _worker(rank: int, args: argparse.Namespace, url: str, prefix: str) -> None:
     with PairGroups(me, redis.Redis.from_url(url), RedisKeys(prefix), transport, device) as groups:
         group = groups.get(peer)
         kv, ids = _cache(args.tokens // LLAMA3_8B.block_size, device, seed=args.tokens + rank)
-        handoff = KVHandoff(groups, transport)
+        handoff = handoff_module.KVHandoff(groups, transport)
         move = handoff.send if rank == 0 else handoff.recv
 
-        def once(i: int) -> float:
-            _barrier(group, device)
-            start = time.perf_counter()
+        def marked(i: int) -> None:
             with record_function(MARK):
                 move(kv, ids, peer, f"trace-{i}")
-            _sync(device)
-            return time.perf_counter() - start
 
-        plain = [once(i) for i in range(args.warmup + args.iters)][args.warmup:]
-        print(f"{me}: without the profiler, handoff calls took {statistics.median(plain) * 1e6:.0f} us "
-              f"(median of {len(plain)})", flush=True)
+        plain = _timed(args, group, device, marked)  # args carries warmup and iters
+        print(f"{me}: without the profiler, handoff calls took {plain * 1e6:.0f} us "
+              f"(median of {args.iters})", flush=True)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
-            for i in range(args.iters):
-                once(args.warmup + args.iters + i)
+            _timed(args, group, device, marked)
         args.out.mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(args.out / f"trace-{me}.json"))
         print(_timeline(me, prof.events()), flush=True)

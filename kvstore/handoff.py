@@ -157,8 +157,8 @@ def _chunks(header: HandoffHeader) -> list[tuple[int, int]]:
     travel alone: nothing overlaps the gather before the first byte nor the scatter after the
     last, so those are one layer's instead of a chunk's."""
     step, layers = header.layers_per_chunk, header.layout.num_layers
-    if step == 1 or step >= layers or layers <= 2:
-        return [(first, min(first + step, layers)) for first in range(0, layers, step)]
+    if step >= layers:
+        return [(0, layers)]
     inner = [(first, min(first + step, layers - 1)) for first in range(1, layers - 1, step)]
     return [(0, 1), *inner, (layers - 1, layers)]
 

@@ -17,7 +17,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--model", required=True, help="Hugging Face checkpoint directory")
     src = gen.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
-    src.add_argument("--prompt-ids", help="prompt token ids, comma separated")
+    src.add_argument("--prompt-ids", help="prompt token ids, comma separated (the only prompt a checkpoint "
+                                          "without tokenizer.json takes; it then prints token ids)")
     gen.add_argument("--max-tokens", type=int, default=32)
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--top-k", type=int, default=0)
@@ -62,8 +63,10 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"token_ids": result.token_ids, "text": result.text,
                           "finish_reason": result.finish_reason.value}))
-    else:
+    elif engine.tokenizer.has_vocab:
         print(result.text)
+    else:  # no tokenizer, no text: the ids, in --prompt-ids' form
+        print(",".join(map(str, result.token_ids)))
     return 0
 
 

@@ -7,13 +7,13 @@ into a stop string is held back until it cannot.
 
 from __future__ import annotations
 
-from engine.tokenizer import Tokenizer
+from engine.tokenizer import AnyTokenizer
 
 _WINDOW = 6  # tokens of left context re-decoded with each new token
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...], prompt_tail: list[int]):
+    def __init__(self, tokenizer: AnyTokenizer, stop: tuple[str, ...], prompt_tail: list[int]):
         self.tokenizer = tokenizer
         self.stop = stop
         self.hold = max((len(s) for s in stop), default=1) - 1

@@ -19,6 +19,7 @@ from engine.batch import build_model_input
 from engine.cache_sizing import choose_num_blocks, resolve_max_model_len
 from engine.config import EngineConfig, parse_dtype
 from engine.detokenizer import IncrementalDetokenizer
+from engine.eos_tokens import eos_token_ids
 from engine.kv_cache_manager import KVCacheManager
 from engine.launched_step import LaunchedStep
 from engine.model.llama import LlamaForCausalLM
@@ -33,7 +34,7 @@ from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
 from engine.step_profile import StepProfile, step_kind
 from engine.stop_conditions import token_finish_reason
-from engine.tokenizer import Tokenizer
+from engine.tokenizer import check_stop_strings, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class LLMEngine:
         self.config = config
         self.device = torch.device(config.device)
         self.model_config = ModelConfig.from_dir(config.model)
-        self.tokenizer = Tokenizer(config.model)
+        self.tokenizer = load_tokenizer(config.model)  # a NoTokenizer without tokenizer.json
         dtype = parse_dtype(config.dtype or self.model_config.torch_dtype)
         max_len = resolve_max_model_len(self.model_config, config.scheduler.max_model_len)
         if model is None:
@@ -106,10 +107,7 @@ class LLMEngine:
         self.runner = ModelRunner(model, backend, num_blocks, block_size)
         self.kv = KVCacheManager(num_blocks, block_size, config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.kv)
-        eos = set(self.model_config.eos_token_ids)
-        if self.tokenizer.eos_token_id is not None:
-            eos.add(self.tokenizer.eos_token_id)
-        self.eos_token_ids = tuple(sorted(eos))
+        self.eos_token_ids = eos_token_ids(config.model, self.model_config, self.tokenizer)
         self.sampler = Sampler(self.eos_token_ids)
         self.requests: dict[str, Request] = {}
         self.held: dict[str, Request] = {}         # finished, blocks kept for a handoff
@@ -145,6 +143,7 @@ class LLMEngine:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         validate_prompt(ids, self.model_config.vocab_size, self.max_model_len)
         params.validate()
+        check_stop_strings(self.tokenizer, params.stop)
         req = Request(request_id, ids, params, generator=self._generator(params),
                       cache_salt=(cache_salt or "").encode(), hold_kv=hold_kv)
         self._track(req)

@@ -34,13 +34,21 @@ class BackendStats:
 
 
 class Tokenizer(Protocol):
-    """The tokenizer calls the front ends make (engine.tokenizer.Tokenizer has them)."""
+    """The tokenizer calls the front ends make (engine.tokenizer.Tokenizer has them).
+
+    A checkpoint without tokenizer files gets engine.tokenizer.NoTokenizer: encode and
+    apply_chat_template raise InvalidRequestError, decode returns "".
+    """
 
     bos_token_id: int | None
 
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str: ...
+
+    def token_string(self, token_id: int) -> str:
+        """One token as logprobs show it: its text, or ``token_id:N`` without a vocabulary."""
+        ...
 
     def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str: ...
 

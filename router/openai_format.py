@@ -29,22 +29,18 @@ def reason_text(reason: FinishReason | None) -> str | None:
     return None if reason is None else reason.value
 
 
-def token_text(tokenizer: Tokenizer, token_id: int) -> str:
-    return tokenizer.decode([token_id], skip_special_tokens=False)
-
-
 def completion_logprobs(tokenizer: Tokenizer, logprobs: list[TokenLogprob], offset: int) -> CompletionLogprobs:
     """The completions format; text offsets count from ``offset`` in the generated text."""
-    tokens = [token_text(tokenizer, lp.token_id) for lp in logprobs]
+    tokens = [tokenizer.token_string(lp.token_id) for lp in logprobs]
     offsets = [offset + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
-    top = [{token_text(tokenizer, t): v for t, v in lp.top} for lp in logprobs]
+    top = [{tokenizer.token_string(t): v for t, v in lp.top} for lp in logprobs]
     return CompletionLogprobs(tokens=tokens, token_logprobs=[lp.logprob for lp in logprobs],
                               top_logprobs=top, text_offset=offsets)
 
 
 def chat_logprobs(tokenizer: Tokenizer, logprobs: list[TokenLogprob]) -> ChatLogprobs:
     def entry(token_id: int, logprob: float) -> ChatTopLogprob:
-        text = token_text(tokenizer, token_id)
+        text = tokenizer.token_string(token_id)
         return ChatTopLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
     return ChatLogprobs(content=[ChatTokenLogprob(**entry(lp.token_id, lp.logprob).model_dump(),
                                                   top_logprobs=[entry(t, v) for t, v in lp.top])

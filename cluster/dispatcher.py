@@ -27,7 +27,7 @@ from engine.outputs import RequestOutput
 from engine.step_profile import add_totals
 from engine.request_validation import validate_prompt
 from engine.sampling_params import SamplingParams
-from engine.tokenizer import Tokenizer
+from engine.tokenizer import AnyTokenizer
 from router.backend import BackendStats
 from router.errors import ServiceUnavailableError
 
@@ -37,7 +37,7 @@ class NoCapacityError(ServiceUnavailableError):
 
 
 class Dispatcher:
-    def __init__(self, view: ClusterView, tokenizer: Tokenizer, model_name: str, max_model_len: int,
+    def __init__(self, view: ClusterView, tokenizer: AnyTokenizer, model_name: str, max_model_len: int,
                  vocab_size: int, eos_token_ids: tuple[int, ...], admission_timeout_s: float = 120.0):
         self.view, self.pools = view, view.pools
         self.tokenizer, self.model_name = tokenizer, model_name

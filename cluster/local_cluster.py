@@ -22,7 +22,7 @@ from cluster.ray_connect import connect_ray
 from cluster.registry import NAMESPACE, ClusterInfo, ClusterRegistry, actor_name, registry_name
 from cluster.worker_spec import WorkerSpec
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
-from engine.tokenizer import Tokenizer
+from engine.tokenizer import load_tokenizer
 from kvstore.config import KVStoreConfig
 from kvstore.keys import RedisKeys
 from kvstore.kv_events import KVEventSubscriber
@@ -148,7 +148,7 @@ def make_dispatcher(info: ClusterInfo, pools: Pools) -> Dispatcher:
     events = KVEventSubscriber(connect_redis(info.kvstore), RedisKeys(info.kvstore.key_prefix))
     view = ClusterView(pools, info.engines[0].block_size, events, host_pull_weight=info.host_pull_weight,
                        policy=info.policy)
-    return Dispatcher(view, Tokenizer(info.model), model_name=os.path.basename(info.model.rstrip("/")),
+    return Dispatcher(view, load_tokenizer(info.model), model_name=os.path.basename(info.model.rstrip("/")),
                       max_model_len=min(e.max_model_len for e in info.engines),
                       vocab_size=info.engines[0].vocab_size, eos_token_ids=info.engines[0].eos_token_ids)
 

@@ -10,12 +10,13 @@ from engine.detokenizer import IncrementalDetokenizer
 from engine.outputs import FinishReason, RequestOutput, TokenLogprob
 from engine.sampling_params import SamplingParams
 from engine.stop_conditions import token_finish_reason
-from engine.tokenizer import Tokenizer
+from engine.tokenizer import AnyTokenizer, check_stop_strings
 
 
 class OutputProcessor:
-    def __init__(self, request_id: str, prompt: list[int], params: SamplingParams, tokenizer: Tokenizer,
+    def __init__(self, request_id: str, prompt: list[int], params: SamplingParams, tokenizer: AnyTokenizer,
                  eos_token_ids: tuple[int, ...], max_model_len: int):
+        check_stop_strings(tokenizer, params.stop)
         self.request_id, self.params = request_id, params
         self.num_prompt_tokens = len(prompt)
         self.detok = IncrementalDetokenizer(tokenizer, params.stop, prompt)

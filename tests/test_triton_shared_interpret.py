@@ -2,8 +2,9 @@
 
 As in tests/test_triton_interpret.py (read why there), the ``case_*`` functions run in a
 child pytest with TRITON_INTERPRET=1; the parent runs that child and the ``test_*``
-checks of the host-side layout, which need no Triton. Inputs are fresh random draws each
-run, with the seed in every failure message; shapes are tiny.
+checks of the host-side layout, which need no Triton. Inputs are random draws from a
+generator seeded by the test's id (printed with a failing case's report), outputs compared per
+(sequence, head) with float64 references; shapes are tiny.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.interpreter import run_interpreter_cases
 from engine.attention.shared_prefix import SharedPrefixPlan, SharedSegment
-from engine.attention.triton_inputs import TOLERANCE, BatchSpec, reference_output, relative_error
-from engine.attention.triton_shared_inputs import (PrefixTree, merge_reference, nested_tree, random_partials,
-                                                   random_shared_batch, shared_reference_output)
+from engine.attention.triton_inputs import BatchSpec
 from engine.attention.triton_merge import merge_tiles
+from engine.attention.triton_shared_inputs import PrefixTree, random_shared_batch
 from engine.attention.triton_shared_layout import build_segment_work, chunk_length
+from tests.attention_checks import (assert_matches_reference, assert_rows_close, merge_reference, nested_tree,
+                                    random_partials, seeded_rng, shared_reference_output, tolerance)
+from tests.interpreter import run_interpreter_cases
 from tests.test_triton_interpret import _patch_interpreter
 
 
@@ -91,8 +93,8 @@ def kernels():
 
 
 @pytest.fixture
-def rng() -> random.Random:
-    return random.Random(random.SystemRandom().randrange(2**31))
+def rng(request) -> random.Random:
+    return seeded_rng(request)
 
 
 def backend(kernels, **shared):
@@ -109,10 +111,9 @@ def check(kernels, tree: PrefixTree, spec: BatchSpec, seed: int, **shared) -> No
     assert batch.meta.shared is not None, f"no sharing planned for {tree}"
     attn = backend(kernels, **shared)
     out = attn.forward(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
-    assert out.shape == batch.q.shape and out.dtype == spec.dtype
-    for name, ref in (("shared reference", shared_reference_output(batch)), ("paged", reference_output(batch))):
-        err = relative_error(out, ref)
-        assert err < TOLERANCE[spec.dtype], f"{name}: relative error {err:.2e} for {tree} {spec} (seed {seed})"
+    assert_matches_reference(out, batch, f"paged reference, {tree} {spec} (seed {seed})")
+    assert_matches_reference(out, batch, f"shared reference, {tree} {spec} (seed {seed})",
+                             ref=shared_reference_output(batch))
     again = attn.forward(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale)  # cached layout
     assert torch.equal(out, again), f"second layer's call differs (seed {seed})"
 
@@ -172,9 +173,8 @@ def case_next_step_reuses_the_plan_layout(kernels, rng) -> None:
         out = attn.forward(b.q, b.k_cache, b.v_cache, b.meta, b.scale)
         if b is earlier:
             items = plan.layout["triton_shared.items"]
-        for name, ref in (("shared reference", shared_reference_output(b)), ("paged", reference_output(b))):
-            err = relative_error(out, ref)
-            assert err < TOLERANCE[b.q.dtype], f"{name}: relative error {err:.2e}, lens {b.meta.seq_lens} (seed {seed})"
+        assert_matches_reference(out, b, f"paged reference (seed {seed})")
+        assert_matches_reference(out, b, f"shared reference (seed {seed})", ref=shared_reference_output(b))
     assert plan.layout["triton_shared.items"] is items, f"the second step rebuilt the layout (seed {seed})"
 
 
@@ -199,7 +199,7 @@ def case_merge_matches_float64_and_never_reads_empty_partials(kernels, rng, n, h
         kernels.triton_merge.merge_partials(part_out, part_lse, out)
     want = merge_reference(part_out, part_lse)
     assert not out.isnan().any() and (out[0] == 0).all(), f"seed {seed}"
-    assert relative_error(out, want) < (1e-6 if out_dtype == torch.float32 else 1e-2), f"seed {seed}"
+    assert_rows_close(out, want, tolerance(out_dtype), f"(seed {seed})")
     tol = 1e-6 if out_dtype == torch.float32 else 2**-7  # one live partial: copied, then rounded once
     torch.testing.assert_close(out[-1].float(), part_out[-1, :, -1], rtol=tol, atol=1e-6, msg=f"seed {seed}")
 

@@ -1,4 +1,5 @@
-"""Random paged batches for checking and timing the attention kernels.
+"""Random paged batches for timing the attention kernels (benchmarks/) and checking them (tests/,
+with the float64 references and comparisons in tests/attention_checks.py).
 
 Blocks are handed out in a shuffled order from a pool with spare blocks, so block tables
 are non-contiguous. Everything a correct kernel must never read is poisoned with NaN:
@@ -8,7 +9,6 @@ entries past a sequence's last block point far outside the cache.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
@@ -113,26 +113,8 @@ def _meta_to(meta: AttentionMetadata, device: torch.device | str) -> AttentionMe
                              meta.max_query_len, meta.max_seq_len, meta.decode_only)
 
 
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-
-def reference_output(batch: PagedBatch) -> torch.Tensor:
-    """The torch reference in float64 on the batch's own caches (spare NaN blocks are never read)."""
-    from engine.attention.reference import paged_attention
-    return paged_attention(batch.q.double(), batch.k_cache.double(), batch.v_cache.double(),
-                           batch.meta, batch.scale)
-
-
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref||, NaN if out holds any NaN."""
+    """||out - ref|| / ||ref|| over the whole batch, NaN if out holds any NaN: the benchmarks' sanity
+    check (tests compare each (sequence, head): tests/attention_checks.py)."""
     diff = (out.double() - ref.double()).norm()
     return float(diff / ref.double().norm())
-
-
-def ragged_seq_lens(rng: random.Random, count: int, max_len: int, block_size: int) -> tuple[int, ...]:
-    """``count`` lengths in [1, max_len]: 1, block-boundary values, the rest uniform, shuffled."""
-    edges = [n for n in (1, block_size, block_size + 1, 2 * block_size - 1, 2 * block_size, max_len)
-             if n <= max_len]
-    lens = edges[:count] + [rng.randint(1, max_len) for _ in range(count - len(edges))]
-    rng.shuffle(lens)
-    return tuple(lens)

@@ -1,5 +1,5 @@
-"""Random decode batches whose sequences share prefix blocks, for the shared-prefix kernel's tests
-and benchmark (and the float64 references they are checked against).
+"""Random decode batches whose sequences share prefix blocks, for the shared-prefix kernel's benchmark
+and tests (their float64 references, trees and merge inputs are in tests/attention_checks.py).
 
 A batch is a prefix tree: each node is a run of whole blocks with a parent (nested sharing:
 a system prompt, few-shot examples below it), and each sequence follows the path to one
@@ -10,7 +10,6 @@ block ids are shuffled and every slot a kernel must not read holds NaN.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
@@ -37,20 +36,6 @@ class PrefixTree:
     def seq_len(self, j: int) -> int:
         node, suffix = self.seqs[j]
         return sum(self.nodes[n][1] for n in self.path(node)) + suffix
-
-
-def nested_tree(rng: random.Random, num_seqs: int, system: int, fewshot: int, groups: int, unshared: int,
-                max_suffix: int, block_size: int) -> PrefixTree:
-    """A system prompt of ``system`` tokens shared by all but ``unshared`` sequences, ``groups`` few-shot
-    nodes of ``fewshot`` tokens below it (each sequence in one group, or directly under the system
-    prompt when ``groups`` is 0), suffixes uniform in [1, max_suffix]. Lengths are rounded to blocks."""
-    blocks = lambda n: max(1, round(n / block_size)) * block_size  # noqa: E731
-    nodes = [(-1, blocks(system))] + [(0, blocks(fewshot)) for _ in range(groups)]
-    seqs = [(rng.randint(1, groups) if groups else 0, rng.randint(1, max_suffix))
-            for _ in range(num_seqs - unshared)]
-    seqs += [(-1, rng.randint(1, max_suffix + system)) for _ in range(unshared)]
-    rng.shuffle(seqs)
-    return PrefixTree(tuple(nodes), tuple(seqs))
 
 
 def random_shared_batch(tree: PrefixTree, spec: BatchSpec, device: torch.device | str, seed: int) -> PagedBatch:
@@ -97,38 +82,3 @@ def _fill(spec: BatchSpec, tables: torch.Tensor, slots: torch.Tensor, num_blocks
     lists = [tables[j, :spec.blocks_of(s)].tolist() for j, s in enumerate(spec.seq_lens)]
     meta.shared = plan_shared_prefixes(lists, list(spec.seq_lens), spec.block_size)
     return PagedBatch(q, caches[0], caches[1], meta, new_k, new_v)
-
-
-def shared_reference_output(batch: PagedBatch) -> torch.Tensor:
-    """The torch shared-prefix decomposition in float64 (``shared_prefix_reference``)."""
-    from engine.attention.shared_prefix_reference import shared_prefix_decode
-    return shared_prefix_decode(batch.q.double(), batch.k_cache.double(), batch.v_cache.double(), batch.meta,
-                                batch.meta.shared, batch.scale)
-
-
-def random_partials(n: int, heads: int, parts: int, dim: int, seed: int,
-                    device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Partials ``(part_out [n, heads, parts, dim], part_lse [n, heads, parts])`` for merge tests: strided
-    views of larger buffers, lse spread over +-20, ~30% empty partials (lse -inf, out NaN: never to be
-    read), row 0 without any partial, the last row with only its last partial."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    part_out = torch.randn(n, heads + 1, parts + 2, dim, generator=gen, device=device)[:, 1:, 1:parts + 1]
-    part_lse = (torch.randn(n, heads, parts + 1, generator=gen, device=device) * 20)[..., :parts]
-    empty = torch.rand(n, heads, parts, generator=gen, device=device) < 0.3
-    empty[0] = True
-    empty[-1] = True
-    empty[-1, :, -1] = n == 1  # a single row is the empty one
-    part_lse[empty] = float("-inf")
-    part_out[empty] = float("nan")
-    return part_out, part_lse
-
-
-def merge_reference(part_out: torch.Tensor, part_lse: torch.Tensor) -> torch.Tensor:
-    """``triton_merge.merge_partials`` in float64: empty partials (lse -inf) weigh 0 whatever their
-    values (even NaN), rows without any partial give 0."""
-    lse, filled = part_lse.double(), part_lse > float("-inf")
-    top = lse.amax(-1, keepdim=True).nan_to_num(neginf=0.0)
-    weight = torch.where(filled, (lse - top).exp(), 0.0)
-    total = weight.sum(-1, keepdim=True)
-    merged = (torch.where(filled[..., None], part_out.double(), 0.0) * weight[..., None]).sum(-2)
-    return merged / torch.where(total > 0, total, 1.0)

@@ -1,13 +1,15 @@
-"""Paged attention kernels against the copy-bandwidth ceiling and torch SDPA (Llama-3-8B heads).
+"""Paged attention kernels against the bandwidth ceilings and torch SDPA (Llama-3-8B heads).
 
   PYTHONPATH=. python -m benchmarks.attention --out out/attention            # full table
   PYTHONPATH=. python -m benchmarks.attention --tune --batches 16 --contexts 4096
 
 Decode: one query row per sequence over a paged bf16 cache with shuffled block ids, timed
 as a CUDA-graph replay (how the engine runs decode) with the L2 flushed between replays.
-Bytes = K + V read once + q + out; achieved GB/s is compared with a device-to-device copy
-measured in the same run (read + write bytes) and with SDPA on contiguous K/V of the same
-shapes (enable_gqa, or K/V expanded to all heads where that fits; the faster is kept).
+Bytes = K + V read once + q + out; achieved GB/s is compared with two ceilings measured in
+the same run (benchmarks/ceilings.py): a device-to-device copy (read + write bytes) and a
+read-only reduction (the honest roof for a kernel that reads K/V and writes little; it is
+above the copy rate), and with SDPA on contiguous K/V of the same shapes (enable_gqa, or K/V
+expanded to all heads where that fits; the faster is kept).
 Every decode case is also timed in variants of the run's config: the split merge fused into
 the decode launch or a separate merge kernel (``DecodeConfig.fused_merge``), and the block
 table read one tile ahead (``table_lookahead``, at >= 3 stages) or in the tile's own
@@ -33,7 +35,8 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from benchmarks.common import copy_bandwidth, graph_seconds, machine_info, median_seconds, out_dir, write_json
+from benchmarks.ceilings import Ceilings, describe, measure
+from benchmarks.common import graph_seconds, machine_info, median_seconds, out_dir, write_json
 from engine.attention.triton_backend import TritonAttention
 from engine.attention.triton_decode import SHARED_BUDGET, DecodeConfig
 from engine.attention.triton_inputs import BatchSpec, random_batch
@@ -59,11 +62,13 @@ class Case:
     def gbps(self, seconds: float | None) -> float | None:
         return None if seconds is None else self.nbytes / seconds / 1e9
 
-    def record(self, copy_bps: float) -> dict[str, object]:
-        """The JSON row: the fields plus achieved GB/s, fraction of copy bandwidth, speed-up over SDPA."""
+    def record(self, ceilings: Ceilings) -> dict[str, object]:
+        """The JSON row: the fields plus achieved GB/s, fractions of the copy and read-only rates,
+        speed-up over SDPA."""
         done = not self.skipped
         return {**dataclasses.asdict(self), "gbps": self.gbps(self.seconds),
-                "copy_fraction": self.gbps(self.seconds) * 1e9 / copy_bps if done else None,
+                "copy_fraction": self.gbps(self.seconds) * 1e9 / ceilings.copy_bps if done else None,
+                "read_fraction": self.gbps(self.seconds) * 1e9 / ceilings.read_bps if done else None,
                 "sdpa_gbps": self.gbps(self.sdpa_seconds),
                 "speedup_vs_sdpa": self.sdpa_seconds / self.seconds if done else None}
 
@@ -286,21 +291,22 @@ def tune_prefill(block_size: int, base: PrefillConfig) -> tuple[PrefillConfig, l
     return best(rows), rows
 
 
-def print_tables(cases: list[Case], prefills: list[PrefillCase], writes: list[WriteCase], copy_bps: float,
+def print_tables(cases: list[Case], prefills: list[PrefillCase], writes: list[WriteCase], ceilings: Ceilings,
                  sweeps: dict[str, list[dict[str, object]]]) -> None:
-    table = Table(title=f"paged decode, bf16, Llama-3-8B heads; copy {copy_bps / 1e9:.0f} GB/s")
+    table = Table(title=f"paged decode, bf16, Llama-3-8B heads; {describe(ceilings)}")
     names = list(dict.fromkeys(n for c in cases if not c.skipped for n in c.variants))
-    for col in ("batch", "context", "triton µs", "GB/s", "% copy", *(f"{n} µs" for n in names), "SDPA µs",
-                "SDPA path", "vs SDPA"):
+    for col in ("batch", "context", "triton µs", "GB/s", "% copy", "% read-only", *(f"{n} µs" for n in names),
+                "SDPA µs", "SDPA % read-only", "SDPA path", "vs SDPA"):
         table.add_column(col, justify="right")
     for c in cases:
         if c.skipped:
-            table.add_row(str(c.batch), str(c.context), "skipped: " + c.skipped, *[""] * (5 + len(names)))
+            table.add_row(str(c.batch), str(c.context), "skipped: " + c.skipped, *[""] * (7 + len(names)))
             continue
-        table.add_row(str(c.batch), str(c.context), f"{c.seconds * 1e6:.1f}", f"{c.gbps(c.seconds):.0f}",
-                      f"{100 * c.gbps(c.seconds) * 1e9 / copy_bps:.0f}",
+        row = c.record(ceilings)
+        table.add_row(str(c.batch), str(c.context), f"{c.seconds * 1e6:.1f}", f"{row['gbps']:.0f}",
+                      f"{100 * row['copy_fraction']:.0f}", f"{100 * row['read_fraction']:.0f}",
                       *(f"{c.variants[n] * 1e6:.1f}" if n in c.variants else "" for n in names),
-                      f"{c.sdpa_seconds * 1e6:.1f}",
+                      f"{c.sdpa_seconds * 1e6:.1f}", f"{100 * row['sdpa_gbps'] * 1e9 / ceilings.read_bps:.0f}",
                       c.sdpa_path, f"{c.sdpa_seconds / c.seconds:.2f}x")
     ptable = Table(title="causal prefill, bf16, Llama-3-8B heads")
     for col in ("batch", "length", "triton ms", "TFLOP/s", "SDPA ms", "SDPA TFLOP/s", "vs SDPA"):
@@ -331,7 +337,7 @@ def summary_table(title: str, rows: list[dict[str, object]]) -> Table:
     return table
 
 
-def plot(cases: list[Case], copy_bps: float, path: Path) -> None:
+def plot(cases: list[Case], ceilings: Ceilings, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -341,7 +347,8 @@ def plot(cases: list[Case], copy_bps: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, len(done) * 0.8), 4))
     ax.bar([i - 0.2 for i in x], [c.gbps(c.seconds) for c in done], 0.4, label="Triton paged decode")
     ax.bar([i + 0.2 for i in x], [c.gbps(c.sdpa_seconds) for c in done], 0.4, label="SDPA, contiguous K/V")
-    ax.axhline(copy_bps / 1e9, color="k", linestyle="--", label="device copy (read+write)")
+    ax.axhline(ceilings.read_bps / 1e9, color="k", linestyle="-", label="read-only (reduction)")
+    ax.axhline(ceilings.copy_bps / 1e9, color="k", linestyle="--", label="device copy (read+write)")
     ax.set_xticks(list(x), labels)
     ax.set_ylabel("GB/s (K+V read once, q, out)")
     ax.set_title("decode attention, Llama-3-8B heads, bf16")
@@ -416,7 +423,7 @@ def main() -> None:
     out = out_dir(cfg.out, "attention")
     device = torch.device("cuda")
     machine = machine_info(device)
-    copy_bps = copy_bandwidth(device)
+    ceilings = measure(device)
     decode, prefill, tuning = DecodeConfig(**dict(cfg.decode)), PrefillConfig(), []
     if cfg.tune:
         decode, decode_rows = tune_decode(cfg.block_size, decode)
@@ -430,17 +437,18 @@ def main() -> None:
     writes = [time_write_kv(rows, cfg.block_size) for rows in (256, 8192)]
     sweeps = {"tile sweep": sweep_summary(tuning, "decode tiles", TILE_FIELDS),
               "merge sweep": sweep_summary(tuning, "decode merge", MERGE_FIELDS)}
-    print_tables(cases, prefills, writes, copy_bps, sweeps)
+    print_tables(cases, prefills, writes, ceilings, sweeps)
     Console().print(f"decode config: {decode}\nprefill config: {prefill}\n{machine}")
     write_json(out / "attention.json", {
-        "machine": machine, "copy_bytes_per_s": copy_bps, "decode_config": decode, "prefill_config": prefill,
-        "block_size": cfg.block_size, "decode": [c.record(copy_bps) for c in cases], "prefill": prefills,
+        "machine": machine, "copy_bytes_per_s": ceilings.copy_bps, "read_bytes_per_s": ceilings.read_bps,
+        "ceilings": ceilings.record(), "decode_config": decode, "prefill_config": prefill,
+        "block_size": cfg.block_size, "decode": [c.record(ceilings) for c in cases], "prefill": prefills,
         "write_kv": writes, "tile_sweep": sweeps["tile sweep"], "merge_sweep": sweeps["merge sweep"],
         "tuning": tuning})
     write_json(out / "attention_calibration.json", {"device": machine.device, "model": "llama-3-8b", "measurements": [
         {"op": "decode_attention", "batch": c.batch, "context": c.context, "layers": 1, "seconds": c.seconds}
         for c in cases if not c.skipped]})
-    plot(cases, copy_bps, out / "attention.png")
+    plot(cases, ceilings, out / "attention.png")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 # tool's 10-minute calls. On the device machine, from the repo root, after the bundle:
 #
 #   source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh kernels
-#   ... bash benchmarks/gpu_pending.sh engine (or serving)
+#   ... bash benchmarks/gpu_pending.sh engine (or serving, baselines)
 #
 # State (2026-11-23, session 7): `pair` ran on 2xH200 (BENCHMARKS.md: disaggregated GPU tests, handoff
 # before and after this session's protocol change, serve.py 1P+1D vs colocated at 4-32 req/s); the
@@ -26,7 +26,8 @@ case "${1:-}" in
     # the one untried config family (docs/kernels.md): one split per (sequence, head), deep lookahead
     python -m benchmarks.attention --batches 16 64 --contexts 4096 32768 --prefill-lengths \
       --decode max_splits=1 block_n=64 num_stages=4 table_lookahead=true --out "$work/attention-single-split" \
-      2>&1 | tee "$out/attention-single-split.log" | grep -v "━" | head -12
+      > "$out/attention-single-split.log" 2>&1  # a file, not `| head`: a pipe cut short would kill the run
+    grep -v "━" "$out/attention-single-split.log" | head -12
     python -m benchmarks.attention --tune --out "$work/attention" 2>&1 | tee "$out/attention.log" | tail -80
     ;;
   engine)  # ~4 min: Hydragen's whole-model figure (issue 4; last run 2026-11-23 17:04 UTC)
@@ -70,8 +71,23 @@ case "${1:-}" in
       > "$out/prefix-serving-heavy.log" 2>&1
     grep -v "WARN\|INFO" "$out/prefix-serving-heavy.log" | tail -12
     ;;
+  baselines)  # ~5-7 min (timeouts 2 + 5.5), one H200 (issue 13 point 5): honest ceilings and peers; new, never run
+    # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh baselines
+    # 1. (~1.5 min) the read-only ceiling (benchmarks/ceilings.py: torch.sum and a Triton reduction, 256 MiB-4 GiB)
+    #    beside the copy rate, and the decode kernel's % of each on two decode shapes
+    timeout 120 python -m benchmarks.attention --batches 16 64 --contexts 4096 32768 --prefill-lengths \
+      --out "$work/attention" > "$out/attention.log" 2>&1  # to a file: a pipe cut short by head would kill it
+    grep -v "━" "$out/attention.log" | grep "paged decode\|│" | head -8
+    # 2. (~3-5 min, most of it transformers' torch.compile at its first two batch sizes) the decode step against
+    #    the corrected floor (embedding rows, not the table; copy and read-only rates) and transformers at its
+    #    best (static cache + compile): step against step, e2e against e2e. Ours runs all batches first and
+    #    every row is written as it finishes, so the timeout keeps what finished; 64 before 16 for the same reason
+    timeout 330 python benchmarks/decode_step.py --shape llama-3-8b --batches 1 64 16 --no-hf-cb \
+      --out "$work/decode-step" > "$out/decode-step.log" 2>&1
+    grep "note\|failed\|Error\|GB/s\|│" "$out/decode-step.log" | tail -12
+    ;;
   *)
-    echo "usage: $0 kernels|engine|overlap|pair|serving" >&2
+    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines" >&2
     exit 2
     ;;
 esac

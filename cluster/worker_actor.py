@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from cluster.messages import EngineInfo, WorkerLoad
 from cluster.worker_base import EngineWorker
 from cluster.worker_spec import WorkerParts
@@ -18,6 +20,12 @@ class WorkerActor:
 
     def info(self) -> EngineInfo:
         return self.worker.info()
+
+    def device_uuid(self) -> str | None:
+        """The UUID of the GPU this replica's engine runs on (None off CUDA): the physical device,
+        whatever index CUDA_VISIBLE_DEVICES gives it inside the actor."""
+        device = self.worker.engine.engine.device
+        return str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else None
 
     async def outputs(self, channel: str):
         """A dispatcher's batched output stream (cluster/output_channel.py)."""

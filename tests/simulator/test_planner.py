@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from cluster.config import load_cluster_config, parse_cluster_config
 from simulator.cluster_config import cluster_config, write_cluster_config
@@ -76,9 +75,10 @@ def test_options_restrict_the_families(costs: CostModels) -> None:
     Design(colocated=PoolSpec("H100", 3, max_num_batched_tokens=4096)),
     Design(prefill=PoolSpec("H100", 2), decode=PoolSpec("L40S", 4, tp=2)),
 ])
-def test_cluster_configs_load_in_the_cluster_loader(design: Design, costs: CostModels) -> None:
-    config = cluster_config(design, costs.model, costs.catalog)
-    loaded = parse_cluster_config(yaml.safe_load(yaml.safe_dump(config)))
+def test_written_configs_of_servable_designs_load_in_the_cluster_loader(design: Design, costs: CostModels,
+                                                                       tmp_path) -> None:
+    path = write_cluster_config(tmp_path / "cluster.yaml", cluster_config(design, costs.model, costs.catalog))
+    loaded = load_cluster_config(path)
     for name, pool in design.pools().items():
         assert loaded.pools[name].replicas == pool.replicas
         assert loaded.pools[name].hardware.accelerator_type == pool.hardware
@@ -94,9 +94,15 @@ def test_routing_policy_round_trips_through_the_config(costs: CostModels, tmp_pa
     assert design_from_config(path, costs.catalog) == design
 
 
-def test_offload_config_names_the_attention_pool(costs: CostModels) -> None:
+def test_an_offload_design_is_planned_but_its_config_is_refused_as_not_yet_servable(costs: CostModels,
+                                                                                   tmp_path) -> None:
+    """The planner weighs attention-offload designs (the simulator models them), but the cluster has
+    no attention pool yet: the config written for one names it, and the loader refuses it."""
     design = Design(prefill=PoolSpec("H100", 1), decode=PoolSpec("H100", 2), attention=PoolSpec("CPU-DDR5", 3))
     config = cluster_config(design, costs.model, costs.catalog)
-    assert config["pools"]["attention"] == {"replicas": 3, "hardware": {"accelerator_type": None, "num_gpus": 0,
-                                                                        "num_cpus": 112}}
-    assert config["plan"]["hardware"]["attention"] == "CPU-DDR5"
+    assert config["plan"]["kind"] == "offload" and config["plan"]["hardware"]["attention"] == "CPU-DDR5"
+    path = write_cluster_config(tmp_path / "cluster.yaml", config)
+    with pytest.raises(ValueError, match="attention-offload pools are not implemented yet"):
+        load_cluster_config(path)
+    without = {**config, "pools": {k: v for k, v in config["pools"].items() if k != "attention"}}
+    assert parse_cluster_config(without).disaggregated  # the attention pool alone is what it cannot serve

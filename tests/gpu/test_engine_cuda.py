@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 from engine.sampling_params import SamplingParams
 from engine.tiny_model import TinyModelSpec
@@ -33,7 +34,6 @@ def no_tf32():
 @pytest.mark.parametrize("spec", [TinyModelSpec(), TinyModelSpec(num_kv_heads=4, hidden_size=128),
                                   TinyModelSpec(architecture="qwen2")], ids=["llama-gqa", "llama-mha-d32", "qwen2"])
 def test_cuda_fp32_tokens_equal_cpu_and_transformers(spec, tiny_model_factory):
-    transformers = pytest.importorskip("transformers")
     model = tiny_model_factory(spec)
     ps = prompts(6)
     cpu = make_engine(model).generate(ps, GREEDY)

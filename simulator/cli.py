@@ -38,6 +38,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--config", type=Path, help="a cluster config YAML (as `plan` writes)")
     sim.add_argument("--slo", default=None, help="for SLO attainment and goodput, e.g. ttft_p99=2,tbt_p99=0.1")
     add_input_options(sim)
+    sim.set_defaults(model=None)  # llama-3-8b, or with --config the config's model
     sim.add_argument("--max-num-seqs", type=int, default=256)
     sim.add_argument("--max-num-batched-tokens", type=int, default=8192)
     sim.add_argument("--no-shared-prefix", action="store_true",
@@ -46,6 +47,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--validate", action="store_true",
                      help="run the validation suite (operator sums, M/D/1, monotonicity, seeds, Splitwise, Lamina)")
     sim.set_defaults(func=run_simulate)
+
+    sample = sub.add_parser("sample-trace", help="write a synthetic trace in the Azure CSV format "
+                            "(default: rewrite the shipped simulator/traces/azure_conv_sample.csv)")
+    sample.add_argument("out", type=Path, nargs="?", default=None, help="CSV to write (default: the shipped sample)")
+    sample.add_argument("--spec", default=None, help="synthetic:key=value,... (default: the sample's, "
+                        "synthetic:n=2000,rate=5.4,workload=conversation,seed=2023)")
+    sample.set_defaults(func=run_sample_trace)
 
 
 def _guard(fn):
@@ -78,6 +86,14 @@ def run_simulate(args: argparse.Namespace) -> int:
     if not args.trace or not (args.design or args.config):
         raise SimInputError("simulate needs --trace and --design or --config (or --validate)")
     return simulate_command(args, _console())
+
+
+@_guard
+def run_sample_trace(args: argparse.Namespace) -> int:
+    from simulator.traces.sample import SAMPLE_PATH, SAMPLE_SPEC, write_sample
+    path = write_sample(args.out or SAMPLE_PATH, args.spec or SAMPLE_SPEC)
+    print(f"wrote {path} ({args.spec or SAMPLE_SPEC} in the Azure CSV format)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

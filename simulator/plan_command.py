@@ -38,10 +38,11 @@ def plan_command(args: argparse.Namespace, console: Console) -> int:
         return 1
     marks = ["*" if c is plan.best else "" for c in plan.family_bests]
     console.print(results_table([c.result for c in plan.family_bests],
-                                "cheapest design per family (* = chosen)", marks))
+                                "cheapest design per family (* = chosen)", marks, console.width))
     config_path = args.config_out or args.out / "cluster.yaml"
     config = cluster_config(plan.best.design, costs.model, costs.catalog, plan.best.result, slo, trace.name,
                             args.model_ref)
+    config["plan"]["model"] = args.model  # what `tierserve simulate --config` simulates
     write_cluster_config(config_path, config)
     _plots(args, console, planner, plan, slo)
     write_json(args.out / "plan.json", {"best": result_dict(plan.best.result),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import fields
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table as RichTable
 
@@ -16,6 +18,9 @@ COLUMNS = (("design", "design"), ("$/h", "cost_per_hour"), ("req/s", "throughput
            ("goodput", "goodput_rps"), ("TTFT p99", "ttft_p99"), ("TBT p99", "tbt_p99"),
            ("TPOT p99", "tpot_p99"), ("$/Mtok", "usd_per_mtok"), ("tok/J", "tokens_per_joule"),
            ("util", "utilization"))
+NAMES = {key: name for name, key in COLUMNS}
+WRAPPING = ("design", "utilization")
+NARROW_DROPS = ("tokens_per_joule", "tpot_p99", "goodput_rps", "utilization")  # in this order, as width needs
 
 
 def _cell(r: SimResult, key: str) -> str:
@@ -27,16 +32,57 @@ def _cell(r: SimResult, key: str) -> str:
     return value if isinstance(value, str) else f"{value:.3g}"
 
 
-def results_table(results: list[SimResult], title: str, marks: list[str] | None = None) -> RichTable:
-    table = RichTable(title=title, title_justify="left")
-    if marks is not None:
-        table.add_column("")
-    for name, _ in COLUMNS:
-        table.add_column(name, justify="left" if name == "design" else "right")
-    for i, r in enumerate(results):
-        cells = [_cell(r, key) for _, key in COLUMNS]
-        table.add_row(*([marks[i]] if marks is not None else []), *cells)
+def results_table(results: list[SimResult], title: str, marks: list[str] | None = None,
+                  width: int | None = None) -> RichTable:
+    """Every column, or within ``width`` terminal columns as many as fit with nothing cut:
+    designs and utilizations wrap at spaces; tok/J, TPOT, goodput, util are left out in that
+    order as needed, and the caption names them."""
+    keys = [key for _, key in COLUMNS]
+    rows = [([marks[i]] if marks is not None else []) + [_cell(r, key) for key in keys]
+            for i, r in enumerate(results)]
+    dropped: list[str] = []
+    for key in (None, *NARROW_DROPS):
+        if key is not None:
+            keys.remove(key)
+            dropped.append(NAMES[key])
+        table = _results_table(keys, rows, marks is not None)
+        if width is None or _fits(table, width):
+            break
+    table.title, table.title_justify = title, "left"
+    if dropped:
+        table.caption, table.caption_justify = f"left out to fit {width} columns: {', '.join(dropped)}", "left"
     return table
+
+
+def _results_table(keys: list[str], rows: list[list[str]], marked: bool) -> RichTable:
+    """The columns ``keys`` of ``rows`` (all of COLUMNS, after a mark when ``marked``)."""
+    table = RichTable(box=box.SIMPLE_HEAD)
+    if marked:
+        table.add_column("", no_wrap=True)
+    offset = int(marked)
+    index = {key: offset + i for i, (_, key) in enumerate(COLUMNS)}
+    for key in keys:
+        wraps = key in WRAPPING  # at spaces, never inside a word
+        longest_word = max(len(word) for row in rows for word in row[index[key]].split() or [""])
+        table.add_column(NAMES[key], justify="left" if wraps else "right", no_wrap=not wraps,
+                         min_width=longest_word if wraps else None)
+    for row in rows:
+        table.add_row(*row[:offset], *(row[index[key]] for key in keys))
+    return table
+
+
+def _fits(table: RichTable, width: int) -> bool:
+    """Whether ``table`` renders within ``width`` columns showing every header and cell whole
+    (wrapping columns: every word whole)."""
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    console.print(table)
+    text = console.file.getvalue()
+    for column in table.columns:
+        cells = [str(column.header), *map(str, column.cells)]
+        words = [w for cell in cells for w in cell.split()] if not column.no_wrap else cells
+        if any(w and w not in text for w in words):
+            return False
+    return "…" not in text
 
 
 def validation_table(t: Table) -> RichTable:

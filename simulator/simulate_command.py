@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from pathlib import Path
 
 from rich.console import Console
 
 from simulator import comparisons, validation
 from simulator.costs import CostModels
 from simulator.design_spec import design_from_config, parse_design
+from simulator.errors import SimInputError
+from simulator.files import read_yaml
 from simulator.inputs import build_costs, build_trace
 from simulator.metrics import summarize
-from simulator.models import load_model
+from simulator.models import ModelSpec, load_model, presets
 from simulator.plots import plot_latency_cdfs
 from simulator.progress import progress_bar
 from simulator.report import print_tables, result_dict, results_table, validation_table, write_json
@@ -20,7 +23,56 @@ from simulator.simulation import Simulation
 from simulator.slo import parse_slo
 
 
+DEFAULT_MODEL = "llama-3-8b"
+
+
+def config_model(path: Path) -> str:
+    """The simulator's model for a cluster config: ``plan.model`` where `plan` wrote it, else the
+    config's ``model:`` as a preset name, a preset's checkpoint (``meta-llama/Meta-Llama-3-70B``,
+    or a directory of that name) or a local checkpoint directory with a config.json."""
+    data = read_yaml(path, "cluster config")
+    data = data if isinstance(data, dict) else {}
+    planned = (data.get("plan") or {}).get("model")
+    if planned:
+        return str(planned)
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise SimInputError(f"cluster config {path}: no model")
+    if model in presets() or (Path(model) / "config.json").is_file():
+        return model
+    tail = model.rstrip("/").rsplit("/", 1)[-1].lower()
+    for name, preset in presets().items():
+        hf_name = preset.get("hf_name") or ""
+        if model == hf_name or tail == hf_name.rsplit("/", 1)[-1].lower():
+            return name
+    known = ", ".join(f"{n} ({p.get('hf_name')})" for n, p in presets().items())
+    raise SimInputError(f"cluster config {path}: model {model!r} is not in the simulator's catalog "
+                        f"(simulator/models.yaml: {known}) nor a checkpoint directory with a config.json; "
+                        "pass --model PRESET or a config.json of the same shape")
+
+
+def _same_shape(a: ModelSpec, b: ModelSpec) -> bool:
+    return replace(a, name="", hf_name=None) == replace(b, name="", hf_name=None)
+
+
+def model_for(args: argparse.Namespace) -> str:
+    """--model, the config's model, or the default; an explicit --model must agree with the config."""
+    if not args.config:
+        return args.model or DEFAULT_MODEL
+    if args.model is None:
+        return config_model(args.config)
+    try:
+        from_config = config_model(args.config)
+    except SimInputError:
+        return args.model  # an unmapped checkpoint: --model says what it is
+    if not _same_shape(load_model(args.model), load_model(from_config)):
+        raise SimInputError(f"--model {args.model} disagrees with the model of {args.config} ({from_config}); "
+                            "leave --model out to simulate the config's model")
+    return args.model
+
+
 def simulate_command(args: argparse.Namespace, console: Console) -> int:
+    args = argparse.Namespace(**{**vars(args), "model": model_for(args)})
     costs = build_costs(args)
     trace = build_trace(args)
     if args.design:
@@ -34,7 +86,8 @@ def simulate_command(args: argparse.Namespace, console: Console) -> int:
     with progress_bar(console, f"simulating {design.label()}", len(trace)) as update:
         record = Simulation(design, costs, trace).run(lambda n: update(completed=n))
     result = summarize(record, slo, costs.catalog)
-    console.print(results_table([result], f"{trace.name}: {len(trace)} requests at {trace.rate:.3g} req/s"))
+    console.print(results_table([result], f"{trace.name}: {len(trace)} requests at {trace.rate:.3g} req/s; "
+                                          f"model {costs.model.name}", width=console.width))
     console.print(f"completed {result.completed}, rejected {result.rejected} (longer than the KV memory), "
                   f"makespan {result.duration_s:.1f} s, prefix-cache hits {result.prefix_hit_rate:.1%}")
     if slo is not None:
@@ -48,6 +101,7 @@ def simulate_command(args: argparse.Namespace, console: Console) -> int:
 
 
 def validate_command(args: argparse.Namespace, console: Console) -> int:
+    args = argparse.Namespace(**{**vars(args), "model": args.model or DEFAULT_MODEL})
     loaded = build_costs(args)  # operator sums are checked against the roofline, so no profiles here
     costs = CostModels(loaded.model, loaded.catalog, links=loaded.links)
     big = CostModels(load_model("llama-3-70b"), loaded.catalog, links=loaded.links)

@@ -74,14 +74,13 @@ def _sum_kernel(x_ptr, partial_ptr, n, BLOCK: tl.constexpr, ITERS: tl.constexpr)
     tl.store(partial_ptr + pid, tl.sum(acc, axis=0))
 
 
-def triton_sum(x: torch.Tensor, partial: torch.Tensor, block: int, warps: int) -> torch.Tensor:
-    """Sum of the 1-D float32 ``x`` by ``len(partial)`` programs (partial sums left in ``partial``)."""
+def read_kernel(x: torch.Tensor, partial: torch.Tensor, block: int, warps: int) -> None:
+    """Launch ``len(partial)`` programs that read all of the 1-D float32 ``x``, one partial sum each."""
     programs = partial.numel()
     if x.numel() + programs * block >= 2**31:
         raise ValueError(f"{x.numel()} elements: int32 offsets would overflow")
     iters = triton.cdiv(x.numel(), programs * block)
     _sum_kernel[(programs,)](x, partial, x.numel(), BLOCK=block, ITERS=iters, num_warps=warps)
-    return partial.sum()
 
 
 def _units(device: torch.device) -> int:
@@ -105,10 +104,11 @@ def read_readings(device: torch.device, sizes: tuple[int, ...]) -> list[Reading]
             continue
         for block, warps, per_unit in TRITON_CONFIGS:
             partial = torch.empty(per_unit * _units(device), dtype=torch.float32, device=device)
-            got, want = triton_sum(x, partial, block, warps).item(), x.sum(dtype=torch.float64).item()
+            read_kernel(x, partial, block, warps)
+            got, want = partial.sum().item(), x.sum(dtype=torch.float64).item()
             if abs(got - want) > 1e-3 * abs(want):
                 raise RuntimeError(f"triton sum of {size} bytes is {got}, torch.sum {want}")
-            seconds = median_seconds(lambda: triton_sum(x, partial, block, warps), device)
+            seconds = median_seconds(lambda: read_kernel(x, partial, block, warps), device)  # the kernel alone
             readings.append(Reading(f"triton sum {block}x{warps}w {per_unit}/SM", size, seconds))
     del data
     if device.type == "cuda":

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from engine.config import ConfigError, EngineConfig
 from engine.model.llama import LlamaForCausalLM
 from engine.model_config import ModelConfig
 
+log = logging.getLogger(__name__)
+
 
 def resolve_max_model_len(cfg: ModelConfig, requested: int | None) -> int:
     """The configured max length, bounded by the positions the model was trained for and by a
-    sliding window (this engine attends over full context, so it stays within the window)."""
-    limit = cfg.max_position_embeddings
-    if cfg.sliding_window:
-        limit = min(limit, int(cfg.sliding_window))
+    sliding window: this engine attends over full context, which is the window's attention
+    only within the window, so a longer context is clipped (unset) or refused (requested)."""
+    limit = cfg.max_context
     if requested is None:
+        if limit < cfg.max_position_embeddings:
+            log.warning("max_model_len clipped to the checkpoint's sliding_window=%d (< max_position_embeddings"
+                        "=%d): sliding-window attention is not implemented", limit, cfg.max_position_embeddings)
         return limit
     if requested > limit:
-        raise ConfigError(f"max_model_len={requested} exceeds the model's limit of {limit} tokens")
+        why = ("sliding_window (sliding-window attention is not implemented)"
+               if limit < cfg.max_position_embeddings else "max_position_embeddings")
+        raise ConfigError(f"max_model_len={requested} exceeds the model's limit of {limit} tokens, its {why}")
     return requested
 
 

@@ -1,4 +1,14 @@
-"""The architecture of a Hugging Face checkpoint, read from its config.json."""
+"""The architecture of a Hugging Face checkpoint, read from its config.json.
+
+The one place a checkpoint's config becomes the engine's ``ModelConfig``. Both field styles
+are read: what transformers 5 writes (``dtype``, ``head_dim``, ``rope_parameters``,
+``layer_types``) and what earlier releases wrote (``torch_dtype``, top-level ``rope_theta``
+and ``rope_scaling``). A field the config leaves out takes transformers' own default for that
+architecture (5.24's config classes), so both read a checkpoint the same way. Whatever would
+change the math and is not implemented here (an activation other than SiLU; rope types other
+than default, linear and llama3, or a rope option such as ``partial_rotary_factor`` or
+``attention_factor`` away from its neutral value) is a ``CheckpointError`` naming the field.
+"""
 
 from __future__ import annotations
 
@@ -6,39 +16,32 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+from engine.checkpoint_error import CheckpointError
+from engine.rope_config import RopeScaling, parse_rope
 
+__all__ = ["CheckpointError", "ModelConfig", "RopeScaling", "SUPPORTED_ARCHITECTURES"]
 
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be loaded; the message names what is wrong."""
-
-
-@dataclass(frozen=True)
-class RopeScaling:
-    """Llama 3.1 ("llama3") or linear position scaling of rotary embeddings."""
-
-    kind: str
-    factor: float
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = 8192
-
-    @staticmethod
-    def parse(raw: dict | None) -> RopeScaling | None:
-        if not raw:
-            return None
-        kind = raw.get("rope_type", raw.get("type"))
-        if kind == "default":
-            return None
-        if kind not in ("llama3", "linear"):
-            raise CheckpointError(f"unsupported rope_scaling type {kind!r} (supported: llama3, linear)")
-        fields = {k: raw[k] for k in ("low_freq_factor", "high_freq_factor",
-                                      "original_max_position_embeddings") if k in raw}
-        return RopeScaling(kind=kind, factor=float(raw["factor"]), **fields)
+LLAMA, MISTRAL, QWEN2 = "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"
+SUPPORTED_ARCHITECTURES = (LLAMA, MISTRAL, QWEN2)
+# transformers' defaults for what config.json may leave out (None: num_attention_heads)
+DEFAULTS = {
+    LLAMA: {"num_key_value_heads": None, "max_position_embeddings": 2048, "bos_token_id": 1,
+            "eos_token_id": 2},
+    MISTRAL: {"num_key_value_heads": 8, "max_position_embeddings": 4096 * 32, "bos_token_id": 1,
+              "eos_token_id": 2, "sliding_window": 4096},
+    QWEN2: {"num_key_value_heads": 32, "max_position_embeddings": 32768, "bos_token_id": None,
+            "eos_token_id": None, "sliding_window": 4096, "max_window_layers": 28},
+}
+DTYPES = ("float32", "bfloat16", "float16")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """``sliding_window``: the window some layer attends within (None: full attention only).
+    The engine attends over full context, which equals the window only within it, so
+    ``max_context`` stops there."""
+
     architecture: str
     vocab_size: int
     hidden_size: int
@@ -66,6 +69,8 @@ class ModelConfig:
                                   f"num_key_value_heads={self.num_kv_heads}")
         if self.head_dim % 2:
             raise CheckpointError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if self.torch_dtype not in DTYPES:
+            raise CheckpointError(f"dtype must be one of {', '.join(DTYPES)}, got {self.torch_dtype!r}")
 
     @staticmethod
     def from_dict(raw: dict) -> ModelConfig:
@@ -75,37 +80,43 @@ class ModelConfig:
             raise CheckpointError(f"unsupported architecture {archs or '(none given)'}; "
                                   f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
         try:
-            return ModelConfig._from_fields(arch, raw)
+            return ModelConfig._from_fields(arch, {**DEFAULTS[arch], **raw})
+        except CheckpointError:
+            raise
         except KeyError as e:
             raise CheckpointError(f"config.json lacks required field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"config.json has a field of the wrong type: {e}") from None
 
     @staticmethod
     def _from_fields(arch: str, raw: dict) -> ModelConfig:
-        heads = int(raw["num_attention_heads"])
-        eos = raw.get("eos_token_id")
-        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
-        use_window = raw.get("use_sliding_window", arch == "MistralForCausalLM")
+        if raw.get("hidden_act", "silu") != "silu":
+            raise CheckpointError(f"hidden_act={raw['hidden_act']!r} is not implemented (only silu)")
+        heads, layers = int(raw["num_attention_heads"]), int(raw["num_hidden_layers"])
+        max_positions = int(raw["max_position_embeddings"])
+        theta, scaling = parse_rope(raw, max_positions)
+        llama_bias = arch == LLAMA and bool(raw.get("attention_bias", False))
         return ModelConfig(
             architecture=arch,
             vocab_size=int(raw["vocab_size"]),
             hidden_size=int(raw["hidden_size"]),
             intermediate_size=int(raw["intermediate_size"]),
-            num_layers=int(raw["num_hidden_layers"]),
+            num_layers=layers,
             num_heads=heads,
-            num_kv_heads=int(raw.get("num_key_value_heads") or heads),
-            head_dim=int(raw.get("head_dim") or raw["hidden_size"] // heads),
+            num_kv_heads=int(raw["num_key_value_heads"] or heads),
+            head_dim=int(raw.get("head_dim") or int(raw["hidden_size"]) // heads),
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(raw.get("rope_theta", 10000.0)),
-            rope_scaling=RopeScaling.parse(raw.get("rope_scaling")),
-            max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            max_position_embeddings=max_positions,
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            qkv_bias=arch == "Qwen2ForCausalLM" or bool(raw.get("attention_bias", False)),
-            o_bias=arch != "Qwen2ForCausalLM" and bool(raw.get("attention_bias", False)),
-            mlp_bias=bool(raw.get("mlp_bias", False)),
-            sliding_window=raw.get("sliding_window") if use_window else None,
-            bos_token_id=raw.get("bos_token_id"),
-            eos_token_ids=eos_ids,
-            torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
+            qkv_bias=arch == QWEN2 or llama_bias,
+            o_bias=llama_bias,
+            mlp_bias=arch == LLAMA and bool(raw.get("mlp_bias", False)),
+            sliding_window=_sliding_window(arch, raw, layers),
+            bos_token_id=raw["bos_token_id"],
+            eos_token_ids=_token_ids("eos_token_id", raw["eos_token_id"]),
+            torch_dtype=str(raw.get("dtype") or raw.get("torch_dtype") or "float32"),
         )
 
     @staticmethod
@@ -129,3 +140,34 @@ class ModelConfig:
     @property
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
+
+    @property
+    def max_context(self) -> int:
+        """The longest sequence this engine computes as the checkpoint defines it."""
+        return min(self.max_position_embeddings, self.sliding_window or self.max_position_embeddings)
+
+
+def _sliding_window(arch: str, raw: dict, num_layers: int) -> int | None:
+    """The window as transformers applies it: Llama never; Mistral on every layer whenever
+    sliding_window is set; Qwen2 only with use_sliding_window, on the layers ``layer_types``
+    marks sliding (without it: layers from max_window_layers on)."""
+    if arch == LLAMA:
+        return None
+    window = raw["sliding_window"]
+    if arch == QWEN2:
+        window = window if raw.get("use_sliding_window", False) else None
+        start = int(raw["max_window_layers"])
+        types = raw.get("layer_types") or [LAYER_TYPES[window is not None and i >= start] for i in range(num_layers)]
+        if len(types) != num_layers or not set(types) <= set(LAYER_TYPES):
+            raise CheckpointError(f"layer_types must list {num_layers} of {', '.join(LAYER_TYPES)}, got {types!r}")
+        window = window if "sliding_attention" in types else None
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
+        raise CheckpointError(f"sliding_window must be a positive integer or null, got {window!r}")
+    return window
+
+
+def _token_ids(field: str, value) -> tuple[int, ...]:
+    ids = value if isinstance(value, list) else ([] if value is None else [value])
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise CheckpointError(f"{field} must be a token id or a list of them, got {value!r}")
+    return tuple(ids)

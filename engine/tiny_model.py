@@ -63,17 +63,22 @@ def make_tiny_model(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec()) 
     """Write config.json, tokenizer files and safetensors weights for ``spec`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(spec.vocab_size)
-    tokenizer.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": SPECIAL_TOKENS[0], "eos_token": SPECIAL_TOKENS[1], "pad_token": SPECIAL_TOKENS[2],
-         "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": spec.max_position_embeddings},
-        indent=2))
+    tokenizer = write_tokenizer(out, spec.vocab_size, spec.max_position_embeddings)
     config = hf_config(spec, bos=tokenizer.token_to_id(SPECIAL_TOKENS[0]),
                        eos=tokenizer.token_to_id(SPECIAL_TOKENS[1]))
     (out / "config.json").write_text(json.dumps(config, indent=2))
     write_weights(out, ModelConfig.from_dict(config), spec)
     return out
+
+
+def write_tokenizer(out: Path, vocab_size: int, model_max_length: int) -> Tokenizer:
+    """tokenizer.json and tokenizer_config.json of a trained tokenizer, into ``out``."""
+    tokenizer = train_tokenizer(vocab_size)
+    tokenizer.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": SPECIAL_TOKENS[0], "eos_token": SPECIAL_TOKENS[1], "pad_token": SPECIAL_TOKENS[2],
+         "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length}, indent=2))
+    return tokenizer
 
 
 def train_tokenizer(vocab_size: int) -> Tokenizer:

@@ -36,6 +36,20 @@ def tiny_model(tiny_model_factory) -> Path:
     return tiny_model_factory()
 
 
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory):
+    """``hf_checkpoint(name)``: tests/hf_checkpoints.py's VARIANTS[name] as transformers saves it,
+    with its greedy reference (made once a session)."""
+    from tests.hf_checkpoints import VARIANTS, make_hf_checkpoint
+    made = {}
+
+    def make(name: str):
+        if name not in made:
+            made[name] = make_hf_checkpoint(tmp_path_factory.mktemp(name), VARIANTS[name])
+        return made[name]
+    return make
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     import torch
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -6,11 +6,13 @@ import math
 
 import torch
 
-from engine.model_config import ModelConfig, RopeScaling
+from engine.model_config import ModelConfig
+from engine.rope_config import RopeScaling
 
 
 def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
-    """fp32 inverse frequencies [head_dim // 2], as the reference Llama implementation builds them."""
+    """fp32 inverse frequencies [head_dim // 2], as transformers' rope init functions build them
+    (modeling_rope_utils: default, linear, llama3), operation for operation."""
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
     inv_freq = 1.0 / (theta ** exponents)
     if scaling is None:

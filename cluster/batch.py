@@ -1,6 +1,7 @@
 """Offline batches through a running cluster: JSONL in, JSONL out, a progress bar.
 
-    results = submit_batch(read_requests("prompts.jsonl"), cluster="default", address="ray://head:10001")
+    results = submit_batch(read_requests("prompts.jsonl"), cluster="local")   # started on this machine
+    results = submit_batch(requests, cluster="prod", address="ray://head:10001")  # a remote head
 
 The batch runs in a small actor inside the cluster (so Ray Client only carries the request
 list, the results and progress polls); it drives the cluster's pools through its own
@@ -18,7 +19,7 @@ from pathlib import Path
 import ray
 
 from cluster.ray_connect import connect_ray
-from cluster.registry import attach, lookup
+from cluster.registry import NAMESPACE, ClusterNotFoundError, attach, lookup, registry_name
 from engine.sampling_params import InvalidRequestError, SamplingParams
 
 _SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)}
@@ -110,12 +111,14 @@ class BatchRunner:
 
 def submit_batch(requests: list[BatchRequest], cluster: str = "default", address: str | None = None,
                  progress: bool = True) -> list[BatchResult]:
-    """Run ``requests`` through the named cluster; joins Ray at ``address`` (None: this process's Ray,
-    or "auto") and shows a progress bar."""
+    """Run ``requests`` through the named cluster and show a progress bar. Joins Ray at ``address``
+    unless this process is in Ray already: None or "local" is the cluster of that name that
+    `tierserve serve --config` started on this machine; "auto", "HOST:PORT", "ray://HOST:10001"
+    as cluster/ray_connect.py says."""
     from tqdm import tqdm
     if not ray.is_initialized():
-        connect_ray(address or "auto")
-    lookup(cluster)  # ClusterNotFoundError here, not inside the runner
+        connect_ray(address or "local", cluster)
+    find_cluster(cluster, address or "local")
     runner = BatchRunner.remote(cluster)
     result = runner.run.remote(requests)
     with tqdm(total=len(requests), disable=not progress, desc=f"batch via {cluster!r}", unit="req") as bar:
@@ -126,3 +129,24 @@ def submit_batch(requests: list[BatchRequest], cluster: str = "default", address
         return ray.get(result)
     finally:
         ray.kill(runner)
+
+
+def find_cluster(cluster: str, address: str) -> None:
+    """ClusterNotFoundError (here, not inside the runner) saying which tierserve clusters this Ray
+    holds, if any: `--address auto` may have found a Ray that is not ours."""
+    try:
+        lookup(cluster)
+        return
+    except ClusterNotFoundError:
+        pass
+    if not address.startswith("ray://"):
+        address = ray.get_runtime_context().gcs_address
+    suffix = registry_name("")
+    names = sorted(a["name"].removesuffix(suffix) for a in ray.util.list_named_actors(all_namespaces=True)
+                   if a.get("namespace") == NAMESPACE and a["name"].endswith(suffix))
+    if names:
+        raise ClusterNotFoundError(f"no tierserve cluster named {cluster!r} in the Ray at {address}; "
+                                   f"it runs: {', '.join(names)} (pass --cluster NAME)")
+    raise ClusterNotFoundError(f"the Ray at {address} runs no tierserve cluster (`--address auto` takes any Ray "
+                               "on this machine, perhaps someone else's); leave --address out to reach the "
+                               "cluster `tierserve serve --config` started here, or start one")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import threading
 import time
 
@@ -25,6 +26,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--model", default=None, help="checkpoint directory (default: the embedded tiny model)")
     demo.add_argument("--max-tokens", type=int, default=16)
     demo.add_argument("--replicas", type=int, default=1, help="replicas per pool")
+    demo.add_argument("--verbose", action="store_true", help="show Ray's own log lines and the replicas' output")
     demo.set_defaults(func=run_demo)
 
 
@@ -40,20 +42,23 @@ def run_demo(args: argparse.Namespace) -> int:
     pool = {"replicas": args.replicas, "hardware": {"num_cpus": 0.5}}
     config = parse_cluster_config({"model": model, "name": "demo", "pools": {"prefill": pool, "decode": pool}})
     t0 = time.perf_counter()
-    with console.status("starting local Ray, redis-server and the pools..."):
-        cluster = Cluster(config)
-        dispatcher = cluster.start()
+    cluster = Cluster(config, progress=_progress, verbose=args.verbose)
+    dispatcher = cluster.start()
     console.print(f"cluster up in {time.perf_counter() - t0:.1f}s: {args.replicas} prefill + {args.replicas} "
                   f"decode replica(s) of {model}, Redis at {cluster.kvstore.redis_url}")
     try:
         rows = _serve_and_ask(dispatcher, args.max_tokens)
     finally:
-        with console.status("shutting down..."):
-            cluster.shutdown()
+        _progress("shutting down the pools, Ray and redis-server")
+        cluster.shutdown()
     for table in _tables(rows, dispatcher):
         console.print(table)
     console.print("clean shutdown: pools stopped, Ray and redis-server gone")
     return 0
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _serve_and_ask(dispatcher, max_tokens: int) -> list[tuple]:
@@ -68,6 +73,8 @@ def _serve_and_ask(dispatcher, max_tokens: int) -> list[tuple]:
     thread.start()
     router = Router(dispatcher, RouterConfig(grpc_port=0, http_port=0))
     asyncio.run_coroutine_threadsafe(router.start(), loop).result(60)
+    _progress(f"router listening on 127.0.0.1: http_port={router.http_port}; sending {len(DEMO_PROMPTS)} "
+              "streamed requests")
     try:
         client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{router.http_port}/v1", api_key="demo")
         return asyncio.run(_ask_all(client, dispatcher.model_name, max_tokens))

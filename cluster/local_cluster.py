@@ -4,12 +4,17 @@
         async for delta in dispatcher.generate(None, prompt_ids, params): ...
 
 ``address`` None starts a local Ray instance; "auto" or "ray://host:10001" joins one.
-With ``kvstore.redis_url`` unset a private redis-server is started on a free port.
+With ``kvstore.redis_url`` unset a private redis-server is started on a free port. The model
+directory is checked before anything starts; a started cluster writes a marker so that
+`tierserve submit` on this machine finds it by name (cluster/ray_connect.py).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Callable
 
 import ray
 
@@ -18,16 +23,16 @@ from cluster.cluster_view import ClusterView
 from cluster.dispatcher import Dispatcher
 from cluster.pool_handles import Pools, Replica
 from cluster.redis_server import RedisServer
-from cluster.ray_connect import connect_ray
+from cluster.ray_connect import connect_ray, remove_marker, write_marker
 from cluster.registry import NAMESPACE, ClusterInfo, ClusterRegistry, actor_name, registry_name
 from cluster.worker_spec import WorkerSpec
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from engine.model_config import CheckpointError, ModelConfig
 from engine.tokenizer import load_tokenizer
 from kvstore.config import KVStoreConfig
 from kvstore.keys import RedisKeys
 from kvstore.kv_events import KVEventSubscriber
 from kvstore.redis_client import connect_redis
-
 
 
 class ClusterStartError(RuntimeError):
@@ -48,16 +53,37 @@ def engine_config_for(cfg: ClusterConfig, pool: PoolConfig) -> EngineConfig:
 
 
 class Cluster:
-    def __init__(self, config: ClusterConfig, address: str | None = None):
+    """``progress`` gets one short line per bring-up phase (the CLI prints them on stderr); Ray's
+    own INFO/WARNING lines and the replicas' output stay out of the driver unless ``verbose``."""
+
+    def __init__(self, config: ClusterConfig, address: str | None = None,
+                 progress: Callable[[str], None] | None = None, verbose: bool = False):
         self.config, self.address = config, address
+        self.progress = progress or (lambda line: None)
+        self.verbose = verbose
         self.redis: RedisServer | None = None
         self.kvstore: KVStoreConfig | None = None
         self.pools = Pools()
         self.dispatcher: Dispatcher | None = None
         self.registry = None
         self._started_ray = False
+        self._marker = False
+
+    @property
+    def local(self) -> bool:
+        """Ray on this machine (started here, or found by ``auto``), so the model is read here too."""
+        return self.address in (None, "local", "auto")
+
+    def preflight(self) -> None:
+        """Checks that need no Ray: the model directory, when the replicas run on this machine."""
+        if self.local:
+            try:
+                ModelConfig.from_dir(self.config.model)
+            except CheckpointError as e:
+                raise ClusterStartError(f"{e} (the config's model)") from None
 
     def start(self) -> Dispatcher:
+        self.preflight()
         try:
             self._start_redis()
             self._start_ray()
@@ -69,16 +95,22 @@ class Cluster:
             self.registry = ClusterRegistry.options(name=registry_name(info.name),
                                                     namespace=NAMESPACE).remote(info)
             self.dispatcher = make_dispatcher(info, self.pools)
+            self._write_marker()
         except BaseException:
             self.shutdown()
             raise
+        self.progress(f"cluster {self.config.name!r} up; KV pair groups form on each prefill/decode pair's "
+                      "first request")
         return self.dispatcher
 
     def _start_redis(self) -> None:
         url = self.config.kvstore.redis_url
         if url is None:
             self.redis = RedisServer()
+            self.progress(f"starting redis-server on 127.0.0.1:{self.redis.port}")
             url = self.redis.start()
+        else:
+            self.progress(f"using Redis at {url}")
         self.kvstore = KVStoreConfig(redis_url=url, host_capacity_bytes=self.config.kvstore.host_tier_bytes,
                                      key_prefix=f"tierserve-{self.config.name}")
         connect_redis(self.kvstore).close()  # RedisUnavailableError names the URL
@@ -87,17 +119,23 @@ class Cluster:
         if ray.is_initialized():
             return
         if self.address is None or self.address == "local":
-            cpus = sum(p.replicas * p.hardware.num_cpus for p in self.config.pools.values())
-            ray.init(num_cpus=max(int(cpus) + 1, os.cpu_count() or 1), namespace=NAMESPACE,
-                     include_dashboard=False, log_to_driver=True)
+            cpus = max(int(sum(p.replicas * p.hardware.num_cpus for p in self.config.pools.values())) + 1,
+                       os.cpu_count() or 1)
+            self.progress(f"starting Ray (local, {cpus} CPUs)")
+            quiet = {} if self.verbose else {"logging_level": logging.ERROR}
+            ray.init(num_cpus=cpus, namespace=NAMESPACE, include_dashboard=False, log_to_driver=self.verbose,
+                     **quiet)
         else:
-            connect_ray(self.address)
+            self.progress(f"joining Ray at {self.address}")
+            connect_ray(self.address, self.config.name, verbose=self.verbose)
         self._started_ray = True
 
     def _start_pools(self) -> None:
         from decode_workers.actor import DecodeActor
         from prefill_workers.actor import PrefillActor
         actor_classes = {"prefill": PrefillActor, "decode": DecodeActor, "colocated": DecodeActor}
+        placed = " + ".join(f"{p.replicas} {role}" for role, p in self.config.pools.items())
+        self.progress(f"placing {placed} replica(s) of {self.config.model}")
         for role, pool in self.config.pools.items():
             engine = engine_config_for(self.config, pool)
             for i in range(pool.replicas):
@@ -110,15 +148,33 @@ class Cluster:
         self.infos = self._wait_ready()
 
     def _wait_ready(self) -> list:
-        infos = []
-        for r in self.pools.all:
+        """Each replica's EngineInfo, in pool order; a line as each finishes loading the model."""
+        replicas = list(self.pools.all)
+        self.progress(f"loading the model in {len(replicas)} replicas ({', '.join(r.worker_id for r in replicas)})")
+        start = time.monotonic()
+        refs = {r.actor.info.remote(): r for r in replicas}
+        infos, pending = {}, list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            replica = refs[done[0]]
             try:
-                infos.append(ray.get(r.actor.info.remote()))
+                infos[replica.worker_id] = ray.get(done[0])
             except ray.exceptions.RayActorError as e:
-                raise ClusterStartError(f"replica {r.worker_id} failed to start: {e}") from None
-        return infos
+                raise ClusterStartError(f"replica {replica.worker_id} failed to start: "
+                                        f"{e if self.verbose else _cause(e)}") from None
+            self.progress(f"replica {replica.worker_id} ready ({time.monotonic() - start:.1f} s)")
+        return [infos[r.worker_id] for r in replicas]
+
+    def _write_marker(self) -> None:
+        """So that `tierserve submit` on this machine finds this cluster by name (cluster/ray_connect.py)."""
+        if not ray.util.client.ray.is_connected():
+            write_marker(self.config.name, ray.get_runtime_context().gcs_address)
+            self._marker = True
 
     def shutdown(self) -> None:
+        if self._marker:
+            remove_marker(self.config.name)
+            self._marker = False
         for r in self.pools.all:
             try:
                 ray.get(r.actor.shutdown.remote(), timeout=30)
@@ -141,6 +197,12 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def _cause(error: Exception) -> str:
+    """The last line of a replica's start-up failure (its exception; all of Ray's text with verbose)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def make_dispatcher(info: ClusterInfo, pools: Pools) -> Dispatcher:

@@ -15,7 +15,8 @@ from simulator.inputs import add_input_options
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     plan = sub.add_parser("plan", help="cheapest cluster design that meets an SLO at a trace's rate")
-    plan.add_argument("--trace", required=True, help="Azure .csv, Mooncake .jsonl or synthetic:key=value,...")
+    plan.add_argument("--trace", required=True, help="Azure .csv (e.g. the shipped simulator/traces/"
+                      "azure_conv_sample.csv), Mooncake .jsonl or synthetic:key=value,...")
     plan.add_argument("--slo", required=True, help="e.g. ttft_p99=2,tbt_p99=100ms")
     add_input_options(plan)
     plan.add_argument("--kinds", default="colocated,disaggregated,offload", help="design kinds to search")

@@ -72,15 +72,27 @@ def test_leases_pin_refcount_and_release(store: KVStore) -> None:
     store.index.deregister("w")
 
 
+def server_ms(store: KVStore) -> int:
+    """Redis's clock in ms, as the lease scripts read it (TIME)."""
+    seconds, micros = store.redis.time()
+    return seconds * 1000 + micros // 1000
+
+
 def test_lease_expires_by_itself(redis_url: str) -> None:
+    """Without a release, a lease's pins lapse at the expiry it recorded, on Redis's clock: the test
+    waits for that moment (read from the pin itself), not for a guessed sleep."""
     from tests.kvstore.conftest import make_store
-    kv_store = make_store(redis_url, lease_ttl_s=0.2)
+    kv_store = make_store(redis_url, lease_ttl_s=1.0)
     try:
         keys = keys_of(list(range(8)))
         kv_store.index.add("w", Tier.GPU, keys, [0, 1])
+        start = server_ms(kv_store)
         lease = kv_store.leases.acquire(keys)
-        assert kv_store.leases.refcount(keys[1]) == 1
-        time.sleep(0.5)
+        expiry = kv_store.redis.zscore(kv_store.keys.pin(lease.keys[1]), lease.lease_id)
+        assert start + 1000 <= expiry <= server_ms(kv_store) + 1000
+        assert kv_store.leases.refcount(keys[1]) == 1  # read within the second the lease lives
+        while (now := server_ms(kv_store)) <= expiry + 1:  # the pin set's own TTL ends then too
+            time.sleep((expiry + 2 - now) / 1000)
         assert kv_store.leases.refcount(keys[1]) == 0
         assert kv_store.leases.pinned_blocks() == 0
         assert not kv_store.redis.exists(*(kv_store.keys.pin(k) for k in lease.keys))

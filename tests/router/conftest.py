@@ -7,6 +7,7 @@ process would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -72,6 +73,31 @@ class RunningRouter:
             time.sleep(0.02)
         assert self.aborted() == aborted_before + 1
 
+    @contextlib.contextmanager
+    def engine_held(self) -> Iterator[None]:
+        """Within it, once a step has produced a token the engine takes no more steps until the block
+        ends: running requests stay running (holding their blocks) however long the test takes, so
+        a test can cancel one, time one out or send a duplicate of one without racing its end.
+        Commands (adding and aborting requests, stats) still run between the held engine's idle
+        turns. For lockstep engines (the CPU default): an overlapped step in flight would not be
+        read back while held."""
+        engine = self.backend.engine.engine
+        step, released, produced = engine.step, threading.Event(), [0]
+
+        def held_step():
+            if produced[0] and not released.is_set():
+                released.wait(0.01)  # an idle turn: the engine's loop runs queued commands in between
+                return []
+            deltas = step()
+            produced[0] += sum(len(d.new_token_ids) for d in deltas)
+            return deltas
+        engine.step = held_step
+        try:
+            yield
+        finally:
+            released.set()
+            del engine.step  # the class's own again
+
     def wait_until_idle(self, timeout: float = 60) -> BackendStats:
         """Poll until no request holds blocks or is queued (bounded); return the last stats."""
         deadline = time.monotonic() + timeout
@@ -107,8 +133,14 @@ def router(tiny_model) -> Iterator[RunningRouter]:
 
 @pytest.fixture(scope="module")
 def strict_router(tiny_model) -> Iterator[RunningRouter]:
-    """API keys key-a and key-b, and a 0.5 s request timeout."""
-    yield from serve(tiny_model, api_keys=("key-a", "key-b"), request_timeout_s=0.5)
+    """API keys key-a and key-b (no request timeout: a call with a good key must succeed however slow)."""
+    yield from serve(tiny_model, api_keys=("key-a", "key-b"), request_timeout_s=None)
+
+
+@pytest.fixture(scope="module")
+def timeout_router(tiny_model) -> Iterator[RunningRouter]:
+    """A 0.5 s request timeout (tests hold its engine, so their requests surely outlast it)."""
+    yield from serve(tiny_model, request_timeout_s=0.5)
 
 
 @pytest.fixture(scope="module")

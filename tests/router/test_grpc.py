@@ -109,13 +109,12 @@ def test_bad_requests_are_invalid_argument_and_server_keeps_serving(stub, reques
 
 
 def test_duplicate_request_id_is_refused_without_harming_the_first(stub, router):
-    # long enough that the first is still running when the second arrives on a loaded machine
-    # (40 tokens took ~30 ms and sometimes finished first)
-    first = stub.GenerateStream(pb.GenerateRequest(request_id="dup", text="Hello", sampling=pb.SamplingParams(
-        max_tokens=1000, temperature=0, ignore_eos=True)), timeout=60)
-    next(first)
-    with pytest.raises(grpc.RpcError) as info:
-        stub.Generate(pb.GenerateRequest(request_id="dup", text="Hi"), timeout=60)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "already in use" in info.value.details()
-    assert sum(len(c.token_ids) for c in first) == 999
+    with router.engine_held():  # the first is still running when the second arrives, on any machine
+        first = stub.GenerateStream(pb.GenerateRequest(request_id="dup", text="Hello", sampling=pb.SamplingParams(
+            max_tokens=40, temperature=0, ignore_eos=True)), timeout=60)
+        assert len(next(first).token_ids) == 1
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Generate(pb.GenerateRequest(request_id="dup", text="Hi"), timeout=60)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "already in use" in info.value.details()
+    assert sum(len(c.token_ids) for c in first) == 39
     assert router.wait_until_idle().num_blocks_used == 0

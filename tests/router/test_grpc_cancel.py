@@ -1,4 +1,7 @@
-"""gRPC deadlines, client cancellation, the router's own timeout and API keys: KV freed, service on."""
+"""gRPC deadlines, client cancellation, the router's own timeout and API keys: KV freed, service on.
+
+Requests to be cancelled or timed out run on a held engine (``RunningRouter.engine_held``): they
+stay running, however fast or slow the machine, until the test has done with them."""
 
 from __future__ import annotations
 
@@ -20,18 +23,19 @@ def stub(router):
 
 def test_client_cancel_mid_stream_frees_kv(stub, router):
     aborted = router.aborted()
-    call = stub.GenerateStream(pb.GenerateRequest(text="Once upon a time", sampling=LONG), timeout=120)
-    first = next(call)
-    assert first.token_ids and router.backend.stats().num_blocks_used > 0
-    call.cancel()
-    router.assert_aborted_and_freed(aborted)
+    with router.engine_held():
+        call = stub.GenerateStream(pb.GenerateRequest(text="Once upon a time", sampling=LONG), timeout=120)
+        first = next(call)
+        assert first.token_ids and router.backend.stats().num_blocks_used > 0
+        call.cancel()
+        router.assert_aborted_and_freed(aborted)
     assert len(stub.Generate(SHORT, timeout=60).token_ids) >= 1
 
 
 @pytest.mark.parametrize("method", ["Generate", "GenerateStream"])
 def test_deadline_exceeded_aborts_and_frees_kv(stub, router, method):
     aborted = router.aborted()
-    with pytest.raises(grpc.RpcError) as info:
+    with router.engine_held(), pytest.raises(grpc.RpcError) as info:
         reply = getattr(stub, method)(pb.GenerateRequest(text="Once upon a time", sampling=LONG), timeout=0.5)
         list(reply) if method == "GenerateStream" else reply
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -39,16 +43,15 @@ def test_deadline_exceeded_aborts_and_frees_kv(stub, router, method):
     assert len(stub.Generate(SHORT, timeout=60).token_ids) >= 1
 
 
-def test_router_request_timeout_is_deadline_exceeded(strict_router):
-    aborted = strict_router.aborted()
-    with grpc.insecure_channel(strict_router.grpc_target) as channel:
+def test_router_request_timeout_is_deadline_exceeded(timeout_router):
+    aborted = timeout_router.aborted()
+    with grpc.insecure_channel(timeout_router.grpc_target) as channel, timeout_router.engine_held():
         stub = pb_grpc.GenerationStub(channel)
         with pytest.raises(grpc.RpcError) as info:
-            stub.Generate(pb.GenerateRequest(text="Hello", sampling=LONG), timeout=60,
-                          metadata=[("authorization", "Bearer key-b")])
-    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "request timeout of 0.5 s" in info.value.details()
-    strict_router.assert_aborted_and_freed(aborted)
+            stub.Generate(pb.GenerateRequest(text="Hello", sampling=LONG), timeout=60)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "request timeout of 0.5 s" in info.value.details()
+        timeout_router.assert_aborted_and_freed(aborted)
 
 
 @pytest.mark.parametrize("metadata, message", [

@@ -63,11 +63,11 @@ def test_metrics_named_and_counting(cached_router):
 def test_load_gauges_while_a_request_runs(router):
     body = {"model": router.router.model_name, "prompt": "Once upon a time", "max_tokens": 2000,
             "temperature": 0, "ignore_eos": True, "stream": True}
-    with httpx.Client(base_url=router.base_url, timeout=60) as http:
+    with router.engine_held(), httpx.Client(base_url=router.base_url, timeout=60) as http:
         with http.stream("POST", "/v1/completions", json=body) as response:
             lines = response.iter_lines()  # held: dropping it would close the connection
             next(line for line in lines if line.startswith("data: {"))
-            during = scrape(http)
+            during = scrape(http)  # the engine is held: the request is still running
     assert during[("tierserve_running_requests", ())] == 1
     assert during[("tierserve_kv_blocks_in_use", ())] > 0
     assert during[("tierserve_queue_depth", ())] == 0

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from kvstore.errors import LayoutMismatchError
+from kvstore.layout import KVLayout
 
 
 def block_index_tensor(block_ids: Sequence[int] | torch.Tensor, num_blocks: int,
@@ -30,6 +31,16 @@ def block_index_tensor(block_ids: Sequence[int] | torch.Tensor, num_blocks: int,
         if torch.unique(ids).numel() != ids.numel():
             raise ValueError("block ids must not repeat")
     return ids.to(device)
+
+
+def checked_blocks(kv: torch.Tensor, block_ids: Sequence[int] | torch.Tensor) -> tuple[KVLayout, torch.Tensor]:
+    """The layout of cache ``kv`` and ``block_ids`` as an index tensor, both checked (at least one id)."""
+    layout = KVLayout.of_cache(kv)
+    layout.check_cache(kv)
+    ids = block_index_tensor(block_ids, kv.shape[2], kv.device)
+    if ids.numel() == 0:
+        raise ValueError("a handoff needs at least one block id")
+    return layout, ids
 
 
 _WORDS = (torch.int64, torch.int32, torch.int16, torch.uint8)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
@@ -41,12 +43,19 @@ class KVStoreConfig:
                   lease_ttl_s=self.lease_ttl_s, connect_timeout_s=self.connect_timeout_s)
 
 
+SECRET_ENV = "TIERSERVE_KV_SECRET"
+
+
 @dataclass(frozen=True)
 class TransportConfig:
     """Pairwise KV transfer between workers.
 
-    advertise_host: address peers use to reach this worker's rendezvous store (a Ray
-    pool passes its node IP); None resolves this machine's hostname.
+    advertise_host: the address this worker's rendezvous store and gloo listen on and
+    that peers connect to (the cluster's interface; a Ray pool passes its node IP, a
+    local cluster loopback); None resolves this machine's hostname.
+    secret: shared by every worker of a cluster; both ends of a pair group prove they
+    hold it before the group forms (kvstore.pair_auth). None is allowed only when
+    advertise_host is a loopback address. Never printed (repr=False).
     layers_per_chunk: a handoff moves this many layers per message so that gathering,
     sending and scattering of consecutive chunks overlap.
     """
@@ -55,6 +64,15 @@ class TransportConfig:
     rendezvous_timeout_s: float = 30.0
     transfer_timeout_s: float = 60.0
     layers_per_chunk: int = 4
+    secret: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def for_cluster(cls, local: bool) -> TransportConfig:
+        """What a cluster driver hands every replica: loopback for a cluster on this
+        machine (None lets each replica advertise its node IP), and the secret from
+        ``$TIERSERVE_KV_SECRET`` or a fresh random one (the specs carry it to the replicas)."""
+        return cls(advertise_host="127.0.0.1" if local else None,
+                   secret=os.environ.get(SECRET_ENV) or secrets.token_hex(32))
 
     def __post_init__(self) -> None:
         _positive("TransportConfig", rendezvous_timeout_s=self.rendezvous_timeout_s,
@@ -64,3 +82,5 @@ class TransportConfig:
                              f"got {self.layers_per_chunk!r}")
         if self.advertise_host is not None and not self.advertise_host.strip():
             raise ValueError("TransportConfig.advertise_host must be None or a host name / IP")
+        if self.secret is not None and (not isinstance(self.secret, str) or len(self.secret) < 16):
+            raise ValueError("TransportConfig.secret must be None or a string of at least 16 characters")

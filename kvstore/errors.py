@@ -34,6 +34,10 @@ class RendezvousTimeoutError(KVStoreError, TimeoutError):
     """A peer did not show up to form a pair group in time."""
 
 
+class PeerAuthError(KVStoreError):
+    """A pair group was refused: one end did not prove it holds the cluster's transport secret."""
+
+
 class HandoffError(KVStoreError):
     """A KV handoff was rejected or failed; the message says by whom and why."""
 

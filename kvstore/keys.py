@@ -6,7 +6,8 @@
 ``<p>:pin:<key>``   sorted set: lease id -> expiry (ms); live members pin the block
 ``<p>:blk:<key>``   hash: host-tier payload ``d`` and its checksum ``c``
 ``<p>:host:used``   counter: payload bytes the host tier holds
-``<p>:rdzv:<a>|<b>`` list: the rendezvous address of a pair group
+``<p>:rdzv:<a>|<b>`` list: the rendezvous record of a pair group being formed
+``<p>:pair:<a>|<b>`` string: the epoch of the pair's live group (absent: none, or dropped)
 """
 
 from __future__ import annotations
@@ -86,3 +87,11 @@ class RedisKeys:
 
     def rendezvous(self, rank0: str, rank1: str) -> str:
         return f"{self.prefix}:rdzv:{check_worker_id(rank0)}|{check_worker_id(rank1)}"
+
+    def pair_epoch(self, rank0: str, rank1: str) -> str:
+        return f"{self.prefix}:pair:{check_worker_id(rank0)}|{check_worker_id(rank1)}"
+
+    @property
+    def pair_epochs(self) -> str:
+        """SCAN pattern of every pair epoch."""
+        return f"{self.prefix}:pair:*"

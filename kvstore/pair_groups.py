@@ -3,16 +3,25 @@
 Each pair of workers that exchanges KV gets its own torch.distributed process group of
 size 2, built directly (ProcessGroupNCCL on CUDA, ProcessGroupGloo on CPU) instead of
 through ``init_process_group``: no global default group, so one process can hold a group
-per peer. The worker with the smaller id is rank 0; it opens a TCPStore on a free port
-and publishes ``host:port`` through Redis (kvstore.rendezvous); the other connects.
-Both sides must call ``get(peer)`` within the rendezvous timeout.
+per peer. The worker with the smaller id is rank 0; it opens a TCPStore listening on its
+advertised address only (a socket bound there, handed to the store), publishes a signed
+record through Redis (kvstore.rendezvous) and the other side connects; the two prove to
+each other that they hold the cluster's secret (kvstore.pair_auth) before any backend is
+built. Both sides must call ``get(peer)`` within the rendezvous timeout.
+
+Each group has an epoch, published by rank 0. ``get`` compares the cached group's epoch
+with Redis (one GET per transfer) and ``close`` deletes it, so a group that one side
+dropped is dropped by the other at its next transfer and the pair forms a new one.
+A new ``PairGroups`` deletes every epoch naming its worker: a peer still holding a group
+with this worker's previous process drops it instead of sending into it.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import redis
@@ -20,21 +29,25 @@ import torch
 import torch.distributed as dist
 
 from kvstore.config import TransportConfig
-from kvstore.errors import RendezvousTimeoutError
+from kvstore.errors import KVStoreError, PeerAuthError, RendezvousTimeoutError
 from kvstore.keys import RedisKeys, check_worker_id
-from kvstore.rendezvous import publish_address, wait_address, withdraw_address
+from kvstore.pair_auth import REFUSED, check, new_nonce, proof, refusal, refused_by, require_secret_off_loopback
+from kvstore.rendezvous import (PairKeys, Record, current_epoch, drop_epoch, forget_worker, publish, take,
+                                withdraw)
+
+_AUTH0, _AUTH1 = "tierserve/auth/0", "tierserve/auth/1"
 
 
 @dataclass
 class PairGroup:
-    """A live group with one peer; ``lock`` serializes transfers over it."""
+    """A live group with one peer, formed at ``epoch``."""
 
     peer: str
     rank: int
+    epoch: str
     backend: dist.ProcessGroup
     store: dist.Store
     device: torch.device
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def peer_rank(self) -> int:
@@ -50,25 +63,47 @@ class PairGroups:
         self.device = torch.device(device)
         self._redis, self._keys, self._config = client, keys, config
         self._host = config.advertise_host or _this_host()
+        require_secret_off_loopback(config.secret, self._host)
         self._groups: dict[str, PairGroup] = {}
+        self._locks: dict[str, threading.RLock] = {}
         self._lock = threading.Lock()
+        forget_worker(client, keys, self.worker_id)
+
+    def lock(self, peer: str) -> threading.RLock:
+        """Held around one transfer with ``peer``, so transfers over a pair are serialized."""
+        with self._lock:
+            return self._locks.setdefault(peer, threading.RLock())
 
     def get(self, peer: str) -> PairGroup:
-        """The group with ``peer``, formed now if there is none (the peer must do the same)."""
+        """The group with ``peer``: the cached one while the peer still holds it, else a new
+        one (the peer must do the same within the rendezvous timeout)."""
         check_worker_id(peer)
         if peer == self.worker_id:
             raise ValueError(f"worker {peer!r} cannot form a pair group with itself")
-        with self._lock:
-            if peer not in self._groups:
-                self._groups[peer] = self._form(peer)
-            return self._groups[peer]
+        pair = self._pair(peer)
+        with self.lock(peer):
+            group = self._groups.get(peer)
+            if group is not None and group.epoch == current_epoch(self._redis, pair):
+                return group
+            if group is not None:  # the peer dropped its half
+                self.close(peer, abort=True)
+            group = self._form(peer, pair)
+            with self._lock:
+                self._groups[peer] = group
+            return group
 
     def close(self, peer: str, abort: bool = False) -> None:
-        """Tear down the group with ``peer`` (abort: also cancel transfers in flight)."""
+        """Tear down the group with ``peer`` (abort: also cancel transfers in flight) and tell
+        the peer, which drops its half at its next transfer."""
         with self._lock:
             group = self._groups.pop(peer, None)
-        if group is not None:
-            _shut_down(group.backend, abort)
+        if group is None:
+            return
+        _shut_down(group.backend, abort)
+        try:
+            drop_epoch(self._redis, self._pair(peer), group.epoch)
+        except redis.RedisError:
+            pass  # Redis is gone too: the peer's next transfer fails and drops its half
 
     def close_all(self) -> None:
         for peer in list(self._groups):
@@ -80,32 +115,67 @@ class PairGroups:
     def __exit__(self, *exc: object) -> None:
         self.close_all()
 
-    def _form(self, peer: str) -> PairGroup:
+    def _pair(self, peer: str) -> PairKeys:
+        return PairKeys.of(self._keys, *sorted((self.worker_id, peer)))
+
+    def _form(self, peer: str, pair: PairKeys) -> PairGroup:
         rank = 0 if self.worker_id < peer else 1
-        key = self._keys.rendezvous(*sorted((self.worker_id, peer)))
         timeout = timedelta(seconds=self._config.rendezvous_timeout_s)
-        store = self._open_store(rank, key, peer, timeout)
+        label = "|".join(sorted((self.worker_id, peer)))
+        store, epoch = (self._host_store if rank == 0 else self._join_store)(pair, label, peer, timeout)
         try:
             backend = self._make_backend(store, rank)
             _warm_up(backend, rank, self.device)
         except RuntimeError as exc:
-            if rank == 0:
-                withdraw_address(self._redis, key)
+            drop_epoch(self._redis, pair, epoch)
             raise RendezvousTimeoutError(f"could not form a pair group between {self.worker_id!r} and "
                                          f"{peer!r} within {timeout.total_seconds():g} s: {exc}") from exc
-        return PairGroup(peer, rank, backend, store, self.device)
+        return PairGroup(peer, rank, epoch, backend, store, self.device)
 
-    def _open_store(self, rank: int, key: str, peer: str, timeout: timedelta) -> dist.Store:
-        if rank == 0:
-            store = dist.TCPStore("0.0.0.0", 0, 2, True, timeout=timeout, wait_for_workers=False)
-            publish_address(self._redis, key, f"{self._host}:{store.port}", timeout.total_seconds())
-            return store
-        host, _, port = wait_address(self._redis, key, timeout.total_seconds(), peer).rpartition(":")
+    def _host_store(self, pair: PairKeys, label: str, peer: str, timeout: timedelta) -> tuple[dist.Store, str]:
+        """Rank 0: listen, publish a signed record, check rank 1's proof, prove ours."""
+        secret = self._config.secret
+        store = dist.TCPStore(self._host, 0, 2, True, timeout=timeout, wait_for_workers=False,
+                              master_listen_fd=_listen(self._host))
+        record = Record(new_nonce()[:16], self._host, store.port, new_nonce(), "")
+        record = replace(record, proof=proof(secret, "record", label, record.epoch, record.host, str(record.port),
+                                             record.nonce))
+        publish(self._redis, pair, record, timeout.total_seconds())
         try:
-            return dist.TCPStore(host, int(port), 2, False, timeout=timeout)
+            joined = _parse(_store_get(store, _AUTH1, peer, timeout))
+            if joined == REFUSED:
+                raise PeerAuthError(refused_by(peer, label))
+            if not check(secret, joined.get("proof"), "rank1", label, record.epoch, record.nonce):
+                store.set(_AUTH0, REFUSED)
+                raise PeerAuthError(refusal(f"{peer!r} (or whoever joined as it)", label, secret))
+            store.set(_AUTH0, proof(secret, "rank0", label, record.epoch, str(joined.get("nonce"))))
+        except BaseException:
+            withdraw(self._redis, pair, record)
+            raise
+        return store, record.epoch
+
+    def _join_store(self, pair: PairKeys, label: str, peer: str, timeout: timedelta) -> tuple[dist.Store, str]:
+        """Rank 1: take rank 0's record, check its proof, prove ours, check rank 0's answer."""
+        secret = self._config.secret
+        record = take(self._redis, pair, timeout.total_seconds(), peer)
+        try:
+            store = dist.TCPStore(record.host, record.port, 2, False, timeout=timeout)
         except RuntimeError as exc:
             raise RendezvousTimeoutError(f"could not reach the pair-group store of {peer!r} at "
-                                         f"{host}:{port}: {exc}") from exc
+                                         f"{record.host}:{record.port}: {exc}") from exc
+        if not check(secret, record.proof, "record", label, record.epoch, record.host, str(record.port),
+                     record.nonce):
+            store.set(_AUTH1, REFUSED)  # so that rank 0 fails at once with a clear error too
+            raise PeerAuthError(refusal(f"{peer!r}", label, secret))
+        nonce = new_nonce()
+        store.set(_AUTH1, json.dumps({"nonce": nonce, "proof": proof(secret, "rank1", label, record.epoch,
+                                                                      record.nonce)}))
+        answer = _store_get(store, _AUTH0, peer, timeout).decode(errors="replace")
+        if answer == REFUSED:
+            raise PeerAuthError(refused_by(peer, label))
+        if not check(secret, answer, "rank0", label, record.epoch, nonce):
+            raise PeerAuthError(refusal(f"{peer!r}", label, secret))
+        return store, record.epoch
 
     def _make_backend(self, store: dist.Store, rank: int) -> dist.ProcessGroup:
         timeout = timedelta(seconds=self._config.transfer_timeout_s)
@@ -119,6 +189,40 @@ class PairGroups:
         options._devices = [dist.ProcessGroupGloo.create_device(hostname=self._host)]
         options._timeout = timeout
         return dist.ProcessGroupGloo(store, rank, 2, options)
+
+
+def _listen(host: str) -> int:
+    """A socket listening on ``host`` only, for TCPStore to serve on (it takes the fd over).
+    TCPStore alone would listen on every interface."""
+    family, _, _, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise KVStoreError(f"cannot listen on {host!r} for pair groups: {exc}; TransportConfig.advertise_host "
+                           f"must be an address of this machine") from exc
+    return sock.detach()
+
+
+def _store_get(store: dist.Store, key: str, peer: str, timeout: timedelta) -> bytes:
+    try:
+        return store.get(key)
+    except RuntimeError as exc:
+        raise RendezvousTimeoutError(f"{peer!r} did not complete the pair-group handshake within "
+                                     f"{timeout.total_seconds():g} s: {exc}") from exc
+
+
+def _parse(raw: bytes) -> dict | str:
+    text = raw.decode(errors="replace")
+    if text == REFUSED:
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _warm_up(backend: dist.ProcessGroup, rank: int, device: torch.device) -> None:

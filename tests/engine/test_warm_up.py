@@ -17,5 +17,6 @@ def test_warm_up_writes_no_kv_and_changes_no_tokens(tiny_model):
     assert torch.equal(engine.runner.kv_cache, before)
     assert [r.token_ids for r in engine.generate(prompts, params)] == \
         [r.token_ids for r in make_engine(tiny_model, block_size=4, num_blocks=64).generate(prompts, params)]
-    engine.runner.kv_cache.fill_(float("nan"))  # whatever block 0 holds, the warm-up runs
+    engine.runner.kv_cache.fill_(float("nan"))  # whatever block 0 holds, the warm-up runs and writes nothing
     engine.runner.warm_up()
+    assert engine.runner.kv_cache.isnan().all()

@@ -31,9 +31,20 @@ def test_config_defaults_and_key_list():
     assert config.api_keys == ("a", "b") and config.request_timeout_s == 600.0
 
 
-def test_no_keys_accepts_everyone():
-    ApiKeyCheck(()).check(None)
-    ApiKeyCheck(()).check("Bearer anything")
+def accepted(check: ApiKeyCheck, header: str | None) -> bool:
+    """Whether ``check`` lets a caller with this authorization header in (False: refused as unauthenticated)."""
+    try:
+        check.check(header)
+    except RequestError as e:
+        assert e.kind is ErrorKind.UNAUTHENTICATED
+        return False
+    return True
+
+
+@pytest.mark.parametrize("header", [None, "", "Bearer anything", "Basic dXNlcg=="])
+def test_no_keys_accepts_everyone(header):
+    assert accepted(ApiKeyCheck(()), header)
+    assert not accepted(ApiKeyCheck(("k1",)), header)  # what keys would refuse
 
 
 @pytest.mark.parametrize("header, message", [
@@ -48,4 +59,5 @@ def test_bad_keys_are_unauthenticated(header, message):
 
 @pytest.mark.parametrize("header", ["Bearer k1", "bearer k2", "  Bearer   k2  "])
 def test_good_keys_pass(header):
-    ApiKeyCheck(("k1", "k2")).check(header)
+    assert accepted(ApiKeyCheck(("k1", "k2")), header)
+    assert not accepted(ApiKeyCheck(("k3",)), header)  # the key decides, not the header's shape

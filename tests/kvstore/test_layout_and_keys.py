@@ -13,9 +13,12 @@ from kvstore.layout import KVLayout
 LLAMA3_8B = KVLayout(num_layers=32, block_size=16, num_kv_heads=8, head_dim=128, dtype="bfloat16")
 
 
-def test_bytes_per_block_of_llama3_8b_is_128_kib_per_layer() -> None:
-    assert LLAMA3_8B.bytes_per_block == 32 * 2 * 16 * 8 * 128 * 2 == 2 << 20
+def test_bytes_per_block_of_llama3_8b_is_2_mib_128_kib_per_token_64_kib_per_layer() -> None:
+    assert LLAMA3_8B.bytes_per_block == 2 << 20
+    assert LLAMA3_8B.bytes_per_block // LLAMA3_8B.block_size == 128 << 10  # Llama-3-8B's published KV per token
+    assert LLAMA3_8B.bytes_per_block // LLAMA3_8B.num_layers == 64 << 10  # K and V of 16 tokens in one layer
     assert LLAMA3_8B.block_shape == (32, 2, 16, 8, 128)
+    assert torch.empty(LLAMA3_8B.block_shape, dtype=torch.bfloat16, device="meta").nbytes == 2 << 20
     assert LLAMA3_8B.tag == "L32.B16.H8.D128.bfloat16"
 
 

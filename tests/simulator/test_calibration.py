@@ -38,10 +38,16 @@ def test_decode_steps_equal_measurements_where_measured(costs: CostModels, tmp_p
     for m in DECODE:
         ((_, a, b),) = cost.decode_pieces(m["batch"])
         assert a + b * m["batch"] * m["context"] == pytest.approx(m["seconds"], rel=1e-9)
-    # between measured batch sizes the correction is interpolated, so the time lies between
-    ((_, a, b),) = cost.decode_pieces(32)
-    roof = costs.replica("H100", 1).seconds(decode_work(32, 32 * 2000))
-    assert a + b * 32 * 2000 != pytest.approx(roof)
+    # between measured batch sizes the correction (measured / roofline) of each term is interpolated:
+    # at batch 16 and 32 it lies strictly between those at the measured 1 and 64, in order
+    roof = costs.replica("H100", 1)
+
+    def corrections(batch: int) -> tuple[float, float]:
+        ((_, a, b),), ((_, ra, rb),) = cost.decode_pieces(batch), roof.decode_pieces(batch)
+        return a / ra, b / rb
+    at = {batch: corrections(batch) for batch in (1, 16, 32, 64)}
+    for term in (0, 1):
+        assert at[1][term] > at[16][term] > at[32][term] > at[64][term], (term, at)
 
 
 def test_prefill_ratio_is_exact_at_measured_sizes_and_held_outside(costs: CostModels, tmp_path) -> None:

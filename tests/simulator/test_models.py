@@ -17,8 +17,9 @@ def test_presets_have_the_published_parameter_counts(name: str, billions: float)
 
 
 def test_kv_bytes_per_token_of_llama_3_8b() -> None:
-    # 32 layers x (K and V) x 8 kv heads x 128 dims x 2 bytes
-    assert load_model("llama-3-8b").kv_bytes_per_token == 32 * 2 * 8 * 128 * 2
+    # the published figure: 128 KiB per token (32 layers x K and V x 8 kv heads x 128 dims x bf16)
+    assert load_model("llama-3-8b").kv_bytes_per_token == 128 << 10
+    assert load_model("llama-3-70b").kv_bytes_per_token == 320 << 10  # 80 layers, the same heads
 
 
 def test_hf_config_json_and_checkpoint_dir(tmp_path) -> None:

@@ -13,6 +13,7 @@ from simulator.costs import CostModels
 from simulator.decode_batch import DecodeBatch
 from simulator.design import Design, PoolSpec
 from simulator.errors import SimInputError
+from simulator.operators import decode_work
 from simulator.profiles import load_profile
 from simulator.request import Request
 from simulator.roofline import IterationCost
@@ -94,10 +95,12 @@ def test_roofline_reads_the_prefix_once_and_computes_it_as_a_matmul(costs: CostM
     batch, prefix, suffix = 64, 4096, 300
     trace = group(batch, prefix, suffix)
     shared, plain = first_step(cost, trace), first_step(cost, trace, sharing=False)
-    alpha = cost.decode_pieces(batch)[0][1]
-    assert plain == pytest.approx(alpha + beta * batch * (prefix + suffix))
-    assert shared == pytest.approx(alpha + beta * batch * suffix + cost.shared_prefix_seconds(batch, prefix))
-    assert shared < 0.5 * plain  # the weights (alpha) remain
+    # against the operator-by-operator roofline of a decode step: plain reads every sequence's whole
+    # context; shared reads the suffixes, plus the prefix's own cost once
+    assert plain == pytest.approx(cost.seconds(decode_work(batch, batch * (prefix + suffix))), rel=1e-9)
+    assert shared == pytest.approx(cost.seconds(decode_work(batch, batch * suffix))
+                                   + cost.shared_prefix_seconds(batch, prefix), rel=1e-9)
+    assert shared < 0.5 * plain  # the weights remain
 
 
 def test_calibrated_steps_equal_the_h100_measurements_at_the_measured_shapes(costs: CostModels) -> None:

@@ -9,6 +9,7 @@ from simulator.costs import CostModels
 from simulator.design import Design, PoolSpec
 from simulator.errors import SimInputError
 from simulator.links import Link, LinkTable
+from simulator.metrics import summarize
 from simulator.run import simulate
 from simulator.simulation import Simulation
 from simulator.traces.load import load_trace
@@ -92,10 +93,13 @@ def test_offloaded_decode_holds_kv_on_the_attention_pool(costs: CostModels) -> N
 def test_cost_and_energy_accounting(costs: CostModels) -> None:
     trace = load_trace("synthetic:n=800,rate=6,workload=conversation")
     design = Design(prefill=PoolSpec("H100", 1), decode=PoolSpec("L40S", 2))
-    r = simulate(design, trace, costs)
+    record = Simulation(design, costs, trace).run()
+    r = summarize(record, None, costs.catalog)
     generated = float(trace.output_tokens.sum())
     assert r.cost_per_hour == pytest.approx(2.99 + 2 * 1.86)
-    assert r.usd_per_mtok == pytest.approx(r.cost_per_hour * r.duration_s / 3600 / (generated / 1e6))
+    # the cluster is paid from the first arrival until the last request finishes
+    paid_hours = (max(q.finish_at for q in record.requests) - trace.arrival_s[0]) / 3600
+    assert r.usd_per_mtok == pytest.approx((2.99 + 2 * 1.86) * paid_hours / (generated / 1e6))
     idle_w = 0.25 * (700 + 2 * 350)
     assert generated / (r.duration_s * 1400) < r.tokens_per_joule < generated / (r.duration_s * idle_w)
     assert 0 < r.utilization["prefill"] < 1 and 0 < r.utilization["decode"] <= 1

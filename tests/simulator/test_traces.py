@@ -101,7 +101,8 @@ def test_bursty_arrivals_and_scaling() -> None:
     gaps = np.diff(trace.arrival_s)
     assert gaps.std() / gaps.mean() == pytest.approx(3, rel=0.15)
     fast = trace.scaled(2)
-    assert fast.rate == pytest.approx(2 * trace.rate)
+    assert np.allclose(fast.arrival_s, trace.arrival_s / 2) and fast.rate == pytest.approx(2 * trace.rate)
+    assert np.array_equal(fast.prompt_tokens, trace.prompt_tokens)
     assert len(trace.head(10)) == 10
 
 

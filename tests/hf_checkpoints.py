@@ -31,6 +31,7 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "lo
 PROBE = [0, 17, 233, 64, 301, 12, 99, 450, 7, 180, 66, 390]
 EOS_STEP = 5
 PROBE_TOKENS = 24
+LONG_PROMPT = [0] + [(37 * i + 11) % 509 + 3 for i in range(1100)]  # over 1K tokens, within every variant
 
 
 @dataclass(frozen=True)

@@ -81,34 +81,32 @@ class ModelConfig:
                                   f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
         try:
             return ModelConfig._from_fields(arch, {**DEFAULTS[arch], **raw})
-        except CheckpointError:
-            raise
         except KeyError as e:
             raise CheckpointError(f"config.json lacks required field {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"config.json has a field of the wrong type: {e}") from None
 
     @staticmethod
     def _from_fields(arch: str, raw: dict) -> ModelConfig:
         if raw.get("hidden_act", "silu") != "silu":
             raise CheckpointError(f"hidden_act={raw['hidden_act']!r} is not implemented (only silu)")
-        heads, layers = int(raw["num_attention_heads"]), int(raw["num_hidden_layers"])
-        max_positions = int(raw["max_position_embeddings"])
-        theta, scaling = parse_rope(raw, max_positions)
+        size = {k: _positive_int(raw, k) for k in ("vocab_size", "hidden_size", "intermediate_size",
+                                                   "num_hidden_layers", "num_attention_heads",
+                                                   "max_position_embeddings")}
+        heads, layers = size["num_attention_heads"], size["num_hidden_layers"]
+        theta, scaling = parse_rope(raw, size["max_position_embeddings"])
         llama_bias = arch == LLAMA and bool(raw.get("attention_bias", False))
         return ModelConfig(
             architecture=arch,
-            vocab_size=int(raw["vocab_size"]),
-            hidden_size=int(raw["hidden_size"]),
-            intermediate_size=int(raw["intermediate_size"]),
+            vocab_size=size["vocab_size"],
+            hidden_size=size["hidden_size"],
+            intermediate_size=size["intermediate_size"],
             num_layers=layers,
             num_heads=heads,
-            num_kv_heads=int(raw["num_key_value_heads"] or heads),
-            head_dim=int(raw.get("head_dim") or int(raw["hidden_size"]) // heads),
-            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            num_kv_heads=heads if raw["num_key_value_heads"] is None else _positive_int(raw, "num_key_value_heads"),
+            head_dim=size["hidden_size"] // heads if raw.get("head_dim") is None else _positive_int(raw, "head_dim"),
+            rms_norm_eps=_number(raw, "rms_norm_eps", 1e-6),
             rope_theta=theta,
             rope_scaling=scaling,
-            max_position_embeddings=max_positions,
+            max_position_embeddings=size["max_position_embeddings"],
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             qkv_bias=arch == QWEN2 or llama_bias,
             o_bias=llama_bias,
@@ -156,7 +154,7 @@ def _sliding_window(arch: str, raw: dict, num_layers: int) -> int | None:
     window = raw["sliding_window"]
     if arch == QWEN2:
         window = window if raw.get("use_sliding_window", False) else None
-        start = int(raw["max_window_layers"])
+        start = _positive_int(raw, "max_window_layers") if raw["max_window_layers"] else 0
         types = raw.get("layer_types") or [LAYER_TYPES[window is not None and i >= start] for i in range(num_layers)]
         if len(types) != num_layers or not set(types) <= set(LAYER_TYPES):
             raise CheckpointError(f"layer_types must list {num_layers} of {', '.join(LAYER_TYPES)}, got {types!r}")
@@ -164,6 +162,20 @@ def _sliding_window(arch: str, raw: dict, num_layers: int) -> int | None:
     if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
         raise CheckpointError(f"sliding_window must be a positive integer or null, got {window!r}")
     return window
+
+
+def _positive_int(raw: dict, key: str) -> int:
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _number(raw: dict, key: str, default: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckpointError(f"{key} must be a number, got {value!r}")
+    return float(value)
 
 
 def _token_ids(field: str, value) -> tuple[int, ...]:

@@ -127,6 +127,9 @@ BASE = {"architectures": ["LlamaForCausalLM"], **SHAPE, "rope_parameters": dict(
     ({"rope_parameters": None, "rope_theta": 0}, "rope_theta must be > 0"),
     ({"rope_parameters": "llama3"}, "rope_parameters must be an object"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+    ({"hidden_size": "64"}, "hidden_size must be a positive integer, got '64'"),
+    ({"num_key_value_heads": 0}, "num_key_value_heads must be a positive integer"),
+    ({"rms_norm_eps": None}, "rms_norm_eps must be a number"),
     ({"dtype": "int8"}, "dtype must be one of"),
     ({"eos_token_id": "2"}, "eos_token_id must be"),
 ])

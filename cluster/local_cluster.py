@@ -29,7 +29,7 @@ from cluster.worker_spec import WorkerSpec
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.model_config import CheckpointError, ModelConfig
 from engine.tokenizer import load_tokenizer
-from kvstore.config import KVStoreConfig
+from kvstore.config import KVStoreConfig, TransportConfig
 from kvstore.keys import RedisKeys
 from kvstore.kv_events import KVEventSubscriber
 from kvstore.redis_client import connect_redis
@@ -136,11 +136,13 @@ class Cluster:
         actor_classes = {"prefill": PrefillActor, "decode": DecodeActor, "colocated": DecodeActor}
         placed = " + ".join(f"{p.replicas} {role}" for role, p in self.config.pools.items())
         self.progress(f"placing {placed} replica(s) of {self.config.model}")
+        # one KV transport secret for every replica; loopback only when Ray was started here
+        transport = TransportConfig.for_cluster(local=self.address in (None, "local"))
         for role, pool in self.config.pools.items():
             engine = engine_config_for(self.config, pool)
             for i in range(pool.replicas):
                 worker_id = f"{role}-{i}"
-                spec = WorkerSpec(worker_id, role, engine, self.kvstore, use_gpu=pool.hardware.num_gpus > 0,
+                spec = WorkerSpec(worker_id, role, engine, self.kvstore, transport, use_gpu=pool.hardware.num_gpus > 0,
                                   host_tier_writes=self.config.kvstore.host_tier_writes)
                 actor = actor_classes[role].options(name=actor_name(self.config.name, worker_id),
                                                     namespace=NAMESPACE, **_ray_options(pool)).remote(spec)

@@ -62,7 +62,8 @@ def build_worker(spec: WorkerSpec, advertise_host: str | None = None) -> WorkerP
     if spec.kvstore is None:
         return WorkerParts(engine, None, None, None)
     client = connect_redis(spec.kvstore)
-    transport = dataclasses.replace(spec.transport, advertise_host=advertise_host or spec.transport.advertise_host)
+    # the cluster's choice (loopback for a local cluster) wins over the node IP the actor passes
+    transport = dataclasses.replace(spec.transport, advertise_host=spec.transport.advertise_host or advertise_host)
     keys = RedisKeys(spec.kvstore.key_prefix)
     groups = PairGroups(spec.worker_id, client, keys, transport, device)
     events = KVEventPump(engine, KVEventPublisher(client, keys, spec.worker_id)).start()

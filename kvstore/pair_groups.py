@@ -83,7 +83,7 @@ class PairGroups:
         pair = self._pair(peer)
         with self.lock(peer):
             group = self._groups.get(peer)
-            if group is not None and group.epoch == current_epoch(self._redis, pair):
+            if group is not None and self._still_held(group, pair):
                 return group
             if group is not None:  # the peer dropped its half
                 self.close(peer, abort=True)
@@ -114,6 +114,14 @@ class PairGroups:
 
     def __exit__(self, *exc: object) -> None:
         self.close_all()
+
+    def _still_held(self, group: PairGroup, pair: PairKeys) -> bool:
+        """Whether the peer still holds ``group``; assumed while Redis cannot say (a live group
+        needs no Redis: a drop is then only learned when a transfer fails or times out)."""
+        try:
+            return group.epoch == current_epoch(self._redis, pair)
+        except redis.RedisError:
+            return True
 
     def _pair(self, peer: str) -> PairKeys:
         return PairKeys.of(self._keys, *sorted((self.worker_id, peer)))

@@ -101,3 +101,17 @@ class LocalPair:
         self.sender_groups.close_all()
         self.receiver_groups.close_all()
         self.redis.close()
+
+
+def sender_process(redis_url: str, prefix: str, config: TransportConfig, commands, replies) -> None:
+    """A sender in its own process: sends (request id, seed) as told, reports each outcome."""
+    client = redis.Redis.from_url(redis_url)
+    handoff = KVHandoff(PairGroups(SENDER, client, RedisKeys(prefix), config, "cpu"), config)
+    replies.put("ready")
+    while (command := commands.get()) is not None:
+        request_id, seed = command
+        src, src_ids, _ = caches(LAYOUT, seed, "cpu")
+        try:
+            replies.put(handoff.send(src, src_ids[:5], RECEIVER, request_id))
+        except Exception as exc:  # noqa: BLE001
+            replies.put(f"{type(exc).__name__}: {exc}")

@@ -15,14 +15,12 @@ import redis
 import torch
 import torch.multiprocessing as mp
 
-from kvstore.config import TransportConfig
 from kvstore.errors import HandoffError, HandoffTimeoutError
 from kvstore.handoff import _TAG_HEADER, KVHandoff
 from kvstore.handoff_header import MESSAGE_BYTES, HandoffHeader
 from kvstore.keys import RedisKeys
-from kvstore.pair_groups import PairGroups
 from tests.kvstore.handoff_peers import RECEIVER, SENDER, caches
-from tests.kvstore.local_pair import LAYOUT, LocalPair, timed, transport
+from tests.kvstore.local_pair import LAYOUT, LocalPair, sender_process, timed, transport
 
 pytestmark = pytest.mark.redis
 
@@ -94,11 +92,14 @@ def test_a_receive_left_from_a_transfer_the_sender_gave_up_does_not_shift_later_
     pair.exact("first", seed=0)
     hasty = KVHandoff(pair.sender_groups, dataclasses.replace(pair.sender_config, transfer_timeout_s=1))
     src, src_ids, _ = caches(LAYOUT, 1, "cpu")
-    gave_up = timed_call(lambda: hasty.send(src, src_ids[:5], RECEIVER, "late"))
+    gave_up = timed(lambda: hasty.send(src, src_ids[:5], RECEIVER, "late")).value
     assert isinstance(gave_up, HandoffTimeoutError)  # nobody received: the sender dropped the group
     late, _ = pair.recv("late", seed=1)
     left_over = pair.start(late)  # the receive arrives after its sender gave up
-    time.sleep(0.3)
+    rendezvous = RedisKeys(pair.prefix).rendezvous(RECEIVER, SENDER)
+    deadline = time.monotonic() + 10
+    while not pair.redis.exists(rendezvous) and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the late receive holds the pair and is forming a new group
     recv, exact = pair.recv("next", seed=2)
     sent, got = pair.both(pair.send("next", seed=2), recv)
     assert sent.value == got.value == 5 * LAYOUT.bytes_per_block and exact(), (sent, got)
@@ -107,35 +108,25 @@ def test_a_receive_left_from_a_transfer_the_sender_gave_up_does_not_shift_later_
     pair.exact("after", seed=3)
 
 
-def timed_call(call):
-    try:
-        return call()
-    except Exception as exc:  # noqa: BLE001
-        return exc
+def test_a_live_pair_keeps_handing_off_while_redis_cannot_answer(pair: LocalPair,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    pair.exact("before", seed=1)
 
-
-def _sender_process(redis_url: str, prefix: str, config: TransportConfig, commands, replies) -> None:
-    """A sender in its own process: sends (request id, seed) as told, reports each outcome."""
-    client = redis.Redis.from_url(redis_url)
-    handoff = KVHandoff(PairGroups(SENDER, client, RedisKeys(prefix), config, "cpu"), config)
-    replies.put("ready")
-    while (command := commands.get()) is not None:
-        request_id, seed = command
-        src, src_ids, _ = caches(LAYOUT, seed, "cpu")
-        try:
-            replies.put(handoff.send(src, src_ids[:5], RECEIVER, request_id))
-        except Exception as exc:  # noqa: BLE001
-            replies.put(f"{type(exc).__name__}: {exc}")
+    def unreachable(*args):
+        raise redis.ConnectionError("Redis is down")
+    monkeypatch.setattr("kvstore.pair_groups.current_epoch", unreachable)
+    pair.exact("during", seed=2)
 
 
 def test_a_dead_peer_ends_the_survivor_and_a_restarted_peer_hands_off_again(redis_url: str) -> None:
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "redis", "kvstore.handoff", "tests.kvstore.handoff_peers"])
+    ctx.set_forkserver_preload(["tests.kvstore.local_pair"])  # children fork from a process that imported torch
     pair = LocalPair(redis_url, receiver=transport(timeout_s=5))  # its receiver survives; senders are children
+    proc = None
 
     def start_sender():
         commands, replies = ctx.Queue(), ctx.Queue()
-        proc = ctx.Process(target=_sender_process, args=(redis_url, pair.prefix, transport(), commands, replies))
+        proc = ctx.Process(target=sender_process, args=(redis_url, pair.prefix, transport(), commands, replies))
         proc.start()
         assert replies.get(timeout=60) == "ready"
         return proc, commands, replies
@@ -169,6 +160,6 @@ def test_a_dead_peer_ends_the_survivor_and_a_restarted_peer_hands_off_again(redi
         commands.put(None)
         proc.join(timeout=30)
     finally:
-        if proc.is_alive():
+        if proc is not None and proc.is_alive():
             proc.kill()
         pair.close()

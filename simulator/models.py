@@ -88,9 +88,10 @@ def from_hf_config(path: Path) -> ModelSpec:
                            "vocab_size") if k not in cfg]
     if missing:
         raise SimInputError(f"{path}: missing {', '.join(missing)}")
-    dtype = cfg.get("torch_dtype") or "bfloat16"
+    # transformers 5 writes ``dtype``, earlier releases ``torch_dtype`` (as engine.model_config reads them)
+    dtype = cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16"
     if dtype not in DTYPE_BYTES:
-        raise SimInputError(f"{path}: torch_dtype {dtype!r} is not one of {sorted(DTYPE_BYTES)}")
+        raise SimInputError(f"{path}: dtype {dtype!r} is not one of {sorted(DTYPE_BYTES)}")
     heads = cfg["num_attention_heads"]
     return ModelSpec(
         name=path.parent.name or str(path), hf_name=str(path.parent), num_layers=cfg["num_hidden_layers"],

@@ -30,6 +30,10 @@ def test_hf_config_json_and_checkpoint_dir(tmp_path) -> None:
     assert (m.num_layers, m.head_dim, m.num_kv_heads, m.dtype_bytes) == (4, 32, 2, 4)
     assert m.hf_name == str(tmp_path)
     assert load_model(str(tmp_path / "config.json")) == m
+    # transformers 5 writes the dtype as ``dtype``
+    del cfg["torch_dtype"]
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "dtype": "float32"}))
+    assert load_model(str(tmp_path)).dtype_bytes == 4
 
 
 def test_bad_models_are_clear_errors(tmp_path) -> None:

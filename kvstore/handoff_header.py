@@ -41,7 +41,7 @@ class RequestRef:
 
     @classmethod
     def of(cls, request_id: str) -> RequestRef:
-        raw = request_id.encode("utf-8", "surrogatepass")
+        raw = str(request_id).encode("utf-8", "surrogatepass")
         prefix = _cut(raw, _SHOWN_BYTES)
         return cls(hashlib.blake2b(raw, digest_size=16).digest(), prefix, len(prefix.encode()) < len(raw))
 

@@ -207,6 +207,8 @@ def _land(group: PairGroup, kv: torch.Tensor, ids: torch.Tensor, header: Handoff
 
 def _drain(group: PairGroup, header: HandoffHeader, device: torch.device, deadline: float, what: str) -> None:
     """Receive and discard the chunks ``header`` announces, all into one scratch buffer."""
+    if header.cancelled:  # a cancel announces none
+        return
     layer_bytes = header.num_blocks * header.layout.bytes_per_block // header.layout.num_layers
     ranges = _chunks(header)
     scratch = torch.empty(max(last - first for first, last in ranges) * layer_bytes, dtype=torch.uint8,

@@ -74,7 +74,13 @@ def test_sender_that_fails_before_sending_cancels_and_the_pair_stays_usable(pair
     assert got.error.startswith(f"HandoffError: '{SENDER}' cancelled the handoff of request 'bad-ids' before "
                                 f"sending any block: IndexError: block ids must lie")
     assert got.seconds < 3  # at once, not at the 10 s timeout
-    pair.exact("after", seed=2)
+    pair.exact("between", seed=2)
+    recv, _ = pair.recv("other", seed=3)  # a cancel of a request nobody waits for is rejected
+    sent, got = pair.both(lambda: pair.sender.send(src, [0, 999], RECEIVER, "bad-ids"), recv)
+    assert sent.error.startswith("IndexError") and max(sent.seconds, got.seconds) < 5
+    assert got.error == (f"HandoffError: rejected the handoff from '{SENDER}': request 'bad-ids' arrived where "
+                         f"'other' was expected")
+    pair.exact("after", seed=4)
 
 
 def test_receiver_that_cannot_take_the_blocks_rejects_and_the_pair_stays_usable(pair: LocalPair) -> None:

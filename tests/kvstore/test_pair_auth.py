@@ -51,7 +51,8 @@ def test_a_peer_without_the_secret_is_refused_on_both_sides(redis_url: str) -> N
         recv, _ = pair.recv("r", seed=1)
         sent, got = pair.both(pair.send("r", seed=1), recv)
         assert isinstance(sent.value, PeerAuthError) and isinstance(got.value, PeerAuthError), (sent, got)
-        assert "'decode-0' did not prove it holds this worker's KV transport secret (this worker has none)" in sent.error
+        assert (f"'{RECEIVER}' did not prove it holds this worker's KV transport secret (this worker has none)"
+                in sent.error)
         assert f"refused by '{SENDER}': this worker's KV transport secret differs" in got.error
         assert max(sent.seconds, got.seconds) < 5
     finally:

@@ -99,7 +99,7 @@ class KVHandoff:
             raise HandoffTimeoutError(f"{exc} (transfer_timeout_s={self._config.transfer_timeout_s:g})") from exc
         except KVStoreError:
             raise
-        except RuntimeError as exc:  # the backend broke: the group is unusable
+        except Exception as exc:  # the backend broke (or worse) mid-exchange: the group is unusable
             self._groups.close(group.peer, abort=True)
             raise HandoffError(f"handoff of request {request.shown!r} with {group.peer!r} failed "
                                f"(group dropped): {exc}") from exc

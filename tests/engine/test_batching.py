@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from engine.attention import AttentionMetadata
@@ -99,6 +101,10 @@ def test_seeded_sampling_is_reproducible_across_batching_and_preemption(tiny_mod
     alone = [make_engine(tiny_model).generate([p], [ps])[0].token_ids for p, ps in zip(prompts, params)]
     batched = make_engine(tiny_model, num_blocks=12, block_size=8).generate(prompts, params)
     assert [r.token_ids for r in batched] == alone
+    # each seed matters, and so does the temperature: an engine ignoring either could not match
+    others = make_engine(tiny_model).generate(prompts * 2, [dataclasses.replace(ps, seed=ps.seed + 10) for ps in params]
+                                              + [dataclasses.replace(ps, temperature=0) for ps in params])
+    assert all(o.token_ids != a for o, a in zip(others, alone * 2))
 
 
 def test_abort_frees_blocks(tiny_model):

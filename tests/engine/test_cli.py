@@ -30,11 +30,16 @@ def test_make_tiny_model_then_generate_json(tmp_path):
 
 
 def test_generate_text_prompt_with_seed(tiny_model):
-    args = ("generate", "--model", str(tiny_model), "--prompt", "Hello", "--max-tokens", "5",
-            "--temperature", "0.9", "--seed", "3", "--json")
-    first, second = tierserve(*args), tierserve(*args)
-    assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout) == json.loads(second.stdout)
+    out = tierserve("generate", "--model", str(tiny_model), "--prompt", "Hello", "--max-tokens", "5",
+                    "--temperature", "0.9", "--seed", "3", "--json")
+    assert out.returncode == 0, out.stderr
+    engine = make_engine(tiny_model)
+
+    def tokens(**params) -> list[int]:
+        return engine.generate(["Hello"], SamplingParams(max_tokens=5, **params))[0].token_ids
+    seeded = tokens(temperature=0.9, seed=3)
+    assert json.loads(out.stdout)["token_ids"] == seeded  # the engine's draw for seed 3 at temperature 0.9
+    assert tokens(temperature=0.9, seed=4) != seeded and tokens(temperature=0) != seeded  # both flags matter
 
 
 def test_generate_errors_are_clear(tiny_model, tmp_path):

@@ -14,14 +14,16 @@ pytestmark = BOTH_SCHEDULINGS
 PROMPTS = [[0, 42, 385, 81, 14, 349, 400, 3] * 5, [0, 7, 8, 9], list(range(3, 40))]
 
 
-def disaggregated(prefill, decode, prompt, params):
+def disaggregated(prefill, decode, prompt, params, hand_over_state: bool = True):
+    """Tokens of ``prompt``: the first from ``prefill``, the rest from ``decode`` after its KV is copied
+    over (with the sampler's generator state unless ``hand_over_state`` is False)."""
     rid = prefill.add_request(None, prompt, dataclasses.replace(params, max_tokens=1, stop=()),
                               hold_kv=True)
     first = []
     while prefill.has_unfinished():
         first += [t for d in prefill.step() for t in d.new_token_ids]
     src = prefill.held_kv(rid)
-    state = src.generator.get_state() if src.generator is not None else None
+    state = src.generator.get_state() if src.generator is not None and hand_over_state else None
     reservation = decode.add_prefilled(rid, prompt, first, params, generator_state=state)
     skip = reservation.num_cached_blocks
     src_blocks = src.block_ids[skip:skip + len(reservation.block_ids)]
@@ -48,6 +50,18 @@ def test_prefill_then_decode_elsewhere_equals_one_engine(tiny_model, params):
     for engine in (prefill, decode):
         assert engine.kv.num_free_blocks == engine.runner.num_blocks
         assert not engine.held and not engine.awaiting_kv
+
+
+def test_seeded_decode_elsewhere_needs_the_sampler_state(tiny_model):
+    """What makes the seeded case above able to fail: without the prefill side's generator state the
+    decode side draws other tokens, and greedy decoding gives others again."""
+    params = SamplingParams(max_tokens=20, temperature=0.8, top_k=50, seed=11, ignore_eos=True)
+    single = make_engine(tiny_model)
+    prefill, decode = make_engine(tiny_model, detokenize=False), make_engine(tiny_model, detokenize=False)
+    for prompt in PROMPTS:
+        expected = single.generate([prompt], params)[0].token_ids
+        assert disaggregated(prefill, decode, prompt, params, hand_over_state=False) != expected
+        assert single.generate([prompt], dataclasses.replace(params, temperature=0))[0].token_ids != expected
 
 
 def test_decode_side_prefix_cache_skips_blocks_already_there(tiny_model):

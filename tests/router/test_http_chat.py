@@ -41,13 +41,18 @@ def test_chat_text_parts_and_logprobs(client, model):
     got = client.chat.completions.create(model=model, messages=parts, logprobs=True, top_logprobs=3, **GREEDY)
     content = got.choices[0].logprobs.content
     assert len(content) == 10 and all(len(c.top_logprobs) == 3 and c.logprob <= 0 for c in content)
-    assert "".join(c.token for c in content).replace("\ufffd", "") != "" and content[0].bytes is not None
+    assert content[0].bytes is not None
+    for c in content:  # greedy: each token is its step's most likely one, with that logprob
+        assert c.top_logprobs[0].token == c.token and c.top_logprobs[0].logprob == pytest.approx(c.logprob)
+        assert c.top_logprobs[0].logprob >= c.top_logprobs[1].logprob >= c.top_logprobs[2].logprob
 
 
-def test_chat_without_max_tokens_runs_to_the_context_end_or_eos(client, model, router):
+def test_chat_without_max_tokens_runs_to_the_context_end_or_eos(client, model, router, reference, chat_prompt):
     got = client.chat.completions.create(model=model, messages=MESSAGES, temperature=0)
     budget = router.backend.max_model_len - got.usage.prompt_tokens
-    assert 1 <= got.usage.completion_tokens <= budget
+    want = reference([chat_prompt], SamplingParams(max_tokens=budget, temperature=0))[0]  # the rest of the context
+    assert got.usage.completion_tokens == len(want.token_ids) and got.choices[0].message.content == want.text
+    assert got.choices[0].finish_reason == want.finish_reason.value  # "stop" at EOS, else "length" at the end
 
 
 @pytest.mark.parametrize("kwargs, message", [

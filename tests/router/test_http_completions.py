@@ -50,7 +50,9 @@ def test_completion_logprobs(client, model, reference):
                                     logprobs=2, extra_body={"ignore_eos": True})
     lp = got.choices[0].logprobs
     assert lp.token_logprobs == pytest.approx([x.logprob for x in want.logprobs], abs=1e-5)
-    assert len(lp.tokens) == 5 and all(len(top) <= 2 for top in lp.top_logprobs)
+    assert len(lp.tokens) == 5 and all(1 <= len(top) <= 2 for top in lp.top_logprobs)  # 1: both decode alike
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):  # greedy: the top token
+        assert top[token] == pytest.approx(logprob) and logprob == pytest.approx(max(top.values()))
     assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
     assert all(v <= 0 and math.isfinite(v) for v in lp.token_logprobs)
 

@@ -54,6 +54,11 @@ class AsyncLLMEngine:
     def tokenizer(self):
         return self.engine.tokenizer
 
+    @property
+    def running(self) -> bool:
+        """True while the stepping thread runs (False after a shutdown or a crash)."""
+        return self._thread.is_alive() and not self._stopped
+
     async def generate(self, request_id: str | None, prompt: str | list[int], params: SamplingParams,
                        cache_salt: str | None = None, hold_kv: bool = False) -> AsyncIterator[RequestOutput]:
         """Queue a request (InvalidRequestError at once for bad input) and stream its deltas."""

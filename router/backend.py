@@ -7,7 +7,8 @@ implements the same protocol over its prefill and decode pools.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import enum
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,6 +32,56 @@ class BackendStats:
     handoff_bytes_total: int = 0
     num_preemptions: int = 0
     step_totals: dict = field(default_factory=dict)  # per step kind: steps, tokens, seconds per phase
+
+
+class HealthState(str, enum.Enum):
+    """A replica's (or a dependency's) state: ready, degraded (slow or partly working:
+    still used) or down (not used)."""
+
+    READY = "ready"
+    DEGRADED = "degraded"
+    DOWN = "down"
+
+
+@dataclass(frozen=True)
+class BackendHealth:
+    """Replica states by pool, and the states of what the pools rely on (``components``,
+    such as Redis: down there only degrades service).
+
+    A pool is ready while one of its replicas is, degraded while one is degraded, else down.
+    The backend is down (not serving) while any pool is down, ready when everything is
+    ready, degraded otherwise.
+    """
+
+    pools: Mapping[str, Mapping[str, HealthState]]  # pool -> replica -> state
+    components: Mapping[str, HealthState] = field(default_factory=dict)
+
+    def pool_state(self, pool: str) -> HealthState:
+        states = set(self.pools[pool].values())
+        for state in (HealthState.READY, HealthState.DEGRADED):
+            if state in states:
+                return state
+        return HealthState.DOWN
+
+    @property
+    def state(self) -> HealthState:
+        pools = {self.pool_state(p) for p in self.pools}
+        if not pools or HealthState.DOWN in pools:
+            return HealthState.DOWN
+        everything = {s for replicas in self.pools.values() for s in replicas.values()} | set(self.components.values())
+        return HealthState.READY if everything == {HealthState.READY} else HealthState.DEGRADED
+
+    @property
+    def serving(self) -> bool:
+        return self.state is not HealthState.DOWN
+
+    def as_dict(self) -> dict:
+        """The JSON body of /health: ``status`` ok / degraded / down, then the detail."""
+        state = self.state
+        return {"status": "ok" if state is HealthState.READY else state.value,
+                "pools": {p: {"status": self.pool_state(p).value, "replicas": {r: s.value for r, s in rs.items()}}
+                          for p, rs in self.pools.items()},
+                "components": {c: s.value for c, s in self.components.items()}}
 
 
 class Tokenizer(Protocol):
@@ -75,4 +126,9 @@ class GenerationBackend(Protocol):
 
     def stats(self) -> BackendStats:
         """Current load. Called from worker threads (it may block briefly): must be thread-safe."""
+        ...
+
+    def health(self) -> BackendHealth:
+        """Replica states by pool, at once (no remote calls: the backend keeps them fresh).
+        Called from any thread."""
         ...

@@ -17,15 +17,24 @@ class ErrorKind(str, Enum):
 
 
 class ServiceUnavailableError(RuntimeError):
-    """The backend cannot serve the request now (no capacity, a replica lost); a retry may succeed."""
+    """The backend cannot serve the request now (no capacity, a replica lost); a retry may succeed,
+    after about ``retry_after_s`` (HTTP Retry-After, gRPC ``retry-after`` trailing metadata)."""
+
+    retry_after_s: int = 2
+
+    def __init__(self, message: str, retry_after_s: int | None = None):
+        super().__init__(message)
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
 
 class RequestError(Exception):
     """A request the router refuses or could not serve; ``str(e)`` is for the client."""
 
-    def __init__(self, kind: ErrorKind, message: str):
+    def __init__(self, kind: ErrorKind, message: str, retry_after_s: int | None = None):
         super().__init__(message)
         self.kind = kind
+        self.retry_after_s = retry_after_s  # set for UNAVAILABLE: when a retry may succeed
 
 
 class RequestTimeoutError(RequestError):
@@ -41,5 +50,6 @@ def classify(error: Exception) -> RequestError:
     if isinstance(error, InvalidRequestError):
         return RequestError(ErrorKind.INVALID_REQUEST, str(error))
     if isinstance(error, ServiceUnavailableError):
-        return RequestError(ErrorKind.UNAVAILABLE, f"service unavailable, retry later: {error}")
+        return RequestError(ErrorKind.UNAVAILABLE, f"service unavailable, retry later: {error}",
+                            error.retry_after_s)
     return RequestError(ErrorKind.INTERNAL, f"internal error: {type(error).__name__}: {error}")

@@ -6,6 +6,7 @@ A call that is cancelled, or whose deadline passes, has its handler cancelled by
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from router.auth import ApiKeyCheck
+from router.backend import GenerationBackend
 from router.errors import ErrorKind, classify
 from router.generation import GenerationRequest, GenerationService
 from router.grpc_convert import chunk_to_proto, request_from_proto, response_to_proto
@@ -74,18 +76,20 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         if failure.kind is ErrorKind.INTERNAL:
             log.error("gRPC request failed", exc_info=error)
         self.service.metrics.count_error(failure.kind)
-        await context.abort(STATUS_CODES[failure.kind], str(failure))
+        retry = (("retry-after", str(failure.retry_after_s or 1)),) if failure.kind is ErrorKind.UNAVAILABLE else ()
+        await context.abort(STATUS_CODES[failure.kind], str(failure), trailing_metadata=retry)
 
 
 class GrpcFrontEnd:
     """A started grpc.aio server; `port` is the bound port."""
 
     def __init__(self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, port: int,
-                 grace_s: float):
+                 grace_s: float, health_task: asyncio.Task | None = None):
         self.server = server
         self.health = health_servicer
         self.port = port
         self.grace_s = grace_s
+        self.health_task = health_task
 
     @classmethod
     async def start(cls, host: str, port: int, service: GenerationService, auth: ApiKeyCheck,
@@ -94,14 +98,39 @@ class GrpcFrontEnd:
         pb_grpc.add_GenerationServicer_to_server(GenerationServicer(service, auth), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        for name in ("", GENERATION_SERVICE):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        serving = await _report_health(health_servicer, service.backend, None)
         reflection.enable_server_reflection((GENERATION_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
         bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         await server.start()
-        return cls(server, health_servicer, bound, grace_s)
+        task = asyncio.create_task(_watch_health(health_servicer, service.backend, serving), name="grpc-health")
+        return cls(server, health_servicer, bound, grace_s, task)
 
     async def stop(self) -> None:
         """Report NOT_SERVING, then let running calls finish within the grace period."""
+        if self.health_task is not None:
+            self.health_task.cancel()
+            await asyncio.gather(self.health_task, return_exceptions=True)
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_s)
+
+
+async def _report_health(servicer: health.aio.HealthServicer, backend: GenerationBackend,
+                         serving: bool | None) -> bool:
+    """Set SERVING / NOT_SERVING (overall and for the Generation service) from the backend's
+    health when it changed from ``serving``; returns the new value."""
+    now = backend.health().serving
+    if now != serving:
+        status = health_pb2.HealthCheckResponse.SERVING if now else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", GENERATION_SERVICE):
+            await servicer.set(name, status)
+    return now
+
+
+async def _watch_health(servicer: health.aio.HealthServicer, backend: GenerationBackend, serving: bool,
+                        interval_s: float = 1.0) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            serving = await _report_health(servicer, backend, serving)
+        except Exception:  # noqa: BLE001 — keep watching; the last status stands meanwhile
+            log.exception("reading the backend's health failed")

@@ -52,8 +52,10 @@ def validation_message(error: RequestValidationError) -> str:
 def error_response(error: Exception, metrics: RouterMetrics) -> JSONResponse:
     body = error_body(error, metrics)
     kind = ErrorKind(body.error.code)
-    headers = {"WWW-Authenticate": "Bearer"} if kind is ErrorKind.UNAUTHENTICATED else None
-    return JSONResponse(body.model_dump(), status_code=HTTP_STATUS[kind], headers=headers)
+    headers = {"WWW-Authenticate": "Bearer"} if kind is ErrorKind.UNAUTHENTICATED else {}
+    if kind is ErrorKind.UNAVAILABLE:  # when a retry may succeed (a replica restarting, capacity freeing)
+        headers["Retry-After"] = str(classify(error).retry_after_s or 1)
+    return JSONResponse(body.model_dump(), status_code=HTTP_STATUS[kind], headers=headers or None)
 
 
 class InternalErrorMiddleware:

@@ -29,7 +29,9 @@ def build_app(service: GenerationService, auth: ApiKeyCheck, model_name: str) ->
         auth.check(authorization)
 
     async def health() -> Response:
-        return JSONResponse({"status": "ok"})
+        """200 while every pool has a replica up (ready or degraded), else 503; per-pool detail."""
+        state = service.backend.health()
+        return JSONResponse(state.as_dict(), status_code=200 if state.serving else 503)
 
     async def metrics() -> Response:
         body = await asyncio.to_thread(service.metrics.exposition)  # reads backend stats, may block

@@ -15,7 +15,7 @@ from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer
-from router.backend import BackendStats
+from router.backend import BackendHealth, BackendStats, HealthState
 from router.config import RouterConfig
 from router.server import Router
 
@@ -48,6 +48,11 @@ class LocalEngineBackend:
                             prefix_cache_query_tokens=s.prefix_cache_queries,
                             prefix_cache_hit_tokens=s.prefix_cache_hits, num_preemptions=s.num_preemptions,
                             step_totals=s.step_totals)
+
+    def health(self) -> BackendHealth:
+        """One pool of one replica: ready while the engine's stepping thread runs."""
+        state = HealthState.READY if self.engine.running else HealthState.DOWN
+        return BackendHealth({"engine": {"engine": state}})
 
     def shutdown(self) -> None:
         """Stop the engine's stepping thread."""

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from engine.outputs import FinishReason, RequestOutput
-from router.backend import GenerationBackend
+from router.backend import GenerationBackend, HealthState
 from engine.step_profile import PHASES
 from router.errors import ErrorKind
 
@@ -59,6 +59,25 @@ class BackendStatsCollector:
         yield steps
         yield tokens
         yield seconds
+        yield from self._health()
+
+    def _health(self) -> Iterator[Metric]:
+        """One series per replica (and per component, such as Redis) and state: 1 for its
+        current state, 0 for the others."""
+        h = self.backend.health()
+        replicas = GaugeMetricFamily("tierserve_replica_state", "Replica state: 1 for the current one "
+                                     "(ready, degraded, down)", labels=["pool", "replica", "state"])
+        for pool, states in sorted(h.pools.items()):
+            for replica, current in sorted(states.items()):
+                for state in HealthState:
+                    replicas.add_metric([pool, replica, state.value], float(state is current))
+        components = GaugeMetricFamily("tierserve_component_state", "State of what the pools rely on "
+                                       "(redis): 1 for the current one", labels=["component", "state"])
+        for component, current in sorted(h.components.items()):
+            for state in HealthState:
+                components.add_metric([component, state.value], float(state is current))
+        yield replicas
+        yield components
 
 
 class RouterMetrics:

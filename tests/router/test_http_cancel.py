@@ -28,7 +28,8 @@ def test_disconnect_mid_stream_aborts(router, path, body):
                 assert next(line for line in lines if line.startswith("data: {"))
         router.assert_aborted_and_freed(aborted)
     with httpx.Client(base_url=router.base_url, timeout=60) as http:
-        assert http.get("/health").json() == {"status": "ok"}
+        assert http.get("/health").json() == {"status": "ok", "components": {},
+                                              "pools": {"engine": {"status": "ready", "replicas": {"engine": "ready"}}}}
 
 
 def test_disconnect_while_waiting_for_whole_response_aborts(router):

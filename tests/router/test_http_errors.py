@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router.proto import tierserve_pb2 as pb
 from router.proto import tierserve_pb2_grpc as pb_grpc
@@ -67,10 +70,16 @@ def test_failed_engine_gives_500_and_internal_without_killing_the_server(stopped
         assert "engine is stopped" in error["message"] and error["type"] == "server_error"
         stream = client.post("/v1/completions", json={**body, "stream": True})
         assert "engine is stopped" in error_of(stream, 500)["message"]
-        assert client.get("/health").status_code == 200
+        health = client.get("/health")  # the server runs; its one pool does not
+        assert health.status_code == 503 and health.json()["pools"]["engine"]["status"] == "down"
     with grpc.insecure_channel(r.grpc_target) as channel:
         with pytest.raises(grpc.RpcError) as info:
             pb_grpc.GenerationStub(channel).Generate(pb.GenerateRequest(text="hi"), timeout=60)
+        deadline, health = time.monotonic() + 10, health_pb2_grpc.HealthStub(channel)
+        while (status := health.Check(health_pb2.HealthCheckRequest(), timeout=10).status) \
+                == health_pb2.HealthCheckResponse.SERVING and time.monotonic() < deadline:
+            time.sleep(0.1)  # the servicer follows the backend's health once a second
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
     assert info.value.code() == grpc.StatusCode.INTERNAL and "engine is stopped" in info.value.details()
 
 
@@ -85,3 +94,4 @@ def test_capacity_and_lost_replicas_are_503_and_unavailable():
         assert failure.kind is ErrorKind.UNAVAILABLE and "retry later" in str(failure)
         assert HTTP_STATUS[failure.kind] == 503 and ERROR_TYPES[failure.kind] == "service_unavailable_error"
         assert STATUS_CODES[failure.kind] == grpc.StatusCode.UNAVAILABLE
+        assert failure.retry_after_s == error.retry_after_s > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -71,6 +72,7 @@ def test_greedy_output_identical_to_single_engine(loop, cluster, tiny_model):
         assert [t for d in deltas for t in d.new_token_ids] == exp.token_ids
         assert "".join(d.new_text for d in deltas) == exp.text
         assert deltas[-1].finished and deltas[-1].finish_reason == exp.finish_reason
+    assert ray.get([r.actor.device_uuid.remote() for r in cluster.pools.all]) == [None] * 4  # no GPU
     assert_clean(cluster)
 
 
@@ -79,6 +81,8 @@ def test_seeded_sampling_and_stop_strings_match_single_engine(loop, cluster, tin
     engine = make_engine(tiny_model)
     sampled = SamplingParams(max_tokens=20, temperature=0.9, top_p=0.95, seed=5, ignore_eos=True)
     expected = engine.generate([p], sampled)[0]
+    others = engine.generate([p, p], [dataclasses.replace(sampled, seed=6), dataclasses.replace(sampled, temperature=0)])
+    assert all(o.token_ids != expected.token_ids for o in others)  # a cluster losing seed or temperature would fail
     deltas = loop.run_until_complete(collect(cluster.dispatcher, p, sampled))
     assert [t for d in deltas for t in d.new_token_ids] == expected.token_ids
     stop = expected.text[4:7]

@@ -1,5 +1,13 @@
 """What the dispatcher knows of the cluster, kept fresh in the background: each replica's
-load (polled) and which prefixes each one holds (followed from the KV event stream)."""
+load and state (polled, pool_handles), which prefixes each one holds (followed from the KV
+event stream) and whether Redis answers.
+
+Redis down costs prefix routing and the host tier, not service: the view logs one line
+when it stops answering and one when it is back, and then, if it came back empty (a new
+server: another ``run_id``), forgets what the host tier held and reads the new event
+stream from its start. A replica that comes back as a new process has its prefixes
+forgotten too (its own CLEARED event says the same, if Redis carried it).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +15,28 @@ import asyncio
 import logging
 import time
 
+import redis
+
 from cluster.config import POLICIES
-from cluster.pool_handles import Pools, Replica, RequestShape, pick_colocated, pick_decode, pick_prefill
+from cluster.pool_handles import (Pools, Replica, RequestShape, first_line, pick_colocated, pick_decode,
+                                  pick_prefill, usable)
 from cluster.prefix_index import PrefixIndex
 from engine.block_hash import hash_blocks
-from kvstore.kv_events import KVEventSubscriber
+from kvstore.host_tier import HOST_WORKER
+from kvstore.kv_events import EventKind, KVEvent, KVEventSubscriber
+from router.backend import BackendHealth, HealthState
+from router.errors import ServiceUnavailableError
 
 log = logging.getLogger(__name__)
+
+REDIS_PING_TIMEOUT_S = 2.0
+MAX_BACKOFF_S = 2.0
+
+
+class NoReplicaError(ServiceUnavailableError):
+    """Every replica of a pool is down (dead, restarting or hung)."""
+
+    retry_after_s = 5  # a restarted replica loads its model first
 
 
 class ClusterView:
@@ -28,7 +51,12 @@ class ClusterView:
         self.prefixes = PrefixIndex()
         self.load_interval_s = load_interval_s
         self.prediction_ttl_s = prediction_ttl_s
+        self.redis_state = HealthState.READY if events is not None else None
+        self._redis_run_id: str | None = None
+        self._pinger = _ping_client(events.client) if events is not None else None
+        self._redis_ping: asyncio.Future | None = None
         self._tasks: list[asyncio.Task] = []
+        pools.on_restart = self._restarted
 
     def shape(self, prompt: list[int], cache_salt: str | None) -> RequestShape:
         if self.policy == "round-robin":
@@ -43,20 +71,45 @@ class ClusterView:
         if shape.hashes:
             self.prefixes.predict(replica.worker_id, shape.hashes, time.monotonic() + self.prediction_ttl_s)
 
-    def pick_prefill(self, replicas: list[Replica], shape: RequestShape) -> Replica:
-        return self._next(replicas) if self.policy == "round-robin" else pick_prefill(replicas, shape)
+    def pick_prefill(self, replicas: list[Replica], shape: RequestShape, exclude: set[str] = frozenset()) -> Replica:
+        """NoReplicaError when every replica (but those in ``exclude``) is down."""
+        options = self._options(replicas, exclude)
+        return self._next(options) if self.policy == "round-robin" else pick_prefill(options, shape)
 
-    def pick_colocated(self, replicas: list[Replica], shape: RequestShape) -> Replica:
-        return self._next(replicas) if self.policy == "round-robin" else pick_colocated(replicas, shape)
+    def pick_colocated(self, replicas: list[Replica], shape: RequestShape, exclude: set[str] = frozenset()
+                       ) -> Replica:
+        options = self._options(replicas, exclude)
+        return self._next(options) if self.policy == "round-robin" else pick_colocated(options, shape)
 
     def pick_decode(self, replicas: list[Replica], shape: RequestShape, exclude: set[str]) -> Replica | None:
-        if self.policy == "round-robin":
-            options = [r for r in replicas if r.worker_id not in exclude]
-            return self._next(options) if options else None
-        return pick_decode(replicas, shape, exclude)
+        """None when no replica is left to try (all down, or in ``exclude``)."""
+        options = usable(replicas, exclude)
+        if not options:
+            return None
+        return self._next(options) if self.policy == "round-robin" else pick_decode(options, shape)
+
+    @staticmethod
+    def _options(replicas: list[Replica], exclude: set[str]) -> list[Replica]:
+        options = usable(replicas, exclude)
+        if not options:
+            role = replicas[0].role if replicas else "?"
+            states = ", ".join(f"{r.worker_id}: {r.state.value}" for r in replicas)
+            raise NoReplicaError(f"no {role} replica is up ({states})")
+        return options
+
+    def health(self) -> BackendHealth:
+        """Replica states by pool and Redis's state, as last seen (no remote calls)."""
+        pools = {role: {r.worker_id: r.state for r in getattr(self.pools, role)}
+                 for role in ("prefill", "decode", "colocated") if getattr(self.pools, role)}
+        components = {"redis": self.redis_state} if self.redis_state is not None else {}
+        return BackendHealth(pools, components)
+
+    def _restarted(self, replica: Replica) -> None:
+        """A replica answered from a new process: the prefixes it held are gone."""
+        self.prefixes.apply(KVEvent(replica.worker_id, EventKind.CLEARED))
 
     def _next(self, replicas: list[Replica]) -> Replica:
-        """Round robin over a pool (keyed by its first replica)."""
+        """Round robin over a pool's usable replicas (keyed by role)."""
         key = replicas[0].role
         turn = self._turns.get(key, 0)
         self._turns[key] = turn + 1
@@ -78,6 +131,8 @@ class ClusterView:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._pinger is not None:
+            self._pinger.close()
 
     async def catch_up(self) -> None:
         """Apply every event published so far (tests and benchmarks use it to settle)."""
@@ -88,16 +143,64 @@ class ClusterView:
 
     async def _poll_loads(self) -> None:
         while True:
-            await self.pools.refresh()
+            await self.pools.refresh(wait_s=self.load_interval_s)
+            self._check_redis()
             await asyncio.sleep(self.load_interval_s)
 
+    def _check_redis(self) -> None:
+        """Start a ping of Redis (one in flight at a time) and judge the last one."""
+        if self._pinger is None:
+            return
+        ping = self._redis_ping
+        if ping is None:
+            self._redis_ping = asyncio.ensure_future(asyncio.to_thread(self._pinger.info, "server"))
+            self._redis_ping.add_done_callback(self._redis_answered)
+
+    def _redis_answered(self, ping: asyncio.Future) -> None:
+        self._redis_ping = None
+        if ping.cancelled():
+            return
+        if (error := ping.exception()) is not None:
+            self._redis_failed(error)
+            return
+        run_id = ping.result().get("run_id")
+        if self.redis_state is not HealthState.READY:
+            log.warning("Redis answers again%s", "" if run_id == self._redis_run_id else " (a new, empty server)")
+        if self._redis_run_id is not None and run_id != self._redis_run_id:
+            self._redis_replaced()
+        self._redis_run_id, self.redis_state = run_id, HealthState.READY
+
+    def _redis_failed(self, error: BaseException) -> None:
+        if self.redis_state is HealthState.READY:
+            log.warning("Redis is unreachable (%s); routing without prefix events, host tier off until it is "
+                        "back", first_line(error))
+        self.redis_state = HealthState.DOWN
+
+    def _redis_replaced(self) -> None:
+        """Redis restarted empty: the host tier holds nothing, the event stream starts over."""
+        self.prefixes.apply(KVEvent(HOST_WORKER, EventKind.CLEARED))
+        if self.events is not None:
+            self.events.last_id = "0-0"
+
     async def _follow_events(self) -> None:
+        pause = 0.0
         while True:
             try:
                 events = await asyncio.to_thread(self.events.read, 200)
-            except Exception:  # noqa: BLE001 — Redis away: route without prefix knowledge, retry
-                log.exception("reading KV events failed")
-                await asyncio.sleep(1.0)
+            except redis.RedisError as e:  # Redis away: route without prefix knowledge, retry
+                self._redis_failed(e)
+                pause = min(max(2 * pause, 0.1), MAX_BACKOFF_S)
+                await asyncio.sleep(pause)
                 continue
+            pause = 0.0
             for event in events:
                 self.prefixes.apply(event)
+
+
+def _ping_client(client: redis.Redis) -> redis.Redis:
+    """A client for health pings beside ``client`` (same server and credentials) whose calls
+    time out, so a hung Redis cannot hold a thread for long."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "socket_timeout": REDIS_PING_TIMEOUT_S,
+              "socket_connect_timeout": REDIS_PING_TIMEOUT_S}
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))

@@ -36,6 +36,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from cluster.config import parse_cluster_config
     from cluster.local_cluster import Cluster
     from engine.default_model import default_model_dir
+    from kvstore.redis_client import redact_url
 
     console = Console()
     model = args.model or str(default_model_dir())
@@ -45,7 +46,7 @@ def run_demo(args: argparse.Namespace) -> int:
     cluster = Cluster(config, progress=_progress, verbose=args.verbose)
     dispatcher = cluster.start()
     console.print(f"cluster up in {time.perf_counter() - t0:.1f}s: {args.replicas} prefill + {args.replicas} "
-                  f"decode replica(s) of {model}, Redis at {cluster.kvstore.redis_url}")
+                  f"decode replica(s) of {model}, Redis at {redact_url(cluster.kvstore.redis_url)}")
     try:
         rows = _serve_and_ask(dispatcher, args.max_tokens)
     finally:

@@ -6,21 +6,34 @@ rest of the KV over their pair group (NCCL or gloo); the decode replica streams 
 remaining tokens. Replicas are picked by cached prefix against load (pool_handles). A
 colocated cluster sends each request to one replica. Detokenization and stop strings
 happen here.
+
+Failures: a replica whose call fails because its process died is marked down (no more
+requests until it answers again, pool_handles) and the request gets ReplicaFailed, a
+ServiceUnavailableError (HTTP 503 / gRPC UNAVAILABLE with a retry hint), never Ray's
+traceback. A request that has streamed nothing yet is retried once on another replica;
+one that has streamed its first token cannot be, and ends with ReplicaFailed. A handoff
+that breaks ends the same way; both ends free the request's blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import uuid
 from contextlib import aclosing
 from collections.abc import AsyncIterator
+
+import ray
+from ray import ObjectRef
+from ray.exceptions import RayActorError, RayTaskError
 
 from cluster.cluster_view import ClusterView
 from cluster.messages import DecodeRequest, PrefillRequest, PrefillResult
 from cluster.output_channel import OutputDemux, ReplicaFailed
 from cluster.output_processor import OutputProcessor
-from cluster.pool_handles import Replica, RequestShape
+from cluster.pool_handles import HealthState, Replica, RequestShape, first_line, usable
+from engine.async_engine import EngineStopped
 from cluster.stage_timings import TimingLog
 from engine.llm_engine import Reservation
 from engine.outputs import RequestOutput
@@ -28,12 +41,19 @@ from engine.step_profile import add_totals
 from engine.request_validation import validate_prompt
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import AnyTokenizer
-from router.backend import BackendStats
+from kvstore.errors import KVStoreError
+from router.backend import BackendHealth, BackendStats
 from router.errors import ServiceUnavailableError
+
+log = logging.getLogger(__name__)
+PEER_CHECK_S = 0.25  # how often a handoff in flight checks whether its decode replica went down
 
 
 class NoCapacityError(ServiceUnavailableError):
-    """No decode replica could take a request before the admission timeout."""
+    """No decode replica could take a request: all were full until the admission timeout, or
+    none is up."""
+
+    retry_after_s = 1
 
 
 class Dispatcher:
@@ -45,7 +65,7 @@ class Dispatcher:
         self.admission_timeout_s = admission_timeout_s
         self.handoff_bytes = 0
         self.timings = TimingLog()
-        self.outputs = OutputDemux(uuid.uuid4().hex)
+        self.outputs = OutputDemux(uuid.uuid4().hex, on_failure=self._stream_broke)
 
     async def generate(self, request_id: str | None, prompt_token_ids: list[int], params: SamplingParams,
                        cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
@@ -67,9 +87,26 @@ class Dispatcher:
 
     async def _colocated(self, req: PrefillRequest, shape: RequestShape, out: OutputProcessor
                          ) -> AsyncIterator[RequestOutput]:
-        replica = self.view.pick_colocated(self.pools.colocated, shape)
-        self.view.routed(replica, shape)
-        self.timings.start(req.request_id).workers["colocated"] = replica.worker_id
+        tried: set[str] = set()
+        while True:
+            replica = self.view.pick_colocated(self.pools.colocated, shape, tried)
+            self.view.routed(replica, shape)
+            self.timings.start(req.request_id).workers["colocated"] = replica.worker_id
+            streamed = False
+            try:
+                async for delta in self._colocated_on(replica, req, shape, out):
+                    streamed = True
+                    yield delta
+                return
+            except ReplicaFailed:
+                if streamed or tried:
+                    raise
+                tried.add(replica.worker_id)
+                log.warning("request %s: retrying on another replica after %s failed", req.request_id,
+                            replica.worker_id)
+
+    async def _colocated_on(self, replica: Replica, req: PrefillRequest, shape: RequestShape,
+                            out: OutputProcessor) -> AsyncIterator[RequestOutput]:
         tokens = shape.uncached(replica.worker_id)
         replica.inflight += 1
         replica.pending_tokens += tokens  # until its first token: prefill work queued there
@@ -92,14 +129,12 @@ class Dispatcher:
     async def _disaggregated(self, req: PrefillRequest, shape: RequestShape, out: OutputProcessor
                              ) -> AsyncIterator[RequestOutput]:
         clock = self.timings.start(req.request_id)
-        prefill = self.view.pick_prefill(self.pools.prefill, shape)
-        self.view.routed(prefill, shape)
-        clock.workers["prefill"] = prefill.worker_id
-        pull = shape.host_pull(prefill.worker_id)
-        if pull:
-            req = dataclasses.replace(req, host_prefix_blocks=pull)
-        first = await self._prefill(prefill, req, shape.uncached(prefill.worker_id))
+        if not usable(self.pools.decode):  # checked before any token is out
+            raise NoCapacityError("no decode replica is up: "
+                                  + ", ".join(f"{r.worker_id}: {r.state.value}" for r in self.pools.decode))
+        prefill, first = await self._prefill_somewhere(req, shape)
         clock.mark("prefill")
+        clock.workers["prefill"] = prefill.worker_id
         handed_off = False
         try:
             delta = out.first_token(first.token_id, first.logprob, first.num_cached_tokens)
@@ -112,7 +147,7 @@ class Dispatcher:
             handed_off = True
         finally:
             if not handed_off:  # finished at the first token, or the caller left: drop the held KV
-                prefill.actor.release.remote(req.request_id)
+                self._tell(prefill, "release", req.request_id)
         try:
             stream = self._stream(decode, lambda channel: decode.actor.start_stream.remote(req.request_id, channel),
                                   req.request_id, out)
@@ -124,13 +159,30 @@ class Dispatcher:
         finally:
             decode.inflight -= 1  # claimed in _reserve
 
+    async def _prefill_somewhere(self, req: PrefillRequest, shape: RequestShape) -> tuple[Replica, PrefillResult]:
+        """Prefill on the best replica; if it fails (nothing has streamed yet), once more on another."""
+        tried: set[str] = set()
+        while True:
+            prefill = self.view.pick_prefill(self.pools.prefill, shape, tried)
+            self.view.routed(prefill, shape)
+            pull = shape.host_pull(prefill.worker_id)
+            attempt = dataclasses.replace(req, host_prefix_blocks=pull) if pull else req
+            try:
+                return prefill, await self._prefill(prefill, attempt, shape.uncached(prefill.worker_id))
+            except ReplicaFailed:
+                if tried:
+                    raise
+                tried.add(prefill.worker_id)
+                log.warning("request %s: retrying its prefill on another replica after %s failed", req.request_id,
+                            prefill.worker_id)
+
     async def _prefill(self, replica: Replica, req: PrefillRequest, tokens: int) -> PrefillResult:
         replica.inflight += 1
         replica.pending_tokens += tokens
         try:
-            return await replica.actor.prefill.remote(req)
+            return await self._call(replica, replica.actor.prefill.remote(req))
         except asyncio.CancelledError:
-            replica.actor.abort.remote(req.request_id)
+            self._tell(replica, "abort", req.request_id)
             raise
         finally:
             replica.inflight -= 1
@@ -142,12 +194,12 @@ class Dispatcher:
         dreq = DecodeRequest(req.request_id, req.prompt_token_ids, [first.token_id], req.params,
                              prefill.worker_id, first.generator_state, req.cache_salt)
         decode, reservation = await self._reserve(dreq, shape)
-        try:
-            sent = await prefill.actor.send_kv.remote(req.request_id, decode.worker_id, decode.actor,
-                                                      reservation)
+        try:  # ReplicaFailed if either end dies or the transfer breaks; both ends free the blocks
+            sent = await self._call(prefill, prefill.actor.send_kv.remote(req.request_id, decode.worker_id,
+                                                                          decode.actor, reservation), decode)
         except BaseException:
             decode.inflight -= 1
-            decode.actor.abort.remote(req.request_id)
+            self._tell(decode, "abort", req.request_id)
             raise
         self.handoff_bytes += sent
         return decode
@@ -160,7 +212,9 @@ class Dispatcher:
                 replica.inflight += 1  # claimed before awaiting, so concurrent picks spread out
                 replica.claim(shape.uncached(replica.worker_id) + 1)
                 try:
-                    reservation = await replica.actor.reserve.remote(dreq)
+                    reservation = await self._call(replica, replica.actor.reserve.remote(dreq))
+                except ReplicaFailed:  # nothing reserved there: try the others
+                    reservation = None
                 except BaseException:
                     replica.inflight -= 1
                     raise
@@ -169,11 +223,57 @@ class Dispatcher:
                     return replica, reservation
                 replica.inflight -= 1
                 tried.add(replica.worker_id)
+            if not any(r.state is not HealthState.DOWN for r in self.pools.decode):
+                raise NoCapacityError(f"no decode replica is up for request {dreq.request_id!r}")
             if asyncio.get_running_loop().time() > deadline:
                 raise NoCapacityError(f"no decode replica had room for request {dreq.request_id!r} "
                                       f"within {self.admission_timeout_s:g} s")
             await asyncio.sleep(0.02)
-            await self.pools.refresh()
+            await self.pools.refresh(wait_s=0.25)
+
+    async def _call(self, replica: Replica, call: ObjectRef, peer: Replica | None = None):
+        """Await an actor call. Its process dying (or its engine stopping) marks the replica down
+        and raises ReplicaFailed; so does a KV transfer or a peer failing under it, without
+        marking it down, and ``peer`` going down meanwhile (the call is cancelled: a transfer
+        would otherwise wait out its timeouts). Any other error of the call is raised as it is."""
+        try:
+            if peer is None:
+                return await call
+            return await self._unless_down(peer, call)
+        except RayTaskError as e:  # the actor ran the call: the failure is the call's, or a peer's
+            if isinstance(e, EngineStopped):
+                replica.mark_down(f"its engine stopped: {first_line(e)}")
+            elif not isinstance(e, (RayActorError, KVStoreError)):
+                raise
+            raise ReplicaFailed(f"{replica.worker_id}: {first_line(e.cause if e.cause else e)}") from None
+        except RayActorError as e:
+            replica.mark_down(first_line(e))
+            raise ReplicaFailed(f"replica {replica.worker_id} failed: {first_line(e)}", retry_after_s=5) from None
+
+    @staticmethod
+    async def _unless_down(peer: Replica, call: ObjectRef):
+        future = asyncio.ensure_future(_awaited(call))
+        try:
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=PEER_CHECK_S)
+                if done:
+                    return future.result()
+                if peer.state is HealthState.DOWN:
+                    ray.cancel(call)
+                    raise ReplicaFailed(f"replica {peer.worker_id} went down: {peer.reason}", retry_after_s=5)
+        finally:
+            future.cancel()
+
+    def _tell(self, replica: Replica, method: str, request_id: str) -> None:
+        """A call nobody waits for (release, abort); skipped for a replica that is down, whose
+        process holds nothing of the request any more (or will drop it when it answers)."""
+        if replica.state is not HealthState.DOWN:
+            getattr(replica.actor, method).remote(request_id)
+
+    def _stream_broke(self, worker_id: str, reason: str) -> None:
+        for replica in self.pools.all:
+            if replica.worker_id == worker_id:
+                replica.mark_down(f"its output stream broke: {reason}")
 
     async def _stream(self, replica: Replica, start, request_id: str, out: OutputProcessor
                       ) -> AsyncIterator[RequestOutput]:
@@ -182,7 +282,7 @@ class Dispatcher:
         queue = self.outputs.open(request_id, replica)
         worker_done = False
         try:
-            await start(self.outputs.channel_for_loop())
+            await self._call(replica, start(self.outputs.channel_for_loop()))
             while True:
                 raw = await queue.get()
                 if isinstance(raw, ReplicaFailed):
@@ -195,14 +295,19 @@ class Dispatcher:
         finally:
             self.outputs.close(request_id)
             if not worker_done:  # the caller left, a stop string ended it here, or the start failed
-                replica.actor.abort.remote(request_id)
+                self._tell(replica, "abort", request_id)
 
     def abort(self, request_id: str) -> None:
         for replica in self.pools.all:
-            replica.actor.abort.remote(request_id)
+            self._tell(replica, "abort", request_id)
+
+    def health(self) -> BackendHealth:
+        """Replica states by pool, and Redis's (cluster_view)."""
+        return self.view.health()
 
     def stats(self) -> BackendStats:
-        """Totals over the replicas' last reported loads (refreshed in the background)."""
+        """Totals over the replicas' last reported loads (refreshed in the background; a replica
+        that is down reports none)."""
         loads = [r.load for r in self.pools.all if r.load is not None]
         return BackendStats(
             num_waiting=sum(l.waiting for l in loads), num_running=sum(l.running for l in loads),
@@ -224,3 +329,7 @@ class Dispatcher:
         await self.outputs.aclose()
         await self.view.close()
 
+
+
+async def _awaited(call: ObjectRef):
+    return await call

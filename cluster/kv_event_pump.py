@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
+
+import redis
 
 from engine.async_engine import AsyncLLMEngine
 from engine.block_pool import BlockEvents
@@ -14,10 +17,19 @@ log = logging.getLogger(__name__)
 
 class KVEventPump:
     """A thread that drains the engine's block events every ``interval_s`` and publishes them,
-    so that routers learn which prefixes this worker holds."""
+    so that routers learn which prefixes this worker holds.
 
-    def __init__(self, engine: AsyncLLMEngine, publisher: KVEventPublisher, interval_s: float = 0.02):
+    While Redis is unreachable the events wait in a bounded backlog (the oldest go first when
+    it is full: routing quality, not correctness) and the pump retries with a growing pause;
+    it logs one line when publishing stops and one when it resumes, not one per attempt.
+    """
+
+    def __init__(self, engine: AsyncLLMEngine, publisher: KVEventPublisher, interval_s: float = 0.02,
+                 backlog: int = 10_000, max_backoff_s: float = 2.0):
         self.engine, self.publisher, self.interval_s = engine, publisher, interval_s
+        self.max_backoff_s = max_backoff_s
+        self.pending: collections.deque[BlockEvents] = collections.deque(maxlen=backlog)
+        self.failing = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kv-events", daemon=True)
 
@@ -29,17 +41,40 @@ class KVEventPump:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self.publisher.cleared()
+        try:
+            self.publisher.cleared()
+        except redis.RedisError:
+            pass  # Redis is gone: routers stop trusting this worker's prefixes when it does
 
     def flush(self) -> None:
+        """Drain the engine's events and publish them with whatever is waiting (raises on failure)."""
         events: BlockEvents = self.engine.call(lambda e: e.kv.pool.drain_events())
         if events:
-            self.publisher.stored(events.stored)
-            self.publisher.evicted(events.evicted)
+            self.pending.append(events)
+        while self.pending:
+            batch = self.pending[0]
+            self.publisher.stored(batch.stored)
+            self.publisher.evicted(batch.evicted)
+            self.pending.popleft()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        pause = self.interval_s
+        while not self._stop.wait(pause):
+            waiting = len(self.pending)
             try:
                 self.flush()
-            except Exception:  # noqa: BLE001 — a Redis hiccup costs routing quality, not the worker
-                log.exception("publishing KV events failed")
+            except redis.RedisError as e:  # a Redis outage costs routing quality, not the worker
+                if not self.failing:
+                    log.warning("publishing KV events paused, Redis unreachable (%s: %s); retrying",
+                                type(e).__name__, e)
+                self.failing = True
+                pause = min(max(2 * pause, 0.1), self.max_backoff_s)
+                continue
+            except Exception:  # noqa: BLE001 — the engine stopped or failed: its own error says why
+                if not self.failing:
+                    log.exception("publishing KV events failed; retrying")
+                self.failing, pause = True, self.max_backoff_s
+                continue
+            if self.failing:
+                log.warning("publishing KV events resumed (%d batches had waited)", waiting)
+            self.failing, pause = False, self.interval_s

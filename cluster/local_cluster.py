@@ -22,17 +22,17 @@ from cluster.config import ClusterConfig, PoolConfig
 from cluster.cluster_view import ClusterView
 from cluster.dispatcher import Dispatcher
 from cluster.pool_handles import Pools, Replica
-from cluster.redis_server import RedisServer
+from cluster.redis_server import RedisServer, with_password
 from cluster.ray_connect import connect_ray, remove_marker, write_marker
 from cluster.registry import NAMESPACE, ClusterInfo, ClusterRegistry, actor_name, registry_name
-from cluster.worker_spec import WorkerSpec
+from cluster.worker_spec import RESTART_OPTIONS, WorkerSpec
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.model_config import CheckpointError, ModelConfig
 from engine.tokenizer import load_tokenizer
 from kvstore.config import KVStoreConfig, TransportConfig
 from kvstore.keys import RedisKeys
 from kvstore.kv_events import KVEventSubscriber
-from kvstore.redis_client import connect_redis
+from kvstore.redis_client import connect_redis, redact_url
 
 
 class ClusterStartError(RuntimeError):
@@ -110,7 +110,8 @@ class Cluster:
             self.progress(f"starting redis-server on 127.0.0.1:{self.redis.port}")
             url = self.redis.start()
         else:
-            self.progress(f"using Redis at {url}")
+            url = with_password(url)  # from $REDIS_PASSWORD unless the URL has one
+            self.progress(f"using Redis at {redact_url(url)}")
         self.kvstore = KVStoreConfig(redis_url=url, host_capacity_bytes=self.config.kvstore.host_tier_bytes,
                                      key_prefix=f"tierserve-{self.config.name}")
         connect_redis(self.kvstore).close()  # RedisUnavailableError names the URL
@@ -219,7 +220,7 @@ def make_dispatcher(info: ClusterInfo, pools: Pools) -> Dispatcher:
 
 def _ray_options(pool: PoolConfig) -> dict:
     hw = pool.hardware
-    options = {"num_cpus": hw.num_cpus, "num_gpus": hw.num_gpus}
+    options = {"num_cpus": hw.num_cpus, "num_gpus": hw.num_gpus, **RESTART_OPTIONS}
     if hw.accelerator_type:
         options["accelerator_type"] = hw.accelerator_type
     if hw.resources:

@@ -62,6 +62,7 @@ class WorkerLoad:
     prefix_cache_hits: int
     preemptions: int
     step_totals: dict = field(default_factory=dict)  # engine.step_profile totals, per step kind
+    incarnation: str = ""  # new each time the replica's process (re)starts
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 
 import ray
 
+from cluster.pool_handles import first_line
 from engine.outputs import RequestOutput
 from router.errors import ServiceUnavailableError
 
@@ -70,14 +71,15 @@ class OutputChannels:
 
 
 class ReplicaFailed(ServiceUnavailableError):
-    """A replica's output stream broke (the actor died, or its engine failed)."""
+    """A replica failed a request (the actor died, its engine failed, a handoff with it broke)."""
 
 
 class OutputDemux:
     """A dispatcher's side: one reader task per replica and event loop, feeding per-request queues."""
 
-    def __init__(self, channel: str):
+    def __init__(self, channel: str, on_failure: Callable[[str, str], None] | None = None):
         self.channel = channel
+        self.on_failure = on_failure  # (worker id, reason) when a replica's stream breaks
         self.queues: dict[str, tuple[str, asyncio.Queue]] = {}  # request id -> (worker id, queue)
         self.readers: dict[tuple[str, str], tuple[asyncio.Task, object]] = {}  # (worker, channel) -> reader
         self._loop_channels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -123,8 +125,10 @@ class OutputDemux:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 — every request on the replica learns of it
-            reason = str(e)
+            reason = first_line(e)
         log.warning("output stream of %s broke: %s", worker_id, reason)
+        if self.on_failure is not None:
+            self.on_failure(worker_id, reason)
         failure = ReplicaFailed(f"replica {worker_id} failed: {reason}")
         for owner, queue in list(self.queues.values()):
             if owner == worker_id:

@@ -7,18 +7,26 @@ from the host tier counts at ``host_pull_weight``), its load the prompt tokens q
 a decode replica's work is the prompt tokens it must receive, its load the tokens it holds.
 Sharing requests thus gather where their prefix is (BatchLLM's grouping, and shared-prefix
 batches for the decode kernel) until one replica runs ahead of the others.
+
+Each replica also has a state, from its load pings and from the dispatcher's calls: ready,
+degraded (its ping is slow: picked only when no replica of the pool is ready) or down (its
+process died, its output stream broke, or no ping was answered for ``PING_DOWN_S``: never
+picked, and its last load no longer counts). A ping answered again makes it ready; an
+answer from a new incarnation (Ray restarted the actor) is reported to ``on_restart``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from cluster.messages import WorkerLoad
 from kvstore.host_tier import HOST_WORKER
+from router.backend import HealthState
 
 
 # Held KV weighs less than KV to move: it costs memory and attention reads, not compute or
@@ -32,7 +40,14 @@ IMBALANCE_RATIO = 1.5
 IMBALANCE_SLACK_TOKENS = 16384
 IMBALANCE_SLACK_REQUESTS = 8
 
+# A load ping unanswered this long makes a replica degraded, and this long down (hung). A
+# ping waits for the engine thread between two steps, so a long step (a big prefill chunk
+# on a loaded machine) also delays it: down is kept well above any step.
+PING_SLOW_S = 2.0
+PING_DOWN_S = 10.0
+
 R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +59,28 @@ class Replica:
     pending_tokens: int = 0   # prompt tokens sent here to prefill and not done yet
     claims: list[tuple[float, int]] = field(default_factory=list)  # (when, tokens) reserved here
     load: WorkerLoad | None = None
+    state: HealthState = HealthState.READY
+    reason: str = ""               # why it is degraded or down
+    incarnation: str = ""          # its process's, from its last load report
+    ping: asyncio.Future | None = None
+    ping_sent: float = 0.0
+
+    def mark_down(self, reason: str) -> None:
+        """Stop routing here (its process died, or it stopped answering); one log line."""
+        if self.state is not HealthState.DOWN:
+            log.warning("replica %s is down: %s", self.worker_id, reason)
+        self.state, self.reason = HealthState.DOWN, reason
+        self.load, self.claims = None, []
+
+    def answered(self, load: WorkerLoad, asked: float) -> bool:
+        """A load report asked for at ``asked``; True when it comes from a new process."""
+        restarted = bool(self.incarnation) and load.incarnation != self.incarnation
+        if self.state is not HealthState.READY or restarted:
+            log.warning("replica %s is ready%s", self.worker_id, " (restarted)" if restarted else " again")
+        self.state, self.reason, self.incarnation = HealthState.READY, "", load.incarnation
+        self.load = load
+        self.claims = [c for c in self.claims if c[0] >= asked]
+        return restarted
 
     def claim(self, tokens: int) -> None:
         self.claims.append((time.monotonic(), tokens))
@@ -67,6 +104,8 @@ class Pools:
     prefill: list[Replica] = field(default_factory=list)
     decode: list[Replica] = field(default_factory=list)
     colocated: list[Replica] = field(default_factory=list)
+    on_restart: Callable[[Replica], None] | None = None            # it answered from a new process
+    on_error: Callable[[Replica, BaseException], None] | None = None  # its ping failed (it is down)
 
     @property
     def all(self) -> list[Replica]:
@@ -76,15 +115,57 @@ class Pools:
     def disaggregated(self) -> bool:
         return bool(self.prefill)
 
-    async def refresh(self) -> None:
-        """Ask every replica for its load (queue depth, free blocks)."""
-        replicas = self.all
-        asked = time.monotonic()
-        loads = await asyncio.gather(*(r.actor.load.remote() for r in replicas), return_exceptions=True)
-        for r, load in zip(replicas, loads):
-            if isinstance(load, WorkerLoad):
-                r.load = load
-                r.claims = [c for c in r.claims if c[0] >= asked]
+    async def refresh(self, wait_s: float = PING_SLOW_S) -> None:
+        """Ping every replica that has no ping in flight for its load (queue depth, free
+        blocks), wait up to ``wait_s`` for the answers, and update every replica's state."""
+        loop = asyncio.get_running_loop()
+        for r in self.all:
+            if r.ping is not None and r.ping.get_loop() is not loop:  # left on a loop that is gone
+                r.ping = None
+            if r.ping is None:
+                r.ping, r.ping_sent = asyncio.ensure_future(_awaited(r.actor.load.remote())), time.monotonic()
+                r.ping.add_done_callback(lambda f, r=r: self._answered(r, f))
+        pending = [r.ping for r in self.all if r.ping is not None]
+        if pending and wait_s > 0:
+            await asyncio.wait(pending, timeout=wait_s)
+        now = time.monotonic()
+        for r in self.all:
+            if r.ping is None or r.state is HealthState.DOWN:
+                continue
+            waited = now - r.ping_sent
+            if waited > PING_DOWN_S:
+                r.mark_down(f"no answer to a load ping for {waited:.0f} s (hung?)")
+            elif waited > PING_SLOW_S and r.state is HealthState.READY:
+                r.state, r.reason = HealthState.DEGRADED, f"load ping unanswered for {waited:.1f} s"
+                log.warning("replica %s is degraded: %s", r.worker_id, r.reason)
+
+    def _answered(self, r: Replica, ping: asyncio.Future) -> None:
+        r.ping = None
+        if ping.cancelled():
+            return
+        if (error := ping.exception()) is not None:
+            r.mark_down(first_line(error))
+            if self.on_error is not None:
+                self.on_error(r, error)
+        elif r.answered(ping.result(), r.ping_sent) and self.on_restart is not None:
+            self.on_restart(r)
+
+
+async def _awaited(ref: Awaitable[WorkerLoad]) -> WorkerLoad:
+    return await ref
+
+
+def first_line(error: BaseException) -> str:
+    """``TypeName: first line`` of an error: Ray's carry whole tracebacks, which logs need once
+    and clients never."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def usable(replicas: Sequence[Replica], exclude: set[str] = frozenset()) -> list[Replica]:
+    """The replicas to pick from: the ready ones, else the degraded ones; never a down one."""
+    options = [r for r in replicas if r.worker_id not in exclude and r.state is not HealthState.DOWN]
+    return [r for r in options if r.state is HealthState.READY] or options
 
 
 @dataclass(frozen=True)

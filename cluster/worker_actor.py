@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import torch
 
 from cluster.messages import EngineInfo, WorkerLoad
@@ -31,6 +32,10 @@ class WorkerActor:
         """A dispatcher's batched output stream (cluster/output_channel.py)."""
         async for batch in self.worker.outputs(channel):
             yield batch
+
+    def pid(self) -> int:
+        """This replica's process id (fault-injection tests kill it)."""
+        return os.getpid()
 
     async def profile(self) -> dict:
         return await self.worker.profile()

@@ -4,6 +4,7 @@ endpoint and a load report."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
 
 from cluster.messages import EngineInfo, WorkerLoad
@@ -21,6 +22,7 @@ class EngineWorker:
         self.engine = engine
         self.handoff = handoff
         self.handoff_bytes = 0
+        self.incarnation = uuid.uuid4().hex  # a restarted replica (a new process) reports a new one
         self.channels = OutputChannels(abort=self.abort)
 
     @property
@@ -34,7 +36,8 @@ class EngineWorker:
         s = e.stats()
         return WorkerLoad(self.worker_id, self.role, s.num_waiting, s.num_running, s.num_free_blocks,
                           s.num_blocks, len(e.held) + len(e.awaiting_kv), self.handoff_bytes,
-                          s.prefix_cache_queries, s.prefix_cache_hits, s.num_preemptions, s.step_totals)
+                          s.prefix_cache_queries, s.prefix_cache_hits, s.num_preemptions, s.step_totals,
+                          self.incarnation)
 
     def outputs(self, channel: str):
         """The deltas of every request started with ``channel``, in batches (output_channel.py)."""

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 import torch
@@ -13,6 +17,7 @@ from engine.async_engine import AsyncLLMEngine
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from kvstore.config import KVStoreConfig, TransportConfig
+from kvstore.errors import RedisUnavailableError
 from kvstore.handoff import KVHandoff
 from kvstore.keys import RedisKeys
 from kvstore.kv_events import KVEventPublisher
@@ -20,6 +25,19 @@ from kvstore.pair_groups import PairGroups
 from kvstore.redis_client import connect_redis
 from kvstore.store import KVStore
 from prefill_workers.host_prefix import HostPrefixCache, host_publisher
+
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+REDIS_WAIT_S = 120.0  # how long a starting replica waits for Redis (restarted with it, say)
+
+# Ray options of every pool actor. Ray restarts a replica whose process dies, as often as it
+# takes: its __init__ runs again (the model loads, the engine starts empty, the KV transport
+# re-joins Redis and peers re-form their pair groups with it). Ray retries no call: a call in
+# flight when the process died fails at once (the dispatcher marks the replica down and
+# re-routes or answers 503), and replaying it on a new process that knows nothing of the
+# request is never right; a load ping retried would even hide the death.
+RESTART_OPTIONS = {"max_restarts": -1, "max_task_retries": 0}
 
 
 @dataclass(frozen=True)
@@ -61,14 +79,32 @@ def build_worker(spec: WorkerSpec, advertise_host: str | None = None) -> WorkerP
     engine = AsyncLLMEngine(LLMEngine(dataclasses.replace(spec.engine, device=device)))
     if spec.kvstore is None:
         return WorkerParts(engine, None, None, None)
-    client = connect_redis(spec.kvstore)
+    client = until_redis_answers(lambda: connect_redis(spec.kvstore), spec.worker_id)
     # the cluster's choice (loopback for a local cluster) wins over the node IP the actor passes
     transport = dataclasses.replace(spec.transport, advertise_host=spec.transport.advertise_host or advertise_host)
     keys = RedisKeys(spec.kvstore.key_prefix)
-    groups = PairGroups(spec.worker_id, client, keys, transport, device)
-    events = KVEventPump(engine, KVEventPublisher(client, keys, spec.worker_id)).start()
+    groups = until_redis_answers(lambda: PairGroups(spec.worker_id, client, keys, transport, device), spec.worker_id)
+    events = KVEventPump(engine, KVEventPublisher(client, keys, spec.worker_id))
+    until_redis_answers(events.start, spec.worker_id)
     host_prefix = None
     if spec.role == "prefill" and spec.host_tier_writes:
-        store = KVStore.connect(spec.kvstore)
+        store = until_redis_answers(lambda: KVStore.connect(spec.kvstore), spec.worker_id)
         host_prefix = HostPrefixCache(engine, store.host, host_publisher(client, keys), spec.engine.model)
     return WorkerParts(engine, KVHandoff(groups, transport), client, groups, events, host_prefix)
+
+
+def until_redis_answers(connect: Callable[[], T], worker_id: str, wait_s: float = REDIS_WAIT_S) -> T:
+    """``connect()``, tried again with a growing pause while Redis does not answer, for up to
+    ``wait_s``: a replica that Ray restarts while Redis is away (or restarting too) must not
+    fail its __init__, since Ray does not restart an actor whose __init__ raised."""
+    deadline, pause = time.monotonic() + wait_s, 0.25
+    while True:
+        try:
+            return connect()
+        except (redis.RedisError, RedisUnavailableError) as e:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("replica %s: Redis does not answer (%s); trying again in %.2g s", worker_id,
+                        type(e).__name__, pause)
+            time.sleep(pause)
+            pause = min(2 * pause, 5.0)

@@ -1,6 +1,8 @@
-"""Connecting to Redis with an error that names the URL when it is unreachable."""
+"""Connecting to Redis with an error that names the URL (never its password) when it is unreachable."""
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -20,6 +22,14 @@ def connect_redis(config: KVStoreConfig) -> redis.Redis:
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         client.close()
         raise RedisUnavailableError(
-            f"cannot reach Redis at {config.redis_url}: {exc}. Start redis-server there or "
+            f"cannot reach Redis at {redact_url(config.redis_url)}: {exc}. Start redis-server there or "
             f"set kvstore.redis_url to a running one") from exc
     return client
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: the form to print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"))

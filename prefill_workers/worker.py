@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable
+
+import redis
 
 from cluster.messages import PrefillRequest, PrefillResult
 from cluster.worker_base import EngineWorker
 from engine.async_engine import AsyncLLMEngine
 from engine.llm_engine import LLMEngine
 from engine.request import Request
+from kvstore.errors import KVStoreError
 from kvstore.handoff import KVHandoff
 from prefill_workers.host_prefix import HostPrefixCache
+
+log = logging.getLogger(__name__)
 
 
 class PrefillWorker(EngineWorker):
@@ -26,13 +32,14 @@ class PrefillWorker(EngineWorker):
         super().__init__(worker_id, engine, handoff)
         self.host_prefix = host_prefix
         self._peer_locks: dict[str, asyncio.Lock] = {}
+        self._host_failing = False
 
     async def prefill(self, req: PrefillRequest) -> PrefillResult:
         params = dataclasses.replace(req.params, max_tokens=1, min_tokens=min(req.params.min_tokens, 1),
                                      stop=())
         imported: tuple[list[int], list[bytes]] = ([], [])
         if req.host_prefix_blocks and self.host_prefix is not None:
-            imported = await self.host_prefix.pull(req.prompt_token_ids, req.cache_salt, req.host_prefix_blocks)
+            imported = await self._pull(req)
 
         def start(e: LLMEngine) -> str:
             if imported[0]:
@@ -42,6 +49,22 @@ class PrefillWorker(EngineWorker):
         async for delta in self.engine.stream(start):
             pass
         return await self.engine.acall(lambda e: self._result(e, req.request_id, delta))
+
+    async def _pull(self, req: PrefillRequest) -> tuple[list[int], list[bytes]]:
+        """The prefix blocks the host tier still has; none while it is unreachable (the prompt is
+        computed instead; one log line when pulls stop working, one when they work again)."""
+        try:
+            imported = await self.host_prefix.pull(req.prompt_token_ids, req.cache_salt, req.host_prefix_blocks)
+        except (redis.RedisError, KVStoreError) as e:
+            if not self._host_failing:
+                log.warning("host-tier pulls failing (%s: %s); computing those prefixes instead",
+                            type(e).__name__, e)
+            self._host_failing = True
+            return [], []
+        if self._host_failing:
+            log.warning("host-tier pulls work again")
+        self._host_failing = False
+        return imported
 
     def _result(self, e: LLMEngine, request_id: str, delta) -> PrefillResult:
         held = e.held_kv(request_id)

@@ -1,0 +1,166 @@
+"""Supervision without a cluster: replica states from load pings, the private redis-server's
+restarts and password, one log line per Redis outage in the KV event pump."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import stat
+import time
+
+import pytest
+import redis
+
+from cluster.kv_event_pump import KVEventPump
+from cluster.messages import WorkerLoad
+from cluster.pool_handles import Pools, Replica
+from cluster.redis_server import RedisServer, with_password
+from engine.block_pool import BlockEvents
+from kvstore.redis_client import redact_url
+from router.backend import HealthState
+
+READY, DEGRADED, DOWN = HealthState.READY, HealthState.DEGRADED, HealthState.DOWN
+
+
+class Method:
+    def __init__(self, fn):
+        self.remote = fn
+
+
+class FakeActor:
+    """``load`` answers with ``incarnation``, raises ``error``, or never answers (``hang``)."""
+
+    def __init__(self, worker_id: str):
+        self.worker_id, self.incarnation, self.error, self.hang = worker_id, "a", None, False
+        self.load = Method(self._load)
+
+    async def _load(self) -> WorkerLoad:
+        if self.hang:
+            await asyncio.sleep(3600)
+        if self.error is not None:
+            raise self.error
+        return WorkerLoad(self.worker_id, "decode", 0, 0, 10, 10, 0, 0, 0, 0, 0, incarnation=self.incarnation)
+
+
+def test_replica_states_follow_load_pings(monkeypatch):
+    import cluster.pool_handles as ph
+    monkeypatch.setattr(ph, "PING_SLOW_S", 0.05)
+    monkeypatch.setattr(ph, "PING_DOWN_S", 0.3)
+    actor = FakeActor("decode-0")
+    replica = Replica("decode-0", "decode", actor)
+    restarted = []
+    pools = Pools(decode=[replica], on_restart=restarted.append)
+
+    async def run() -> None:
+        await pools.refresh()
+        assert (replica.state, replica.incarnation, replica.free_blocks) == (READY, "a", 10)
+        actor.error = RuntimeError("The actor died unexpectedly\nTraceback ...")
+        await pools.refresh()
+        assert replica.state is DOWN and replica.load is None and replica.reason == \
+            "RuntimeError: The actor died unexpectedly"
+        actor.error, actor.incarnation = None, "b"  # Ray restarted it: a new process
+        await pools.refresh()
+        assert replica.state is READY and restarted == [replica]
+        actor.hang = True  # hung: degraded after PING_SLOW_S, down after PING_DOWN_S
+        await pools.refresh(wait_s=0.1)
+        assert replica.state is DEGRADED
+        await asyncio.sleep(0.3)
+        await pools.refresh(wait_s=0)
+        assert replica.state is DOWN and "hung" in replica.reason
+        replica.ping.cancel()
+    asyncio.run(run())
+
+
+def test_private_redis_has_a_password_off_the_command_line_and_comes_back_when_killed(caplog):
+    caplog.set_level(logging.WARNING, logger="cluster.redis_server")
+    server = RedisServer()
+    url = server.start()
+    try:
+        assert server.password in url and server.password not in server.display_url
+        cmdline = open(f"/proc/{server.proc.pid}/cmdline", "rb").read().decode()
+        assert server.password not in cmdline
+        assert stat.S_IMODE(os.stat(server.config_path).st_mode) == 0o600
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port).set("k", 1)
+        client = redis.Redis.from_url(url)
+        client.set("k", 1)
+        old = server.proc.pid
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (server.restarts == 0 or not server.alive) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.restarts == 1 and server.proc.pid != old
+        assert client.ping() and client.get("k") is None  # reconnected, to an empty server
+        assert [r.getMessage().split(" (")[0] for r in caplog.records] == \
+            [f"redis-server on port {server.port} exited", f"redis-server on port {server.port} is back"]
+    finally:
+        server.stop()
+    assert not server.alive
+
+
+def test_redis_urls_carry_the_password_and_print_without_it(monkeypatch):
+    monkeypatch.setenv("REDIS_PASSWORD", "s3cr:t")
+    assert with_password("redis://10.0.0.5:6379/0") == "redis://:s3cr%3At@10.0.0.5:6379/0"
+    assert with_password("redis://:own@10.0.0.5:6379/0") == "redis://:own@10.0.0.5:6379/0"
+    assert redact_url("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
+    assert redact_url("redis://h:1/0") == "redis://h:1/0"
+
+
+class FakeEngine:
+    def __init__(self):
+        self.events = BlockEvents([(b"h1", b"root")], [])
+
+    def call(self, fn):
+        return fn(self)
+
+    @property
+    def kv(self):
+        return self
+
+    @property
+    def pool(self):
+        return self
+
+    def drain_events(self) -> BlockEvents:
+        events, self.events = self.events, BlockEvents([], [])
+        return events
+
+
+class FlakyPublisher:
+    def __init__(self):
+        self.down, self.stored_batches = False, []
+
+    def _check(self):
+        if self.down:
+            raise redis.ConnectionError("Connection refused")
+
+    def stored(self, pairs):
+        self._check()
+        if pairs:
+            self.stored_batches.append(list(pairs))
+
+    def evicted(self, hashes):
+        self._check()
+
+    def cleared(self):
+        self._check()
+
+
+def test_kv_event_pump_logs_an_outage_once_and_publishes_what_waited(caplog):
+    caplog.set_level(logging.WARNING, logger="cluster.kv_event_pump")
+    engine, publisher = FakeEngine(), FlakyPublisher()
+    pump = KVEventPump(engine, publisher, interval_s=0.005, max_backoff_s=0.02)
+    publisher.down = True
+    pump._thread.start()
+    time.sleep(0.3)  # dozens of failed attempts
+    assert pump.failing and len(pump.pending) == 1
+    publisher.down = False
+    deadline = time.monotonic() + 5
+    while pump.failing and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pump.stop()
+    assert publisher.stored_batches == [[(b"h1", b"root")]]
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == \
+        ["publishing KV events paused", "publishing KV events resumed (1 batches had waited)"]

@@ -1,0 +1,175 @@
+"""Kill a prefill replica, a decode replica and Redis mid-stream under load, through the router.
+
+Every request must end cleanly (all its tokens, or a 503 / 'unavailable' event with a retry
+hint: never a hang, never a 500 or a traceback), the survivors must free every block and
+Redis hold no lease, and the killed part must be back and serving within the stated time.
+Select with ``-m faults`` (about 2-3 minutes on 2 loaded CPU cores, most of it bring-up and
+model loads of the restarted replicas).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from kvstore.keys import RedisKeys
+from tests.faults.conftest import REQUEST_TIMEOUT_S, Faulty, Outcome, check_terminal, stream_one
+
+pytestmark = [pytest.mark.faults, pytest.mark.ray, pytest.mark.redis]
+
+MAX_TOKENS = 192
+DETECT_S = 5.0     # a killed replica shows 'down' on /health within this ...
+RECOVER_S = 60.0   # ... and 'ready' again (Ray restarted it, it loaded the model) within this
+REDIS_BACK_S = 5.0
+KEYS = RedisKeys("tierserve-faults")  # the cluster is named 'faults'
+
+
+class StateWatch(threading.Thread):
+    """Polls /health from the moment of a kill: when the replica showed down, and ready again."""
+
+    def __init__(self, faulty: Faulty, worker_id: str):
+        super().__init__(daemon=True)
+        self.faulty, self.worker_id = faulty, worker_id
+        self.start_at = time.monotonic()
+        self.down_at: float | None = None
+        self.ready_at: float | None = None
+
+    def run(self) -> None:
+        while time.monotonic() - self.start_at < RECOVER_S:
+            state, now = self.faulty.state(self.worker_id), time.monotonic() - self.start_at
+            if state == "down" and self.down_at is None:
+                self.down_at = now
+            if state == "ready" and self.down_at is not None:
+                self.ready_at = now
+                return
+            time.sleep(0.1)
+
+
+def load_with_fault(faulty: Faulty, fault: Callable[[], None], first: int = 6, then: int = 4) -> list[Outcome]:
+    """``first`` streaming requests; once half of them stream, ``fault()``, and ``then`` more
+    requests right behind it (they meet the fault before the dispatcher knows of it)."""
+    async def run() -> list[Outcome]:
+        async with httpx.AsyncClient(base_url=faulty.base_url, timeout=REQUEST_TIMEOUT_S) as http:
+            streaming = [asyncio.Event() for _ in range(first)]
+            tasks = [asyncio.create_task(stream_one(http, faulty.model_name, f"Request {i}: once upon a time",
+                                                    MAX_TOKENS, streaming[i])) for i in range(first)]
+            deadline = time.monotonic() + REQUEST_TIMEOUT_S
+            while sum(e.is_set() for e in streaming) < first // 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            fault()
+            tasks += [asyncio.create_task(stream_one(http, faulty.model_name, f"Late {i}: the quick brown fox",
+                                                     MAX_TOKENS)) for i in range(then)]
+            return await asyncio.wait_for(asyncio.gather(*tasks), REQUEST_TIMEOUT_S)
+    return asyncio.run(run())
+
+
+def serve_again(faulty: Faulty, n: int = 4) -> list[Outcome]:
+    async def run() -> list[Outcome]:
+        async with httpx.AsyncClient(base_url=faulty.base_url, timeout=REQUEST_TIMEOUT_S) as http:
+            return await asyncio.gather(*(stream_one(http, faulty.model_name, f"Again {i}: hello", 16)
+                                          for i in range(n)))
+    outcomes = asyncio.run(run())
+    assert [o.kind for o in outcomes] == ["done"] * n, outcomes
+    return outcomes
+
+
+def served_by(faulty: Faulty, role: str, worker_id: str, since: float) -> bool:
+    return any(t.workers.get(role) == worker_id and t.started >= since
+               for t in list(faulty.dispatcher.timings.entries.values()))
+
+
+@pytest.mark.parametrize("worker_id", ["prefill-0", "decode-0"])
+def test_replica_killed_mid_stream(faulty, worker_id):
+    pid = faulty.pid(worker_id)
+    watch = StateWatch(faulty, worker_id)
+
+    def kill() -> None:
+        os.kill(pid, signal.SIGKILL)
+        watch.start_at = time.monotonic()
+        watch.start()
+    outcomes = load_with_fault(faulty, kill)
+    check_terminal(outcomes, MAX_TOKENS)
+    assert any(o.kind == "done" for o in outcomes)  # the other replica of the pool served on
+    watch.join(RECOVER_S + 5)
+    print(f"\n{worker_id} killed: down on /health after {watch.down_at} s, ready again after {watch.ready_at} s; "
+          f"outcomes {[(o.kind, o.tokens) for o in outcomes]}")
+    assert watch.down_at is not None and watch.down_at <= DETECT_S
+    assert watch.ready_at is not None and watch.ready_at <= RECOVER_S
+    status, body = faulty.health()
+    assert status == 200 and body["status"] == "ok"
+
+    since = time.perf_counter()
+    serve_again(faulty)  # round robin: the restarted replica takes half, its pair groups re-formed
+    assert served_by(faulty, worker_id.rpartition("-")[0], worker_id, since)
+    faulty.assert_all_free()
+
+
+def test_redis_killed_mid_stream(faulty, caplog):
+    caplog.set_level(logging.WARNING, logger="cluster")
+    server, view = faulty.cluster.redis, faulty.dispatcher.view
+    restarts, run_id = server.restarts, view._redis_run_id
+    outcomes = load_with_fault(faulty, lambda: os.kill(server.proc.pid, signal.SIGKILL))
+    check_terminal(outcomes, MAX_TOKENS)
+
+    deadline = time.monotonic() + REDIS_BACK_S
+    while (server.restarts == restarts or view._redis_run_id == run_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.restarts == restarts + 1 and view._redis_run_id != run_id  # restarted, and the router knows
+    assert faulty.health()[1]["components"]["redis"] == "ready"
+
+    # prefix events and the host tier resume on the new, empty server: a prompt sent three
+    # times hits one replica's prefix cache twice (round robin), which writes it through
+    for _ in range(3):
+        asyncio.run(_one(faulty, "A shared prefix that is long enough to fill a few blocks of KV cache " * 3))
+    client = _redis(faulty)
+    try:
+        deadline = time.monotonic() + 10
+        while not (client.xlen(KEYS.kv_events) and _host_blocks(client)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.xlen(KEYS.kv_events) > 0 and _host_blocks(client) > 0
+    finally:
+        client.close()
+
+    # a hung Redis (stopped, not dead): degraded service, not down; back to ok once it answers
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 6
+        while faulty.health()[1]["components"]["redis"] != "down" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status, body = faulty.health()
+        assert status == 200 and body["status"] == "degraded" and body["components"]["redis"] == "down"
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 6
+    while faulty.health()[1]["status"] != "ok" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert faulty.health()[1]["status"] == "ok"
+    redis_lines = [r for r in caplog.records if r.name == "cluster.cluster_view"]
+    assert len(redis_lines) <= 6, [r.getMessage() for r in redis_lines]  # a line per change, not per attempt
+    serve_again(faulty)
+    faulty.assert_all_free()
+
+
+async def _one(faulty: Faulty, prompt: str) -> Outcome:
+    async with httpx.AsyncClient(base_url=faulty.base_url, timeout=REQUEST_TIMEOUT_S) as http:
+        outcome = await stream_one(http, faulty.model_name, prompt, 4)
+    assert outcome.kind == "done", outcome
+    return outcome
+
+
+def _redis(faulty: Faulty):
+    import redis
+    return redis.Redis.from_url(faulty.cluster.kvstore.redis_url)
+
+
+def _host_blocks(client) -> int:
+    return sum(1 for _ in client.scan_iter(match=KEYS.payload("*"), count=1000))

@@ -25,6 +25,7 @@ from contextlib import aclosing
 from collections.abc import AsyncIterator
 
 import ray
+import redis
 from ray import ObjectRef
 from ray.exceptions import RayActorError, RayTaskError
 
@@ -243,7 +244,7 @@ class Dispatcher:
         except RayTaskError as e:  # the actor ran the call: the failure is the call's, or a peer's
             if isinstance(e, EngineStopped):
                 replica.mark_down(f"its engine stopped: {first_line(e)}")
-            elif not isinstance(e, (RayActorError, KVStoreError)):
+            elif not isinstance(e, (RayActorError, KVStoreError, redis.RedisError)):  # Redis: pair epochs
                 raise
             raise ReplicaFailed(f"{replica.worker_id}: {first_line(e.cause if e.cause else e)}") from None
         except RayActorError as e:

@@ -164,3 +164,31 @@ def test_kv_event_pump_logs_an_outage_once_and_publishes_what_waited(caplog):
     assert publisher.stored_batches == [[(b"h1", b"root")]]
     assert [r.getMessage().split(",")[0] for r in caplog.records] == \
         ["publishing KV events paused", "publishing KV events resumed (1 batches had waited)"]
+
+
+def test_a_failed_call_is_unavailable_and_a_dead_replica_down():
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    from cluster.dispatcher import Dispatcher
+    from cluster.output_channel import ReplicaFailed
+    from engine.sampling_params import InvalidRequestError
+    from kvstore.errors import HandoffError
+
+    def from_actor(error: Exception) -> Exception:
+        return RayTaskError("send_kv", "Traceback (most recent call last): ...", error).as_instanceof_cause()
+
+    async def fails(error: Exception):
+        raise error
+
+    async def run() -> None:
+        replica = Replica("prefill-0", "prefill", FakeActor("prefill-0"))
+        for error in (from_actor(HandoffError("peer gone")), from_actor(redis.ConnectionError("refused"))):
+            with pytest.raises(ReplicaFailed, match="prefill-0") as info:
+                await Dispatcher._call(None, replica, fails(error))
+            assert "Traceback" not in str(info.value) and replica.state is READY  # a peer's or Redis's fault
+        with pytest.raises(InvalidRequestError):  # the request's own fault: as it is
+            await Dispatcher._call(None, replica, fails(from_actor(InvalidRequestError("prompt too long"))))
+        with pytest.raises(ReplicaFailed) as info:
+            await Dispatcher._call(None, replica, fails(ActorDiedError()))
+        assert replica.state is DOWN and info.value.retry_after_s == 5
+    asyncio.run(run())

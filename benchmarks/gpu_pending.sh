@@ -71,7 +71,7 @@ case "${1:-}" in
       > "$out/prefix-serving-heavy.log" 2>&1
     grep -v "WARN\|INFO" "$out/prefix-serving-heavy.log" | tail -12
     ;;
-  baselines)  # ~5-7 min (timeouts 2 + 5.5), one H200 (issue 13 point 5): honest ceilings and peers; new, never run
+  baselines)  # ~5-7 min (timeouts 2 + 5.5), one H200 (issue 13 point 5): honest ceilings and peers; last run 2026-12-02 01:31 UTC
     # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh baselines
     # 1. (~1.5 min) the read-only ceiling (benchmarks/ceilings.py: torch.sum and a Triton reduction, 256 MiB-4 GiB)
     #    beside the copy rate, and the decode kernel's % of each on two decode shapes

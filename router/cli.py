@@ -2,8 +2,9 @@
 
     tierserve serve --model path/to/checkpoint --http-port 8000 --grpc-port 50051
 
-API keys come from --api-key (repeatable) or TIERSERVE_API_KEYS (comma separated), which
-keeps them out of the process list.
+API keys come from --api-key (repeatable) or TIERSERVE_API_KEYS (comma separated), each KEY
+or NAME=KEY (a named tenant); the environment keeps them out of the process list, as
+TIERSERVE_CACHE_SALT_SECRET does for --cache-salt-secret.
 """
 
 from __future__ import annotations
@@ -17,17 +18,39 @@ from engine.model_config import CheckpointError
 from router.config import RouterConfig, RouterConfigError
 
 API_KEYS_ENV = "TIERSERVE_API_KEYS"
+SALT_SECRET_ENV = "TIERSERVE_CACHE_SALT_SECRET"
+DEFAULTS = RouterConfig()
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="serve a checkpoint over gRPC and OpenAI-compatible HTTP")
     serve.add_argument("--model", default=None, help="checkpoint directory (default: the embedded tiny model)")
     serve.add_argument("--served-model-name", default=None, help="the model name clients use")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--grpc-port", type=int, default=50051, help="0 picks a free port; -1 turns gRPC off")
-    serve.add_argument("--http-port", type=int, default=8000, help="0 picks a free port; -1 turns HTTP off")
-    serve.add_argument("--api-key", action="append", default=[], help=f"accepted key (repeatable; or ${API_KEYS_ENV})")
-    serve.add_argument("--request-timeout", type=float, default=600.0, help="seconds; 0 for no limit")
+    serve.add_argument("--host", default=DEFAULTS.host, help="listen address (default: loopback only)")
+    serve.add_argument("--grpc-port", type=int, default=DEFAULTS.grpc_port,
+                       help="0 picks a free port; -1 turns gRPC off")
+    serve.add_argument("--http-port", type=int, default=DEFAULTS.http_port,
+                       help="0 picks a free port; -1 turns HTTP off")
+    serve.add_argument("--api-key", action="append", default=[],
+                       help=f"accepted key, KEY or NAME=KEY; each is a tenant (repeatable; or ${API_KEYS_ENV})")
+    serve.add_argument("--cache-salt-secret", default=None,
+                       help=f"HMAC key for tenants' cache salts (default: random per run; or ${SALT_SECRET_ENV})")
+    serve.add_argument("--request-timeout", type=float, default=DEFAULTS.request_timeout_s,
+                       help="seconds; 0 for no limit")
+    serve.add_argument("--shutdown-grace", type=float, default=DEFAULTS.shutdown_grace_s,
+                       help="seconds running requests get to finish on SIGINT/SIGTERM")
+    serve.add_argument("--max-request-bytes", type=int, default=DEFAULTS.max_request_bytes,
+                       help="largest HTTP body / gRPC message (413 / RESOURCE_EXHAUSTED)")
+    serve.add_argument("--rate-limit-rps", type=float, default=None,
+                       help="requests per second per tenant (default: no limit)")
+    serve.add_argument("--rate-limit-burst", type=int, default=None, help="bucket size (default: the rate, rounded up)")
+    serve.add_argument("--idle-timeout", type=float, default=DEFAULTS.idle_timeout_s,
+                       help="seconds an idle connection stays open")
+    serve.add_argument("--read-timeout", type=float, default=DEFAULTS.read_timeout_s,
+                       help="seconds a client has to send a request's headers and body")
+    serve.add_argument("--tls-cert", default=None, help="PEM certificate: serve HTTPS and gRPC over TLS")
+    serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", default=None, help="PEM CA bundle: require client certificates (mTLS)")
     serve.add_argument("--device", default="cpu")
     serve.add_argument("--dtype", default=None)
     serve.add_argument("--max-model-len", type=int, default=None)
@@ -40,7 +63,13 @@ def router_config(args: argparse.Namespace) -> RouterConfig:
     keys = list(args.api_key) + [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
     return RouterConfig(host=args.host, grpc_port=None if args.grpc_port < 0 else args.grpc_port,
                         http_port=None if args.http_port < 0 else args.http_port, api_keys=tuple(keys),
-                        model_name=args.served_model_name, request_timeout_s=args.request_timeout or None)
+                        cache_salt_secret=args.cache_salt_secret or os.environ.get(SALT_SECRET_ENV) or None,
+                        model_name=args.served_model_name, request_timeout_s=args.request_timeout or None,
+                        shutdown_grace_s=args.shutdown_grace,
+                        max_request_bytes=args.max_request_bytes, rate_limit_rps=args.rate_limit_rps,
+                        rate_limit_burst=args.rate_limit_burst, idle_timeout_s=args.idle_timeout,
+                        read_timeout_s=args.read_timeout, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                        tls_client_ca=args.tls_client_ca)
 
 
 def engine_config(model: str, args: argparse.Namespace) -> EngineConfig:

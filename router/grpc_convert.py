@@ -7,23 +7,30 @@ import math
 from engine.llm_engine import GenerationResult
 from engine.outputs import FinishReason, RequestOutput, TokenLogprob
 from engine.sampling_params import InvalidRequestError, SamplingParams
-from router.backend import Tokenizer
+from router.auth import Tenant
+from router.client_input import (MAX_NAME_CHARS, MAX_STOP_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS,
+                                 check_text)
 from router.generation import GenerationRequest
-from router.prompts import prompt_token_ids
+from router.prompts import PromptWork
 from router.proto import tierserve_pb2 as pb
 
 FINISH_REASONS = {None: pb.FINISH_REASON_UNSPECIFIED, FinishReason.STOP: pb.FINISH_REASON_STOP,
                   FinishReason.LENGTH: pb.FINISH_REASON_LENGTH, FinishReason.ABORT: pb.FINISH_REASON_ABORT}
 
 
-def request_from_proto(message: pb.GenerateRequest, tokenizer: Tokenizer, default_id: str) -> GenerationRequest:
-    """Validate and tokenize a GenerateRequest; InvalidRequestError says what is wrong."""
+async def request_from_proto(message: pb.GenerateRequest, prep: PromptWork, request_id: str,
+                             tenant: Tenant) -> GenerationRequest:
+    """Validate and tokenize (off the loop) a GenerateRequest; InvalidRequestError says what is wrong.
+
+    ``request_id`` is the router's id for it; the message's own is only echoed back.
+    """
     kind = message.WhichOneof("prompt")
     if kind is None:
         raise InvalidRequestError("prompt is missing: set text or token_ids")
-    prompt = message.text if kind == "text" else list(message.token_ids.ids)
-    return GenerationRequest(message.request_id or default_id, tuple(prompt_token_ids(tokenizer, prompt)),
-                             sampling_from_proto(message.sampling), message.cache_salt or None)
+    check_text(message.cache_salt, "cache_salt", MAX_NAME_CHARS)
+    params = sampling_from_proto(message.sampling)
+    ids = await prep.prompt(message.text if kind == "text" else message.token_ids.ids)
+    return GenerationRequest(request_id, tuple(ids), params, tenant.cache_salt(message.cache_salt or None))
 
 
 def sampling_from_proto(p: pb.SamplingParams) -> SamplingParams:
@@ -32,6 +39,12 @@ def sampling_from_proto(p: pb.SamplingParams) -> SamplingParams:
     for name in ("temperature", "top_p"):
         if not math.isfinite(getattr(p, name)):
             raise InvalidRequestError(f"{name} must be a finite number, got {getattr(p, name)}")
+    if len(p.stop) > MAX_STOP_STRINGS:
+        raise InvalidRequestError(f"sampling.stop: at most {MAX_STOP_STRINGS} strings, got {len(p.stop)}")
+    for i, stop in enumerate(p.stop):
+        check_text(stop, f"sampling.stop[{i}]", MAX_STOP_CHARS)
+    if len(p.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+        raise InvalidRequestError(f"sampling.stop_token_ids: at most {MAX_STOP_TOKEN_IDS}, got {len(p.stop_token_ids)}")
     return SamplingParams(
         max_tokens=given("max_tokens", SamplingParams.max_tokens),
         temperature=given("temperature", SamplingParams.temperature), top_k=p.top_k,

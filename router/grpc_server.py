@@ -8,76 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import aclosing
-from typing import NoReturn
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from router.auth import ApiKeyCheck
 from router.backend import GenerationBackend
-from router.errors import ErrorKind, classify
-from router.generation import GenerationRequest, GenerationService
-from router.grpc_convert import chunk_to_proto, request_from_proto, response_to_proto
+from router.config import RouterConfig
+from router.gate import Gate
+from router.generation import GenerationService
+from router.grpc_generation import STATUS_CODES, GenerationServicer  # noqa: F401  (STATUS_CODES re-exported)
+from router.prompts import PromptWork
 from router.proto import tierserve_pb2 as pb
-from router.proto import tierserve_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-STATUS_CODES = {ErrorKind.INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
-                ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
-                ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-                ErrorKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
-                ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-                ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL}
 GENERATION_SERVICE = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-
-
-class GenerationServicer(pb_grpc.GenerationServicer):
-    def __init__(self, service: GenerationService, auth: ApiKeyCheck):
-        self.service = service
-        self.auth = auth
-
-    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
-                       ) -> pb.GenerateResponse:
-        accepted = await self._accept(request, context)
-        try:
-            return response_to_proto(await self.service.run(accepted))
-        except Exception as e:
-            await self._fail(context, e)
-
-    async def GenerateStream(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
-                             ) -> AsyncIterator[pb.GenerateChunk]:
-        accepted = await self._accept(request, context)
-        completion_tokens = 0
-        try:
-            async with aclosing(self.service.stream(accepted)) as deltas:
-                async for delta in deltas:
-                    completion_tokens += len(delta.new_token_ids)
-                    yield chunk_to_proto(delta, completion_tokens)
-        except Exception as e:
-            await self._fail(context, e)
-
-    async def _accept(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> GenerationRequest:
-        try:
-            metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-            self.auth.check(metadata.get("authorization"))
-            tokenizer = self.service.backend.tokenizer
-            return request_from_proto(request, tokenizer, f"grpc-{uuid.uuid4().hex}")
-        except Exception as e:
-            await self._fail(context, e)
-
-    async def _fail(self, context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
-        failure = classify(error)
-        if failure.kind is ErrorKind.INTERNAL:
-            log.error("gRPC request failed", exc_info=error)
-        self.service.metrics.count_error(failure.kind)
-        retry = (("retry-after", str(failure.retry_after_s or 1)),) if failure.kind is ErrorKind.UNAVAILABLE else ()
-        await context.abort(STATUS_CODES[failure.kind], str(failure), trailing_metadata=retry)
 
 
 class GrpcFrontEnd:
@@ -92,18 +40,23 @@ class GrpcFrontEnd:
         self.health_task = health_task
 
     @classmethod
-    async def start(cls, host: str, port: int, service: GenerationService, auth: ApiKeyCheck,
-                    grace_s: float) -> GrpcFrontEnd:
-        server = grpc.aio.server()
-        pb_grpc.add_GenerationServicer_to_server(GenerationServicer(service, auth), server)
+    async def start(cls, config: RouterConfig, service: GenerationService, gate: Gate, prep: PromptWork
+                    ) -> GrpcFrontEnd:
+        """Bind ``config.grpc_port`` (TLS when configured) and serve Generation, health and reflection."""
+        server = grpc.aio.server(options=server_options(config))
+        generation = GenerationServicer(service, gate, prep)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(GENERATION_SERVICE,
+                                                                              generation.handlers()),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         serving = await _report_health(health_servicer, service.backend, None)
         reflection.enable_server_reflection((GENERATION_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
-        bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        host, port = config.host, config.grpc_port
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        bound = server.add_secure_port(address, credentials(config)) if config.tls else server.add_insecure_port(address)
         await server.start()
         task = asyncio.create_task(_watch_health(health_servicer, service.backend, serving), name="grpc-health")
-        return cls(server, health_servicer, bound, grace_s, task)
+        return cls(server, health_servicer, bound, config.shutdown_grace_s, task)
 
     async def stop(self) -> None:
         """Report NOT_SERVING, then let running calls finish within the grace period."""
@@ -134,3 +87,18 @@ async def _watch_health(servicer: health.aio.HealthServicer, backend: Generation
             serving = await _report_health(servicer, backend, serving)
         except Exception:  # noqa: BLE001 — keep watching; the last status stands meanwhile
             log.exception("reading the backend's health failed")
+
+
+def server_options(c: RouterConfig) -> list[tuple[str, int]]:
+    """Message size, idle connections and handshakes bounded like the HTTP server's."""
+    return [("grpc.max_receive_message_length", c.max_request_bytes),
+            ("grpc.max_connection_idle_ms", int(c.idle_timeout_s * 1000)),
+            ("grpc.server_handshake_timeout_ms", int(c.read_timeout_s * 1000)),
+            ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000)]
+
+
+def credentials(c: RouterConfig) -> grpc.ServerCredentials:
+    """TLS from the configured PEM files; with ``tls_client_ca``, clients must present a certificate."""
+    ca = Path(c.tls_client_ca).read_bytes() if c.tls_client_ca else None
+    return grpc.ssl_server_credentials([(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())],
+                                       root_certificates=ca, require_client_auth=ca is not None)

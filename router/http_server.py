@@ -10,24 +10,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Iterator
 
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, Header
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from router.auth import ApiKeyCheck
+from router.config import RouterConfig
+from router.gate import Gate
 from router.generation import GenerationService
+from router.http_connections import DeadlineH11Protocol
+from router.http_edge import EdgeMiddleware
 from router.http_errors import install_error_handlers
 from router.openai_routes import OpenAIRoutes
+from router.prompts import PromptWork
 
 
-def build_app(service: GenerationService, auth: ApiKeyCheck, model_name: str) -> FastAPI:
-    """/v1/* behind the API keys; /health and /metrics open."""
-    async def authorize(authorization: str | None = Header(default=None)) -> None:
-        auth.check(authorization)
-
+def build_app(service: GenerationService, gate: Gate, prep: PromptWork, model_name: str,
+              max_body_bytes: int) -> FastAPI:
+    """/v1/* behind the API keys and rate limits (router/http_edge.py); /health and /metrics open."""
     async def health() -> Response:
         """200 while every pool has a replica up (ready or degraded), else 503; per-pool detail."""
         state = service.backend.health()
@@ -37,8 +40,8 @@ def build_app(service: GenerationService, auth: ApiKeyCheck, model_name: str) ->
         body = await asyncio.to_thread(service.metrics.exposition)  # reads backend stats, may block
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    routes = OpenAIRoutes(service, model_name)
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+    routes = OpenAIRoutes(service, prep, model_name)
+    v1 = APIRouter(prefix="/v1")
     v1.add_api_route("/completions", routes.completions, methods=["POST"])
     v1.add_api_route("/chat/completions", routes.chat_completions, methods=["POST"])
     v1.add_api_route("/models", routes.list_models, methods=["GET"])
@@ -48,6 +51,7 @@ def build_app(service: GenerationService, auth: ApiKeyCheck, model_name: str) ->
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
     install_error_handlers(app, service.metrics)
+    app.add_middleware(EdgeMiddleware, gate=gate, metrics=service.metrics, max_body_bytes=max_body_bytes)
     return app
 
 
@@ -68,12 +72,12 @@ class HttpFrontEnd:
         self.port = port
 
     @classmethod
-    async def start(cls, host: str, port: int, app: FastAPI, grace_s: float) -> HttpFrontEnd:
+    async def start(cls, app: FastAPI, config: RouterConfig) -> HttpFrontEnd:
+        """Bind ``config.http_port`` and serve ``app``: TLS when configured, idle and read deadlines."""
+        host, port = config.host, config.http_port
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family)
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=grace_s)
-        server = _EmbeddedServer(config)
+        server = _EmbeddedServer(uvicorn_config(app, config))
         task = asyncio.create_task(server.serve(sockets=[sock]), name="router-http")
         while not server.started and not task.done():
             await asyncio.sleep(0.01)
@@ -87,3 +91,14 @@ class HttpFrontEnd:
         """Stop accepting, let open responses finish within the grace period, then close."""
         self.server.should_exit = True
         await self.task
+
+
+def uvicorn_config(app: FastAPI, c: RouterConfig) -> uvicorn.Config:
+    tls = {}
+    if c.tls:
+        tls = {"ssl_certfile": c.tls_cert, "ssl_keyfile": c.tls_key}
+    if c.tls_client_ca:
+        tls.update(ssl_ca_certs=c.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+                          timeout_graceful_shutdown=c.shutdown_grace_s, timeout_keep_alive=c.idle_timeout_s,
+                          http=DeadlineH11Protocol.with_read_timeout(c.read_timeout_s), **tls)

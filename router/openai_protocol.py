@@ -7,11 +7,17 @@ ignored; features that would change the output but are not implemented are refus
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.sampling_params import InvalidRequestError, SamplingParams
+from router.client_input import (MAX_MESSAGES, MAX_NAME_CHARS, MAX_ROLE_CHARS, MAX_STOP_CHARS, MAX_STOP_STRINGS,
+                                 MAX_STOP_TOKEN_IDS)
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
 
 class StreamOptions(BaseModel):
@@ -19,17 +25,18 @@ class StreamOptions(BaseModel):
 
 
 class SamplingFields(BaseModel):
-    """Fields both endpoints share. Floats must be finite; seeds must fit torch's 64 bits."""
+    """Fields both endpoints share. Floats must be finite; seeds must fit torch's 64 bits; strings
+    are bounded (router/client_input.py)."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    model: str
+    model: Name
     temperature: float | None = None
     top_p: float | None = None
     n: int | None = 1
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
     seed: int | None = Field(default=None, ge=-2**63, lt=2**64)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -37,8 +44,9 @@ class SamplingFields(BaseModel):
     top_k: int = 0
     min_tokens: int = 0
     ignore_eos: bool = False
-    stop_token_ids: list[int] = Field(default_factory=list)
-    cache_salt: str | None = None
+    stop_token_ids: list[int] = Field(default_factory=list, max_length=MAX_STOP_TOKEN_IDS)
+    cache_salt: Name | None = None
+    user: Name | None = None
 
     def check_supported(self) -> None:
         """Refuse options this server does not implement, naming them."""
@@ -100,14 +108,14 @@ class CompletionRequest(SamplingFields):
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    type: str
+    type: Annotated[str, Field(max_length=MAX_ROLE_CHARS)]
     text: str | None = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: str
+    role: Annotated[str, Field(max_length=MAX_ROLE_CHARS)]
     content: str | list[ContentPart] | None = None
 
     def text(self) -> str:
@@ -119,7 +127,7 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage]
+    messages: list[ChatMessage] = Field(max_length=MAX_MESSAGES)
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     logprobs: bool | None = False

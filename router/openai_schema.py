@@ -123,6 +123,7 @@ class ErrorInfo(BaseModel):
     type: str
     code: str
     param: str | None = None
+    request_id: str | None = None
 
 
 class ErrorResponse(BaseModel):

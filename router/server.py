@@ -18,10 +18,13 @@ from collections.abc import Callable
 from router.auth import ApiKeyCheck
 from router.backend import GenerationBackend
 from router.config import RouterConfig
+from router.gate import Gate
 from router.generation import GenerationService
 from router.grpc_server import GrpcFrontEnd
 from router.http_server import HttpFrontEnd, build_app
 from router.metrics import RouterMetrics
+from router.prompts import PromptWork
+from router.rate_limit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,9 @@ class Router:
         self.model_name = config.model_name or backend.model_name
         self.metrics = RouterMetrics(backend)
         self.service = GenerationService(backend, self.metrics, config.request_timeout_s)
-        self.auth = ApiKeyCheck(config.api_keys)
+        secret = config.cache_salt_secret.encode() if config.cache_salt_secret else None
+        self.gate = Gate(ApiKeyCheck(config.api_keys, secret), RateLimiter(config.rate_limit_rps, config.burst))
+        self.prep = PromptWork(backend.tokenizer, backend.max_model_len)
         self._grpc: GrpcFrontEnd | None = None
         self._http: HttpFrontEnd | None = None
 
@@ -54,11 +59,10 @@ class Router:
         c = self.config
         try:
             if c.grpc_port is not None:
-                self._grpc = await GrpcFrontEnd.start(c.host, c.grpc_port, self.service, self.auth,
-                                                     c.shutdown_grace_s)
+                self._grpc = await GrpcFrontEnd.start(c, self.service, self.gate, self.prep)
             if c.http_port is not None:
-                app = build_app(self.service, self.auth, self.model_name)
-                self._http = await HttpFrontEnd.start(c.host, c.http_port, app, c.shutdown_grace_s)
+                app = build_app(self.service, self.gate, self.prep, self.model_name, c.max_request_bytes)
+                self._http = await HttpFrontEnd.start(app, c)
         except BaseException:
             await self.stop()
             raise
@@ -70,6 +74,7 @@ class Router:
         running = [s for s in (self._grpc, self._http) if s is not None]
         self._grpc = self._http = None
         await asyncio.gather(*(s.stop() for s in running))
+        self.prep.close()
 
     async def serve(self, on_started: Callable[[Router], None] | None = None) -> None:
         """Start, call ``on_started`` (ports are bound then), serve until SIGINT or SIGTERM, stop."""

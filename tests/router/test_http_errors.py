@@ -23,7 +23,8 @@ def http(router):
 def error_of(response: httpx.Response, status: int) -> dict:
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert set(error) == {"message", "type", "code", "param"}
+    assert set(error) == {"message", "type", "code", "param", "request_id"}
+    assert error["request_id"] == response.headers["x-request-id"]
     return error
 
 
@@ -67,9 +68,10 @@ def test_failed_engine_gives_500_and_internal_without_killing_the_server(stopped
     with httpx.Client(base_url=r.base_url, timeout=60) as client:
         body = {"model": r.router.model_name, "prompt": "hi", "max_tokens": 2}
         error = error_of(client.post("/v1/completions", json=body), 500)
-        assert "engine is stopped" in error["message"] and error["type"] == "server_error"
+        assert error["message"] == f"internal error (request id {error['request_id']})"  # details in the log only
+        assert error["type"] == "server_error"
         stream = client.post("/v1/completions", json={**body, "stream": True})
-        assert "engine is stopped" in error_of(stream, 500)["message"]
+        assert error_of(stream, 500)["message"].startswith("internal error (request id cmpl-")
         health = client.get("/health")  # the server runs; its one pool does not
         assert health.status_code == 503 and health.json()["pools"]["engine"]["status"] == "down"
     with grpc.insecure_channel(r.grpc_target) as channel:
@@ -80,7 +82,8 @@ def test_failed_engine_gives_500_and_internal_without_killing_the_server(stopped
                 == health_pb2.HealthCheckResponse.SERVING and time.monotonic() < deadline:
             time.sleep(0.1)  # the servicer follows the backend's health once a second
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
-    assert info.value.code() == grpc.StatusCode.INTERNAL and "engine is stopped" in info.value.details()
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert info.value.details().startswith("internal error (request id grpc-")
 
 
 def test_capacity_and_lost_replicas_are_503_and_unavailable():
@@ -90,7 +93,7 @@ def test_capacity_and_lost_replicas_are_503_and_unavailable():
     from router.grpc_server import STATUS_CODES
     from router.http_errors import ERROR_TYPES, HTTP_STATUS
     for error in (NoCapacityError("no decode replica had room"), ReplicaFailed("replica decode-0 failed")):
-        failure = classify(error)
+        failure = classify(error, "req-1")
         assert failure.kind is ErrorKind.UNAVAILABLE and "retry later" in str(failure)
         assert HTTP_STATUS[failure.kind] == 503 and ERROR_TYPES[failure.kind] == "service_unavailable_error"
         assert STATUS_CODES[failure.kind] == grpc.StatusCode.UNAVAILABLE

@@ -5,7 +5,8 @@ the call's metadata before the message is parsed (grpc has already bounded its s
 server's max_receive_message_length). The request id a client sends is only echoed (in
 responses and the ``x-request-id`` trailing metadata); the backend sees a router-made id,
 so two clients using the same id never touch each other's requests. Errors carry a plain
-message; unexpected ones only "internal error (request id X)", their details in the log.
+message ending with the request id; unexpected ones only "internal error (request id X)",
+their details in the log.
 """
 
 from __future__ import annotations
@@ -103,7 +104,10 @@ class GenerationServicer:
         trailing = [(REQUEST_ID_KEY, call.echo)]
         if failure.retry_after_s is not None:
             trailing.append(("retry-after", str(max(1, math.ceil(failure.retry_after_s)))))
-        await context.abort(STATUS_CODES[failure.kind], str(failure), trailing_metadata=tuple(trailing))
+        message = str(failure)
+        if call.echo not in message:  # grpc has no error body: the id goes in the details too
+            message = f"{message} (request id {call.echo})"
+        await context.abort(STATUS_CODES[failure.kind], message, trailing_metadata=tuple(trailing))
 
 
 def parse_request(raw: bytes) -> pb.GenerateRequest:

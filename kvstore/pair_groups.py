@@ -14,13 +14,20 @@ with Redis (one GET per transfer) and ``close`` deletes it, so a group that one 
 dropped is dropped by the other at its next transfer and the pair forms a new one.
 A new ``PairGroups`` deletes every epoch naming its worker: a peer still holding a group
 with this worker's previous process drops it instead of sending into it.
+
+A live group needs no Redis: while Redis cannot answer (gone, or hung: the check's client
+times out after ``EPOCH_CHECK_TIMEOUT_S``) the cached group is used, the check is skipped for
+``EPOCH_RETRY_S`` after each failure (a hung Redis costs one timeout per span, not one per
+transfer), and one line is logged when the checks stop working and one when they work again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
@@ -36,6 +43,9 @@ from kvstore.rendezvous import (PairKeys, Record, current_epoch, drop_epoch, for
                                 withdraw)
 
 _AUTH0, _AUTH1 = "tierserve/auth/0", "tierserve/auth/1"
+EPOCH_CHECK_TIMEOUT_S = 1.0  # the longest an epoch check (or a drop) waits for Redis
+EPOCH_RETRY_S = 2.0          # after a failed check, transfers use their cached group unchecked this long
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,6 +78,9 @@ class PairGroups:
         self._locks: dict[str, threading.RLock] = {}
         self._lock = threading.Lock()
         forget_worker(client, keys, self.worker_id)
+        self._epochs = _timed_client(client, EPOCH_CHECK_TIMEOUT_S)  # checks and drops: never stuck on Redis
+        self._unchecked_until = 0.0
+        self._redis_failing = False
 
     def lock(self, peer: str) -> threading.RLock:
         """Held around one transfer with ``peer``, so transfers over a pair are serialized."""
@@ -101,7 +114,7 @@ class PairGroups:
             return
         _shut_down(group.backend, abort)
         try:
-            drop_epoch(self._redis, self._pair(peer), group.epoch)
+            drop_epoch(self._epochs, self._pair(peer), group.epoch)
         except redis.RedisError:
             pass  # Redis is gone too: the peer's next transfer fails and drops its half
 
@@ -118,10 +131,22 @@ class PairGroups:
     def _still_held(self, group: PairGroup, pair: PairKeys) -> bool:
         """Whether the peer still holds ``group``; assumed while Redis cannot say (a live group
         needs no Redis: a drop is then only learned when a transfer fails or times out)."""
-        try:
-            return group.epoch == current_epoch(self._redis, pair)
-        except redis.RedisError:
+        now = time.monotonic()
+        if now < self._unchecked_until:
             return True
+        try:
+            epoch = current_epoch(self._epochs, pair)
+        except redis.RedisError as exc:
+            self._unchecked_until = now + EPOCH_RETRY_S
+            if not self._redis_failing:
+                log.warning("%s: pair-epoch checks failing (%s: %s); using the live pair groups unchecked",
+                            self.worker_id, type(exc).__name__, exc)
+            self._redis_failing = True
+            return True
+        if self._redis_failing:
+            log.warning("%s: pair-epoch checks work again", self.worker_id)
+            self._redis_failing = False
+        return group.epoch == epoch
 
     def _pair(self, peer: str) -> PairKeys:
         return PairKeys.of(self._keys, *sorted((self.worker_id, peer)))
@@ -197,6 +222,13 @@ class PairGroups:
         options._devices = [dist.ProcessGroupGloo.create_device(hostname=self._host)]
         options._timeout = timeout
         return dist.ProcessGroupGloo(store, rank, 2, options)
+
+
+def _timed_client(client: redis.Redis, timeout_s: float) -> redis.Redis:
+    """A client beside ``client`` (same server and credentials) whose calls time out."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
 
 def _listen(host: str) -> int:

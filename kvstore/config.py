@@ -8,6 +8,8 @@ import secrets
 from dataclasses import dataclass, field
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]+$")
+# How host-tier blocks are stored (kvstore/kv_codec.py): raw bytes, or KIVI-style 4-/2-bit codes.
+HOST_TIER_CODECS = ("exact", "kivi4", "kivi2")
 
 
 def _positive(owner: str, **values: float) -> None:
@@ -24,6 +26,9 @@ class KVStoreConfig:
     key_prefix: every Redis key the store writes starts with ``<key_prefix>:``.
     host_capacity_bytes: payload bytes the host tier may keep before evicting (LRU).
     lease_ttl_s: how long a reader's pin on blocks lasts unless released or renewed.
+    host_tier_codec: how this worker stores blocks in the host tier: 'exact' (raw bytes, the
+    default), 'kivi4' or 'kivi2' (lossy, about 3.1x / 5.1x fewer bytes for Llama-3 shapes;
+    kvstore/kv_codec.py). Reads decode whatever a block was stored with.
     """
 
     redis_url: str
@@ -31,8 +36,10 @@ class KVStoreConfig:
     host_capacity_bytes: int = 4 << 30
     lease_ttl_s: float = 30.0
     connect_timeout_s: float = 5.0
+    host_tier_codec: str = "exact"
 
     def __post_init__(self) -> None:
+        check_host_tier_codec("KVStoreConfig", self.host_tier_codec)
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"KVStoreConfig.redis_url must start with redis://, rediss:// or unix://, "
                              f"got {self.redis_url!r}")
@@ -41,6 +48,11 @@ class KVStoreConfig:
                              f"got {self.key_prefix!r}")
         _positive("KVStoreConfig", host_capacity_bytes=self.host_capacity_bytes,
                   lease_ttl_s=self.lease_ttl_s, connect_timeout_s=self.connect_timeout_s)
+
+
+def check_host_tier_codec(owner: str, codec: str) -> None:
+    if codec not in HOST_TIER_CODECS:
+        raise ValueError(f"{owner}.host_tier_codec must be one of {', '.join(HOST_TIER_CODECS)}, got {codec!r}")
 
 
 SECRET_ENV = "TIERSERVE_KV_SECRET"

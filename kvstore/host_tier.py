@@ -1,10 +1,13 @@
 """The host-memory tier: block payloads kept in Redis, checksummed and LRU-bounded.
 
-Each block is one Redis hash ``<p>:blk:<key>`` with its bytes (``d``, the block-major
-``[L, 2, block_size, H, D]`` slice of the cache) and a tagged checksum (``c``). Writes
-and reads are pipelined in batches of about ``batch_bytes``. Room is reserved before
-writing by a Lua script that evicts unpinned blocks, least recently used first; the
-index (holder ``redis-host``, tier host) changes together with the payloads.
+Each block is one Redis hash ``<p>:blk:<key>`` with its payload (``d``) and a tagged
+checksum of it (``c``). The payload is the block's bytes (the block-major
+``[L, 2, block_size, H, D]`` slice of the cache), or with a lossy ``codec`` its
+compressed form (kvstore/kv_codec.py: a self-describing header and KIVI codes, never
+``bytes_per_block`` long), so a reader decodes each block by what it holds, whatever
+its own codec. Writes and reads are pipelined in batches of about ``batch_bytes``. Room
+is reserved before writing by a Lua script that evicts unpinned blocks, least recently
+used first; the index (holder ``redis-host``, tier host) changes together with the payloads.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from kvstore.block_key import BlockKey
 from kvstore.checksum import checksum, verify
 from kvstore.errors import CapacityError, LayoutMismatchError, MissingBlocksError
 from kvstore.keys import RedisKeys, Tier, holder_field
+from kvstore.kv_codec import CodecFormat, decode, encode
 from kvstore.layout import KVLayout
 from kvstore.leases import LeaseTable
 from kvstore.staging import HostStaging
@@ -34,12 +38,14 @@ class HostTier:
     """put/get a request's blocks between a paged KV cache and Redis memory."""
 
     def __init__(self, client: redis.Redis, keys: RedisKeys, index: BlockIndex, leases: LeaseTable,
-                 capacity_bytes: int, batch_bytes: int = 64 << 20) -> None:
+                 capacity_bytes: int, batch_bytes: int = 64 << 20, codec: str = "exact") -> None:
         self._redis, self._keys, self._index, self._leases = client, keys, index, leases
         self.capacity_bytes = capacity_bytes
+        self.codec = codec  # how put stores blocks (KVStoreConfig.host_tier_codec)
         self._batch_bytes = batch_bytes
         self._reserve = client.register_script(lua.RESERVE)
-        self._staging = HostStaging()
+        self._staging = HostStaging()  # raw blocks; its lock guards _coded too
+        self._coded = HostStaging()    # compressed payloads
 
     def put(self, keys: Sequence[BlockKey], kv: torch.Tensor, block_ids: Sequence[int]) -> int:
         """Store the blocks ``kv[:, :, block_ids]`` under ``keys``; returns how many were new.
@@ -48,12 +54,13 @@ class HostTier:
         unpinned rest of the tier cannot make room.
         """
         layout, ids = self._check(keys, kv, block_ids)
+        fmt = CodecFormat.of(layout, self.codec)  # None: raw bytes
         todo = [i for i, present in enumerate(self.contains(keys)) if not present]
         written = 0
         with self._staging.lock:
-            for part in _batches(todo, max(1, self._batch_bytes // layout.bytes_per_block)):
-                staging = self._staging.view(block_major_shape(kv, len(part)), kv.dtype)
-                written += self._write([keys[i] for i in part], gather_block_major(kv, ids[part], staging), layout)
+            for part in _batches(todo, self._batch_blocks(layout, fmt)):
+                rows = self._raw_rows(kv, ids[part]) if fmt is None else self._coded_rows(kv, ids[part], fmt)
+                written += self._write([keys[i] for i in part], rows)
         self._index.touch(HOST_WORKER, Tier.HOST, keys)
         return written
 
@@ -63,9 +70,11 @@ class HostTier:
         Raises MissingBlocksError if any is absent, ChecksumMismatchError if corrupt.
         """
         layout, ids = self._check(keys, kv, block_ids)
+        batch = self._batch_blocks(layout, CodecFormat.of(layout, self.codec))
         with self._leases.pinned(keys), self._staging.lock:
-            for part in _batches(list(range(len(keys))), max(1, self._batch_bytes // layout.bytes_per_block)):
-                scatter_block_major(kv, ids[part], self._read([keys[i] for i in part], layout))
+            for part in _batches(list(range(len(keys))), batch):
+                batch_keys = [keys[i] for i in part]
+                self._load(kv, ids[part], batch_keys, self._read(batch_keys), layout)
         self._index.touch(HOST_WORKER, Tier.HOST, keys)
 
     def contains(self, keys: Sequence[BlockKey]) -> list[bool]:
@@ -90,10 +99,29 @@ class HostTier:
             raise LayoutMismatchError(f"block {wrong} has layout {wrong.layout.tag}, cache is {layout.tag}")
         return layout, block_index_tensor(block_ids, kv.shape[2], kv.device)
 
-    def _write(self, keys: list[BlockKey], staging: torch.Tensor, layout: KVLayout) -> int:
-        need = len(keys) * layout.bytes_per_block
+    def _batch_blocks(self, layout: KVLayout, fmt: CodecFormat | None) -> int:
+        return max(1, self._batch_bytes // (fmt.payload_bytes if fmt else layout.bytes_per_block))
+
+    def _raw_rows(self, kv: torch.Tensor, ids: torch.Tensor) -> np.ndarray:
+        """Blocks ``ids`` as rows of bytes in the raw staging buffer (hold the lock)."""
+        return block_bytes(gather_block_major(kv, ids, self._staging.view(block_major_shape(kv, len(ids)), kv.dtype)))
+
+    def _coded_rows(self, kv: torch.Tensor, ids: torch.Tensor, fmt: CodecFormat) -> list[np.ndarray]:
+        """Blocks ``ids`` compressed, as rows in the staging buffers; raw where the codec cannot hold one."""
+        payloads, raw = encode(kv, ids, fmt)
+        staging = self._coded.view(tuple(payloads.shape), torch.uint8)
+        staging.copy_(payloads)  # from CUDA: synchronous, since pinned staging is reused
+        rows = list(staging.numpy())
+        if raw.any():
+            where = raw.nonzero().flatten()
+            for r, row in zip(where.tolist(), self._raw_rows(kv, ids[where.to(ids.device)])):
+                rows[r] = row
+        return rows
+
+    def _write(self, keys: list[BlockKey], rows: Sequence[np.ndarray]) -> int:
+        sizes = [row.nbytes for row in rows]
+        need = sum(sizes)
         self._make_room(need)
-        rows = block_bytes(staging)
         pipe = self._redis.pipeline(transaction=False)
         for key, row in zip(keys, rows):
             pipe.hset(self._keys.payload(str(key)), mapping={"d": memoryview(row), "c": checksum(row)})
@@ -103,7 +131,7 @@ class HostTier:
             self._redis.incrby(self._keys.host_used, -need)
             raise
         if not all(fresh):  # a concurrent writer stored some first: their room is counted
-            self._redis.incrby(self._keys.host_used, -fresh.count(False) * layout.bytes_per_block)
+            self._redis.incrby(self._keys.host_used, -sum(n for n, f in zip(sizes, fresh) if not f))
         new = [k for k, f in zip(keys, fresh) if f]
         self._index.add(HOST_WORKER, Tier.HOST, new, [-1] * len(new))
         return len(new)
@@ -119,21 +147,40 @@ class HostTier:
             raise CapacityError(f"host tier full: {self.used_bytes()} of {self.capacity_bytes} bytes "
                                 f"are pinned by leases, {need} more needed")
 
-    def _read(self, keys: list[BlockKey], layout: KVLayout) -> torch.Tensor:
+    def _read(self, keys: list[BlockKey]) -> list[bytes]:
+        """The payloads of ``keys``, checksums verified."""
         pipe = self._redis.pipeline(transaction=False)
         for key in keys:
             pipe.hmget(self._keys.payload(str(key)), "d", "c")
-        staging = self._staging.view((len(keys), *layout.block_shape), layout.torch_dtype)
-        rows = block_bytes(staging)
-        for key, row, (data, stored) in zip(keys, rows, pipe.execute()):
+        payloads = []
+        for key, (data, stored) in zip(keys, pipe.execute()):
             if data is None or stored is None:
                 raise MissingBlocksError(f"host tier does not hold block {key}")
-            if len(data) != layout.bytes_per_block:
-                raise LayoutMismatchError(f"host block {key} has {len(data)} bytes, "
-                                          f"layout {layout.tag} needs {layout.bytes_per_block}")
             verify(data, stored, f"host block {key}")
-            row[:] = np.frombuffer(data, dtype=np.uint8)
-        return staging
+            payloads.append(data)
+        return payloads
+
+    def _load(self, kv: torch.Tensor, ids: torch.Tensor, keys: list[BlockKey], payloads: list[bytes],
+              layout: KVLayout) -> None:
+        """Write verified payloads into blocks ``ids``: raw ones as they are, compressed ones decoded."""
+        coded: dict[CodecFormat, list[int]] = {}
+        raw = []
+        for i, data in enumerate(payloads):
+            if len(data) == layout.bytes_per_block:
+                raw.append(i)
+            else:
+                coded.setdefault(CodecFormat.parse(data, layout, f"host block {keys[i]}"), []).append(i)
+        if raw:
+            staging = self._staging.view((len(raw), *layout.block_shape), layout.torch_dtype)
+            for row, i in zip(block_bytes(staging), raw):
+                row[:] = np.frombuffer(payloads[i], dtype=np.uint8)
+            scatter_block_major(kv, ids[raw], staging)
+        for fmt, where in coded.items():
+            staging = self._coded.view((len(where), fmt.payload_bytes), torch.uint8)
+            rows = staging.numpy()
+            for row, i in zip(rows, where):
+                row[:] = np.frombuffer(payloads[i], dtype=np.uint8)
+            decode(kv, ids[where], staging, fmt)
 
 
 def _batches(items: list[int], size: int) -> Iterator[list[int]]:

@@ -6,7 +6,7 @@
       prefill: {replicas: 2, hardware: {accelerator_type: H100, num_gpus: 1, num_cpus: 8}}
       decode:  {replicas: 4, hardware: {accelerator_type: L40S, num_gpus: 1}, engine: {max_num_seqs: 256}}
     kvstore: {redis_url: "redis://10.0.0.5:6379/0", host_tier_bytes: 8589934592}
-    router: {grpc_port: 50051, http_port: 8000, api_keys: [secret]}
+    router: {grpc_port: 50051, http_port: 8000, api_keys_file: /etc/tierserve/api-keys, request_timeout_s: 120}
 
 A config names either prefill + decode pools (disaggregated) or one colocated pool.
 Unknown fields are errors; a top-level ``plan`` mapping (the planner's predictions) is ignored.
@@ -15,12 +15,14 @@ Unknown fields are errors; a top-level ``plan`` mapping (the planner's predictio
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
 from cluster.schema import ConfigFileError, build
+from router.config import RouterConfig
 
 ROLES = ("prefill", "decode", "colocated")
 POLICIES = ("prefix-aware", "round-robin")
@@ -84,21 +86,26 @@ class KVStoreSection:
 
 
 @dataclass(frozen=True)
-class RouterSection:
-    """policy: prefix-aware (cached prefix against load, the default) or round-robin."""
+class RouterSection(RouterConfig):
+    """The router: RouterConfig's own fields by the same names, checked by RouterConfig (a
+    bad one is ``router.<field>: ...``), plus the cluster's routing ``policy``: prefix-aware
+    (cached prefix against load, the default) or round-robin. Secrets can stay out of the
+    file (parse_cluster_config): ``api_keys_file`` (one KEY or NAME=KEY a line) adds to
+    ``api_keys``, ``cache_salt_secret_file`` holds ``cache_salt_secret``. `tierserve serve`'s
+    flags override these fields (cluster/serve_cli.py)."""
 
-    host: str = "127.0.0.1"
-    grpc_port: int = 50051
-    http_port: int = 8000
-    api_keys: tuple[str, ...] = ()
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("api_keys", "cache_salt_secret")  # never echoed in errors
+
     policy: str = "prefix-aware"
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
-        for name in ("grpc_port", "http_port"):
-            if not 0 <= getattr(self, name) < 65536:
-                raise ValueError(f"{name} must be a port number, got {getattr(self, name)}")
+        super().__post_init__()
+
+    def router_config(self) -> RouterConfig:
+        """The router's own config: this section less ``policy``."""
+        return RouterConfig(**{f.name: getattr(self, f.name) for f in fields(RouterConfig)})
 
 
 @dataclass(frozen=True)
@@ -152,4 +159,34 @@ def load_cluster_config(path: str | Path) -> ClusterConfig:
 def parse_cluster_config(data: dict) -> ClusterConfig:
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k != "plan"}
+        if isinstance(data.get("router"), dict):
+            data["router"] = _router_secrets(data["router"])
     return build(ClusterConfig, data, "")
+
+
+def _router_secrets(router: dict) -> dict:
+    """``api_keys_file`` and ``cache_salt_secret_file`` read into the fields they stand for."""
+    router = dict(router)
+    path = router.pop("api_keys_file", None)
+    if path is not None:
+        lines = _read_secret(path, "router.api_keys_file").splitlines()
+        entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        listed = router.get("api_keys") or []
+        if not isinstance(listed, list | tuple):
+            raise ConfigFileError("router.api_keys must be a list")
+        router["api_keys"] = [*listed, *entries]
+    path = router.pop("cache_salt_secret_file", None)
+    if path is not None:
+        if "cache_salt_secret" in router:
+            raise ConfigFileError("router: give cache_salt_secret or cache_salt_secret_file, not both")
+        router["cache_salt_secret"] = _read_secret(path, "router.cache_salt_secret_file").strip()
+    return router
+
+
+def _read_secret(path: object, name: str) -> str:
+    if not isinstance(path, str) or not path:
+        raise ConfigFileError(f"{name} must be a file path")
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigFileError(f"{name}: cannot read {path!r}: {getattr(e, 'strerror', None) or e}") from None

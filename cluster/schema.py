@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, TypeVar
@@ -27,42 +28,52 @@ def build(cls: type[T], data: Any, path: str) -> T:
     if required:
         raise ConfigFileError(f"{_join(path, required[0])}: required field missing")
     hints = typing.get_type_hints(cls)
-    kwargs = {name: _convert(hints[name], value, _join(path, name)) for name, value in data.items()}
+    secret = getattr(cls, "SECRET_FIELDS", ())
+    kwargs = {name: _convert(hints[name], value, _join(path, name), name in secret) for name, value in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:
         raise ConfigFileError(f"{path or 'config'}: {e}") from None
     except ValueError as e:
-        raise ConfigFileError(f"{path or 'config'}: {e}") from None
+        raise ConfigFileError(_located(path, str(e), fields)) from None
 
 
-def _convert(hint: Any, value: Any, path: str) -> Any:
+def _located(path: str, message: str, fields: dict) -> str:
+    """``path.field ...`` when the class's message starts with one of its fields, else ``path: ...``."""
+    name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", message)
+    if name and name.group() in fields and message[name.end():name.end() + 1] in (" ", ":", "."):
+        return _join(path, message)
+    return f"{path or 'config'}: {message}"
+
+
+def _convert(hint: Any, value: Any, path: str, secret: bool = False) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
-        return _convert(options[0], value, path)
+        return _convert(options[0], value, path, secret)
     if dataclasses.is_dataclass(hint):
         return build(hint, value, path)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigFileError(f"{path} must be a list, got {type(value).__name__}")
-        return tuple(_convert(typing.get_args(hint)[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(_convert(typing.get_args(hint)[0], v, f"{path}[{i}]", secret) for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigFileError(f"{path} must be a mapping, got {type(value).__name__}")
         _, vt = typing.get_args(hint)
-        return {str(k): _convert(vt, v, f"{path}.{k}") for k, v in value.items()}
-    return _scalar(hint, value, path)
+        return {str(k): _convert(vt, v, f"{path}.{k}", secret) for k, v in value.items()}
+    return _scalar(hint, value, path, secret)
 
 
-def _scalar(hint: Any, value: Any, path: str) -> Any:
+def _scalar(hint: Any, value: Any, path: str, secret: bool = False) -> Any:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float, str, bool) and (not isinstance(value, hint) or (
             hint is int and isinstance(value, bool))):
-        raise ConfigFileError(f"{path} must be {hint.__name__}, got {value!r}")
+        got = f"{type(value).__name__} (value not shown)" if secret else repr(value)  # a secret stays unechoed
+        raise ConfigFileError(f"{path} must be {hint.__name__}, got {got}")
     return value
 
 

@@ -5,6 +5,9 @@
 API keys come from --api-key (repeatable) or TIERSERVE_API_KEYS (comma separated), each KEY
 or NAME=KEY (a named tenant); the environment keeps them out of the process list, as
 TIERSERVE_CACHE_SALT_SECRET does for --cache-salt-secret.
+
+Every router flag defaults to None ("not given"): `router_overrides` returns the given ones as
+RouterConfig fields, so `serve --config` can lay them over the config file's `router:` section.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from engine.config import CacheConfig, ConfigError, EngineConfig, SchedulerConfig
 from engine.model_config import CheckpointError
@@ -20,61 +24,83 @@ from router.config import RouterConfig, RouterConfigError
 API_KEYS_ENV = "TIERSERVE_API_KEYS"
 SALT_SECRET_ENV = "TIERSERVE_CACHE_SALT_SECRET"
 DEFAULTS = RouterConfig()
+# serve flag (argparse dest) -> the RouterConfig field it sets
+FLAG_FIELDS = {"host": "host", "grpc_port": "grpc_port", "http_port": "http_port",
+               "served_model_name": "model_name", "cache_salt_secret": "cache_salt_secret",
+               "request_timeout": "request_timeout_s", "shutdown_grace": "shutdown_grace_s",
+               "max_request_bytes": "max_request_bytes", "rate_limit_rps": "rate_limit_rps",
+               "rate_limit_burst": "rate_limit_burst", "idle_timeout": "idle_timeout_s",
+               "read_timeout": "read_timeout_s", "tls_cert": "tls_cert", "tls_key": "tls_key",
+               "tls_client_ca": "tls_client_ca"}
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="serve a checkpoint over gRPC and OpenAI-compatible HTTP")
     serve.add_argument("--model", default=None, help="checkpoint directory (default: the embedded tiny model)")
     serve.add_argument("--served-model-name", default=None, help="the model name clients use")
-    serve.add_argument("--host", default=DEFAULTS.host, help="listen address (default: loopback only)")
-    serve.add_argument("--grpc-port", type=int, default=DEFAULTS.grpc_port,
-                       help="0 picks a free port; -1 turns gRPC off")
-    serve.add_argument("--http-port", type=int, default=DEFAULTS.http_port,
-                       help="0 picks a free port; -1 turns HTTP off")
-    serve.add_argument("--api-key", action="append", default=[],
+    serve.add_argument("--host", default=None, help=f"listen address (default: {DEFAULTS.host}, loopback only)")
+    serve.add_argument("--grpc-port", type=int, default=None,
+                       help=f"default {DEFAULTS.grpc_port}; 0 picks a free port; -1 turns gRPC off")
+    serve.add_argument("--http-port", type=int, default=None,
+                       help=f"default {DEFAULTS.http_port}; 0 picks a free port; -1 turns HTTP off")
+    serve.add_argument("--api-key", action="append", default=None,
                        help=f"accepted key, KEY or NAME=KEY; each is a tenant (repeatable; or ${API_KEYS_ENV})")
     serve.add_argument("--cache-salt-secret", default=None,
                        help=f"HMAC key for tenants' cache salts (default: random per run; or ${SALT_SECRET_ENV})")
-    serve.add_argument("--request-timeout", type=float, default=DEFAULTS.request_timeout_s,
-                       help="seconds; 0 for no limit")
-    serve.add_argument("--shutdown-grace", type=float, default=DEFAULTS.shutdown_grace_s,
-                       help="seconds running requests get to finish on SIGINT/SIGTERM")
-    serve.add_argument("--max-request-bytes", type=int, default=DEFAULTS.max_request_bytes,
-                       help="largest HTTP body / gRPC message (413 / RESOURCE_EXHAUSTED)")
+    serve.add_argument("--request-timeout", type=float, default=None,
+                       help=f"seconds (default {DEFAULTS.request_timeout_s:g}); 0 for no limit")
+    serve.add_argument("--shutdown-grace", type=float, default=None,
+                       help=f"seconds running requests get to finish on SIGINT/SIGTERM (default "
+                            f"{DEFAULTS.shutdown_grace_s:g})")
+    serve.add_argument("--max-request-bytes", type=int, default=None,
+                       help=f"largest HTTP body / gRPC message (413 / RESOURCE_EXHAUSTED; default "
+                            f"{DEFAULTS.max_request_bytes})")
     serve.add_argument("--rate-limit-rps", type=float, default=None,
-                       help="requests per second per tenant (default: no limit)")
+                       help="requests per second per tenant (default: no limit; 0: no limit)")
     serve.add_argument("--rate-limit-burst", type=int, default=None, help="bucket size (default: the rate, rounded up)")
-    serve.add_argument("--idle-timeout", type=float, default=DEFAULTS.idle_timeout_s,
-                       help="seconds an idle connection stays open")
-    serve.add_argument("--read-timeout", type=float, default=DEFAULTS.read_timeout_s,
-                       help="seconds a client has to send a request's headers and body")
+    serve.add_argument("--idle-timeout", type=float, default=None,
+                       help=f"seconds an idle connection stays open (default {DEFAULTS.idle_timeout_s:g})")
+    serve.add_argument("--read-timeout", type=float, default=None,
+                       help=f"seconds a client has to send a request's headers and body (default "
+                            f"{DEFAULTS.read_timeout_s:g})")
     serve.add_argument("--tls-cert", default=None, help="PEM certificate: serve HTTPS and gRPC over TLS")
     serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", default=None, help="PEM CA bundle: require client certificates (mTLS)")
-    serve.add_argument("--device", default="cpu")
+    serve.add_argument("--device", default=None, help="cpu (default) or cuda[:N]")
     serve.add_argument("--dtype", default=None)
     serve.add_argument("--max-model-len", type=int, default=None)
     serve.add_argument("--num-blocks", type=int, default=None, help="KV blocks (default: sized from memory)")
-    serve.add_argument("--prefix-caching", action="store_true")
+    serve.add_argument("--prefix-caching", action="store_true", default=None)
     serve.set_defaults(func=run_serve)
 
 
+def router_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The RouterConfig fields the command line gives (flags, $TIERSERVE_API_KEYS,
+    $TIERSERVE_CACHE_SALT_SECRET); a port of -1 is None (off), a request timeout or rate of 0
+    is None (no limit)."""
+    given = {name: getattr(args, dest) for dest, name in FLAG_FIELDS.items() if getattr(args, dest) is not None}
+    for name in ("grpc_port", "http_port"):
+        if name in given and given[name] < 0:
+            given[name] = None
+    for name in ("request_timeout_s", "rate_limit_rps"):
+        if given.get(name) == 0:
+            given[name] = None
+    keys = list(args.api_key or []) + [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+    if keys:
+        given["api_keys"] = tuple(keys)
+    if "cache_salt_secret" not in given and os.environ.get(SALT_SECRET_ENV):
+        given["cache_salt_secret"] = os.environ[SALT_SECRET_ENV]
+    return given
+
+
 def router_config(args: argparse.Namespace) -> RouterConfig:
-    keys = list(args.api_key) + [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
-    return RouterConfig(host=args.host, grpc_port=None if args.grpc_port < 0 else args.grpc_port,
-                        http_port=None if args.http_port < 0 else args.http_port, api_keys=tuple(keys),
-                        cache_salt_secret=args.cache_salt_secret or os.environ.get(SALT_SECRET_ENV) or None,
-                        model_name=args.served_model_name, request_timeout_s=args.request_timeout or None,
-                        shutdown_grace_s=args.shutdown_grace,
-                        max_request_bytes=args.max_request_bytes, rate_limit_rps=args.rate_limit_rps,
-                        rate_limit_burst=args.rate_limit_burst, idle_timeout_s=args.idle_timeout,
-                        read_timeout_s=args.read_timeout, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                        tls_client_ca=args.tls_client_ca)
+    """The single-process router's config: RouterConfig's defaults, then the command line's."""
+    return RouterConfig(**router_overrides(args))
 
 
 def engine_config(model: str, args: argparse.Namespace) -> EngineConfig:
-    return EngineConfig(model=model, device=args.device, dtype=args.dtype,
-                        cache=CacheConfig(num_blocks=args.num_blocks, enable_prefix_caching=args.prefix_caching),
+    return EngineConfig(model=model, device=args.device or "cpu", dtype=args.dtype,
+                        cache=CacheConfig(num_blocks=args.num_blocks, enable_prefix_caching=bool(args.prefix_caching)),
                         scheduler=SchedulerConfig(max_model_len=args.max_model_len))
 
 

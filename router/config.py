@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MiB = 1024 * 1024
 AUTO_NAME = re.compile(r"key-[0-9]+")
@@ -43,8 +43,8 @@ class RouterConfig:
     host: str = "127.0.0.1"
     grpc_port: int | None = 50051
     http_port: int | None = 8000
-    api_keys: tuple[str, ...] = ()
-    cache_salt_secret: str | None = None
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # secrets: never in a repr or a log line
+    cache_salt_secret: str | None = field(default=None, repr=False)
     model_name: str | None = None
     request_timeout_s: float | None = 600.0
     shutdown_grace_s: float = 5.0

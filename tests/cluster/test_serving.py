@@ -86,4 +86,4 @@ def test_serve_with_a_bad_config_names_the_field(tmp_path):
     config.write_text("model: m\npools:\n  prefill: {replicas: 0}\n  decode: {}\n")
     out = subprocess.run([sys.executable, "-m", "cluster.cli", "serve", "--config", str(config)],
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "pools.prefill: replicas must be >= 1" in out.stderr
+    assert out.returncode == 2 and "pools.prefill.replicas must be >= 1" in out.stderr

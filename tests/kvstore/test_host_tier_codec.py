@@ -1,0 +1,136 @@
+"""The host tier with a lossy codec, in a real redis-server: what is stored, what comes back,
+checksums over the compressed payload, readers with another setting, capacity in payload bytes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kvstore.checksum import checksum
+from kvstore.errors import ChecksumMismatchError, LayoutMismatchError
+from kvstore.host_tier import HostTier
+from kvstore.kv_codec import CodecFormat, decode, encode
+from kvstore.layout import KVLayout
+from kvstore.store import KVStore
+from tests.kvstore.conftest import SMALL, make_store, random_cache
+from tests.kvstore.test_host_tier import keys_for
+
+pytestmark = pytest.mark.redis
+
+
+def tier(store: KVStore, codec: str, batch_bytes: int = 64 << 20) -> HostTier:
+    """A HostTier over ``store``'s Redis keys with its own codec (as another worker would have)."""
+    return HostTier(store.redis, store.keys, store.index, store.leases, store.host.capacity_bytes,
+                    batch_bytes=batch_bytes, codec=codec)
+
+
+def codec_round_trip(kv: torch.Tensor, ids: list[int], codec: str) -> torch.Tensor:
+    """Blocks ``ids`` of ``kv`` as the codec alone returns them ([L, 2, n, ...])."""
+    fmt = CodecFormat.of(KVLayout.of_cache(kv), codec)
+    index = torch.tensor(ids)
+    out = torch.zeros_like(kv)
+    decode(out, index, encode(kv, index, fmt)[0], fmt)
+    return out[:, :, ids]
+
+
+def stored(store: KVStore, key) -> bytes:
+    return store.redis.hget(store.keys.payload(str(key)), "d")
+
+
+@pytest.mark.parametrize("codec", ["kivi4", "kivi2"])
+def test_put_get_stores_compressed_payloads_and_returns_the_decoded_blocks(store: KVStore, codec: str) -> None:
+    host = tier(store, codec, batch_bytes=3 * 512)  # 3 blocks a batch: several batches
+    src, dst = random_cache(SMALL, 20, seed=1), random_cache(SMALL, 20, seed=2)
+    keys, src_ids, dst_ids = keys_for(7), [11, 2, 17, 5, 19, 0, 3], [8, 13, 1, 12, 4, 7, 9]
+    assert host.put(keys, src, src_ids) == 7
+    fmt = CodecFormat.of(SMALL, codec)
+    assert [len(stored(store, k)) for k in keys] == [fmt.payload_bytes] * 7
+    assert host.used_bytes() == 7 * fmt.payload_bytes < 7 * SMALL.bytes_per_block
+    host.get(keys, dst, dst_ids)
+    want = codec_round_trip(src, src_ids, codec)
+    assert torch.equal(dst[:, :, dst_ids].view(torch.int16), want.view(torch.int16))
+    assert not torch.equal(want.view(torch.int16), src[:, :, src_ids].view(torch.int16))
+
+
+def test_exact_codec_stores_the_blocks_bytes_unchanged(store: KVStore) -> None:
+    src, dst = random_cache(SMALL, 6, seed=3), random_cache(SMALL, 6, seed=4)
+    keys = keys_for(3)
+    tier(store, "exact").put(keys, src, [4, 0, 2])
+    for key, block in zip(keys, [4, 0, 2]):
+        assert stored(store, key) == src[:, :, block].contiguous().view(torch.uint8).numpy().tobytes()
+    tier(store, "kivi4").get(keys, dst, [1, 3, 5])  # a reader set to compress still reads raw blocks exactly
+    assert torch.equal(dst[:, :, [1, 3, 5]].view(torch.int16), src[:, :, [4, 0, 2]].view(torch.int16))
+
+
+def test_a_reader_with_another_setting_decodes_by_the_header(store: KVStore) -> None:
+    src, dst = random_cache(SMALL, 6, seed=5), random_cache(SMALL, 6, seed=6)
+    keys = keys_for(4)
+    tier(store, "kivi2").put(keys[:2], src, [0, 1])
+    tier(store, "kivi4").put(keys[2:], src, [2, 3])
+    tier(store, "exact").get(keys, dst, [5, 4, 3, 2])  # one batch holding both formats
+    assert torch.equal(dst[:, :, [5, 4]].view(torch.int16), codec_round_trip(src, [0, 1], "kivi2").view(torch.int16))
+    assert torch.equal(dst[:, :, [3, 2]].view(torch.int16), codec_round_trip(src, [2, 3], "kivi4").view(torch.int16))
+
+
+def test_a_block_the_codec_cannot_hold_is_stored_raw_beside_compressed_ones(store: KVStore) -> None:
+    src, dst = random_cache(SMALL, 4, seed=7), random_cache(SMALL, 4, seed=8)
+    src[1, 0, 2, 3, 1, 5] = float("inf")
+    keys = keys_for(3)
+    tier(store, "kivi4").put(keys, src, [0, 2, 3])
+    fmt = CodecFormat.of(SMALL, "kivi4")
+    assert [len(stored(store, k)) for k in keys] == [fmt.payload_bytes, SMALL.bytes_per_block, fmt.payload_bytes]
+    assert store.host.used_bytes() == 2 * fmt.payload_bytes + SMALL.bytes_per_block
+    tier(store, "kivi4").get(keys, dst, [1, 0, 3])
+    assert torch.equal(dst[:, :, 0].view(torch.int16), src[:, :, 2].view(torch.int16))
+    lossy = codec_round_trip(src, [0, 3], "kivi4")
+    assert torch.equal(dst[:, :, [1, 3]].view(torch.int16), lossy.view(torch.int16))
+
+
+@pytest.mark.parametrize("where", [5, 200], ids=["header", "codes"])
+def test_a_corrupted_compressed_payload_is_caught_by_its_checksum(store: KVStore, where: int) -> None:
+    kv = random_cache(SMALL, 4, seed=9)
+    keys = keys_for(2)
+    tier(store, "kivi4").put(keys, kv, [0, 1])
+    name = store.keys.payload(str(keys[1]))
+    data = bytearray(store.redis.hget(name, "d"))
+    data[where] ^= 0x10
+    store.redis.hset(name, "d", bytes(data))
+    with pytest.raises(ChecksumMismatchError, match=f"host block {keys[1]}: checksum mismatch"):
+        tier(store, "kivi4").get(keys, kv, [2, 3])
+
+
+def test_a_payload_for_another_layout_is_refused_by_name(store: KVStore) -> None:
+    kv = random_cache(SMALL, 4, seed=10)
+    keys = keys_for(1)
+    tier(store, "kivi4").put(keys, kv, [0])
+    other = KVLayout(SMALL.num_layers, SMALL.block_size, SMALL.num_kv_heads, SMALL.head_dim, "float16")
+    payload = encode(kv.to(torch.float16), torch.tensor([0]), CodecFormat.of(other, "kivi4"))[0][0].numpy().tobytes()
+    store.redis.hset(store.keys.payload(str(keys[0])), mapping={"d": payload, "c": checksum(payload)})
+    with pytest.raises(LayoutMismatchError, match=f"host block {keys[0]}: compressed for layout "
+                                                  f"{other.tag}, cache is {SMALL.tag}"):
+        tier(store, "kivi4").get(keys, kv, [1])
+
+
+def test_capacity_counts_compressed_bytes(redis_url: str) -> None:
+    fmt = CodecFormat.of(SMALL, "kivi2")
+    kv_store = make_store(redis_url, host_capacity_bytes=3 * SMALL.bytes_per_block, host_tier_codec="kivi2")
+    try:
+        kv = random_cache(SMALL, 8, seed=11)
+        fits = 3 * SMALL.bytes_per_block // fmt.payload_bytes
+        assert fits == 5
+        keys = keys_for(fits + 1)
+        assert kv_store.host.put(keys[:fits], kv, range(fits)) == fits  # raw, only 3 would fit
+        assert kv_store.host.contains(keys) == [True] * fits + [False]
+        kv_store.host.put(keys[fits:], kv, [fits])  # evicts the least recently used one
+        assert kv_store.host.contains(keys).count(True) == fits
+        assert kv_store.host.used_bytes() == fits * fmt.payload_bytes
+    finally:
+        kv_store.wipe()
+        kv_store.close()
+
+
+def test_the_codec_knob_is_checked_where_the_config_is_built() -> None:
+    from kvstore.config import KVStoreConfig
+    assert KVStoreConfig(redis_url="redis://x").host_tier_codec == "exact"
+    with pytest.raises(ValueError, match="host_tier_codec must be one of exact, kivi4, kivi2, got 'kivi8'"):
+        KVStoreConfig(redis_url="redis://x", host_tier_codec="kivi8")

@@ -9,6 +9,7 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     from engine.cli import add_commands as engine_commands
     from cluster.demo import add_commands as demo_commands
+    from cluster.deploy_cli import add_commands as deploy_commands
     from cluster.serve_cli import add_commands as serve_commands
     from cluster.submit_cli import add_commands as submit_commands
     from simulator.cli import add_commands as simulator_commands
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_commands(sub)
     submit_commands(sub)
     simulator_commands(sub)
+    deploy_commands(sub)
     return parser
 
 

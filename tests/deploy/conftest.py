@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,14 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
 def one(docs: list[dict], kind: str, name_suffix: str = "") -> dict:
     (found,) = [d for d in by_kind(docs, kind) if d["metadata"]["name"].endswith(name_suffix)]
     return found
+
+
+GENERATED = re.compile(r"^(  (?:redis-password|kv-secret|auth_token|id_rsa): ).*$", re.MULTILINE)
+
+
+def normalised(text: str) -> str:
+    """Generated secrets' random values replaced (helm template has no cluster to look them up in)."""
+    return GENERATED.sub(r"\1<generated>", text)
 
 
 def pod_specs(docs: list[dict]) -> list[tuple[str, dict]]:

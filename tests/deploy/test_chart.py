@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cluster.config import parse_cluster_config
-from tests.deploy.conftest import (CHART, EXAMPLES, NAMESPACE, RELEASE, by_kind, helm, one, pod_specs, render,
+from tests.deploy.conftest import (CHART, EXAMPLES, NAMESPACE, RELEASE, by_kind, helm, normalised, one, pod_specs,
                                    render_text, secret_values, values_args)
 
 GOLDEN = CHART.parents[2] / "tests" / "deploy" / "golden"
@@ -33,18 +33,10 @@ def test_lint_strict(example: str | None) -> None:
     assert "0 chart(s) failed" in out and "[WARNING]" not in out and "[ERROR]" not in out
 
 
-GENERATED = re.compile(r"^(  (?:redis-password|kv-secret|auth_token|id_rsa): ).*$", re.MULTILINE)
-
-
-def _normalised(text: str) -> str:
-    """Generated secrets' random values replaced (helm template has no cluster to look them up in)."""
-    return GENERATED.sub(r"\1<generated>", text)
-
-
 @pytest.mark.parametrize("example", ["default", *EXAMPLES])
 def test_golden_render(example: str) -> None:
     files = [] if example == "default" else [EXAMPLES[example]]
-    text = _normalised(render_text(files))
+    text = normalised(render_text(files))
     path = GOLDEN / f"{example}.yaml"
     if UPDATE:
         path.write_text(text)

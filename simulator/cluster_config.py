@@ -1,8 +1,10 @@
 """The cluster config a plan writes: the YAML `tierserve serve --config` reads (cluster/config.py),
-plus a ``plan`` mapping of predictions that the cluster loader ignores."""
+plus a ``plan`` mapping of predictions that the cluster loader ignores; and the same design as
+values for the Helm chart (deploy/helm/tierserve, docs/deploy.md)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import yaml
@@ -59,4 +61,49 @@ def write_cluster_config(path: str | Path, config: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+VALUES_HEADER = """\
+# Values for the tierserve Helm chart (deploy/helm/tierserve) from `tierserve plan`: the pools,
+# replicas, tensor-parallel sizes and GPU types of the chosen design ({design}).
+#   helm install tierserve deploy/helm/tierserve -f values.yaml -f my-site.yaml
+# config.model is the checkpoint's path inside the pods (a hub name becomes /models/NAME): mount
+# it there with modelVolume in my-site.yaml. A worker pod holds as many replicas as fit one node;
+# pods' memory, node selectors beyond the GPU type and the rest keep the chart's defaults.
+"""
+
+
+def chart_values(config: dict, catalog: Catalog) -> dict:
+    """The chart's values for a cluster config written by cluster_config (the plan's hardware by pool)."""
+    hardware = config["plan"]["hardware"]
+    model = config["model"] if config["model"].startswith("/") else f"/models/{config['model'].rsplit('/', 1)[-1]}"
+    values: dict = {"config": {"name": config.get("name", "tierserve"), "model": model,
+                               "dtype": config.get("dtype"),
+                               "kvstore": {"host_tier_bytes": config["kvstore"]["host_tier_bytes"]}}}
+    if "policy" in config["router"]:
+        values["config"]["router"] = {"policy": config["router"]["policy"]}
+    pools = {name: _chart_pool(pool, catalog[hardware[name]], hardware[name]) for name, pool in config["pools"].items()}
+    for name in ("prefill", "decode", "colocated", "attention"):
+        pools.setdefault(name, {"enabled": False})
+    values["pools"] = pools
+    return values
+
+
+def _chart_pool(pool: dict, hw, name: str) -> dict:
+    """One pool's values: a worker pod holds as many replicas as fit one node (of max_devices_per_node)."""
+    gpus = int(pool["hardware"]["num_gpus"])
+    per_pod = max(1, min(pool["replicas"], hw.max_devices_per_node // gpus)) if gpus else 1
+    pods = math.ceil(pool["replicas"] / per_pod)
+    out = {"enabled": True, **({"gpuType": name} if gpus else {}), "replicas": pool["replicas"], "gpusPerReplica": gpus,
+           "cpusPerReplica": pool["hardware"]["num_cpus"], "engine": pool.get("engine", {}),
+           "workers": {"replicas": pods, "minReplicas": 0, "maxReplicas": pods, "gpus": gpus * per_pod,
+                       "cpu": str(math.ceil(pool["hardware"]["num_cpus"] * per_pod))}}
+    return out
+
+
+def write_chart_values(path: str | Path, values: dict, design: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(VALUES_HEADER.format(design=design) + yaml.safe_dump(values, sort_keys=False))
     return path

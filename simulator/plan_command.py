@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 
 from simulator.capacity import max_rate
-from simulator.cluster_config import cluster_config, write_cluster_config
+from simulator.cluster_config import chart_values, cluster_config, write_chart_values, write_cluster_config
 from simulator.inputs import build_costs, build_trace
 from simulator.planner import Plan, Planner, PlanOptions
 from simulator.plots import ParetoPoint, plot_latency_cdfs, plot_pareto
@@ -44,11 +44,14 @@ def plan_command(args: argparse.Namespace, console: Console) -> int:
                             args.model_ref)
     config["plan"]["model"] = args.model  # what `tierserve simulate --config` simulates
     write_cluster_config(config_path, config)
+    values_path = write_chart_values(config_path.with_name("values.yaml"), chart_values(config, costs.catalog),
+                                     plan.best.design.label())
     _plots(args, console, planner, plan, slo)
     write_json(args.out / "plan.json", {"best": result_dict(plan.best.result),
                                         "family_bests": [result_dict(c.result) for c in plan.family_bests]})
     console.print(f"chosen: {plan.best.design.label()} at ${plan.best.design.cost_per_hour(costs.catalog):.2f}/h; "
-                  f"wrote {config_path}, {args.out}/plan.json, pareto.png, latency_cdf.png")
+                  f"wrote {config_path}, {values_path} (Helm chart values), {args.out}/plan.json, pareto.png, "
+                  "latency_cdf.png")
     return 0
 
 

@@ -13,6 +13,17 @@ from engine.scheduler import ScheduledRequest
 from engine.uploads import upload
 
 
+@dataclass(frozen=True)
+class HostBatch:
+    """The step's sequences as the host built them (no device read-back): for a runner whose
+    attention runs elsewhere and keeps each sequence's block table there (attention_offload)."""
+
+    request_ids: list[str]
+    query_start_loc: np.ndarray  # int32 [B + 1]
+    seq_lens: np.ndarray         # int32 [B]
+    block_rows: list[np.ndarray]  # each sequence's block ids (int32 views, valid for this step)
+
+
 @dataclass
 class ModelInput:
     input_ids: torch.Tensor      # int64 [T]
@@ -20,6 +31,7 @@ class ModelInput:
     meta: AttentionMetadata
     sample_rows: torch.Tensor    # int64 [S]: rows of the hidden states to compute logits for
     num_samples: int
+    host: HostBatch | None = None
 
 
 def build_model_input(scheduled: list[ScheduledRequest], block_size: int, device: torch.device,
@@ -77,7 +89,8 @@ def build_model_input(scheduled: list[ScheduledRequest], block_size: int, device
         decode_only=decode_only,
         shared=plan,
     )
-    return ModelInput(longs_dev[0], longs_dev[1], meta, longs_dev[3], len(sample_rows))
+    host = HostBatch([s.request.request_id for s in scheduled], ints.part(0), ints.part(1), rows)
+    return ModelInput(longs_dev[0], longs_dev[1], meta, longs_dev[3], len(sample_rows), host)
 
 
 class _Packed:

@@ -25,7 +25,7 @@ from engine.launched_step import LaunchedStep
 from engine.model.llama import LlamaForCausalLM
 from engine.model.loader import load_model
 from engine.model_config import ModelConfig
-from engine.model_runner import ModelRunner
+from engine.model_runner import ModelRunner, RunnerFactory, StepRunner
 from engine.outputs import FinishReason, RequestOutput, TokenLogprob
 from engine.request import PENDING, Request
 from engine.request_validation import validate_prompt
@@ -89,8 +89,11 @@ def shared_prefix_threshold(config: EngineConfig, device: torch.device) -> int |
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig, model: LlamaForCausalLM | None = None):
-        """``model`` injects weights already on the device (benchmarks); else they are loaded."""
+    def __init__(self, config: EngineConfig, model: LlamaForCausalLM | None = None,
+                 runner_factory: RunnerFactory | None = None):
+        """``model`` injects weights already on the device (benchmarks); else they are loaded.
+        ``runner_factory`` builds a runner whose KV cache lives elsewhere (it tells the block
+        count); None: a ModelRunner over a cache sized here."""
         self.config = config
         self.device = torch.device(config.device)
         self.model_config = ModelConfig.from_dir(config.model)
@@ -100,11 +103,16 @@ class LLMEngine:
         if model is None:
             model = load_model(config.model, dtype, self.device, max_positions=max_len,
                                load_format=config.load_format)
-        backend = get_backend(config.attention_backend or default_backend_name(self.device))
         block_size = config.cache.block_size
-        num_blocks = choose_num_blocks(model, config, max_len)
+        backend = None
+        if runner_factory is None:
+            backend = get_backend(config.attention_backend or default_backend_name(self.device))
+            self.runner: StepRunner = ModelRunner(model, backend, choose_num_blocks(model, config, max_len),
+                                                  block_size)
+        else:
+            self.runner = runner_factory(model)
+        num_blocks = self.runner.num_blocks
         self.max_model_len = min(max_len, num_blocks * block_size)
-        self.runner = ModelRunner(model, backend, num_blocks, block_size)
         self.kv = KVCacheManager(num_blocks, block_size, config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.kv)
         self.eos_token_ids = eos_token_ids(config.model, self.model_config, self.tokenizer)
@@ -122,7 +130,7 @@ class LLMEngine:
         self._in_flight: LaunchedStep | None = None  # async scheduling: the step queued, not read back
         self.async_scheduling = (config.async_scheduling if config.async_scheduling is not None
                                  else self.device.type == "cuda")
-        if self.device.type == "cuda" and backend.name == "triton":
+        if self.device.type == "cuda" and backend is not None and backend.name == "triton":
             self.runner.warm_up()  # compile the prefill kernels now, not in the first request
             if config.cuda_graphs:
                 self.runner.capture_graphs(config.scheduler.max_num_seqs, self.max_model_len)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
 import torch
 
 from engine.attention import AttentionBackend, AttentionMetadata
@@ -9,6 +12,25 @@ from engine.batch import ModelInput
 from engine.cuda_graphs import DecodeGraphs
 from engine.model.llama import ForwardContext, LlamaForCausalLM
 from engine.shared_step_graph import SharedStepGraph
+
+
+class StepRunner(Protocol):
+    """What the engine needs of a runner: logits of a step's sampling rows. ``ModelRunner``
+    holds the KV cache itself; a runner whose attention (and KV) live elsewhere implements the
+    same (attention_offload.runner): the engine's block ids then name blocks of that cache."""
+
+    num_blocks: int
+    last_graphed: bool
+
+    def execute(self, inp: ModelInput) -> torch.Tensor:
+        """fp32 logits [num_samples, vocab] for the rows that sample this step."""
+
+    def release_shared(self) -> None:
+        """Nothing is running: drop per-batch state (graphs, plans)."""
+
+
+# builds the runner around the engine's loaded model (LLMEngine's ``runner_factory``)
+RunnerFactory = Callable[[LlamaForCausalLM], StepRunner]
 
 
 class ModelRunner:

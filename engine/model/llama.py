@@ -39,16 +39,26 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: RotaryEmbedding,
                 ctx: ForwardContext) -> torch.Tensor:
+        q, k, v = self.project(x, positions, rotary)
+        return self.o_proj(self.attend(q, k, v, ctx).reshape(x.shape[0], -1))
+
+    def project(self, x: torch.Tensor, positions: torch.Tensor, rotary: RotaryEmbedding
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [T, H_q, D], k and v [T, H_kv, D] of the new tokens, rotated (views of one
+        [T, q_size + 2 kv_size] buffer on CUDA, where the rotation is in place)."""
         tokens = x.shape[0]
         q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
         q = q.view(tokens, self.num_heads, self.head_dim)
         k = k.view(tokens, self.num_kv_heads, self.head_dim)
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
         q, k = rotary(positions, q, k)
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """Write k, v into this layer's cache and attend: [T, H_q, D]."""
         k_cache, v_cache = ctx.kv_cache[self.layer, 0], ctx.kv_cache[self.layer, 1]
         ctx.backend.write_kv(k_cache, v_cache, k, v, ctx.meta.slot_mapping)
-        out = ctx.backend.forward(q, k_cache, v_cache, ctx.meta, self.scale)
-        return self.o_proj(out.reshape(tokens, -1))
+        return ctx.backend.forward(q, k_cache, v_cache, ctx.meta, self.scale)
 
 
 class DecoderLayer(nn.Module):
@@ -63,12 +73,23 @@ class DecoderLayer(nn.Module):
                 rotary: RotaryEmbedding, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
         """(this layer's output, the residual stream before it): the residual add is fused
         into the next norm."""
+        q, k, v, residual = self.pre_attention(h, residual, positions, rotary)
+        return self.post_attention(self.self_attn.attend(q, k, v, ctx), residual)
+
+    def pre_attention(self, h: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
+                      rotary: RotaryEmbedding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The half before attention (norm, qkv projection, rotary): q, k, v and the residual."""
         if residual is None:
             residual, h = h, self.input_layernorm(h)
         else:
             h, residual = self.input_layernorm(h, residual)
-        h = self.self_attn(h, positions, rotary, ctx)
-        h, residual = self.post_attention_layernorm(h, residual)
+        q, k, v = self.self_attn.project(h, positions, rotary)
+        return q, k, v, residual
+
+    def post_attention(self, attn: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The half after attention (o_proj, residual add, norm, MLP) of attention output [T, H_q, D]."""
+        h, residual = self.post_attention_layernorm(self.self_attn.o_proj(attn.reshape(attn.shape[0], -1)),
+                                                    residual)
         return self.mlp(h), residual
 
 

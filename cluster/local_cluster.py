@@ -11,7 +11,6 @@ directory is checked before anything starts; a started cluster writes a marker s
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from cluster.cluster_view import ClusterView
 from cluster.dispatcher import Dispatcher
 from cluster.pool_handles import Pools, Replica
 from cluster.redis_server import RedisServer, with_password
-from cluster.ray_connect import connect_ray, remove_marker, write_marker
+from cluster.ray_connect import connect_ray, remove_marker, start_private_ray, write_marker
 from cluster.registry import NAMESPACE, ClusterInfo, ClusterRegistry, actor_name, registry_name
 from cluster.worker_spec import RESTART_OPTIONS, WorkerSpec
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
@@ -123,9 +122,7 @@ class Cluster:
             cpus = max(int(sum(p.replicas * p.hardware.num_cpus for p in self.config.pools.values())) + 1,
                        os.cpu_count() or 1)
             self.progress(f"starting Ray (local, {cpus} CPUs)")
-            quiet = {} if self.verbose else {"logging_level": logging.ERROR}
-            ray.init(num_cpus=cpus, namespace=NAMESPACE, include_dashboard=False, log_to_driver=self.verbose,
-                     **quiet)
+            start_private_ray(cpus, self.verbose)  # never joins $RAY_ADDRESS or another `ray start`
         else:
             self.progress(f"joining Ray at {self.address}")
             connect_ray(self.address, self.config.name, verbose=self.verbose)

@@ -1,5 +1,9 @@
 """Finding and joining the Ray a cluster runs in (``tierserve serve --address``, ``tierserve submit``).
 
+A cluster started here (``tierserve serve --config`` without ``--address``) gets a Ray of its
+own (``start_private_ray``): Ray's default, ``ray.init()`` without an address, would join the
+Ray named by ``$RAY_ADDRESS`` or the machine's last ``ray start`` (someone else's, perhaps).
+
 Addresses:
 
 * ``local`` (submit's default): the cluster of that name that ``tierserve serve --config``
@@ -118,6 +122,18 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         why = e.strerror or str(e)
     raise RayUnreachableError(f"cannot reach Ray at {address}: {why}. On this machine leave --address out: "
                               "the cluster `tierserve serve --config` started here is found by its name")
+
+
+def start_private_ray(num_cpus: int, verbose: bool = False) -> str:
+    """Start a Ray instance for this process only and return its GCS address. ``address="local"``
+    makes Ray ignore ``$RAY_ADDRESS`` and ``/tmp/ray/ray_current_cluster``; its GCS and node
+    ports are picked free, and it writes no ``ray_current_cluster`` of its own, so nobody's
+    ``ray.init()`` joins it by accident either. Ray's INFO/WARNING lines are quiet unless
+    ``verbose``."""
+    quiet = {} if verbose else {"logging_level": logging.ERROR}
+    ray.init(address="local", num_cpus=num_cpus, namespace=NAMESPACE, include_dashboard=False,
+             log_to_driver=verbose, **quiet)
+    return ray.get_runtime_context().gcs_address
 
 
 def connect_ray(address: str, cluster: str = "default", attempts: int = 3, backoff_s: float = 2.0,

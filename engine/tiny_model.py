@@ -7,6 +7,7 @@ and `transformers` loads the same files, so our outputs can be compared with its
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,20 +75,26 @@ def make_tiny_model(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec()) 
 def write_tokenizer(out: Path, vocab_size: int, model_max_length: int) -> Tokenizer:
     """tokenizer.json and tokenizer_config.json of a trained tokenizer, into ``out``."""
     tokenizer = train_tokenizer(vocab_size)
+    save_tokenizer(out, tokenizer, model_max_length)
+    return tokenizer
+
+
+def save_tokenizer(out: Path, tokenizer: Tokenizer, model_max_length: int) -> None:
     tokenizer.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps(
         {"bos_token": SPECIAL_TOKENS[0], "eos_token": SPECIAL_TOKENS[1], "pad_token": SPECIAL_TOKENS[2],
          "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length}, indent=2))
-    return tokenizer
 
 
-def train_tokenizer(vocab_size: int) -> Tokenizer:
+def train_tokenizer(vocab_size: int, texts: Iterable[str] | None = None) -> Tokenizer:
+    """Byte-level BPE trained on ``texts`` (default: this module's small corpus); deterministic
+    for the same texts in the same order."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([CORPUS] * 4, trainer=trainer)
+    tok.train_from_iterator([CORPUS] * 4 if texts is None else texts, trainer=trainer)
     bos = SPECIAL_TOKENS[0]
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])

@@ -1,0 +1,147 @@
+"""Train a small Llama (GQA) on Python sources mixed with the multi-agent recall task, so that
+quality (held-out loss, recall exact-match) can be measured at all; random weights show none.
+
+    python -m benchmarks.train_small_model --preset small --minutes 5 --device cuda --out DIR
+    python -m benchmarks.train_small_model --preset tiny --steps 30 --device cpu --out DIR  # smoke
+
+Writes DIR/checkpoint (Hugging Face format: config.json, generation_config.json, tokenizer.json,
+tokenizer_config.json, bf16 model.safetensors), DIR/metrics.json and DIR/loss.png. Data: the
+Python standard library's .py files (benchmarks/stdlib_corpus.py; presets may add installed
+packages' sources), split by a hash of each file's path, mixed row by row with the recall task
+(benchmarks/multi_agent_task.py); a BPE tokenizer trained here on both (engine/tiny_model.py).
+Metrics: held-out LM loss of the saved weights, teacher-forced and engine-greedy recall on
+held-out examples, and greedy agreement of our engine with transformers.
+
+``--steps 0`` picks the step count from ``--minutes`` after timing the first steps (warm-up,
+before the cosine schedule needs it) and records it: ``--steps N`` repeats that schedule. Same
+seed and steps: the same tokenizer, examples, initial weights and batches everywhere; on the
+CPU the weights are bitwise the same (same torch build and thread count); on CUDA the
+arithmetic is not bitwise reproducible (atomic adds in the embedding's backward, kernel choice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import multi_agent_task as task
+from benchmarks.small_llama import SmallLlama, load_checkpoint, save_checkpoint
+from benchmarks.small_model_eval import engine_recall, plot, transformers_agreement
+from benchmarks.small_model_training import Data, Preset, evaluate, prepare_data, train
+from engine.model_config import ModelConfig
+from engine.tiny_model import hf_config
+
+PRESETS = {
+    # ~27M parameters (tied embeddings), 53 MB in bf16: the model quality is measured on
+    "small": Preset(8192, 512, 1408, 8, 8, 2, packages=("torch",)),
+    # ~6.5M parameters, 13 MB in bf16: a copy small enough to keep in the repository for CPU tests
+    "ci": Preset(8192, 256, 704, 6, 4, 2, lr=2e-3, packages=("torch",)),
+    # seconds on a CPU: the smoke test's
+    "tiny": Preset(512, 64, 128, 2, 4, 2, seq_len=128, batch_size=8, lr=3e-3, warmup=10, task_examples=400,
+                   task=task.TaskConfig(min_facts=2, max_facts=4, max_messages=1), max_chars=300_000,
+                   tokenizer_chars=300_000, eval_every=10, eval_tokens=4096, log_every=5, recall_examples=16,
+                   parity_prompts=4),
+}
+
+
+def run(args) -> dict:
+    preset = dataclasses.replace(PRESETS[args.preset], **{k: v for k, v in (
+        ("batch_size", args.batch_size), ("max_chars", args.max_chars),
+        ("recall_examples", args.recall_examples)) if v is not None})
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = prepare_data(preset, args.seed)
+    data.train, data.task, data.heldout = (s.to(device) for s in (data.train, data.task, data.heldout))
+    prep_s = time.perf_counter() - t0
+    print(f"data in {prep_s:.1f} s: {json.dumps(data.describe)}", flush=True)
+    spec = preset.spec()
+    cfg = ModelConfig.from_dict(hf_config(spec, 0, 1))
+    torch.manual_seed(args.seed)
+    model = SmallLlama(cfg)
+    model.init_weights(spec.weight_std)
+    model.to(device)
+    print(f"{model.num_parameters() / 1e6:.2f}M parameters on {device}", flush=True)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    result = train(model, data, preset, args, device)
+    ckpt = save_checkpoint(out / "checkpoint", model, spec, data.tokenizer)
+    del model
+    t1 = time.perf_counter()
+    saved = load_checkpoint(ckpt, device)  # measure what was saved (bf16 weights), not the fp32 master
+    # all of the held-out files (up to 2M tokens), and as many tokens of training files
+    final = evaluate(saved, data, dataclasses.replace(preset, eval_tokens=min(len(data.heldout), 2_000_000)))
+    del saved
+    recall = engine_recall(ckpt, data.recall, args.device)
+    parity = _parity(ckpt, data, preset, args.device)
+    metrics = {
+        "preset": args.preset, "seed": args.seed, "device": _device_name(device), "torch": torch.__version__,
+        "parameters": sum(t.numel() for t in _tensors(ckpt)), "model": dataclasses.asdict(spec),
+        "checkpoint_bytes": (ckpt / "model.safetensors").stat().st_size,
+        "heldout_lm_loss": final["heldout_loss"], "train_files_lm_loss": final["train_loss"],
+        "recall_exact_match": recall, "recall_teacher_forced": final["recall_tf"],
+        "recall_examples": len(data.recall), "transformers_greedy": parity,
+        "data": data.describe, "data_seconds": prep_s, "eval_seconds": time.perf_counter() - t1,
+        "corpus_epochs": result["tokens_seen"] * (1 - preset.task_fraction) / max(1, len(data.train)),
+        **{k: v for k, v in result.items() if k != "history"},
+        "preset_settings": dataclasses.asdict(preset), "history": result["history"],
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plotted = plot(result["history"], out / "loss.png")
+    print(f"held-out LM loss {final['heldout_loss']:.3f} (train files {final['train_loss']:.3f}); recall "
+          f"exact-match {recall:.3f} greedy (engine), {final['recall_tf']:.3f} teacher-forced; transformers "
+          f"greedy identical on {parity.get('identical', '-')}/{parity.get('prompts', '-')}; "
+          f"{out / 'metrics.json'}{', loss.png' if plotted else ''}", flush=True)
+    return metrics
+
+
+def _parity(ckpt: Path, data: Data, p: Preset, device: str) -> dict:
+    prompts = [data.tokenizer.encode(e.prompt).ids for e in data.recall[:p.parity_prompts // 2]]
+    prompts += [data.heldout[i * 97: i * 97 + 48].tolist() for i in range(p.parity_prompts - len(prompts))]
+    try:
+        return transformers_agreement(ckpt, prompts, device)
+    except ImportError as e:
+        return {"skipped": f"transformers not importable: {e}"}
+
+
+def _tensors(ckpt: Path):
+    from safetensors.torch import load_file
+    return load_file(str(ckpt / "model.safetensors")).values()
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--minutes", type=float, default=5.0, help="training time cap (evaluations included)")
+    ap.add_argument("--steps", type=int, default=0, help="0: as many as fit in --minutes, timed at warm-up")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="out/small-model")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile the training forward (default: on CUDA)")
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--max-chars", type=int, help="cap the corpus (characters of training files)")
+    ap.add_argument("--recall-examples", type=int)
+    args = ap.parse_args(argv)
+    if args.compile is None:
+        args.compile = args.device.startswith("cuda")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,136 @@
+"""benchmarks/train_small_model.py on the CPU: a few steps of the tiny preset, then the saved
+checkpoint in our engine and in transformers (identical greedy tokens), the training model's
+math against transformers', and the recall task's generator and evaluator (which can fail)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import multi_agent_task as task
+from benchmarks.small_llama import load_checkpoint
+from benchmarks.small_model_training import prepare_data, train
+from benchmarks.train_small_model import PRESETS, main
+from engine.sampling_params import SamplingParams
+from engine.tokenizer import Tokenizer
+from tests.engine.conftest import make_engine
+from tests.hf_checkpoints import HFCheckpoint
+
+STEPS = 20
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these tensors are tiny, and on a busy machine two threads spin-wait
+    (the smoke run took 85 s with two, 27 s with one, here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small-model")
+    metrics = main(["--preset", "tiny", "--steps", str(STEPS), "--device", "cpu", "--out", str(out),
+                    "--recall-examples", "8"])
+    return out, metrics
+
+
+def test_training_writes_a_checkpoint_metrics_and_a_plot(trained):
+    out, metrics = trained
+    ckpt = out / "checkpoint"
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "model.safetensors"):
+        assert (ckpt / name).is_file(), name
+    assert (out / "loss.png").stat().st_size > 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == STEPS == metrics["steps"]
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["torch_dtype"] == "bfloat16" and config["num_key_value_heads"] < config["num_attention_heads"]
+    history = metrics["history"]
+    assert history["eval_tokens"][0] == 0 and history["eval_tokens"][-1] == metrics["tokens_seen"]
+    # training lowered the held-out loss from its start near ln(vocab)
+    assert abs(history["heldout_loss"][0] - math.log(config["vocab_size"])) < 0.3
+    assert metrics["heldout_lm_loss"] < history["heldout_loss"][0] - 0.3
+    assert 0.0 <= metrics["recall_exact_match"] <= 1.0 and 0.0 <= metrics["recall_teacher_forced"] <= 1.0
+    assert metrics["transformers_greedy"]["identical"] == metrics["transformers_greedy"]["prompts"] == 4
+
+
+def test_checkpoint_gives_identical_greedy_tokens_in_engine_and_transformers(trained):
+    ckpt = trained[0] / "checkpoint"
+    tokenizer = Tokenizer(ckpt)
+    prompts = [tokenizer.encode(e.prompt) for e in task.examples(3, "heldout", config=PRESETS["tiny"].task)]
+    prompts.append(tokenizer.encode("def main(argv=None):\n    parser = argparse."))
+    reference = HFCheckpoint(ckpt, eos_token_id=tokenizer.eos_token_id)
+    engine = make_engine(ckpt, dtype="float32")
+    results = engine.generate(prompts, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))
+    for prompt, ours in zip(prompts, results):
+        assert ours.token_ids == reference.greedy(prompt, 12, stop_on_eos=False)
+
+
+def test_training_model_logits_equal_transformers(trained):
+    """The plain-torch model trained is transformers' Llama: same logits on the saved weights."""
+    import transformers
+    ckpt = trained[0] / "checkpoint"
+    ids = torch.tensor([Tokenizer(ckpt).encode(task.example(0).prompt)])
+    ours = load_checkpoint(ckpt).eval()(ids)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(ids).logits
+    assert torch.allclose(ours.detach(), ref, atol=1e-4)
+
+
+def test_cpu_training_is_deterministic():
+    preset = dataclasses.replace(PRESETS["tiny"], eval_every=0)
+    data = prepare_data(preset, seed=0)
+    assert prepare_data(preset, seed=0).tokenizer.to_str() == data.tokenizer.to_str()
+
+    def weights(seed: int) -> dict:
+        from types import SimpleNamespace
+        from benchmarks.small_llama import SmallLlama
+        from engine.model_config import ModelConfig
+        from engine.tiny_model import hf_config
+        torch.manual_seed(seed)
+        model = SmallLlama(ModelConfig.from_dict(hf_config(preset.spec(), 0, 1)))
+        model.init_weights()
+        train(model, data, preset, SimpleNamespace(seed=seed, steps=3, minutes=5, compile=False), torch.device("cpu"))
+        return model.state_dict()
+
+    first, again, other = weights(0), weights(0), weights(1)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["model.embed_tokens.weight"], other["model.embed_tokens.weight"])
+
+
+def test_recall_evaluator_scores_an_oracle_one_and_a_wrong_answer_zero():
+    items = task.examples(20, "heldout")
+    assert task.evaluate_recall(items, lambda prompts: [e.answer + "\nmore text" for e in items]) == 1.0
+    assert task.evaluate_recall(items, lambda prompts: [e.answer + "0" for e in items]) == 0.0
+    assert task.evaluate_recall(items, lambda prompts: ["" for _ in items]) == 0.0
+    half = task.evaluate_recall(items, lambda prompts: [e.answer if i % 2 else "?" for i, e in enumerate(items)])
+    assert half == 0.5
+    with pytest.raises(ValueError):
+        task.recall_exact_match(items, ["x"])
+
+
+def test_task_is_deterministic_with_disjoint_heldout_keys_and_shared_segments():
+    assert task.examples(5, "train", seed=3) == task.examples(5, "train", seed=3)
+    assert task.examples(5, "train", seed=3) != task.examples(5, "train", seed=4)
+    for split in task.SPLITS:
+        for e in task.examples(50, split):
+            keys = [line.split(":")[0] for line in e.segment.splitlines()[1:] if ": " in line]
+            assert all(task.is_heldout_key(k) == (split == "heldout") for k in keys)
+            assert e.answer in [line.split(": ", 1)[1] for line in e.segment.splitlines() if ": " in line]
+    episode = task.episode(7, 4, "heldout")
+    assert len({e.segment for e in episode}) == 1 and len({e.prefix for e in episode}) > 1
+    assert episode[0] == task.example(7, "heldout")
+
+
+def test_parts_tokenize_as_the_whole_prompt(trained):
+    tokenizer = Tokenizer(trained[0] / "checkpoint")
+    for e in task.examples(10, "heldout"):
+        parts = [tokenizer.encode(x, add_special_tokens=False) for x in (e.prefix, e.segment, e.question)]
+        assert tokenizer.encode(e.prompt) == [tokenizer.bos_token_id] + parts[0] + parts[1] + parts[2]

@@ -112,11 +112,15 @@ class Kube:
             raise DeployError("status, scale and logs need the kubernetes client: pip install 'tierserve[k8s]'") \
                 from None
         self.client = client
+        settings = client.Configuration()
         try:
-            api = config.new_client_from_config(config_file=args.kubeconfig, context=args.context)
+            config.load_kube_config(config_file=args.kubeconfig, context=args.context, client_configuration=settings)
             contexts, active = config.list_kube_config_contexts(config_file=args.kubeconfig)
         except (config.ConfigException, OSError) as e:
             raise DeployError(f"no usable kubeconfig: {e}") from None
+        settings.retries = 1  # an unreachable API is an error in seconds, not after urllib3's backoff
+        api = client.ApiClient(settings)
+        self.host = settings.host
         current = next((c for c in contexts if c["name"] == args.context), active) if args.context else active
         self.namespace = args.namespace or (current or {}).get("context", {}).get("namespace") or "default"
         self.release = args.release
@@ -131,7 +135,8 @@ class Kube:
             error = Conflict if e.status == 409 else DeployError
             raise error(f"the Kubernetes API answered {e.status} {e.reason}: {_message(e)}") from None
         except HTTPError as e:
-            raise DeployError(f"cannot reach the Kubernetes API: {e}") from None
+            reason = getattr(e, "reason", None) or e
+            raise DeployError(f"cannot reach the Kubernetes API at {self.host}: {reason}") from None
 
     def selector(self, extra: str = "") -> str:
         return ",".join(filter(None, [f"app.kubernetes.io/instance={self.release}",

@@ -171,3 +171,11 @@ def test_nccl_tests_log_feeds_the_link_calibration(kube, kubeconfig, capsys, tmp
 def test_render_is_helm_template(capfd) -> None:
     assert main(["deploy", "render", "--release", RELEASE, "-n", NAMESPACE, "-f", str(EXAMPLES["cpu-colocated"])]) == 0
     assert normalised(capfd.readouterr().out) == normalised(render_text([EXAMPLES["cpu-colocated"]]))
+
+
+def test_an_unreachable_api_is_one_error_line(tmp_path, capsys) -> None:
+    server = FakeKubeServer(FakeKube(), tmp_path)  # written, never started: its port refuses
+    server.server.server_close()
+    assert main(["deploy", "status", "--kubeconfig", str(server.kubeconfig)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the Kubernetes API at http://127.0.0.1:") and err.count("\n") == 1

@@ -52,7 +52,7 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
     """Inverse of pack, as fp32 codes."""
-    shifts = torch.arange(8 // bits, dtype=torch.uint8) * bits
+    shifts = torch.arange(8 // bits, dtype=torch.uint8, device=packed.device) * bits
     return ((packed[..., None] >> shifts) & ((1 << bits) - 1)).flatten(-2).float()
 
 
@@ -70,7 +70,7 @@ def encode_blocks(blocks: torch.Tensor, fmt: CodecFormat) -> tuple[torch.Tensor,
     lead = (n, lay.num_layers, lay.num_kv_heads, -1)
     parts = [pack(k_codes, fmt.bits).reshape(lead), pack(v_codes, fmt.bits).reshape(lead)]
     parts += [t.contiguous().view(torch.uint8).reshape(lead) for t in (k_min, k_scale, v_min, v_scale)]
-    payloads = torch.zeros(n, fmt.payload_bytes, dtype=torch.uint8)
+    payloads = torch.zeros(n, fmt.payload_bytes, dtype=torch.uint8, device=blocks.device)
     payloads[:, HEADER_BYTES:] = torch.cat(parts, -1).reshape(n, -1)
     # inf or NaN anywhere in a block makes its stats inf or NaN (amin/amax propagate NaN)
     stats = torch.cat([t.reshape(n, -1) for t in (k_min, k_scale, v_min, v_scale)], 1)

@@ -1,0 +1,194 @@
+"""The KV codec (kvstore/kv_codec.py): its speed, the bytes it saves, the host tier with it, and its
+cost in model quality.
+
+  PYTHONPATH=. python -m benchmarks.kv_codec --out out/kv-codec                       # all parts
+  PYTHONPATH=. python -m benchmarks.kv_codec --parts quality --checkpoint CKPT --heldout text.txt
+
+codec: encode and decode of a 4K-token request's blocks (Llama-3-8B KV: 32 layers, 8 KV heads,
+dim 128, bf16; random non-contiguous block ids) on the CPU (torch) and on CUDA (Triton kernel alone,
+the whole call, and torch on the GPU for comparison); payload bytes against raw.
+host: HostTier.put/get of the same request through a real redis-server, exact against kivi4 and
+kivi2, the cache on --device (the goal: 4K tokens put and get each >= 2.5x faster than exact's
+478 / 969 ms on 2xH200, 2026-11-23).
+quality: on --checkpoint (a model directory our engine loads), held-out loss and identical greedy
+continuations with the prefix KV through each codec (benchmarks/kv_codec_quality.py).
+Writes kv_codec.json to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import machine_info, median_seconds, out_dir, write_json
+from kvstore.kv_codec import CodecFormat, decode, encode
+from kvstore.layout import KVLayout
+
+LLAMA3_8B = KVLayout(num_layers=32, block_size=16, num_kv_heads=8, head_dim=128, dtype="bfloat16")
+CODECS = ("kivi4", "kivi2")
+PARTS = ("codec", "host", "quality")
+
+
+def _cache(blocks: int, tokens: int, device: torch.device, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A cache of ``blocks`` random blocks (outlier key channels, like real keys) and ``tokens``
+    worth of random distinct block ids."""
+    g = torch.Generator().manual_seed(seed)
+    lay = LLAMA3_8B
+    kv = torch.empty(lay.num_layers, 2, blocks, lay.block_size, lay.num_kv_heads, lay.head_dim,
+                     dtype=lay.torch_dtype, device=device)
+    for layer in range(lay.num_layers):  # a layer at a time: no fp32 copy of the whole cache
+        x = torch.randn(kv.shape[1:], generator=g)
+        x[0] = x[0] * 2 + 8 * torch.randn(lay.head_dim, generator=g)
+        kv[layer] = x.to(lay.torch_dtype)
+    ids = torch.randperm(blocks, generator=g)[:tokens // lay.block_size].to(device)
+    return kv, ids
+
+
+def _clock(fn, device: torch.device, iters: int) -> float:
+    """Median wall seconds of ``iters`` calls after one warm-up (synchronized on CUDA)."""
+    times = []
+    for _ in range(iters + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def bench_codec(device: torch.device, tokens: int, iters: int) -> list[dict]:
+    kv, ids = _cache(tokens // LLAMA3_8B.block_size + 64, tokens, device, seed=1)
+    rows = []
+    for codec in CODECS:
+        fmt = CodecFormat.of(LLAMA3_8B, codec)
+        payloads, _ = encode(kv, ids, fmt)
+        impls = ["triton", "torch"] if device.type == "cuda" else ["torch"]
+        for impl in impls:
+            row = dict(codec=codec, device=device.type, impl=impl, tokens=tokens,
+                       ratio=LLAMA3_8B.bytes_per_block / fmt.payload_bytes,
+                       encode_ms=1e3 * _clock(lambda: encode(kv, ids, fmt, impl=impl), device, iters),
+                       decode_ms=1e3 * _clock(lambda: decode(kv, ids, payloads, fmt, impl=impl), device, iters))
+            if impl == "triton":
+                from kvstore import kv_codec_triton as kt
+                row["encode_kernel_ms"] = 1e3 * median_seconds(lambda: kt.encode_blocks(kv, ids, fmt), device)
+                row["decode_kernel_ms"] = 1e3 * median_seconds(lambda: kt.decode_blocks(kv, ids, payloads, fmt),
+                                                               device)
+            rows.append(row)
+            print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    return rows
+
+
+def bench_host(device: torch.device, tokens: int, iters: int, redis_url: str) -> list[dict]:
+    from engine.block_hash import hash_blocks
+    from kvstore.block_key import block_keys
+    from kvstore.config import KVStoreConfig
+    from kvstore.store import KVStore
+    kv, ids = _cache(tokens // LLAMA3_8B.block_size + 64, tokens, device, seed=2)
+    target = torch.zeros_like(kv)
+    rows = []
+    for codec in ("exact", *CODECS):
+        store = KVStore.connect(KVStoreConfig(redis_url, key_prefix=f"bench-{uuid.uuid4().hex[:8]}",
+                                              host_capacity_bytes=64 << 30, host_tier_codec=codec))
+        puts, gets = [], []
+        try:
+            for i in range(iters + 1):
+                keys = block_keys(hash_blocks(list(range(tokens)), 16, salt=f"{i}".encode()), "bench", LLAMA3_8B)
+                puts.append(_clock_once(lambda: store.host.put(keys, kv, ids.tolist()), device))
+                gets.append(_clock_once(lambda: store.host.get(keys, target, ids.tolist()), device))
+                stored = store.host.used_bytes()
+                store.wipe()
+        finally:
+            store.wipe()
+            store.close()
+        if codec == "exact" and not torch.equal(target[:, :, ids].view(torch.int16), kv[:, :, ids].view(torch.int16)):
+            raise RuntimeError("the exact host tier returned other bytes than were stored")
+        row = dict(codec=codec, device=device.type, tokens=tokens, stored_bytes=stored,
+                   put_ms=1e3 * statistics.median(puts[1:]), get_ms=1e3 * statistics.median(gets[1:]))
+        rows.append(row)
+        print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    exact = rows[0]
+    for row in rows[1:]:
+        row["put_speedup"], row["get_speedup"] = exact["put_ms"] / row["put_ms"], exact["get_ms"] / row["get_ms"]
+    return rows
+
+
+def _clock_once(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def bench_quality(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    from dataclasses import asdict
+
+    from benchmarks.kv_codec_quality import heldout_text, measure
+    from engine.config import CacheConfig, EngineConfig
+    from engine.llm_engine import LLMEngine
+    blocks = 4 * args.windows * -(-(args.prefix + args.scored + args.max_tokens + 16) // 16)
+    engine = LLMEngine(EngineConfig(model=str(args.checkpoint), device=device.type,
+                                    cache=CacheConfig(num_blocks=blocks, enable_prefix_caching=True)))
+    tokens = engine.tokenizer.encode(heldout_text(args.heldout, args.checkpoint))
+    rows = []
+    for codec in CODECS:
+        row = asdict(measure(engine, tokens, codec, args.prefix, args.scored, args.windows, args.max_tokens))
+        rows.append(row)
+        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tokens", type=int, default=4096, help="request size for the codec and host parts")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--cpu-iters", type=int, default=2, help="the torch codec on the CPU is slow")
+    p.add_argument("--redis-url", default=None, help="default: start a private redis-server")
+    p.add_argument("--checkpoint", type=Path, help="model directory for the quality part")
+    p.add_argument("--heldout", help="held-out text file, or 'stdlib' (the held-out files of "
+                   "benchmarks/train_small_model.py's corpus); default CHECKPOINT/heldout.txt, else stdlib")
+    p.add_argument("--prefix", type=int, default=512, help="prefix tokens put through the codec (whole blocks)")
+    p.add_argument("--scored", type=int, default=128, help="tokens after the prefix scored for the loss")
+    p.add_argument("--windows", type=int, default=64, help="held-out windows (and greedy prompts)")
+    p.add_argument("--max-tokens", type=int, default=128, help="greedy continuation length")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    result: dict = {"machine": machine_info(device)}
+    try:
+        import hiredis  # noqa: F401  (redis-py parses replies in C with it)
+        result["hiredis"] = True
+    except ImportError:
+        result["hiredis"] = False
+    if "codec" in args.parts:
+        result["codec"] = bench_codec(torch.device("cpu"), args.tokens, args.cpu_iters)
+        if device.type == "cuda":
+            result["codec"] += bench_codec(device, args.tokens, args.iters)
+    if "host" in args.parts:
+        from cluster.redis_server import RedisServer
+        iters = args.iters if device.type == "cuda" else args.cpu_iters
+        if args.redis_url:
+            result["host"] = bench_host(device, args.tokens, iters, args.redis_url)
+        else:
+            with RedisServer() as url:
+                result["host"] = bench_host(device, args.tokens, iters, url)
+    if "quality" in args.parts:
+        if args.checkpoint is None:
+            p.error("the quality part needs --checkpoint (e.g. from benchmarks/train_small_model.py)")
+        result["quality"] = bench_quality(args, device)
+    write_json(out_dir(args.out, "kv-codec") / "kv_codec.json", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""What the KV codec costs in model quality, on a checkpoint (benchmarks/kv_codec.py --checkpoint).
+
+Two measurements, each exact against a codec on the same engine, so only the prefix KV differs:
+
+* held-out loss: windows of held-out text, ``prefix`` tokens computed into the cache, the
+  prefix's full blocks put through the codec (encode + decode in place), then the next
+  ``scored`` tokens computed on top and scored (mean next-token cross-entropy);
+* greedy continuations: prompts of ``prefix`` + 8 tokens computed once (cached), generated
+  again from the cached prefix (exact), the cached prefix blocks put through the codec, and
+  generated again: the share of ``max_tokens``-token continuations that are identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.attention.metadata import AttentionMetadata
+from engine.block_hash import hash_blocks
+from engine.llm_engine import LLMEngine
+from engine.model.llama import ForwardContext
+from engine.sampling_params import SamplingParams
+from kvstore.kv_codec import CodecFormat, decode, encode
+from kvstore.layout import KVLayout
+
+PROMPT_TAIL = 8  # prompt tokens after the prefix: computed, not cached
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    codec: str
+    windows: int
+    loss_exact: float
+    loss_codec: float
+    loss_change: float          # (codec - exact) / exact
+    prompts: int
+    identical: int              # continuations identical to the exact run's
+    identical_share: float
+    mean_agreeing_tokens: float  # leading tokens equal to the exact run's, mean
+    cached_tokens: int           # prefix tokens each codec run took from the cache (min over prompts)
+
+
+def heldout_text(spec: str | None, checkpoint: Path) -> str:
+    """A text file; 'stdlib': the held-out files of benchmarks/train_small_model.py's corpus split
+    (benchmarks/stdlib_corpus.py, default split); None: CHECKPOINT/heldout.txt, else 'stdlib'."""
+    if spec is None:
+        spec = str(checkpoint / "heldout.txt") if (checkpoint / "heldout.txt").exists() else "stdlib"
+    if spec != "stdlib":
+        return Path(spec).read_text()
+    from benchmarks.stdlib_corpus import read_corpus, source_roots
+    return "\n".join(f.text for f in read_corpus(source_roots()).heldout)
+
+
+def windows(tokens: list[int], length: int, count: int) -> list[list[int]]:
+    found = [tokens[i:i + length] for i in range(0, len(tokens) - length + 1, length)][:count]
+    if not found:
+        raise ValueError(f"held-out text has {len(tokens)} tokens, fewer than one window of {length}")
+    return found
+
+
+def round_trip(kv: torch.Tensor, block_ids: list[int], fmt: CodecFormat) -> None:
+    """Replace blocks with what the codec gives back (blocks it cannot hold stay as they are)."""
+    ids = torch.tensor(block_ids, device=kv.device)
+    payloads, raw = encode(kv, ids, fmt)
+    keep = ~raw.to(kv.device)
+    decode(kv, ids[keep], payloads[keep], fmt)
+
+
+def _forward(engine: LLMEngine, rows: list[tuple[list[int], int, list[int]]]) -> torch.Tensor:
+    """Run each row's tokens at positions start.. of its sequence (blocks ``ids``); writes their KV,
+    returns fp32 logits for every token, rows concatenated."""
+    runner, bs, device = engine.runner, engine.kv.block_size, engine.runner.device
+    starts, seq_lens, slots, tokens, positions = [0], [], [], [], []
+    for toks, start, ids in rows:
+        tokens += toks
+        positions += range(start, start + len(toks))
+        slots += [ids[p // bs] * bs + p % bs for p in range(start, start + len(toks))]
+        starts.append(starts[-1] + len(toks))
+        seq_lens.append(start + len(toks))
+    width = max(len(ids) for _, _, ids in rows)
+    tables = [ids + [0] * (width - len(ids)) for _, _, ids in rows]
+    ints = dict(dtype=torch.int32, device=device)
+    meta = AttentionMetadata(torch.tensor(starts, **ints), torch.tensor(seq_lens, **ints),
+                             torch.tensor(tables, **ints), torch.tensor(slots, dtype=torch.int64, device=device),
+                             max(len(t) for t, _, _ in rows), max(seq_lens), decode_only=False)
+    longs = dict(dtype=torch.int64, device=device)
+    hidden = runner.model(torch.tensor(tokens, **longs), torch.tensor(positions, **longs),
+                          ForwardContext(runner.kv_cache, meta, runner.backend))
+    return runner.model.compute_logits(hidden)
+
+
+@torch.inference_mode()
+def heldout_loss(engine: LLMEngine, batch: list[list[int]], prefix: int, fmt: CodecFormat | None) -> float:
+    """Summed next-token loss over each window's tokens after ``prefix`` (which went through the codec)."""
+    bs = engine.kv.block_size
+    blocks = [engine.kv.pool.allocate(-(-len(w) // bs)) for w in batch]
+    try:
+        _forward(engine, [(w[:prefix], 0, ids) for w, ids in zip(batch, blocks)])
+        if fmt is not None:
+            round_trip(engine.runner.kv_cache, [i for ids in blocks for i in ids[:prefix // bs]], fmt)
+        logits = _forward(engine, [(w[prefix:-1], prefix, ids) for w, ids in zip(batch, blocks)])
+        targets = torch.tensor([t for w in batch for t in w[prefix + 1:]], device=logits.device)
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+    finally:
+        for ids in blocks:
+            engine.kv.pool.free(ids)
+
+
+def greedy_runs(engine: LLMEngine, prompts: list[list[int]], max_tokens: int,
+                fmt: CodecFormat) -> tuple[list[list[int]], list[list[int]], int]:
+    """(exact continuations, codec continuations, fewest prefix tokens a codec run took from the cache)."""
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+    engine.kv.pool.reset_cache()
+    engine.generate(prompts, params)  # computes and caches the prefixes
+    exact = engine.generate(prompts, params)
+    bs = engine.kv.block_size
+    cached = [engine.kv.pool.lookup(h) for p in prompts for h in hash_blocks(p[:-PROMPT_TAIL], bs)]
+    if None in cached:
+        raise RuntimeError("a prefix block was evicted between runs: give the engine more blocks")
+    round_trip(engine.runner.kv_cache, cached, fmt)
+    coded = engine.generate(prompts, params)
+    return [r.token_ids for r in exact], [r.token_ids for r in coded], min(r.num_cached_tokens for r in coded)
+
+
+def measure(engine: LLMEngine, tokens: list[int], codec: str, prefix: int, scored: int, count: int,
+            max_tokens: int, batch: int = 8) -> QualityResult:
+    fmt = CodecFormat.of(KVLayout.of_cache(engine.runner.kv_cache), codec)
+    if fmt is None:
+        raise ValueError(f"codec {codec!r} does not compress this model's KV layout")
+    held = windows(tokens, prefix + scored + 1, count)
+    parts = [held[i:i + batch] for i in range(0, len(held), batch)]
+    exact = sum(heldout_loss(engine, part, prefix, None) for part in parts)
+    coded = sum(heldout_loss(engine, part, prefix, fmt) for part in parts)
+    n = len(held) * scored
+    prompts = [w[:prefix + PROMPT_TAIL] for w in held]
+    a, b, cached = greedy_runs(engine, prompts, max_tokens, fmt)
+    same = [next((i for i, (x, y) in enumerate(zip(u, v)) if x != y), len(u)) for u, v in zip(a, b)]
+    identical = sum(u == v for u, v in zip(a, b))
+    return QualityResult(codec, len(held), exact / n, coded / n, (coded - exact) / exact, len(prompts), identical,
+                         identical / len(prompts), sum(same) / len(same), cached)

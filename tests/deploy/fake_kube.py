@@ -1,7 +1,7 @@
 """A small fake Kubernetes API server on loopback for `tierserve deploy` tests, driven by the real
 `kubernetes` client: RayClusters (get, list, JSON patch with resourceVersion preconditions),
-pods and their logs, Deployments. Every request is recorded (method, path, query, content type,
-body) so tests can assert the sequence."""
+pods and their logs, Deployments; Secrets and the discovery that helm's `lookup` needs. Every
+request is recorded (method, path, query, content type, body) so tests can assert the sequence."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class FakeKube:
     rayclusters: dict[tuple[str, str], dict] = field(default_factory=dict)
     pods: dict[tuple[str, str], dict] = field(default_factory=dict)
     deployments: dict[tuple[str, str], dict] = field(default_factory=dict)
+    secrets: dict[tuple[str, str], dict] = field(default_factory=dict)
     logs: dict[tuple[str, str, str], str] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     writes_before_patch: int = 0
@@ -115,6 +116,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, {"apiVersion": "ray.io/v1", "kind": "RayClusterList", "items": items,
                                         "metadata": {"resourceVersion": str(k.rv)}})
             obj = k.rayclusters.get((ns, parts[6]))
+            return self._send(200, obj) if obj else self._send(404, _status(404, "NotFound", "not found"))
+        if parts == ["api", "v1"]:  # discovery, as helm's lookup does it
+            return self._send(200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [
+                {"name": name, "singularName": name[:-1], "namespaced": True, "kind": kind, "verbs": ["get", "list"]}
+                for name, kind in (("secrets", "Secret"), ("pods", "Pod"))]})
+        if parts[:2] == ["api", "v1"] and parts[4:5] == ["secrets"] and len(parts) == 6:
+            obj = k.secrets.get((parts[3], parts[5]))
             return self._send(200, obj) if obj else self._send(404, _status(404, "NotFound", "not found"))
         if parts[:2] == ["api", "v1"] and parts[4:5] == ["pods"]:
             ns = parts[3]

@@ -3,6 +3,7 @@ the values schema, secrets kept out of pod specs, and the ConfigMap our own load
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import yaml
 from cluster.config import parse_cluster_config
 from tests.deploy.conftest import (CHART, EXAMPLES, NAMESPACE, RELEASE, by_kind, helm, normalised, one, pod_specs,
                                    render_text, secret_values, values_args)
+from tests.deploy.fake_kube import FakeKube, FakeKubeServer
 
 GOLDEN = CHART.parents[2] / "tests" / "deploy" / "golden"
 CRD_SCHEMA = CHART.parents[2] / "tests" / "deploy" / "schemas" / "raycluster-v1.schema.json"
@@ -189,12 +191,29 @@ def test_existing_secret_is_used_and_none_generated(example_docs, default_docs) 
     assert set(one(default_docs, "Secret")["data"]) == {"redis-password", "kv-secret", "auth_token"}
 
 
-def test_generated_secrets_are_looked_up_before_made() -> None:
-    """helm template has no cluster, so lookup's keep-on-upgrade path is checked in the template."""
-    text = (CHART / "templates" / "secrets.yaml").read_text()
-    assert 'lookup "v1" "Secret" .Release.Namespace $name' in text
-    for key in ("redis-password", "kv-secret", "auth_token"):
-        assert f'index $old "{key}" | default (randAlphaNum' in text
+def test_generated_secrets_are_kept_on_upgrade(tmp_path) -> None:
+    """helm's lookup against a (fake) API server that already holds the release's Secrets: their
+    values are rendered again, not new random ones; a first install generates them."""
+    kept = {"redis-password": "kept-password", "kv-secret": "kept-kv-secret", "auth_token": "kept-token"}
+    kube = FakeKube()
+    for name, data in (("demo-tierserve-secrets", kept), ("demo-tierserve-nccl-tests-ssh", {"id_rsa": "kept-key"})):
+        kube.secrets[(NAMESPACE, name)] = {"apiVersion": "v1", "kind": "Secret", "metadata": {
+            "name": name, "namespace": NAMESPACE}, "data": {k: base64.b64encode(v.encode()).decode()
+                                                             for k, v in data.items()}}
+    with FakeKubeServer(kube, tmp_path, NAMESPACE) as kubeconfig:
+        upgrade = helm("template", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=server", "--kubeconfig",
+                       str(kubeconfig), "--set", "ncclTests.enabled=true").stdout
+        kube.secrets.clear()
+        install = helm("template", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=server", "--kubeconfig",
+                       str(kubeconfig)).stdout
+    secrets = {d["metadata"]["name"]: d["data"] for d in yaml.safe_load_all(upgrade) if d and d["kind"] == "Secret"}
+    assert {k: base64.b64decode(v).decode() for k, v in secrets["demo-tierserve-secrets"].items()} == kept
+    assert base64.b64decode(secrets["demo-tierserve-nccl-tests-ssh"]["id_rsa"]).decode() == "kept-key"
+    (fresh,) = [d["data"] for d in yaml.safe_load_all(install) if d and d["kind"] == "Secret"]
+    assert {k: len(base64.b64decode(v)) for k, v in fresh.items()} == {"redis-password": 32, "kv-secret": 48,
+                                                                       "auth_token": 48}
+    assert ("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets/demo-tierserve-secrets") in \
+        [(r.method, r.path) for r in kube.requests]
 
 
 def test_optional_objects(default_docs, example_docs) -> None:

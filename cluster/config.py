@@ -22,6 +22,7 @@ from typing import ClassVar
 import yaml
 
 from cluster.schema import ConfigFileError, build
+from kvstore.config import check_host_tier_codec
 from router.config import RouterConfig
 
 ROLES = ("prefill", "decode", "colocated")
@@ -71,14 +72,17 @@ class KVStoreSection:
     write shared prefixes through to the host tier (host_tier_writes); the router sends a
     prefix's request to another replica, which pulls the prefix from the host tier, when
     the holder is busier than the pull is worth (host_pull_weight: cost of pulling a token
-    relative to computing it; 1 never pulls)."""
+    relative to computing it; 1 never pulls). host_tier_codec: how blocks are stored there,
+    exact (default) or lossy kivi4 / kivi2 (KVStoreConfig.host_tier_codec, docs/kvstore.md)."""
 
     redis_url: str | None = None
     host_tier_bytes: int = 1 << 30
     host_tier_writes: bool = True
     host_pull_weight: float = 0.5
+    host_tier_codec: str = "exact"
 
     def __post_init__(self) -> None:
+        check_host_tier_codec(self.host_tier_codec)
         if self.host_tier_bytes <= 0:
             raise ValueError("host_tier_bytes must be > 0")
         if not 0 <= self.host_pull_weight <= 1:

@@ -112,7 +112,8 @@ class Cluster:
             url = with_password(url)  # from $REDIS_PASSWORD unless the URL has one
             self.progress(f"using Redis at {redact_url(url)}")
         self.kvstore = KVStoreConfig(redis_url=url, host_capacity_bytes=self.config.kvstore.host_tier_bytes,
-                                     key_prefix=f"tierserve-{self.config.name}")
+                                     key_prefix=f"tierserve-{self.config.name}",
+                                     host_tier_codec=self.config.kvstore.host_tier_codec)
         connect_redis(self.kvstore).close()  # RedisUnavailableError names the URL
 
     def _start_ray(self) -> None:

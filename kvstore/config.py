@@ -39,7 +39,7 @@ class KVStoreConfig:
     host_tier_codec: str = "exact"
 
     def __post_init__(self) -> None:
-        check_host_tier_codec("KVStoreConfig", self.host_tier_codec)
+        check_host_tier_codec(self.host_tier_codec, "KVStoreConfig")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"KVStoreConfig.redis_url must start with redis://, rediss:// or unix://, "
                              f"got {self.redis_url!r}")
@@ -50,9 +50,10 @@ class KVStoreConfig:
                   lease_ttl_s=self.lease_ttl_s, connect_timeout_s=self.connect_timeout_s)
 
 
-def check_host_tier_codec(owner: str, codec: str) -> None:
+def check_host_tier_codec(codec: str, owner: str = "") -> None:
     if codec not in HOST_TIER_CODECS:
-        raise ValueError(f"{owner}.host_tier_codec must be one of {', '.join(HOST_TIER_CODECS)}, got {codec!r}")
+        raise ValueError(f"{owner + '.' if owner else ''}host_tier_codec must be one of "
+                         f"{', '.join(HOST_TIER_CODECS)}, got {codec!r}")
 
 
 SECRET_ENV = "TIERSERVE_KV_SECRET"

@@ -134,3 +134,16 @@ def test_the_codec_knob_is_checked_where_the_config_is_built() -> None:
     assert KVStoreConfig(redis_url="redis://x").host_tier_codec == "exact"
     with pytest.raises(ValueError, match="host_tier_codec must be one of exact, kivi4, kivi2, got 'kivi8'"):
         KVStoreConfig(redis_url="redis://x", host_tier_codec="kivi8")
+
+
+def test_the_cluster_config_passes_the_codec_to_the_replicas_store_config(redis_url: str) -> None:
+    from cluster.config import ConfigFileError, parse_cluster_config
+    from cluster.local_cluster import Cluster
+    base = {"model": "m", "pools": {"colocated": {"replicas": 1}}}
+    assert parse_cluster_config(base).kvstore.host_tier_codec == "exact"
+    config = parse_cluster_config({**base, "kvstore": {"host_tier_codec": "kivi2", "redis_url": redis_url}})
+    cluster = Cluster(config)
+    cluster._start_redis()  # builds the KVStoreConfig every replica's spec carries
+    assert cluster.kvstore.host_tier_codec == "kivi2"
+    with pytest.raises(ConfigFileError, match="kvstore.host_tier_codec must be one of exact, kivi4, kivi2"):
+        parse_cluster_config({**base, "kvstore": {"host_tier_codec": "zip"}})

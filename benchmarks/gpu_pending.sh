@@ -86,8 +86,26 @@ case "${1:-}" in
       --out "$work/decode-step" > "$out/decode-step.log" 2>&1
     grep "note\|failed\|Error\|GB/s\|│" "$out/decode-step.log" | tail -12
     ;;
+  kv-codec)  # ~3 min, one H200 (issue 18 part 3): the KV codec's kernels, host tier with it, speed; new, never run
+    # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh kv-codec
+    # Quality too, given a trained checkpoint (trained-model's small-model.tar.part-*, joined, unpacked and carried):
+    #   ... && CKPT=small-model/checkpoint bash benchmarks/gpu_pending.sh kv-codec
+    # 1. (~0.5 min) the kernels give the CPU reference's bytes (Llama-3-8B, odd shapes); host tier from/into a GPU cache
+    python -m pytest -q -p no:cacheprovider tests/gpu/test_kv_codec_cuda.py tests/kvstore/test_kv_codec.py \
+      tests/kvstore/test_host_tier_codec.py 2>&1 | tee "$out/tests.log" | tail -5
+    # 2. (~1.5 min, most of it the CPU torch codec and Redis) codec per 4K tokens (goal <= 0.4 ms), bytes ratio, host
+    #    tier put/get exact vs kivi4 vs kivi2 (goal: each >= 2.5x faster than exact's 478 / 969 ms on 2xH200)
+    timeout 240 python -m benchmarks.kv_codec --parts codec host --cpu-iters 1 --out "$work/kv-codec" \
+      > "$out/kv-codec.log" 2>&1
+    tail -14 "$out/kv-codec.log"
+    if [ -n "${CKPT:-}" ]; then  # 3. (~1-2 min) held-out loss within 1%, >= 95% identical 128-token continuations
+      timeout 200 python -m benchmarks.kv_codec --parts quality --checkpoint "$CKPT" --out "$work/kv-codec-quality" \
+        > "$out/kv-codec-quality.log" 2>&1
+      tail -4 "$out/kv-codec-quality.log"
+    fi
+    ;;
   *)
-    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines" >&2
+    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines|kv-codec" >&2
     exit 2
     ;;
 esac

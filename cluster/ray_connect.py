@@ -25,9 +25,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -131,9 +135,26 @@ def start_private_ray(num_cpus: int, verbose: bool = False) -> str:
     ``ray.init()`` joins it by accident either. Ray's INFO/WARNING lines are quiet unless
     ``verbose``."""
     quiet = {} if verbose else {"logging_level": logging.ERROR}
-    ray.init(address="local", num_cpus=num_cpus, namespace=NAMESPACE, include_dashboard=False,
-             log_to_driver=verbose, **quiet)
+    with keeping_sigterm():
+        ray.init(address="local", num_cpus=num_cpus, namespace=NAMESPACE, include_dashboard=False,
+                 log_to_driver=verbose, **quiet)
     return ray.get_runtime_context().gcs_address
+
+
+@contextmanager
+def keeping_sigterm() -> Iterator[None]:
+    """Put the caller's SIGTERM handler back after ``ray.init``, which replaces it: its core
+    worker's handler aborts the process (SIGABRT), leaving Ray's processes and ours (a private
+    redis-server) behind, where the caller's can stop what it started."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def connect_ray(address: str, cluster: str = "default", attempts: int = 3, backoff_s: float = 2.0,
@@ -146,7 +167,8 @@ def connect_ray(address: str, cluster: str = "default", attempts: int = 3, backo
                                                                  "log_to_driver": False}
     for attempt in range(1, attempts + 1):
         try:
-            ray.init(address=address, namespace=NAMESPACE, **quiet)
+            with keeping_sigterm():
+                ray.init(address=address, namespace=NAMESPACE, **quiet)
             return
         except ConnectionError as e:
             if attempt < attempts and address.startswith("ray://"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -98,11 +99,20 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM during bring-up unwinds it like Ctrl-C (what started is stopped); while serving,
+    the router handles SIGTERM itself (drain, then stop)."""
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def run_cluster(args: argparse.Namespace) -> int:
     from cluster.config import load_cluster_config
     from cluster.local_cluster import Cluster
     from router.server import Router
 
+    _stop_on_sigterm()
     try:
         check_engine_flags(args)
         config = load_cluster_config(args.config)
@@ -125,5 +135,6 @@ def run_cluster(args: argparse.Namespace) -> int:
         print(f"error: the router could not listen: {e}", file=sys.stderr)
         return 2
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the clean-up short
         cluster.shutdown()
     return 0

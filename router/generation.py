@@ -2,7 +2,10 @@
 
 `GenerationService.stream` yields the backend's deltas while it records metrics, enforces
 the router's request timeout and, whenever the caller stops early (cancelled task, closed
-stream, timeout, error), aborts the request so its KV blocks are freed.
+stream, timeout, error), aborts the request so its KV blocks are freed. When the router
+stops, requests still running after the shutdown grace are cut off (``cut_off``): each ends
+with ShuttingDownError, a terminal 503 / 'unavailable' event / UNAVAILABLE that the front
+ends deliver within ``END_GRACE_S`` before they close their connections.
 """
 
 from __future__ import annotations
@@ -16,8 +19,16 @@ from engine.llm_engine import GenerationResult
 from engine.outputs import FinishReason, RequestOutput
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from router.backend import GenerationBackend
-from router.errors import RequestTimeoutError
+from router.errors import RequestTimeoutError, ServiceUnavailableError
 from router.metrics import RouterMetrics
+
+END_GRACE_S = 2.0  # after the shutdown grace: the front ends' time to deliver the cut-off requests' last event
+
+
+class ShuttingDownError(ServiceUnavailableError):
+    """The router is stopping and the request did not finish within the shutdown grace."""
+
+    retry_after_s = 1
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -33,6 +44,15 @@ class GenerationService:
         self.backend = backend
         self.metrics = metrics
         self.timeout_s = timeout_s
+        self._waits: set[asyncio.Timeout] = set()  # each running request's wait for its next delta
+        self._cut_off = False
+
+    def cut_off(self) -> None:
+        """End every running request now with ShuttingDownError (the router stops)."""
+        self._cut_off = True
+        now = asyncio.get_running_loop().time()
+        for wait in list(self._waits):
+            wait.reschedule(now)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
         """Yield the request's deltas; InvalidRequestError before the first if it is refused.
@@ -71,9 +91,18 @@ class GenerationService:
 
     async def _next(self, deltas: AsyncGenerator[RequestOutput, None], deadline: float | None) -> RequestOutput:
         try:
-            async with asyncio.timeout_at(deadline):
-                return await anext(deltas)
+            async with asyncio.timeout_at(deadline) as wait:
+                if self._cut_off:
+                    wait.reschedule(asyncio.get_running_loop().time())
+                self._waits.add(wait)
+                try:
+                    return await anext(deltas)
+                finally:
+                    self._waits.discard(wait)
         except TimeoutError:
+            if self._cut_off:
+                raise ShuttingDownError("the server is shutting down; the request did not finish within its "
+                                        "shutdown grace") from None
             raise RequestTimeoutError(self.timeout_s or 0.0) from None
         except StopAsyncIteration:
             raise RuntimeError("the backend ended the stream before the request finished") from None

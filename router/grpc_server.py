@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from router.backend import GenerationBackend
 from router.config import RouterConfig
 from router.gate import Gate
-from router.generation import GenerationService
+from router.generation import END_GRACE_S, GenerationService
 from router.grpc_generation import STATUS_CODES, GenerationServicer  # noqa: F401  (STATUS_CODES re-exported)
 from router.prompts import PromptWork
 from router.proto import tierserve_pb2 as pb
@@ -56,7 +56,7 @@ class GrpcFrontEnd:
         bound = server.add_secure_port(address, credentials(config)) if config.tls else server.add_insecure_port(address)
         await server.start()
         task = asyncio.create_task(_watch_health(health_servicer, service.backend, serving), name="grpc-health")
-        return cls(server, health_servicer, bound, config.shutdown_grace_s, task)
+        return cls(server, health_servicer, bound, config.shutdown_grace_s + END_GRACE_S, task)
 
     async def stop(self) -> None:
         """Report NOT_SERVING, then let running calls finish within the grace period."""

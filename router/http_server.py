@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from router.config import RouterConfig
 from router.gate import Gate
-from router.generation import GenerationService
+from router.generation import END_GRACE_S, GenerationService
 from router.http_connections import DeadlineH11Protocol
 from router.http_edge import EdgeMiddleware
 from router.http_errors import install_error_handlers
@@ -100,5 +100,6 @@ def uvicorn_config(app: FastAPI, c: RouterConfig) -> uvicorn.Config:
     if c.tls_client_ca:
         tls.update(ssl_ca_certs=c.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
     return uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                          timeout_graceful_shutdown=c.shutdown_grace_s, timeout_keep_alive=c.idle_timeout_s,
+                          timeout_graceful_shutdown=c.shutdown_grace_s + END_GRACE_S,
+                          timeout_keep_alive=c.idle_timeout_s,
                           http=DeadlineH11Protocol.with_read_timeout(c.read_timeout_s), **tls)

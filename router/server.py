@@ -70,10 +70,15 @@ class Router:
                  self._grpc and self._grpc.port, self._http and self._http.port)
 
     async def stop(self) -> None:
-        """Stop both servers; running requests get ``shutdown_grace_s`` to finish."""
+        """Stop both servers; running requests get ``shutdown_grace_s`` to finish, then end with
+        a terminal 'shutting down' error (503 / an error event / UNAVAILABLE), never a cut stream."""
         running = [s for s in (self._grpc, self._http) if s is not None]
         self._grpc = self._http = None
-        await asyncio.gather(*(s.stop() for s in running))
+        stopping = asyncio.ensure_future(asyncio.gather(*(s.stop() for s in running)))
+        done, _ = await asyncio.wait({stopping}, timeout=self.config.shutdown_grace_s)
+        if not done:
+            self.service.cut_off()  # the front ends wait END_GRACE_S more for these last events
+        await stopping
         self.prep.close()
 
     async def serve(self, on_started: Callable[[Router], None] | None = None) -> None:

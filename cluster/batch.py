@@ -1,124 +1,145 @@
-"""Offline batches through a running cluster: JSONL in, JSONL out, a progress bar.
+"""Offline batches: a JSONL file in, a JSONL file out, a progress bar.
 
     results = submit_batch(read_requests("prompts.jsonl"), cluster="local")   # started on this machine
-    results = submit_batch(requests, cluster="prod", address="ray://head:10001")  # a remote head
+    results = submit_batch(requests, cluster="prod", address="http://head:8265")   # a Ray Jobs API job
+    results = submit_batch(requests, cluster="prod", address="ray://head:10001")   # through Ray Client
+    results = submit_batch(requests, model="/models/tiny")                       # an engine in this process
 
-The batch runs in a small actor inside the cluster (so Ray Client only carries the request
-list, the results and progress polls); it drives the cluster's pools through its own
-dispatcher. Each input line is {"prompt": "..."} or {"prompt_token_ids": [...]}, with an
-optional "id" and sampling fields (max_tokens, temperature, top_p, top_k, seed, stop, ...).
+Where the batch runs, by address: ``http(s)://`` (a head's dashboard) submits a Ray job that runs
+it beside the cluster (cluster/jobs_submit.py); ``ray://``, ``auto``, ``HOST:PORT`` and ``local``
+join that Ray and run it in a small actor inside the cluster (so Ray Client only carries the
+request list, the results and progress polls). Either way it drives the cluster's pools
+through its own dispatcher. With ``model`` it runs on a single-process engine instead (here, or
+in the Ray job). Both file formats (cluster/batch_io.py) run everywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from collections.abc import Callable
+from contextlib import aclosing
+from typing import TYPE_CHECKING
 
 import ray
 
+from cluster.batch_io import (AnyRequest, AnyResult, BatchFileError, BatchRequest, BatchResult,  # noqa: F401
+                              parse_request, read_requests, write_results)  # re-exported: the files' side
 from cluster.ray_connect import connect_ray
 from cluster.registry import NAMESPACE, ClusterNotFoundError, attach, lookup, registry_name
-from engine.sampling_params import InvalidRequestError, SamplingParams
+from engine.llm_engine import GenerationResult
+from router.backend import GenerationBackend
+from router.client_input import new_request_id
+from router.errors import classify
 
-_SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)}
+if TYPE_CHECKING:
+    from cluster.jobs_submit import JobOptions
 
-
-@dataclass(frozen=True)
-class BatchRequest:
-    id: str
-    params: SamplingParams
-    prompt: str | None = None
-    prompt_token_ids: tuple[int, ...] | None = None
+MAX_IN_FLIGHT = 256
 
 
-@dataclass(frozen=True)
-class BatchResult:
-    id: str
-    token_ids: list[int]
-    text: str
-    finish_reason: str | None
-    num_prompt_tokens: int = 0
-    error: str | None = None
+async def run_batch(backend: GenerationBackend, requests: list[AnyRequest], on_done: Callable[[], None],
+                    max_in_flight: int = MAX_IN_FLIGHT) -> list[AnyResult]:
+    """Every request through ``backend`` (a cluster's dispatcher or a local engine), at most
+    ``max_in_flight`` at once; results in input order; ``on_done`` after each."""
+    limit = asyncio.Semaphore(max_in_flight)
+
+    async def one(request: AnyRequest) -> AnyResult:
+        async with limit:
+            try:
+                return await run_one(backend, request)
+            finally:
+                on_done()
+    return list(await asyncio.gather(*(one(r) for r in requests)))
 
 
-class BatchFileError(ValueError):
-    """A malformed input line; the message gives the line number."""
-
-
-def parse_request(line: str, number: int, defaults: dict) -> BatchRequest:
+async def run_one(backend: GenerationBackend, request: AnyRequest) -> AnyResult:
+    rid = new_request_id(request.id_prefix)
     try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise BatchFileError(f"line {number}: not JSON ({e})") from None
-    if not isinstance(row, dict) or ("prompt" in row) == ("prompt_token_ids" in row):
-        raise BatchFileError(f"line {number}: give exactly one of 'prompt' or 'prompt_token_ids'")
-    unknown = set(row) - _SAMPLING_FIELDS - {"id", "prompt", "prompt_token_ids"}
-    if unknown:
-        raise BatchFileError(f"line {number}: unknown field {sorted(unknown)[0]!r}")
+        ids, params = request.prepare(backend.tokenizer, backend.max_model_len)
+        result = GenerationResult(rid, ids)
+        async with aclosing(backend.generate(rid, ids, params, None)) as deltas:
+            async for delta in deltas:
+                result.add(delta)
+        return request.succeeded(result, backend.tokenizer, backend.model_name)
+    except Exception as e:  # noqa: BLE001 - each request's failure is its own result line
+        return request.failed(classify(e, rid), rid)
+
+
+async def on_cluster(cluster: str, requests: list[AnyRequest], on_done: Callable[[], None]) -> list[AnyResult]:
+    """The batch on a dispatcher of this process over the named cluster's replicas (this process
+    is in the cluster's Ray: the runner actor, or a Ray job's driver)."""
+    from cluster.local_cluster import make_dispatcher
+    info = lookup(cluster)
+    dispatcher = make_dispatcher(info, attach(info))
     try:
-        params = SamplingParams(**{**defaults, **{k: v for k, v in row.items() if k in _SAMPLING_FIELDS}})
-    except (InvalidRequestError, TypeError) as e:
-        raise BatchFileError(f"line {number}: {e}") from None
-    ids = row.get("prompt_token_ids")
-    return BatchRequest(str(row.get("id", number)), params, row.get("prompt"),
-                        tuple(ids) if ids is not None else None)
+        return await run_batch(dispatcher, requests, on_done)
+    finally:
+        await dispatcher.aclose()
 
 
-def read_requests(path: str | Path, defaults: dict | None = None) -> list[BatchRequest]:
-    lines = Path(path).read_text().splitlines()
-    return [parse_request(line, i, defaults or {}) for i, line in enumerate(lines, 1) if line.strip()]
-
-
-def write_results(path: str | Path, results: list[BatchResult]) -> None:
-    Path(path).write_text("".join(json.dumps(asdict(r)) + "\n" for r in results))
+def run_on_engine(model: str, requests: list[AnyRequest], on_done: Callable[[], None],
+                  device: str = "cpu") -> list[AnyResult]:
+    """The batch on a single-process engine loaded here (`vllm run-batch`'s shape)."""
+    from engine.config import EngineConfig
+    from router.local_backend import LocalEngineBackend
+    backend = LocalEngineBackend.from_config(EngineConfig(model=model, device=device))
+    try:
+        return asyncio.run(run_batch(backend, requests, on_done))
+    finally:
+        backend.shutdown()
 
 
 @ray.remote(num_cpus=0)
 class BatchRunner:
-    """Runs one batch inside the cluster with bounded concurrency."""
+    """Runs one batch inside the cluster (for a caller joined through Ray Client or by GCS address)."""
 
-    def __init__(self, cluster: str, max_in_flight: int = 256):
-        from cluster.local_cluster import make_dispatcher
-        info = lookup(cluster)
-        self.dispatcher = make_dispatcher(info, attach(info))
-        self.limit = asyncio.Semaphore(max_in_flight)
+    def __init__(self, cluster: str):
+        self.cluster = cluster
         self.done = 0
 
-    async def run(self, requests: list[BatchRequest]) -> list[BatchResult]:
-        return list(await asyncio.gather(*(self._one(r) for r in requests)))
+    async def run(self, requests: list[AnyRequest]) -> list[AnyResult]:
+        return await on_cluster(self.cluster, requests, self._count)
 
     def progress(self) -> int:
         return self.done
 
-    async def _one(self, req: BatchRequest) -> BatchResult:
-        async with self.limit:
-            try:
-                ids = list(req.prompt_token_ids) if req.prompt_token_ids is not None else \
-                    self.dispatcher.tokenizer.encode(req.prompt)
-                tokens, text, reason = [], "", None
-                async for delta in self.dispatcher.generate(None, ids, req.params):
-                    tokens += delta.new_token_ids
-                    text += delta.new_text
-                    reason = delta.finish_reason
-                return BatchResult(req.id, tokens, text, reason.value if reason else None, len(ids))
-            except InvalidRequestError as e:
-                return BatchResult(req.id, [], "", None, error=str(e))
-            finally:
-                self.done += 1
+    def _count(self) -> None:
+        self.done += 1
 
 
-def submit_batch(requests: list[BatchRequest], cluster: str = "default", address: str | None = None,
-                 progress: bool = True) -> list[BatchResult]:
-    """Run ``requests`` through the named cluster and show a progress bar. Joins Ray at ``address``
-    unless this process is in Ray already: None or "local" is the cluster of that name that
-    `tierserve serve --config` started on this machine; "auto", "HOST:PORT", "ray://HOST:10001"
-    as cluster/ray_connect.py says."""
+def submit_batch(requests: list[AnyRequest], cluster: str = "default", address: str | None = None,
+                 progress: bool = True, model: str | None = None, job: JobOptions | None = None
+                 ) -> list[AnyResult]:
+    """Run ``requests`` through the named cluster (or, with ``model``, an engine of its own) and
+    show a progress bar. ``address``: None or "local" is the cluster of that name that `tierserve
+    serve --config` started on this machine (with ``model``: this process); "http://HEAD:8265"
+    a Ray job (``job``: its options); "auto", "HOST:PORT", "ray://HOST:10001" as
+    cluster/ray_connect.py says."""
+    address = address or "local"
+    if address.startswith(("http://", "https://")):
+        from cluster.jobs_submit import JobOptions, submit_job
+        return submit_job(requests, address, cluster, model, job or JobOptions(), progress)
+    if model is not None:
+        if address != "local":
+            raise ValueError(f"a batch on its own engine (--model) runs here or as a Ray job (an http:// "
+                             f"address), not through {address}")
+        return with_bar(len(requests), progress, f"batch on {model}",
+                        lambda tick: run_on_engine(model, requests, tick))
+    return _through_ray(requests, cluster, address, progress)
+
+
+def with_bar(total: int, progress: bool, desc: str, work: Callable[[Callable[[], None]], list[AnyResult]]
+             ) -> list[AnyResult]:
+    from tqdm import tqdm
+    with tqdm(total=total, disable=not progress, desc=desc, unit="req") as bar:
+        return work(lambda: bar.update(1))
+
+
+def _through_ray(requests: list[AnyRequest], cluster: str, address: str, progress: bool) -> list[AnyResult]:
     from tqdm import tqdm
     if not ray.is_initialized():
-        connect_ray(address or "local", cluster)
-    find_cluster(cluster, address or "local")
+        connect_ray(address, cluster)
+    find_cluster(cluster, address)
     runner = BatchRunner.remote(cluster)
     result = runner.run.remote(requests)
     with tqdm(total=len(requests), disable=not progress, desc=f"batch via {cluster!r}", unit="req") as bar:
@@ -131,7 +152,7 @@ def submit_batch(requests: list[BatchRequest], cluster: str = "default", address
         ray.kill(runner)
 
 
-def find_cluster(cluster: str, address: str) -> None:
+def find_cluster(cluster: str, address: str, advice: str | None = None) -> None:
     """ClusterNotFoundError (here, not inside the runner) saying which tierserve clusters this Ray
     holds, if any: `--address auto` may have found a Ray that is not ours."""
     try:
@@ -139,7 +160,7 @@ def find_cluster(cluster: str, address: str) -> None:
         return
     except ClusterNotFoundError:
         pass
-    if not address.startswith("ray://"):
+    if not address.startswith(("ray://", "http://", "https://")):
         address = ray.get_runtime_context().gcs_address
     suffix = registry_name("")
     names = sorted(a["name"].removesuffix(suffix) for a in ray.util.list_named_actors(all_namespaces=True)
@@ -147,6 +168,6 @@ def find_cluster(cluster: str, address: str) -> None:
     if names:
         raise ClusterNotFoundError(f"no tierserve cluster named {cluster!r} in the Ray at {address}; "
                                    f"it runs: {', '.join(names)} (pass --cluster NAME)")
-    raise ClusterNotFoundError(f"the Ray at {address} runs no tierserve cluster (`--address auto` takes any Ray "
-                               "on this machine, perhaps someone else's); leave --address out to reach the "
-                               "cluster `tierserve serve --config` started here, or start one")
+    raise ClusterNotFoundError(f"the Ray at {address} runs no tierserve cluster; " + (advice or (
+        "`--address auto` takes any Ray on this machine, perhaps someone else's; leave --address out to "
+        "reach the cluster `tierserve serve --config` started here, or start one")))

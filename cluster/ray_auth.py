@@ -17,8 +17,19 @@ HINT = ("if the cluster uses Ray's token authentication (the default), set RAY_A
 
 
 def token_available() -> bool:
+    return auth_token() is not None
+
+
+def auth_token() -> str | None:
+    """The head's token as Ray looks for it: RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH
+    names, else ~/.ray/auth_token (written by `ray start --head`); None without one."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    return bool(os.environ.get("RAY_AUTH_TOKEN")) or token_file.is_file()
+    try:
+        return token_file.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def opt_into_token_auth() -> bool:

@@ -7,7 +7,7 @@ ignored; features that would change the output but are not implemented are refus
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -151,3 +151,15 @@ class ChatCompletionRequest(SamplingFields):
     @property
     def wants_logprobs(self) -> bool:
         return bool(self.logprobs)
+
+
+class OpenAIBatchLine(BaseModel):
+    """A line of an OpenAI Batch input file (OpenAI's Batch API, ``vllm run-batch``); ``body`` is
+    validated as the request its ``url`` names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    custom_id: Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+    method: Literal["POST"]
+    url: Literal["/v1/completions", "/v1/chat/completions"]
+    body: dict

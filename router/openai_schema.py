@@ -128,3 +128,25 @@ class ErrorInfo(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorInfo
+
+
+class BatchResponseData(BaseModel):
+    """An OpenAI Batch output line's ``response``: what the HTTP server would have answered."""
+
+    status_code: int
+    request_id: str
+    body: CompletionResponse | ChatCompletionResponse | ErrorResponse | None = None
+
+
+class BatchError(BaseModel):
+    code: str
+    message: str
+
+
+class BatchRequestOutput(BaseModel):
+    """One line of an OpenAI Batch output file; ``error`` is null for a request that succeeded."""
+
+    id: str
+    custom_id: str
+    response: BatchResponseData | None
+    error: BatchError | None = None

@@ -19,13 +19,14 @@ import numpy as np
 import torch
 
 from attention_offload.control import Kind, StepControl
-from attention_offload.link import Link, layer_tag
+from attention_offload.link import Link, LinkError, layer_tag
 from attention_offload.tables import TableSender
 from engine.batch import ModelInput
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model.llama import LlamaForCausalLM
 from engine.model.split_forward import forward_split, micro_batch_bounds
+from engine.model_runner import KVCacheLost
 
 
 def pack_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -74,7 +75,10 @@ class OffloadedRunner:
 
     last_graphed = False
 
-    def __init__(self, model: LlamaForCausalLM, link: Link, num_blocks: int, micro_batches: int = 2):
+    def __init__(self, model: LlamaForCausalLM, link: Link, num_blocks: int, micro_batches: int = 2,
+                 reattach: Callable[[], Link] | None = None):
+        """``reattach``: called when the link breaks; returns a link to a (restarted) attention
+        worker of the same cache size, or raises. Without it a broken link stops the engine."""
         if not 1 <= micro_batches <= 8:
             raise ValueError(f"micro_batches must be in 1..8, got {micro_batches}")
         weight = model.model.embed_tokens.weight
@@ -83,6 +87,8 @@ class OffloadedRunner:
         self.device, self.dtype = weight.device, weight.dtype
         self.q_size = model.config.q_size
         self.tables = TableSender()
+        self.reattach = reattach
+        self.num_reattached = 0
         self.last_control: StepControl | None = None
         self.steps_by_micro_batches: collections.Counter[int] = collections.Counter()
 
@@ -95,13 +101,20 @@ class OffloadedRunner:
         bounds = micro_batch_bounds(np.diff(starts).tolist(), self.micro_batches)
         ctrl = self.last_control = self.tables.step(host, bounds)
         self.steps_by_micro_batches[len(bounds) - 1] += 1
-        held = self.link.send_control(ctrl)
         rows = [int(starts[b]) for b in bounds]
-        executor = RemoteAttention(self.link, rows, self.q_size, self.dtype, self.device)
-        hidden = forward_split(self.model, inp.input_ids, inp.positions, rows, executor)
-        executor.close()
-        for _, work in held:
-            self.link.wait(work, "sending the control message")
+        try:
+            held = self.link.send_control(ctrl)
+            executor = RemoteAttention(self.link, rows, self.q_size, self.dtype, self.device)
+            hidden = forward_split(self.model, inp.input_ids, inp.positions, rows, executor)
+            executor.close()
+            for _, work in held:
+                self.link.wait(work, "sending the control message")
+        except LinkError as exc:
+            if self.reattach is None:
+                raise
+            self.link, self.tables = self.reattach(), TableSender()
+            self.num_reattached += 1
+            raise KVCacheLost(f"the attention worker's cache is gone ({exc}); every request recomputes") from exc
         return self.model.compute_logits(hidden[inp.sample_rows])
 
     def release_shared(self) -> None:
@@ -119,10 +132,12 @@ class OffloadedRunner:
 
 
 def offloaded_engine(config: EngineConfig, link: Link, num_blocks: int, micro_batches: int = 2,
+                     reattach: Callable[[], Link] | None = None,
                      build: Callable[..., LLMEngine] = LLMEngine) -> LLMEngine:
     """An engine whose attention and KV cache are on the attention worker at the other end of
     ``link`` (``num_blocks`` blocks there). Shared-prefix attention and CUDA graphs are the
     local runner's and are off here."""
     config = dataclasses.replace(config, shared_prefix_attention=False, cuda_graphs=False,
                                  cache=dataclasses.replace(config.cache, num_blocks=num_blocks))
-    return build(config, runner_factory=lambda model: OffloadedRunner(model, link, num_blocks, micro_batches))
+    return build(config, runner_factory=lambda model: OffloadedRunner(model, link, num_blocks, micro_batches,
+                                                                      reattach))

@@ -128,6 +128,7 @@ class AttentionWorker:
             try:
                 ctrl = link.recv_control()
                 if ctrl.kind is Kind.STOP:
+                    self.mirror.reset()
                     return "stopped"
                 if ctrl.kind is Kind.RESET:
                     self.mirror.reset()

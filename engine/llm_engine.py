@@ -25,7 +25,7 @@ from engine.launched_step import LaunchedStep
 from engine.model.llama import LlamaForCausalLM
 from engine.model.loader import load_model
 from engine.model_config import ModelConfig
-from engine.model_runner import ModelRunner, RunnerFactory, StepRunner
+from engine.model_runner import KVCacheLost, ModelRunner, RunnerFactory, StepRunner
 from engine.outputs import FinishReason, RequestOutput, TokenLogprob
 from engine.request import PENDING, Request
 from engine.request_validation import validate_prompt
@@ -212,7 +212,10 @@ class LLMEngine:
         launched = None
         if not sched.is_empty:
             prof.lap("schedule")
-            launched = self._launch(sched)
+            try:
+                launched = self._launch(sched)
+            except KVCacheLost:
+                self._recompute_all()
             prof.lap("forward")
         previous, self._in_flight = self._in_flight, launched
         if not self.async_scheduling:
@@ -258,6 +261,12 @@ class LLMEngine:
             r.stop_pending = (r.hold_kv or len(r.output_token_ids) >= r.params.max_tokens
                               or r.num_tokens >= self.max_model_len)
         return step
+
+    def _recompute_all(self) -> None:
+        """The runner lost the cache's contents: forget every cached prefix and preempt every
+        request (each recomputes prompt + generated tokens when it runs again)."""
+        self.kv.pool.reset_cache()
+        self.num_preemptions += len(self.scheduler.preempt_all())
 
     def _read_back(self, step: LaunchedStep) -> list[RequestOutput]:
         """Fill in a launched step's tokens: stop checks, detokenizing, deltas; then free the

@@ -14,6 +14,11 @@ from engine.model.llama import ForwardContext, LlamaForCausalLM
 from engine.shared_step_graph import SharedStepGraph
 
 
+class KVCacheLost(RuntimeError):
+    """Raised by a runner whose cache's contents are gone (its attention worker restarted):
+    the engine drops the step and every request recomputes its KV, as after preemption."""
+
+
 class StepRunner(Protocol):
     """What the engine needs of a runner: logits of a step's sampling rows. ``ModelRunner``
     holds the KV cache itself; a runner whose attention (and KV) live elsewhere implements the

@@ -141,6 +141,18 @@ class Scheduler:
         req.status = RequestStatus.WAITING
         self.waiting.appendleft(req)
 
+    def preempt_all(self) -> list[Request]:
+        """Every request gives its blocks back and recomputes its KV later (the cache's contents
+        were lost); running ones go back to the queue's front in their order."""
+        victims, self.running = self.running, []
+        for req in reversed(victims):
+            self._preempt(req)
+        for req in self.waiting:
+            if req.block_ids:  # KV received for it (a handoff), never computed here
+                self.kv.free(req)
+                req.num_computed_tokens = 0
+        return victims
+
     def detach(self, req: Request) -> None:
         """Drop a finished request from the queues but leave its blocks allocated."""
         if req in self.running:

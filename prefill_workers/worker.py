@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import redis
@@ -19,6 +20,7 @@ from kvstore.handoff import KVHandoff
 from prefill_workers.host_prefix import HostPrefixCache
 
 log = logging.getLogger(__name__)
+PULL_RETRY_S = 5.0  # after a failed host-tier pull, prompts are computed without trying one this long
 
 
 class PrefillWorker(EngineWorker):
@@ -33,6 +35,7 @@ class PrefillWorker(EngineWorker):
         self.host_prefix = host_prefix
         self._peer_locks: dict[str, asyncio.Lock] = {}
         self._host_failing = False
+        self._pull_again_at = 0.0
 
     async def prefill(self, req: PrefillRequest) -> PrefillResult:
         params = dataclasses.replace(req.params, max_tokens=1, min_tokens=min(req.params.min_tokens, 1),
@@ -51,8 +54,12 @@ class PrefillWorker(EngineWorker):
         return await self.engine.acall(lambda e: self._result(e, req.request_id, delta))
 
     async def _pull(self, req: PrefillRequest) -> tuple[list[int], list[bytes]]:
-        """The prefix blocks the host tier still has; none while it is unreachable (the prompt is
-        computed instead; one log line when pulls stop working, one when they work again)."""
+        """The prefix blocks the host tier still has; none while it is unreachable or a block is
+        gone or corrupt (the prompt is computed instead; one log line when pulls stop working,
+        one when they work again). After a Redis error, pulls wait ``PULL_RETRY_S`` before the
+        next try, so a hung Redis costs one read timeout per span, not one per prompt."""
+        if self._host_failing and time.monotonic() < self._pull_again_at:
+            return [], []
         try:
             imported = await self.host_prefix.pull(req.prompt_token_ids, req.cache_salt, req.host_prefix_blocks)
         except (redis.RedisError, KVStoreError) as e:
@@ -60,6 +67,8 @@ class PrefillWorker(EngineWorker):
                 log.warning("host-tier pulls failing (%s: %s); computing those prefixes instead",
                             type(e).__name__, e)
             self._host_failing = True
+            if isinstance(e, redis.RedisError):  # Redis away, not one bad block: stop waiting on it a while
+                self._pull_again_at = time.monotonic() + PULL_RETRY_S
             return [], []
         if self._host_failing:
             log.warning("host-tier pulls work again")

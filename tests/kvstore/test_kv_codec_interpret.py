@@ -18,7 +18,9 @@ from kvstore.kv_codec import CodecFormat, decode, encode
 from kvstore.layout import KVLayout
 from tests.interpreter import run_interpreter_cases
 
-SHAPES = [(2, 4, 2, 8), (1, 16, 3, 96), (2, 5, 1, 16)]  # layers, block size, kv heads, head_dim
+# (layers, block size, kv heads, head_dim), dtype: every dtype on one shape, the odd shapes once each
+LAYOUTS = [KVLayout(2, 4, 2, 8, "bfloat16"), KVLayout(2, 4, 2, 8, "float16"), KVLayout(2, 4, 2, 8, "float32"),
+           KVLayout(1, 16, 3, 96, "bfloat16"), KVLayout(2, 5, 1, 16, "float16")]
 
 
 def test_codec_kernels_under_the_triton_interpreter() -> None:
@@ -35,14 +37,12 @@ def _cache(layout: KVLayout, num_blocks: int, seed: int) -> torch.Tensor:
     return kv.to(layout.torch_dtype)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
-@pytest.mark.parametrize("shape", SHAPES, ids=["tiny", "d96-h3", "b5"])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=[lay.tag for lay in LAYOUTS])
 @pytest.mark.parametrize("codec", ["kivi4", "kivi2"])
-def case_kernels_write_the_reference_bytes(codec, shape, dtype) -> None:
-    layout = KVLayout(*shape, dtype)
+def case_kernels_write_the_reference_bytes(codec: str, layout: KVLayout) -> None:
     fmt = CodecFormat.of(layout, codec)
     assert fmt is not None
-    kv, ids = _cache(layout, 6, seed=zlib.crc32(f"{codec}{shape}{dtype}".encode())), torch.tensor([2, 5, 0, 4])
+    kv, ids = _cache(layout, 6, seed=zlib.crc32(f"{codec}{layout.tag}".encode())), torch.tensor([2, 5, 0, 4])
     ref, ref_raw = encode(kv, ids, fmt, impl="torch")
     got, got_raw = encode(kv, ids, fmt, impl="triton")
     assert torch.equal(ref_raw, got_raw) and not ref_raw.any()

@@ -107,7 +107,8 @@ class OpenAIBatchRequest:
     def succeeded(self, result: GenerationResult, tokenizer: Tokenizer, model_name: str) -> BatchRequestOutput:
         chat = isinstance(self.body, ChatCompletionRequest)
         wants_logprobs = self.body.wants_logprobs if chat else self.body.logprobs is not None
-        header = ResponseHeader(result.request_id, int(time.time()), model_name, wants_logprobs)
+        header = ResponseHeader(result.request_id, int(time.time()), model_name, wants_logprobs,
+                                token_ids=bool(self.body.return_token_ids))
         body = (chat_response if chat else completion_response)(header, result, tokenizer)
         return self._output(BatchResponseData(status_code=200, request_id=result.request_id, body=body), None)
 

@@ -92,8 +92,10 @@ class Tokenizer(Protocol):
     """
 
     bos_token_id: int | None
+    has_vocab: bool     # False for NoTokenizer
+    vocab_size: int     # the tokenizer's (read only where has_vocab)
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str: ...
 

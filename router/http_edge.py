@@ -1,12 +1,13 @@
 """The first thing every HTTP request meets: its id, the caller's tenant, the size limit.
 
-/v1/* requests are authenticated and rate-limited from their headers alone, so a bad key or
-a flood costs no body read or parse. A body over the limit is refused with 413 as soon as
-its declared length, or the bytes received so far, pass it. The rest of a refused body is
-discarded as it arrives (uvicorn does that once the response is out), not parsed or kept,
-so the client reads its answer instead of a connection reset; the read deadline
-(router/http_connections.py) bounds how long that may take. Every response carries
-``x-request-id``.
+/v1/* requests (and /tokenize, /detokenize: request-sized work too) are authenticated and
+rate-limited from their headers alone, so a bad key or a flood costs no body read or parse.
+A body over the limit is refused with 413 as soon as its declared length, or the bytes
+received so far, pass it. The rest of a refused body is discarded as it arrives (uvicorn
+does that once the response is out), not parsed or kept, so the client reads its answer
+instead of a connection reset; the read deadline (router/http_connections.py) bounds how
+long that may take. Every response carries ``x-request-id``: the client's own (vLLM's
+passthrough), else the one the router gave the request.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from router.http_errors import error_response
 from router.metrics import RouterMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
+GATED_PATHS = ("/tokenize", "/detokenize")   # besides /v1/*
 
 
 class BodyLimit:
@@ -49,7 +51,7 @@ class BodyLimit:
 
 
 class EdgeMiddleware:
-    """Request id, API key and rate limit (for /v1/*), body size limit; then the app."""
+    """Request id, API key and rate limit (for /v1/* and GATED_PATHS), body size limit; then the app."""
 
     def __init__(self, app: ASGIApp, gate: Gate, metrics: RouterMetrics, max_body_bytes: int):
         self.app = app
@@ -70,7 +72,7 @@ class EdgeMiddleware:
             given = headers.get(REQUEST_ID_HEADER)
             if given is not None:
                 state["request_id"], state["client_request_id"] = check_request_id(given, REQUEST_ID_HEADER), True
-            if scope["path"].startswith("/v1/"):
+            if scope["path"].startswith("/v1/") or scope["path"] in GATED_PATHS:
                 state["tenant"] = self.gate.admit(headers.get("authorization"))
             body.check_declared(headers.get("content-length"))
         except (RequestError, InvalidRequestError) as e:

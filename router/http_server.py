@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import socket
 import ssl
 from collections.abc import Iterator
@@ -24,17 +25,36 @@ from router.generation import END_GRACE_S, GenerationService
 from router.http_connections import DeadlineH11Protocol
 from router.http_edge import EdgeMiddleware
 from router.http_errors import install_error_handlers
-from router.openai_routes import OpenAIRoutes
+from router.openai_routes import OpenAIRoutes, json_response
+from router.openai_schema import VersionInfo
 from router.prompts import PromptWork
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("tierserve")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
+
+
+VERSION = package_version()
 
 
 def build_app(service: GenerationService, gate: Gate, prep: PromptWork, model_name: str,
               max_body_bytes: int) -> FastAPI:
-    """/v1/* behind the API keys and rate limits (router/http_edge.py); /health and /metrics open."""
+    """/v1/*, /tokenize and /detokenize behind the API keys and rate limits (router/http_edge.py);
+    /health, /live, /version and /metrics open."""
     async def health() -> Response:
-        """200 while every pool has a replica up (ready or degraded), else 503; per-pool detail."""
+        """Readiness: 200 while every pool has a replica up (ready or degraded), else 503; per-pool detail."""
         state = service.backend.health()
         return JSONResponse(state.as_dict(), status_code=200 if state.serving else 503)
+
+    async def live() -> Response:
+        """Liveness: this process answers (whatever its pools' state: restarting it would not help them)."""
+        return JSONResponse({"status": "live"})
+
+    async def version() -> Response:
+        return json_response(VersionInfo(version=VERSION))
 
     async def metrics() -> Response:
         body = await asyncio.to_thread(service.metrics.exposition)  # reads backend stats, may block
@@ -48,7 +68,11 @@ def build_app(service: GenerationService, gate: Gate, prep: PromptWork, model_na
     v1.add_api_route("/models/{model:path}", routes.get_model, methods=["GET"])
     app = FastAPI(title="tierserve router", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(v1)
+    app.add_api_route("/tokenize", routes.tokenize, methods=["POST"])
+    app.add_api_route("/detokenize", routes.detokenize, methods=["POST"])
     app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/live", live, methods=["GET"])
+    app.add_api_route("/version", version, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
     install_error_handlers(app, service.metrics)
     app.add_middleware(EdgeMiddleware, gate=gate, metrics=service.metrics, max_body_bytes=max_body_bytes)

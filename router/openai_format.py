@@ -1,7 +1,13 @@
-"""Engine outputs rendered as OpenAI completion and chat bodies, whole or as stream chunks."""
+"""Engine outputs rendered as OpenAI completion and chat bodies, whole or as stream chunks.
+
+With ``return_token_ids`` (vLLM's option) a choice carries its output's token ids (a chunk's:
+its delta) and the response its prompt's (completions: in the choice; a stream: in its first
+chunk), so clients of a checkpoint without a tokenizer get their output.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -23,6 +29,7 @@ class ResponseHeader:
     model: str
     logprobs: bool
     include_usage: bool = False
+    token_ids: bool = False   # return_token_ids
 
 
 def reason_text(reason: FinishReason | None) -> str | None:
@@ -54,6 +61,8 @@ def result_usage(result: GenerationResult) -> Usage:
 def completion_response(h: ResponseHeader, result: GenerationResult, tokenizer: Tokenizer) -> CompletionResponse:
     logprobs = completion_logprobs(tokenizer, result.logprobs, 0) if h.logprobs else None
     choice = CompletionChoice(text=result.text, logprobs=logprobs, finish_reason=reason_text(result.finish_reason))
+    if h.token_ids:
+        choice.token_ids, choice.prompt_token_ids = list(result.token_ids), list(result.prompt_token_ids)
     return CompletionResponse(id=h.id, created=h.created, model=h.model, choices=[choice],
                               usage=result_usage(result))
 
@@ -61,18 +70,29 @@ def completion_response(h: ResponseHeader, result: GenerationResult, tokenizer: 
 def chat_response(h: ResponseHeader, result: GenerationResult, tokenizer: Tokenizer) -> ChatCompletionResponse:
     choice = ChatChoice(message=ChatMessageOut(content=result.text),
                         logprobs=chat_logprobs(tokenizer, result.logprobs) if h.logprobs else None,
-                        finish_reason=reason_text(result.finish_reason))
+                        finish_reason=reason_text(result.finish_reason),
+                        token_ids=list(result.token_ids) if h.token_ids else None)
     return ChatCompletionResponse(id=h.id, created=h.created, model=h.model, choices=[choice],
-                                  usage=result_usage(result))
+                                  usage=result_usage(result),
+                                  prompt_token_ids=list(result.prompt_token_ids) if h.token_ids else None)
 
 
 class StreamFormatter:
     """Turns a request's deltas into stream chunks; subclasses shape them per endpoint."""
 
-    def __init__(self, header: ResponseHeader, tokenizer: Tokenizer):
+    def __init__(self, header: ResponseHeader, tokenizer: Tokenizer, prompt_token_ids: Sequence[int] = ()):
         self.header = header
         self.tokenizer = tokenizer
         self.usage = Usage.of(0, 0, 0)
+        self.unsent_prompt_ids: list[int] | None = list(prompt_token_ids) if header.token_ids else None
+
+    def prompt_ids_once(self) -> list[int] | None:
+        """The prompt's ids for the first chunk that asks (return_token_ids), then None."""
+        ids, self.unsent_prompt_ids = self.unsent_prompt_ids, None
+        return ids
+
+    def delta_ids(self, delta: RequestOutput) -> list[int] | None:
+        return list(delta.new_token_ids) if self.header.token_ids else None
 
     def opening(self) -> list[BaseModel]:
         return []
@@ -93,8 +113,8 @@ class StreamFormatter:
 
 
 class CompletionStreamFormatter(StreamFormatter):
-    def __init__(self, header: ResponseHeader, tokenizer: Tokenizer):
-        super().__init__(header, tokenizer)
+    def __init__(self, header: ResponseHeader, tokenizer: Tokenizer, prompt_token_ids: Sequence[int] = ()):
+        super().__init__(header, tokenizer, prompt_token_ids)
         self.text_offset = 0
 
     def chunk(self, delta: RequestOutput) -> BaseModel:
@@ -103,7 +123,8 @@ class CompletionStreamFormatter(StreamFormatter):
         if logprobs is not None:
             self.text_offset += sum(len(t) for t in logprobs.tokens)
         choice = CompletionChoice(text=delta.new_text, logprobs=logprobs,
-                                  finish_reason=reason_text(delta.finish_reason) if delta.finished else None)
+                                  finish_reason=reason_text(delta.finish_reason) if delta.finished else None,
+                                  token_ids=self.delta_ids(delta), prompt_token_ids=self.prompt_ids_once())
         return CompletionResponse(id=h.id, created=h.created, model=h.model, choices=[choice])
 
     def usage_chunk(self) -> BaseModel:
@@ -113,17 +134,20 @@ class CompletionStreamFormatter(StreamFormatter):
 
 class ChatStreamFormatter(StreamFormatter):
     def opening(self) -> list[BaseModel]:
-        return [self._chunk([ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))])]
+        return [self._chunk([ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))],
+                            prompt_token_ids=self.prompt_ids_once())]
 
     def chunk(self, delta: RequestOutput) -> BaseModel:
         logprobs = chat_logprobs(self.tokenizer, delta.new_logprobs) if self.header.logprobs else None
         return self._chunk([ChatChunkChoice(delta=ChatDelta(content=delta.new_text), logprobs=logprobs,
                                             finish_reason=reason_text(delta.finish_reason) if delta.finished
-                                            else None)])
+                                            else None, token_ids=self.delta_ids(delta))])
 
     def usage_chunk(self) -> BaseModel:
         return self._chunk([], self.usage)
 
-    def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+    def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None,
+               prompt_token_ids: list[int] | None = None) -> ChatCompletionChunk:
         h = self.header
-        return ChatCompletionChunk(id=h.id, created=h.created, model=h.model, choices=choices, usage=usage)
+        return ChatCompletionChunk(id=h.id, created=h.created, model=h.model, choices=choices, usage=usage,
+                                   prompt_token_ids=prompt_token_ids)

@@ -1,8 +1,10 @@
 """OpenAI-compatible request bodies, validated by pydantic, turned into engine requests.
 
-Beyond OpenAI's fields they accept top_k, min_tokens, ignore_eos, stop_token_ids and
-cache_salt (the openai client sends them through ``extra_body``). Unknown fields are
-ignored; features that would change the output but are not implemented are refused.
+Beyond OpenAI's fields they accept vLLM's top_k, min_tokens, ignore_eos, stop_token_ids,
+cache_salt, return_token_ids and request_id (the openai client sends them through
+``extra_body``). Unknown fields are ignored; features that would change the output but are
+not implemented are refused. Also here: the bodies of vLLM's /tokenize and /detokenize, and
+the lines of an OpenAI Batch file.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.sampling_params import InvalidRequestError, SamplingParams
-from router.client_input import (MAX_MESSAGES, MAX_NAME_CHARS, MAX_ROLE_CHARS, MAX_STOP_CHARS, MAX_STOP_STRINGS,
-                                 MAX_STOP_TOKEN_IDS)
+from router.client_input import (MAX_MESSAGES, MAX_NAME_CHARS, MAX_REQUEST_ID_CHARS, MAX_ROLE_CHARS, MAX_STOP_CHARS,
+                                 MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS)
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16
 Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
@@ -47,6 +49,8 @@ class SamplingFields(BaseModel):
     stop_token_ids: list[int] = Field(default_factory=list, max_length=MAX_STOP_TOKEN_IDS)
     cache_salt: Name | None = None
     user: Name | None = None
+    return_token_ids: bool | None = None   # vLLM's: the output's (and the prompt's) token ids in the response
+    request_id: Annotated[str, Field(max_length=MAX_REQUEST_ID_CHARS)] | None = None  # when no X-Request-Id
 
     def check_supported(self) -> None:
         """Refuse options this server does not implement, naming them."""
@@ -151,6 +155,44 @@ class ChatCompletionRequest(SamplingFields):
     @property
     def wants_logprobs(self) -> bool:
         return bool(self.logprobs)
+
+
+class TokenizeRequest(BaseModel):
+    """POST /tokenize, vLLM's two shapes in one: ``prompt`` (text), or ``messages`` rendered with
+    the chat template. ``add_special_tokens`` unset: for a prompt True, for messages the ids
+    /v1/chat/completions would use (so ``count`` is its usage.prompt_tokens); set, the
+    rendered text is encoded with it, as vLLM does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: Name | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, max_length=MAX_MESSAGES)
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    return_token_strs: bool = False
+
+    def check_supported(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise InvalidRequestError("give exactly one of prompt or messages")
+        if self.continue_final_message:
+            raise InvalidRequestError("continue_final_message is not supported")
+
+    @property
+    def size(self) -> int:
+        """Characters to tokenize (what decides whether a worker thread does it)."""
+        if self.prompt is not None:
+            return len(self.prompt)
+        return sum(len(m.content) if isinstance(m.content, str) else sum(len(p.text or "") for p in m.content or ())
+                   for m in self.messages or ())
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: Name | None = None
+    tokens: list[int]
 
 
 class OpenAIBatchLine(BaseModel):

@@ -1,10 +1,11 @@
-"""OpenAI-compatible response bodies (completions, chat, models, errors) as pydantic models."""
+"""OpenAI-compatible response bodies (completions, chat, models, errors, vLLM's tokenizer
+endpoints) as pydantic models."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_serializer
 
 
 class PromptTokensDetails(BaseModel):
@@ -31,11 +32,28 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
 
-class CompletionChoice(BaseModel):
+class OmitsUnrequested(BaseModel):
+    """Leaves out the vLLM extensions a client did not ask for (``return_token_ids``), so
+    responses keep OpenAI's shape by default."""
+
+    optional_fields: ClassVar[tuple[str, ...]] = ("token_ids", "prompt_token_ids")
+
+    @model_serializer(mode="wrap")
+    def _omit_unrequested(self, handler):
+        data = handler(self)
+        for name in self.optional_fields:
+            if data.get(name, 0) is None:
+                del data[name]
+        return data
+
+
+class CompletionChoice(OmitsUnrequested):
     index: int = 0
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
+    token_ids: list[int] | None = None          # return_token_ids: the output's ids (a chunk's: its delta)
+    prompt_token_ids: list[int] | None = None   # return_token_ids: the prompt's (a stream's first chunk)
 
 
 class CompletionResponse(BaseModel):
@@ -68,20 +86,22 @@ class ChatMessageOut(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
+class ChatChoice(OmitsUnrequested):
     index: int = 0
     message: ChatMessageOut
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
+    token_ids: list[int] | None = None
 
 
-class ChatCompletionResponse(BaseModel):
+class ChatCompletionResponse(OmitsUnrequested):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    prompt_token_ids: list[int] | None = None
 
 
 class ChatDelta(BaseModel):
@@ -89,20 +109,22 @@ class ChatDelta(BaseModel):
     content: str | None = None
 
 
-class ChatChunkChoice(BaseModel):
+class ChatChunkChoice(OmitsUnrequested):
     index: int = 0
     delta: ChatDelta
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
+    token_ids: list[int] | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(OmitsUnrequested):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+    prompt_token_ids: list[int] | None = None   # return_token_ids: in the first chunk
 
 
 class ModelCard(BaseModel):
@@ -116,6 +138,23 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class TokenizeResponse(BaseModel):
+    """POST /tokenize (vLLM's shape); ``token_strs`` only with ``return_token_strs``."""
+
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class VersionInfo(BaseModel):
+    version: str
 
 
 class ErrorInfo(BaseModel):

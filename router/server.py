@@ -34,7 +34,7 @@ class Router:
         self.backend = backend
         self.config = config
         self.model_name = config.model_name or backend.model_name
-        self.metrics = RouterMetrics(backend)
+        self.metrics = RouterMetrics(backend, self.model_name)
         self.service = GenerationService(backend, self.metrics, config.request_timeout_s)
         secret = config.cache_salt_secret.encode() if config.cache_salt_secret else None
         self.gate = Gate(ApiKeyCheck(config.api_keys, secret), RateLimiter(config.rate_limit_rps, config.burst))

@@ -44,7 +44,7 @@ def batch_file(tmp_path) -> tuple:
     path = tmp_path / "batch.jsonl"
     path.write_text("\n".join([
         openai_line("text", prompt="Hello, world!", max_tokens=5, temperature=0),
-        openai_line("ids", prompt=[0, 11, 40, 7], max_tokens=5, temperature=0, logprobs=1),
+        openai_line("ids", prompt=[0, 11, 40, 7], max_tokens=5, temperature=0, logprobs=1, return_token_ids=True),
         openai_line("chat", "/v1/chat/completions", messages=MESSAGES, max_tokens=5, temperature=0),
         openai_line("bad", prompt=[10**8], max_tokens=5)]) + "\n")
     return path
@@ -64,6 +64,8 @@ def check_openai_results(results: list[BatchRequestOutput], want: list) -> None:
     assert ids.response.body.choices[0].logprobs.token_logprobs == pytest.approx(
         [lp.logprob for lp in want[1].logprobs], abs=1e-4)
     assert ids.response.body.usage.completion_tokens == len(want[1].token_ids) == 5
+    assert ids.response.body.choices[0].token_ids == want[1].token_ids  # return_token_ids (vLLM's)
+    assert text.response.body.choices[0].token_ids is None
     assert chat.response.body.object == "chat.completion"
     assert chat.response.body.choices[0].message.content == want[2].text
     assert chat.response.body.usage.prompt_tokens == len(want[2].prompt_token_ids)

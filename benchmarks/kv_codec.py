@@ -108,8 +108,8 @@ def bench_host(device: torch.device, tokens: int, iters: int, redis_url: str) ->
         finally:
             store.wipe()
             store.close()
-        _check_host(codec, kv, ids, target)
         row = dict(codec=codec, device=device.type, tokens=tokens, stored_bytes=stored,
+                   returned_what_was_stored=_check_host(codec, kv, ids, target),
                    put_ms=1e3 * statistics.median(puts[1:]), get_ms=1e3 * statistics.median(gets[1:]))
         rows.append(row)
         print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
@@ -119,18 +119,17 @@ def bench_host(device: torch.device, tokens: int, iters: int, redis_url: str) ->
     return rows
 
 
-def _check_host(codec: str, kv: torch.Tensor, ids: torch.Tensor, target: torch.Tensor) -> None:
-    """What get returned is the stored blocks (exact) or the codec's own round trip of them (on
-    CUDA only: on the CPU that round trip takes as long as the whole measurement)."""
+def _check_host(codec: str, kv: torch.Tensor, ids: torch.Tensor, target: torch.Tensor) -> bool | None:
+    """Whether get returned the stored blocks (exact) or the codec's own round trip of them (None
+    for a codec on the CPU: that round trip takes as long as the whole measurement)."""
     want = kv
     if codec != "exact":
         if kv.device.type != "cuda":
-            return
+            return None
         fmt = CodecFormat.of(LLAMA3_8B, codec)
         want = torch.zeros_like(kv)
         decode(want, ids, encode(kv, ids, fmt)[0], fmt)
-    if not torch.equal(target[:, :, ids].view(torch.int16), want[:, :, ids].view(torch.int16)):
-        raise RuntimeError(f"the host tier ({codec}) returned other blocks than it stored")
+    return torch.equal(target[:, :, ids].view(torch.int16), want[:, :, ids].view(torch.int16))
 
 
 def _clock_once(fn, device: torch.device) -> float:

@@ -19,6 +19,17 @@ out="${OUT:-out}"
 work="$(mktemp -d)"
 mkdir -p "$out"
 trap 'tar czf "$out/results.tgz" -C "$work" . 2>/dev/null' EXIT
+train_small() {  # PRESET MINUTES: benchmarks/train_small_model.py, its log, metrics, plot, checkpoint tar in 15 MiB parts
+  local run
+  run="$(mktemp -d)"
+  trap - EXIT  # no results.tgz: the checkpoint's parts need the device tool's 8 files
+  # the checkpoint is saved when training ends (~6.5 min in); the timeout leaves time to pack it
+  timeout 520 python -m benchmarks.train_small_model --preset "$1" --minutes "$2" --device cuda --out "$run" 2>&1 \
+    | tee "$out/train-$1.log"
+  cp "$run/metrics.json" "$run/loss.png" "$out/"
+  tar cf - -C "$run" checkpoint | split -b 15m -d - "$out/$1-model.tar.part-"
+  ls -l "$out"
+}
 case "${1:-}" in
   kernels)  # ~6 min: kernel GPU tests, single-split decode, --tune (issue 2's SDPA goal)
     python -m pytest -q -p no:cacheprovider tests/gpu/test_attention_kernels.py 2>&1 \
@@ -86,6 +97,20 @@ case "${1:-}" in
       --out "$work/decode-step" > "$out/decode-step.log" 2>&1
     grep "note\|failed\|Error\|GB/s\|│" "$out/decode-step.log" | tail -12
     ;;
+  trained-model)  # ~8 min, one H200 (issue 18 part 1): the `small` preset (26.7M parameters) for 5 minutes; new, never run
+    # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh trained-model
+    # Needs torch, triton, tokenizers, safetensors (the image's; transformers and matplotlib too, else the agreement
+    # check and the plot are skipped). Phases: data ~0.5-1 min (stdlib + torch's own sources, tokenizer, 100K task
+    # examples), training 5 min (compile and evaluations included), evaluation ~1-1.5 min. Comes back, 7 files (~55 MB):
+    # train-small.log, metrics.json (held-out loss, recall exact-match, agreement with transformers, curves),
+    # loss.png, small-model.tar.part-00..03 (51 MiB bf16; join: cat small-model.tar.part-* | tar x)
+    train_small small 5
+    ;;
+  trained-model-ci)  # ~5 min, one H200: the `ci` preset (6.5M parameters, 12.4 MiB bf16) for 2 minutes; new, never run
+    # The copy to keep in the repo for CPU tests (benchmarks/models/, once it recalls well). Comes back: train-ci.log,
+    # metrics.json, loss.png, ci-model.tar.part-00 (one part: under 15 MiB)
+    train_small ci 2
+    ;;
   kv-codec)  # ~3 min, one H200 (issue 18 part 3): the KV codec's kernels, host tier with it, speed; new, never run
     # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh kv-codec
     # Quality too, given a trained checkpoint (trained-model's small-model.tar.part-*, joined, unpacked and carried):
@@ -105,7 +130,7 @@ case "${1:-}" in
     fi
     ;;
   *)
-    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines|kv-codec" >&2
+    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines|trained-model|trained-model-ci|kv-codec" >&2
     exit 2
     ;;
 esac

@@ -3,15 +3,18 @@
 An example is four parts of plain text::
 
     prefix    ### system / ### agent X ...   a system prompt and other agents' messages
-    segment   ### tool inventory / ...       key: value lines (a tool result or a message)
-    question  ### agent Y / What is key? / ### answer
-    answer    the value, copied from the segment
+    segment   ### tool inventory / - key: value lines (a tool result or another agent's message)
+    question  ### agent Y / What is key? / ### answer / - key:
+    answer    the value, copied from the segment (the completion is " value\n")
 
 The same ``segment`` appears under different prefixes (``episode``): what multi-agent KV reuse
 (KVCOMM) computes once and reuses, so quality can be compared against a full prefill. Prefix
 messages may quote other keys' facts (distractors); the asked key appears only in the segment.
-Every part ends with a newline and the next starts with ``###``, so a byte-level BPE tokenizes
-the parts one by one exactly as it tokenizes the whole prompt.
+Every part but the question ends with a newline and the next starts with ``###``, so a byte-level
+BPE tokenizes the parts one by one exactly as it tokenizes the whole prompt. A key or value is
+always preceded by a space (``- key: value``, ``What is key?``), so it is the same tokens
+wherever it appears; the answer line repeats the segment's ``- key:``, so the value is what
+followed the same tokens in the segment (what an induction head looks up).
 
 Keys are pronounceable made-up words; the held-out split uses keys whose hash the train split
 never draws, and every example is drawn from its own seeded ``random.Random`` (a str seed:
@@ -39,7 +42,7 @@ OBJECTS = ("the build", "the cache", "the parser", "the scheduler", "the router"
            "the queue", "the tests", "the migration", "the report")
 RESULTS = ("all good", "two failures remain", "it is slower than before", "nothing changed",
            "the logs look clean", "one warning left", "we should retry later", "it needs review")
-QUESTIONS = ("What is {key}?", "What is the value of {key}?", "Give me {key}.", "{key} = ?",
+QUESTIONS = ("What is {key}?", "What is the value of {key}?", "Give me {key}.", "Look up {key}.",
              "Which value does {key} have?")
 CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
@@ -71,9 +74,13 @@ class Example:
         return self.prefix + self.segment + self.question
 
     @property
+    def completion(self) -> str:
+        return " " + self.answer + "\n"
+
+    @property
     def text(self) -> str:
         """The whole example as training text (the answer's line included)."""
-        return self.prompt + self.answer + "\n"
+        return self.prompt + self.completion
 
 
 def example(index: int, split: str = "train", seed: int = 0, config: TaskConfig = TaskConfig()) -> Example:
@@ -98,7 +105,7 @@ def episode(index: int, num_prefixes: int, split: str = "train", seed: int = 0,
         agent = rng.choice(AGENTS)
         prefix = _prefix(rng, agent, config, split, used)
         key, value = rng.choice(facts)
-        question = f"### agent {agent}\n{rng.choice(QUESTIONS).format(key=key)}\n### answer\n"
+        question = f"### agent {agent}\n{rng.choice(QUESTIONS).format(key=key)}\n### answer\n- {key}:"
         out.append(Example(prefix, segment, question, value))
     return out
 
@@ -159,7 +166,7 @@ def _segment(rng: random.Random, facts: list[tuple[str, str]]) -> str:
         head = f"### tool {rng.choice(TOOLS)}\n"
     else:
         head = f"### agent {rng.choice(AGENTS)}\nHere is what I found:\n"
-    return head + "".join(f"{k}: {v}\n" for k, v in facts)
+    return head + "".join(f"- {k}: {v}\n" for k, v in facts)
 
 
 def _prefix(rng: random.Random, agent: str, config: TaskConfig, split: str, used: set[str]) -> str:

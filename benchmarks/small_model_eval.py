@@ -45,7 +45,7 @@ def teacher_forced_recall(model: SmallLlama, tokenizer, items: Sequence[Example]
     greedy exact-match, which also accepts another tokenization of the same text)."""
     device = next(model.parameters()).device
     prompts = [e.ids for e in tokenizer.encode_batch_fast([e.prompt for e in items])]
-    answers = [e.ids for e in tokenizer.encode_batch_fast([e.answer + "\n" for e in items],
+    answers = [e.ids for e in tokenizer.encode_batch_fast([e.completion for e in items],
                                                           add_special_tokens=False)]
     hits = 0
     for start in range(0, len(items), batch_size):
@@ -106,12 +106,15 @@ def plot(history: dict, path: Path) -> bool:
     except ImportError:
         return False
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax.plot([t / 1e6 for t in history["train_tokens"]], history["train_loss"], label="train (batch mean)", lw=1)
-    ax.plot([t / 1e6 for t in history["eval_tokens"]], history["heldout_loss"], "o-", label="held-out files")
+    evals = [t / 1e6 for t in history["eval_tokens"]]
+    ax.plot([t / 1e6 for t in history["train_tokens"]], history["train_loss"], lw=1, alpha=0.6,
+            label="training batches (files and task)")
+    ax.plot(evals, history["train_eval_loss"], "s-", ms=3, label="training files")
+    ax.plot(evals, history["heldout_loss"], "o-", ms=3, label="held-out files")
     ax.set(xlabel="tokens seen (M)", ylabel="cross-entropy (nats/token)", title="LM loss")
     ax.set_ylim(0, min(12.0, max(history["heldout_loss"] + history["train_loss"][-1:]) + 0.5))
     ax.legend()
-    ax2.plot([t / 1e6 for t in history["eval_tokens"]], history["recall_tf"], "o-")
+    ax2.plot(evals, history["recall_tf"], "o-", ms=3)
     ax2.set(xlabel="tokens seen (M)", ylabel="exact-match", title="held-out recall (teacher-forced)", ylim=(0, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -18,8 +18,14 @@ from engine.tiny_model import SPECIAL_TOKENS, TinyModelSpec, train_tokenizer
 
 HELDOUT_TASK_SEED = 0  # the held-out recall set is the same whatever the training seed
 
+
 @dataclass(frozen=True)
 class Preset:
+    """A model's shape and how it is trained: ``task_fraction`` of the rows come from the recall
+    task; ``packages`` add installed packages' sources to the standard library's; ``max_chars``
+    caps the training files (and held-out ones at 3% of it); evaluations every ``eval_every`` steps
+    over ``eval_tokens`` tokens of each split and 256 held-out recall examples."""
+
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -85,8 +91,12 @@ def sample_batch(gen: torch.Generator, data: Data, p: Preset, device: torch.devi
     from_task = torch.rand(p.batch_size, generator=gen) < p.task_fraction
     u = torch.rand(p.batch_size, generator=gen, dtype=torch.float64)
     span = torch.where(from_task, len(data.task), len(data.train)) - p.seq_len - 1
-    starts = (u * span).long().to(device)[:, None] + torch.arange(p.seq_len + 1, device=device)
-    rows = torch.where(from_task.to(device)[:, None], data.task[starts.clamp(max=len(data.task) - 1)],
+    starts = (u * span).long()
+    if device.type == "cuda":  # copies that need not wait for the steps queued before them
+        starts, from_task = starts.pin_memory(), from_task.pin_memory()
+    starts = starts.to(device, non_blocking=True)[:, None] + torch.arange(p.seq_len + 1, device=device)
+    rows = torch.where(from_task.to(device, non_blocking=True)[:, None],
+                       data.task[starts.clamp(max=len(data.task) - 1)],
                        data.train[starts.clamp(max=len(data.train) - 1)])
     return rows.long()
 

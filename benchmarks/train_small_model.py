@@ -26,6 +26,7 @@ import dataclasses
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -54,8 +55,7 @@ def run(args) -> dict:
     preset = dataclasses.replace(PRESETS[args.preset], **{k: v for k, v in (
         ("batch_size", args.batch_size), ("max_chars", args.max_chars),
         ("recall_examples", args.recall_examples)) if v is not None})
-    device = torch.device(args.device)
-    out = Path(args.out)
+    device, out = torch.device(args.device), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = prepare_data(preset, args.seed)
@@ -63,9 +63,8 @@ def run(args) -> dict:
     prep_s = time.perf_counter() - t0
     print(f"data in {prep_s:.1f} s: {json.dumps(data.describe)}", flush=True)
     spec = preset.spec()
-    cfg = ModelConfig.from_dict(hf_config(spec, 0, 1))
     torch.manual_seed(args.seed)
-    model = SmallLlama(cfg)
+    model = SmallLlama(ModelConfig.from_dict(hf_config(spec, 0, 1)))
     model.init_weights(spec.weight_std)
     model.to(device)
     print(f"{model.num_parameters() / 1e6:.2f}M parameters on {device}", flush=True)
@@ -74,32 +73,49 @@ def run(args) -> dict:
     result = train(model, data, preset, args, device)
     ckpt = save_checkpoint(out / "checkpoint", model, spec, data.tokenizer)
     del model
-    t1 = time.perf_counter()
-    saved = load_checkpoint(ckpt, device)  # measure what was saved (bf16 weights), not the fp32 master
-    # all of the held-out files (up to 2M tokens), and as many tokens of training files
-    final = evaluate(saved, data, dataclasses.replace(preset, eval_tokens=min(len(data.heldout), 2_000_000)))
-    del saved
-    recall = engine_recall(ckpt, data.recall, args.device)
-    parity = _parity(ckpt, data, preset, args.device)
     metrics = {
         "preset": args.preset, "seed": args.seed, "device": _device_name(device), "torch": torch.__version__,
         "parameters": sum(t.numel() for t in _tensors(ckpt)), "model": dataclasses.asdict(spec),
-        "checkpoint_bytes": (ckpt / "model.safetensors").stat().st_size,
-        "heldout_lm_loss": final["heldout_loss"], "train_files_lm_loss": final["train_loss"],
-        "recall_exact_match": recall, "recall_teacher_forced": final["recall_tf"],
-        "recall_examples": len(data.recall), "transformers_greedy": parity,
-        "data": data.describe, "data_seconds": prep_s, "eval_seconds": time.perf_counter() - t1,
-        "corpus_epochs": result["tokens_seen"] * (1 - preset.task_fraction) / max(1, len(data.train)),
-        **{k: v for k, v in result.items() if k != "history"},
-        "preset_settings": dataclasses.asdict(preset), "history": result["history"],
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    plotted = plot(result["history"], out / "loss.png")
-    print(f"held-out LM loss {final['heldout_loss']:.3f} (train files {final['train_loss']:.3f}); recall "
-          f"exact-match {recall:.3f} greedy (engine), {final['recall_tf']:.3f} teacher-forced; transformers "
-          f"greedy identical on {parity.get('identical', '-')}/{parity.get('prompts', '-')}; "
-          f"{out / 'metrics.json'}{', loss.png' if plotted else ''}", flush=True)
+        "checkpoint_bytes": (ckpt / "model.safetensors").stat().st_size, "data": data.describe,
+        "data_seconds": prep_s, "corpus_epochs": result["tokens_seen"] * (1 - preset.task_fraction) / len(data.train),
+        **result, "preset_settings": dataclasses.asdict(preset)}
+    _write_metrics(out, metrics)  # what is known if a measurement below fails
+    plot(result["history"], out / "loss.png")
+    metrics.update(measure(ckpt, data, preset, args.device))
+    _write_metrics(out, metrics)
+    print(f"held-out LM loss {metrics['heldout_lm_loss']:.3f} (train files {metrics['train_files_lm_loss']:.3f}); "
+          f"recall exact-match {metrics['recall_exact_match']} greedy (engine), {metrics['recall_teacher_forced']:.3f}"
+          f" teacher-forced; transformers greedy {metrics['transformers_greedy']}; in {out}", flush=True)
     return metrics
+
+
+def measure(ckpt: Path, data: Data, p: Preset, device: str) -> dict:
+    """Quality of the saved checkpoint: LM loss over all held-out files (up to 2M tokens) and as
+    many training-file tokens, teacher-forced recall (on the saved bf16 weights, not the fp32
+    master copy), engine-greedy recall, agreement with transformers. A measurement that raises
+    is recorded as its error (and the traceback printed), the others still run."""
+    t = time.perf_counter()
+    saved = load_checkpoint(ckpt, device)
+    final = evaluate(saved, data, dataclasses.replace(p, eval_tokens=min(len(data.heldout), 2_000_000)))
+    del saved
+    return {"heldout_lm_loss": final["heldout_loss"], "train_files_lm_loss": final["train_loss"],
+            "recall_teacher_forced": final["recall_tf"],
+            "recall_exact_match": _attempt(lambda: engine_recall(ckpt, data.recall, device)),
+            "recall_examples": len(data.recall),
+            "transformers_greedy": _attempt(lambda: _parity(ckpt, data, p, device)),
+            "eval_seconds": time.perf_counter() - t}
+
+
+def _attempt(fn):
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - recorded, so the run's other results still come back
+        traceback.print_exc()
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def _write_metrics(out: Path, metrics: dict) -> None:
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def _parity(ckpt: Path, data: Data, p: Preset, device: str) -> dict:
@@ -144,4 +160,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    results = main(sys.argv[1:])
+    failed = [k for k, v in results.items() if isinstance(v, dict) and "error" in v]
+    sys.exit(f"failed: {', '.join(failed)}" if failed else 0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -121,16 +122,30 @@ def test_task_is_deterministic_with_disjoint_heldout_keys_and_shared_segments():
     assert task.examples(5, "train", seed=3) != task.examples(5, "train", seed=4)
     for split in task.SPLITS:
         for e in task.examples(50, split):
-            keys = [line.split(":")[0] for line in e.segment.splitlines()[1:] if ": " in line]
-            assert all(task.is_heldout_key(k) == (split == "heldout") for k in keys)
-            assert e.answer in [line.split(": ", 1)[1] for line in e.segment.splitlines() if ": " in line]
+            facts = dict(line[2:].split(": ", 1) for line in e.segment.splitlines() if line.startswith("- "))
+            assert facts and all(task.is_heldout_key(k) == (split == "heldout") for k in facts)
+            [asked] = [k for k in facts if re.search(rf" {k}\b", e.question)]
+            assert facts[asked] == e.answer and not re.search(rf" {asked}\b", e.prefix)
     episode = task.episode(7, 4, "heldout")
     assert len({e.segment for e in episode}) == 1 and len({e.prefix for e in episode}) > 1
     assert episode[0] == task.example(7, "heldout")
 
 
-def test_parts_tokenize_as_the_whole_prompt(trained):
+def test_parts_tokenize_as_the_whole_example_and_keys_as_the_same_tokens(trained):
+    """Segments can be tokenized (and their KV computed) alone; a key asked for is the same tokens
+    in the question as in the segment, and the answer the same tokens as the value it copies."""
     tokenizer = Tokenizer(trained[0] / "checkpoint")
-    for e in task.examples(10, "heldout"):
-        parts = [tokenizer.encode(x, add_special_tokens=False) for x in (e.prefix, e.segment, e.question)]
-        assert tokenizer.encode(e.prompt) == [tokenizer.bos_token_id] + parts[0] + parts[1] + parts[2]
+    for e in task.examples(20, "heldout"):
+        parts = [tokenizer.encode(x, add_special_tokens=False) for x in (e.prefix, e.segment, e.question,
+                                                                          e.completion)]
+        assert tokenizer.encode(e.text) == [tokenizer.bos_token_id] + sum(parts, [])
+        key = next(line[2:].split(": ")[0] for line in e.segment.splitlines()
+                   if line.startswith("- ") and line.endswith(f": {e.answer}"))
+        fact = tokenizer.encode(f" {key}: {e.answer}", add_special_tokens=False)
+        assert _contains(parts[1], fact)
+        assert _contains(parts[2], tokenizer.encode(f" {key}", add_special_tokens=False))
+        assert _contains(parts[3], tokenizer.encode(f" {e.answer}", add_special_tokens=False))
+
+
+def _contains(seq: list[int], sub: list[int]) -> bool:
+    return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))

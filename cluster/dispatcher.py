@@ -10,9 +10,13 @@ happen here.
 Failures: a replica whose call fails because its process died is marked down (no more
 requests until it answers again, pool_handles) and the request gets ReplicaFailed, a
 ServiceUnavailableError (HTTP 503 / gRPC UNAVAILABLE with a retry hint), never Ray's
-traceback. A request that has streamed nothing yet is retried once on another replica;
-one that has streamed its first token cannot be, and ends with ReplicaFailed. A handoff
-that breaks ends the same way; both ends free the request's blocks.
+traceback. A request that has streamed nothing yet is retried once on another replica. A
+prefill replica that dies after its first token went out, before the handoff, is replaced
+once by a prefill of the prompt and that token elsewhere (greedy output is unchanged; a
+seeded sampler restarts from its seed). Any other failure after the first token ends with
+ReplicaFailed; a handoff that breaks ends the same way; both ends free the request's blocks.
+A replica whose process lives but serves nothing (no ping answered for PING_DOWN_S, or its
+engine thread died) is killed so that Ray restarts it.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ class Dispatcher:
         self.handoff_bytes = 0
         self.timings = TimingLog()
         self.outputs = OutputDemux(uuid.uuid4().hex, on_failure=self._stream_broke)
+        self.pools.on_hung = self._replace
+        self.pools.on_error = self._ping_failed
 
     async def generate(self, request_id: str | None, prompt_token_ids: list[int], params: SamplingParams,
                        cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
@@ -136,18 +142,33 @@ class Dispatcher:
         prefill, first = await self._prefill_somewhere(req, shape)
         clock.mark("prefill")
         clock.workers["prefill"] = prefill.worker_id
-        handed_off = False
+        handed_off, recomputed = False, False
         try:
             delta = out.first_token(first.token_id, first.logprob, first.num_cached_tokens)
             yield delta
-            if delta.finished:
+            while not delta.finished:
+                try:
+                    decode = await self._handoff(prefill, first, req, shape)
+                    handed_off = True
+                    break
+                except ReplicaFailed as failure:
+                    if recomputed or prefill.state is not HealthState.DOWN:
+                        raise
+                    log.warning("request %s: prefill replica %s died before its handoff (%s); prefilling the "
+                                "prompt and the token sent so far again", req.request_id, prefill.worker_id, failure)
+                # the token is out: the prompt and it are prefilled elsewhere, whose token is the next one
+                recomputed, req = True, _continued(req, first.token_id)
+                shape = self.view.shape(req.prompt_token_ids, req.cache_salt)
+                prefill, first = await self._prefill_somewhere(req, shape)
+                clock.workers["prefill"] = prefill.worker_id
+                delta = out.first_token(first.token_id, first.logprob, first.num_cached_tokens)
+                yield delta
+            if not handed_off:
                 return
-            decode = await self._handoff(prefill, first, req, shape)
             clock.workers["decode"] = decode.worker_id
             clock.mark("handoff")
-            handed_off = True
         finally:
-            if not handed_off:  # finished at the first token, or the caller left: drop the held KV
+            if not handed_off:  # finished at its prefill's token, or the caller left: drop the held KV
                 self._tell(prefill, "release", req.request_id)
         try:
             stream = self._stream(decode, lambda channel: decode.actor.start_stream.remote(req.request_id, channel),
@@ -235,15 +256,18 @@ class Dispatcher:
     async def _call(self, replica: Replica, call: ObjectRef, peer: Replica | None = None):
         """Await an actor call. Its process dying (or its engine stopping) marks the replica down
         and raises ReplicaFailed; so does a KV transfer or a peer failing under it, without
-        marking it down, and ``peer`` going down meanwhile (the call is cancelled: a transfer
-        would otherwise wait out its timeouts). Any other error of the call is raised as it is."""
+        marking it down, and, with a ``peer``, either of the two going down meanwhile (the call
+        is cancelled: a transfer would otherwise wait out its timeouts, and a call to a dead
+        replica would wait for its restart to run there). Any other error of the call is
+        raised as it is."""
         try:
             if peer is None:
                 return await call
-            return await self._unless_down(peer, call)
+            return await self._unless_down((replica, peer), call)
         except RayTaskError as e:  # the actor ran the call: the failure is the call's, or a peer's
             if isinstance(e, EngineStopped):
                 replica.mark_down(f"its engine stopped: {first_line(e)}")
+                self._replace(replica)
             elif not isinstance(e, (RayActorError, KVStoreError, redis.RedisError)):  # Redis: pair epochs
                 raise
             raise ReplicaFailed(f"{replica.worker_id}: {first_line(e.cause if e.cause else e)}") from None
@@ -252,16 +276,16 @@ class Dispatcher:
             raise ReplicaFailed(f"replica {replica.worker_id} failed: {first_line(e)}", retry_after_s=5) from None
 
     @staticmethod
-    async def _unless_down(peer: Replica, call: ObjectRef):
+    async def _unless_down(watched: tuple[Replica, ...], call: ObjectRef):
         future = asyncio.ensure_future(_awaited(call))
         try:
             while True:
                 done, _ = await asyncio.wait({future}, timeout=PEER_CHECK_S)
                 if done:
                     return future.result()
-                if peer.state is HealthState.DOWN:
+                if (down := next((r for r in watched if r.state is HealthState.DOWN), None)) is not None:
                     ray.cancel(call)
-                    raise ReplicaFailed(f"replica {peer.worker_id} went down: {peer.reason}", retry_after_s=5)
+                    raise ReplicaFailed(f"replica {down.worker_id} went down: {down.reason}", retry_after_s=5)
         finally:
             future.cancel()
 
@@ -270,6 +294,22 @@ class Dispatcher:
         process holds nothing of the request any more (or will drop it when it answers)."""
         if replica.state is not HealthState.DOWN:
             getattr(replica.actor, method).remote(request_id)
+
+    def _ping_failed(self, replica: Replica, error: BaseException) -> None:
+        if isinstance(error, EngineStopped):  # its process lives on, serving nothing
+            self._replace(replica)
+
+    def _replace(self, replica: Replica) -> None:
+        """Kill a replica whose process lives but serves nothing (hung, or its engine thread
+        died) so that Ray restarts it; once per incarnation, one log line."""
+        if replica.killed == replica.incarnation:
+            return
+        replica.killed = replica.incarnation
+        log.warning("replica %s: killing it for Ray to restart (%s)", replica.worker_id, replica.reason)
+        try:
+            ray.kill(replica.actor, no_restart=False)
+        except Exception as e:  # noqa: BLE001 — already gone: Ray restarts it, or it is being removed
+            log.warning("replica %s could not be killed: %s", replica.worker_id, first_line(e))
 
     def _stream_broke(self, worker_id: str, reason: str) -> None:
         for replica in self.pools.all:
@@ -330,6 +370,14 @@ class Dispatcher:
         await self.outputs.aclose()
         await self.view.close()
 
+
+
+def _continued(req: PrefillRequest, token: int) -> PrefillRequest:
+    """``req`` after ``token`` was sent: that token joins the prompt and counts against the
+    limits (a decode replica counts only the tokens it is handed)."""
+    params = dataclasses.replace(req.params, max_tokens=req.params.max_tokens - 1,
+                                 min_tokens=max(0, req.params.min_tokens - 1))
+    return PrefillRequest(req.request_id, req.prompt_token_ids + [token], params, req.cache_salt)
 
 
 async def _awaited(call: ObjectRef):

@@ -26,8 +26,10 @@ class OutputProcessor:
         self.finished = False
 
     def first_token(self, token: int, logprob: TokenLogprob | None, num_cached: int) -> RequestOutput:
-        """The prefill's token: finish reasons are decided here, the prefill engine knows none."""
-        reason = token_finish_reason(self.params, token, 1, self.num_prompt_tokens + 1,
+        """The prefill's token (the first, or the next one when the prompt and the tokens so far
+        were prefilled again): finish reasons are decided here, the prefill engine knows none."""
+        n = self.num_output_tokens + 1
+        reason = token_finish_reason(self.params, token, n, self.num_prompt_tokens + n,
                                      self.eos_token_ids, self.max_model_len)
         return self._emit([token], [logprob] if logprob else [], reason, num_cached)
 

@@ -12,7 +12,9 @@ Each replica also has a state, from its load pings and from the dispatcher's cal
 degraded (its ping is slow: picked only when no replica of the pool is ready) or down (its
 process died, its output stream broke, or no ping was answered for ``PING_DOWN_S``: never
 picked, and its last load no longer counts). A ping answered again makes it ready; an
-answer from a new incarnation (Ray restarted the actor) is reported to ``on_restart``.
+answer from a new incarnation (Ray restarted the actor) is reported to ``on_restart``. A
+replica found hung is reported to ``on_hung`` (the dispatcher kills it, so that Ray
+restarts it: a hung process would otherwise stay down for good).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Replica:
     incarnation: str = ""          # its process's, from its last load report
     ping: asyncio.Future | None = None
     ping_sent: float = 0.0
+    killed: str | None = None      # the incarnation the dispatcher killed for Ray to restart
 
     def mark_down(self, reason: str) -> None:
         """Stop routing here (its process died, or it stopped answering); one log line."""
@@ -106,6 +109,7 @@ class Pools:
     colocated: list[Replica] = field(default_factory=list)
     on_restart: Callable[[Replica], None] | None = None            # it answered from a new process
     on_error: Callable[[Replica, BaseException], None] | None = None  # its ping failed (it is down)
+    on_hung: Callable[[Replica], None] | None = None                # no ping answered for PING_DOWN_S
 
     @property
     def all(self) -> list[Replica]:
@@ -135,6 +139,8 @@ class Pools:
             waited = now - r.ping_sent
             if waited > PING_DOWN_S:
                 r.mark_down(f"no answer to a load ping for {waited:.0f} s (hung?)")
+                if self.on_hung is not None:
+                    self.on_hung(r)
             elif waited > PING_SLOW_S and r.state is HealthState.READY:
                 r.state, r.reason = HealthState.DEGRADED, f"load ping unanswered for {waited:.1f} s"
                 log.warning("replica %s is degraded: %s", r.worker_id, r.reason)

@@ -3,6 +3,9 @@
 Every request must end cleanly (all its tokens, or a 503 / 'unavailable' event with a retry
 hint: never a hang, never a 500 or a traceback), the survivors must free every block and
 Redis hold no lease, and the killed part must be back and serving within the stated time.
+Also: hung replicas (SIGSTOP) are killed for Ray to restart them, no decode capacity is a
+503 with Retry-After, and a prefill replica dying between a request's first token and its
+handoff is replaced by a prefill of the prompt and that token elsewhere.
 Select with ``-m faults`` (about 2-3 minutes on 2 loaded CPU cores, most of it bring-up and
 model loads of the restarted replicas).
 """
@@ -10,6 +13,7 @@ model loads of the restarted replicas).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -173,3 +177,115 @@ def _redis(faulty: Faulty):
 
 def _host_blocks(client) -> int:
     return sum(1 for _ in client.scan_iter(match=KEYS.payload("*"), count=1000))
+
+
+def test_hung_decode_replicas_are_killed_restarted_and_no_capacity_is_a_503(faulty, caplog):
+    """Both decode replicas stopped (SIGSTOP: alive, answering nothing): marked down after
+    PING_DOWN_S, a request meanwhile is a 503 with Retry-After (no decode capacity), and each
+    is killed so that Ray restarts it; a stream that was on one ends cleanly."""
+    caplog.set_level(logging.WARNING, logger="cluster.dispatcher")
+    serve_again(faulty, 2)  # the dispatcher's pings run
+    pids = {w: faulty.pid(w) for w in ("decode-0", "decode-1")}
+
+    async def stream_then_stop() -> Outcome:
+        async with httpx.AsyncClient(base_url=faulty.base_url, timeout=REQUEST_TIMEOUT_S) as http:
+            streaming = asyncio.Event()
+            task = asyncio.create_task(stream_one(http, faulty.model_name, "A stream on a hung replica",
+                                                  MAX_TOKENS, streaming))
+            await asyncio.wait_for(streaming.wait(), REQUEST_TIMEOUT_S)
+            for pid in pids.values():
+                os.kill(pid, signal.SIGSTOP)
+            return await task
+    stopped_at = time.monotonic()
+    in_flight = asyncio.run(stream_then_stop())
+    check_terminal([in_flight], MAX_TOKENS)
+    deadline = time.monotonic() + 20
+    while any(faulty.state(w) != "down" for w in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    down_after = time.monotonic() - stopped_at
+    assert all(faulty.state(w) == "down" for w in pids)
+    refused = asyncio.run(_outcome(faulty, "No decode replica is up"))
+    assert (refused.kind, refused.status) == ("unavailable", 503) and int(refused.retry_after) >= 1, refused
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids.values())  # killed, not only avoided
+    deadline = time.monotonic() + RECOVER_S
+    while any(faulty.state(w) != "ready" for w in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    print(f"\nhung decode replicas: down after {down_after:.1f} s, ready again after "
+          f"{time.monotonic() - stopped_at:.1f} s; the stream on one: {in_flight.kind} after {in_flight.tokens}")
+    assert all(faulty.state(w) == "ready" for w in pids)
+    assert {faulty.pid(w) for w in pids}.isdisjoint(pids.values())  # new processes
+    kills = [r.getMessage() for r in caplog.records if "killing it for Ray to restart" in r.getMessage()]
+    assert sorted(k.split(":")[0] for k in kills) == ["replica decode-0", "replica decode-1"], kills
+    since = time.perf_counter()
+    serve_again(faulty)
+    assert served_by(faulty, "decode", "decode-0", since) and served_by(faulty, "decode", "decode-1", since)
+    faulty.assert_all_free()
+
+
+def test_a_prefill_dead_between_first_token_and_handoff_is_prefilled_again(faulty, caplog):
+    """The prefill replica that sent a request's first token is killed before its handoff: the
+    prompt and that token are prefilled on the other one, and the client gets every token
+    once, the same greedy text as without the fault."""
+    caplog.set_level(logging.WARNING, logger="cluster.dispatcher")
+    prompt, tokens = "Recompute me: the quick brown fox jumps over", 48
+    reference = asyncio.run(_text(faulty, prompt, tokens))
+    pids = {w: faulty.pid(w) for w in ("prefill-0", "prefill-1")}
+    dispatcher, killed = faulty.dispatcher, []
+    reserve = dispatcher._reserve
+
+    async def kill_first(dreq, shape):
+        if not killed:  # the first token is out; its prefill replica dies holding the prompt's KV
+            killed.append(dreq.source_worker)
+            os.kill(pids[dreq.source_worker], signal.SIGKILL)
+            while _alive(pids[dreq.source_worker]):
+                await asyncio.sleep(0.01)
+        return await reserve(dreq, shape)
+    dispatcher._reserve = kill_first
+    try:
+        text = asyncio.run(_text(faulty, prompt, tokens))
+    finally:
+        del dispatcher._reserve
+    assert killed and text == reference
+    lines = [r.getMessage() for r in caplog.records if "prefilling the prompt and the token sent so far" in
+             r.getMessage()]
+    assert len(lines) == 1 and killed[0] in lines[0], lines
+    deadline = time.monotonic() + RECOVER_S
+    while faulty.state(killed[0]) != "ready" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert faulty.state(killed[0]) == "ready"
+    faulty.assert_all_free()
+
+
+async def _outcome(faulty: Faulty, prompt: str) -> Outcome:
+    async with httpx.AsyncClient(base_url=faulty.base_url, timeout=REQUEST_TIMEOUT_S) as http:
+        return await stream_one(http, faulty.model_name, prompt, 4)
+
+
+async def _text(faulty: Faulty, prompt: str, max_tokens: int) -> str:
+    """A greedy completion's text and token count, streamed; every chunk's text joined."""
+    body = {"model": faulty.model_name, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    parts, usage = [], None
+    async with httpx.AsyncClient(base_url=faulty.base_url, timeout=REQUEST_TIMEOUT_S) as http:
+        async with http.stream("POST", "/v1/completions", json=body) as response:
+            assert response.status_code == 200, await response.aread()
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    event = json.loads(line[len("data: "):])
+                    assert "error" not in event, event
+                    parts += [c["text"] for c in event.get("choices", [])]
+                    usage = event.get("usage") or usage
+    assert usage and usage["completion_tokens"] == max_tokens, usage
+    return "".join(parts)
+
+
+def _alive(pid: int) -> bool:
+    """Running or stopped; not gone, not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False

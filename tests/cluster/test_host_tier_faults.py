@@ -23,7 +23,6 @@ from engine.async_engine import AsyncLLMEngine
 from engine.sampling_params import SamplingParams
 from kvstore.block_key import block_keys
 from kvstore.config import KVStoreConfig
-from kvstore.keys import RedisKeys
 from kvstore.layout import KVLayout
 from kvstore.store import KVStore
 from prefill_workers.host_prefix import HostPrefixCache, host_publisher

@@ -73,7 +73,8 @@ router:
     routing = router.router_config()
     assert type(routing) is RouterConfig
     assert routing == RouterConfig(
-        host="0.0.0.0", grpc_port=None, http_port=8443, api_keys=("carol=key-c", "alice=key-a", "bob=key-b", "plainkey"),
+        host="0.0.0.0", grpc_port=None, http_port=8443,
+        api_keys=("carol=key-c", "alice=key-a", "bob=key-b", "plainkey"),
         cache_salt_secret=SALT, model_name="llama", request_timeout_s=120.0, shutdown_grace_s=9.0,
         max_request_bytes=65536, rate_limit_rps=2.5, rate_limit_burst=4, idle_timeout_s=7.0, read_timeout_s=8.0,
         tls_cert=str(pems / "cert.pem"), tls_key=str(pems / "key.pem"), tls_client_ca=str(pems / "ca.pem"))

@@ -84,7 +84,7 @@ def transformers_agreement(path: Path, prompts: Sequence[list[int]], device: str
             ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                               do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p):].tolist()
         same += ref == r.token_ids
-    return {"prompts": len(prompts), "identical": same, "new_tokens": new_tokens,
+    return {"prompts": len(prompts), "identical": same, "new_tokens": new_tokens, "device": device,
             "transformers": transformers.__version__}
 
 

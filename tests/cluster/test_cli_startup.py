@@ -113,8 +113,8 @@ def test_a_ray_without_our_cluster_says_so(monkeypatch):
     monkeypatch.setattr(batch, "lookup", not_found)
     monkeypatch.setattr(ray.util, "list_named_actors", lambda all_namespaces: [
         {"name": "someone:else", "namespace": "theirs"}])
-    with pytest.raises(ClusterNotFoundError, match=r"the Ray at ray://h:1 runs no tierserve cluster \(`--address "
-                                                   r"auto` takes any Ray on this machine, perhaps someone else's\)"):
+    with pytest.raises(ClusterNotFoundError, match=r"the Ray at ray://h:1 runs no tierserve cluster; `--address "
+                                                   r"auto` takes any Ray on this machine, perhaps someone else's"):
         batch.find_cluster("x", "ray://h:1")
     monkeypatch.setattr(ray.util, "list_named_actors", lambda all_namespaces: [
         {"name": "prod:registry", "namespace": "tierserve"}, {"name": "prod:prefill-0", "namespace": "tierserve"}])

@@ -99,11 +99,12 @@ case "${1:-}" in
     ;;
   trained-model)  # ~8 min, one H200 (issue 18 part 1): the `small` preset (26.7M parameters) for 5 minutes; new, never run
     # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh trained-model
-    # Needs torch, triton, tokenizers, safetensors (the image's; transformers and matplotlib too, else the agreement
-    # check and the plot are skipped). Phases: data ~0.5-1 min (stdlib + torch's own sources, tokenizer, 100K task
-    # examples), training 5 min (compile and evaluations included), evaluation ~1-1.5 min. Comes back, 7 files (~55 MB):
-    # train-small.log, metrics.json (held-out loss, recall exact-match, agreement with transformers, curves),
-    # loss.png, small-model.tar.part-00..03 (51 MiB bf16; join: cat small-model.tar.part-* | tar x)
+    # (the bundle is not needed by this batch.) Uses the image's torch, triton, tokenizers, safetensors, matplotlib,
+    # and numpy, torch and transformers as sources to train on (transformers also for the agreement check).
+    # Phases: data ~0.5-1 min (stdlib + those sources, tokenizer, 100K task examples), training 5 min (compile and
+    # evaluations included), evaluation ~1 min. Comes back, 7 files (~55 MB): train-small.log, metrics.json
+    # (held-out loss, recall exact-match, agreement with transformers, curves), loss.png and
+    # small-model.tar.part-00..03 (the 51 MiB bf16 checkpoint; join: cat small-model.tar.part-* | tar x)
     train_small small 5
     ;;
   trained-model-ci)  # ~5 min, one H200: the `ci` preset (6.5M parameters, 12.4 MiB bf16) for 2 minutes; new, never run

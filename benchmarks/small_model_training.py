@@ -65,9 +65,12 @@ class Data:
     describe: dict
 
 
-def encode_stream(tokenizer, texts: list[str]) -> torch.Tensor:
+def encode_stream(tokenizer, texts: list[str], chunk: int = 1024) -> torch.Tensor:
+    """The texts' tokens, each text as BOS ... EOS, in one int32 stream (encoded ``chunk`` texts at
+    a time: the encodings of 130M characters at once would take gigabytes)."""
     eos = tokenizer.token_to_id(SPECIAL_TOKENS[1])
-    return torch.cat([torch.tensor(e.ids + [eos], dtype=torch.int32) for e in tokenizer.encode_batch_fast(texts)])
+    return torch.cat([torch.tensor(e.ids + [eos], dtype=torch.int32) for i in range(0, len(texts), chunk)
+                      for e in tokenizer.encode_batch_fast(texts[i:i + chunk])])
 
 
 def prepare_data(p: Preset, seed: int) -> Data:

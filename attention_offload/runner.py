@@ -46,14 +46,16 @@ class RemoteAttention:
     """A split-loop executor whose attention runs across ``link`` (one step's worth)."""
 
     def __init__(self, link: Link, row_bounds: list[int], q_size: int, dtype: torch.dtype, device: torch.device):
+        """``device``: the model's. A link on another device (gloo to a CPU attention worker from
+        a GPU) gets host copies of q/k/v, and its outputs are copied back."""
         self.link, self.q_size, self.dtype, self.device = link, q_size, dtype, device
         self.sizes = [hi - lo for lo, hi in zip(row_bounds, row_bounds[1:])]
         self.sent: list = []
         self.receiving: dict[tuple[int, int], tuple[torch.Tensor, object]] = {}
 
     def start(self, layer: int, micro_batch: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        packed = pack_qkv(q, k, v)
-        out = torch.empty(self.sizes[micro_batch], self.q_size, dtype=self.dtype, device=self.device)
+        packed = pack_qkv(q, k, v).to(self.link.device)
+        out = torch.empty(self.sizes[micro_batch], self.q_size, dtype=self.dtype, device=self.link.device)
         tag = layer_tag(layer, micro_batch)
         self.receiving[layer, micro_batch] = (out, self.link.recv(self.link.down, out, tag))
         self.sent.append((packed, self.link.send(self.link.up, packed, tag)))
@@ -61,7 +63,7 @@ class RemoteAttention:
     def finish(self, layer: int, micro_batch: int) -> torch.Tensor:
         out, work = self.receiving.pop((layer, micro_batch))
         self.link.wait(work, f"receiving layer {layer}'s attention")
-        return out
+        return out.to(self.device)
 
     def close(self) -> None:
         """Wait for what was sent (its buffers are held until then)."""
@@ -118,7 +120,13 @@ class OffloadedRunner:
         return self.model.compute_logits(hidden[inp.sample_rows])
 
     def release_shared(self) -> None:
-        pass
+        """The engine went idle: the attention worker forgets the last step's tables too (else
+        they would stay until the next step)."""
+        if self.tables.holding and not self.link.broken:
+            try:
+                self.reset()
+            except LinkError:
+                pass  # the next step finds the link broken and re-attaches
 
     def detach(self) -> None:
         """End the session: the attention worker stops serving this link."""

@@ -45,6 +45,11 @@ class TableSender:
         blocks = np.concatenate(new).astype(np.int64) if new else np.zeros(0, dtype=np.int64)
         return StepControl(Kind.STEP, next(self._steps), np.asarray(bounds, dtype=np.int64), seqs, blocks)
 
+    @property
+    def holding(self) -> bool:
+        """Whether the attention worker holds tables this side sent."""
+        return bool(self._sent)
+
     def reset(self) -> StepControl:
         """Forget every table sent (the attention worker is told the same)."""
         self._sent.clear()

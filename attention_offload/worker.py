@@ -99,7 +99,7 @@ class AttentionWorker:
 
         def post(i: int):
             layer, j = order[i]
-            buf = torch.empty(sizes[j], width, dtype=self.dtype, device=self.device)
+            buf = torch.empty(sizes[j], width, dtype=self.dtype, device=link.device)  # the cache's unless staged
             return buf, link.recv(link.up, buf, layer_tag(layer, j))
 
         self.stats.steps += 1  # counted first: the model side may see the step's last output before it ends here
@@ -112,7 +112,7 @@ class AttentionWorker:
             if i + 1 < len(order):
                 pending = post(i + 1)
             link.wait(work, f"receiving layer {layer} of step {ctrl.step}")
-            out = self.attend(layer, metas[j], buf)
+            out = self.attend(layer, metas[j], buf.to(self.device)).to(link.device)
             sends.append((out, link.send(link.down, out, layer_tag(layer, j))))
             while len(sends) > 2 * len(sizes):
                 link.wait(sends.popleft()[1], "sending an attention output")

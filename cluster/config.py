@@ -8,7 +8,11 @@
     kvstore: {redis_url: "redis://10.0.0.5:6379/0", host_tier_bytes: 8589934592}
     router: {grpc_port: 50051, http_port: 8000, api_keys_file: /etc/tierserve/api-keys, request_timeout_s: 120}
 
-A config names either prefill + decode pools (disaggregated) or one colocated pool.
+A config names either prefill + decode pools (disaggregated) or one colocated pool. An
+``attention`` pool beside prefill + decode offloads the decode replicas' attention and KV cache
+to it (docs/attention_offload.md): each decode replica becomes a model worker paired with one
+attention replica (decode-i with attention-(i mod N); an attention replica's memory is split
+among its decode replicas), its steps split into ``engine.micro_batches`` micro-batches.
 Unknown fields are errors; a top-level ``plan`` mapping (the planner's predictions) is ignored.
 """
 
@@ -25,7 +29,7 @@ from cluster.schema import ConfigFileError, build
 from kvstore.config import check_host_tier_codec
 from router.config import RouterConfig
 
-ROLES = ("prefill", "decode", "colocated")
+ROLES = ("prefill", "decode", "colocated", "attention")
 POLICIES = ("prefix-aware", "round-robin")
 
 
@@ -53,6 +57,11 @@ class EngineOverrides:
     memory_fraction: float | None = None
     enable_prefix_caching: bool = True
     async_scheduling: bool | None = None  # overlap host and device work (default: on for CUDA)
+    micro_batches: int = 2  # decode pool with an attention pool: micro-batches per step (1..8)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.micro_batches <= 8:
+            raise ValueError(f"micro_batches must be in 1..8, got {self.micro_batches}")
 
 
 @dataclass(frozen=True)
@@ -129,16 +138,21 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", self.name):
             raise ValueError(f"name must be lowercase letters, digits and '-', got {self.name!r}")
-        if "attention" in self.pools:
-            raise ValueError("pools.attention: attention-offload pools are not implemented yet; plan with "
-                             "a disaggregated or colocated design")
         unknown = sorted(set(self.pools) - set(ROLES))
         if unknown:
-            raise ValueError(f"pools.{unknown[0]}: unknown pool (expected prefill, decode or colocated)")
+            raise ValueError(f"pools.{unknown[0]}: unknown pool (expected prefill, decode, colocated or attention)")
         if not (self.disaggregated or self.colocated):
             raise ValueError("pools must name prefill and decode, or colocated")
         if self.disaggregated and self.colocated:
             raise ValueError("pools: give prefill + decode or colocated, not both")
+        if self.offloaded:
+            self._check_offload()
+
+    def _check_offload(self) -> None:
+        if not self.disaggregated:
+            raise ValueError("pools.attention: an attention pool needs prefill and decode pools")
+        if self.pools["attention"].engine.micro_batches != EngineOverrides().micro_batches:
+            raise ValueError("pools.attention.engine.micro_batches: set micro_batches on the decode pool")
 
     @property
     def disaggregated(self) -> bool:
@@ -147,6 +161,10 @@ class ClusterConfig:
     @property
     def colocated(self) -> bool:
         return "colocated" in self.pools
+
+    @property
+    def offloaded(self) -> bool:
+        return "attention" in self.pools
 
 
 def load_cluster_config(path: str | Path) -> ClusterConfig:

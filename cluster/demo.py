@@ -26,6 +26,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--model", default=None, help="checkpoint directory (default: the embedded tiny model)")
     demo.add_argument("--max-tokens", type=int, default=16)
     demo.add_argument("--replicas", type=int, default=1, help="replicas per pool")
+    demo.add_argument("--design", choices=("disaggregated", "offload"), default="disaggregated",
+                      help="offload: decode replicas run attention on an attention pool (docs/attention_offload.md)")
     demo.add_argument("--verbose", action="store_true", help="show Ray's own log lines and the replicas' output")
     demo.set_defaults(func=run_demo)
 
@@ -41,12 +43,16 @@ def run_demo(args: argparse.Namespace) -> int:
     console = Console()
     model = args.model or str(default_model_dir())
     pool = {"replicas": args.replicas, "hardware": {"num_cpus": 0.5}}
-    config = parse_cluster_config({"model": model, "name": "demo", "pools": {"prefill": pool, "decode": pool}})
+    pools = {"prefill": pool, "decode": pool}
+    if args.design == "offload":
+        pools["attention"] = pool
+    config = parse_cluster_config({"model": model, "name": "demo", "pools": pools})
     t0 = time.perf_counter()
     cluster = Cluster(config, progress=_progress, verbose=args.verbose)
     dispatcher = cluster.start()
-    console.print(f"cluster up in {time.perf_counter() - t0:.1f}s: {args.replicas} prefill + {args.replicas} "
-                  f"decode replica(s) of {model}, Redis at {redact_url(cluster.kvstore.redis_url)}")
+    placed = " + ".join(f"{args.replicas} {role}" for role in pools)
+    console.print(f"cluster up in {time.perf_counter() - t0:.1f}s: {placed} replica(s) of {model}, "
+                  f"Redis at {redact_url(cluster.kvstore.redis_url)}")
     try:
         rows = _serve_and_ask(dispatcher, args.max_tokens)
     finally:

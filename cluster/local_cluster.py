@@ -63,6 +63,7 @@ class Cluster:
         self.redis: RedisServer | None = None
         self.kvstore: KVStoreConfig | None = None
         self.pools = Pools()
+        self.attention: list[Replica] = []  # attention replicas: not routed to, paired with decode replicas
         self.dispatcher: Dispatcher | None = None
         self.registry = None
         self._started_ray = False
@@ -89,7 +90,7 @@ class Cluster:
             self._start_pools()
             info = ClusterInfo(self.config.name, self.config.model, self.kvstore,
                                {role: tuple(r.worker_id for r in getattr(self.pools, role))
-                                for role in self.config.pools}, tuple(self.infos),
+                                for role in self.config.pools if role != "attention"}, tuple(self.infos),
                                self.config.kvstore.host_pull_weight, self.config.router.policy)
             self.registry = ClusterRegistry.options(name=registry_name(info.name),
                                                     namespace=NAMESPACE).remote(info)
@@ -99,7 +100,8 @@ class Cluster:
             self.shutdown()
             raise
         self.progress(f"cluster {self.config.name!r} up; KV pair groups form on each prefill/decode pair's "
-                      "first request")
+                      "first request" + ("; each decode replica's attention runs on its attention replica"
+                                         if self.config.offloaded else ""))
         return self.dispatcher
 
     def _start_redis(self) -> None:
@@ -137,16 +139,57 @@ class Cluster:
         self.progress(f"placing {placed} replica(s) of {self.config.model}")
         # one KV transport secret for every replica; loopback only when Ray was started here
         transport = TransportConfig.for_cluster(local=self.address in (None, "local"))
+        offload = self._start_attention(transport) if self.config.offloaded else {}
         for role, pool in self.config.pools.items():
+            if role == "attention":
+                continue
             engine = engine_config_for(self.config, pool)
             for i in range(pool.replicas):
                 worker_id = f"{role}-{i}"
                 spec = WorkerSpec(worker_id, role, engine, self.kvstore, transport, use_gpu=pool.hardware.num_gpus > 0,
-                                  host_tier_writes=self.config.kvstore.host_tier_writes)
+                                  host_tier_writes=self.config.kvstore.host_tier_writes, offload=offload.get(worker_id))
                 actor = actor_classes[role].options(name=actor_name(self.config.name, worker_id),
                                                     namespace=NAMESPACE, **_ray_options(pool)).remote(spec)
                 getattr(self.pools, role).append(Replica(worker_id, role, actor))
         self.infos = self._wait_ready()
+
+    def _start_attention(self, transport: TransportConfig) -> dict:
+        """The attention replicas, each serving the decode replicas i with i mod N = its index;
+        returns each decode replica's OffloadSpec."""
+        from attention_offload.actor import AttentionActor
+        from attention_offload.model_side import OffloadSpec
+        pool, decode = self.config.pools["attention"], self.config.pools["decode"]
+        sessions = {a: tuple(f"decode-{d}" for d in range(decode.replicas) if d % pool.replicas == a)
+                    for a in range(pool.replicas)}
+        idle = [f"attention-{a}" for a, s in sessions.items() if not s]
+        if idle:  # one model worker's sequences are not yet sharded over several attention replicas
+            self.progress(f"warning: not starting {', '.join(idle)}: more attention replicas than decode replicas")
+        gpu = {role: self.config.pools[role].hardware.num_gpus > 0 for role in ("prefill", "decode", "attention")}
+        link_device = "cuda" if gpu["decode"] and gpu["attention"] else "cpu"  # NCCL between GPUs, else gloo
+        receive_kv = gpu["prefill"] == gpu["attention"]  # else decode replicas recompute prompts
+        if not receive_kv:
+            self.progress("warning: prefill and attention pools are on different kinds of device: decode replicas "
+                          "recompute each prompt instead of receiving its KV")
+        engine, specs = engine_config_for(self.config, pool), {}
+        for a, served in sessions.items():
+            if not served:
+                continue
+            worker_id, name = f"attention-{a}", actor_name(self.config.name, f"attention-{a}")
+            offload = OffloadSpec(worker_id, name, NAMESPACE, decode.engine.micro_batches, link_device, receive_kv)
+            spec = WorkerSpec(worker_id, "attention", engine, self.kvstore, transport,
+                              use_gpu=gpu["attention"], sessions=served, offload=offload)
+            actor = AttentionActor.options(name=name, namespace=NAMESPACE, **_ray_options(pool)).remote(spec)
+            self.attention.append(Replica(worker_id, "attention", actor))
+            specs.update({d: offload for d in served})
+        for replica in self.attention:
+            try:
+                info = ray.get(replica.actor.info.remote())
+            except ray.exceptions.RayActorError as e:
+                raise ClusterStartError(f"replica {replica.worker_id} failed to start: "
+                                        f"{e if self.verbose else _cause(e)}") from None
+            self.progress(f"attention replica {replica.worker_id} ready: {info.num_blocks} blocks of "
+                          f"{info.block_size} tokens for each of {', '.join(info.sessions)}")
+        return specs
 
     def _wait_ready(self) -> list:
         """Each replica's EngineInfo, in pool order; a line as each finishes loading the model."""
@@ -176,13 +219,13 @@ class Cluster:
         if self._marker:
             remove_marker(self.config.name)
             self._marker = False
-        for r in self.pools.all:
+        for r in self.pools.all + self.attention:
             try:
                 ray.get(r.actor.shutdown.remote(), timeout=30)
             except Exception:  # noqa: BLE001 — a dead replica needs no shutdown
                 pass
             ray.kill(r.actor)
-        self.pools = Pools()
+        self.pools, self.attention = Pools(), []
         if self.registry is not None:
             ray.kill(self.registry)
             self.registry = None

@@ -12,6 +12,7 @@ from typing import TypeVar
 import redis
 import torch
 
+from attention_offload.model_side import OffloadSpec, attach_engine
 from cluster.kv_event_pump import KVEventPump
 from engine.async_engine import AsyncLLMEngine
 from engine.config import EngineConfig
@@ -52,6 +53,8 @@ class WorkerSpec:
     transport: TransportConfig = TransportConfig()
     use_gpu: bool = False
     host_tier_writes: bool = True
+    offload: OffloadSpec | None = None   # decode: attention and KV on this attention replica
+    sessions: tuple[str, ...] = ()       # attention: the decode replicas it serves
 
 
 @dataclass
@@ -76,13 +79,17 @@ class WorkerParts:
 def build_worker(spec: WorkerSpec, advertise_host: str | None = None) -> WorkerParts:
     """Load the model and connect the KV transport (through Redis) for this replica."""
     device = "cuda" if spec.use_gpu and torch.cuda.is_available() else spec.engine.device
-    engine = AsyncLLMEngine(LLMEngine(dataclasses.replace(spec.engine, device=device)))
+    config = dataclasses.replace(spec.engine, device=device)
     if spec.kvstore is None:
-        return WorkerParts(engine, None, None, None)
+        return WorkerParts(AsyncLLMEngine(LLMEngine(config)), None, None, None)
     client = until_redis_answers(lambda: connect_redis(spec.kvstore), spec.worker_id)
     # the cluster's choice (loopback for a local cluster) wins over the node IP the actor passes
     transport = dataclasses.replace(spec.transport, advertise_host=spec.transport.advertise_host or advertise_host)
     keys = RedisKeys(spec.kvstore.key_prefix)
+    if spec.offload is not None:  # a model worker: the engine attaches to its attention replica
+        engine = AsyncLLMEngine(attach_engine(spec.offload, spec.worker_id, config, client, keys, transport))
+    else:
+        engine = AsyncLLMEngine(LLMEngine(config))
     groups = until_redis_answers(lambda: PairGroups(spec.worker_id, client, keys, transport, device), spec.worker_id)
     events = KVEventPump(engine, KVEventPublisher(client, keys, spec.worker_id))
     until_redis_answers(events.start, spec.worker_id)

@@ -15,7 +15,20 @@ from engine.llm_engine import Reservation
 class DecodeActor(WorkerActor):
     def __init__(self, spec: WorkerSpec):
         self.parts = build_worker(spec, ray.util.get_node_ip_address())
-        self.worker = DecodeWorker(spec.worker_id, self.parts.engine, self.parts.handoff)
+        self.kv_peer_id = spec.worker_id
+        receiver = None
+        if spec.offload is not None:  # prompts' KV goes to the attention replica's cache
+            self.kv_peer_id = spec.offload.attention_id
+            attention = ray.get_actor(spec.offload.actor_name, namespace=spec.offload.namespace)
+
+            async def receiver(request_id: str, block_ids: list[int], peer: str) -> int:
+                return await attention.receive_kv.remote(request_id, block_ids, peer, spec.worker_id)
+        self.worker = DecodeWorker(spec.worker_id, self.parts.engine, self.parts.handoff, receiver,
+                                   recompute_prompts=spec.offload is not None and not spec.offload.receive_kv)
+
+    def kv_peer(self) -> str:
+        """The worker whose cache receives this replica's prompt KV (itself, or its attention replica)."""
+        return self.kv_peer_id
 
     async def reserve(self, req: DecodeRequest) -> Reservation | None:
         return await self.worker.reserve(req)

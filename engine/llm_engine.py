@@ -230,7 +230,8 @@ class LLMEngine:
             prof.end(launched.kind, launched.num_tokens, launched.num_seqs)
         elif previous is not None:  # the last queued step read back: its time counts, as no step of its own
             prof.end(previous.kind, 0, 0, count=False)
-        else:  # idle: the last batch's plan, layout and graph can go
+        if launched is None and previous is None or not self.has_unfinished():
+            # idle, or the last request just ended: the last batch's plan, layout and graph can go
             self._plan_cache.clear()
             self.runner.release_shared()
         return outputs
@@ -370,6 +371,15 @@ class LLMEngine:
         self.kv.count_lookup(req.num_prompt_tokens, req.num_cached_tokens)
         self.awaiting_kv[request_id] = req
         return Reservation(req.block_ids[cached:], cached)
+
+    def kv_not_coming(self, request_id: str) -> None:
+        """A reserved prompt's KV will not be sent (the engine holding it cannot reach this
+        cache): its blocks go back, and the request computes its prompt here when it runs,
+        as a preempted one does. ``kv_arrived`` still queues it."""
+        req = self.awaiting_kv[request_id]
+        self.kv.count_lookup(-req.num_prompt_tokens, -req.num_cached_tokens)  # counted again when it is admitted
+        self.kv.free(req)
+        req.num_computed_tokens = req.num_cached_tokens = 0
 
     def kv_arrived(self, request_id: str) -> None:
         """The prompt KV is in place: queue the request to decode."""

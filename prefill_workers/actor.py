@@ -16,6 +16,7 @@ class PrefillActor(WorkerActor):
     def __init__(self, spec: WorkerSpec):
         self.parts = build_worker(spec, ray.util.get_node_ip_address())
         self.worker = PrefillWorker(spec.worker_id, self.parts.engine, self.parts.handoff, self.parts.host_prefix)
+        self.kv_peers: dict[str, str] = {}  # decode replica -> the worker whose cache takes its KV
 
     async def prefill(self, req: PrefillRequest) -> PrefillResult:
         return await self.worker.prefill(req)
@@ -25,7 +26,13 @@ class PrefillActor(WorkerActor):
         blocks it reserved after those it had cached)."""
         def start_receive():
             return peer_actor.receive_kv.remote(request_id, reservation.block_ids, self.worker.worker_id)
-        return await self.worker.send_kv(request_id, peer, reservation.num_cached_blocks,
+        if peer not in self.kv_peers:  # an offloaded decode replica's KV lives on its attention replica
+            try:
+                self.kv_peers[peer] = await peer_actor.kv_peer.remote()
+            except BaseException:
+                self.worker.release(request_id)
+                raise
+        return await self.worker.send_kv(request_id, self.kv_peers[peer], reservation.num_cached_blocks,
                                          len(reservation.block_ids), start_receive)
 
     def release(self, request_id: str) -> None:

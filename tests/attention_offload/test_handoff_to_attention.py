@@ -58,3 +58,29 @@ def test_prefill_hands_kv_to_the_attention_worker(tiny_model, redis_url):
         o.close()
         sender._groups.close_all()
         receiver._groups.close_all()
+
+
+def test_a_prompt_whose_kv_cannot_come_is_recomputed_by_the_model_worker(tiny_model, redis_url):
+    """The recompute mode (a prefill pool on another kind of device than the attention pool):
+    the reservation is given back, the model worker computes prompt + first token itself."""
+    prompts = prompts_of(3, seed=23, low=10, high=40)
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    config = engine_config(tiny_model, prefix_caching=True, block_size=8)
+    expected = [r.token_ids for r in LLMEngine(config).generate(prompts, params)]
+    o = LocalOffload(redis_url, config, 2)
+    try:
+        got = {}
+        for i, (prompt, want) in enumerate(zip(prompts, expected)):
+            rid = f"r{i}"
+            o.engine.add_prefilled(rid, prompt, want[:1], params)
+            o.engine.kv_not_coming(rid)
+            o.engine.kv_arrived(rid)
+            got[rid] = want[:1]
+        while o.engine.has_unfinished():
+            for delta in o.engine.step():
+                got[delta.request_id] = got[delta.request_id] + delta.new_token_ids
+        assert list(got.values()) == expected
+        assert o.engine.kv.prefix_queries == sum(len(p) + 1 for p in prompts)  # one lookup each, at admission
+        assert o.engine.kv.num_free_blocks == config.cache.num_blocks
+    finally:
+        o.close()

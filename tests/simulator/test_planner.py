@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.config import load_cluster_config, parse_cluster_config
+from cluster.config import load_cluster_config
 from simulator.cluster_config import cluster_config, write_cluster_config
 from simulator.costs import CostModels
 from simulator.design import Design, PoolSpec
@@ -94,15 +94,13 @@ def test_routing_policy_round_trips_through_the_config(costs: CostModels, tmp_pa
     assert design_from_config(path, costs.catalog) == design
 
 
-def test_an_offload_design_is_planned_but_its_config_is_refused_as_not_yet_servable(costs: CostModels,
-                                                                                   tmp_path) -> None:
-    """The planner weighs attention-offload designs (the simulator models them), but the cluster has
-    no attention pool yet: the config written for one names it, and the loader refuses it."""
+def test_an_offload_design_writes_a_config_the_cluster_loader_serves(costs: CostModels, tmp_path) -> None:
+    """The config written for an attention-offload design loads as is: its attention pool on its own
+    hardware tier beside prefill and decode (the cluster pairs each decode replica with one)."""
     design = Design(prefill=PoolSpec("H100", 1), decode=PoolSpec("H100", 2), attention=PoolSpec("CPU-DDR5", 3))
     config = cluster_config(design, costs.model, costs.catalog)
     assert config["plan"]["kind"] == "offload" and config["plan"]["hardware"]["attention"] == "CPU-DDR5"
-    path = write_cluster_config(tmp_path / "cluster.yaml", config)
-    with pytest.raises(ValueError, match="attention-offload pools are not implemented yet"):
-        load_cluster_config(path)
-    without = {**config, "pools": {k: v for k, v in config["pools"].items() if k != "attention"}}
-    assert parse_cluster_config(without).disaggregated  # the attention pool alone is what it cannot serve
+    loaded = load_cluster_config(write_cluster_config(tmp_path / "cluster.yaml", config))
+    assert loaded.offloaded and loaded.disaggregated
+    assert loaded.pools["attention"].replicas == 3 and loaded.pools["attention"].hardware.num_gpus == 0
+    assert loaded.pools["decode"].hardware.num_gpus == 1

@@ -9,7 +9,7 @@ from simulator.errors import SimInputError
 from simulator.hardware import Catalog, HardwareSpec
 from simulator.links import LinkTable
 from simulator.models import ModelSpec
-from simulator.offload import OffloadCost, OffloadLink
+from simulator.offload import OffloadCost, OffloadCurves, OffloadLink
 from simulator.profiles import Profile
 from simulator.roofline import IterationCost, RooflineCost
 
@@ -47,7 +47,8 @@ class CostModels:
         min(tp, share) device-pair links (the same rule as KV transfers)."""
         link = self.links.between(compute, attention)
         return OffloadCost(self.replica(compute, tp), self.replica(attention, 1), share,
-                           OffloadLink(link.bandwidth * min(tp, share), link.latency_s), micro_batches)
+                           OffloadLink(link.bandwidth * min(tp, share), link.latency_s), micro_batches,
+                           OffloadCurves.of(self.profiles.get((compute, tp))))
 
 
 def activation_bytes(model: ModelSpec, tp: int, max_batched_tokens: int) -> float:

@@ -13,6 +13,11 @@ A shared_prefix_decode measurement (benchmarks/shared_prefix.py) is ``layers`` l
 of decode attention for ``batch`` >= 2 sequences that share one ``prefix`` of tokens and own
 ``suffix`` tokens each (the mean, the new token included), through the shared-prefix path:
     {"op": "shared_prefix_decode", "batch": 128, "prefix": 4096, "suffix": 312, "seconds": 0.000123}
+Attention offload (benchmarks/attention_offload.py, on the compute device): ``offload_dense`` is a decode
+step of ``batch`` sequences on the model worker with no attention, ``offload_link`` the link's part of a
+step (every layer's q/k/v up and output down), ``offload_step`` a whole offloaded step with ``context``
+tokens per sequence and ``micro_batches`` micro-batches:
+    {"op": "offload_step", "batch": 256, "context": 4096, "micro_batches": 2, "seconds": 0.031}
 ``device`` (a catalog name, or a driver name like "NVIDIA H100 80GB HBM3") and ``tp`` say where
 the measurements were taken; ``model`` (optional, top level or per measurement) must match the
 simulated model. Link ends are catalog names, or gpuN/cpuN meaning ``device`` (as
@@ -29,7 +34,9 @@ from simulator.errors import SimInputError
 from simulator.files import read_json
 
 OPS = {"decode_step": ("batch", "context"), "attention": ("batch", "context"), "prefill": ("tokens",),
-       "shared_prefix_decode": ("batch", "prefix", "suffix")}
+       "shared_prefix_decode": ("batch", "prefix", "suffix"),
+       "offload_dense": ("batch",), "offload_link": ("batch",),
+       "offload_step": ("batch", "context", "micro_batches")}
 LAYERED = ("attention", "shared_prefix_decode")  # ops measured per ``layers`` layers
 ALIASES = {"decode_attention": "attention"}
 LOCAL_DEVICE = re.compile(r"^(gpu|cpu)\d+$")
@@ -45,6 +52,7 @@ class Measurement:
     prefix: int = 0
     suffix: int = 0
     layers: int = 1
+    micro_batches: int = 1
     model: str | None = None
 
 

@@ -56,6 +56,7 @@ class TaskConfig:
     max_facts: int = 16
     max_messages: int = 3
     distractor_prob: float = 0.5
+    max_followups: int = 3  # training text: up to this many more agents asking other keys
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_facts <= self.max_facts:
@@ -64,10 +65,13 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class Example:
+    """``key``: the fact asked for; ``answer``: its value."""
+
     prefix: str
     segment: str
     question: str
     answer: str
+    key: str
 
     @property
     def prompt(self) -> str:
@@ -93,6 +97,16 @@ def examples(count: int, split: str = "train", seed: int = 0, config: TaskConfig
     return [example(i, split, seed, config) for i in range(start, start + count)]
 
 
+def training_text(index: int, split: str = "train", seed: int = 0, config: TaskConfig = TaskConfig()) -> str:
+    """Example ``index``'s text, then 0..max_followups other agents asking for other keys of its
+    segment, each answered: more answers to learn from per token. Evaluation asks one question."""
+    e = example(index, split, seed, config)
+    rng = random.Random(f"multi-agent-followups:{split}:{seed}:{index}")
+    others = [kv for kv in _segment_facts(e.segment) if kv[0] != e.key]
+    asked = rng.sample(others, min(len(others), rng.randint(0, config.max_followups)))
+    return e.text + "".join(_question(rng, rng.choice(AGENTS), k) + f" {v}\n" for k, v in asked)
+
+
 def episode(index: int, num_prefixes: int, split: str = "train", seed: int = 0,
             config: TaskConfig = TaskConfig()) -> list[Example]:
     """One segment under ``num_prefixes`` different prefixes, each asking about one of its keys."""
@@ -105,8 +119,7 @@ def episode(index: int, num_prefixes: int, split: str = "train", seed: int = 0,
         agent = rng.choice(AGENTS)
         prefix = _prefix(rng, agent, config, split, used)
         key, value = rng.choice(facts)
-        question = f"### agent {agent}\n{rng.choice(QUESTIONS).format(key=key)}\n### answer\n- {key}:"
-        out.append(Example(prefix, segment, question, value))
+        out.append(Example(prefix, segment, _question(rng, agent, key), value, key))
     return out
 
 
@@ -159,6 +172,14 @@ def _facts(rng: random.Random, count: int, split: str) -> list[tuple[str, str]]:
     while len(facts) < count:
         facts.setdefault(_key(rng, split), _value(rng))
     return list(facts.items())
+
+
+def _question(rng: random.Random, agent: str, key: str) -> str:
+    return f"### agent {agent}\n{rng.choice(QUESTIONS).format(key=key)}\n### answer\n- {key}:"
+
+
+def _segment_facts(segment: str) -> list[tuple[str, str]]:
+    return [tuple(line[2:].split(": ", 1)) for line in segment.splitlines() if line.startswith("- ")]
 
 
 def _segment(rng: random.Random, facts: list[tuple[str, str]]) -> str:

@@ -75,11 +75,11 @@ def encode_stream(tokenizer, texts: list[str], chunk: int = 1024) -> torch.Tenso
 
 def prepare_data(p: Preset, seed: int) -> Data:
     corpus = read_corpus(source_roots(p.packages), max_chars=p.max_chars)
-    examples = task.examples(p.task_examples, "train", seed, p.task)
+    examples = [task.training_text(i, "train", seed, p.task) for i in range(p.task_examples)]
     sample = [f.text for f in take_chars(list(corpus.train), p.tokenizer_chars)]
-    tokenizer = train_tokenizer(p.vocab_size, sample + [e.text for e in examples[:2000]])
+    tokenizer = train_tokenizer(p.vocab_size, sample + examples[:2000])
     data = Data(tokenizer, encode_stream(tokenizer, [f.text for f in corpus.train]),
-                encode_stream(tokenizer, [e.text for e in examples]),
+                encode_stream(tokenizer, examples),
                 encode_stream(tokenizer, [f.text for f in corpus.heldout]),
                 task.examples(p.recall_examples, "heldout", HELDOUT_TASK_SEED, p.task), {})
     data.describe = {**corpus.describe(), "packages": list(p.packages), "train_tokens": len(data.train),

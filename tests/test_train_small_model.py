@@ -124,11 +124,23 @@ def test_task_is_deterministic_with_disjoint_heldout_keys_and_shared_segments():
         for e in task.examples(50, split):
             facts = dict(line[2:].split(": ", 1) for line in e.segment.splitlines() if line.startswith("- "))
             assert facts and all(task.is_heldout_key(k) == (split == "heldout") for k in facts)
-            [asked] = [k for k in facts if re.search(rf" {k}\b", e.question)]
-            assert facts[asked] == e.answer and not re.search(rf" {asked}\b", e.prefix)
+            assert [k for k in facts if re.search(rf" {k}\b", e.question)] == [e.key]
+            assert facts[e.key] == e.answer and not re.search(rf" {e.key}\b", e.prefix)
     episode = task.episode(7, 4, "heldout")
     assert len({e.segment for e in episode}) == 1 and len({e.prefix for e in episode}) > 1
     assert episode[0] == task.example(7, "heldout")
+
+
+def test_training_text_answers_more_questions_about_the_same_segment():
+    followups = 0
+    for i in range(20):
+        e, text = task.example(i), task.training_text(i)
+        facts = dict(line[2:].split(": ", 1) for line in e.segment.splitlines() if line.startswith("- "))
+        answered = re.findall(r"### answer\n- (\S+): (\S+)\n", text)
+        assert text.startswith(e.text) and answered[0] == (e.key, e.answer)
+        assert all(facts[k] == v for k, v in answered) and len({k for k, _ in answered}) == len(answered)
+        followups += len(answered) - 1
+    assert 10 < followups <= 20 * task.TaskConfig().max_followups
 
 
 def test_parts_tokenize_as_the_whole_example_and_keys_as_the_same_tokens(trained):

@@ -130,8 +130,37 @@ case "${1:-}" in
       tail -4 "$out/kv-codec-quality.log"
     fi
     ;;
+  offload)  # ~6 min, one H200 (issue 15): attention offload on CUDA; new, never run
+    # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh offload
+    # 1. (~4 min) model worker and attention worker (Triton attention, its own process) on the one GPU, linked by
+    #    gloo through host memory: greedy tokens equal the CUDA engine's (Triton + CUDA graphs) on 64 prompts x 128
+    #    tokens, fp32, m = 1, 2, 3, lockstep and overlapped scheduling (the NCCL variant is in offload-pair)
+    timeout 330 python -m pytest -q -p no:cacheprovider tests/gpu/test_attention_offload_cuda.py 2>&1 \
+      | tee "$out/tests.log" | tail -8
+    # 2. (~1 min) the CPU/gloo sanity numbers on this host's CPUs (tiny model, attention worker in a child process)
+    timeout 200 python -m benchmarks.attention_offload --parts cpu --out "$work/attention-offload-cpu" \
+      > "$out/attention-offload-cpu.log" 2>&1
+    tail -9 "$out/attention-offload-cpu.log"
+    ;;
+  offload-pair)  # ~8 min, nvidia-h200-x2 only (issue 15): NCCL link, Llama-3-8B offloaded steps, calibrated plan; new
+    # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh offload-pair
+    # 1. (~2 min) model on cuda:0, attention on cuda:1, NCCL up/down communicators: tokens equal the CUDA engine's
+    timeout 200 python -m pytest -q -p no:cacheprovider tests/gpu/test_attention_offload_cuda.py -k two_gpus 2>&1 \
+      | tee "$out/tests.log" | tail -8
+    # 2. (~4-5 min) per-layer round trip at B = 64..512 (goal <= 40 us at 256), offloaded vs local step for B in
+    #    {32..512} x context {1K, 4K} x m in {1, 2, 3}, E = max(dense, attention, link) / step (goal >= 0.85 at
+    #    m = 2, B >= 128), tokens/s of 1 model + 1 attention GPU vs 2 colocated at equal KV (derived from steps);
+    #    rows print as they finish, results.json at the end
+    timeout 330 python -m benchmarks.attention_offload --parts link step --device cuda \
+      --out "$work/attention-offload" > "$out/attention-offload.log" 2>&1
+    grep "link B\|step B\|wrote\|Error\|error" "$out/attention-offload.log" | tail -40
+    # 3. (~0.5 min) the simulator calibrated by those curves: tokens per dollar, offloaded (attention on H200 and on
+    #    H20) vs the best colocated / disaggregated H200 design, 4K prompts, tbt_p99 60 ms (goal >= 1.3x; plot)
+    python -m benchmarks.attention_offload --parts plan --results "$work/attention-offload/results.json" \
+      --out "$work/attention-offload" 2>&1 | tee "$out/attention-offload-plan.log" | tail -14
+    ;;
   *)
-    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines|trained-model|trained-model-ci|kv-codec" >&2
+    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines|trained-model|trained-model-ci|kv-codec|offload|offload-pair" >&2
     exit 2
     ;;
 esac

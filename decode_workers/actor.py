@@ -15,16 +15,11 @@ from engine.llm_engine import Reservation
 class DecodeActor(WorkerActor):
     def __init__(self, spec: WorkerSpec):
         self.parts = build_worker(spec, ray.util.get_node_ip_address())
-        self.kv_peer_id = spec.worker_id
-        receiver = None
-        if spec.offload is not None:  # prompts' KV goes to the attention replica's cache
-            self.kv_peer_id = spec.offload.attention_id
-            attention = ray.get_actor(spec.offload.actor_name, namespace=spec.offload.namespace)
-
-            async def receiver(request_id: str, block_ids: list[int], peer: str) -> int:
-                return await attention.receive_kv.remote(request_id, block_ids, peer, spec.worker_id)
-        self.worker = DecodeWorker(spec.worker_id, self.parts.engine, self.parts.handoff, receiver,
-                                   recompute_prompts=spec.offload is not None and not spec.offload.receive_kv)
+        offload = spec.offload  # prompts' KV goes to the attention replica's cache
+        self.kv_peer_id = offload.attention_id if offload is not None else spec.worker_id
+        self.worker = DecodeWorker(spec.worker_id, self.parts.engine, self.parts.handoff,
+                                   _attention_receiver(spec) if offload is not None else None,
+                                   recompute_prompts=offload is not None and not offload.receive_kv)
 
     def kv_peer(self) -> str:
         """The worker whose cache receives this replica's prompt KV (itself, or its attention replica)."""
@@ -41,3 +36,12 @@ class DecodeActor(WorkerActor):
 
     async def start_generate(self, req: PrefillRequest, channel: str) -> None:
         await self.worker.start_generate(req, channel)
+
+
+def _attention_receiver(spec: WorkerSpec):
+    """receive_kv forwarded to this model worker's attention replica, into its partition."""
+    attention = ray.get_actor(spec.offload.actor_name, namespace=spec.offload.namespace)
+
+    async def receive(request_id: str, block_ids: list[int], peer: str) -> int:
+        return await attention.receive_kv.remote(request_id, block_ids, peer, spec.worker_id)
+    return receive

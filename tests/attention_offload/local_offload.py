@@ -16,7 +16,6 @@ from attention_offload.link import Link, LinkEndpoint
 from attention_offload.runner import OffloadedRunner, offloaded_engine
 from attention_offload.worker import AttentionShape, AttentionWorker
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig, parse_dtype
-from engine.llm_engine import LLMEngine
 from engine.model_config import ModelConfig
 from kvstore.config import TransportConfig
 from kvstore.keys import RedisKeys

@@ -20,12 +20,16 @@ MODEL, ATTENTION = "decode-0", "attention-0"
 
 
 def serve_attention(redis_url: str, prefix: str, shape: AttentionShape, num_blocks: int, block_size: int,
-                    dtype: torch.dtype, transport: TransportConfig, events) -> None:
+                    dtype: torch.dtype, transport: TransportConfig, events, device: str = "cpu",
+                    link_device: str = "cpu") -> None:
     """Serve model workers one session after another; report each session's end
     (its reason and the block tables left)."""
-    torch.set_num_threads(1)
-    worker = AttentionWorker(shape, num_blocks, block_size, dtype)
-    end = LinkEndpoint(ATTENTION, redis.Redis.from_url(redis_url), RedisKeys(prefix), transport, "cpu")
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    else:
+        torch.set_num_threads(1)
+    worker = AttentionWorker(shape, num_blocks, block_size, dtype, device)
+    end = LinkEndpoint(ATTENTION, redis.Redis.from_url(redis_url), RedisKeys(prefix), transport, link_device)
     while True:
         link = end.connect(MODEL)
         events.put(("serving", None))

@@ -70,6 +70,8 @@ class Link:
             if block_host:
                 deadline, start = time.monotonic() + self.timeout_s, time.monotonic()
                 while not work.is_completed():
+                    if self.broken:  # superseded by a new link with the same peer (it restarted)
+                        raise TimeoutError("the link was replaced")
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"timed out after {self.timeout_s:g} s")
                     if time.monotonic() - start > _SPIN_S:
@@ -150,13 +152,19 @@ class LinkEndpoint:
         self.worker_id, self.config = worker_id, config
         self.up = PairGroups(f"{worker_id}/up", client, keys, config, device)
         self.down = PairGroups(f"{worker_id}/down", client, keys, config, device)
+        self._links: dict[str, Link] = {}
 
     def connect(self, peer: str) -> Link:
         """Form (or take the live) groups with ``peer``; the peer calls ``connect`` too, within
-        the rendezvous timeout. Up first, then down, on both ends."""
+        the rendezvous timeout. Up first, then down, on both ends. A link this endpoint made
+        before with ``peer`` on other groups is marked broken (a wait polling on it ends)."""
         up = self.up.get(f"{peer}/up")
         down = self.down.get(f"{peer}/down")
-        return Link(up, down, self.config.transfer_timeout_s, on_break=lambda: self.close(peer))
+        old = self._links.get(peer)
+        if old is not None and (old.up is not up or old.down is not down):
+            old.broken = True
+        link = self._links[peer] = Link(up, down, self.config.transfer_timeout_s, on_break=lambda: self.close(peer))
+        return link
 
     def close(self, peer: str) -> None:
         """Drop both groups (and their epochs: the peer drops its halves when it next forms)."""

@@ -89,10 +89,10 @@ class AttentionWorker:
         return self.backend.forward(q, k_cache, v_cache, meta, self.scale).reshape(tokens, -1)
 
     @torch.inference_mode()
-    def run_step(self, link: Link, ctrl: StepControl) -> None:
+    def run_step(self, link: Link, ctrl: StepControl, mirror: TableMirror | None = None) -> None:
         """One step's layers: receive, attend, send back, (layer, micro-batch) in order; the
         receive of the next pair is posted before this one's attention runs."""
-        metas = self.mirror.apply(ctrl)
+        metas = (mirror or self.mirror).apply(ctrl)
         sizes = ctrl.micro_batch_tokens()
         width = self.shape.q_size + 2 * self.shape.kv_size
         order = [(layer, j) for layer in range(self.shape.num_layers) for j in range(len(sizes))]
@@ -121,25 +121,26 @@ class AttentionWorker:
 
     def serve(self, link: Link) -> str:
         """Serve one model worker until it detaches (returns "stopped") or the link breaks
-        (returns the reason). Tables start empty: block contents stay, the model worker's
-        accounting says what they hold."""
-        self.mirror.reset()
+        (returns the reason). Each session has its own tables, starting empty (``mirror`` is the
+        latest session's): a session still ending cannot touch its successor's. Block contents
+        stay; the model worker's accounting says what they hold."""
+        mirror = self.mirror = TableMirror(self.block_size, self.device)
         while True:
             try:
                 ctrl = link.recv_control()
                 if ctrl.kind is Kind.STOP:
-                    self.mirror.reset()
+                    mirror.reset()
                     return "stopped"
                 if ctrl.kind is Kind.RESET:
-                    self.mirror.reset()
+                    mirror.reset()
                     continue
-                self.run_step(link, ctrl)
+                self.run_step(link, ctrl, mirror)
             except LinkError as exc:
-                self.mirror.reset()
+                mirror.reset()
                 log.warning("attention session ended: %s", exc)
                 return str(exc)
             except Exception as exc:  # a bad message or an attention error: the model side must not wait on
-                self.mirror.reset()
+                mirror.reset()
                 link.abandon()
                 log.exception("attention session failed")
                 return f"{type(exc).__name__}: {exc}"

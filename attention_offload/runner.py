@@ -14,6 +14,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
 import torch
@@ -91,6 +93,8 @@ class OffloadedRunner:
         self.tables = TableSender()
         self.reattach = reattach
         self.num_reattached = 0
+        self._reattaching: Future | None = None
+        self._reattacher: ThreadPoolExecutor | None = None
         self.last_control: StepControl | None = None
         self.steps_by_micro_batches: collections.Counter[int] = collections.Counter()
 
@@ -99,6 +103,7 @@ class OffloadedRunner:
         host = inp.host
         if host is None:
             raise ValueError("an offloaded step needs the host batch (engine.batch.build_model_input)")
+        self._await_reattached()
         starts = host.query_start_loc
         bounds = micro_batch_bounds(np.diff(starts).tolist(), self.micro_batches)
         ctrl = self.last_control = self.tables.step(host, bounds)
@@ -114,10 +119,26 @@ class OffloadedRunner:
         except LinkError as exc:
             if self.reattach is None:
                 raise
-            self.link, self.tables = self.reattach(), TableSender()
-            self.num_reattached += 1
+            if self._reattacher is None:
+                self._reattacher = ThreadPoolExecutor(1, thread_name_prefix="reattach")
+            self._reattaching = self._reattacher.submit(self.reattach)
             raise KVCacheLost(f"the attention worker's cache is gone ({exc}); every request recomputes") from exc
         return self.model.compute_logits(hidden[inp.sample_rows])
+
+    def _await_reattached(self, wait_s: float = 0.25) -> None:
+        """While a re-attachment runs (on its own thread), wait a moment for it and raise KVCacheLost
+        if it is not done: the engine's step returns, and its thread answers commands (load pings)
+        between the attempts instead of hanging until the attention worker is back. A re-attachment
+        that failed raises its error (the engine stops)."""
+        if self._reattaching is None:
+            return
+        try:
+            link = self._reattaching.result(timeout=wait_s)
+        except FutureTimeout:
+            raise KVCacheLost("re-attaching to the attention worker") from None
+        self._reattaching = None
+        self.link, self.tables = link, TableSender()
+        self.num_reattached += 1
 
     def release_shared(self) -> None:
         """The engine went idle: the attention worker forgets the last step's tables too (else

@@ -84,3 +84,35 @@ def test_completions_through_the_router_equal_tierserve_generate(offload_cluster
         time.sleep(0.05)  # the reset an idle decode replica sends is on its way
     assert ray.get(attention.actor.tables.remote("decode-0")) == 0  # no table outlives its request
     assert offload_cluster.dispatcher.handoff_bytes > 0
+
+
+def test_a_killed_attention_replica_is_restarted_and_its_requests_recompute(offload_cluster, router, tiny_model):
+    """The attention replica's process is killed while a request streams: Ray restarts it, the decode
+    replica re-attaches and recomputes every request; the stream goes on to the engine's tokens."""
+    from engine.llm_engine import LLMEngine
+    from engine.sampling_params import SamplingParams
+    from tests.attention_offload.local_offload import engine_config
+    prompt = "The quick brown fox jumps over the lazy dog."
+    want = LLMEngine(engine_config(tiny_model)).generate([prompt], SamplingParams(max_tokens=160, temperature=0,
+                                                                                 ignore_eos=True))[0].text
+    (attention,) = offload_cluster.attention
+    pid = ray.get(attention.actor.pid.remote())
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{router.http_port}/v1", api_key="none", timeout=300)
+    model = client.models.list().data[0].id
+    stream = client.completions.create(model=model, prompt=prompt, max_tokens=160, temperature=0, stream=True,
+                                       extra_body={"ignore_eos": True})
+    text, killed = "", False
+    for chunk in stream:
+        text += chunk.choices[0].text
+        if not killed and len(text) > 20:
+            import os
+            import signal
+            os.kill(pid, signal.SIGKILL)
+            killed = True
+    assert killed and text == want
+    assert ray.get(attention.actor.pid.remote()) != pid  # a new process
+    (decode,) = offload_cluster.pools.decode
+    deadline = time.monotonic() + 30
+    while (load := ray.get(decode.actor.load.remote())).free_blocks != load.total_blocks and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert load.free_blocks == load.total_blocks and load.preemptions >= 1

@@ -116,3 +116,36 @@ def test_a_killed_attention_replica_is_restarted_and_its_requests_recompute(offl
     while (load := ray.get(decode.actor.load.remote())).free_blocks != load.total_blocks and time.monotonic() < deadline:
         time.sleep(0.1)
     assert load.free_blocks == load.total_blocks and load.preemptions >= 1
+
+
+def test_a_killed_decode_replica_reattaches_to_its_attention_replica(offload_cluster, router, tiny_model):
+    """The decode (model) replica's process is killed: its session on the attention replica ends and
+    its tables go; Ray restarts it, it attaches again to the same partition, and serves exactly."""
+    import os
+    import signal
+    (attention,) = offload_cluster.attention
+    (decode,) = offload_cluster.pools.decode
+    os.kill(ray.get(decode.actor.pid.remote()), signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while "decode-0" not in ray.get(attention.actor.ended.remote()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.get(attention.actor.ended.remote())["decode-0"] != "stopped"  # the link broke
+    while time.monotonic() < deadline:  # restarted: its engine attached again
+        try:
+            ray.get(decode.actor.load.remote(), timeout=5)
+            break
+        except (ray.exceptions.RayError, TimeoutError):
+            time.sleep(0.5)
+    want = tierserve_generate(tiny_model, "Hello, world! How are you today?", 12)["text"]
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{router.http_port}/v1", api_key="none", timeout=300)
+    model = client.models.list().data[0].id
+    for _ in range(60):  # the dispatcher sees the new incarnation ready within a few pings
+        try:
+            done = client.completions.create(model=model, prompt="Hello, world! How are you today?", max_tokens=12,
+                                             temperature=0)
+            break
+        except openai.APIStatusError:
+            time.sleep(1)
+    assert done.choices[0].text == want
+    load = ray.get(decode.actor.load.remote())
+    assert load.free_blocks == load.total_blocks

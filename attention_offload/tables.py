@@ -23,36 +23,63 @@ from engine.batch import HostBatch
 
 
 class TableSender:
-    """The model worker's half: turns a step's host batch into its control message."""
+    """The model worker's half: turns a step's host batch into its control message.
+
+    Vectorized over the batch (every kept table compared in one operation): at 512 sequences of
+    4K tokens a per-sequence loop of comparisons and copies cost ~12 ms of host time per step."""
 
     def __init__(self) -> None:
-        self._sent: dict[str, tuple[int, np.ndarray]] = {}  # request id -> (handle, table sent)
-        self._handles = itertools.count(1)
+        self._index: dict[str, int] = {}      # request id -> its position in the last step
+        self._rows: list[np.ndarray] = []     # the last step's tables (views of one copy)
+        self._handles = np.zeros(0, dtype=np.int64)
+        self._next_handle = 1
         self._steps = itertools.count()
 
     def step(self, host: HostBatch, bounds: list[int]) -> StepControl:
-        seqs = np.empty((len(host.request_ids), PER_SEQ), dtype=np.int64)
-        starts, new, sent = host.query_start_loc, [], {}
-        for i, (rid, row) in enumerate(zip(host.request_ids, host.block_rows)):
-            handle, old = self._sent.get(rid, (0, None))
-            keep = len(old) if old is not None and len(old) <= len(row) and np.array_equal(row[:len(old)], old) else 0
-            if old is None:
-                handle = next(self._handles)
-            seqs[i] = (handle, starts[i + 1] - starts[i], host.seq_lens[i], keep, len(row) - keep)
-            new.append(row[keep:])
-            sent[rid] = (handle, row.copy())
-        self._sent = sent
+        rows, b = host.block_rows, len(host.request_ids)
+        lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=b)
+        prev = [self._index.get(rid, -1) for rid in host.request_ids]
+        old_lens = np.fromiter((len(self._rows[p]) if p >= 0 else 0 for p in prev), dtype=np.int64, count=b)
+        keep = np.where(old_lens <= lens, old_lens, 0)
+        keep = np.where(self._same_prefix(rows, prev, keep), keep, 0)
+        seen = np.asarray(prev) >= 0
+        handles = np.where(seen, self._handles[np.maximum(prev, 0)] if len(self._handles) else 0, 0)
+        fresh = int((~seen).sum())
+        handles[~seen] = np.arange(self._next_handle, self._next_handle + fresh)
+        self._next_handle += fresh
+        seqs = np.stack([handles, np.diff(host.query_start_loc).astype(np.int64), host.seq_lens.astype(np.int64),
+                         keep, lens - keep], axis=1)
+        new = [r[k:] for r, k in zip(rows, keep.tolist()) if k < len(r)]
+        flat = np.concatenate(rows) if b else np.zeros(0, dtype=np.int32)
+        ends = np.cumsum(lens).tolist()
+        self._rows = [flat[e - n:e] for e, n in zip(ends, lens.tolist())]
+        self._index = {rid: i for i, rid in enumerate(host.request_ids)}
+        self._handles = handles
         blocks = np.concatenate(new).astype(np.int64) if new else np.zeros(0, dtype=np.int64)
         return StepControl(Kind.STEP, next(self._steps), np.asarray(bounds, dtype=np.int64), seqs, blocks)
+
+    def _same_prefix(self, rows: list[np.ndarray], prev: list[int], keep: np.ndarray) -> np.ndarray:
+        """Whether each row's first ``keep`` blocks are those its table had in the last step."""
+        same = np.ones(len(rows), dtype=bool)
+        kept = [i for i, k in enumerate(keep.tolist()) if k]
+        if not kept:
+            return same
+        old = np.concatenate([self._rows[prev[i]][:keep[i]] for i in kept])
+        now = np.concatenate([rows[i][:keep[i]] for i in kept])
+        wrong = np.flatnonzero(old != now)
+        if len(wrong):
+            owners = np.searchsorted(np.cumsum(keep[kept]), wrong, side="right")
+            same[np.asarray(kept)[owners]] = False
+        return same
 
     @property
     def holding(self) -> bool:
         """Whether the attention worker holds tables this side sent."""
-        return bool(self._sent)
+        return bool(self._index)
 
     def reset(self) -> StepControl:
         """Forget every table sent (the attention worker is told the same)."""
-        self._sent.clear()
+        self._index, self._rows, self._handles = {}, [], np.zeros(0, dtype=np.int64)
         return StepControl(Kind.RESET, next(self._steps))
 
 
@@ -85,20 +112,19 @@ class TableMirror:
 
     def _metadata(self, ctrl: StepControl, lo: int, hi: int) -> AttentionMetadata:
         seqs = ctrl.seqs[lo:hi]
-        handles, q_lens, seq_lens = seqs[:, 0].tolist(), seqs[:, 1], seqs[:, 2]
-        rows = [self._tables[h] for h in handles]
-        width = max(len(r) for r in rows)
-        tables = np.zeros((len(rows), width), dtype=np.int32)
-        for table, row in zip(tables, rows):
-            table[:len(row)] = row
+        q_lens, seq_lens = seqs[:, 1], seqs[:, 2]
+        rows = [self._tables[h] for h in seqs[:, 0].tolist()]
+        lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        tables = np.zeros((len(rows), int(lens.max())), dtype=np.int32)
+        tables[np.arange(tables.shape[1]) < lens[:, None]] = np.concatenate(rows)  # row-major: each row's blocks
+        starts = np.concatenate([[0], np.cumsum(q_lens)])
+        tokens = int(starts[-1])
+        seq_of = np.repeat(np.arange(len(rows)), q_lens)
+        pos = (seq_lens - q_lens)[seq_of] + np.arange(tokens) - starts[:-1][seq_of]
         bs = self.block_size
-        slots = []
-        for row, q, n in zip(rows, q_lens.tolist(), seq_lens.tolist()):
-            pos = np.arange(n - q, n)
-            slots.append(row[pos // bs] * bs + pos % bs)
-        starts = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+        slots = tables[seq_of, pos // bs].astype(np.int64) * bs + pos % bs
         to = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a, dtype=dtype)).to(self.device, non_blocking=True)
         return AttentionMetadata(
             query_start_loc=to(starts, np.int32), seq_lens=to(seq_lens, np.int32), block_tables=to(tables, np.int32),
-            slot_mapping=to(np.concatenate(slots), np.int64), max_query_len=int(q_lens.max()),
+            slot_mapping=to(slots, np.int64), max_query_len=int(q_lens.max()),
             max_seq_len=int(seq_lens.max()), decode_only=bool((q_lens == 1).all()))

@@ -93,3 +93,15 @@ def test_pack_qkv_uses_the_projection_buffer_when_it_can():
     assert packed.data_ptr() == qkv.data_ptr() and torch.equal(packed, qkv)
     fresh = pack_qkv(q * 1, k * 1, v)  # rotated copies (the CPU path): concatenated
     assert fresh.data_ptr() != qkv.data_ptr() and torch.equal(fresh, qkv)
+
+
+def test_a_longer_table_with_other_leading_blocks_goes_whole():
+    """Same request, as many blocks or more, but not the ones sent: compared by content, not by length."""
+    sender, mirror = TableSender(), TableMirror(block_size=4, device=torch.device("cpu"))
+    first = sender.step(host({"a": [1, 2], "b": [3, 4]}, [8, 8], [8, 8]), [0, 2])
+    mirror.apply(first)
+    ctrl = sender.step(host({"a": [5, 6, 7], "b": [3, 4, 9]}, [9, 1], [9, 9]), [0, 1, 2])
+    assert ctrl.seqs[:, 3].tolist() == [0, 2] and ctrl.new_blocks.tolist() == [5, 6, 7, 9]
+    assert ctrl.seqs[:, 0].tolist() == first.seqs[:, 0].tolist()
+    a, b = mirror.apply(roundtrip(ctrl))
+    assert a.block_tables.tolist() == [[5, 6, 7]] and b.block_tables.tolist() == [[3, 4, 9]]

@@ -60,6 +60,7 @@ class Data:
     tokenizer: object
     train: torch.Tensor       # corpus token stream: each file as BOS ... EOS
     task: torch.Tensor        # recall-task stream: each example as BOS ... EOS
+    task_starts: torch.Tensor  # where each example starts in ``task`` (its BOS), on the CPU
     heldout: torch.Tensor     # held-out files' stream
     recall: list[task.Example]
     describe: dict
@@ -78,8 +79,9 @@ def prepare_data(p: Preset, seed: int) -> Data:
     examples = [task.training_text(i, "train", seed, p.task) for i in range(p.task_examples)]
     sample = [f.text for f in take_chars(list(corpus.train), p.tokenizer_chars)]
     tokenizer = train_tokenizer(p.vocab_size, sample + examples[:2000])
-    data = Data(tokenizer, encode_stream(tokenizer, [f.text for f in corpus.train]),
-                encode_stream(tokenizer, examples),
+    task_stream = encode_stream(tokenizer, examples)
+    data = Data(tokenizer, encode_stream(tokenizer, [f.text for f in corpus.train]), task_stream,
+                (task_stream == tokenizer.token_to_id(SPECIAL_TOKENS[0])).nonzero().flatten(),
                 encode_stream(tokenizer, [f.text for f in corpus.heldout]),
                 task.examples(p.recall_examples, "heldout", HELDOUT_TASK_SEED, p.task), {})
     data.describe = {**corpus.describe(), "packages": list(p.packages), "train_tokens": len(data.train),
@@ -89,12 +91,14 @@ def prepare_data(p: Preset, seed: int) -> Data:
 
 
 def sample_batch(gen: torch.Generator, data: Data, p: Preset, device: torch.device) -> torch.Tensor:
-    """[B, T+1] windows at random offsets, each row from the task stream with probability
-    task_fraction, else from the corpus (drawn on the CPU: the same on every device)."""
+    """[B, T+1] windows, each row from the task stream with probability task_fraction, starting
+    at a random example's start (so its questions have their segment in the window), else from
+    the text stream at a random offset. Drawn on the CPU: the same on every device."""
     from_task = torch.rand(p.batch_size, generator=gen) < p.task_fraction
     u = torch.rand(p.batch_size, generator=gen, dtype=torch.float64)
-    span = torch.where(from_task, len(data.task), len(data.train)) - p.seq_len - 1
-    starts = (u * span).long()
+    usable = int(torch.searchsorted(data.task_starts, len(data.task) - p.seq_len - 1))  # those a window fits after
+    text_starts = (u * (len(data.train) - p.seq_len - 1)).long()
+    starts = torch.where(from_task, data.task_starts[(u * usable).long()], text_starts)
     if device.type == "cuda":  # copies that need not wait for the steps queued before them
         starts, from_task = starts.pin_memory(), from_task.pin_memory()
     starts = starts.to(device, non_blocking=True)[:, None] + torch.arange(p.seq_len + 1, device=device)

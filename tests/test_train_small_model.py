@@ -14,7 +14,7 @@ import torch
 
 from benchmarks import multi_agent_task as task
 from benchmarks.small_llama import load_checkpoint
-from benchmarks.small_model_training import prepare_data, train
+from benchmarks.small_model_training import prepare_data, sample_batch, train
 from benchmarks.train_small_model import PRESETS, main
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer
@@ -85,9 +85,26 @@ def test_training_model_logits_equal_transformers(trained):
     assert torch.allclose(ours.detach(), ref, atol=1e-4)
 
 
-def test_cpu_training_is_deterministic():
+@pytest.fixture(scope="module")
+def tiny_data():
+    return prepare_data(PRESETS["tiny"], seed=0)
+
+
+def test_task_rows_start_at_an_example_and_text_rows_anywhere(tiny_data):
+    bos = tiny_data.tokenizer.token_to_id("<|begin_of_text|>")
+    rows = sample_batch(torch.Generator().manual_seed(0), tiny_data,
+                        dataclasses.replace(PRESETS["tiny"], task_fraction=1.0, batch_size=64), torch.device("cpu"))
+    assert (rows[:, 0] == bos).all() and len({tuple(r) for r in rows[:, :32].tolist()}) > 32
+    text = sample_batch(torch.Generator().manual_seed(0), tiny_data,
+                        dataclasses.replace(PRESETS["tiny"], task_fraction=0.0, batch_size=64), torch.device("cpu"))
+    assert (text[:, 0] != bos).sum() > 32
+    windows = tiny_data.train.long().unfold(0, text.shape[1], 1)
+    assert all((windows == row).all(1).any() for row in text[:4])
+
+
+def test_cpu_training_is_deterministic(tiny_data):
     preset = dataclasses.replace(PRESETS["tiny"], eval_every=0)
-    data = prepare_data(preset, seed=0)
+    data = tiny_data
     assert prepare_data(preset, seed=0).tokenizer.to_str() == data.tokenizer.to_str()
 
     def weights(seed: int) -> dict:

@@ -126,7 +126,16 @@ class ClusterView:
         if self.events is not None:
             self._tasks.append(loop.create_task(self._follow_events()))
 
+    @property
+    def tasks(self) -> tuple[asyncio.Task, ...]:
+        """The background tasks (all on the loop that last started them)."""
+        return tuple(self._tasks)
+
     async def close(self) -> None:
+        """Stop the background tasks if they run on this loop (a task is only stopped on its own)."""
+        loop = asyncio.get_running_loop()
+        if any(t.get_loop() is not loop for t in self._tasks):
+            return
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -366,9 +366,28 @@ class Dispatcher:
         return {r.worker_id: p for r, p in zip(replicas, found)}
 
     async def aclose(self) -> None:
-        """Stop the background tasks (call on the loop that served requests)."""
+        """Stop the background tasks this loop runs (call on the loop that served requests)."""
         await self.outputs.aclose()
         await self.view.close()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the background tasks of every running loop, from a thread that runs none of them.
+
+        Before Ray shuts down: a load ping or output reader left running on a router's loop
+        would otherwise call into Ray after ``ray.shutdown``, which starts a stray Ray (or ends
+        the process, when auto-connect is off)."""
+        try:
+            own = asyncio.get_running_loop()
+        except RuntimeError:
+            own = None
+        loops = {t.get_loop() for t in self.view.tasks} | {t.get_loop() for t, _ in self.outputs.readers.values()}
+        for loop in loops:
+            if loop.is_closed() or not loop.is_running() or loop is own:
+                continue  # a stopped loop runs nothing; this thread's own loop cannot be waited on here
+            try:
+                asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(timeout_s)
+            except Exception as e:  # noqa: BLE001 — shutting down: note it, go on
+                log.warning("closing the dispatcher's tasks on a loop failed: %s", first_line(e))
 
 
 

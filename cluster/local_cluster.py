@@ -216,6 +216,8 @@ class Cluster:
             self._marker = True
 
     def shutdown(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.close()  # its loops' pings and readers stop before the actors and Ray go
         if self._marker:
             remove_marker(self.config.name)
             self._marker = False

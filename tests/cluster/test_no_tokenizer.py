@@ -41,6 +41,9 @@ def router(tiny_model, tmp_path_factory):
         asyncio.run_coroutine_threadsafe(r.start(), loop).result(60)
         yield r
         asyncio.run_coroutine_threadsafe(r.stop(), loop).result(60)
+    # the cluster stopped its dispatcher's pings and readers on the router's (still running) loop before
+    # Ray went: one left running would call into Ray after ray.shutdown and, a minute later, end this process
+    assert dispatcher.view.tasks == () and not dispatcher.outputs.readers
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
 

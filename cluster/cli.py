@@ -24,7 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SIMULATOR_COMMANDS = ("plan", "simulate", "sample-trace", "calibrate")  # start without torch or Ray
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SIMULATOR_COMMANDS:
+        from simulator.cli import main as simulator_main
+        return simulator_main(argv)
     from cluster.ray_auth import opt_into_token_auth
     opt_into_token_auth()  # before anything imports ray, which reads RAY_AUTH_MODE on import
     args = build_parser().parse_args(argv)

@@ -16,7 +16,7 @@ budget 2048 (the engine's default), --blocks KV blocks each, prefix caching on, 
 decode kernel (the engine takes it on CUDA only above 1M saved tokens per layer). KV is paged
 (Design.paged_kv): cached blocks are stored once and share the replica's blocks with the
 running requests, as the engine's block pool does. The simulator sizes KV from device memory,
-so each replica's device is the catalog's H100 with memory_gb chosen to leave exactly --blocks
+so each replica's device is the catalog's H100 with memory_gib chosen to leave exactly --blocks
 blocks after weights and activations. --gpu-share shared (default, as the planned
 --gpus-per-replica 0.5): each replica gets half an H100 (half its FLOP/s, bandwidth and the
 measured step times doubled), a fluid share: the real processes time-slice the GPU, and here
@@ -44,7 +44,7 @@ from benchmarks.workload import shared_prefix_prompts
 from cluster.pool_handles import DECODE_LOAD_WEIGHT, pick
 from simulator.costs import CostModels, activation_bytes, kv_capacity_tokens
 from simulator.design import Design, PoolSpec
-from simulator.hardware import load_catalog
+from simulator.hardware import GIB, load_catalog
 from simulator.metrics import summarize
 from simulator.models import load_model
 from simulator.profiles import Profile, load_profile
@@ -146,15 +146,15 @@ class ClusterRule:
 
 
 def hardware_catalog(blocks: int, gpu_share: str, model_name: str = "llama-3-8b"):
-    """The shipped catalog plus H100-kv: an H100 (halved for a shared GPU) whose memory_gb leaves
+    """The shipped catalog plus H100-kv: an H100 (halved for a shared GPU) whose memory_gib leaves
     exactly ``blocks`` KV blocks of 16 tokens after weights and activations."""
     catalog, model = load_catalog(), load_model(model_name)
     h100 = catalog["H100"]
     fixed = model.weight_bytes + activation_bytes(model, 1, MAX_BATCHED_TOKENS)
     kv = blocks * BLOCK * model.kv_bytes_per_token
-    memory_gb = (fixed + kv + model.kv_bytes_per_token / 2) / (1e9 * h100.memory_fraction)
+    memory_gib = (fixed + kv + model.kv_bytes_per_token / 2) / (GIB * h100.memory_fraction)
     half = 0.5 if gpu_share == "shared" else 1.0
-    spec = replace(h100, name="H100-kv", memory_gb=memory_gb, peak_bf16_tflops=h100.peak_bf16_tflops * half,
+    spec = replace(h100, name="H100-kv", memory_gib=memory_gib, peak_bf16_tflops=h100.peak_bf16_tflops * half,
                    memory_bandwidth_gbs=h100.memory_bandwidth_gbs * half, usd_per_hour=h100.usd_per_hour * half,
                    watts=h100.watts * half)
     assert kv_capacity_tokens(model, spec, 1, MAX_BATCHED_TOKENS) == blocks * BLOCK

@@ -17,7 +17,8 @@ from simulator.roofline import IterationCost, RooflineCost
 class CostModels:
     """Builds (and caches) one cost model per (hardware, tp); a profile measured on that hardware
     and tp replaces roofline estimates where it has measurements (several profiles of one hardware
-    and tp count as one: e.g. decode_step and shared_prefix_decode files from two benchmarks)."""
+    and tp count as one: e.g. decode_step and shared_prefix_decode files from two benchmarks).
+    A profile's measured device memory replaces the catalog's for that device kind (``self.catalog``)."""
 
     def __init__(self, model: ModelSpec, catalog: Catalog, profiles: tuple[Profile, ...] = (),
                  links: LinkTable | None = None) -> None:
@@ -25,6 +26,9 @@ class CostModels:
             for other in {p.model, *(m.model for m in p.measurements)} - {None, model.name}:
                 raise SimInputError(f"profile for {p.device} was measured on model {other!r}, "
                                     f"not {model.name!r} (drop its 'model' keys to use it anyway)")
+        for p in profiles:
+            if p.memory is not None:
+                catalog = catalog.with_measured_memory(catalog.resolve(p.device), *p.memory)
         self.model, self.catalog = model, catalog
         self.links = links or LinkTable(catalog)
         self.profiles: dict[tuple[str, int], Profile] = {}

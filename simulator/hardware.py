@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from simulator.errors import SimInputError
@@ -12,6 +12,7 @@ from simulator.files import read_yaml
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
 KINDS = ("gpu", "cpu")
+GIB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class HardwareSpec:
     kind: str
     accelerator_type: str | None
     peak_bf16_tflops: float
-    memory_gb: float
+    memory_gib: float
     memory_bandwidth_gbs: float
     interconnect_gbs: float
     network_gbps: float
@@ -37,6 +38,7 @@ class HardwareSpec:
     iteration_overhead_us: float
     idle_power_fraction: float
     memory_fraction: float
+    price_source: str = "not stated"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -46,7 +48,7 @@ class HardwareSpec:
             if f.type in ("float", "int") and not (isinstance(value, int | float) and math.isfinite(value)
                                                    and value >= 0 and not isinstance(value, bool)):
                 raise SimInputError(f"hardware {self.name}: {f.name} must be a number >= 0, got {value!r}")
-        for name in ("peak_bf16_tflops", "memory_gb", "memory_bandwidth_gbs", "network_gbps"):
+        for name in ("peak_bf16_tflops", "memory_gib", "memory_bandwidth_gbs", "network_gbps"):
             if getattr(self, name) <= 0:
                 raise SimInputError(f"hardware {self.name}: {name} must be > 0")
         for name in ("compute_efficiency", "memory_efficiency", "network_efficiency", "memory_fraction"):
@@ -70,8 +72,8 @@ class HardwareSpec:
 
     @property
     def memory_bytes(self) -> float:
-        """Bytes of one device the engine may use."""
-        return self.memory_gb * 1e9 * self.memory_fraction
+        """Bytes of one device the engine may use (GiB as the driver reports them)."""
+        return self.memory_gib * GIB * self.memory_fraction
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,21 @@ class Catalog:
     def names(self, kind: str | None = None) -> list[str]:
         return [n for n, h in self.hardware.items() if kind is None or h.kind == kind]
 
+    def with_measured_memory(self, name: str, total_bytes: float, free_bytes: float) -> Catalog:
+        """``name`` with its memory as measured on the device (as our engine sizes its KV cache): the
+        total, of which the engine may use what was free less the (1 - memory_fraction) share it leaves."""
+        hw = self[name]
+        usable = free_bytes - total_bytes * (1 - hw.memory_fraction)
+        if not 0 < usable <= total_bytes:
+            raise SimInputError(f"{name}: measured memory leaves nothing usable (total {total_bytes:.4g} B, "
+                                f"free {free_bytes:.4g} B, memory_fraction {hw.memory_fraction})")
+        spec = replace(hw, memory_gib=total_bytes / GIB, memory_fraction=usable / total_bytes)
+        return replace(self, hardware={**self.hardware, name: spec})
+
+    def price_sources(self, names: list[str]) -> list[str]:
+        """'NAME $X/h: source' for each named device kind, in order, once."""
+        return [f"{n} ${self[n].usd_per_hour:g}/h: {self[n].price_source}" for n in dict.fromkeys(names)]
+
 
 def load_catalog(*extra: str | Path) -> Catalog:
     """The shipped catalog, then each extra file merged over it (field by field, by name)."""
@@ -126,6 +143,8 @@ def load_catalog(*extra: str | Path) -> Catalog:
         for name, entry in (data.get("hardware") or {}).items():
             if not isinstance(entry, dict):
                 raise SimInputError(f"{path}: hardware.{name} must be a mapping")
+            if path != DEFAULT_CATALOG and "usd_per_hour" in entry and "price_source" not in entry:
+                entry = {**entry, "price_source": f"--catalog {path}"}  # not the shipped entry's source
             entries.setdefault(str(name), {}).update(entry)
         links.extend(data.get("links") or [])
     hardware = {name: _spec(name, {**defaults, **entry}) for name, entry in entries.items()}
@@ -143,7 +162,10 @@ def _read(path: Path) -> dict:
 
 def _spec(name: str, entry: dict) -> HardwareSpec:
     names = {f.name for f in fields(HardwareSpec)} - {"name"}
-    unknown, missing = sorted(set(entry) - names), sorted(names - set(entry))
+    unknown, missing = sorted(set(entry) - names), sorted(names - set(entry) - {"price_source"})
+    if "memory_gb" in unknown:
+        raise SimInputError(f"hardware {name}: memory_gb is now memory_gib, the device memory in GiB as the "
+                            "driver reports it (nvidia-smi's MiB / 1024; an H200 is 140.4, not 141 GB = 141e9 bytes)")
     if unknown:
         raise SimInputError(f"hardware {name}: unknown field {unknown[0]!r}")
     if missing:

@@ -39,15 +39,20 @@ def plan_command(args: argparse.Namespace, console: Console) -> int:
     marks = ["*" if c is plan.best else "" for c in plan.family_bests]
     console.print(results_table([c.result for c in plan.family_bests],
                                 "cheapest design per family (* = chosen)", marks, console.width))
+    used = [pool.hardware for c in plan.family_bests for pool in c.design.pools().values()]
+    prices = costs.catalog.price_sources(used)
+    console.print("prices (assumptions; they mix clouds, put yours in --catalog):\n  " + "\n  ".join(prices))
     config_path = args.config_out or args.out / "cluster.yaml"
     config = cluster_config(plan.best.design, costs.model, costs.catalog, plan.best.result, slo, trace.name,
                             args.model_ref)
     config["plan"]["model"] = args.model  # what `tierserve simulate --config` simulates
+    config["plan"]["price_sources"] = costs.catalog.price_sources(
+        [pool.hardware for pool in plan.best.design.pools().values()])
     write_cluster_config(config_path, config)
     values_path = write_chart_values(config_path.with_name("values.yaml"), chart_values(config, costs.catalog),
                                      plan.best.design.label())
     _plots(args, console, planner, plan, slo)
-    write_json(args.out / "plan.json", {"best": result_dict(plan.best.result),
+    write_json(args.out / "plan.json", {"price_sources": prices, "best": result_dict(plan.best.result),
                                         "family_bests": [result_dict(c.result) for c in plan.family_bests]})
     console.print(f"chosen: {plan.best.design.label()} at ${plan.best.design.cost_per_hour(costs.catalog):.2f}/h; "
                   f"wrote {config_path}, {values_path} (Helm chart values), {args.out}/plan.json, pareto.png, "

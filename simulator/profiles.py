@@ -18,6 +18,9 @@ step of ``batch`` sequences on the model worker with no attention, ``offload_lin
 step (every layer's q/k/v up and output down), ``offload_step`` a whole offloaded step with ``context``
 tokens per sequence and ``micro_batches`` micro-batches:
     {"op": "offload_step", "batch": 256, "context": 4096, "micro_batches": 2, "seconds": 0.031}
+Device memory as measured there (``tierserve calibrate``: torch.cuda.mem_get_info before the model loads),
+which replaces the catalog's memory size for that device kind:
+    "memory": {"total_bytes": 150754820096, "free_bytes": 150015639552}
 ``device`` (a catalog name, or a driver name like "NVIDIA H100 80GB HBM3") and ``tp`` say where
 the measurements were taken; ``model`` (optional, top level or per measurement) must match the
 simulated model. Link ends are catalog names, or gpuN/cpuN meaning ``device`` (as
@@ -71,6 +74,7 @@ class Profile:
     model: str | None
     measurements: tuple[Measurement, ...]
     links: tuple[LinkPoint, ...]
+    memory: tuple[float, float] | None = None  # (total bytes, free bytes) of one device
 
     def of(self, op: str) -> list[Measurement]:
         return [m for m in self.measurements if m.op == op]
@@ -91,7 +95,19 @@ def load_profile(path: str | Path, device: str | None = None) -> Profile:
                          for i, m in enumerate(_list(data, "measurements", path)))
     links = tuple(p for i, e in enumerate(_list(data, "links", path))
                   if (p := _link_point(e, device, f"{path}: links[{i}]")) is not None)
-    return Profile(device, tp, data.get("model"), measurements, links)
+    return Profile(device, tp, data.get("model"), measurements, links, _memory(data.get("memory"), path))
+
+
+def _memory(entry: object, path: str | Path) -> tuple[float, float] | None:
+    if entry is None:
+        return None
+    where = f"profile {path}: memory"
+    if not isinstance(entry, dict):
+        raise SimInputError(f"{where} must be an object with total_bytes and free_bytes")
+    total, free = (_positive(entry, k, where, float) for k in ("total_bytes", "free_bytes"))
+    if free > total:
+        raise SimInputError(f"{where}: free_bytes {free:g} exceeds total_bytes {total:g}")
+    return total, free
 
 
 def _list(data: dict, key: str, path: Path) -> list:

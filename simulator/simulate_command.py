@@ -88,6 +88,7 @@ def simulate_command(args: argparse.Namespace, console: Console) -> int:
     result = summarize(record, slo, costs.catalog)
     console.print(results_table([result], f"{trace.name}: {len(trace)} requests at {trace.rate:.3g} req/s; "
                                           f"model {costs.model.name}", width=console.width))
+    console.print("prices: " + "; ".join(costs.catalog.price_sources([p.hardware for p in design.pools().values()])))
     console.print(f"completed {result.completed}, rejected {result.rejected} (longer than the KV memory), "
                   f"makespan {result.duration_s:.1f} s, prefix-cache hits {result.prefix_hit_rate:.1%}")
     if slo is not None:

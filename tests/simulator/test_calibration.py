@@ -103,10 +103,23 @@ def test_profile_links_map_local_devices_and_skip_the_host_tier(tmp_path) -> Non
     ({"device": "H100", "measurements": [{"op": "decode_step", "batch": 2.5, "context": 1, "seconds": 1}]},
      "batch must be a positive int"),
     ({"device": "H100", "links": [{"src": "a"}]}, r"links\[0\]: must have src, dst, bytes and seconds"),
+    ({"device": "H100", "memory": {"total_bytes": 10}}, "memory: free_bytes must be a positive"),
+    ({"device": "H100", "memory": {"total_bytes": 10, "free_bytes": 11}}, "free_bytes 11 exceeds"),
 ])
 def test_bad_profiles_name_the_entry(tmp_path, payload: dict, message: str) -> None:
     with pytest.raises(SimInputError, match=message):
         load_profile(write(tmp_path, payload))
+
+
+def test_measured_memory_sizes_the_kv_cache(costs: CostModels, tmp_path) -> None:
+    """A profile's measured device memory replaces the catalog's (free bytes, less the engine's reserve)."""
+    from simulator.costs import kv_capacity_tokens
+    total, free = 80 * 2**30, 70 * 2**30  # 10 GiB held by something else on the device
+    profile = load_profile(write(tmp_path, {"device": "H100", "memory": {"total_bytes": total, "free_bytes": free}}))
+    measured = CostModels(costs.model, costs.catalog, (profile,))
+    assert measured.catalog["H100"].memory_bytes == pytest.approx(free - 0.1 * total)
+    assert kv_capacity_tokens(costs.model, measured.catalog["H100"], 1, 2048) < \
+        kv_capacity_tokens(costs.model, costs.catalog["H100"], 1, 2048)
 
 
 def test_profile_for_another_model_is_refused(costs: CostModels, tmp_path) -> None:

@@ -36,6 +36,8 @@ def test_plan_writes_a_cluster_config_plots_and_results(tmp_path, capsys) -> Non
     assert code == 0
     out = capsys.readouterr().out
     assert "cheapest design per family" in out and "chosen:" in out
+    assert "prices (assumptions; they mix clouds" in out and "H100 $2.99/h: specialty clouds" in out
+    assert json.loads((tmp_path / "plan.json").read_text())["price_sources"]
     config = load_cluster_config(tmp_path / "cluster.yaml")
     assert config.model == "meta-llama/Meta-Llama-3-8B"
     for name in ("pareto.png", "latency_cdf.png", "plan.json"):

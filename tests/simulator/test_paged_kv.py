@@ -10,6 +10,7 @@ import pytest
 from simulator.costs import CostModels, kv_capacity_tokens
 from simulator.design import Design, PoolSpec
 from simulator.errors import SimInputError
+from simulator.hardware import GIB
 from simulator.prefix_cache import PagedPrefixCache
 from simulator.replica import Replica
 from simulator.simulation import Simulation
@@ -21,7 +22,7 @@ def small_h100(costs: CostModels, kv_tokens: int) -> CostModels:
     """The catalog plus H100-small: an H100 with memory for about ``kv_tokens`` KV tokens."""
     h100, model = costs.catalog["H100"], costs.model
     extra = (kv_tokens - kv_capacity_tokens(model, h100, 1, 8192)) * model.kv_bytes_per_token
-    small = replace(h100, name="H100-small", memory_gb=h100.memory_gb + extra / (1e9 * h100.memory_fraction))
+    small = replace(h100, name="H100-small", memory_gib=h100.memory_gib + extra / (GIB * h100.memory_fraction))
     return CostModels(model, replace(costs.catalog, hardware={**costs.catalog.hardware, "H100-small": small}))
 
 

@@ -16,21 +16,39 @@ always preceded by a space (``- key: value``, ``What is key?``), so it is the sa
 wherever it appears; the answer line repeats the segment's ``- key:``, so the value is what
 followed the same tokens in the segment (what an induction head looks up).
 
-Keys are pronounceable made-up words; the held-out split uses keys whose hash the train split
-never draws, and every example is drawn from its own seeded ``random.Random`` (a str seed:
-stable across processes and platforms). Recall exact-match: the completion's first line, stripped,
-equals the answer.
+Keys are common words (``- lantern: misty otter``), values an adjective and an animal, drawn
+afresh for every example: a key's value differs from example to example, so only the segment can
+answer, never memory. Words, not made-up strings: a trained tokenizer makes them single tokens,
+and a key of several sub-word tokens that end alike (``pe-fi-di``, ``la-di``) is a harder lookup
+than a small model learns in minutes. The held-out split is other draws (``random.Random`` seeded
+with the split's name; a str seed is stable across processes and platforms). Recall
+exact-match: the completion's first line, stripped, equals the answer.
 """
 
 from __future__ import annotations
 
 import random
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 SPLITS = ("train", "heldout")
-HELDOUT_KEY_MOD = 8  # a key is held-out when crc32(key) % 8 == 0
+KEYS = tuple("""anchor apple arrow badge banner barrel basket beacon bell bench blanket bottle bucket button
+cabin camera candle canyon carpet castle cellar chain chair chalk chest cliff clock cloud coast coin comet
+compass copper cotton crane crater crown crystal curtain desert diamond drawer engine feather fence ferry
+fiddle forest fossil fountain garden garlic glacier glove goblet granite gravel hammer harbor harvest helmet
+hill hollow honey horizon island ivory jacket jungle kettle kite ladder lagoon lantern lemon lever locket
+magnet maple marble meadow mirror mountain needle nest oasis ocean orchard oven paddle palace pebble pencil
+pepper piano pillow pilot planet pocket pond puzzle pyramid quarry raft ribbon river rocket saddle sailor
+satchel scarf shadow shell shovel signal silver sled spoon statue stone storm summit sunset sword temple
+timber torch tower tractor trumpet tunnel valley velvet violin volcano wagon walnut whistle willow
+window""".split())
+ADJECTIVES = tuple("""amber azure bold brave bright calm clever crimson dark eager fancy gentle golden grand
+green happy hidden humble icy jolly keen lively lucky mellow misty noble odd olive pale plain proud quick
+quiet rapid rosy rusty shy silent sleek slow smooth snowy solid spicy steady stormy sunny swift tame tiny
+vivid warm wild wise young""".split())
+ANIMALS = tuple("""ant bear bee cat cow crab crow deer dog dove duck eagle eel elk fox frog goat goose hawk
+hen horse lamb lion lynx mole moose moth mouse mule newt owl ox panda pig pony puma seal shark sheep slug
+snail snake squid stork toad trout wasp wolf worm yak zebra""".split())
 ROLES = ("planner", "coder", "reviewer", "tester", "researcher", "scheduler", "critic", "summarizer")
 AGENTS = ("ALPHA", "BETA", "GAMMA", "DELTA", "EPSILON", "ZETA", "ETA", "THETA", "IOTA", "KAPPA",
           "LAMBDA", "MU", "NU", "XI", "OMICRON", "PI", "RHO", "SIGMA", "TAU", "UPSILON")
@@ -44,8 +62,6 @@ RESULTS = ("all good", "two failures remain", "it is slower than before", "nothi
            "the logs look clean", "one warning left", "we should retry later", "it needs review")
 QUESTIONS = ("What is {key}?", "What is the value of {key}?", "Give me {key}.", "Look up {key}.",
              "Which value does {key} have?")
-CONSONANTS = "bdfgklmnprstvz"
-VOWELS = "aeiou"
 
 
 @dataclass(frozen=True)
@@ -56,11 +72,12 @@ class TaskConfig:
     max_facts: int = 16
     max_messages: int = 3
     distractor_prob: float = 0.5
-    max_followups: int = 3  # training text: up to this many more agents asking other keys
+    max_followups: int = 6  # training text: up to this many more agents asking other keys
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_facts <= self.max_facts:
-            raise ValueError(f"need 1 <= min_facts <= max_facts, got {self.min_facts}, {self.max_facts}")
+        if not 1 <= self.min_facts <= self.max_facts <= len(ADJECTIVES):
+            raise ValueError(f"need 1 <= min_facts <= max_facts <= {len(ADJECTIVES)}, "
+                             f"got {self.min_facts}, {self.max_facts}")
 
 
 @dataclass(frozen=True)
@@ -111,13 +128,13 @@ def episode(index: int, num_prefixes: int, split: str = "train", seed: int = 0,
             config: TaskConfig = TaskConfig()) -> list[Example]:
     """One segment under ``num_prefixes`` different prefixes, each asking about one of its keys."""
     rng = _rng(split, seed, index)
-    facts = _facts(rng, rng.randint(config.min_facts, config.max_facts), split)
+    facts = _facts(rng, rng.randint(config.min_facts, config.max_facts))
     segment = _segment(rng, facts)
-    used = {k for k, _ in facts}
+    used = {k for k, _ in facts} | {v.split()[0] for _, v in facts}
     out = []
     for _ in range(num_prefixes):
         agent = rng.choice(AGENTS)
-        prefix = _prefix(rng, agent, config, split, used)
+        prefix = _prefix(rng, agent, config, used)
         key, value = rng.choice(facts)
         out.append(Example(prefix, segment, _question(rng, agent, key), value, key))
     return out
@@ -139,39 +156,17 @@ def evaluate_recall(items: Sequence[Example], generate: Callable[[list[str]], li
     return recall_exact_match(items, generate([e.prompt for e in items]))
 
 
-def is_heldout_key(key: str) -> bool:
-    return zlib.crc32(key.encode()) % HELDOUT_KEY_MOD == 0
-
-
 def _rng(split: str, seed: int, index: int) -> random.Random:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return random.Random(f"multi-agent:{split}:{seed}:{index}")
 
 
-def _key(rng: random.Random, split: str) -> str:
-    while True:
-        key = "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(rng.randint(2, 3)))
-        if rng.random() < 0.3:
-            key += f"_{rng.choice(CONSONANTS)}{rng.choice(VOWELS)}{rng.choice(CONSONANTS)}"
-        if is_heldout_key(key) == (split == "heldout"):
-            return key
-
-
-def _value(rng: random.Random) -> str:
-    kind = rng.randrange(3)
-    if kind == 0:
-        return str(rng.randint(100, 99999))
-    if kind == 1:
-        return "".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(rng.randint(3, 5)))
-    return f"{rng.choice(CONSONANTS)}{rng.choice(VOWELS)}{rng.choice(CONSONANTS)}-{rng.randint(1, 99)}"
-
-
-def _facts(rng: random.Random, count: int, split: str) -> list[tuple[str, str]]:
-    facts: dict[str, str] = {}
-    while len(facts) < count:
-        facts.setdefault(_key(rng, split), _value(rng))
-    return list(facts.items())
+def _facts(rng: random.Random, count: int) -> list[tuple[str, str]]:
+    """``count`` distinct keys; values with distinct first words (so copying the second word
+    after the first is unambiguous)."""
+    keys, adjectives = rng.sample(KEYS, count), rng.sample(ADJECTIVES, count)
+    return [(k, f"{a} {rng.choice(ANIMALS)}") for k, a in zip(keys, adjectives)]
 
 
 def _question(rng: random.Random, agent: str, key: str) -> str:
@@ -190,14 +185,14 @@ def _segment(rng: random.Random, facts: list[tuple[str, str]]) -> str:
     return head + "".join(f"- {k}: {v}\n" for k, v in facts)
 
 
-def _prefix(rng: random.Random, agent: str, config: TaskConfig, split: str, used: set[str]) -> str:
+def _prefix(rng: random.Random, agent: str, config: TaskConfig, used: set[str]) -> str:
     parts = [f"### system\nYou are agent {agent}, the {rng.choice(ROLES)}. {rng.choice(RULES)}\n"]
     for _ in range(rng.randint(0, config.max_messages)):
         other = rng.choice([a for a in AGENTS if a != agent])
         line = f"I {rng.choice(VERBS)} {rng.choice(OBJECTS)}; {rng.choice(RESULTS)}."
-        if rng.random() < config.distractor_prob:
-            key = _key(rng, split)
-            if key not in used:
-                line += f" Note {key}: {_value(rng)}."
+        if rng.random() < config.distractor_prob:  # a fact of a key and adjective the segment does not use
+            key = rng.choice([k for k in KEYS if k not in used])
+            adjective = rng.choice([a for a in ADJECTIVES if a not in used])
+            line += f" Note {key}: {adjective} {rng.choice(ANIMALS)}."
         parts.append(f"### agent {other}\n{line}\n")
     return "".join(parts)

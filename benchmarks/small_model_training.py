@@ -84,9 +84,12 @@ def prepare_data(p: Preset, seed: int) -> Data:
                 (task_stream == tokenizer.token_to_id(SPECIAL_TOKENS[0])).nonzero().flatten(),
                 encode_stream(tokenizer, [f.text for f in corpus.heldout]),
                 task.examples(p.recall_examples, "heldout", HELDOUT_TASK_SEED, p.task), {})
+    words = task.KEYS + task.ADJECTIVES + task.ANIMALS
+    split_words = [w for w in words if len(tokenizer.encode(" " + w, add_special_tokens=False).ids) > 1]
     data.describe = {**corpus.describe(), "packages": list(p.packages), "train_tokens": len(data.train),
                      "heldout_tokens": len(data.heldout), "task_examples": p.task_examples,
-                     "task_tokens": len(data.task), "recall_examples": len(data.recall)}
+                     "task_tokens": len(data.task), "recall_examples": len(data.recall),
+                     "task_words_of_several_tokens": len(split_words)}  # 0 with 8192 entries: one-token lookups
     return data
 
 

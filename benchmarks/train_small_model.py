@@ -56,8 +56,8 @@ PRESETS = {
 
 def run(args) -> dict:
     preset = dataclasses.replace(PRESETS[args.preset], **{k: v for k, v in (
-        ("batch_size", args.batch_size), ("max_chars", args.max_chars),
-        ("recall_examples", args.recall_examples)) if v is not None})
+        ("batch_size", args.batch_size), ("max_chars", args.max_chars), ("lr", args.lr),
+        ("task_fraction", args.task_fraction), ("recall_examples", args.recall_examples)) if v is not None})
     device, out = torch.device(args.device), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -152,6 +152,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile the training forward (default: on CUDA)")
     ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--lr", type=float, help="peak learning rate")
+    ap.add_argument("--task-fraction", type=float, help="share of rows from the recall task")
     ap.add_argument("--max-chars", type=int, help="cap the corpus (characters of training files)")
     ap.add_argument("--recall-examples", type=int)
     args = ap.parse_args(argv)

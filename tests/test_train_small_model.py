@@ -134,15 +134,19 @@ def test_recall_evaluator_scores_an_oracle_one_and_a_wrong_answer_zero():
         task.recall_exact_match(items, ["x"])
 
 
-def test_task_is_deterministic_with_disjoint_heldout_keys_and_shared_segments():
+def test_task_is_deterministic_answerable_only_from_the_segment_and_shares_segments():
     assert task.examples(5, "train", seed=3) == task.examples(5, "train", seed=3)
     assert task.examples(5, "train", seed=3) != task.examples(5, "train", seed=4)
+    assert not set(task.examples(50, "train")) & set(task.examples(50, "heldout"))
+    values_of: dict[str, set[str]] = {}
     for split in task.SPLITS:
-        for e in task.examples(50, split):
-            facts = dict(line[2:].split(": ", 1) for line in e.segment.splitlines() if line.startswith("- "))
-            assert facts and all(task.is_heldout_key(k) == (split == "heldout") for k in facts)
+        for e in task.examples(100, split):
+            facts = _facts(e.segment)
+            assert len({v.split()[0] for v in facts.values()}) == len(facts) >= task.TaskConfig().min_facts
             assert [k for k in facts if re.search(rf" {k}\b", e.question)] == [e.key]
-            assert facts[e.key] == e.answer and not re.search(rf" {e.key}\b", e.prefix)
+            assert facts[e.key] == e.answer and not re.search(rf" ({e.key}|{e.answer.split()[0]})\b", e.prefix)
+            values_of.setdefault(e.key, set()).add(e.answer)
+    assert max(map(len, values_of.values())) > 1  # a key's value is not something to remember
     episode = task.episode(7, 4, "heldout")
     assert len({e.segment for e in episode}) == 1 and len({e.prefix for e in episode}) > 1
     assert episode[0] == task.example(7, "heldout")
@@ -152,8 +156,8 @@ def test_training_text_answers_more_questions_about_the_same_segment():
     followups = 0
     for i in range(20):
         e, text = task.example(i), task.training_text(i)
-        facts = dict(line[2:].split(": ", 1) for line in e.segment.splitlines() if line.startswith("- "))
-        answered = re.findall(r"### answer\n- (\S+): (\S+)\n", text)
+        facts = _facts(e.segment)
+        answered = re.findall(r"### answer\n- (\S+): ([^\n]+)\n", text)
         assert text.startswith(e.text) and answered[0] == (e.key, e.answer)
         assert all(facts[k] == v for k, v in answered) and len({k for k, _ in answered}) == len(answered)
         followups += len(answered) - 1
@@ -168,12 +172,13 @@ def test_parts_tokenize_as_the_whole_example_and_keys_as_the_same_tokens(trained
         parts = [tokenizer.encode(x, add_special_tokens=False) for x in (e.prefix, e.segment, e.question,
                                                                           e.completion)]
         assert tokenizer.encode(e.text) == [tokenizer.bos_token_id] + sum(parts, [])
-        key = next(line[2:].split(": ")[0] for line in e.segment.splitlines()
-                   if line.startswith("- ") and line.endswith(f": {e.answer}"))
-        fact = tokenizer.encode(f" {key}: {e.answer}", add_special_tokens=False)
-        assert _contains(parts[1], fact)
-        assert _contains(parts[2], tokenizer.encode(f" {key}", add_special_tokens=False))
+        assert _contains(parts[1], tokenizer.encode(f" {e.key}: {e.answer}", add_special_tokens=False))
+        assert _contains(parts[2], tokenizer.encode(f" {e.key}", add_special_tokens=False))
         assert _contains(parts[3], tokenizer.encode(f" {e.answer}", add_special_tokens=False))
+
+
+def _facts(segment: str) -> dict[str, str]:
+    return dict(line[2:].split(": ", 1) for line in segment.splitlines() if line.startswith("- "))
 
 
 def _contains(seq: list[int], sub: list[int]) -> bool:

@@ -90,7 +90,7 @@ def lamina(costs: CostModels, rate: float = 8.0, requests: int = 800, attention:
     slo = slowdown_slo(costs, "H100", 8, 8192, 8192)
     planner = Planner(trace, costs, slo, PlanOptions(search_requests=requests))
     longest = int((trace.prompt_tokens + trace.output_tokens).max())
-    tp = min_tp(costs.model, costs.catalog["H100"], 8192, longest)
+    tp = min_tp(costs.model, costs.catalog["H100"], 8192, 8 * longest)  # a replica holds a batch of them
     families = {"homogeneous H100 decode": Family("disaggregated", ("H100", "H100"), (tp, tp)),
                 f"H100 decode + {attention} attention": Family("offload", ("H100", attention), (tp, tp, 1))}
     rows = []

@@ -5,6 +5,11 @@ arithmetic series (step_curve), so there is one event per change, not per token.
 recorded as a segment (batch, steps, first step seconds, growth per step) for TBT statistics.
 With ``shared`` (shared_prefix.py), prompt blocks that running sequences share are attended once
 per step: the steps run as if the context were ``saved`` tokens shorter (constant between changes).
+
+With a memory ``limit`` (KV allocated on demand, as real engines do), the batch's context (every
+running sequence's KV, the token each step writes included) may not exceed ``limit()``; a run stops
+at the first boundary where the next step would not fit, and ``on_full(t)`` preempts there (the
+replica calls ``preempt_last``: the most recently joined sequence leaves, as the engine preempts).
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ EPS_S = 1e-9  # boundaries closer than this to a target time count as reaching i
 
 class DecodeBatch:
     __slots__ = ("cost", "t", "k", "batch", "context", "finishes", "pieces", "segments", "busy_s",
-                 "attention_s", "attention_per_token", "joined", "on_finish", "_seq", "shared", "saved")
+                 "attention_s", "attention_per_token", "joined", "on_finish", "_seq", "shared", "saved",
+                 "running", "limit", "on_full")
 
     def __init__(self, cost: IterationCost, segments: list, on_finish: Callable[[Request, float], None],
-                 shared: SharedPrefixes | None = None) -> None:
+                 shared: SharedPrefixes | None = None, limit: Callable[[], float] | None = None,
+                 on_full: Callable[[float], None] | None = None) -> None:
         self.cost, self.segments, self.on_finish, self.shared = cost, segments, on_finish, shared
+        self.limit, self.on_full = limit, on_full
+        self.running: dict[int, Request] = {}  # by join order (the last is the first preempted)
         self.saved = 0.0    # context tokens shared-prefix steps do not pay for (decode-only steps)
         self.t = 0.0        # start of step k (a boundary)
         self.k = 0
@@ -40,34 +49,82 @@ class DecodeBatch:
         self.joined: list[Request] = []  # joined at this boundary, first decode token not yet timed
         self._seq = 0
 
-    def join(self, req: Request) -> None:
-        """Add a prefilled request at the current boundary (it needs output - 1 more tokens)."""
+    def join(self, req: Request, resumed: bool = False) -> None:
+        """Add a prefilled request at the current boundary (it has ``generated`` tokens and needs the
+        rest). ``resumed``: back from a preemption's recompute, whose token was timed already."""
         req.k_join = self.k
         self._seq += 1
-        heappush(self.finishes, (self.k + req.output - 1, self._seq, req))
+        req.batch_seq = self._seq
+        self.running[self._seq] = req
+        heappush(self.finishes, (self.k + req.output - req.generated, self._seq, req))
         self.batch += 1
-        self.context += req.prompt + 1
+        self.context += req.prompt + req.generated
         self.pieces = self.cost.decode_pieces(self.batch)
-        self.joined.append(req)
+        if not resumed:
+            self.joined.append(req)
         if self.shared is not None:
             if req.shared_runs:
                 self.shared.join(req)
             self.saved = self.shared.saved(self.batch)
 
+    def fitting_steps(self) -> int:
+        """Steps that fit the memory limit from this boundary (each adds ``batch`` tokens)."""
+        if self.limit is None:
+            return 1 << 62
+        room = self.limit() - self.context
+        return int(room // self.batch) + 1 if room >= 0 else 0
+
     def next_change(self) -> float:
-        """When the next sequence finishes, if nothing joins before."""
-        return self.t + run(self.pieces, self.batch, self.context - self.saved, self.finishes[0][0] - self.k)
+        """When the next sequence finishes (or memory runs out), if nothing joins before."""
+        steps = min(self.finishes[0][0] - self.k, self.fitting_steps())
+        return self.t + run(self.pieces, self.batch, self.context - self.saved, steps)
 
     def advance_to(self, target: float) -> None:
-        """Run to the first boundary at or after ``target``, finishing sequences on the way."""
-        while self.batch and self.t < target - EPS_S:
+        """Run to the first boundary at or after ``target``, finishing sequences on the way (and
+        preempting where the next step would not fit)."""
+        while self.batch:
+            fit = self.fitting_steps()
+            if fit == 0:
+                self.on_full(self.t)
+                continue
+            if self.t >= target - EPS_S:
+                break
             left = self.finishes[0][0] - self.k
-            m = steps_to_reach(self.pieces, self.batch, self.context - self.saved, target - self.t)
+            m = min(steps_to_reach(self.pieces, self.batch, self.context - self.saved, target - self.t), fit)
             self._run(min(m, left))
             if m >= left:
                 self._finish_due()
         if not self.batch and self.t < target:
             self.t = target
+
+    def make_room(self) -> None:
+        """Preempt at this boundary until the next step fits (before a step timed from outside)."""
+        while self.batch and self.fitting_steps() == 0:
+            self.on_full(self.t)
+
+    def preempt_last(self) -> Request:
+        """Take the most recently joined sequence out of the batch (its KV is freed); its
+        ``generated`` counts the tokens it made, ``last_token_at`` when the last one came."""
+        seq, req = self.running.popitem()
+        done = self.k - req.k_join
+        if done:
+            req.last_token_at = self.t
+        elif req in self.joined:  # never stepped since it joined: its first decode token is not timed
+            self.joined.remove(req)
+        self.batch -= 1
+        self.context -= req.prompt + req.generated + done
+        req.generated += done
+        req.batch_seq = -1
+        if self.shared is not None and req.shared_runs:
+            self.shared.leave(req)
+        finishes = self.finishes
+        while finishes and finishes[0][2].batch_seq != finishes[0][1]:
+            heappop(finishes)  # entries of preempted sequences
+        if self.batch:
+            self.pieces = self.cost.decode_pieces(self.batch)
+        if self.shared is not None:
+            self.saved = self.shared.saved(self.batch)
+        return req
 
     def step(self, seconds: float) -> None:
         """One step timed from outside (a mixed prefill + decode iteration: no shared-prefix path)."""
@@ -104,12 +161,19 @@ class DecodeBatch:
     def _finish_due(self) -> None:
         finishes = self.finishes
         while finishes and finishes[0][0] == self.k:
-            req = heappop(finishes)[2]
+            _, seq, req = heappop(finishes)
+            if req.batch_seq != seq:
+                continue  # preempted
+            del self.running[seq]
+            req.batch_seq = -1
+            req.generated = req.output
             self.batch -= 1
-            self.context -= req.prompt + 1 + (self.k - req.k_join)
+            self.context -= req.prompt + req.output
             if self.shared is not None and req.shared_runs:
                 self.shared.leave(req)
             self.on_finish(req, self.t)
+        while finishes and finishes[0][2].batch_seq != finishes[0][1]:
+            heappop(finishes)
         if self.batch:
             self.pieces = self.cost.decode_pieces(self.batch)
         if self.shared is not None:

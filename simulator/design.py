@@ -8,6 +8,7 @@ from simulator.errors import SimInputError
 from simulator.hardware import Catalog
 
 ROUTERS = ("round_robin", "least_loaded", "prefix_aware")
+KV_ADMISSION = ("on_demand", "reserve_output")
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,11 @@ class Design:
     paged_kv (colocated, with prefix_caching): a replica's prefix cache and its running requests
     share its KV memory in blocks, a cached block stored once however many requests use it (our
     engine's block pool); off, each request reserves its whole prompt + output and the cache is
-    as large as the whole KV memory besides."""
+    as large as the whole KV memory besides.
+    kv_admission: "on_demand" (the default without paged_kv): KV is allocated as tokens are made and
+    the engines preempt (LIFO, recompute) when memory runs out, as real engines that do not know
+    output lengths; "reserve_output": prompt + output (the trace's) is reserved at admission and
+    nothing is preempted (paged_kv always reserves)."""
 
     colocated: PoolSpec | None = None
     prefill: PoolSpec | None = None
@@ -56,6 +61,7 @@ class Design:
     layerwise_transfer: bool = True
     micro_batches: int = 2
     paged_kv: bool = False
+    kv_admission: str = ""
 
     def __post_init__(self) -> None:
         split = self.prefill is not None and self.decode is not None
@@ -69,6 +75,16 @@ class Design:
             raise SimInputError("paged_kv is modeled for colocated pools only")
         if self.micro_batches < 1:
             raise SimInputError("micro_batches must be >= 1")
+        if not self.kv_admission:
+            object.__setattr__(self, "kv_admission", "reserve_output" if self.paged_kv else "on_demand")
+        if self.kv_admission not in KV_ADMISSION:
+            raise SimInputError(f"kv_admission must be one of {KV_ADMISSION}, got {self.kv_admission!r}")
+        if self.paged_kv and self.kv_admission != "reserve_output":
+            raise SimInputError("paged_kv reserves prompt + output at admission (kv_admission='reserve_output')")
+
+    @property
+    def on_demand_kv(self) -> bool:
+        return self.kv_admission == "on_demand"
 
     @property
     def kind(self) -> str:

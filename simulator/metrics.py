@@ -39,6 +39,7 @@ class SimResult:
     tokens_per_joule: float              # generated tokens per joule
     utilization: dict[str, float]        # busy share per pool
     prefix_hit_rate: float               # prompt tokens served from the prefix cache
+    preemptions: int = 0                 # decode sequences preempted (KV freed, recomputed later)
     samples: LatencySamples | None = field(default=None, repr=False, compare=False)
 
     def meets(self, slo: SLO) -> bool:
@@ -52,7 +53,7 @@ def summarize(record: SimRecord, slo: SLO | None, catalog: Catalog) -> SimResult
     finish = np.array([r.finish_at for r in done])
     outputs = np.array([r.output for r in done], dtype=np.float64)
     tpot = np.where(outputs > 1, (finish - arrival - ttft) / np.maximum(outputs - 1, 1), 0.0)
-    gaps = TokenGaps.collect(record.segments, done)
+    gaps = TokenGaps.collect(record.segments, done, record.extra_gaps)
     samples = LatencySamples(ttft, tpot, finish - arrival, gaps)
     duration = float(finish.max() - record.trace.arrival_s[0]) if done else 0.0
     util = _utilization(record, duration)
@@ -69,7 +70,8 @@ def summarize(record: SimRecord, slo: SLO | None, catalog: Catalog) -> SimResult
         goodput_rps=float(met.sum()) / duration if duration else 0.0, cost_per_hour=cost,
         usd_per_mtok=cost * duration / 3600 / (generated / 1e6) if generated else float("inf"),
         tokens_per_joule=generated / energy if energy else 0.0, utilization=util,
-        prefix_hit_rate=sum(r.cached for r in done) / prompts if prompts else 0.0, samples=samples)
+        prefix_hit_rate=sum(r.cached for r in done) / prompts if prompts else 0.0,
+        preemptions=record.preemptions, samples=samples)
 
 
 def _percentiles(s: LatencySamples) -> dict[str, float]:

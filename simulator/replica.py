@@ -1,11 +1,17 @@
 """One simulated engine replica: a prefill queue run in token-budgeted, chunked iterations, a
 decode batch, or both (colocated: prefill chunks ride along with decode steps, Sarathi-style).
 
-KV memory is reserved when a request starts: its prompt on a prefill replica (held until the KV
-has left), prompt + output on a colocated or decode replica, so nothing is ever preempted.
-With a paged prefix cache (Design.paged_kv, colocated only) a request reserves only what the
-cache does not hold, its prompt's blocks move to the cache once computed, and the cache gets
-the memory running requests leave (blocks they use are pinned there).
+KV memory, on demand (``on_demand``, the default; as real engines, which do not know output
+lengths): a request starting its prefill reserves its prompt (a decode replica: its prompt and
+first token); once it decodes its KV is the batch's context, which grows a token per step. When
+the next step would not fit, the most recently joined sequence is preempted (its KV freed; it
+goes back to the queue, behind prompts already started, and recomputes its prompt and the
+tokens it made, the last prefill chunk sampling its next token), as our engine's scheduler does.
+Reserved (``on_demand`` off): prompt + output is reserved at the start, as if the output length
+were known, and nothing is ever preempted. A prefill replica holds a prompt until its KV has left.
+With a paged prefix cache (Design.paged_kv, colocated only; always reserved) a request reserves
+only what the cache does not hold, its prompt's blocks move to the cache once computed, and the
+cache gets the memory running requests leave (blocks they use are pinned there).
 """
 
 from __future__ import annotations
@@ -27,28 +33,74 @@ if TYPE_CHECKING:
 class Replica:
     __slots__ = ("sim", "pool", "role", "cost", "kv_capacity", "max_seqs", "max_tokens", "cache", "block_tokens",
                  "queue", "queued_tokens", "kv_used", "pending", "pending_tokens", "ready", "batch", "iterating",
-                 "current", "version", "busy_s", "nic_free", "paged")
+                 "current", "version", "busy_s", "nic_free", "paged", "on_demand")
 
     def __init__(self, sim: Simulation, pool: str, role: str, cost: IterationCost, kv_capacity: int,
                  max_seqs: int, max_tokens: int, cache: PrefixCache | None, block_tokens: int,
-                 share_prefixes: bool = False) -> None:
+                 share_prefixes: bool = False, on_demand: bool = False) -> None:
         self.sim, self.pool, self.role, self.cost = sim, pool, role, cost
         self.kv_capacity, self.max_seqs, self.max_tokens = kv_capacity, max_seqs, max_tokens
         self.cache, self.block_tokens = cache, block_tokens
         self.queue: deque[Request] = deque()    # prefill: waiting or part-way (started ones first)
         self.queued_tokens = 0                   # prompt tokens still to compute in the queue
-        self.kv_used = 0
+        self.kv_used = 0                         # reserved outside the decode batch (all of it when not on_demand)
         self.pending: deque[Request] = deque()  # decode: waiting for a KV reservation
         self.pending_tokens = 0
         self.ready: deque[Request] = deque()    # decode: KV arrived, waiting for a batch slot
         shared = SharedPrefixes(cost, block_tokens) if share_prefixes else None
-        self.batch = None if role == "prefill" else DecodeBatch(cost, sim.segments, self._finished, shared)
+        self.paged = isinstance(cache, PagedPrefixCache)
+        self.on_demand = on_demand and not self.paged and role != "prefill"
+        self.batch = None if role == "prefill" else DecodeBatch(
+            cost, sim.segments, self._finished, shared,
+            self._context_limit if self.on_demand else None, self._preempt)
         self.iterating = False
         self.current: list[tuple[Request, int]] = []
         self.version = 0                         # bumps cancel scheduled decode wake-ups
         self.busy_s = 0.0
         self.nic_free = 0.0                      # when this replica's NIC is free for the next KV transfer
-        self.paged = isinstance(cache, PagedPrefixCache)
+
+    # ---- memory
+    def _context_limit(self) -> float:
+        return self.kv_capacity - self.kv_used
+
+    def in_use(self) -> int:
+        """KV tokens held now: reservations, plus the decode batch's context when on demand."""
+        return self.kv_used + self.batch.context if self.on_demand else self.kv_used
+
+    def _start_need(self, req: Request) -> int:
+        """KV a prefill (or a recompute) reserves when it starts here."""
+        if self.role == "prefill":
+            return req.prompt
+        return req.prompt + req.generated if self.on_demand else req.prompt + req.output
+
+    def _arrival_need(self, req: Request) -> int:
+        """KV a decode replica reserves for a prefilled request's handoff (and its first decode token)."""
+        return req.prompt + 1 if self.on_demand else req.prompt + req.output
+
+    def _fits(self, need: int) -> bool:
+        return self.in_use() + need <= self.kv_capacity
+
+    def _preempt(self, t: float) -> None:
+        """The batch's next step does not fit: its most recently joined sequence recomputes later."""
+        req = self.batch.preempt_last()
+        req.preemptions += 1
+        self.sim.preemptions += 1
+        req.prefill_start, req.cached, req.computed = -1.0, 0, 0
+        req.remaining = req.prompt + req.generated
+        self.queued_tokens += req.remaining
+        started = 0
+        for queued in self.queue:  # behind the prompts already started, ahead of the waiting ones
+            if queued.prefill_start < 0:
+                break
+            started += 1
+        self.queue.insert(started, req)
+
+    def _kick(self) -> None:
+        """After the batch moved: run queued prompts (or recomputes), else wait for its next change."""
+        if self.queue and not self.iterating:
+            self._start_iteration(self.batch.t)
+        else:
+            self._schedule_wake()
 
     # ---- prefill side
     def cached_tokens(self, req: Request) -> int:
@@ -71,6 +123,8 @@ class Replica:
         return self.batch.t
 
     def _start_iteration(self, t: float) -> None:
+        if self.on_demand:
+            self.batch.make_room()
         chunks = self._take_chunks(t)
         if not chunks:
             self._schedule_wake()
@@ -107,15 +161,15 @@ class Replica:
     def _start(self, req: Request, t: float) -> bool:
         if self.paged:
             return self._start_paged(req, t)
-        need = req.prompt if self.role == "prefill" else req.prompt + req.output
-        if self.kv_used + need > self.kv_capacity:
+        need = self._start_need(req)
+        if not self._fits(need):
             return False
         self.kv_used += need
         req.reserved = need
         req.prefill_start = t
         if self.cache is not None and req.hash_ids:
             req.cached = min(self.cache.lookup(req.hash_ids) * self.block_tokens, req.prompt - 1)
-            req.computed, req.remaining = req.cached, req.prompt - req.cached
+            req.computed, req.remaining = req.cached, req.remaining - req.cached
             self.queued_tokens -= req.cached
         return True
 
@@ -158,13 +212,23 @@ class Replica:
         queue = self.queue
         while queue and queue[0].remaining == 0:
             self._prefilled(queue.popleft(), t)
+        if self.role == "decode":
+            self._grant_pending(t)
+            self._fill_batch()
         if queue:
             self._start_iteration(t)
         else:
             self._schedule_wake()
 
     def _prefilled(self, req: Request, t: float) -> None:
-        req.ttft_at = t
+        """Its last prompt chunk ran: a token is sampled (its first, or a recompute's next)."""
+        resumed = req.ttft_at >= 0
+        if resumed:
+            self.sim.extra_gaps.append(t - req.last_token_at)
+        else:
+            req.ttft_at = t
+        req.generated += 1
+        req.last_token_at = t
         if self.paged:  # the computed full blocks move from the request's reservation to the cache
             cache, computed = self.cache, self._full_blocks(req)[req.cached // self.block_tokens:]
             moved = sum(self.block_tokens for h in computed if h not in cache.blocks)
@@ -177,10 +241,16 @@ class Replica:
             self.cache.insert(req.hash_ids)
         if self.role == "prefill":
             self.sim.on_prefilled(req, t)
-        elif req.output == 1:
+        elif req.generated >= req.output:
             self._finished(req, t)
         else:
-            self.batch.join(req)
+            self._join(req, resumed)
+
+    def _join(self, req: Request, resumed: bool = False) -> None:
+        if self.on_demand:  # its KV is the batch's context from now on
+            self.kv_used -= req.reserved
+            req.reserved = 0
+        self.batch.join(req, resumed)
 
     def release_prefill(self, req: Request, t: float) -> None:
         """The request's KV has left this prefill replica."""
@@ -189,43 +259,76 @@ class Replica:
             self._start_iteration(t)
 
     # ---- decode side
-    def reserve(self, req: Request) -> bool:
+    def kv_load(self) -> int:
+        """KV held and asked for: what the router balances decode replicas on."""
+        return self.kv_used + self.pending_tokens + (self.batch.context if self.on_demand else 0)
+
+    def reserve(self, req: Request, t: float) -> bool:
         """Reserve KV for a prefilled request, or queue it until memory frees (then the simulation
-        is told to start its transfer)."""
+        is told to start its transfer). On demand, against what the batch holds at ``t``."""
         req.decode_replica = self
-        need = req.prompt + req.output
-        if not self.pending and self.kv_used + need <= self.kv_capacity:
+        need = self._arrival_need(req)
+        moved = False
+        if self.on_demand and not self.pending and not self.queue and not self.iterating \
+                and not self._fits_until_next_change(need):
+            self.batch.advance_to(t)  # what the batch holds now decides
+            moved = True
+        granted = not self.pending and not (self.on_demand and self.queue) and self._fits(need)
+        if granted:
             self.kv_used += need
             req.reserved = need
-            return True
-        self.pending.append(req)
-        self.pending_tokens += need
-        return False
+        else:
+            self.pending.append(req)
+            self.pending_tokens += need
+        if moved:
+            self._kick()
+        return granted
+
+    def _fits_until_next_change(self, need: int) -> bool:
+        """Whether ``need`` more tokens fit beside the batch's largest context before its next
+        change (so the batch need not be advanced, nor its wake-up moved, to grant them)."""
+        batch = self.batch
+        if not batch.batch:
+            return self._fits(need)
+        steps = min(batch.finishes[0][0] - batch.k, batch.fitting_steps())
+        return self.kv_used + need + batch.context + batch.batch * (steps - 1) <= self.kv_capacity
+
+    def _grant_pending(self, t: float) -> None:
+        """Reservations waiting for memory, in order (on demand: once no preempted request waits)."""
+        while self.pending and not (self.on_demand and self.queue):
+            need = self._arrival_need(self.pending[0])
+            if not self._fits(need):
+                return
+            nxt = self.pending.popleft()
+            self.pending_tokens -= need
+            self.kv_used += need
+            nxt.reserved = need
+            self.sim.start_transfer(nxt, t)
 
     def kv_arrived(self, req: Request, t: float) -> None:
+        """The request's KV is here; it joins the batch at the next boundary (after an iteration in flight)."""
+        if self.iterating:
+            self.ready.append(req)
+            return
         self.batch.advance_to(t)
         self.ready.append(req)
         self._fill_batch()
-        self._schedule_wake()
+        self._kick()
 
     def _fill_batch(self) -> None:
         while self.ready and self.batch.batch < self.max_seqs:
-            self.batch.join(self.ready.popleft())
+            self._join(self.ready.popleft())
 
     def _finished(self, req: Request, t: float) -> None:
         req.finish_at = t
         self.kv_used -= req.reserved
+        req.reserved = 0
         if self.paged:
             self.cache.unpin(self._full_blocks(req))
             self.cache.capacity = (self.kv_capacity - self.kv_used) // self.block_tokens
         self.sim.on_finished(req)
         if self.role == "decode":
-            while self.pending and self.kv_used + self.pending[0].prompt + self.pending[0].output <= self.kv_capacity:
-                nxt = self.pending.popleft()
-                self.pending_tokens -= nxt.prompt + nxt.output
-                self.kv_used += nxt.prompt + nxt.output
-                nxt.reserved = nxt.prompt + nxt.output
-                self.sim.start_transfer(nxt, t)
+            self._grant_pending(t)
             self._fill_batch()
 
     def _schedule_wake(self) -> None:
@@ -238,10 +341,7 @@ class Replica:
         if version != self.version:
             return
         self.batch.advance_to(t)
-        if self.queue and not self.iterating:
-            self._start_iteration(self.batch.t)
-        else:
-            self._schedule_wake()
+        self._kick()
 
     @property
     def busy_total_s(self) -> float:

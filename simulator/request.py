@@ -8,7 +8,8 @@ class Request:
 
     __slots__ = ("index", "arrival", "prompt", "output", "hash_ids", "cached", "remaining", "computed",
                  "reserved", "prefill_start", "ttft_at", "first_decode_at", "first_step_s", "finish_at",
-                 "k_join", "prefill_replica", "decode_replica", "shared_runs")
+                 "k_join", "prefill_replica", "decode_replica", "shared_runs", "generated", "batch_seq",
+                 "last_token_at", "preemptions")
 
     def __init__(self, index: int, arrival: float, prompt: int, output: int, hash_ids: tuple[int, ...] | None):
         self.index, self.arrival, self.prompt, self.output, self.hash_ids = index, arrival, prompt, output, hash_ids
@@ -25,3 +26,7 @@ class Request:
         self.prefill_replica = None
         self.decode_replica = None
         self.shared_runs = ()    # runs of prompt blocks other requests also hold (shared_prefix.py)
+        self.generated = 0       # tokens made so far (as of joining a decode batch, or of a preemption)
+        self.batch_seq = -1      # its entry in a decode batch; -1 when not running there
+        self.last_token_at = -1.0  # when its last token came, as of a preemption
+        self.preemptions = 0

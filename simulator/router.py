@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from simulator.replica import Replica
+
 if TYPE_CHECKING:
-    from simulator.replica import Replica
     from simulator.request import Request
 
 
 class Router:
     """round_robin: in turn; least_loaded: fewest queued prompt tokens, then least KV in use;
     prefix_aware: fewest queued tokens counting this prompt minus what the replica has cached
-    (Mooncake-style cache-aware balancing). Decode replicas go to the least KV reserved."""
+    (Mooncake-style cache-aware balancing). Decode replicas go to the least KV held and asked for."""
 
     __slots__ = ("policy", "_turn")
 
@@ -25,13 +26,13 @@ class Router:
         if self.policy == "round_robin":
             return self._next(replicas)
         if self.policy == "prefix_aware" and req.hash_ids and replicas[0].cache is not None:
-            return min(replicas, key=lambda r: (r.queued_tokens - r.cached_tokens(req), r.kv_used))
-        return min(replicas, key=lambda r: (r.queued_tokens, r.kv_used))
+            return min(replicas, key=lambda r: (r.queued_tokens - r.cached_tokens(req), r.in_use()))
+        return min(replicas, key=lambda r: (r.queued_tokens, r.in_use()))
 
     def pick_decode(self, replicas: Sequence[Replica]) -> Replica:
         if self.policy == "round_robin":
             return self._next(replicas)
-        return min(replicas, key=lambda r: r.kv_used + r.pending_tokens)
+        return min(replicas, key=Replica.kv_load)
 
     def _next(self, replicas: Sequence[Replica]) -> Replica:
         key = id(replicas)

@@ -34,6 +34,8 @@ class SimRecord:
     segments: list[tuple[int, int, float, float]]
     replicas: dict[str, list[Replica]]
     rejected: int
+    extra_gaps: list[float]   # token gaps outside decode segments (a preempted request's recompute token)
+    preemptions: int
 
 
 class Simulation:
@@ -43,6 +45,8 @@ class Simulation:
         self.heap: list = []
         self._seq = itertools.count()
         self.segments: list[tuple[int, int, float, float]] = []
+        self.extra_gaps: list[float] = []
+        self.preemptions = 0
         self.router = Router(design.router)
         self.sharing = design.prefix_caching and design.shared_prefix_attention and trace.hash_ids is not None
         self.pools = {name: self._pool(name, spec) for name, spec in design.pools().items() if name != "attention"}
@@ -58,7 +62,7 @@ class Simulation:
         block = self.trace.block_tokens
         cache = PagedPrefixCache if self.design.paged_kv else PrefixCache
         return [Replica(self, name, name, cost, capacity, spec.max_num_seqs, spec.max_num_batched_tokens,
-                        cache(capacity // block) if caching else None, block, sharing)
+                        cache(capacity // block) if caching else None, block, sharing, self.design.on_demand_kv)
                 for _ in range(spec.replicas)]
 
     def _cost_and_capacity(self, name: str, spec: PoolSpec) -> tuple[IterationCost, int]:
@@ -110,7 +114,8 @@ class Simulation:
             handler(t, arg)
         if self.finished + rejected != len(requests):
             raise RuntimeError(f"simulation ended with {len(requests) - self.finished - rejected} requests stuck")
-        return SimRecord(self.design, tr, requests, self.segments, self.pools, rejected)
+        return SimRecord(self.design, tr, requests, self.segments, self.pools, rejected, self.extra_gaps,
+                         self.preemptions)
 
     def _length_limits(self) -> tuple[int, int]:
         """The longest prompt, and the longest prompt + output, every replica on the way can hold."""
@@ -127,7 +132,7 @@ class Simulation:
             req.prefill_replica.release_prefill(req, t)
             self.on_finished(req)
             return
-        if self.router.pick_decode(self.decode).reserve(req):
+        if self.router.pick_decode(self.decode).reserve(req, t):
             self.start_transfer(req, t)
 
     def start_transfer(self, req: Request, t: float) -> None:

@@ -2,7 +2,8 @@
 
 Each segment (batch, steps, first, delta) stands for ``batch`` tokens per step whose gaps are
 first, first + delta, ... over ``steps`` steps. A request's first decode token also waited for
-its KV and a batch slot: that gap replaces the bare step time it has in the segments.
+its KV and a batch slot: that gap replaces the bare step time it has in the segments. Gaps outside
+any segment (the token a preempted request's recompute samples) are kept one by one (``extra``).
 """
 
 from __future__ import annotations
@@ -22,18 +23,21 @@ class TokenGaps:
     delta: np.ndarray
     first_gaps: np.ndarray   # per request: ttft -> first decode token
     first_steps: np.ndarray  # the step time the segments count for that token
+    extra: np.ndarray        # sorted gaps of tokens no segment holds
 
     @classmethod
-    def collect(cls, segments: list[tuple[int, int, float, float]], requests: list[Request]) -> TokenGaps:
+    def collect(cls, segments: list[tuple[int, int, float, float]], requests: list[Request],
+                extra: list[float] = ()) -> TokenGaps:
         seg = np.asarray(segments, dtype=np.float64).reshape(-1, 4)
         joined = [r for r in requests if r.first_decode_at >= 0]
         gaps = np.array([r.first_decode_at - r.ttft_at for r in joined])
         steps = np.array([r.first_step_s for r in joined])
-        return cls(seg[:, 0], seg[:, 1], seg[:, 2], seg[:, 3], np.sort(gaps), np.sort(steps))
+        return cls(seg[:, 0], seg[:, 1], seg[:, 2], seg[:, 3], np.sort(gaps), np.sort(steps),
+                   np.sort(np.asarray(extra, dtype=np.float64)))
 
     @property
     def count(self) -> float:
-        return float(np.dot(self.batch, self.steps))
+        return float(np.dot(self.batch, self.steps)) + len(self.extra)
 
     def count_at_most(self, xs: np.ndarray) -> np.ndarray:
         """Tokens whose gap is <= x, for each x in ``xs`` (a few at a time, to bound memory)."""
@@ -46,7 +50,8 @@ class TokenGaps:
                                  np.where(self.first <= x, self.steps, 0))
             n = np.clip(grown, 0, self.steps)
             fixes = (np.searchsorted(self.first_gaps, x[:, 0], "right")
-                     - np.searchsorted(self.first_steps, x[:, 0], "right"))
+                     - np.searchsorted(self.first_steps, x[:, 0], "right")
+                   + np.searchsorted(self.extra, x[:, 0], "right"))
             out[i:i + 8] = n @ self.batch + fixes
         return out
 
@@ -56,7 +61,7 @@ class TokenGaps:
             return [float("nan")] * len(qs)
         lo = np.zeros(len(qs))
         hi = np.full(len(qs), float(max(np.max(self.first + self.delta * (self.steps - 1), initial=0.0),
-                                        np.max(self.first_gaps, initial=0.0))))
+                                        np.max(self.first_gaps, initial=0.0), np.max(self.extra, initial=0.0))))
         target = np.asarray(qs) * self.count
         while np.max(hi - lo) > tolerance_s:
             mid = (lo + hi) / 2
@@ -68,7 +73,7 @@ class TokenGaps:
         if self.count == 0:
             return float("nan")
         seg = self.batch * (self.steps * self.first + self.delta * self.steps * (self.steps - 1) / 2)
-        return float((seg.sum() + self.first_gaps.sum() - self.first_steps.sum()) / self.count)
+        return float((seg.sum() + self.first_gaps.sum() - self.first_steps.sum() + self.extra.sum()) / self.count)
 
     def cdf(self, xs: np.ndarray) -> np.ndarray:
         return self.count_at_most(xs) / max(self.count, 1.0)

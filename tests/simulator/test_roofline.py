@@ -59,6 +59,8 @@ def test_tensor_parallel_adds_allreduce_and_splits_weights(costs: CostModels) ->
 def test_memory_budget_and_minimum_tp(costs_70b: CostModels) -> None:
     h100 = costs_70b.catalog["H100"]
     assert kv_capacity_tokens(costs_70b.model, h100, 1, 8192) < 0  # 141 GB of weights do not fit in 80 GB
-    assert min_tp(costs_70b.model, h100, 8192, 10_000) == 4
-    assert min_tp(costs_70b.model, costs_70b.catalog["L4"], 8192, 10_000) == 8
+    # 2 x 0.9 x 79.65 GiB = 153.9e9 bytes: the weights and ~35K tokens of KV (320 KiB each)
+    assert min_tp(costs_70b.model, h100, 8192, 10_000) == 2
+    assert min_tp(costs_70b.model, h100, 8192, 100_000) == 4
+    assert min_tp(costs_70b.model, costs_70b.catalog["L4"], 8192, 50_000) == 8
     assert min_tp(costs_70b.model, costs_70b.catalog["L4"], 8192, 200_000) is None  # 8 x 24 GB is too small

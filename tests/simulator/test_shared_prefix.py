@@ -49,6 +49,7 @@ def first_step(cost: IterationCost, trace: Trace, sharing: bool = True) -> float
     for i, runs in enumerate(shared_segments(trace)):
         req = Request(i, 0.0, int(trace.prompt_tokens[i]), 8, trace.hash_ids[i])
         req.shared_runs = runs
+        req.generated = 1  # prefilled: its first token is made
         batch.join(req)
     return run(batch.pieces, batch.batch, batch.context - batch.saved, 1)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from simulator.costs import CostModels
+from simulator.decode_batch import DecodeBatch
 from simulator.design import Design, PoolSpec
 from simulator.errors import SimInputError
 from simulator.links import Link, LinkTable
@@ -31,16 +32,50 @@ def peak_usage(requests, replica) -> tuple[int, int]:
 
 
 def test_decode_memory_and_batch_limits_hold_under_overload(costs: CostModels) -> None:
+    """Reserved admission (the trace's output lengths known): reservations never exceed memory."""
     trace = load_trace("synthetic:n=1500,rate=40,prompt=lognormal:3000:0.5,output=lognormal:300:0.5,seed=2")
-    design = Design(prefill=PoolSpec("H100", 2), decode=PoolSpec("L4", 2, max_num_seqs=24))
+    design = Design(prefill=PoolSpec("H100", 2), decode=PoolSpec("L4", 2, max_num_seqs=24),
+                    kv_admission="reserve_output")
     record = Simulation(design, costs, trace).run()
     assert record.rejected == 0 and all(r.finish_at > r.arrival for r in record.requests)
+    assert record.preemptions == 0
     for replica in record.replicas["decode"]:
         tokens, seqs = peak_usage(record.requests, replica)
         assert 0 < tokens <= replica.kv_capacity
         assert seqs <= 24
         assert replica.kv_used == 0
     assert all(r.kv_used == 0 for r in record.replicas["prefill"])
+
+
+@pytest.mark.parametrize("pools", [
+    {"prefill": PoolSpec("H100", 2), "decode": PoolSpec("L4", 2, max_num_seqs=24)},
+    {"colocated": PoolSpec("L4", 2, max_num_seqs=24)}])
+def test_on_demand_kv_preempts_and_never_exceeds_memory(costs: CostModels, pools: dict, monkeypatch) -> None:
+    """On demand (output lengths unknown): every step's KV fits; when it would not, the most recently
+    joined sequence is preempted and recomputes; every request still finishes with its tokens."""
+    checked = {"steps": 0}
+    run, step = DecodeBatch._run, DecodeBatch.step
+
+    def checked_run(self, m):
+        assert self.context + (m - 1) * self.batch <= self.limit()
+        checked["steps"] += m
+        return run(self, m)
+
+    def checked_step(self, seconds):
+        assert self.batch == 0 or self.context <= self.limit()
+        return step(self, seconds)
+    monkeypatch.setattr(DecodeBatch, "_run", checked_run)
+    monkeypatch.setattr(DecodeBatch, "step", checked_step)
+    trace = load_trace("synthetic:n=600,rate=40,prompt=lognormal:3000:0.5,output=lognormal:300:0.5,seed=2")
+    record = Simulation(Design(**pools), costs, trace).run()
+    assert record.rejected == 0 and record.preemptions > 0 and checked["steps"] > 0
+    assert all(r.finish_at > r.ttft_at > r.arrival and r.generated == r.output for r in record.requests)
+    for replica in record.replicas.get("decode", record.replicas.get("colocated")):
+        assert replica.kv_used == 0 and replica.batch.context == 0 and not replica.queue
+    result = summarize(record, None, costs.catalog)
+    # every decode token has a gap: in segments, or a recompute's token (a long one)
+    assert result.samples.tbt.count == sum(r.output - 1 for r in record.requests)
+    assert len(record.extra_gaps) >= record.preemptions > 0
 
 
 def test_requests_longer_than_memory_are_rejected_not_stuck(costs: CostModels) -> None:

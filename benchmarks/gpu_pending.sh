@@ -107,10 +107,10 @@ case "${1:-}" in
     # small-model.tar.part-00..03 (the 51 MiB bf16 checkpoint; join: cat small-model.tar.part-* | tar x)
     train_small small 5
     ;;
-  trained-model-ci)  # ~5 min, one H200: the `ci` preset (6.5M parameters, 12.4 MiB bf16) for 2 minutes; new, never run
+  trained-model-ci)  # ~6 min, one H200: the `ci` preset (6.5M parameters, 12.4 MiB bf16) for 3 minutes; new, never run
     # The copy to keep in the repo for CPU tests (benchmarks/models/, once it recalls well). Comes back: train-ci.log,
     # metrics.json, loss.png, ci-model.tar.part-00 (one part: under 15 MiB)
-    train_small ci 2
+    train_small ci 3
     ;;
   kv-codec)  # ~3 min, one H200 (issue 18 part 3): the KV codec's kernels, host tier with it, speed; new, never run
     # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh kv-codec
@@ -159,8 +159,19 @@ case "${1:-}" in
     python -m benchmarks.attention_offload --parts plan --results "$work/attention-offload/results.json" \
       --out "$work/attention-offload" 2>&1 | tee "$out/attention-offload-plan.log" | tail -14
     ;;
+  soak)  # ~9 min, nvidia-h200-x4: 2P+2D, a GPU each (REPLICAS=1: 1P+1D on nvidia-h200-x2) (issue 14); new, never run
+    # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh soak
+    # Llama-3-8B shapes (random bf16 weights), the real router over HTTP, 1024/128-token mean prompts/outputs.
+    # Bring-up ~1.5 min; capacity ramp from 8 req/s (x1.5 per 15 s step, p99 TTFT <= 1 s and p99 time per output
+    # token <= 50 ms) ~2.5 min; 3 minutes at 80% of it with prefill-0, decode-1 and Redis killed and decode-0
+    # stopped for 15 s, one after another; drain, leak check. Comes back: soak.log, and results.tgz holding
+    # soak/soak.json (every request, windows, RSS samples) and soak/soak.png
+    timeout 570 python -m benchmarks.soak --gpu --replicas "${REPLICAS:-2}" --minutes 3 --ramp-start 8 \
+      --ramp-step-s 15 --out "$work/soak" > "$out/soak.log" 2>&1
+    grep -v "^request \|(raylet)\|is down\|is ready\|is degraded\|broke" "$out/soak.log" | tail -24
+    ;;
   *)
-    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines|trained-model|trained-model-ci|kv-codec|offload|offload-pair" >&2
+    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines|trained-model|trained-model-ci|kv-codec|offload|offload-pair|soak" >&2
     exit 2
     ;;
 esac

@@ -42,9 +42,9 @@ from engine.tiny_model import hf_config
 # alone, ~8M, would be many epochs in 5 minutes of an H200)
 SOURCES = ("numpy", "torch", "transformers")
 PRESETS = {
-    # ~27M parameters (tied embeddings), 53 MB in bf16: the model quality is measured on
+    # 26.7M parameters (tied embeddings), 51.0 MiB in bf16: the model quality is measured on
     "small": Preset(8192, 512, 1408, 8, 8, 2, packages=SOURCES),
-    # ~6.5M parameters, 13 MB in bf16: a copy small enough to keep in the repository for CPU tests
+    # 6.5M parameters, 12.4 MiB in bf16: a copy small enough to keep in the repository for CPU tests
     "ci": Preset(8192, 256, 704, 6, 4, 2, lr=2e-3, packages=SOURCES),
     # seconds on a CPU: the smoke test's
     "tiny": Preset(512, 64, 128, 2, 4, 2, seq_len=128, batch_size=8, lr=3e-3, warmup=10, task_examples=400,

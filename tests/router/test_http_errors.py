@@ -1,7 +1,13 @@
-"""Malformed HTTP bodies, unknown routes and a failed engine: OpenAI-shaped errors, server on."""
+"""Malformed HTTP bodies, unknown routes, a failed engine and dead cluster replicas: OpenAI-shaped
+errors, server on."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import signal
+import threading
 import time
 
 import grpc
@@ -9,8 +15,10 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from router.config import RouterConfig
 from router.proto import tierserve_pb2 as pb
 from router.proto import tierserve_pb2_grpc as pb_grpc
+from router.server import Router
 from tests.router.conftest import serve
 
 
@@ -86,15 +94,89 @@ def test_failed_engine_gives_500_and_internal_without_killing_the_server(stopped
     assert info.value.details().startswith("internal error (request id grpc-")
 
 
-def test_capacity_and_lost_replicas_are_503_and_unavailable():
-    from cluster.dispatcher import NoCapacityError
-    from cluster.output_channel import ReplicaFailed
-    from router.errors import ErrorKind, classify
-    from router.grpc_server import STATUS_CODES
-    from router.http_errors import ERROR_TYPES, HTTP_STATUS
-    for error in (NoCapacityError("no decode replica had room"), ReplicaFailed("replica decode-0 failed")):
-        failure = classify(error, "req-1")
-        assert failure.kind is ErrorKind.UNAVAILABLE and "retry later" in str(failure)
-        assert HTTP_STATUS[failure.kind] == 503 and ERROR_TYPES[failure.kind] == "service_unavailable_error"
-        assert STATUS_CODES[failure.kind] == grpc.StatusCode.UNAVAILABLE
-        assert failure.retry_after_s == error.retry_after_s > 0
+@pytest.fixture(scope="module")
+def dead_cluster_router(tiny_model):
+    """The cluster dispatcher behind the real router, over one prefill and one decode replica
+    whose processes were killed (SIGKILL): real Ray actors, dead as a crashed replica is, that
+    Ray does not restart (a replica's own restart is tests/faults' business)."""
+    import ray
+    from cluster.cluster_view import ClusterView
+    from cluster.dispatcher import Dispatcher
+    from cluster.pool_handles import Pools, Replica
+    from cluster.ray_connect import start_private_ray
+    from engine.model_config import ModelConfig
+    from engine.tokenizer import load_tokenizer
+
+    @ray.remote(num_cpus=0)
+    class Process:
+        """A replica's process, with the calls the dispatcher makes (none answered: it is killed)."""
+
+        def pid(self) -> int:
+            return os.getpid()
+
+        def load(self): ...
+
+        def prefill(self, request): ...
+
+        def reserve(self, request): ...
+
+        def abort(self, request_id): ...
+
+        def release(self, request_id): ...
+
+    start_private_ray(1)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="router-loop", daemon=True)
+    try:
+        replicas = [Replica(w, w.partition("-")[0], Process.remote()) for w in ("prefill-0", "decode-0")]
+        for replica in replicas:
+            os.kill(ray.get(replica.actor.pid.remote(), timeout=120), signal.SIGKILL)
+        model = ModelConfig.from_dir(tiny_model)
+        dispatcher = Dispatcher(ClusterView(Pools(prefill=replicas[:1], decode=replicas[1:]), 16, None),
+                                load_tokenizer(tiny_model), "tiny", model.max_position_embeddings,
+                                model.vocab_size, model.eos_token_ids)
+        thread.start()
+        router = Router(dispatcher, RouterConfig(grpc_port=0, http_port=0))
+        asyncio.run_coroutine_threadsafe(router.start(), loop).result(60)
+        try:
+            yield router
+        finally:
+            asyncio.run_coroutine_threadsafe(router.stop(), loop).result(60)
+            dispatcher.close()  # its pings stop before Ray does
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        ray.shutdown()
+
+
+@pytest.mark.ray
+def test_dead_replicas_and_no_decode_capacity_are_503_with_retry_after_and_unavailable(dead_cluster_router, caplog):
+    """A request whose prefill replica died is retried elsewhere, finds no prefill replica up and
+    is a 503 (Retry-After 5); once the load pings found both replicas dead, the dispatcher's
+    NoCapacityError (no decode replica up) is a 503 (Retry-After 1) over HTTP, streamed or not,
+    and UNAVAILABLE with retry-after over gRPC: never a 500, nor Ray's text."""
+    router = dead_cluster_router
+    caplog.set_level(logging.WARNING, logger="router.errors")
+    body = {"model": router.model_name, "prompt": "hi", "max_tokens": 2}
+    with httpx.Client(base_url=f"http://127.0.0.1:{router.http_port}", timeout=60) as http:
+        first = http.post("/v1/completions", json=body)  # the replicas look ready: the prefill call meets the dead one
+        error = error_of(first, 503)
+        assert (error["code"], error["type"], first.headers["retry-after"]) == \
+            ("unavailable", "service_unavailable_error", "5")
+        assert "no prefill replica is up (prefill-0: down)" in caplog.text
+        deadline = time.monotonic() + 30
+        while (health := http.get("/health").json())["status"] != "down" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert health["pools"]["decode"]["replicas"] == {"decode-0": "down"}, health
+        caplog.clear()
+        for stream in (False, True):
+            response = http.post("/v1/completions", json={**body, "stream": stream})
+            error = error_of(response, 503)
+            assert (error["code"], response.headers["retry-after"]) == ("unavailable", "1")
+            assert "Actor" not in error["message"] and "Traceback" not in error["message"]
+        assert caplog.text.count("no decode replica is up: decode-0: down") == 2, caplog.text
+    with grpc.insecure_channel(f"127.0.0.1:{router.grpc_port}") as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.GenerationStub(channel).Generate(pb.GenerateRequest(text="hi"), timeout=60)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert ("retry-after", "1") in tuple(info.value.trailing_metadata())

@@ -10,6 +10,9 @@ that arrive together would all look uncached and scatter. The router therefore *
 when it sends a request somewhere, that worker is recorded as holding the prompt's blocks
 until the worker's own STORED event confirms them, or until ``expires_at`` (a request that
 never got there), whichever comes first.
+
+This is the reference implementation: cluster/compact_index.py gives the same answers at
+fleet scale (tests/cluster/test_prefix_index_compact.py compares them event by event).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass, field
 from engine.block_hash import ROOT_HASH, BlockHash
 from kvstore.keys import Tier
 from kvstore.kv_events import EventKind, KVEvent
+
+ROOT_ID = 0  # ROOT_HASH's block id: decoded events carry ids (kvstore/kv_events.py)
 
 
 @dataclass(eq=False)
@@ -57,7 +62,7 @@ class PrefixIndex:
     def add(self, worker_id: str, block_hash: BlockHash, parent_hash: BlockHash, tier: Tier = Tier.GPU) -> None:
         node = self.nodes.get(block_hash)
         if node is None:
-            parent = self.nodes.get(parent_hash)
+            parent = self.nodes.get(parent_hash) or (self.root if parent_hash == ROOT_ID else None)
             if parent is None:  # the parent's event was lost: hang the block under a placeholder
                 parent = self.nodes[parent_hash] = PrefixNode(parent_hash, self.root)
                 self.root.children[parent_hash] = parent

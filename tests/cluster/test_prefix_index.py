@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.block_hash import ROOT_HASH, hash_blocks
 from kvstore.keys import Tier
-from kvstore.kv_events import EventKind, KVEvent
+from kvstore.kv_events import EventKind, KVEvent, block_ids
 from cluster.prefix_index import PrefixIndex
 
 
@@ -38,9 +38,10 @@ def test_salted_chains_do_not_match_and_events_round_trip():
     index = PrefixIndex()
     event = stored("w1", chain(list(range(8)), b"tenant-a"), Tier.HOST)
     index.apply(KVEvent.decode(event.encode()))
-    assert index.matched_blocks([h for h, _ in chain(list(range(8)), b"tenant-b")]) == {}
-    assert index.matched_blocks([h for h, _ in chain(list(range(8)), b"tenant-a")]) == {"w1": 2}
-    assert index.nodes[event.hashes[0]].holders == {"w1": Tier.HOST}
+    ids = block_ids  # decoded events carry 64-bit block ids
+    assert index.matched_blocks(ids([h for h, _ in chain(list(range(8)), b"tenant-b")]).tolist()) == {}
+    assert index.matched_blocks(ids([h for h, _ in chain(list(range(8)), b"tenant-a")]).tolist()) == {"w1": 2}
+    assert index.nodes[block_ids(event.hashes)[0]].holders == {"w1": Tier.HOST}
 
 
 def test_lost_parent_event_is_tolerated():

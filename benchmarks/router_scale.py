@@ -1,0 +1,388 @@
+"""The router at cluster scale (issue 22): what KV-event ingest, the prefix index's memory and
+a routing decision cost, for today's index (``PrefixIndex``, the baseline) and the compact
+one (``CompactPrefixIndex`` + ``FleetRouter``), measured in one run.
+
+  python -m benchmarks.router_scale [--blocks 1000000] [--repeat 3] [--out DIR] [--quick]
+
+Workload: 4K-token prompts as chains of 256 blocks of random 16-byte hashes; a prompt
+starts with 0-128 blocks of one of 64 shared prefixes. Each part runs in a fresh process
+(so one implementation's memory does not hide the other's):
+
+- ingest: STORED events of whole chains (256 blocks) from 64 workers until the index holds
+  ``--blocks`` blocks, read from their wire bytes (today's format for the baseline, packed
+  ids for the compact index, applied ``--batch`` messages at a time as one XREAD returns
+  them); then churn at that size (each new chain's STORED + an old chain's EVICTED); then
+  the same with small events (16 blocks, a worker's pump every 20 ms).
+- memory: RSS growth of the process while the index fills, per block held.
+- route: 256 workers' index at ``--blocks``; per request, its block ids' match and the
+  pick among the replicas (balanced loads): 40% prompts seen before, 40% a shared prefix
+  and a new tail, 20% new. p50/p99 over ``--requests``; hashing the prompt's tokens
+  (engine/block_hash.py) and recording the prediction are timed apart.
+- sweep: the decision's cost against the number of replicas (16-1024, same index).
+
+Results: ``router_scale.jsonl`` and ``router_scale.png`` (router CPU cores and index memory
+against fleet size, for a fleet of prefill replicas each prefilling 10k tokens/s) in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import msgpack
+import numpy as np
+
+from cluster.compact_index import CompactPrefixIndex
+from cluster.fleet_router import FleetRouter
+from cluster.pool_handles import Replica, RequestShape, pick_prefill
+from cluster.prefix_index import PrefixIndex
+from engine.block_hash import ROOT_HASH, hash_blocks
+from kvstore.keys import Tier
+from kvstore.kv_events import EventBatch, EventKind, KVEvent, block_ids
+
+CHAIN, GROUPS, PREFIX = 256, 64, 128
+BLOCK_TOKENS, TOKENS_PER_S = 16, 10_000  # a prefill replica's rate in the fleet model
+FLEET = [8, 16, 32, 64, 128, 256, 512, 1024]
+GOALS = {"ingest_blocks_per_s": 1e6, "bytes_per_block": 100, "route_p99_us": 50}
+
+
+class Workload:
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.prefixes = [self._hashes(PREFIX) for _ in range(GROUPS)]
+        self.chains: list[list[bytes]] = []
+
+    def _hashes(self, n: int) -> list[bytes]:
+        raw = self.rng.bytes(16 * n)
+        return [raw[i:i + 16] for i in range(0, 16 * n, 16)]
+
+    def chain(self, shared: bool = True) -> list[bytes]:
+        n = int(self.rng.integers(0, PREFIX + 1)) if shared else 0
+        prefix = self.prefixes[int(self.rng.integers(GROUPS))][:n]
+        return prefix + self._hashes(CHAIN - n)
+
+    def chains_for(self, blocks: int) -> list[list[bytes]]:
+        """Enough new chains for about ``blocks`` distinct blocks."""
+        while len(self.chains) * (CHAIN - PREFIX // 2) < blocks:
+            self.chains.append(self.chain())
+        return self.chains
+
+
+def stored(worker: str, chain: list[bytes]) -> KVEvent:
+    return KVEvent(worker, EventKind.STORED, Tier.GPU, tuple(chain), tuple([ROOT_HASH] + chain[:-1]))
+
+
+def legacy_encode(e: KVEvent) -> bytes:
+    """The wire format before packed ids: lists of 16-byte hashes."""
+    return msgpack.packb([e.worker_id, e.kind.value, e.tier.value, list(e.hashes), list(e.parents)],
+                         use_bin_type=True)
+
+
+def legacy_decode(data: bytes) -> KVEvent:
+    worker, kind, tier, hashes, parents = msgpack.unpackb(data, raw=False)
+    return KVEvent(worker, EventKind(kind), Tier(tier), tuple(hashes), tuple(parents))
+
+
+class Impl:
+    """One index under test: how it takes wire messages and answers a route."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.index = PrefixIndex() if name == "baseline" else CompactPrefixIndex()
+
+    def encode(self, e: KVEvent) -> bytes:
+        return legacy_encode(e) if self.name == "baseline" else e.encode()
+
+    def ingest(self, messages: list[bytes]) -> None:
+        if self.name == "baseline":
+            for m in messages:
+                self.index.apply(legacy_decode(m))
+        else:
+            self.index.apply_batch(EventBatch.decode(messages))
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def messages_for(impl: Impl, work: Workload, blocks: int, workers: int, split: int = CHAIN) -> list[bytes]:
+    """STORED events (wire bytes) of enough chains for about ``blocks`` distinct blocks."""
+    return [impl.encode(stored(f"w{i % workers}", chain[lo:lo + split]))
+            for i, chain in enumerate(work.chains_for(blocks)) for lo in range(0, CHAIN, split)]
+
+
+def fill(impl: Impl, messages: list[bytes], blocks: int, batch: int, per_message: int = CHAIN
+         ) -> tuple[tuple[float, float], int]:
+    """Apply ``messages`` until the index holds ``blocks``: (CPU, wall) seconds, blocks sent."""
+    sent, clock = 0, Clock()
+    for lo in range(0, len(messages), batch):
+        impl.ingest(messages[lo:lo + batch])
+        sent += per_message * len(messages[lo:lo + batch])
+        if len(impl.index) >= blocks:
+            break
+    return clock.split(), sent
+
+
+def churn(impl: Impl, work: Workload, workers: int, batch: int, chains: int, split: int = CHAIN
+          ) -> tuple[tuple[float, float], int]:
+    """Each worker stores new chains and evicts its oldest ones' blocks: the index keeps its size."""
+    messages, old = [], work.chains
+    for i in range(chains):
+        w, chain = f"w{i % workers}", work.chain()
+        gone = old[i % len(old)]
+        for lo in range(0, CHAIN, split):
+            messages.append(impl.encode(stored(w, chain[lo:lo + split])))
+            messages.append(impl.encode(KVEvent(w, EventKind.EVICTED, hashes=tuple(gone[lo:lo + split]))))
+    clock = Clock()
+    for lo in range(0, len(messages), batch):
+        impl.ingest(messages[lo:lo + batch])
+    return clock.split(), 2 * chains * CHAIN
+
+
+def part_ingest(args, impl: Impl) -> dict:
+    work = Workload(args.seed)
+    messages = messages_for(impl, work, args.blocks, 64)
+    gc.collect()
+    base = rss_bytes()
+    seconds, sent = fill(impl, messages, args.blocks, args.batch)
+    del messages
+    gc.collect()
+    grown = rss_bytes() - base
+    size = len(impl.index)
+    churn_s, churned = churn(impl, work, 64, args.batch, max(20, args.blocks // 4000))
+    small = Impl(impl.name)
+    small_messages = messages_for(small, Workload(args.seed + 1), args.blocks // 10, 64, split=16)
+    small_s, small_sent = fill(small, small_messages, args.blocks // 10, args.batch, per_message=16)
+    out = {"blocks": size, "fill_blocks_per_s": sent / seconds[0], "churn_blocks_per_s": churned / churn_s[0],
+           "small_events_blocks_per_s": small_sent / small_s[0], "fill_wall_blocks_per_s": sent / seconds[1],
+           "rss_bytes_per_block": grown / size}
+    if impl.name != "baseline":
+        out["accounted_bytes_per_block"] = impl.index.size().nbytes / size
+    return out
+
+
+def replicas_with_loads(n: int, rng: np.random.Generator) -> tuple[list[Replica], np.ndarray, np.ndarray]:
+    pending = rng.integers(0, 8192, n)
+    inflight = rng.integers(0, 8, n)
+    replicas = [Replica(f"w{i}", "prefill", None, inflight=int(c), pending_tokens=int(p))
+                for i, (p, c) in enumerate(zip(pending, inflight))]
+    return replicas, pending, inflight
+
+
+def requests(work: Workload, n: int) -> list[list[bytes]]:
+    out = []
+    for _ in range(n):
+        roll = work.rng.random()
+        if roll < 0.4:
+            out.append(work.chains[int(work.rng.integers(len(work.chains)))])
+        else:
+            out.append(work.chain(shared=roll < 0.8))
+    return out
+
+
+def timed(fn, items) -> tuple[list[float], list[float]]:
+    """CPU seconds (this thread's) and wall seconds of ``fn(item)`` for each item."""
+    cpu, wall = [], []
+    for item in items:
+        start, start_cpu = time.perf_counter(), time.thread_time()
+        fn(item)
+        cpu.append(time.thread_time() - start_cpu)
+        wall.append(time.perf_counter() - start)
+    return cpu, wall
+
+
+def quantiles_us(times: tuple[list[float], list[float]]) -> dict:
+    cpu, wall = times
+    return {"p50_us": 1e6 * float(np.percentile(cpu, 50)), "p99_us": 1e6 * float(np.percentile(cpu, 99)),
+            "mean_us": 1e6 * statistics.fmean(cpu), "wall_p50_us": 1e6 * float(np.percentile(wall, 50)),
+            "wall_p99_us": 1e6 * float(np.percentile(wall, 99))}
+
+
+class Clock:
+    """CPU seconds of this thread and wall seconds since it was made."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.thread_time()
+
+    def split(self) -> tuple[float, float]:
+        return time.thread_time() - self.cpu, time.perf_counter() - self.wall
+
+
+def part_route(args, impl: Impl) -> dict:
+    work, rng = Workload(args.seed), np.random.default_rng(args.seed + 2)
+    fill(impl, messages_for(impl, work, args.blocks, 256), args.blocks, args.batch)
+    extra = work.chains[:len(work.chains) // 8]  # an eighth of the prompts cached on a second worker too
+    impl.ingest([impl.encode(stored(f"w{(i * 7 + 3) % 256}", c)) for i, c in enumerate(extra)])
+    asks = requests(work, args.requests)
+    out = {"blocks": len(impl.index)}
+    for n in args.replicas:
+        replicas, pending, inflight = replicas_with_loads(n, rng)
+        if impl.name == "baseline":
+            def decide(hashes):
+                shape = RequestShape(CHAIN * BLOCK_TOKENS, BLOCK_TOKENS, impl.index.matched_blocks(hashes), 0.5,
+                                     tuple(hashes))
+                return pick_prefill(replicas, shape)
+        else:
+            router = FleetRouter([r.worker_id for r in replicas], impl.index, BLOCK_TOKENS)
+            router.loads[:], router.inflight[:] = pending, inflight
+
+            def decide(hashes):
+                return router.route(hashes, CHAIN * BLOCK_TOKENS)
+        timed(decide, asks[:200])  # warm up
+        out[f"route_{n}"] = quantiles_us(timed(decide, asks))
+        out[f"route_{n}"]["best_of_3_p99_us"] = best_of_3_p99(decide, asks)
+    out["match_only"] = quantiles_us(timed(impl.index.matched_blocks, asks))
+    tokens = [list(range(i, i + CHAIN * BLOCK_TOKENS)) for i in range(50)]
+    out["hash_prompt"] = quantiles_us(timed(lambda t: hash_blocks(t, BLOCK_TOKENS), tokens))
+    out["predict"] = quantiles_us(timed(lambda h: impl.index.predict("w1", h, 1e9), asks[:500]))
+    return out
+
+
+def best_of_3_p99(fn, items) -> float:
+    """p99 over items of each item's least CPU time in three runs: what the decision costs
+    with the other tenants' preemptions (and the cold caches they leave) filtered out."""
+    runs = [timed(fn, items)[0] for _ in range(3)]
+    return 1e6 * float(np.percentile(np.min(runs, axis=0), 99))
+
+
+PARTS = {"ingest": part_ingest, "route": part_route}
+
+
+def child(args) -> None:
+    impl = Impl(args.impl)
+    print(json.dumps(PARTS[args.part](args, impl)))
+
+
+def run_child(args, part: str, impl: str) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.router_scale", "--child", part, "--impl", impl,
+           "--blocks", str(args.blocks), "--batch", str(args.batch), "--requests", str(args.requests),
+           "--seed", str(args.seed), "--replicas", *map(str, args.replicas)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"{part}/{impl} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def best_of(runs: list[dict], part: str) -> dict:
+    """Ingest: the best rate of the runs; route: the run of median p99 at 256 replicas."""
+    if part == "ingest":
+        best = max(runs, key=lambda r: r["fill_blocks_per_s"])
+        return {**best, "runs": [{k: v for k, v in r.items() if k.endswith("per_s")} for r in runs]}
+    key = "route_256" if "route_256" in runs[0] else max((k for k in runs[0] if k[6:].isdigit()), key=lambda k: int(k[6:]))
+    ordered = sorted(runs, key=lambda r: r[key]["p99_us"])
+    return {**ordered[len(ordered) // 2], "runs_p99_us": [r[key]["p99_us"] for r in runs]}
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
+            "load_avg": os.getloadavg()[0], "python": platform.python_version(), "numpy": np.__version__}
+
+
+def fleet_model(results: dict, fleet: list[int]) -> dict:
+    """Router CPU cores and index bytes for a fleet of ``n`` prefill replicas at 10k tokens/s each."""
+    model = {}
+    for impl, r in results.items():
+        ingest, route = r["ingest"], r["route"]
+        per_block = ingest.get("accounted_bytes_per_block", ingest["rss_bytes_per_block"])
+        rows = []
+        for n in fleet:
+            decision = route[f"route_{n}"]["mean_us"] * 1e-6
+            blocks_s = n * TOKENS_PER_S / BLOCK_TOKENS
+            requests_s = n * TOKENS_PER_S / (CHAIN * BLOCK_TOKENS)
+            cores = blocks_s / ingest["fill_blocks_per_s"] + requests_s * decision
+            cached = n * (args_blocks(results) / 64)  # the run's blocks per worker, held by every replica
+            rows.append({"replicas": n, "cores": cores, "index_gb": cached * per_block / 1e9})
+        model[impl] = rows
+    return model
+
+
+def args_blocks(results: dict) -> int:
+    return next(iter(results.values()))["ingest"]["blocks"]
+
+
+def plot(out: Path, model: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for impl, rows in model.items():
+        n = [r["replicas"] for r in rows]
+        a.plot(n, [r["cores"] for r in rows], marker="o", label=impl)
+        b.plot(n, [r["index_gb"] for r in rows], marker="o", label=impl)
+    a.axhline(1.0, color="C3", linestyle="--", label="one router core")
+    for ax, label in ((a, "router CPU cores (event ingest + routing)"), (b, "prefix index memory (GB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("prefill replicas (10k tokens/s each)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle("router cost against fleet size (4K-token prompts, 16-token blocks)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "router_scale.png", dpi=130)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--blocks", type=int, default=1_000_000)
+    p.add_argument("--batch", type=int, default=1000, help="messages applied at once (one XREAD's worth)")
+    p.add_argument("--requests", type=int, default=3000)
+    p.add_argument("--replicas", type=int, nargs="+", default=FLEET)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--impls", nargs="+", default=["baseline", "compact"])
+    p.add_argument("--out", default=None)
+    p.add_argument("--quick", action="store_true", help="100k blocks, one run (a smoke test)")
+    p.add_argument("--child", choices=PARTS, help=argparse.SUPPRESS)
+    p.add_argument("--impl", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child(argparse.Namespace(**{**vars(args), "part": args.child}))
+        return 0
+    if args.quick:
+        args.blocks, args.repeat, args.requests = min(args.blocks, 100_000), 1, min(args.requests, 500)
+    out = Path(args.out or os.environ.get("OUT") or "out/router-scale")
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    for impl in args.impls:
+        results[impl] = {}
+        for part in PARTS:
+            runs = [run_child(args, part, impl) for _ in range(args.repeat)]
+            results[impl][part] = best_of(runs, part)
+            print(f"{impl} {part}: {json.dumps(results[impl][part])}", flush=True)
+    model = fleet_model(results, args.replicas)
+    goals = {}
+    if "compact" in results:
+        c = results["compact"]
+        goals = {"ingest_blocks_per_s": c["ingest"]["fill_blocks_per_s"],
+                 "bytes_per_block": c["ingest"].get("accounted_bytes_per_block"),
+                 "rss_bytes_per_block": c["ingest"]["rss_bytes_per_block"],
+                 "route_p99_us": c["route"].get("route_256", {}).get("p99_us")}
+    record = {"benchmark": "router_scale", **machine(), "blocks": args.blocks, "batch": args.batch,
+              "repeat": args.repeat, "results": results, "fleet_model": model, "goals": GOALS, "measured": goals}
+    with (out / "router_scale.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    plot(out, model)
+    print(json.dumps({"measured": goals, "goals": GOALS}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

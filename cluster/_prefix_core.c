@@ -1,0 +1,662 @@
+/* The prefix index's core in C: cluster/prefix_core.py's NumpyCore, same methods, same
+ * answers (tests/cluster/test_prefix_index_compact.py runs both over the same events).
+ *
+ * - a hash table block id (u64) -> holder state (u32): linear probing, Fibonacci hashing,
+ *   backward-shift deletion (no tombstones), grown at 7/10 full, shrunk below 1/16;
+ * - holder states: interned (held, predicted) worker bitsets, NWORDS u64 words each, found
+ *   by content through their own open-addressing index; moves (state, code) -> state memoised
+ *   in a second table;
+ * - pending predictions: a third table, (block id ^ worker mix) -> prediction number.
+ *
+ * Built by `pip install -e .` (pyproject.toml ext-modules, optional: without a compiler the
+ * numpy core serves). Not thread-safe: one router thread owns an index.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FIB 0x9E3779B97F4A7C15ull
+#define STORE 1
+#define EVICT 2
+#define PREDICT 3
+#define UNPREDICT 4
+#define OP_BITS 3
+#define MAX_MOVES (1u << 20)
+
+/* ---- table ------------------------------------------------------------------------- */
+
+typedef struct {
+    uint64_t *keys; /* 0: empty */
+    uint32_t *vals;
+    size_t mask, live;
+    int shift;
+} Table;
+
+static inline size_t home(const Table *t, uint64_t k) { return (size_t)((k * FIB) >> t->shift) & t->mask; }
+
+static int table_init(Table *t, size_t cap) {
+    size_t n = 16;
+    int bits = 4;
+    while (n < cap) { n <<= 1; bits++; }
+    t->keys = calloc(n, sizeof(uint64_t));
+    t->vals = calloc(n, sizeof(uint32_t));
+    if (!t->keys || !t->vals) { free(t->keys); free(t->vals); t->keys = NULL; t->vals = NULL; return -1; }
+    t->mask = n - 1;
+    t->shift = 64 - bits;
+    t->live = 0;
+    return 0;
+}
+
+static void table_free(Table *t) { free(t->keys); free(t->vals); t->keys = NULL; t->vals = NULL; }
+
+static inline Py_ssize_t table_find(const Table *t, uint64_t k) {
+    size_t i = home(t, k);
+    for (;;) {
+        uint64_t x = t->keys[i];
+        if (x == k) return (Py_ssize_t)i;
+        if (x == 0) return -1;
+        i = (i + 1) & t->mask;
+    }
+}
+
+static inline uint32_t table_get(const Table *t, uint64_t k) {
+    Py_ssize_t i = table_find(t, k);
+    return i < 0 ? 0 : t->vals[i];
+}
+
+static void table_place(Table *t, uint64_t k, uint32_t v) { /* k absent, room certain */
+    size_t i = home(t, k);
+    while (t->keys[i] != 0) i = (i + 1) & t->mask;
+    t->keys[i] = k;
+    t->vals[i] = v;
+    t->live++;
+}
+
+static int table_resize(Table *t, size_t cap) {
+    Table fresh;
+    if (table_init(&fresh, cap) < 0) return -1;
+    for (size_t i = 0; i <= t->mask; i++)
+        if (t->keys[i]) table_place(&fresh, t->keys[i], t->vals[i]);
+    table_free(t);
+    *t = fresh;
+    return 0;
+}
+
+static int table_put(Table *t, uint64_t k, uint32_t v) { /* v != 0 */
+    if ((t->live + 1) * 10 > (t->mask + 1) * 7 && table_resize(t, 2 * (t->mask + 1)) < 0) return -1;
+    size_t i = home(t, k);
+    for (;;) {
+        uint64_t x = t->keys[i];
+        if (x == k) { t->vals[i] = v; return 0; }
+        if (x == 0) { t->keys[i] = k; t->vals[i] = v; t->live++; return 0; }
+        i = (i + 1) & t->mask;
+    }
+}
+
+static void table_del_slot(Table *t, size_t i) {
+    size_t j = i;
+    for (;;) {
+        j = (j + 1) & t->mask;
+        uint64_t x = t->keys[j];
+        if (x == 0) break;
+        size_t h = home(t, x);
+        int stays = (i <= j) ? (i < h && h <= j) : (i < h || h <= j);
+        if (stays) continue;
+        t->keys[i] = x;
+        t->vals[i] = t->vals[j];
+        i = j;
+    }
+    t->keys[i] = 0;
+    t->vals[i] = 0;
+    t->live--;
+}
+
+static int table_shrink(Table *t) {
+    size_t cap = t->mask + 1;
+    if (cap > 4096 && t->live * 16 < cap) return table_resize(t, 4 * t->live + 16);
+    return 0;
+}
+
+/* ---- holder states ------------------------------------------------------------------- */
+
+typedef struct {
+    size_t nwords, count, cap;  /* words per bitset; states; room */
+    uint64_t *bits;             /* per state: held[nwords] then predicted[nwords] */
+    uint32_t *index;            /* state + 1 by content hash; 0 empty */
+    size_t imask;
+    Table moves;                /* (state << 32 | code) -> new state + 1 */
+    uint64_t *scratch;
+} States;
+
+static inline uint64_t *held_of(const States *s, size_t st) { return s->bits + st * 2 * s->nwords; }
+
+static uint64_t bits_hash(const uint64_t *w, size_t n) {
+    uint64_t h = 0x243F6A8885A308D3ull;
+    for (size_t i = 0; i < n; i++) { h = (h ^ w[i]) * FIB; h ^= h >> 29; }
+    return h;
+}
+
+static int states_reindex(States *s) {
+    size_t n = 64;
+    while (n < 2 * s->count + 2) n <<= 1;
+    uint32_t *index = calloc(n, sizeof(uint32_t));
+    if (!index) return -1;
+    free(s->index);
+    s->index = index;
+    s->imask = n - 1;
+    for (size_t st = 0; st < s->count; st++) {
+        size_t i = bits_hash(held_of(s, st), 2 * s->nwords) & s->imask;
+        while (s->index[i]) i = (i + 1) & s->imask;
+        s->index[i] = (uint32_t)st + 1;
+    }
+    return 0;
+}
+
+static int states_init(States *s) {
+    memset(s, 0, sizeof(*s));
+    s->nwords = 1;
+    s->cap = 64;
+    s->count = 1; /* state 0: nobody */
+    s->bits = calloc(s->cap * 2 * s->nwords, sizeof(uint64_t));
+    s->scratch = calloc(2 * s->nwords, sizeof(uint64_t));
+    if (!s->bits || !s->scratch || table_init(&s->moves, 1024) < 0 || states_reindex(s) < 0) return -1;
+    return 0;
+}
+
+static void states_free(States *s) {
+    free(s->bits); free(s->index); free(s->scratch); table_free(&s->moves);
+    s->bits = NULL; s->index = NULL; s->scratch = NULL;
+}
+
+static int states_widen(States *s, size_t worker) {
+    size_t nw = s->nwords;
+    while (worker >= nw * 64) nw *= 2;
+    uint64_t *bits = calloc(s->cap * 2 * nw, sizeof(uint64_t));
+    uint64_t *scratch = calloc(2 * nw, sizeof(uint64_t));
+    if (!bits || !scratch) { free(bits); free(scratch); return -1; }
+    for (size_t st = 0; st < s->count; st++) {
+        memcpy(bits + st * 2 * nw, held_of(s, st), s->nwords * sizeof(uint64_t));
+        memcpy(bits + st * 2 * nw + nw, held_of(s, st) + s->nwords, s->nwords * sizeof(uint64_t));
+    }
+    free(s->bits); free(s->scratch);
+    s->bits = bits; s->scratch = scratch; s->nwords = nw;
+    return states_reindex(s);
+}
+
+static Py_ssize_t states_intern(States *s, const uint64_t *w) {
+    size_t n = 2 * s->nwords;
+    size_t i = bits_hash(w, n) & s->imask;
+    while (s->index[i]) {
+        size_t st = s->index[i] - 1;
+        if (memcmp(held_of(s, st), w, n * sizeof(uint64_t)) == 0) return (Py_ssize_t)st;
+        i = (i + 1) & s->imask;
+    }
+    if (s->count >= UINT32_MAX - 1) return -1;
+    if (s->count == s->cap) {
+        uint64_t *bits = realloc(s->bits, s->cap * 2 * n * sizeof(uint64_t));
+        if (!bits) return -1;
+        s->bits = bits;
+        s->cap *= 2;
+    }
+    size_t st = s->count++;
+    memcpy(held_of(s, st), w, n * sizeof(uint64_t));
+    s->index[i] = (uint32_t)st + 1;
+    if (2 * s->count + 2 > s->imask + 1 && states_reindex(s) < 0) return -1;
+    return (Py_ssize_t)st;
+}
+
+/* The state ``state`` becomes after ``code`` (op | worker << OP_BITS); -1 on no memory. */
+static Py_ssize_t states_move(States *s, uint32_t state, uint32_t code) {
+    uint64_t key = ((uint64_t)state << 32) | code;
+    uint32_t known = table_get(&s->moves, key);
+    if (known) return (Py_ssize_t)known - 1;
+    size_t worker = code >> OP_BITS, op = code & ((1u << OP_BITS) - 1);
+    if (worker >= s->nwords * 64 && states_widen(s, worker) < 0) return -1;
+    size_t nw = s->nwords, word = worker / 64;
+    uint64_t bit = 1ull << (worker % 64);
+    uint64_t *w = s->scratch;
+    memcpy(w, held_of(s, state), 2 * nw * sizeof(uint64_t));
+    uint64_t *held = w, *pred = w + nw;
+    switch (op) {
+    case STORE: held[word] |= bit; pred[word] &= ~bit; break;
+    case EVICT: held[word] &= ~bit; pred[word] &= ~bit; break;
+    case PREDICT: if (!(held[word] & bit)) pred[word] |= bit; break;
+    case UNPREDICT: pred[word] &= ~bit; break;
+    default: PyErr_Format(PyExc_ValueError, "unknown holder move %zu", op); return -1;
+    }
+    Py_ssize_t new = states_intern(s, w);
+    if (new < 0) return -1;
+    if (s->moves.live >= MAX_MOVES) { table_free(&s->moves); if (table_init(&s->moves, 1024) < 0) return -1; }
+    if (table_put(&s->moves, key, (uint32_t)new + 1) < 0) return -1;
+    return new;
+}
+
+/* ---- the core object ----------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Table table, pending;
+    States states;
+} Core;
+
+static inline uint64_t norm(uint64_t k) { return k < 2 ? 2 : k; }
+static inline uint64_t pair_key(uint64_t id, uint64_t worker) { return norm(norm(id) ^ ((worker + 1) * FIB)); }
+
+static int set_state(Table *t, uint64_t k, uint32_t v) {
+    if (v) return table_put(t, k, v);
+    Py_ssize_t i = table_find(t, k);
+    if (i >= 0) table_del_slot(t, (size_t)i);
+    return 0;
+}
+
+static int Core_init(Core *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist)) return -1;
+    if (table_init(&self->table, 1024) < 0 || table_init(&self->pending, 1024) < 0 || states_init(&self->states) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void Core_dealloc(Core *self) {
+    table_free(&self->table); table_free(&self->pending); states_free(&self->states);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int get_buffer(PyObject *obj, Py_buffer *view, size_t item, int writable, const char *what) {
+    if (PyObject_GetBuffer(obj, view, writable ? PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS : PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (view->len % (Py_ssize_t)item) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes is not a whole number of %zu-byte items", what, view->len, item);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *no_memory(void) { return PyErr_Occurred() ? NULL : PyErr_NoMemory(); }
+
+/* apply(ids, codes, lengths): event e moves lengths[e] consecutive ids by codes[e]. */
+static PyObject *Core_apply(Core *self, PyObject *args) {
+    PyObject *o_ids, *o_codes, *o_lengths;
+    if (!PyArg_ParseTuple(args, "OOO", &o_ids, &o_codes, &o_lengths)) return NULL;
+    Py_buffer ids, codes, lengths;
+    if (get_buffer(o_ids, &ids, 8, 0, "ids") < 0) return NULL;
+    if (get_buffer(o_codes, &codes, 4, 0, "codes") < 0) { PyBuffer_Release(&ids); return NULL; }
+    if (get_buffer(o_lengths, &lengths, 4, 0, "lengths") < 0) {
+        PyBuffer_Release(&ids); PyBuffer_Release(&codes); return NULL;
+    }
+    const uint64_t *id = ids.buf;
+    const uint32_t *code = codes.buf, *length = lengths.buf;
+    size_t n_ids = ids.len / 8, n_events = codes.len / 4, at = 0, failed = 0;
+    if ((size_t)(lengths.len / 4) != n_events) { PyErr_SetString(PyExc_ValueError, "codes and lengths differ"); failed = 1; }
+    for (size_t e = 0; e < n_events && !failed; e++) {
+        if (at + length[e] > n_ids) { PyErr_SetString(PyExc_ValueError, "lengths exceed ids"); failed = 1; break; }
+        for (size_t j = 0; j < length[e]; j++, at++) {
+            uint64_t k = norm(id[at]);
+            Py_ssize_t slot = table_find(&self->table, k);
+            uint32_t old = slot < 0 ? 0 : self->table.vals[slot];
+            Py_ssize_t new = states_move(&self->states, old, code[e]);
+            if (new < 0) { failed = 1; break; }
+            if ((uint32_t)new == old) continue;
+            if (slot >= 0 && new) self->table.vals[slot] = (uint32_t)new;
+            else if (slot >= 0) table_del_slot(&self->table, (size_t)slot);
+            else if (table_put(&self->table, k, (uint32_t)new) < 0) { failed = 1; break; }
+        }
+    }
+    PyBuffer_Release(&ids); PyBuffer_Release(&codes); PyBuffer_Release(&lengths);
+    if (failed) return no_memory();
+    if (table_shrink(&self->table) < 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* clear(worker): the worker holds and is predicted to hold nothing. */
+static PyObject *Core_clear(Core *self, PyObject *arg) {
+    size_t worker = PyLong_AsSize_t(arg);
+    if (worker == (size_t)-1 && PyErr_Occurred()) return NULL;
+    size_t count = self->states.count;
+    uint32_t *remap = malloc(count * sizeof(uint32_t));
+    if (!remap) return PyErr_NoMemory();
+    uint32_t code = (uint32_t)(worker << OP_BITS) | EVICT;
+    for (size_t st = 0; st < count; st++) {
+        Py_ssize_t new = states_move(&self->states, (uint32_t)st, code);
+        if (new < 0) { free(remap); return no_memory(); }
+        remap[st] = (uint32_t)new;
+    }
+    Table *t = &self->table;
+    size_t gone = 0;
+    uint64_t *dead = NULL;
+    for (size_t i = 0; i <= t->mask; i++) {
+        if (!t->keys[i]) continue;
+        uint32_t v = remap[t->vals[i]];
+        t->vals[i] = v;
+        if (!v) gone++;
+    }
+    if (gone) {
+        dead = malloc(gone * sizeof(uint64_t));
+        if (!dead) { free(remap); return PyErr_NoMemory(); }
+        size_t k = 0;
+        for (size_t i = 0; i <= t->mask; i++)
+            if (t->keys[i] && !t->vals[i]) dead[k++] = t->keys[i];
+        for (k = 0; k < gone; k++) {
+            Py_ssize_t slot = table_find(t, dead[k]);
+            if (slot >= 0) table_del_slot(t, (size_t)slot);
+        }
+        free(dead);
+    }
+    free(remap);
+    if (table_shrink(t) < 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static int parse_worker_ids(PyObject *args, size_t *worker, Py_buffer *ids, uint32_t *number) {
+    PyObject *o_ids;
+    unsigned long long w;
+    unsigned long num;
+    if (!PyArg_ParseTuple(args, "KOk", &w, &o_ids, &num)) return -1;
+    *worker = (size_t)w;
+    *number = (uint32_t)num;
+    return get_buffer(o_ids, ids, 8, 0, "ids");
+}
+
+/* predict(worker, ids, number): the worker will hold ids (those it holds already stay held). */
+static PyObject *Core_predict(Core *self, PyObject *args) {
+    size_t worker;
+    uint32_t number;
+    Py_buffer ids;
+    if (parse_worker_ids(args, &worker, &ids, &number) < 0) return NULL;
+    const uint64_t *id = ids.buf;
+    uint32_t code = (uint32_t)(worker << OP_BITS) | PREDICT;
+    int failed = 0;
+    for (size_t j = 0; j < (size_t)ids.len / 8 && !failed; j++) {
+        uint64_t k = norm(id[j]);
+        uint32_t old = table_get(&self->table, k);
+        Py_ssize_t new = states_move(&self->states, old, code);
+        if (new < 0 || set_state(&self->table, k, (uint32_t)new) < 0) { failed = 1; break; }
+        const uint64_t *pred = held_of(&self->states, (size_t)new) + self->states.nwords;
+        if ((pred[worker / 64] >> (worker % 64)) & 1)
+            failed = table_put(&self->pending, pair_key(k, worker), number) < 0;
+    }
+    PyBuffer_Release(&ids);
+    if (failed) return no_memory();
+    Py_RETURN_NONE;
+}
+
+/* unpredict(worker, ids, number): undo prediction ``number`` where no later one replaced it. */
+static PyObject *Core_unpredict(Core *self, PyObject *args) {
+    size_t worker;
+    uint32_t number;
+    Py_buffer ids;
+    if (parse_worker_ids(args, &worker, &ids, &number) < 0) return NULL;
+    const uint64_t *id = ids.buf;
+    uint32_t code = (uint32_t)(worker << OP_BITS) | UNPREDICT;
+    int failed = 0;
+    for (size_t j = 0; j < (size_t)ids.len / 8 && !failed; j++) {
+        uint64_t k = norm(id[j]);
+        Py_ssize_t slot = table_find(&self->pending, pair_key(k, worker));
+        if (slot < 0 || self->pending.vals[slot] != number) continue;
+        table_del_slot(&self->pending, (size_t)slot);
+        Py_ssize_t new = states_move(&self->states, table_get(&self->table, k), code);
+        if (new < 0 || set_state(&self->table, k, (uint32_t)new) < 0) failed = 1;
+    }
+    PyBuffer_Release(&ids);
+    if (failed) return no_memory();
+    if (table_shrink(&self->pending) < 0 || table_shrink(&self->table) < 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* Leading ids (n of them, ``stride`` bytes apart: 8 for block ids, 16 for the chained hashes
+ * whose first 8 bytes they are) each worker holds: out[w] for w < slots. Returns the most. */
+static size_t match_into(Core *self, const char *ids, size_t n, size_t stride, int64_t *out, size_t slots,
+                         uint64_t *alive) {
+    size_t nw = self->states.nwords, end = 0;
+    memset(out, 0, slots * sizeof(int64_t));
+    uint64_t first;
+    if (n) memcpy(&first, ids, 8);
+    uint32_t prev = n ? table_get(&self->table, norm(first)) : 0;
+    int any = 0;
+    if (prev) {
+        const uint64_t *h = held_of(&self->states, prev);
+        for (size_t i = 0; i < nw; i++) { alive[i] = h[i] | h[i + nw]; any |= alive[i] != 0; }
+        end = 1;
+    }
+    for (size_t d = 1; d < n && any; d++, end = d) {
+        uint64_t k;
+        memcpy(&k, ids + d * stride, 8);
+        uint32_t st = table_get(&self->table, norm(k));
+        if (st == prev) continue;
+        prev = st;
+        const uint64_t *h = held_of(&self->states, st);
+        any = 0;
+        for (size_t i = 0; i < nw; i++) {
+            uint64_t now = alive[i] & (h[i] | h[i + nw]), dropped = alive[i] & ~now;
+            while (dropped) {
+                size_t w = i * 64 + (size_t)__builtin_ctzll(dropped);
+                if (w < slots) out[w] = (int64_t)d;
+                dropped &= dropped - 1;
+            }
+            alive[i] = now;
+            any |= now != 0;
+        }
+        if (!any) break;
+    }
+    for (size_t i = 0; any && i < nw; i++) {
+        uint64_t left = alive[i];
+        while (left) {
+            size_t w = i * 64 + (size_t)__builtin_ctzll(left);
+            if (w < slots) out[w] = (int64_t)end;
+            left &= left - 1;
+        }
+    }
+    return end;
+}
+
+static int id_view(PyObject *obj, Py_buffer *view, Py_ssize_t stride, size_t *n) {
+    if (stride != 8 && stride != 16) { PyErr_SetString(PyExc_ValueError, "stride must be 8 or 16"); return -1; }
+    if (get_buffer(obj, view, (size_t)stride, 0, "ids") < 0) return -1;
+    *n = (size_t)(view->len / stride);
+    return 0;
+}
+
+/* match(ids, counts, stride=8) -> blocks matched by anyone: counts[w] = leading ids worker w holds. */
+static PyObject *Core_match(Core *self, PyObject *args) {
+    PyObject *o_ids, *o_counts;
+    Py_ssize_t stride = 8;
+    if (!PyArg_ParseTuple(args, "OO|n", &o_ids, &o_counts, &stride)) return NULL;
+    Py_buffer ids, counts;
+    size_t n;
+    if (id_view(o_ids, &ids, stride, &n) < 0) return NULL;
+    if (get_buffer(o_counts, &counts, 8, 1, "counts") < 0) { PyBuffer_Release(&ids); return NULL; }
+    size_t nw = self->states.nwords;
+    uint64_t stack[16], *alive = nw <= 16 ? stack : malloc(nw * sizeof(uint64_t));
+    size_t end = 0;
+    if (alive) end = match_into(self, ids.buf, n, (size_t)stride, counts.buf, (size_t)counts.len / 8, alive);
+    if (alive && alive != stack) free(alive);
+    PyBuffer_Release(&ids); PyBuffer_Release(&counts);
+    if (!alive) return PyErr_NoMemory();
+    return PyLong_FromSize_t(end);
+}
+
+/* route(ids, stride, columns, loads, inflight, prompt_tokens, block_size, host_column, host_weight,
+ *       ratio, slack_tokens, slack_requests) -> replica
+ * The prefill pick of cluster/pool_handles.py (pick_prefill with RequestShape.prefill_cost) in
+ * one call: replica r is worker columns[r] of the index; cache affinity (least work, then
+ * load, then requests in flight) while the pool is balanced, else least in flight, then load;
+ * ties to the earlier replica. cluster/fleet_router.py holds the same rule in numpy. */
+static PyObject *Core_route(Core *self, PyObject *args) {
+    PyObject *o_ids, *o_cols, *o_loads, *o_inflight;
+    Py_ssize_t stride, prompt, block, host_col, slack_requests;
+    double host_weight, ratio, slack_tokens;
+    if (!PyArg_ParseTuple(args, "OnOOOnnnddnd", &o_ids, &stride, &o_cols, &o_loads, &o_inflight, &prompt, &block,
+                          &host_col, &host_weight, &ratio, &slack_requests, &slack_tokens))
+        return NULL;
+    Py_buffer ids, cols, loads, inflight;
+    size_t n;
+    if (id_view(o_ids, &ids, stride, &n) < 0) return NULL;
+    if (get_buffer(o_cols, &cols, 8, 0, "columns") < 0) { PyBuffer_Release(&ids); return NULL; }
+    if (get_buffer(o_loads, &loads, 8, 0, "loads") < 0) { PyBuffer_Release(&ids); PyBuffer_Release(&cols); return NULL; }
+    if (get_buffer(o_inflight, &inflight, 8, 0, "inflight") < 0) {
+        PyBuffer_Release(&ids); PyBuffer_Release(&cols); PyBuffer_Release(&loads); return NULL;
+    }
+    size_t replicas = (size_t)cols.len / 8, nw = self->states.nwords, slots = nw * 64;
+    const int64_t *col = cols.buf, *fly = inflight.buf;
+    const double *load = loads.buf;
+    int64_t *counts = malloc(slots * sizeof(int64_t));
+    uint64_t *alive = malloc(nw * sizeof(uint64_t));
+    Py_ssize_t chosen = -1;
+    if (!replicas || (size_t)loads.len / 8 != replicas || (size_t)inflight.len / 8 != replicas) {
+        PyErr_SetString(PyExc_ValueError, "columns, loads and inflight need one entry per replica (and one at least)");
+    } else if (counts && alive) {
+        match_into(self, ids.buf, n, (size_t)stride, counts, slots, alive);
+        int64_t host = host_col >= 0 && (size_t)host_col < slots ? counts[host_col] : 0;
+        double lo = load[0], hi = load[0];
+        int64_t flo = fly[0], fhi = fly[0];
+        for (size_t r = 1; r < replicas; r++) {
+            if (load[r] < lo) lo = load[r];
+            if (load[r] > hi) hi = load[r];
+            if (fly[r] < flo) flo = fly[r];
+            if (fly[r] > fhi) fhi = fly[r];
+        }
+        int imbalanced = hi > ratio * lo + slack_tokens || (double)fhi > ratio * (double)flo + (double)slack_requests;
+        double best_work = 0, best_load = 0;
+        int64_t best_fly = 0;
+        for (size_t r = 0; r < replicas; r++) {
+            int64_t c = col[r] >= 0 && (size_t)col[r] < slots ? counts[col[r]] : 0;
+            int64_t uncached = prompt - c * block;
+            if (uncached < 0) uncached = 0;
+            int64_t pulled = (host - c > 0 && host_weight < 1) ? (host - c) * block : 0;
+            double work = (double)(uncached - pulled) + host_weight * (double)pulled;
+            int better;
+            if (chosen < 0) better = 1;
+            else if (imbalanced)
+                better = fly[r] < best_fly || (fly[r] == best_fly && load[r] < best_load);
+            else
+                better = work < best_work || (work == best_work && (load[r] < best_load ||
+                         (load[r] == best_load && fly[r] < best_fly)));
+            if (better) { chosen = (Py_ssize_t)r; best_work = work; best_load = load[r]; best_fly = fly[r]; }
+        }
+    } else {
+        PyErr_NoMemory();
+    }
+    free(counts); free(alive);
+    PyBuffer_Release(&ids); PyBuffer_Release(&cols); PyBuffer_Release(&loads); PyBuffer_Release(&inflight);
+    return chosen < 0 ? NULL : PyLong_FromSsize_t(chosen);
+}
+
+/* compact(): drop states no block is in, renumber the rest (answers unchanged). */
+static PyObject *Core_compact(Core *self, PyObject *Py_UNUSED(ignored)) {
+    States *s = &self->states;
+    Table *t = &self->table;
+    uint32_t *remap = calloc(s->count, sizeof(uint32_t));
+    if (!remap) return PyErr_NoMemory();
+    for (size_t i = 0; i <= t->mask; i++)
+        if (t->keys[i]) remap[t->vals[i]] = 1;
+    size_t n = 1, words = 2 * s->nwords;
+    for (size_t st = 1; st < s->count; st++) {
+        if (!remap[st]) continue;
+        memmove(held_of(s, n), held_of(s, st), words * sizeof(uint64_t));
+        remap[st] = (uint32_t)n++;
+    }
+    s->count = n;
+    for (size_t i = 0; i <= t->mask; i++)
+        if (t->keys[i]) t->vals[i] = remap[t->vals[i]];
+    free(remap);
+    table_free(&s->moves);
+    if (table_init(&s->moves, 1024) < 0 || states_reindex(s) < 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* export() -> (ids bytes, states bytes): every block id held or predicted, and its state. */
+static PyObject *Core_export(Core *self, PyObject *Py_UNUSED(ignored)) {
+    Table *t = &self->table;
+    PyObject *keys = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(t->live * 8));
+    PyObject *vals = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(t->live * 4));
+    if (!keys || !vals) { Py_XDECREF(keys); Py_XDECREF(vals); return NULL; }
+    uint64_t *k = (uint64_t *)PyBytes_AS_STRING(keys);
+    uint32_t *v = (uint32_t *)PyBytes_AS_STRING(vals);
+    size_t n = 0;
+    for (size_t i = 0; i <= t->mask; i++)
+        if (t->keys[i]) { k[n] = t->keys[i]; v[n] = t->vals[i]; n++; }
+    return Py_BuildValue("(NN)", keys, vals);
+}
+
+/* state(s) -> (held, predicted): the worker bitsets as ints. */
+static PyObject *Core_state(Core *self, PyObject *arg) {
+    size_t st = PyLong_AsSize_t(arg);
+    if (st == (size_t)-1 && PyErr_Occurred()) return NULL;
+    if (st >= self->states.count) { PyErr_SetString(PyExc_IndexError, "no such state"); return NULL; }
+    size_t nw = self->states.nwords;
+    const uint64_t *h = held_of(&self->states, st);
+    PyObject *held = PyObject_CallMethod((PyObject *)&PyLong_Type, "from_bytes", "y#s", (const char *)h,
+                                         (Py_ssize_t)(nw * 8), "little");
+    PyObject *pred = PyObject_CallMethod((PyObject *)&PyLong_Type, "from_bytes", "y#s", (const char *)(h + nw),
+                                         (Py_ssize_t)(nw * 8), "little");
+    if (!held || !pred) { Py_XDECREF(held); Py_XDECREF(pred); return NULL; }
+    return Py_BuildValue("(NN)", held, pred);
+}
+
+static Py_ssize_t Core_len(Core *self) { return (Py_ssize_t)self->table.live; }
+
+static PyObject *Core_get_nbytes(Core *self, void *Py_UNUSED(c)) {
+    const States *s = &self->states;
+    size_t bytes = (self->table.mask + 1) * 12 + (self->pending.mask + 1) * 12 + (s->moves.mask + 1) * 12
+                   + s->cap * 2 * s->nwords * 8 + (s->imask + 1) * 4;
+    return PyLong_FromSize_t(bytes);
+}
+
+static PyObject *Core_get_num_states(Core *self, void *Py_UNUSED(c)) { return PyLong_FromSize_t(self->states.count); }
+static PyObject *Core_get_num_pending(Core *self, void *Py_UNUSED(c)) { return PyLong_FromSize_t(self->pending.live); }
+
+static PyMethodDef Core_methods[] = {
+    {"apply", (PyCFunction)Core_apply, METH_VARARGS, "apply(ids, codes, lengths): event e moves lengths[e] ids by codes[e]"},
+    {"clear", (PyCFunction)Core_clear, METH_O, "clear(worker): it holds nothing"},
+    {"predict", (PyCFunction)Core_predict, METH_VARARGS, "predict(worker, ids, number)"},
+    {"unpredict", (PyCFunction)Core_unpredict, METH_VARARGS, "unpredict(worker, ids, number)"},
+    {"match", (PyCFunction)Core_match, METH_VARARGS, "match(ids, counts, stride=8) -> leading blocks anyone holds"},
+    {"route", (PyCFunction)Core_route, METH_VARARGS,
+     "route(ids, stride, columns, loads, inflight, prompt_tokens, block_size, host_column, host_weight, ratio, "
+     "slack_requests, slack_tokens) -> the replica to prefill on"},
+    {"compact", (PyCFunction)Core_compact, METH_NOARGS, "drop unused holder states"},
+    {"export", (PyCFunction)Core_export, METH_NOARGS, "export() -> (ids bytes, states bytes)"},
+    {"state", (PyCFunction)Core_state, METH_O, "state(s) -> (held, predicted) worker bitsets"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Core_getset[] = {
+    {"nbytes", (getter)Core_get_nbytes, NULL, "bytes the core's arrays take", NULL},
+    {"num_states", (getter)Core_get_num_states, NULL, "holder states", NULL},
+    {"num_pending", (getter)Core_get_num_pending, NULL, "(worker, block) predictions pending", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods Core_as_sequence = {.sq_length = (lenfunc)Core_len};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cluster._prefix_core.Core",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The prefix index's core: block ids -> interned holder states (see cluster/prefix_core.py)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Core_init,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_methods = Core_methods,
+    .tp_getset = Core_getset,
+    .tp_as_sequence = &Core_as_sequence,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, .m_name = "_prefix_core", .m_doc = "The prefix index's core in C.", .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__prefix_core(void) {
+    if (PyType_Ready(&CoreType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&CoreType);
+    if (PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0) { Py_DECREF(&CoreType); Py_DECREF(m); return NULL; }
+    return m;
+}

@@ -1,0 +1,49 @@
+"""The fleet router's decision is the dispatcher's rule (pool_handles.pick_prefill over
+RequestShape), on both cores, for the same matches and loads."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from cluster.compact_index import CompactPrefixIndex
+from cluster.fleet_router import FleetRouter
+from cluster.pool_handles import Replica, RequestShape, pick_prefill
+from cluster.prefix_core import NumpyCore, native_core
+from engine.block_hash import ROOT_HASH, hash_blocks
+from kvstore.host_tier import HOST_WORKER
+from kvstore.kv_events import EventKind, KVEvent
+
+CORES = [NumpyCore] + ([native_core()] if native_core() else [])
+BLOCK = 4
+
+
+def stored(worker, hashes):
+    return KVEvent(worker, EventKind.STORED, hashes=tuple(hashes), parents=(ROOT_HASH, *hashes[:-1]))
+
+
+@pytest.mark.parametrize("core", CORES, ids=lambda c: "numpy" if c is NumpyCore else "c")
+@pytest.mark.parametrize("seed", range(4))
+def test_same_choice_as_the_dispatchers_rule(core, seed):
+    rng = random.Random(seed)
+    names = [f"p{i}" for i in range(rng.choice([3, 17, 70]))]
+    prompts = [[rng.randrange(50) for _ in range(BLOCK * rng.randint(1, 12))] for _ in range(30)]
+    index = CompactPrefixIndex(core=core)
+    for prompt in prompts:  # prefixes cached here and there, some on the host tier
+        hashes = hash_blocks(prompt, BLOCK)
+        for worker in rng.sample(names + [HOST_WORKER], rng.randint(0, 3)):
+            index.apply(stored(worker, hashes[:rng.randint(1, len(hashes))]))
+    router = FleetRouter(names, index, BLOCK, host_pull_weight=rng.choice([0.3, 1.0]))
+    for trial in range(60):
+        pending = [rng.choice([0, 100, 5000, 40000]) for _ in names]  # balanced or not, with ties
+        inflight = [rng.choice([0, 1, 2, 20]) for _ in names]
+        replicas = [Replica(n, "prefill", None, inflight=f, pending_tokens=p) for n, p, f in zip(names, pending, inflight)]
+        router.loads[:], router.inflight[:] = pending, inflight
+        prompt = rng.choice(prompts) + [rng.randrange(50) for _ in range(rng.randint(0, 9))]
+        hashes = hash_blocks(prompt, BLOCK)
+        shape = RequestShape(len(prompt), BLOCK, index.matched_blocks(hashes), router.host_pull_weight)
+        expected = names.index(pick_prefill(replicas, shape).worker_id)
+        assert router.route(hashes, len(prompt)) == expected
+        assert router.route(np.frombuffer(b"".join(hashes), np.uint64)[::2].copy(), len(prompt)) == expected

@@ -278,7 +278,8 @@ def best_of(runs: list[dict], part: str) -> dict:
     if part == "ingest":
         best = max(runs, key=lambda r: r["fill_blocks_per_s"])
         return {**best, "runs": [{k: v for k, v in r.items() if k.endswith("per_s")} for r in runs]}
-    key = "route_256" if "route_256" in runs[0] else max((k for k in runs[0] if k[6:].isdigit()), key=lambda k: int(k[6:]))
+    sizes = [int(k[6:]) for k in runs[0] if k.startswith("route_") and k[6:].isdigit()]
+    key = f"route_{256 if 256 in sizes else max(sizes)}"
     ordered = sorted(runs, key=lambda r: r[key]["p99_us"])
     return {**ordered[len(ordered) // 2], "runs_p99_us": [r[key]["p99_us"] for r in runs]}
 

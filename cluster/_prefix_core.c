@@ -292,7 +292,10 @@ static PyObject *Core_apply(Core *self, PyObject *args) {
     const uint64_t *id = ids.buf;
     const uint32_t *code = codes.buf, *length = lengths.buf;
     size_t n_ids = ids.len / 8, n_events = codes.len / 4, at = 0, failed = 0;
-    if ((size_t)(lengths.len / 4) != n_events) { PyErr_SetString(PyExc_ValueError, "codes and lengths differ"); failed = 1; }
+    if ((size_t)(lengths.len / 4) != n_events) {
+        PyErr_SetString(PyExc_ValueError, "codes and lengths differ");
+        failed = 1;
+    }
     for (size_t e = 0; e < n_events && !failed; e++) {
         if (at + length[e] > n_ids) { PyErr_SetString(PyExc_ValueError, "lengths exceed ids"); failed = 1; break; }
         for (size_t j = 0; j < length[e]; j++, at++) {
@@ -497,7 +500,9 @@ static PyObject *Core_route(Core *self, PyObject *args) {
     size_t n;
     if (id_view(o_ids, &ids, stride, &n) < 0) return NULL;
     if (get_buffer(o_cols, &cols, 8, 0, "columns") < 0) { PyBuffer_Release(&ids); return NULL; }
-    if (get_buffer(o_loads, &loads, 8, 0, "loads") < 0) { PyBuffer_Release(&ids); PyBuffer_Release(&cols); return NULL; }
+    if (get_buffer(o_loads, &loads, 8, 0, "loads") < 0) {
+        PyBuffer_Release(&ids); PyBuffer_Release(&cols); return NULL;
+    }
     if (get_buffer(o_inflight, &inflight, 8, 0, "inflight") < 0) {
         PyBuffer_Release(&ids); PyBuffer_Release(&cols); PyBuffer_Release(&loads); return NULL;
     }
@@ -611,7 +616,8 @@ static PyObject *Core_get_num_states(Core *self, void *Py_UNUSED(c)) { return Py
 static PyObject *Core_get_num_pending(Core *self, void *Py_UNUSED(c)) { return PyLong_FromSize_t(self->pending.live); }
 
 static PyMethodDef Core_methods[] = {
-    {"apply", (PyCFunction)Core_apply, METH_VARARGS, "apply(ids, codes, lengths): event e moves lengths[e] ids by codes[e]"},
+    {"apply", (PyCFunction)Core_apply, METH_VARARGS,
+     "apply(ids, codes, lengths): event e moves lengths[e] ids by codes[e]"},
     {"clear", (PyCFunction)Core_clear, METH_O, "clear(worker): it holds nothing"},
     {"predict", (PyCFunction)Core_predict, METH_VARARGS, "predict(worker, ids, number)"},
     {"unpredict", (PyCFunction)Core_unpredict, METH_VARARGS, "unpredict(worker, ids, number)"},

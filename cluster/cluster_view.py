@@ -1,6 +1,7 @@
 """What the dispatcher knows of the cluster, kept fresh in the background: each replica's
 load and state (polled, pool_handles), which prefixes each one holds (followed from the KV
-event stream) and whether Redis answers.
+event stream into a compact prefix index, started from the latest snapshot: index_follower)
+and whether Redis answers.
 
 Redis down costs prefix routing and the host tier, not service: the view logs one line
 when it stops answering and one when it is back, and then, if it came back empty (a new
@@ -20,10 +21,11 @@ import redis
 from cluster.config import POLICIES
 from cluster.pool_handles import (Pools, Replica, RequestShape, first_line, pick_colocated, pick_decode,
                                   pick_prefill, usable)
-from cluster.prefix_index import PrefixIndex
+from cluster.compact_index import CompactPrefixIndex, IndexSize
+from cluster.index_follower import IndexFollower
 from engine.block_hash import hash_blocks
 from kvstore.host_tier import HOST_WORKER
-from kvstore.kv_events import EventKind, KVEvent, KVEventSubscriber
+from kvstore.kv_events import KVEventSubscriber, block_ids
 from router.backend import BackendHealth, HealthState
 from router.errors import ServiceUnavailableError
 
@@ -42,13 +44,15 @@ class NoReplicaError(ServiceUnavailableError):
 class ClusterView:
     def __init__(self, pools: Pools, block_size: int, events: KVEventSubscriber | None,
                  load_interval_s: float = 0.25, host_pull_weight: float = 0.5, policy: str = "prefix-aware",
-                 prediction_ttl_s: float = 30.0):
+                 prediction_ttl_s: float = 30.0, snapshot_interval_s: float = 30.0):
         if policy not in POLICIES:
             raise ValueError(f"routing policy must be one of {POLICIES}, got {policy!r}")
         self.pools, self.block_size, self.events = pools, block_size, events
         self.host_pull_weight, self.policy = host_pull_weight, policy
         self._turns: dict[str, int] = {}
-        self.prefixes = PrefixIndex()
+        self.prefixes = CompactPrefixIndex()
+        self.follower = IndexFollower(events, self.prefixes, snapshot_interval_s) if events is not None else None
+        self._restored = False
         self.load_interval_s = load_interval_s
         self.prediction_ttl_s = prediction_ttl_s
         self.redis_state = HealthState.READY if events is not None else None
@@ -61,14 +65,14 @@ class ClusterView:
     def shape(self, prompt: list[int], cache_salt: str | None) -> RequestShape:
         if self.policy == "round-robin":
             return RequestShape(len(prompt), self.block_size, {}, 1.0)
-        hashes = hash_blocks(prompt, self.block_size, (cache_salt or "").encode())
+        ids = block_ids(hash_blocks(prompt, self.block_size, (cache_salt or "").encode()))
         self.prefixes.expire(time.monotonic())
-        return RequestShape(len(prompt), self.block_size, self.prefixes.matched_blocks(hashes),
-                            self.host_pull_weight, tuple(hashes))
+        return RequestShape(len(prompt), self.block_size, self.prefixes.matched_blocks(ids),
+                            self.host_pull_weight, ids)
 
     def routed(self, replica: Replica, shape: RequestShape) -> None:
         """``replica`` will compute (or receive) the request's prompt blocks: predict it holds them."""
-        if shape.hashes:
+        if len(shape.hashes):
             self.prefixes.predict(replica.worker_id, shape.hashes, time.monotonic() + self.prediction_ttl_s)
 
     def pick_prefill(self, replicas: list[Replica], shape: RequestShape, exclude: set[str] = frozenset()) -> Replica:
@@ -106,7 +110,7 @@ class ClusterView:
 
     def _restarted(self, replica: Replica) -> None:
         """A replica answered from a new process: the prefixes it held are gone."""
-        self.prefixes.apply(KVEvent(replica.worker_id, EventKind.CLEARED))
+        self.prefixes.clear(replica.worker_id)
 
     def _next(self, replicas: list[Replica]) -> Replica:
         """Round robin over a pool's usable replicas (keyed by role)."""
@@ -143,12 +147,15 @@ class ClusterView:
         if self._pinger is not None:
             self._pinger.close()
 
+    def index_size(self) -> IndexSize:
+        """The prefix index's size (for /metrics)."""
+        return self.prefixes.size()
+
     async def catch_up(self) -> None:
         """Apply every event published so far (tests and benchmarks use it to settle)."""
-        if self.events is not None:
-            while events := await asyncio.to_thread(self.events.read, 0):
-                for event in events:
-                    self.prefixes.apply(event)
+        if self.follower is not None:
+            while (batch := await asyncio.to_thread(self.events.read_batch, 0)).events:
+                self.follower.apply(batch)
 
     async def _poll_loads(self) -> None:
         while True:
@@ -187,23 +194,29 @@ class ClusterView:
 
     def _redis_replaced(self) -> None:
         """Redis restarted empty: the host tier holds nothing, the event stream starts over."""
-        self.prefixes.apply(KVEvent(HOST_WORKER, EventKind.CLEARED))
-        if self.events is not None:
-            self.events.last_id = "0-0"
+        self.prefixes.clear(HOST_WORKER)
+        if self.follower is not None:
+            self.events.last_id = self.follower.position = "0-0"
 
     async def _follow_events(self) -> None:
         pause = 0.0
         while True:
             try:
-                events = await asyncio.to_thread(self.events.read, 200)
+                if not self._restored:  # a router starting: from the latest snapshot, if any
+                    found = await asyncio.to_thread(self.follower.fetch_snapshot)
+                    if found is not None:
+                        self.follower.load(*found)
+                    self._restored = True
+                batch = await asyncio.to_thread(self.events.read_batch, 200)
+                self.follower.apply(batch)
+                if self.follower.snapshot_due():
+                    await asyncio.to_thread(self.follower.save, *self.follower.export())
             except redis.RedisError as e:  # Redis away: route without prefix knowledge, retry
                 self._redis_failed(e)
                 pause = min(max(2 * pause, 0.1), MAX_BACKOFF_S)
                 await asyncio.sleep(pause)
                 continue
             pause = 0.0
-            for event in events:
-                self.prefixes.apply(event)
 
 
 def _ping_client(client: redis.Redis) -> redis.Redis:

@@ -139,16 +139,33 @@ class CompactPrefixIndex:
         arrays = self.core.nbytes + sum(p[3].nbytes + 100 for p in self._predictions)
         return IndexSize(len(self.core), self.core.num_pending, self.core.num_states, len(self.names), arrays)
 
-    def held(self) -> dict[str, np.ndarray]:
-        """Every worker's blocks (held, not predicted): what a snapshot keeps."""
+    def export_held(self) -> HeldExport:
+        """What every worker holds (not predictions), copied out of the index: cheap, so it
+        can run on the router's thread; ``HeldExport.by_worker`` does the rest anywhere."""
         keys, states = self.core.export()
-        keys, states = np.frombuffer(keys, np.uint64), np.frombuffer(states, np.uint32)
+        distinct = np.flatnonzero(np.bincount(np.frombuffer(states, np.uint32))).tolist()
+        return HeldExport(keys, states, {s: self.core.state(s)[0] for s in distinct}, list(self.names))
+
+    def held(self) -> dict[str, np.ndarray]:
+        """Every worker's blocks (held, not predicted)."""
+        return self.export_held().by_worker()
+
+
+@dataclass(frozen=True)
+class HeldExport:
+    keys: bytes                 # block ids (uint64)
+    states: bytes               # each one's holder state (uint32)
+    held: dict[int, int]        # state -> bitset of the workers holding its blocks
+    names: list[str]            # worker index -> name
+
+    def by_worker(self) -> dict[str, np.ndarray]:
+        keys, states = np.frombuffer(self.keys, np.uint64), np.frombuffer(self.states, np.uint32)
         order = np.argsort(states, kind="stable")
         keys, states = keys[order], states[order]
         cuts = np.flatnonzero(np.r_[True, states[1:] != states[:-1]]) if len(states) else np.zeros(0, np.intp)
         out: dict[int, list[np.ndarray]] = {}
         for lo, hi in zip(cuts.tolist(), [*cuts[1:].tolist(), len(states)]):
-            workers = self.core.state(int(states[lo]))[0]
+            workers = self.held[int(states[lo])]
             while workers:
                 low = workers & -workers
                 out.setdefault(low.bit_length() - 1, []).append(keys[lo:hi])

@@ -13,14 +13,28 @@ part of a decision depends on arrival order, dict order or a random draw.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from cluster.compact_index import CompactPrefixIndex
-from cluster.pool_handles import IMBALANCE_RATIO, IMBALANCE_SLACK_REQUESTS, IMBALANCE_SLACK_TOKENS
 from engine.block_hash import BlockHash
-from kvstore.host_tier import HOST_WORKER
 from kvstore.kv_events import block_ids
+
+
+@dataclass(frozen=True)
+class Balance:
+    """When a pool counts as imbalanced (``pool_handles``' constants; ``dispatchers()``
+    imports them there, which a process that only routes may rather not: it imports torch)."""
+
+    ratio: float
+    slack_tokens: float
+    slack_requests: int
+
+    @classmethod
+    def dispatchers(cls) -> Balance:
+        from cluster.pool_handles import IMBALANCE_RATIO, IMBALANCE_SLACK_REQUESTS, IMBALANCE_SLACK_TOKENS
+        return cls(IMBALANCE_RATIO, IMBALANCE_SLACK_TOKENS, IMBALANCE_SLACK_REQUESTS)
 
 
 def prefill_work(counts: np.ndarray, host_blocks: int, prompt_tokens: int, block_size: int,
@@ -33,10 +47,10 @@ def prefill_work(counts: np.ndarray, host_blocks: int, prompt_tokens: int, block
     return (uncached - pulled) + host_pull_weight * pulled
 
 
-def pick_index(work: np.ndarray, loads: np.ndarray, inflight: np.ndarray) -> int:
+def pick_index(work: np.ndarray, loads: np.ndarray, inflight: np.ndarray, balance: Balance) -> int:
     """``pool_handles.pick`` over arrays: the index of the chosen replica."""
-    imbalanced = (loads.max() > IMBALANCE_RATIO * loads.min() + IMBALANCE_SLACK_TOKENS
-                  or inflight.max() > IMBALANCE_RATIO * inflight.min() + IMBALANCE_SLACK_REQUESTS)
+    imbalanced = (loads.max() > balance.ratio * loads.min() + balance.slack_tokens
+                  or inflight.max() > balance.ratio * inflight.min() + balance.slack_requests)
     keys = (inflight, loads) if imbalanced else (work, loads, inflight)
     options = np.flatnonzero(keys[0] == keys[0].min())
     for key in keys[1:]:
@@ -49,12 +63,15 @@ def pick_index(work: np.ndarray, loads: np.ndarray, inflight: np.ndarray) -> int
 
 class FleetRouter:
     """Prefill routing for a pool of replicas named ``replicas`` (their order breaks ties),
-    their loads in arrays: ``loads`` prompt tokens queued, ``inflight`` requests."""
+    their loads in arrays: ``loads`` prompt tokens queued, ``inflight`` requests. Blocks the
+    holder ``host_worker`` has (the host tier: ``kvstore.host_tier.HOST_WORKER``) can be
+    pulled at ``host_pull_weight`` of computing them."""
 
     def __init__(self, replicas: Sequence[str], index: CompactPrefixIndex, block_size: int,
-                 host_worker: str = HOST_WORKER, host_pull_weight: float = 0.5):
+                 host_worker: str | None = None, host_pull_weight: float = 0.5, balance: Balance | None = None):
         self.replicas, self.index, self.block_size = list(replicas), index, block_size
         self.host_worker, self.host_pull_weight = host_worker, host_pull_weight
+        self.balance = balance or Balance.dispatchers()
         self.loads = np.zeros(len(self.replicas), np.float64)
         self.inflight = np.zeros(len(self.replicas), np.int64)
         self.columns = np.array([index.worker(r) for r in self.replicas], np.int64)
@@ -63,16 +80,17 @@ class FleetRouter:
     def route(self, hashes: Sequence[BlockHash] | np.ndarray, prompt_tokens: int) -> int:
         """The replica (index into ``replicas``) to prefill a prompt whose chained block hashes
         (16-byte hashes, or block ids) are ``hashes``."""
-        host = self.index.workers.get(self.host_worker, -1)
+        host = self.index.workers.get(self.host_worker, -1) if self.host_worker else -1
         if self._native:
             if len(hashes) and isinstance(hashes[0], bytes):
                 ids, stride = b"".join(hashes), 16  # the C core reads each hash's first 8 bytes
             else:
                 ids, stride = np.ascontiguousarray(block_ids(hashes)), 8
+            b = self.balance
             return self.index.core.route(ids, stride, self.columns, self.loads, self.inflight, prompt_tokens,
-                                         self.block_size, host, self.host_pull_weight, IMBALANCE_RATIO,
-                                         IMBALANCE_SLACK_REQUESTS, IMBALANCE_SLACK_TOKENS)
+                                         self.block_size, host, self.host_pull_weight, b.ratio, b.slack_requests,
+                                         b.slack_tokens)
         counts = self.index.matched_counts(block_ids(hashes), len(self.index.names))
         work = prefill_work(counts[self.columns], int(counts[host]) if host >= 0 else 0, prompt_tokens,
                             self.block_size, self.host_pull_weight)
-        return pick_index(work, self.loads, self.inflight)
+        return pick_index(work, self.loads, self.inflight, self.balance)

@@ -94,9 +94,10 @@ class EventBatch:
 
     events: list[tuple[str, EventKind, int]]
     ids: np.ndarray
+    position: bytes | str | None = None  # the stream id of the batch's last message, when read from one
 
     @classmethod
-    def decode(cls, messages: Iterable[bytes]) -> EventBatch:
+    def decode(cls, messages: Iterable[bytes], position: bytes | str | None = None) -> EventBatch:
         events, blobs, unpack = [], [], msgpack.unpackb
         for data in messages:
             worker, kind, tier, ids, parents = unpack(data, raw=False)
@@ -106,7 +107,7 @@ class EventBatch:
                 ids = _pack(ids)
             events.append((worker, _KINDS[kind], len(ids) >> 3))
             blobs.append(ids)
-        return cls(events, np.frombuffer(b"".join(blobs), ID_DTYPE))
+        return cls(events, np.frombuffer(b"".join(blobs), ID_DTYPE), position)
 
     @classmethod
     def of(cls, events: Iterable[KVEvent]) -> EventBatch:
@@ -144,8 +145,8 @@ class KVEventPublisher:
 
 
 class KVEventSubscriber:
-    """Reads the stream in order; ``read`` blocks up to ``block_ms`` for new events.
-    ``last_id`` is this reader's position: the id of the last entry it read."""
+    """Reads the stream in order; ``read`` blocks up to ``block_ms`` for new events (0: returns
+    at once). ``last_id`` is this reader's position: the id of the last entry it read."""
 
     def __init__(self, client: redis.Redis, keys: RedisKeys, start: str = "0-0"):
         self.client, self.stream, self.last_id = client, keys.kv_events, start
@@ -155,10 +156,11 @@ class KVEventSubscriber:
 
     def read_batch(self, block_ms: int = 100, count: int = 1000) -> EventBatch:
         """The next events as one batch (see EventBatch): what a router applies at once."""
-        return EventBatch.decode(self.read_raw(block_ms, count))
+        messages = self.read_raw(block_ms, count)
+        return EventBatch.decode(messages, self.last_id if messages else None)
 
     def read_raw(self, block_ms: int = 100, count: int = 1000) -> list[bytes]:
-        reply = self.client.xread({self.stream: self.last_id}, count=count, block=block_ms)
+        reply = self.client.xread({self.stream: self.last_id}, count=count, block=block_ms or None)
         messages = []
         for _, entries in reply or []:
             for entry_id, fields in entries:

@@ -35,11 +35,12 @@ def test_same_choice_as_the_dispatchers_rule(core, seed):
         hashes = hash_blocks(prompt, BLOCK)
         for worker in rng.sample(names + [HOST_WORKER], rng.randint(0, 3)):
             index.apply(stored(worker, hashes[:rng.randint(1, len(hashes))]))
-    router = FleetRouter(names, index, BLOCK, host_pull_weight=rng.choice([0.3, 1.0]))
+    router = FleetRouter(names, index, BLOCK, HOST_WORKER, host_pull_weight=rng.choice([0.3, 1.0]))
     for trial in range(60):
         pending = [rng.choice([0, 100, 5000, 40000]) for _ in names]  # balanced or not, with ties
         inflight = [rng.choice([0, 1, 2, 20]) for _ in names]
-        replicas = [Replica(n, "prefill", None, inflight=f, pending_tokens=p) for n, p, f in zip(names, pending, inflight)]
+        replicas = [Replica(n, "prefill", None, inflight=f, pending_tokens=p)
+                    for n, p, f in zip(names, pending, inflight)]
         router.loads[:], router.inflight[:] = pending, inflight
         prompt = rng.choice(prompts) + [rng.randrange(50) for _ in range(rng.randint(0, 9))]
         hashes = hash_blocks(prompt, BLOCK)

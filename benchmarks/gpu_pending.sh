@@ -165,7 +165,7 @@ case "${1:-}" in
     # Bring-up ~1.5 min; capacity ramp from 8 req/s (x1.5 per 15 s step, p99 TTFT <= 1 s and p99 time per output
     # token <= 50 ms) ~2.5 min; 3 minutes at 80% of it with prefill-0, decode-1 and Redis killed and decode-0
     # stopped for 15 s, one after another; drain, leak check. Comes back: soak.log, and results.tgz holding
-    # soak/soak.json (every request, windows, RSS samples) and soak/soak.png
+    # soak/summary.json, soak/soak.json.gz (every request and RSS sample too) and soak/soak.png
     timeout 570 python -m benchmarks.soak --gpu --replicas "${REPLICAS:-2}" --minutes 3 --ramp-start 8 \
       --ramp-step-s 15 --out "$work/soak" > "$out/soak.log" 2>&1
     grep -v "^request \|(raylet)\|is down\|is ready\|is degraded\|broke" "$out/soak.log" | tail -24

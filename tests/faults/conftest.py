@@ -42,9 +42,11 @@ class Outcome:
 class Faulty:
     """The cluster, its router (on its own loop thread) and helpers to load and inspect it."""
 
-    def __init__(self, model):
-        config = parse_cluster_config({"model": str(model), "pools": POOLS, "name": "faults",
-                                       "router": {"policy": "round-robin"}})
+    def __init__(self, model, pools: dict = POOLS, name: str = "faults", **fields):
+        """``pools``, ``name`` and other cluster config ``fields`` (dtype, load_format, ...) for
+        other uses of the harness (benchmarks/soak.py)."""
+        config = parse_cluster_config({"model": str(model), "pools": pools, "name": name,
+                                       "router": {"policy": "round-robin"}, **fields})
         self.cluster = Cluster(config)
         self.dispatcher = self.cluster.start()
         self.loop = asyncio.new_event_loop()

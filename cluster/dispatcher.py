@@ -350,6 +350,7 @@ class Dispatcher:
         """Totals over the replicas' last reported loads (refreshed in the background; a replica
         that is down reports none)."""
         loads = [r.load for r in self.pools.all if r.load is not None]
+        index = self.view.index_size()
         return BackendStats(
             num_waiting=sum(l.waiting for l in loads), num_running=sum(l.running for l in loads),
             num_blocks_used=sum(l.total_blocks - l.free_blocks for l in loads),
@@ -357,7 +358,9 @@ class Dispatcher:
             prefix_cache_query_tokens=sum(l.prefix_cache_queries for l in loads),
             prefix_cache_hit_tokens=sum(l.prefix_cache_hits for l in loads),
             handoff_bytes_total=self.handoff_bytes, num_preemptions=sum(l.preemptions for l in loads),
-            step_totals=add_totals([l.step_totals for l in loads]))
+            step_totals=add_totals([l.step_totals for l in loads]),
+            prefix_index_blocks=index.blocks, prefix_index_bytes=index.nbytes, prefix_index_predicted=index.predicted,
+            kv_event_blocks=self.view.follower.applied_blocks if self.view.follower is not None else 0)
 
     async def profiles(self) -> dict[str, dict]:
         """Every replica's engine step profile, by worker id."""

@@ -32,6 +32,10 @@ class BackendStats:
     handoff_bytes_total: int = 0
     num_preemptions: int = 0
     step_totals: dict = field(default_factory=dict)  # per step kind: steps, tokens, seconds per phase
+    prefix_index_blocks: int = 0      # cluster: blocks the router's prefix index knows a holder of
+    prefix_index_bytes: int = 0       # the index's memory
+    prefix_index_predicted: int = 0   # (replica, block) pairs predicted, not yet confirmed by an event
+    kv_event_blocks: int = 0          # blocks of KV events the router applied (a counter)
 
 
 class HealthState(str, enum.Enum):

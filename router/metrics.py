@@ -56,6 +56,14 @@ class BackendStatsCollector:
                                   value=s.handoff_bytes_total)
         yield CounterMetricFamily("tierserve_preemptions", "Requests preempted for lack of KV blocks",
                                   value=s.num_preemptions)
+        yield GaugeMetricFamily("tierserve_router_prefix_index_blocks", "Blocks the router's prefix index knows "
+                                "a holder of (held or predicted)", value=s.prefix_index_blocks)
+        yield GaugeMetricFamily("tierserve_router_prefix_index_bytes", "Memory of the router's prefix index",
+                                value=s.prefix_index_bytes)
+        yield GaugeMetricFamily("tierserve_router_prefix_index_predicted", "(replica, block) pairs the router "
+                                "predicted and no KV event confirmed yet", value=s.prefix_index_predicted)
+        yield CounterMetricFamily("tierserve_router_kv_event_blocks", "Blocks of KV events the router applied",
+                                  value=s.kv_event_blocks)
         steps = CounterMetricFamily("tierserve_engine_steps", "Engine steps, by kind (graph, decode, shared, mixed)",
                                     labels=["kind"])
         tokens = CounterMetricFamily("tierserve_engine_step_tokens", "Tokens computed by engine steps, by kind",

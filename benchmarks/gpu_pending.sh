@@ -138,7 +138,7 @@ case "${1:-}" in
     timeout 330 python -m pytest -q -p no:cacheprovider tests/gpu/test_attention_offload_cuda.py 2>&1 \
       | tee "$out/tests.log" | tail -8
     # 2. (~1 min) the CPU/gloo sanity numbers on this host's CPUs (tiny model, attention worker in a child process)
-    timeout 200 python -m benchmarks.attention_offload --parts cpu --out "$work/attention-offload-cpu" \
+    timeout 200 python -m benchmarks.offload_decode --parts cpu --out "$work/attention-offload-cpu" \
       > "$out/attention-offload-cpu.log" 2>&1
     tail -9 "$out/attention-offload-cpu.log"
     ;;
@@ -151,12 +151,12 @@ case "${1:-}" in
     #    {32..512} x context {1K, 4K} x m in {1, 2, 3}, E = max(dense, attention, link) / step (goal >= 0.85 at
     #    m = 2, B >= 128), tokens/s of 1 model + 1 attention GPU vs 2 colocated at equal KV (derived from steps);
     #    rows print as they finish, results.json at the end
-    timeout 330 python -m benchmarks.attention_offload --parts link step --device cuda \
+    timeout 330 python -m benchmarks.offload_decode --parts link step --device cuda \
       --out "$work/attention-offload" > "$out/attention-offload.log" 2>&1
     grep "link B\|step B\|wrote\|Error\|error" "$out/attention-offload.log" | tail -40
     # 3. (~0.5 min) the simulator calibrated by those curves: tokens per dollar, offloaded (attention on H200 and on
     #    H20) vs the best colocated / disaggregated H200 design, 4K prompts, tbt_p99 60 ms (goal >= 1.3x; plot)
-    python -m benchmarks.attention_offload --parts plan --results "$work/attention-offload/results.json" \
+    python -m benchmarks.offload_decode --parts plan --results "$work/attention-offload/results.json" \
       --out "$work/attention-offload" 2>&1 | tee "$out/attention-offload-plan.log" | tail -14
     ;;
   soak)  # ~9 min, nvidia-h200-x4: 2P+2D, a GPU each (REPLICAS=1: 1P+1D on nvidia-h200-x2) (issue 14); new, never run

@@ -1,4 +1,4 @@
-"""The offload model calibrated by measured curves (benchmarks/attention_offload.py's profile ops)."""
+"""The offload model calibrated by measured curves (benchmarks/offload_decode.py's profile ops)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The plan part of benchmarks/attention_offload.py: measured curves -> a simulator profile -> tokens per dollar.
+"""The plan part of benchmarks/offload_decode.py: measured curves -> a simulator profile -> tokens per dollar.
 
 From a results.json of the link and step parts it writes ``profile.json`` (simulator/profiles.py ops on the
 compute device: offload_dense, offload_link, offload_step, attention, decode_step), then finds, for a

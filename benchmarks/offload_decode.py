@@ -1,8 +1,8 @@
 """Attention offload (Lamina): the link, the offloaded decode step against the local one, pipeline efficiency.
 
-    python -m benchmarks.attention_offload --parts cpu                       # tiny model, gloo, CPU (sanity)
-    python -m benchmarks.attention_offload --parts link step --device cuda   # two GPUs: cuda:0 model, cuda:1 attention
-    python -m benchmarks.attention_offload --parts plan --results out/attention-offload/results.json
+    python -m benchmarks.offload_decode --parts cpu                       # tiny model, gloo, CPU (sanity)
+    python -m benchmarks.offload_decode --parts link step --device cuda   # two GPUs: cuda:0 model, cuda:1 attention
+    python -m benchmarks.offload_decode --parts plan --results out/attention-offload/results.json
 
 The attention worker runs in a child process (gloo on CPU, NCCL between GPUs); the link forms through a
 private redis-server. Parts:
@@ -413,7 +413,7 @@ def main() -> None:
                    {"machine": dataclasses.asdict(info), "load_average": os.getloadavg(), "args": vars(args),
                     "rows": rows})
     if "plan" in args.parts:
-        from benchmarks.attention_offload_plan import plan_rows
+        from benchmarks.offload_decode_plan import plan_rows
         rows += plan_rows(args.results or str(out / "results.json"), out)
     else:
         from cluster.redis_server import RedisServer

@@ -30,6 +30,7 @@ from typing import TypeVar
 from engine.llm_engine import EngineStats, LLMEngine
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
+from engine.segments.spec import SegmentReuse
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -60,10 +61,11 @@ class AsyncLLMEngine:
         return self._thread.is_alive() and not self._stopped
 
     async def generate(self, request_id: str | None, prompt: str | list[int], params: SamplingParams,
-                       cache_salt: str | None = None, hold_kv: bool = False) -> AsyncIterator[RequestOutput]:
+                       cache_salt: str | None = None, hold_kv: bool = False,
+                       segments: SegmentReuse | None = None) -> AsyncIterator[RequestOutput]:
         """Queue a request (InvalidRequestError at once for bad input) and stream its deltas."""
         def add(engine: LLMEngine) -> str:
-            return engine.add_request(request_id, prompt, params, cache_salt, hold_kv=hold_kv)
+            return engine.add_request(request_id, prompt, params, cache_salt, hold_kv=hold_kv, segments=segments)
         async with contextlib.aclosing(self.stream(add)) as deltas:  # closing us closes it, at once
             async for delta in deltas:
                 yield delta

@@ -70,6 +70,35 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class SegmentConfig:
+    """The segment store (engine/segments/): reused segments' KV, kept per engine.
+
+    store_bytes: its budget (least recently used segments go first); None: 256 MiB on the
+    CPU, 2 GiB on CUDA (outside the KV cache, so leave room: ``memory_fraction``).
+    max_anchors: observations kept per segment (each after another prefix).
+    temperature: of the softmax that weighs anchors by their distance to the new context,
+    relative to the mean distance (smaller: the nearest anchor takes more).
+    """
+
+    store_bytes: int | None = None
+    max_anchors: int = 8
+    temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.store_bytes is not None and self.store_bytes < 0:
+            raise ConfigError(f"segments.store_bytes must be >= 0, got {self.store_bytes}")
+        if self.max_anchors < 1:
+            raise ConfigError(f"segments.max_anchors must be >= 1, got {self.max_anchors}")
+        if not self.temperature > 0:
+            raise ConfigError(f"segments.temperature must be > 0, got {self.temperature}")
+
+    def budget(self, device: torch.device) -> int:
+        if self.store_bytes is not None:
+            return self.store_bytes
+        return (2 << 30) if device.type == "cuda" else (256 << 20)
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything one engine instance needs. ``dtype`` None takes the checkpoint's.
 
@@ -103,6 +132,7 @@ class EngineConfig:
     async_scheduling: bool | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    segments: SegmentConfig = field(default_factory=SegmentConfig)
 
     def __post_init__(self) -> None:
         if self.dtype is not None:

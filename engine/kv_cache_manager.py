@@ -73,6 +73,8 @@ class KVCacheManager:
             return
         first = request.num_committed_blocks
         full = min(request.num_computed_tokens, request.num_known_tokens) // self.block_size  # ids known
+        if request.exact_tokens is not None:  # a reused segment's approximation: never a prefix hit
+            full = min(full, request.exact_tokens // self.block_size)
         if full <= first:
             return
         self._extend_hashes(request, full * self.block_size)

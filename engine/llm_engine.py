@@ -32,6 +32,9 @@ from engine.request_validation import validate_prompt
 from engine.sampler import Sampler
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
+from engine.segments.planner import PagedKV, SegmentPlanner, SegmentStats
+from engine.segments.spec import SegmentReuse
+from engine.segments.store import SegmentStore
 from engine.step_profile import StepProfile, step_kind
 from engine.stop_conditions import token_finish_reason
 from engine.tokenizer import check_stop_strings, load_tokenizer
@@ -57,12 +60,14 @@ class GenerationResult:
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     num_cached_tokens: int = 0
+    num_reused_segment_tokens: int = 0
 
     def add(self, delta: RequestOutput) -> None:
         self.token_ids += delta.new_token_ids
         self.text += delta.new_text
         self.logprobs += delta.new_logprobs
         self.num_cached_tokens = delta.num_cached_tokens
+        self.num_reused_segment_tokens = delta.num_reused_segment_tokens
         if delta.finished:
             self.finish_reason = delta.finish_reason
 
@@ -77,6 +82,7 @@ class EngineStats:
     prefix_cache_queries: int
     prefix_cache_hits: int
     step_totals: dict = field(default_factory=dict)  # StepProfile.totals(): per step kind
+    segments: SegmentStats = field(default_factory=SegmentStats)
 
 
 def shared_prefix_threshold(config: EngineConfig, device: torch.device) -> int | None:
@@ -114,7 +120,8 @@ class LLMEngine:
         num_blocks = self.runner.num_blocks
         self.max_model_len = min(max_len, num_blocks * block_size)
         self.kv = KVCacheManager(num_blocks, block_size, config.cache.enable_prefix_caching)
-        self.scheduler = Scheduler(config.scheduler, self.kv)
+        self.segments = self._segment_planner()
+        self.scheduler = Scheduler(config.scheduler, self.kv, self.segments)
         self.eos_token_ids = eos_token_ids(config.model, self.model_config, self.tokenizer)
         self.sampler = Sampler(self.eos_token_ids)
         self.requests: dict[str, Request] = {}
@@ -137,11 +144,14 @@ class LLMEngine:
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, request_id: str | None, prompt: str | list[int], params: SamplingParams,
-                    cache_salt: str | None = None, hold_kv: bool = False) -> str:
+                    cache_salt: str | None = None, hold_kv: bool = False,
+                    segments: SegmentReuse | None = None) -> str:
         """Queue a request; raises InvalidRequestError with a message for bad input.
 
         hold_kv keeps the request's blocks after it finishes (see ``held_kv``): the prefill
         side of a handoff runs a request to its first token and ships the prompt's KV.
+        segments: reuse the KV of these prompt segments where this engine holds it (computed
+        by earlier requests after other prefixes), keep it where not (docs/segment_reuse.md).
         """
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self.requests:
@@ -152,8 +162,14 @@ class LLMEngine:
         validate_prompt(ids, self.model_config.vocab_size, self.max_model_len)
         params.validate()
         check_stop_strings(self.tokenizer, params.stop)
+        if segments is not None:
+            segments.validate(len(ids))
+            if self.segments is None:
+                raise InvalidRequestError("segment reuse is not available on this engine (its KV cache is elsewhere)")
         req = Request(request_id, ids, params, generator=self._generator(params),
                       cache_salt=(cache_salt or "").encode(), hold_kv=hold_kv)
+        if segments is not None and segments.spans:
+            req.segments = self.segments.plan(req, segments)
         self._track(req)
         self.scheduler.add(req)
         return request_id
@@ -248,6 +264,8 @@ class LLMEngine:
         for s in sched.scheduled:
             s.request.num_computed_tokens += s.num_new_tokens
             self.kv.commit_computed(s.request)
+            if s.request.segments is not None:
+                self.segments.after_compute(s.request)
         meta = inp.meta
         tokens = self.sampler.sample(logits, sampling) if sampling else None
         step = LaunchedStep(
@@ -304,7 +322,8 @@ class LLMEngine:
         return RequestOutput(req.request_id, [token], text, finished=reason is not None,
                              finish_reason=reason, new_logprobs=[logprob] if logprob is not None else [],
                              num_prompt_tokens=req.num_prompt_tokens,
-                             num_cached_tokens=req.num_cached_tokens)
+                             num_cached_tokens=req.num_cached_tokens + req.num_reused_tokens,
+                             num_reused_segment_tokens=req.num_reused_tokens)
 
     def _finish(self, req: Request) -> None:
         """Free a finished request's blocks, or keep them for a KV handoff if it holds its KV."""
@@ -325,6 +344,15 @@ class LLMEngine:
     def _forget(self, req: Request) -> None:
         self.requests.pop(req.request_id, None)
         self.detokenizers.pop(req.request_id, None)
+
+    def _segment_planner(self) -> SegmentPlanner | None:
+        """Segment reuse over this engine's KV cache (None when the cache lives elsewhere)."""
+        cache = getattr(self.runner, "kv_cache", None)
+        if not isinstance(cache, torch.Tensor):
+            return None
+        cfg = self.config.segments
+        store = SegmentStore(cfg.budget(self.device), cfg.max_anchors)
+        return SegmentPlanner(store, PagedKV(cache), self.model_config, cfg.temperature)
 
     def _generator(self, params: SamplingParams) -> torch.Generator | None:
         if params.greedy:
@@ -392,4 +420,5 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting),
                            self.runner.num_blocks, self.kv.num_free_blocks, self.num_preemptions,
-                           self.kv.prefix_queries, self.kv.prefix_hits, self.profile.totals())
+                           self.kv.prefix_queries, self.kv.prefix_hits, self.profile.totals(),
+                           self.segments.stats() if self.segments is not None else SegmentStats())

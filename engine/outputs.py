@@ -34,4 +34,5 @@ class RequestOutput:
     finish_reason: FinishReason | None = None
     new_logprobs: list[TokenLogprob] = field(default_factory=list)
     num_prompt_tokens: int = 0
-    num_cached_tokens: int = 0
+    num_cached_tokens: int = 0          # prompt tokens not computed: prefix-cache hits and reused segments
+    num_reused_segment_tokens: int = 0  # of them, those filled from reused segments

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,6 +14,8 @@ from engine.block_hash import BlockHash
 from engine.outputs import FinishReason
 from engine.sampling_params import SamplingParams
 
+if TYPE_CHECKING:
+    from engine.segments.planner import SegmentPlan
 
 PENDING = -1  # an output token sampled on the device and not yet read back (overlapped scheduling)
 
@@ -34,6 +37,10 @@ class Request:
     step feeds them from the device), but nothing on the host reads their ids (hashes, stop
     checks) until the engine fills them in. ``stop_pending``: the pending token is the
     request's last by length, or it keeps its KV for a handoff, so it is not scheduled again.
+
+    ``segments``: the request's segment-reuse plan (None: off, the default). Its KV is exact
+    for the first ``exact_tokens`` tokens only (None: all) when a segment was filled with KV
+    computed after another prefix: later blocks never go to the prefix cache.
     """
 
     request_id: str
@@ -54,6 +61,9 @@ class Request:
     stop_pending: bool = False
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
+    segments: SegmentPlan | None = None
+    exact_tokens: int | None = None
+    num_reused_tokens: int = 0  # prompt tokens filled from the segment store, not computed
     _block_array: BlockIdArray | None = field(default=None, init=False, repr=False, compare=False)
 
     @property

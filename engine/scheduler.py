@@ -14,9 +14,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 from engine.config import SchedulerConfig
 from engine.kv_cache_manager import KVCacheManager
 from engine.request import Request, RequestStatus
+
+if TYPE_CHECKING:
+    from engine.segments.planner import Fill, SegmentPlanner
 
 
 @dataclass
@@ -46,9 +51,11 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv: KVCacheManager):
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager, segments: SegmentPlanner | None = None):
+        """``segments``: fills reused segments' KV for requests that ask (engine/segments/)."""
         self.config = config
         self.kv = kv
+        self.segments = segments
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
 
@@ -73,13 +80,15 @@ class Scheduler:
             if req.stop_pending:  # ends with the token its last step sampled: nothing left to run
                 i += 1
                 continue
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
-            while not self.kv.allocate_slots(req, n):
+            fill, n = self._next_chunk(req, budget)
+            while not self.kv.allocate_slots(req, n + (fill.num_tokens if fill else 0)):
                 victim = self._pop_victim()
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is req:
                     return budget
+            if fill is not None:
+                self.segments.apply(req, fill)
             out.scheduled.append(ScheduledRequest(req, n))
             budget -= n
             i += 1
@@ -113,11 +122,13 @@ class Scheduler:
             if looked_up:
                 req.num_computed_tokens = self.kv.match_prefix(req)
                 req.num_cached_tokens = max(req.num_cached_tokens, req.num_computed_tokens)
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
-            if not self.kv.allocate_slots(req, n):
+            fill, n = self._next_chunk(req, budget)
+            if not self.kv.allocate_slots(req, n + (fill.num_tokens if fill else 0)):
                 self.kv.free(req)  # a request that cannot start holds no blocks, cached ones included
                 req.num_computed_tokens = 0
                 break
+            if fill is not None:
+                self.segments.apply(req, fill)
             if looked_up:
                 self.kv.count_lookup(req.num_tokens, req.num_computed_tokens)
             self.waiting.remove(req)
@@ -125,6 +136,15 @@ class Scheduler:
             self.running.append(req)
             out.scheduled.append(ScheduledRequest(req, n))
             budget -= n
+
+    def _next_chunk(self, req: Request, budget: int) -> tuple[Fill | None, int]:
+        """(a reused segment's KV to fill at the request's position first, or None; the tokens
+        to compute after it). A request with segments stops its chunk where a fill may follow."""
+        if req.segments is None or self.segments is None:
+            return None, min(req.num_tokens - req.num_computed_tokens, budget)
+        fill = self.segments.next_fill(req)
+        start = fill.end if fill is not None else req.num_computed_tokens
+        return fill, self.segments.clip(req, start, min(req.num_tokens - start, budget))
 
     def _pop_victim(self) -> Request:
         """The most recently admitted running request that may still run (one whose last token

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
+from engine.segments.spec import SegmentReuse
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,10 @@ class GenerationBackend(Protocol):
     max_model_len: int
 
     def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                 cache_salt: str | None) -> AsyncGenerator[RequestOutput, None]:
-        """Stream the request's deltas; the last has ``finished`` set.
+                 cache_salt: str | None, segments: SegmentReuse | None = None
+                 ) -> AsyncGenerator[RequestOutput, None]:
+        """Stream the request's deltas; the last has ``finished`` set. ``segments``: reuse
+        those prompt segments' KV (docs/segment_reuse.md); the router passes it only when set.
 
         An async generator: it raises InvalidRequestError for bad input before its first
         delta. Closing it before the last delta must abort the request.

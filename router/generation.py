@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from engine.llm_engine import GenerationResult
 from engine.outputs import FinishReason, RequestOutput
 from engine.sampling_params import InvalidRequestError, SamplingParams
+from engine.segments.spec import SegmentReuse
 from router.backend import GenerationBackend
 from router.errors import RequestTimeoutError, ServiceUnavailableError
 from router.metrics import RouterMetrics
@@ -36,6 +37,7 @@ class GenerationRequest:
     prompt_token_ids: tuple[int, ...]
     params: SamplingParams
     cache_salt: str | None = None
+    segments: SegmentReuse | None = None  # segment reuse (docs/segment_reuse.md)
 
 class GenerationService:
     """Runs requests on a backend with metrics, a timeout and abort-on-exit."""
@@ -61,8 +63,9 @@ class GenerationService:
         """
         tracker = self.metrics.track()
         deadline = None if self.timeout_s is None else asyncio.get_running_loop().time() + self.timeout_s
+        extra = {"segments": request.segments} if request.segments is not None else {}
         deltas = self.backend.generate(request.request_id, list(request.prompt_token_ids), request.params,
-                                       request.cache_salt)
+                                       request.cache_salt, **extra)
         started = finished = False
         try:
             while not finished:

@@ -14,6 +14,7 @@ from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
+from engine.segments.spec import SegmentReuse
 from engine.tokenizer import Tokenizer
 from router.backend import BackendHealth, BackendStats, HealthState
 from router.config import RouterConfig
@@ -35,8 +36,9 @@ class LocalEngineBackend:
         return cls(AsyncLLMEngine(LLMEngine(config)), model_name)
 
     def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                 cache_salt: str | None) -> AsyncGenerator[RequestOutput, None]:
-        return self.engine.generate(request_id, list(prompt_token_ids), params, cache_salt)
+                 cache_salt: str | None, segments: SegmentReuse | None = None
+                 ) -> AsyncGenerator[RequestOutput, None]:
+        return self.engine.generate(request_id, list(prompt_token_ids), params, cache_salt, segments=segments)
 
     def abort(self, request_id: str) -> None:
         self.engine.abort(request_id)

@@ -30,6 +30,7 @@ class ResponseHeader:
     logprobs: bool
     include_usage: bool = False
     token_ids: bool = False   # return_token_ids
+    segments: bool = False    # segment reuse asked for: usage reports reused_segment_tokens
 
 
 def reason_text(reason: FinishReason | None) -> str | None:
@@ -54,8 +55,9 @@ def chat_logprobs(tokenizer: Tokenizer, logprobs: list[TokenLogprob]) -> ChatLog
                                  for lp in logprobs])
 
 
-def result_usage(result: GenerationResult) -> Usage:
-    return Usage.of(len(result.prompt_token_ids), len(result.token_ids), result.num_cached_tokens)
+def result_usage(result: GenerationResult, segments: bool = False) -> Usage:
+    return Usage.of(len(result.prompt_token_ids), len(result.token_ids), result.num_cached_tokens,
+                    result.num_reused_segment_tokens if segments else None)
 
 
 def completion_response(h: ResponseHeader, result: GenerationResult, tokenizer: Tokenizer) -> CompletionResponse:
@@ -64,7 +66,7 @@ def completion_response(h: ResponseHeader, result: GenerationResult, tokenizer: 
     if h.token_ids:
         choice.token_ids, choice.prompt_token_ids = list(result.token_ids), list(result.prompt_token_ids)
     return CompletionResponse(id=h.id, created=h.created, model=h.model, choices=[choice],
-                              usage=result_usage(result))
+                              usage=result_usage(result, h.segments))
 
 
 def chat_response(h: ResponseHeader, result: GenerationResult, tokenizer: Tokenizer) -> ChatCompletionResponse:
@@ -73,7 +75,7 @@ def chat_response(h: ResponseHeader, result: GenerationResult, tokenizer: Tokeni
                         finish_reason=reason_text(result.finish_reason),
                         token_ids=list(result.token_ids) if h.token_ids else None)
     return ChatCompletionResponse(id=h.id, created=h.created, model=h.model, choices=[choice],
-                                  usage=result_usage(result),
+                                  usage=result_usage(result, h.segments),
                                   prompt_token_ids=list(result.prompt_token_ids) if h.token_ids else None)
 
 
@@ -99,7 +101,8 @@ class StreamFormatter:
 
     def chunks(self, delta: RequestOutput) -> list[BaseModel]:
         self.usage = Usage.of(delta.num_prompt_tokens, self.usage.completion_tokens + len(delta.new_token_ids),
-                              delta.num_cached_tokens)
+                              delta.num_cached_tokens,
+                              delta.num_reused_segment_tokens if self.header.segments else None)
         return [self.chunk(delta)]
 
     def closing(self) -> list[BaseModel]:

@@ -2,7 +2,8 @@
 
 Beyond OpenAI's fields they accept vLLM's top_k, min_tokens, ignore_eos, stop_token_ids,
 cache_salt, return_token_ids and request_id (the openai client sends them through
-``extra_body``). Unknown fields are ignored; features that would change the output but are
+``extra_body``), and segment reuse (docs/segment_reuse.md): ``segment_reuse`` options, a
+completion's ``segments`` (token ranges), a chat message's ``cache_segment``. Unknown fields are ignored; features that would change the output but are
 not implemented are refused. Also here: the bodies of vLLM's /tokenize and /detokenize, and
 the lines of an OpenAI Batch file.
 """
@@ -14,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.sampling_params import InvalidRequestError, SamplingParams
+from engine.segments.spec import MAX_SEGMENTS
 from router.client_input import (MAX_MESSAGES, MAX_NAME_CHARS, MAX_REQUEST_ID_CHARS, MAX_ROLE_CHARS, MAX_STOP_CHARS,
                                  MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS)
 
@@ -24,6 +26,18 @@ StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+class SegmentReuseOptions(BaseModel):
+    """``segment_reuse``: how marked segments are reused (engine.segments.spec.SegmentReuse);
+    ``auto`` (chat) makes every message a segment."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    auto: bool = False
+    recompute_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    anchor_offsets: bool = True
+    min_anchors: int = Field(default=1, ge=1, le=64)
 
 
 class SamplingFields(BaseModel):
@@ -51,6 +65,7 @@ class SamplingFields(BaseModel):
     user: Name | None = None
     return_token_ids: bool | None = None   # vLLM's: the output's (and the prompt's) token ids in the response
     request_id: Annotated[str, Field(max_length=MAX_REQUEST_ID_CHARS)] | None = None  # when no X-Request-Id
+    segment_reuse: SegmentReuseOptions | None = None
 
     def check_supported(self) -> None:
         """Refuse options this server does not implement, naming them."""
@@ -84,6 +99,7 @@ class CompletionRequest(SamplingFields):
     echo: bool | None = False
     best_of: int | None = None
     suffix: str | None = None
+    segments: list[tuple[int, int]] | None = Field(default=None, max_length=MAX_SEGMENTS)  # token ranges
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -121,6 +137,7 @@ class ChatMessage(BaseModel):
 
     role: Annotated[str, Field(max_length=MAX_ROLE_CHARS)]
     content: str | list[ContentPart] | None = None
+    cache_segment: bool = False  # segment reuse: this message's content is a segment
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
@@ -144,6 +161,12 @@ class ChatCompletionRequest(SamplingFields):
 
     def rendered_messages(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+    @property
+    def segment_messages(self) -> list[bool]:
+        """Which messages are segments: the marked ones, or all with ``segment_reuse.auto``."""
+        auto = self.segment_reuse is not None and self.segment_reuse.auto
+        return [auto or m.cache_segment for m in self.messages]
 
     def chat_sampling_params(self, prompt_len: int, max_model_len: int) -> SamplingParams:
         """Without a limit, generate until the context is full."""

@@ -13,6 +13,7 @@ so a reused id cannot touch another request.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TypeVar
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -29,9 +30,10 @@ from router.http_errors import error_body
 from router.openai_format import (ChatStreamFormatter, CompletionStreamFormatter, ResponseHeader, StreamFormatter,
                                   chat_response, completion_response)
 from router.openai_protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, SamplingFields,
-                                    TokenizeRequest)
+                                    SegmentReuseOptions, TokenizeRequest)
 from router.openai_schema import DetokenizeResponse, ErrorResponse, ModelCard, ModelList, TokenizeResponse
 from router.prompts import PromptWork, chat_prompt_token_ids
+from router.segments import message_spans, reuse_for
 from router.sse import sse_stream, unless_disconnected
 
 T = TypeVar("T", bound=BaseModel)  # a request body with a ``model`` field
@@ -56,7 +58,7 @@ class OpenAIRoutes:
         rid = self._request_id(request, "cmpl")
         body = await self._body(request, CompletionRequest)
         ids = await self.prep.prompt(body.single_prompt())
-        job = self._job(request, rid, ids, body.completion_sampling_params(), body)
+        job = self._job(request, rid, ids, body.completion_sampling_params(), body, body.segments or ())
         header = self._header(request, "cmpl", job, body, body.logprobs is not None)
         if body.stream:
             formatter = CompletionStreamFormatter(header, self.tokenizer, job.prompt_token_ids)
@@ -67,9 +69,14 @@ class OpenAIRoutes:
     async def chat_completions(self, request: Request) -> Response:
         rid = self._request_id(request, "chatcmpl")
         body = await self._body(request, ChatCompletionRequest)
-        ids = await self.prep.chat(body.rendered_messages())
+        messages = body.rendered_messages()
+        ids = await self.prep.chat(messages)
         params = body.chat_sampling_params(len(ids), self.service.backend.max_model_len)
-        job = self._job(request, rid, ids, params, body)
+        spans = ()
+        if any(body.segment_messages):
+            spans = await self.prep.run(len(ids), message_spans, self.tokenizer, ids,
+                                        [m["content"] for m in messages], body.segment_messages)
+        job = self._job(request, rid, ids, params, body, spans)
         header = self._header(request, "chatcmpl", job, body, body.wants_logprobs)
         if body.stream:
             return await self._stream(request, job, ChatStreamFormatter(header, self.tokenizer, job.prompt_token_ids))
@@ -120,10 +127,13 @@ class OpenAIRoutes:
             state["request_id"] = rid
         return rid
 
-    def _job(self, request: Request, rid: str, ids: list[int], params: SamplingParams, body: SamplingFields
-             ) -> GenerationRequest:
+    def _job(self, request: Request, rid: str, ids: list[int], params: SamplingParams, body: SamplingFields,
+             spans: Sequence[tuple[int, int]] = ()) -> GenerationRequest:
+        """The backend's request; ``spans``: its segments, reused with ``body.segment_reuse``."""
         tenant: Tenant = request.scope["state"].get("tenant", ANONYMOUS)
-        return GenerationRequest(rid, tuple(ids), params, tenant.cache_salt(body.cache_salt))
+        options = body.segment_reuse or SegmentReuseOptions()
+        segments = reuse_for(spans, options.recompute_ratio, options.anchor_offsets, options.min_anchors)
+        return GenerationRequest(rid, tuple(ids), params, tenant.cache_salt(body.cache_salt), segments)
 
     async def _stream(self, request: Request, job: GenerationRequest, formatter: StreamFormatter) -> Response:
         deltas = self.service.stream(job)
@@ -138,7 +148,8 @@ class OpenAIRoutes:
     def _header(self, request: Request, prefix: str, job: GenerationRequest, body: SamplingFields, logprobs: bool
                 ) -> ResponseHeader:
         return ResponseHeader(self._response_id(request, prefix, body, job.request_id), int(time.time()),
-                              self.model_name, logprobs, body.include_usage, bool(body.return_token_ids))
+                              self.model_name, logprobs, body.include_usage, bool(body.return_token_ids),
+                              segments=job.segments is not None or body.segment_reuse is not None)
 
     def _response_id(self, request: Request, prefix: str, body: SamplingFields, backend_id: str) -> str:
         """The response's id: ``{prefix}-{the client's id}`` when it gave one (X-Request-Id, else the

@@ -9,7 +9,19 @@ from pydantic import BaseModel, model_serializer
 
 
 class PromptTokensDetails(BaseModel):
+    """``cached_tokens``: prompt tokens not computed (prefix-cache hits and reused segments);
+    ``reused_segment_tokens``: of them, those from reused segments (only when the request asked
+    for segment reuse)."""
+
     cached_tokens: int = 0
+    reused_segment_tokens: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unrequested(self, handler):
+        data = handler(self)
+        if data.get("reused_segment_tokens", 0) is None:
+            del data["reused_segment_tokens"]
+        return data
 
 
 class Usage(BaseModel):
@@ -19,10 +31,12 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails
 
     @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> Usage:
+    def of(cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
+           reused_segment_tokens: int | None = None) -> Usage:
         return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                    total_tokens=prompt_tokens + completion_tokens,
-                   prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens))
+                   prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens,
+                                                             reused_segment_tokens=reused_segment_tokens))
 
 
 class CompletionLogprobs(BaseModel):

@@ -40,14 +40,15 @@ from pathlib import Path
 
 import msgpack
 import numpy as np
+import redis
 
 from cluster.compact_index import CompactPrefixIndex
 from cluster.fleet_router import FleetRouter
 from cluster.pool_handles import Replica, RequestShape, pick_prefill
 from cluster.prefix_index import PrefixIndex
 from engine.block_hash import ROOT_HASH, hash_blocks
-from kvstore.keys import Tier
-from kvstore.kv_events import EventBatch, EventKind, KVEvent, block_ids
+from kvstore.keys import RedisKeys, Tier
+from kvstore.kv_events import EventBatch, EventKind, KVEvent, KVEventSubscriber
 
 CHAIN, GROUPS, PREFIX = 256, 64, 128
 BLOCK_TOKENS, TOKENS_PER_S = 16, 10_000  # a prefill replica's rate in the fleet model
@@ -255,7 +256,31 @@ def best_of_3_p99(fn, items) -> float:
     return 1e6 * float(np.percentile(np.min(runs, axis=0), 99))
 
 
-PARTS = {"ingest": part_ingest, "route": part_route}
+def part_redis(args, impl: Impl) -> dict:
+    """Ingest end to end: XREAD from a real redis-server on this machine (sharing its cores),
+    ``--batch`` entries a read, decoded and applied."""
+    from cluster.redis_server import RedisServer
+
+    work = Workload(args.seed)
+    messages = messages_for(impl, work, args.blocks, 64)
+    with RedisServer() as url:
+        client = redis.Redis.from_url(url)
+        keys = RedisKeys("bench")
+        for lo in range(0, len(messages), 500):
+            pipe = client.pipeline(transaction=False)
+            for m in messages[lo:lo + 500]:
+                pipe.xadd(keys.kv_events, {b"e": m})
+            pipe.execute()
+        events = KVEventSubscriber(client, keys)
+        clock, sent = Clock(), 0
+        while raw := events.read_raw(0, args.batch):
+            impl.ingest(raw)
+            sent += CHAIN * len(raw)
+        cpu, wall = clock.split()
+    return {"blocks": len(impl.index), "cpu_blocks_per_s": sent / cpu, "wall_blocks_per_s": sent / wall}
+
+
+PARTS = {"ingest": part_ingest, "route": part_route, "redis": part_redis}
 
 
 def child(args) -> None:
@@ -275,8 +300,9 @@ def run_child(args, part: str, impl: str) -> dict:
 
 def best_of(runs: list[dict], part: str) -> dict:
     """Ingest: the best rate of the runs; route: the run of median p99 at 256 replicas."""
-    if part == "ingest":
-        best = max(runs, key=lambda r: r["fill_blocks_per_s"])
+    if part in ("ingest", "redis"):
+        rate = "fill_blocks_per_s" if part == "ingest" else "cpu_blocks_per_s"
+        best = max(runs, key=lambda r: r[rate])
         return {**best, "runs": [{k: v for k, v in r.items() if k.endswith("per_s")} for r in runs]}
     sizes = [int(k[6:]) for k in runs[0] if k.startswith("route_") and k[6:].isdigit()]
     key = f"route_{256 if 256 in sizes else max(sizes)}"

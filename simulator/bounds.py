@@ -19,6 +19,8 @@ class LoadBounds:
     def __init__(self, trace: Trace, costs: CostModels, max_seqs: int, max_tokens: int) -> None:
         self.costs, self.max_seqs, self.max_tokens = costs, max_seqs, max_tokens
         self.duration = max(trace.duration_s, 1.0)  # a burst at one instant still has a second to drain
+        self.requests = len(trace)
+        self.serving = costs.path_costs()
         self.prompt_tokens = float(trace.prompt_tokens.sum())
         self.decode_tokens = float((trace.output_tokens - 1).sum())
         self.mean_length = float((trace.prompt_tokens + trace.output_tokens).mean())
@@ -35,7 +37,7 @@ class LoadBounds:
     def prefill_seconds(self, hw: str, tp: int) -> float:
         cost = self.costs.replica(hw, tp)
         per_token = cost.seconds(prefill_work(self.max_tokens, 0, 1)) / self.max_tokens
-        return self.prompt_tokens * per_token
+        return self.prompt_tokens * per_token + self.requests * self.serving.prefill.busy_s
 
     def decode_rate(self, hw: str, tp: int) -> float:
         """Tokens/s of one replica at the largest batch its memory and max_num_seqs allow."""

@@ -134,6 +134,10 @@ class CalibratedCost:
             return roof
         return roof * _interpolate(*self._prefill, math.log(max(1, work.tokens)))
 
+    def mixed_seconds(self, chunks: Work, batch: int, context: int) -> float:
+        """One pass over prefill chunks and decode tokens: the mixed work at the prefill correction."""
+        return self.seconds(chunks + decode_work(batch, context))
+
     def decode_pieces(self, batch: int) -> tuple[Piece, ...]:
         pieces = self._pieces.get(batch)
         if pieces is None:

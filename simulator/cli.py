@@ -25,7 +25,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--max-num-seqs", type=int, default=256)
     plan.add_argument("--max-num-batched-tokens", type=int, default=8192)
     plan.add_argument("--search-requests", type=int, default=4000,
-                      help="search on the trace's first N requests; the winner is rerun on all of them")
+                      help="search on the trace's first N requests; each family's best is rerun on all of them "
+                           "and the winner shrunk there")
+    plan.add_argument("--confidence", type=float, default=0.8,
+                      help="search with every modeled time at this quantile of the slowdown prior, so the design "
+                           "meets the SLO with about this probability (uncalibrated: a wide prior; see --profile)")
+    plan.add_argument("--tp-choices", type=int, default=2,
+                      help="tensor-parallel degrees per tier: the smallest that fits, then doubled (default 2)")
+    plan.add_argument("--time-budget", type=float, default=60.0,
+                      help="seconds; family searches stop starting after ~60%% of it (0: none)")
     plan.add_argument("--pareto", type=int, default=6, help="designs whose capacity the Pareto plot measures")
     plan.add_argument("--out", type=Path, default=Path("plan-out"), help="plots and results")
     plan.add_argument("--config-out", type=Path, default=None, help="cluster config (default OUT/cluster.yaml)")
@@ -44,6 +52,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--max-num-batched-tokens", type=int, default=8192)
     sim.add_argument("--no-shared-prefix", action="store_true",
                      help="decode steps read every sequence's whole context (no shared-prefix attention)")
+    sim.add_argument("--no-band", action="store_true",
+                     help="skip the uncertainty band (p10/p50/p90 under the slowdown prior, P(SLO met))")
     sim.add_argument("--out", type=Path, default=None, help="write result.json and latency_cdf.png here")
     sim.add_argument("--validate", action="store_true",
                      help="run the validation suite (operator sums, M/D/1, monotonicity, seeds, Splitwise, Lamina)")

@@ -11,7 +11,8 @@ from simulator.links import LinkTable
 from simulator.models import ModelSpec
 from simulator.offload import OffloadCost, OffloadCurves, OffloadLink
 from simulator.profiles import Profile
-from simulator.roofline import IterationCost, RooflineCost
+from simulator.roofline import IterationCost, RooflineCost, SlowedCost
+from simulator.serving import NONE, ServingCosts
 
 
 class CostModels:
@@ -21,16 +22,21 @@ class CostModels:
     A profile's measured device memory replaces the catalog's for that device kind (``self.catalog``)."""
 
     def __init__(self, model: ModelSpec, catalog: Catalog, profiles: tuple[Profile, ...] = (),
-                 links: LinkTable | None = None) -> None:
+                 links: LinkTable | None = None, serving: ServingCosts = NONE, slowdown: float = 1.0) -> None:
         for p in profiles:
             for other in {p.model, *(m.model for m in p.measurements)} - {None, model.name}:
                 raise SimInputError(f"profile for {p.device} was measured on model {other!r}, "
                                     f"not {model.name!r} (drop its 'model' keys to use it anyway)")
+        self._datasheet = catalog
         for p in profiles:
             if p.memory is not None:
                 catalog = catalog.with_measured_memory(catalog.resolve(p.device), *p.memory)
         self.model, self.catalog = model, catalog
         self.links = links or LinkTable(catalog)
+        measured = [p.serving for p in profiles if p.serving is not None]
+        self.serving = measured[-1] if measured else serving
+        self.slowdown = slowdown  # every iteration time (and serving cost) times this: uncertainty bands
+        self._profiles = profiles
         self.profiles: dict[tuple[str, int], Profile] = {}
         for p in profiles:
             key = (catalog.resolve(p.device), p.tp)
@@ -38,12 +44,25 @@ class CostModels:
             self.profiles[key] = replace(p, device=key[0], measurements=earlier + p.measurements)
         self._costs: dict[tuple[str, int], IterationCost] = {}
 
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.profiles)
+
+    def slowed(self, factor: float) -> CostModels:
+        """The same models with every iteration (and per-request serving cost) ``factor`` times slower."""
+        return CostModels(self.model, self._datasheet, self._profiles, self.links, self.serving,
+                          self.slowdown * factor) if factor != 1.0 else self
+
+    def path_costs(self) -> ServingCosts:
+        return self.serving.scaled(self.slowdown) if self.slowdown != 1.0 else self.serving
+
     def replica(self, hardware: str, tp: int) -> IterationCost:
         key = (hardware, tp)
         if key not in self._costs:
             cost = RooflineCost(self.model, self.catalog[hardware], tp)
             profile = self.profiles.get(key)
-            self._costs[key] = CalibratedCost(cost, profile) if profile else cost
+            cost = CalibratedCost(cost, profile) if profile else cost
+            self._costs[key] = SlowedCost(cost, self.slowdown) if self.slowdown != 1.0 else cost
         return self._costs[key]
 
     def offload(self, compute: str, tp: int, attention: str, share: float, micro_batches: int) -> OffloadCost:

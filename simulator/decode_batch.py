@@ -28,7 +28,7 @@ EPS_S = 1e-9  # boundaries closer than this to a target time count as reaching i
 class DecodeBatch:
     __slots__ = ("cost", "t", "k", "batch", "context", "finishes", "pieces", "segments", "busy_s",
                  "attention_s", "attention_per_token", "joined", "on_finish", "_seq", "shared", "saved",
-                 "running", "limit", "on_full")
+                 "running", "limit", "on_full", "stall")
 
     def __init__(self, cost: IterationCost, segments: list, on_finish: Callable[[Request, float], None],
                  shared: SharedPrefixes | None = None, limit: Callable[[], float] | None = None,
@@ -36,6 +36,7 @@ class DecodeBatch:
         self.cost, self.segments, self.on_finish, self.shared = cost, segments, on_finish, shared
         self.limit, self.on_full = limit, on_full
         self.running: dict[int, Request] = {}  # by join order (the last is the first preempted)
+        self.stall = 0.0    # engine seconds (per-request serving work) before the next step
         self.saved = 0.0    # context tokens shared-prefix steps do not pay for (decode-only steps)
         self.t = 0.0        # start of step k (a boundary)
         self.k = 0
@@ -77,7 +78,7 @@ class DecodeBatch:
     def next_change(self) -> float:
         """When the next sequence finishes (or memory runs out), if nothing joins before."""
         steps = min(self.finishes[0][0] - self.k, self.fitting_steps())
-        return self.t + run(self.pieces, self.batch, self.context - self.saved, steps)
+        return self.t + self.stall + run(self.pieces, self.batch, self.context - self.saved, steps)
 
     def advance_to(self, target: float) -> None:
         """Run to the first boundary at or after ``target``, finishing sequences on the way (and
@@ -90,12 +91,19 @@ class DecodeBatch:
             if self.t >= target - EPS_S:
                 break
             left = self.finishes[0][0] - self.k
-            m = min(steps_to_reach(self.pieces, self.batch, self.context - self.saved, target - self.t), fit)
+            dt = max(target - self.t - self.stall, EPS_S)
+            m = min(steps_to_reach(self.pieces, self.batch, self.context - self.saved, dt), fit)
             self._run(min(m, left))
             if m >= left:
                 self._finish_due()
         if not self.batch and self.t < target:
+            self.stall = max(0.0, self.stall - (target - self.t))  # the work went on while idle
             self.t = target
+
+    def take_stall(self) -> float:
+        """The pending serving work, for an iteration timed from outside (it is in that step's gap)."""
+        stall, self.stall = self.stall, 0.0
+        return stall
 
     def make_room(self) -> None:
         """Preempt at this boundary until the next step fits (before a step timed from outside)."""
@@ -141,9 +149,19 @@ class DecodeBatch:
 
     def _run(self, m: int) -> None:
         segments, context = self.segments, self.context - self.saved
-        seconds = run(self.pieces, self.batch, context, m, segments)
+        if self.stall:  # the first step's gap holds the pending serving work
+            first = run(self.pieces, self.batch, context, 1) + self.stall
+            self.stall = 0.0
+            segments.append((self.batch, 1, first, 0.0))
+            seconds = first
+            if m > 1:
+                seconds += run(self.pieces, self.batch, context + self.batch, m - 1, segments)
+        else:
+            seconds = run(self.pieces, self.batch, context, m, segments)
+            first = -1.0
         if self.joined:  # their first decode token comes at the end of the run's first step
-            first = segments[-1][2] if len(self.pieces) == 1 else run(self.pieces, self.batch, context, 1)
+            if first < 0:
+                first = segments[-1][2] if len(self.pieces) == 1 else run(self.pieces, self.batch, context, 1)
             self._time_joined(first)
         b = self.batch
         self.attention_s += self.attention_per_token * (m * context + b * m * (m - 1) / 2)

@@ -14,6 +14,7 @@ from simulator.links import Link, LinkTable, fit_link
 from simulator.models import load_model
 from simulator.nccl_tests import link_from_nccl_tests
 from simulator.profiles import Profile, load_profile
+from simulator.serving import NONE, TIERSERVE_STACK
 from simulator.traces.load import load_trace
 from simulator.traces.trace import Trace
 
@@ -30,6 +31,9 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate-scale", type=float, default=1.0, help="replay the trace this many times faster")
     p.add_argument("--router", default=None, choices=ROUTERS,
                    help="routing policy (default prefix_aware, or the cluster config's router.policy)")
+    p.add_argument("--serving-costs", default="stack", choices=("stack", "none"),
+                   help="per-request serving costs when no profile gives them: tierserve's stack as fitted on "
+                        "2xH200 runs (default), or none (the bare engine model)")
 
 
 def profile_arg(text: str, catalog: Catalog) -> Profile:
@@ -62,7 +66,8 @@ def build_costs(args: argparse.Namespace) -> CostModels:
     for text in args.nccl_tests:
         pair, link = nccl_arg(text)
         measured[resolved(catalog, pair)] = link
-    return CostModels(load_model(args.model), catalog, profiles, LinkTable(catalog, measured))
+    serving = TIERSERVE_STACK if getattr(args, "serving_costs", "stack") == "stack" else NONE
+    return CostModels(load_model(args.model), catalog, profiles, LinkTable(catalog, measured), serving)
 
 
 def build_trace(args: argparse.Namespace) -> Trace:

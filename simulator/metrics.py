@@ -49,11 +49,12 @@ class SimResult:
 def summarize(record: SimRecord, slo: SLO | None, catalog: Catalog) -> SimResult:
     done = [r for r in record.requests if r.finish_at >= 0]
     arrival = np.array([r.arrival for r in done])
-    ttft = np.array([r.ttft_at for r in done]) - arrival
-    finish = np.array([r.finish_at for r in done])
+    latency = record.client_latency_s  # every token reaches the client this much later
+    ttft = np.array([r.ttft_at for r in done]) - arrival + latency
+    finish = np.array([r.finish_at for r in done]) + latency
     outputs = np.array([r.output for r in done], dtype=np.float64)
     tpot = np.where(outputs > 1, (finish - arrival - ttft) / np.maximum(outputs - 1, 1), 0.0)
-    gaps = TokenGaps.collect(record.segments, done, record.extra_gaps)
+    gaps = TokenGaps.collect(record.segments, done, record.extra_gaps, record.step_jitter)
     samples = LatencySamples(ttft, tpot, finish - arrival, gaps)
     duration = float(finish.max() - record.trace.arrival_s[0]) if done else 0.0
     util = _utilization(record, duration)

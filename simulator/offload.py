@@ -34,7 +34,7 @@ def _curve(points: list[tuple[float, float]], x: float) -> float:
 
 @dataclass(frozen=True)
 class OffloadCurves:
-    """Measured stages of offloaded decode steps on one compute device (benchmarks/attention_offload.py):
+    """Measured stages of offloaded decode steps on one compute device (benchmarks/offload_decode.py):
     the model worker's dense part and the link's part of a step by batch size, and measured whole steps.
     ``correction(m)``: the mean of measured / modeled step time over the measured steps with m micro-batches
     (the pipeline's fill and the host's gaps that the stage model leaves out); 1 when none was measured."""
@@ -133,4 +133,9 @@ class OffloadCost:
     def seconds(self, work: Work) -> float:
         """Prefill is not offloaded: a mixed iteration runs on the compute replica as usual."""
         return self.compute.seconds(work)
+
+    def mixed_seconds(self, chunks: Work, batch: int, context: int) -> float:
+        """A preempted request's recompute beside a decode step: the chunks on the compute replica, then
+        the offloaded step (the engine runs them as two passes)."""
+        return self.compute.seconds(chunks) + self.step_seconds(batch, context)
 

@@ -12,49 +12,74 @@ from simulator.inputs import build_costs, build_trace
 from simulator.planner import Plan, Planner, PlanOptions
 from simulator.plots import ParetoPoint, plot_latency_cdfs, plot_pareto
 from simulator.progress import progress_bar
-from simulator.report import result_dict, results_table, write_json
+from simulator.errors import SimInputError
+from simulator.report import band_dict, band_table, result_dict, results_table, write_json
 from simulator.slo import SLO, parse_slo
+from simulator.uncertainty import SlowdownPrior, prior_for
 
 PARETO_SCALES = (1, 2, 4)
 
 
-def _options(args: argparse.Namespace) -> PlanOptions:
+def _options(args: argparse.Namespace, prior: SlowdownPrior) -> PlanOptions:
     split = lambda text: tuple(s.strip() for s in text.split(",") if s.strip())  # noqa: E731
+    if not 0 < args.confidence < 1:
+        raise SimInputError(f"--confidence must be in (0, 1), got {args.confidence}")
     return PlanOptions(kinds=split(args.kinds), hardware=split(args.hardware), max_replicas=args.max_replicas,
                        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                       router=args.router or "prefix_aware", search_requests=args.search_requests)
+                       router=args.router or "prefix_aware", search_requests=args.search_requests,
+                       tp_choices=args.tp_choices, slowdown=prior.quantile(args.confidence), prior=prior,
+                       time_budget_s=args.time_budget or None)
 
 
 def plan_command(args: argparse.Namespace, console: Console) -> int:
     costs, trace, slo = build_costs(args), build_trace(args), parse_slo(args.slo)
+    prior = prior_for(costs)
+    options = _options(args, prior)
     console.print(f"trace {trace.name}: {len(trace)} requests at {trace.rate:.3g} req/s; model {costs.model.name}; "
-                  f"SLO {slo.text()}")
+                  f"SLO {slo.text()}\n{prior.source}; searching at its {args.confidence:.0%} quantile "
+                  f"(every modeled time x{options.slowdown:.3g}); serving costs: {costs.serving.source}")
     with progress_bar(console, "searching designs", None) as update:
-        planner = Planner(trace, costs, slo, _options(args), lambda label: update(advance=1, description=label))
+        planner = Planner(trace, costs, slo, options, lambda label: update(advance=1, description=label))
         plan = planner.plan()
-    console.print(f"simulated {len(plan.evaluated)} designs" + "".join(f"; skipped {s}" for s in plan.skipped))
+    console.print(f"simulated {len(plan.evaluated)} designs in {plan.seconds:.1f} s"
+                  + "".join(f"; skipped {s}" for s in plan.skipped))
     if plan.best is None:
         console.print("[red]no design meets the SLO[/red] within --max-replicas; loosen the SLO or allow more replicas")
         return 1
     marks = ["*" if c is plan.best else "" for c in plan.family_bests]
     console.print(results_table([c.result for c in plan.family_bests],
-                                "cheapest design per family (* = chosen)", marks, console.width))
+                                f"cheapest design per family (* = chosen), at slowdown x{options.slowdown:.3g}",
+                                marks, console.width))
+    if plan.band is not None:
+        console.print(band_table(plan.band, slo))
     used = [pool.hardware for c in plan.family_bests for pool in c.design.pools().values()]
     prices = costs.catalog.price_sources(used)
     console.print("prices (assumptions; they mix clouds, put yours in --catalog):\n  " + "\n  ".join(prices))
     config_path = args.config_out or args.out / "cluster.yaml"
-    config = cluster_config(plan.best.design, costs.model, costs.catalog, plan.best.result, slo, trace.name,
+    predicted = plan.band.mid if plan.band is not None else plan.best.result
+    config = cluster_config(plan.best.design, costs.model, costs.catalog, predicted, slo, trace.name,
                             args.model_ref)
     config["plan"]["model"] = args.model  # what `tierserve simulate --config` simulates
     config["plan"]["price_sources"] = costs.catalog.price_sources(
         [pool.hardware for pool in plan.best.design.pools().values()])
+    config["plan"]["searched_at_slowdown"] = round(options.slowdown, 4)
+    config["plan"]["prior"] = prior.source
+    if plan.band is not None:
+        config["plan"]["p_slo_met"] = round(plan.band.p_slo, 4)
+        config["plan"]["band_p10_p90"] = {k: [round(v, 6) for v in plan.band.metric(k)[::2]]
+                                          for k in ("ttft_p99", "tbt_p99", "goodput_rps")}
     write_cluster_config(config_path, config)
     values_path = write_chart_values(config_path.with_name("values.yaml"), chart_values(config, costs.catalog),
                                      plan.best.design.label())
     _plots(args, console, planner, plan, slo)
-    write_json(args.out / "plan.json", {"price_sources": prices, "best": result_dict(plan.best.result),
+    write_json(args.out / "plan.json", {"price_sources": prices, "prior": prior.source,
+                                        "searched_at_slowdown": options.slowdown, "seconds": plan.seconds,
+                                        "band": band_dict(plan.band) if plan.band is not None else None,
+                                        "best": result_dict(predicted), "best_at_search_slowdown":
+                                        result_dict(plan.best.result),
                                         "family_bests": [result_dict(c.result) for c in plan.family_bests]})
-    console.print(f"chosen: {plan.best.design.label()} at ${plan.best.design.cost_per_hour(costs.catalog):.2f}/h; "
+    chance = f" (P(SLO met) {plan.band.p_slo:.0%})" if plan.band is not None else ""
+    console.print(f"chosen: {plan.best.design.label()}{chance} at ${plan.best.design.cost_per_hour(costs.catalog):.2f}/h; "
                   f"wrote {config_path}, {values_path} (Helm chart values), {args.out}/plan.json, pareto.png, "
                   "latency_cdf.png")
     return 0

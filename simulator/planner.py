@@ -1,27 +1,40 @@
 """The capacity planner: the cheapest design ($/hour) that meets an SLO at the trace's rate.
 
 Designs come in families: colocated on one tier, disaggregated prefill/decode tiers, and
-attention-offloaded (prefill and dense decode on one tier, attention on another). Families are
+attention-offloaded (prefill and dense decode on one tier, attention on another), each at the
+smallest power-of-two tp that holds the model and at larger ones (``tp_choices``). Families are
 searched cheapest lower bound first; a family whose lower bound already costs more than the best
-design found is skipped. Within a family the search starts at the load bounds, grows the pool
-the SLO violation points at, then shrinks each pool by bisection while the SLO still holds.
+design of its kind (its larger-tp variants: than the best design of any kind) is skipped. Within
+a family the search starts at the load bounds, grows the pool the SLO violation points at, shrinks
+each pool by bisection and trades replicas between pools (any prefill:decode:attention ratio)
+while the SLO still holds. Searches run on the trace's first ``search_requests`` requests; each
+family's best is rerun on the whole trace (grown there if it fails) and the winner is shrunk
+there again. Every run uses the costs slowed by ``slowdown`` (``tierserve plan --confidence``:
+the prior's quantile, so the winner holds with that probability); the winner's uncertainty band
+and P(SLO met) come from ``prior``.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from simulator.bounds import LoadBounds
 from simulator.costs import CostModels, min_tp
 from simulator.design import Design, PoolSpec
 from simulator.errors import SimInputError
 from simulator.metrics import SimResult
+from simulator.operators import prefill_work
+from simulator.slo import PERCENTILES
 from simulator.run import simulate
-from simulator.search import search_family
+from simulator.search import search_family, shrink, trade
 from simulator.slo import SLO
 from simulator.traces.trace import Trace
+from simulator.uncertainty import Band, SlowdownPrior, band
 
 KINDS = ("colocated", "disaggregated", "offload")
 
@@ -35,12 +48,18 @@ class PlanOptions:
     max_num_batched_tokens: int = 8192
     router: str = "prefix_aware"
     search_requests: int = 4000        # the search runs on the trace's first requests; the winner is rerun on all
+    tp_choices: int = 2                # tp degrees per tier: the smallest that fits, then doubled
+    slowdown: float = 1.0              # every modeled time x this while searching (a prior's quantile)
+    prior: SlowdownPrior | None = None  # the winner's band and P(SLO met); None: none
+    time_budget_s: float | None = None  # stop starting family searches after ~60% of it
 
     def __post_init__(self) -> None:
         if not self.kinds or set(self.kinds) - set(KINDS):
             raise SimInputError(f"design kinds must be among {KINDS}, got {self.kinds}")
-        if self.max_replicas < 1 or self.search_requests < 1:
-            raise SimInputError("max_replicas and search_requests must be >= 1")
+        if self.max_replicas < 1 or self.search_requests < 1 or self.tp_choices < 1:
+            raise SimInputError("max_replicas, search_requests and tp_choices must be >= 1")
+        if not self.slowdown > 0:
+            raise SimInputError(f"slowdown must be > 0, got {self.slowdown}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +88,8 @@ class Plan:
     family_bests: tuple[Candidate, ...]
     evaluated: tuple[Candidate, ...]
     skipped: tuple[str, ...]
+    band: Band | None = None           # the winner on the whole trace under the prior
+    seconds: float = 0.0
 
 
 def badness(result: SimResult, slo: SLO) -> float:
@@ -80,9 +101,10 @@ def badness(result: SimResult, slo: SLO) -> float:
 class Planner:
     def __init__(self, trace: Trace, costs: CostModels, slo: SLO, options: PlanOptions = PlanOptions(),
                  progress: Callable[[str], None] | None = None) -> None:
-        self.full, self.costs, self.slo, self.options = trace, costs, slo, options
+        self.full, self.base_costs, self.slo, self.options = trace, costs, slo, options
+        self.costs = costs.slowed(options.slowdown)
         self.trace = trace.head(options.search_requests)
-        self.bounds = LoadBounds(self.trace, costs, options.max_num_seqs, options.max_num_batched_tokens)
+        self.bounds = LoadBounds(self.trace, self.costs, options.max_num_seqs, options.max_num_batched_tokens)
         self.progress = progress or (lambda _: None)
         self.evaluated: list[Candidate] = []
         self._cache: dict[tuple, Candidate] = {}
@@ -92,17 +114,26 @@ class Planner:
         cat, opts = self.costs.catalog, self.options
         names = [n for n in cat.names() if not opts.hardware or n in opts.hardware]
         gpus = [n for n in names if cat[n].kind == "gpu"]
-        tps = {n: min_tp(self.costs.model, cat[n], opts.max_num_batched_tokens, self._longest()) for n in gpus}
-        skipped = [f"{n}: {self.costs.model.name} does not fit on one node" for n in gpus if tps[n] is None]
-        fit = [n for n in gpus if tps[n] is not None]
+        smallest = {n: min_tp(self.costs.model, cat[n], opts.max_num_batched_tokens, self._longest()) for n in gpus}
+        skipped = [f"{n}: {self.costs.model.name} does not fit on one node" for n in gpus if smallest[n] is None]
+        fit = [n for n in gpus if smallest[n] is not None]
+        tps = {n: [smallest[n] << i for i in range(opts.tp_choices)
+                   if smallest[n] << i <= cat[n].max_devices_per_node] for n in fit}
         fams = []
         if "colocated" in opts.kinds:
-            fams += [Family("colocated", (x,), (tps[x],)) for x in fit]
+            fams += [Family("colocated", (x,), (t,)) for x in fit for t in tps[x]]
         if "disaggregated" in opts.kinds:
-            fams += [Family("disaggregated", (p, d), (tps[p], tps[d])) for p in fit for d in fit]
+            fams += [Family("disaggregated", (p, d), (tp, td)) for p in fit for d in fit
+                     for tp in tps[p] for td in tps[d]]
         if "offload" in opts.kinds:
-            fams += [Family("offload", (c, m), (tps[c], tps[c], 1)) for c in fit for m in names if m != c]
+            fams += [Family("offload", (c, m), (t, t, 1)) for c in fit for m in names if m != c for t in tps[c]]
         return fams, skipped
+
+    def _smallest_tp(self, fam: Family) -> bool:
+        cat, opts = self.costs.catalog, self.options
+        tiers = fam.tiers[:1] if fam.kind == "offload" else fam.tiers  # offload: the attention tier has tp 1
+        return all(t == min_tp(self.costs.model, cat[hw], opts.max_num_batched_tokens, self._longest())
+                   for hw, t in zip(tiers, fam.tps))
 
     def _longest(self) -> int:
         return int((self.full.prompt_tokens + self.full.output_tokens).max())
@@ -131,6 +162,30 @@ class Planner:
             return (p, b.decode(fam.tiers[1], fam.tps[1]))
         return (p, b.offload_compute(fam.tiers[0], fam.tps[1]), b.attention(fam.tiers[1]))
 
+    def hopeless(self, fam: Family) -> str | None:
+        """Why no size of the family can meet the SLO, from one request alone: a decode step of one
+        sequence slower than a TBT/TPOT bound, or the pXX prompt's prefill alone slower than a
+        ttft_pXX bound (serving costs included)."""
+        decode = None if fam.kind == "offload" else self.costs.replica(fam.tiers[-1], fam.tps[-1])
+        prefill = self.costs.replica(fam.tiers[0], fam.tps[0])
+        serving = self.costs.path_costs()
+        entry = serving.colocated if fam.kind == "colocated" else serving.prefill
+        budget = self.options.max_num_batched_tokens
+        for key, limit in self.slo.checked:
+            metric, pct = key.split("_")
+            if metric in ("tbt", "tpot") and decode is not None:
+                _, a, b = decode.decode_pieces(1)[0]
+                step = a + b * self.bounds.mean_context
+                if step > limit:
+                    return f"a decode step alone takes {step * 1e3:.3g} ms > {key}"
+            if metric == "ttft":
+                prompt = int(np.percentile(self.trace.prompt_tokens, PERCENTILES[pct]))
+                alone = sum(prefill.seconds(prefill_work(min(budget, prompt - done), done, 1))
+                            for done in range(0, prompt, budget)) + entry.latency_s
+                if alone > limit:
+                    return f"its {pct} prompt's prefill alone takes {alone:.3g} s > {key}"
+        return None
+
     def cost(self, fam: Family, sizes: tuple[int, ...]) -> float:
         return self.design(fam, sizes).cost_per_hour(self.costs.catalog)
 
@@ -148,13 +203,25 @@ class Planner:
 
     # ---- the search
     def plan(self) -> Plan:
-        """Search every family (cheapest bound first, per-kind pruning) and confirm on the full trace."""
+        """Search every family (cheapest bound first, pruned by cost), confirm each family's best on
+        the whole trace, shrink the winner there, and measure its band."""
+        start = time.monotonic()
+        budget = self.options.time_budget_s
         fams, skipped = self.families()
         fams.sort(key=lambda f: self.cost(f, self.lower_bounds(f)))
+        fams.sort(key=lambda f: not (f.kind != "offload" and self._smallest_tp(f)))  # mainstream first (stable)
         kind_best: dict[str, float] = {}
         bests = []
-        for fam in fams:
-            found = search_family(self, fam, kind_best.get(fam.kind, math.inf), self.trace)
+        for i, fam in enumerate(fams):
+            if budget is not None and time.monotonic() - start > 0.6 * budget:
+                skipped.append(f"{len(fams) - i} families not searched within the time budget ({budget:g} s)")
+                break
+            limit = kind_best.get(fam.kind, math.inf)
+            if not self._smallest_tp(fam):
+                limit = min([limit, *kind_best.values()])
+            if self.cost(fam, self.lower_bounds(fam)) >= limit or self.hopeless(fam):
+                continue
+            found = search_family(self, fam, limit, self.trace)
             if found is not None:
                 confirmed = self._confirm(fam, found)
                 if confirmed is not None:
@@ -162,7 +229,14 @@ class Planner:
                     kind_best[fam.kind] = min(kind_best.get(fam.kind, math.inf),
                                               confirmed.design.cost_per_hour(self.costs.catalog))
         bests.sort(key=lambda c: c.design.cost_per_hour(self.costs.catalog))
-        return Plan(bests[0] if bests else None, tuple(bests), tuple(self.evaluated), tuple(skipped))
+        if bests and len(self.full) != len(self.trace):
+            bests[0] = self._shrink_on_full(bests[0])
+            bests.sort(key=lambda c: c.design.cost_per_hour(self.costs.catalog))
+        spread = None
+        if bests and self.options.prior is not None:
+            spread = band(bests[0].design, self.full, self.base_costs, self.slo, self.options.prior, steps=4)
+        return Plan(bests[0] if bests else None, tuple(bests), tuple(self.evaluated), tuple(skipped), spread,
+                    time.monotonic() - start)
 
     def _confirm(self, fam: Family, cand: Candidate) -> Candidate | None:
         """Rerun on the whole trace; if it fails there, keep growing on the whole trace."""
@@ -170,3 +244,11 @@ class Planner:
             return cand
         full = self.evaluate(fam, cand.sizes, self.full)
         return full if full.passed else search_family(self, fam, math.inf, self.full, start=cand.sizes)
+
+    def _shrink_on_full(self, cand: Candidate) -> Candidate:
+        """The winner searched on the trace's head may be larger than the whole trace needs (a
+        prompt-heavy head): shrink and trade its pools on the whole trace too."""
+        full = Planner(self.full, self.base_costs, self.slo, replace(self.options, search_requests=len(self.full)))
+        floor = full.lower_bounds(cand.family)
+        smaller = shrink(self, cand.family, list(cand.sizes), floor, self.full)
+        return trade(self, cand.family, smaller, self.full)

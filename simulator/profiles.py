@@ -13,7 +13,7 @@ A shared_prefix_decode measurement (benchmarks/shared_prefix.py) is ``layers`` l
 of decode attention for ``batch`` >= 2 sequences that share one ``prefix`` of tokens and own
 ``suffix`` tokens each (the mean, the new token included), through the shared-prefix path:
     {"op": "shared_prefix_decode", "batch": 128, "prefix": 4096, "suffix": 312, "seconds": 0.000123}
-Attention offload (benchmarks/attention_offload.py, on the compute device): ``offload_dense`` is a decode
+Attention offload (benchmarks/offload_decode.py, on the compute device): ``offload_dense`` is a decode
 step of ``batch`` sequences on the model worker with no attention, ``offload_link`` the link's part of a
 step (every layer's q/k/v up and output down), ``offload_step`` a whole offloaded step with ``context``
 tokens per sequence and ``micro_batches`` micro-batches:
@@ -21,6 +21,8 @@ tokens per sequence and ``micro_batches`` micro-batches:
 Device memory as measured there (``tierserve calibrate``: torch.cuda.mem_get_info before the model loads),
 which replaces the catalog's memory size for that device kind:
     "memory": {"total_bytes": 150754820096, "free_bytes": 150015639552}
+Per-request serving costs of the cluster it was measured in (simulator/serving.py), e.g. fitted from a
+serving run: "serving": {"prefill": {"latency_s": ..., "busy_s": ..., "handoff_s": ...}, ...}
 ``device`` (a catalog name, or a driver name like "NVIDIA H100 80GB HBM3") and ``tp`` say where
 the measurements were taken; ``model`` (optional, top level or per measurement) must match the
 simulated model. Link ends are catalog names, or gpuN/cpuN meaning ``device`` (as
@@ -35,6 +37,7 @@ from pathlib import Path
 
 from simulator.errors import SimInputError
 from simulator.files import read_json
+from simulator.serving import ServingCosts, parse_serving
 
 OPS = {"decode_step": ("batch", "context"), "attention": ("batch", "context"), "prefill": ("tokens",),
        "shared_prefix_decode": ("batch", "prefix", "suffix"),
@@ -75,6 +78,7 @@ class Profile:
     measurements: tuple[Measurement, ...]
     links: tuple[LinkPoint, ...]
     memory: tuple[float, float] | None = None  # (total bytes, free bytes) of one device
+    serving: ServingCosts | None = None
 
     def of(self, op: str) -> list[Measurement]:
         return [m for m in self.measurements if m.op == op]
@@ -95,7 +99,8 @@ def load_profile(path: str | Path, device: str | None = None) -> Profile:
                          for i, m in enumerate(_list(data, "measurements", path)))
     links = tuple(p for i, e in enumerate(_list(data, "links", path))
                   if (p := _link_point(e, device, f"{path}: links[{i}]")) is not None)
-    return Profile(device, tp, data.get("model"), measurements, links, _memory(data.get("memory"), path))
+    serving = parse_serving(data["serving"], f"profile {path}") if "serving" in data else None
+    return Profile(device, tp, data.get("model"), measurements, links, _memory(data.get("memory"), path), serving)
 
 
 def _memory(entry: object, path: str | Path) -> tuple[float, float] | None:

@@ -33,11 +33,11 @@ if TYPE_CHECKING:
 class Replica:
     __slots__ = ("sim", "pool", "role", "cost", "kv_capacity", "max_seqs", "max_tokens", "cache", "block_tokens",
                  "queue", "queued_tokens", "kv_used", "pending", "pending_tokens", "ready", "batch", "iterating",
-                 "current", "version", "busy_s", "nic_free", "paged", "on_demand")
+                 "current", "version", "busy_s", "nic_free", "paged", "on_demand", "request_busy_s", "free_at")
 
     def __init__(self, sim: Simulation, pool: str, role: str, cost: IterationCost, kv_capacity: int,
                  max_seqs: int, max_tokens: int, cache: PrefixCache | None, block_tokens: int,
-                 share_prefixes: bool = False, on_demand: bool = False) -> None:
+                 share_prefixes: bool = False, on_demand: bool = False, request_busy_s: float = 0.0) -> None:
         self.sim, self.pool, self.role, self.cost = sim, pool, role, cost
         self.kv_capacity, self.max_seqs, self.max_tokens = kv_capacity, max_seqs, max_tokens
         self.cache, self.block_tokens = cache, block_tokens
@@ -58,6 +58,8 @@ class Replica:
         self.version = 0                         # bumps cancel scheduled decode wake-ups
         self.busy_s = 0.0
         self.nic_free = 0.0                      # when this replica's NIC is free for the next KV transfer
+        self.request_busy_s = request_busy_s     # serving work per request on this engine (serving.py)
+        self.free_at = 0.0                       # a prefill engine busy with that work until then
 
     # ---- memory
     def _context_limit(self) -> float:
@@ -113,6 +115,8 @@ class Replica:
         req.prefill_replica = self
         self.queue.append(req)
         self.queued_tokens += req.prompt
+        if self.request_busy_s and self.batch is not None:  # a colocated engine admitting it
+            self._add_busy(t)
         if not self.iterating:
             self._start_iteration(self._boundary(t))
 
@@ -122,9 +126,21 @@ class Replica:
         self.batch.advance_to(t)
         return self.batch.t
 
+    def _add_busy(self, t: float) -> None:
+        """Serving work for one request on this engine, between two of its steps (serving.py)."""
+        batch = self.batch
+        if batch is None:
+            self.free_at = max(self.free_at, t) + self.request_busy_s
+            return
+        if not self.iterating:
+            batch.advance_to(t)
+        batch.stall += self.request_busy_s
+
     def _start_iteration(self, t: float) -> None:
+        batch = self.batch
         if self.on_demand:
-            self.batch.make_room()
+            batch.make_room()
+        t = max(t, self.free_at)
         chunks = self._take_chunks(t)
         if not chunks:
             self._schedule_wake()
@@ -135,10 +151,13 @@ class Replica:
             logits += n == req.remaining
             attended += n * req.computed + n * (n + 1) // 2
             kv_read += req.computed + n
-        if self.batch is not None and self.batch.batch:
-            b, c = self.batch.batch, self.batch.context
-            tokens, logits, attended, kv_read = tokens + b, logits + b, attended + c, kv_read + c
-        seconds = self.cost.seconds(Work(tokens, logits, attended, kv_read))
+        work = Work(tokens, logits, attended, kv_read)
+        if batch is None:
+            seconds = self.cost.seconds(work)
+        else:
+            seconds = (self.cost.mixed_seconds(work, batch.batch, batch.context) if batch.batch
+                       else self.cost.seconds(work)) + batch.take_stall()
+            batch.t = max(batch.t, t)
         self.iterating, self.current = True, chunks
         self.version += 1
         self.sim.push(t + seconds, self._iteration_end, seconds)
@@ -210,8 +229,13 @@ class Replica:
             req.computed += n
             self.queued_tokens -= n
         queue = self.queue
+        done = 0
         while queue and queue[0].remaining == 0:
             self._prefilled(queue.popleft(), t)
+            done += 1
+        if done and self.batch is None and self.request_busy_s:  # handoff work on the prefill engine
+            self.free_at = t + done * self.request_busy_s
+            self.busy_s += done * self.request_busy_s
         if self.role == "decode":
             self._grant_pending(t)
             self._fill_batch()
@@ -306,12 +330,15 @@ class Replica:
             self.sim.start_transfer(nxt, t)
 
     def kv_arrived(self, req: Request, t: float) -> None:
-        """The request's KV is here; it joins the batch at the next boundary (after an iteration in flight)."""
-        if self.iterating:
-            self.ready.append(req)
-            return
-        self.batch.advance_to(t)
+        """The request's KV is here; it joins the batch at the next boundary (after an iteration in
+        flight), after the engine's serving work for it (receiving the handoff)."""
+        if not self.iterating:
+            self.batch.advance_to(t)
+        if self.request_busy_s:
+            self._add_busy(t)
         self.ready.append(req)
+        if self.iterating:
+            return
         self._fill_batch()
         self._kick()
 

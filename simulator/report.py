@@ -96,6 +96,37 @@ def validation_table(t: Table) -> RichTable:
     return table
 
 
+BAND_KEYS = ("ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99", "tpot_p99", "throughput_rps", "goodput_rps")
+
+
+def _value(key: str, v: float) -> str:
+    if key.endswith("_rps"):
+        return f"{v:.3g}"
+    return f"{v * 1e3:.1f} ms" if v < 1 else f"{v:.2f} s"
+
+
+def band_table(b, slo=None) -> RichTable:
+    """A design's metrics at the slowdown prior's p10 / p50 / p90 (uncertainty.Band)."""
+    table = RichTable(box=box.SIMPLE_HEAD, title=f"uncertainty band: {b.prior.source}", title_justify="left")
+    table.add_column("metric")
+    for q, s in zip(("p10", "p50", "p90"), b.slowdowns):
+        table.add_column(f"{q} (x{s:.2f})", justify="right")
+    for key in BAND_KEYS:
+        table.add_row(key, *(_value(key, v) for v in b.metric(key)))
+    if b.p_slo is not None:
+        limit = "any in range" if b.slo_limit == float("inf") else \
+            "none in range" if b.slo_limit is None else f"x{b.slo_limit:.2f}"
+        table.caption = f"P(SLO {slo.text() if slo else ''} met) = {b.p_slo:.0%} (largest slowdown meeting it: {limit})"
+        table.caption_justify = "left"
+    return table
+
+
+def band_dict(b) -> dict:
+    return {"prior": b.prior.source, "slowdowns": list(b.slowdowns), "p_slo": b.p_slo,
+            "slo_limit": b.slo_limit if b.slo_limit != float("inf") else "inf",
+            **{key: list(b.metric(key)) for key in BAND_KEYS}}
+
+
 def print_tables(console: Console, tables: list) -> None:
     for t in tables:
         console.print(t)

@@ -23,6 +23,9 @@ class IterationCost(Protocol):
     def seconds(self, work: Work) -> float:
         """One iteration (prefill chunks, or chunks mixed with decode tokens)."""
 
+    def mixed_seconds(self, chunks: Work, batch: int, context: int) -> float:
+        """One iteration of prefill ``chunks`` beside a decode step of ``batch`` sequences (total context)."""
+
     def decode_pieces(self, batch: int) -> tuple[Piece, ...]:
         """A decode step of ``batch`` sequences as affine pieces in their total context, sorted by start."""
 
@@ -87,6 +90,10 @@ class RooflineCost:
             total += (compute if compute > memory else memory) + fixed
         return total
 
+    def mixed_seconds(self, chunks: Work, batch: int, context: int) -> float:
+        """Prefill chunks and a decode step in one iteration: one pass over the weights."""
+        return self.seconds(chunks + decode_work(batch, context))
+
     def attention_seconds_per_token(self) -> float:
         """Attention time per context token of a decode step (the KV read or its FLOPs, whichever binds)."""
         return self._attention_per_token
@@ -108,3 +115,37 @@ class RooflineCost:
             pieces = self._pieces[batch] = ((0.0, self.seconds(decode_work(batch, 0)),
                                              self.attention_seconds_per_token()),)
         return pieces
+
+
+class SlowedCost:
+    """Another cost model with every time ``factor`` times longer (uncertainty bands: a slowdown drawn
+    from what calibration residuals, or the spread of engines against the roofline, leave open)."""
+
+    def __init__(self, cost: IterationCost, factor: float) -> None:
+        if not factor > 0:
+            raise SimInputError(f"a slowdown factor must be > 0, got {factor}")
+        self.inner, self.factor = cost, factor
+        self.model, self.hw, self.tp = cost.model, cost.hw, cost.tp
+        self._pieces: dict[int, tuple[Piece, ...]] = {}
+
+    def seconds(self, work: Work) -> float:
+        return self.inner.seconds(work) * self.factor
+
+    def mixed_seconds(self, chunks: Work, batch: int, context: int) -> float:
+        return self.inner.mixed_seconds(chunks, batch, context) * self.factor
+
+    def decode_pieces(self, batch: int) -> tuple[Piece, ...]:
+        pieces = self._pieces.get(batch)
+        if pieces is None:
+            f = self.factor
+            pieces = self._pieces[batch] = tuple((c, a * f, b * f) for c, a, b in self.inner.decode_pieces(batch))
+        return pieces
+
+    def attention_seconds_per_token(self) -> float:
+        return self.inner.attention_seconds_per_token() * self.factor
+
+    def decode_attention_per_token(self, batch: int) -> float:
+        return self.inner.decode_attention_per_token(batch) * self.factor
+
+    def shared_prefix_seconds(self, members: int, tokens: int) -> float:
+        return self.inner.shared_prefix_seconds(members, tokens) * self.factor

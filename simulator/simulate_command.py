@@ -18,9 +18,11 @@ from simulator.metrics import summarize
 from simulator.models import ModelSpec, load_model, presets
 from simulator.plots import plot_latency_cdfs
 from simulator.progress import progress_bar
-from simulator.report import print_tables, result_dict, results_table, validation_table, write_json
+from simulator.report import band_dict, band_table, print_tables, result_dict, results_table, validation_table, \
+    write_json
 from simulator.simulation import Simulation
 from simulator.slo import parse_slo
+from simulator.uncertainty import band, prior_for
 
 
 DEFAULT_MODEL = "llama-3-8b"
@@ -83,19 +85,32 @@ def simulate_command(args: argparse.Namespace, console: Console) -> int:
         design = replace(design, router=args.router) if args.router else design
     design = replace(design, shared_prefix_attention=False) if args.no_shared_prefix else design
     slo = parse_slo(args.slo) if args.slo else None
+    prior = prior_for(costs)
+    middle = costs.slowed(prior.quantile(0.5))
     with progress_bar(console, f"simulating {design.label()}", len(trace)) as update:
-        record = Simulation(design, costs, trace).run(lambda n: update(completed=n))
+        record = Simulation(design, middle, trace).run(lambda n: update(completed=n))
     result = summarize(record, slo, costs.catalog)
     console.print(results_table([result], f"{trace.name}: {len(trace)} requests at {trace.rate:.3g} req/s; "
-                                          f"model {costs.model.name}", width=console.width))
+                                          f"model {costs.model.name}; the prior's median slowdown "
+                                          f"x{prior.quantile(0.5):.3g}", width=console.width))
+    spread = None
+    if not args.no_band:
+        with progress_bar(console, "uncertainty band", None):
+            spread = band(design, trace, costs, slo, prior)
+        console.print(band_table(spread, slo))
     console.print("prices: " + "; ".join(costs.catalog.price_sources([p.hardware for p in design.pools().values()])))
     console.print(f"completed {result.completed}, rejected {result.rejected} (longer than the KV memory), "
                   f"makespan {result.duration_s:.1f} s, prefix-cache hits {result.prefix_hit_rate:.1%}")
     if slo is not None:
         verdict = "meets" if result.meets(slo) else "misses: " + "; ".join(slo.violations(result.percentiles))
-        console.print(f"SLO {slo.text()}: {verdict}; attainment {result.slo_attainment:.1%}")
+        chance = f"; P(SLO met) {spread.p_slo:.0%} under {spread.prior.source}" if spread else ""
+        console.print(f"SLO {slo.text()}: {verdict} at the median slowdown{chance}; attainment "
+                      f"{result.slo_attainment:.1%}")
     if args.out:
-        write_json(args.out / "result.json", result_dict(result))
+        payload = result_dict(result)
+        if spread is not None:
+            payload["band"] = band_dict(spread)
+        write_json(args.out / "result.json", payload)
         plot_latency_cdfs([result], args.out / "latency_cdf.png", f"{design.label()} on {trace.name}")
         console.print(f"wrote {args.out}/result.json and latency_cdf.png")
     return 0

@@ -36,6 +36,8 @@ class SimRecord:
     rejected: int
     extra_gaps: list[float]   # token gaps outside decode segments (a preempted request's recompute token)
     preemptions: int
+    client_latency_s: float = 0.0   # the entry path's serving latency: added to what clients see
+    step_jitter: float = 0.0        # relative spread of step times (TBT tails)
 
 
 class Simulation:
@@ -47,6 +49,7 @@ class Simulation:
         self.segments: list[tuple[int, int, float, float]] = []
         self.extra_gaps: list[float] = []
         self.preemptions = 0
+        self.serving = costs.path_costs()
         self.router = Router(design.router)
         self.sharing = design.prefix_caching and design.shared_prefix_attention and trace.hash_ids is not None
         self.pools = {name: self._pool(name, spec) for name, spec in design.pools().items() if name != "attention"}
@@ -61,8 +64,9 @@ class Simulation:
         sharing = self.sharing and name != "prefill"
         block = self.trace.block_tokens
         cache = PagedPrefixCache if self.design.paged_kv else PrefixCache
+        busy = getattr(self.serving, name).busy_s
         return [Replica(self, name, name, cost, capacity, spec.max_num_seqs, spec.max_num_batched_tokens,
-                        cache(capacity // block) if caching else None, block, sharing, self.design.on_demand_kv)
+                        cache(capacity // block) if caching else None, block, sharing, self.design.on_demand_kv, busy)
                 for _ in range(spec.replicas)]
 
     def _cost_and_capacity(self, name: str, spec: PoolSpec) -> tuple[IterationCost, int]:
@@ -114,8 +118,9 @@ class Simulation:
             handler(t, arg)
         if self.finished + rejected != len(requests):
             raise RuntimeError(f"simulation ended with {len(requests) - self.finished - rejected} requests stuck")
+        entry = "colocated" if "colocated" in self.pools else "prefill"
         return SimRecord(self.design, tr, requests, self.segments, self.pools, rejected, self.extra_gaps,
-                         self.preemptions)
+                         self.preemptions, getattr(self.serving, entry).latency_s, self.serving.step_jitter)
 
     def _length_limits(self) -> tuple[int, int]:
         """The longest prompt, and the longest prompt + output, every replica on the way can hold."""
@@ -142,7 +147,7 @@ class Simulation:
         src, link = req.prefill_replica, self.transfer_link
         occupy = req.prompt * self.model.kv_bytes_per_token / link.bandwidth
         streamed = self.design.layerwise_transfer and t == req.ttft_at
-        begin = max(req.prefill_start if streamed else t, src.nic_free)
+        begin = max(req.prefill_start if streamed else t + self.serving.prefill.handoff_s, src.nic_free)
         src.nic_free = begin + occupy
         done = src.nic_free
         if streamed:

@@ -118,6 +118,7 @@ def test_measured_memory_sizes_the_kv_cache(costs: CostModels, tmp_path) -> None
     profile = load_profile(write(tmp_path, {"device": "H100", "memory": {"total_bytes": total, "free_bytes": free}}))
     measured = CostModels(costs.model, costs.catalog, (profile,))
     assert measured.catalog["H100"].memory_bytes == pytest.approx(free - 0.1 * total)
+    assert measured.slowed(1.5).catalog["H100"].memory_bytes == pytest.approx(free - 0.1 * total)
     assert kv_capacity_tokens(costs.model, measured.catalog["H100"], 1, 2048) < \
         kv_capacity_tokens(costs.model, costs.catalog["H100"], 1, 2048)
 

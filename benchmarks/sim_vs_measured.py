@@ -1,0 +1,296 @@
+"""Every serving run in BENCHMARKS.md re-simulated, against what it measured.
+
+    python -m benchmarks.sim_vs_measured                 # table + plot + JSON under out/sim-vs-measured
+    python -m benchmarks.sim_vs_measured --fit           # refit the serving costs (sessions j, k) first
+
+The runs: ``benchmarks/serve.py`` on 2xH200 (2026-11-23, sessions j, k, l: 1 prefill + 1 decode and 2
+colocated engines, Llama-3-8B shape, Poisson arrivals at 4-32 req/s). Each run's trace is rebuilt
+draw for draw from its saved arguments (``benchmarks/workload.poisson_workload``, seed 0), its design
+from serve.py's cluster config (engine limits: 64 sequences / 2048 tokens per step on prefill, 128 on
+decode and colocated; the KV handed over after the prefill, not layer by layer), and its metrics as
+serve.py computes them: TTFT and pooled token-gap percentiles, output tokens per second of wall time
+(first arrival's offset + last token), goodput = requests with TTFT <= 1 s and a mean gap <= 50 ms per
+second (serve.py: the request's p90 gap; the simulator keeps no per-request gaps).
+
+Two predictions per run:
+  calibrated    the H200 profiles measured in the same session (prefill and decode steps:
+                prefill-profile-h200-2026-11-23/; the KV handoff: handoff-2xh200-2026-11-23k/) plus the
+                serving costs (simulator/serving.py) fitted on sessions j and k; session l is held out.
+                Target: within +-10% of the measurement.
+  uncalibrated  the roofline with tierserve's stack costs and the uncalibrated slowdown prior
+                (simulator/uncertainty.py): p10-p90 band. Target: the measurement inside it.
+Writes OUT/sim_vs_measured.json, table.md and sim_vs_measured.png (OUT: --out, else $OUT, else
+out/sim-vs-measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import out_dir
+from benchmarks.workload import WorkloadSpec, poisson_workload
+from simulator.costs import CostModels
+from simulator.design import Design, PoolSpec
+from simulator.hardware import load_catalog
+from simulator.links import LinkTable, fit_link
+from simulator.metrics import SimResult
+from simulator.models import load_model
+from simulator.profiles import load_profile
+from simulator.run import simulate
+from simulator.serving import TIERSERVE_STACK, ServingCosts
+from simulator.traces.trace import Trace, make_trace
+from simulator.uncertainty import UNCALIBRATED, band
+
+RESULTS = Path(__file__).with_name("results")
+SESSIONS = {"j": "serve-2xh200-2026-11-23j", "k": "serve-2xh200-2026-11-23k", "l": "serve-2xh200-2026-11-23l"}
+FIT_SESSIONS = ("j", "k")
+METRICS = ("ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99", "throughput_tok_s", "goodput_req_s")
+SLO_TTFT_S, SLO_GAP_S = 1.0, 0.05
+FITTED = ("prefill.latency_s", "prefill.busy_s", "prefill.handoff_s", "decode.busy_s",
+          "colocated.latency_s", "colocated.busy_s", "step_jitter")
+
+
+@dataclass(frozen=True)
+class Run:
+    session: str
+    mode: str       # disaggregated | colocated
+    rate: float
+    args: dict      # serve.py's arguments
+    measured: dict  # serve.py's point
+
+    @property
+    def label(self) -> str:
+        return f"{self.session} {'1P+1D' if self.mode == 'disaggregated' else '2 coloc'} {self.rate:g}/s"
+
+
+def serve_runs() -> list[Run]:
+    runs = []
+    for session, name in SESSIONS.items():
+        data = json.loads((RESULTS / name / "serve.json").read_text())
+        runs += [Run(session, p["mode"], p["rate"], data["args"], p) for p in data["points"]]
+    return runs
+
+
+def serve_trace(run: Run) -> tuple[Trace, float]:
+    """The run's requests (serve.py's workload, draw for draw) and its first arrival's offset."""
+    a = run.args
+    spec = WorkloadSpec(rate=run.rate, duration_s=a["duration"], prompt_mean=a["prompt_mean"],
+                        output_mean=a["output_mean"], max_prompt=a["max_prompt"], max_output=a["max_output"],
+                        seed=a["seed"])
+    reqs = poisson_workload(spec)
+    trace = make_trace(f"serve.py {run.rate:g} req/s", [r.arrival_s for r in reqs],
+                       [len(r.prompt_token_ids) for r in reqs], [r.max_tokens for r in reqs])
+    if len(trace) != run.measured["requests"]:
+        raise RuntimeError(f"{run.label}: rebuilt {len(trace)} requests, the run had {run.measured['requests']}")
+    return trace, reqs[0].arrival_s
+
+
+def serve_design(mode: str) -> Design:
+    """serve.py's cluster: engine defaults (64 sequences, 2048 tokens a step) but 128 sequences on
+    decode and colocated engines; the handoff follows the prefill (no layer-wise streaming)."""
+    if mode == "disaggregated":
+        return Design(prefill=PoolSpec("H200", 1, 1, 64, 2048), decode=PoolSpec("H200", 1, 1, 128, 2048),
+                      layerwise_transfer=False)
+    return Design(colocated=PoolSpec("H200", 2, 1, 128, 2048), layerwise_transfer=False)
+
+
+def h200_costs(serving: ServingCosts) -> CostModels:
+    """The profiles measured on the H200s of the serve runs' session, and ``serving``."""
+    catalog = load_catalog()
+    profile = RESULTS / "prefill-profile-h200-2026-11-23"
+    handoff = load_profile(RESULTS / "handoff-2xh200-2026-11-23k" / "handoff_calibration.json", "H200")
+    profiles = (load_profile(profile / "prefill_calibration.json", "H200"),
+                load_profile(profile / "decode_step_calibration.json", "H200"))
+    link = fit_link([(p.bytes, p.seconds) for p in handoff.links])
+    return CostModels(load_model("llama-3-8b"), catalog, profiles, LinkTable(catalog, {("H200", "H200"): link}),
+                      serving)
+
+
+def roofline_costs(serving: ServingCosts = TIERSERVE_STACK) -> CostModels:
+    return CostModels(load_model("llama-3-8b"), load_catalog(), serving=serving)
+
+
+def observed(result: SimResult, first_arrival: float) -> dict:
+    """serve.py's metrics from a simulated run."""
+    s = result.samples
+    finish = first_arrival + result.duration_s  # serve.py's wall: its start to the last token
+    tokens = result.output_tps * result.duration_s
+    good = float(np.sum((s.ttft <= SLO_TTFT_S) & (s.tpot <= SLO_GAP_S)))
+    return {"ttft_p50": float(np.percentile(s.ttft, 50)), "ttft_p99": float(np.percentile(s.ttft, 99)),
+            "tbt_p50": result.percentiles["tbt_p50"], "tbt_p99": result.percentiles["tbt_p99"],
+            "throughput_tok_s": tokens / finish, "goodput_req_s": good / finish}
+
+
+def predict(run: Run, costs: CostModels) -> dict:
+    trace, first = serve_trace(run)
+    return observed(simulate(serve_design(run.mode), trace, costs), first)
+
+
+def log_error(pred: dict, meas: dict) -> float:
+    return sum(math.log(max(pred[k], 1e-9) / max(meas[k], 1e-9)) ** 2 for k in METRICS)
+
+
+# ---- fitting the serving costs
+def _get(serving: ServingCosts, name: str) -> float:
+    path, _, key = name.partition(".")
+    return getattr(getattr(serving, path), key) if key else getattr(serving, path)
+
+
+def _set(serving: ServingCosts, name: str, value: float) -> ServingCosts:
+    path, _, key = name.partition(".")
+    if not key:
+        return replace(serving, **{path: value})
+    return replace(serving, **{path: replace(getattr(serving, path), **{key: value})})
+
+
+def fit(runs: list[Run], start: ServingCosts, rounds: int = 6, log=print) -> ServingCosts:
+    """Coordinate search in log space over FITTED, minimising the summed squared log errors of every
+    metric of ``runs`` (each parameter moves by x/÷ step; the step shrinks when nothing improves)."""
+    def loss(serving: ServingCosts) -> float:
+        costs = h200_costs(serving)
+        return sum(log_error(predict(r, costs), r.measured) for r in runs)
+
+    best, best_loss = start, loss(start)
+    step = 2.0
+    for rnd in range(rounds):
+        improved = False
+        for name in FITTED:
+            for factor in (step, 1 / step):
+                value = max(_get(best, name), 1e-4) * factor
+                trial = _set(best, name, value)
+                trial_loss = loss(trial)
+                if trial_loss < best_loss - 1e-6:
+                    best, best_loss, improved = trial, trial_loss, True
+                    break
+        log(f"round {rnd}: loss {best_loss:.4f}, step x{step:.3f}: " +
+            ", ".join(f"{n}={_get(best, n):.4g}" for n in FITTED))
+        if not improved:
+            step = math.sqrt(step)
+    return replace(best, source=f"fitted by benchmarks/sim_vs_measured.py on sessions {', '.join(FIT_SESSIONS)} "
+                                "of the 2xH200 serve runs (2026-11-23)")
+
+
+# ---- the comparison
+def compare(runs: list[Run], serving: ServingCosts) -> list[dict]:
+    calibrated = h200_costs(serving)
+    uncalibrated = roofline_costs(serving)
+    rows = []
+    for run in runs:
+        trace, first = serve_trace(run)
+        design = serve_design(run.mode)
+        cal = observed(simulate(design, trace, calibrated), first)
+        b = band(design, trace, uncalibrated, prior=UNCALIBRATED)
+        unc = [observed(r, first) for r in b.results]
+        rows.append({"run": run.label, "session": run.session, "mode": run.mode, "rate": run.rate,
+                     "held_out": run.session not in FIT_SESSIONS, "measured": {k: run.measured[k] for k in METRICS},
+                     "calibrated": cal, "uncalibrated_band": {k: sorted(u[k] for u in unc) for k in METRICS}})
+    return rows
+
+
+def within(row: dict, key: str, tolerance: float = 0.10) -> bool:
+    return abs(row["calibrated"][key] / row["measured"][key] - 1) <= tolerance
+
+
+def inside(row: dict, key: str) -> bool:
+    lo, _, hi = row["uncalibrated_band"][key]
+    return lo <= row["measured"][key] <= hi
+
+
+def _fmt(key: str, v: float) -> str:
+    return f"{v * 1e3:.1f}" if key.startswith(("ttft", "tbt")) else f"{v:.0f}" if key.startswith("through") \
+        else f"{v:.2f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| run | metric | measured | calibrated (err) | uncalibrated p10 / p50 / p90 |\n"
+            "| --- | --- | --- | --- | --- |\n")
+    lines = []
+    for row in rows:
+        for key in METRICS:
+            m, c = row["measured"][key], row["calibrated"][key]
+            lo, mid, hi = row["uncalibrated_band"][key]
+            err = f"{100 * (c / m - 1):+.0f}%" + ("" if within(row, key) else " **x**")
+            band_text = f"{_fmt(key, lo)} / {_fmt(key, mid)} / {_fmt(key, hi)}" + ("" if inside(row, key) else " **out**")
+            lines.append(f"| {row['run']}{' (held out)' if row['held_out'] else ''} | {key} | {_fmt(key, m)} | "
+                         f"{_fmt(key, c)} ({err}) | {band_text} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def summary(rows: list[dict]) -> dict:
+    out = {}
+    for held in (False, True):
+        sel = [r for r in rows if r["held_out"] == held]
+        name = "held_out" if held else "fit"
+        out[name] = {k: {"within_10pct": sum(within(r, k) for r in sel), "inside_band": sum(inside(r, k) for r in sel),
+                         "runs": len(sel)} for k in METRICS}
+    return out
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    colors = {"disaggregated": "C0", "colocated": "C1"}
+    for ax, key in zip(axes.flat, METRICS):
+        for row in rows:
+            m, c = row["measured"][key], row["calibrated"][key]
+            lo, mid, hi = row["uncalibrated_band"][key]
+            color = colors[row["mode"]]
+            marker = "s" if row["held_out"] else "o"
+            ax.errorbar([m], [mid], yerr=[[mid - lo], [hi - mid]], fmt="none", ecolor=color, alpha=0.25, lw=3)
+            ax.plot([m], [c], marker, color=color, ms=6)
+        lo = min(min(r["measured"][key], r["calibrated"][key], r["uncalibrated_band"][key][0]) for r in rows)
+        hi = max(max(r["measured"][key], r["calibrated"][key], r["uncalibrated_band"][key][2]) for r in rows)
+        xs = np.geomspace(max(lo, 1e-6) * 0.8, hi * 1.2, 10)
+        ax.plot(xs, xs, "k-", lw=0.8)
+        ax.fill_between(xs, xs * 0.9, xs * 1.1, color="k", alpha=0.08)
+        ax.set(xscale="log", yscale="log", xlabel=f"measured {key}", ylabel=f"predicted {key}")
+        ax.set_title(key, fontsize=10)
+        ax.grid(True, which="both", alpha=0.2)
+    handles = [plt.Line2D([], [], color="C0", marker="o", ls="", label="1P+1D, calibrated (fit sessions)"),
+               plt.Line2D([], [], color="C0", marker="s", ls="", label="1P+1D, calibrated (held-out session)"),
+               plt.Line2D([], [], color="C1", marker="o", ls="", label="2 colocated, calibrated"),
+               plt.Line2D([], [], color="grey", lw=3, alpha=0.4, label="uncalibrated p10-p90 band"),
+               plt.Rectangle((0, 0), 1, 1, color="k", alpha=0.08, label="+-10%")]
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.suptitle("2xH200 serve.py runs (2026-11-23): simulated vs measured")
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fit", action="store_true", help="refit the serving costs on sessions j, k first")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    out = out_dir(args.out, "sim-vs-measured")
+    runs = serve_runs()
+    serving = TIERSERVE_STACK
+    if args.fit:
+        serving = fit([r for r in runs if r.session in FIT_SESSIONS], serving, args.rounds)
+        (out / "serving_fit.json").write_text(json.dumps({"serving": serving.as_dict()}, indent=2))
+    rows = compare(runs, serving)
+    table = markdown(rows)
+    (out / "table.md").write_text(table)
+    (out / "sim_vs_measured.json").write_text(json.dumps(
+        {"serving": serving.as_dict(), "uncalibrated_prior": UNCALIBRATED.source, "summary": summary(rows),
+         "rows": rows}, indent=2))
+    plot(rows, out / "sim_vs_measured.png")
+    print(table)
+    print(json.dumps(summary(rows), indent=1))
+    print(f"wrote {out}/sim_vs_measured.json, table.md, sim_vs_measured.png")
+
+
+if __name__ == "__main__":
+    main()
+

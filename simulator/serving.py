@@ -1,0 +1,104 @@
+"""Per-request serving costs of each path: what the engine-step profiles do not see.
+
+A request's trip through a real cluster adds work and latency beside the engine's steps: the
+router's dispatch and the Ray calls in and out (``latency_s``: added to what the client sees of
+TTFT and every later token), engine time per request serialized with the iterations
+(``busy_s``: a prefill worker's handoff under its peer lock and the calls around it, a decode
+engine receiving a KV handoff between two steps, a colocated engine admitting a request), and
+on the disaggregated path the calls that set up a handoff before its bytes move
+(``handoff_s``). ``step_jitter`` is the relative spread of step times (a lognormal sigma):
+it widens TBT tails, which the closed-form step runs alone leave at the mean step.
+
+Profiles carry them (``tierserve calibrate --serve-results`` fits them from a serving run):
+
+    "serving": {"prefill": {"latency_s": 0.008, "busy_s": 0.011, "handoff_s": 0.004},
+                "decode": {"busy_s": 0.002}, "colocated": {"latency_s": 0.006, "busy_s": 0.001},
+                "step_jitter": 0.05, "source": "fitted from benchmarks/results/serve-2xh200-..."}
+
+Without one, the command line uses ``TIERSERVE_STACK``: tierserve's own stack as fitted on the
+2xH200 runs (docs/simulator.md); library callers get ``NONE`` (the bare engine model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from simulator.errors import SimInputError
+
+PATHS = ("prefill", "decode", "colocated")
+
+
+@dataclass(frozen=True)
+class PathCosts:
+    latency_s: float = 0.0   # seconds the client sees added to TTFT (and to each later token)
+    busy_s: float = 0.0      # engine seconds per request, serialized with its iterations
+    handoff_s: float = 0.0   # prefill path: calls before a KV handoff's bytes move
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 60:
+                raise SimInputError(f"serving cost {f.name} must be seconds in [0, 60), got {value!r}")
+
+    def scaled(self, factor: float) -> PathCosts:
+        return PathCosts(*(getattr(self, f.name) * factor for f in fields(self)))
+
+
+@dataclass(frozen=True)
+class ServingCosts:
+    prefill: PathCosts = PathCosts()
+    decode: PathCosts = PathCosts()
+    colocated: PathCosts = PathCosts()
+    step_jitter: float = 0.0
+    source: str = "none"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.step_jitter < 1:
+            raise SimInputError(f"step_jitter must be a relative spread in [0, 1), got {self.step_jitter!r}")
+
+    def scaled(self, factor: float) -> ServingCosts:
+        """Every per-request cost ``factor`` times larger (a slower host or stack)."""
+        return replace(self, prefill=self.prefill.scaled(factor), decode=self.decode.scaled(factor),
+                       colocated=self.colocated.scaled(factor))
+
+    def as_dict(self) -> dict:
+        out: dict = {p: {f.name: getattr(getattr(self, p), f.name) for f in fields(PathCosts)} for p in PATHS}
+        return {**out, "step_jitter": self.step_jitter, "source": self.source}
+
+
+NONE = ServingCosts()
+
+# tierserve's serving stack (Ray actors, dispatcher, NCCL handoff under the peer lock) as fitted by
+# `python -m benchmarks.sim_vs_measured --fit` on the 2xH200 serve runs of 2026-11-23 (sessions j and
+# k; session l held out), Llama-3-8B, ~1K-token prompts. Host-side costs: they scale with the host and
+# the stack's version more than with the GPU.
+TIERSERVE_STACK = ServingCosts(
+    prefill=PathCosts(latency_s=0.0058, busy_s=0.0201, handoff_s=0.0042),
+    decode=PathCosts(busy_s=0.0036),
+    colocated=PathCosts(latency_s=0.0087, busy_s=0.0001),
+    step_jitter=0.18,
+    source="tierserve stack, fitted on the 2xH200 serve runs of 2026-11-23 (docs/simulator.md)")
+
+
+def parse_serving(entry: object, where: str) -> ServingCosts:
+    """A profile's ``serving`` object."""
+    if not isinstance(entry, dict):
+        raise SimInputError(f"{where}: serving must be an object")
+    unknown = set(entry) - {*PATHS, "step_jitter", "source"}
+    if unknown:
+        raise SimInputError(f"{where}: serving has unknown key(s) {sorted(unknown)}")
+    paths = {}
+    for path in PATHS:
+        costs = entry.get(path, {})
+        names = {f.name for f in fields(PathCosts)}
+        if not isinstance(costs, dict) or set(costs) - names:
+            raise SimInputError(f"{where}: serving.{path} must be an object with {sorted(names)}")
+        try:
+            paths[path] = PathCosts(**costs)
+        except SimInputError as e:
+            raise SimInputError(f"{where}: serving.{path}: {e}") from None
+    try:
+        return ServingCosts(**paths, step_jitter=entry.get("step_jitter", 0.0),
+                            source=str(entry.get("source", where)))
+    except SimInputError as e:
+        raise SimInputError(f"{where}: serving: {e}") from None

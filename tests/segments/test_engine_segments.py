@@ -8,6 +8,7 @@ import torch
 from engine.config import SegmentConfig
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.segments.anchors import probe_weights
+from engine.segments.rerotate import Rerotator
 from engine.segments.spec import SegmentReuse, segment_hash
 from tests.segments.conftest import GREEDY, make_engine, run, tokens
 
@@ -150,3 +151,27 @@ def test_bad_segments_are_refused(tiny_model, reuse, message):
     engine = make_engine(tiny_model)
     with pytest.raises(InvalidRequestError, match=message):
         engine.add_request(None, P1 + SEG + Q1, GREEDY, segments=reuse)
+
+
+class OffByOne(Rerotator):
+    """A deliberately wrong re-rotation: keys land one position past where they belong."""
+
+    def cos_sin(self, old_start: int, new_start: int, length: int):
+        return super().cos_sin(old_start, new_start + 1, length)
+
+
+def test_the_comparisons_can_fail(tiny_model):
+    """What the exactness tests compare is sensitive: recomputing 90% (not 100%) of the segment
+    already changes the logprobs, and a re-rotation off by one position changes them again."""
+    params = SamplingParams(max_tokens=6, temperature=0, logprobs=2)
+    plain = run(make_engine(tiny_model), P2 + SEG + Q1, params=params)
+    results = {}
+    for name, ratio, rerotator in (("r=0.9", 0.9, None), ("r=0", 0.0, None), ("r=0 off by one", 0.0, OffByOne)):
+        engine = make_engine(tiny_model)
+        if rerotator is not None:
+            engine.segments.rerotate = rerotator(engine.model_config)
+        run(engine, P1 + SEG + Q1, SegmentReuse(span(P1)))
+        results[name] = run(engine, P2 + SEG + Q1, SegmentReuse(span(P2), recompute_ratio=ratio), params)
+        assert results[name].num_reused_segment_tokens == 100 - round(100 * ratio)
+    assert results["r=0.9"].logprobs != plain.logprobs
+    assert results["r=0 off by one"].logprobs != results["r=0"].logprobs

@@ -64,6 +64,17 @@ def test_completion_segments_are_token_ranges_and_bad_ones_are_refused(router):
                                                "segments": [[len(head), len(head) + 100]]})
         assert r.status_code == 200, r.text
     assert r.json()["usage"]["prompt_tokens_details"]["reused_segment_tokens"] == 100
-    bad = httpx.post(url, timeout=120, json={"model": model, "prompt": prompt, "max_tokens": 2,
-                                            "segments": [[50, 20]]})
-    assert bad.status_code == 400 and "segment" in bad.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("segments, message", [
+    ([[50, 20]], "segment [50, 20) is not a token range"),
+    ([[0, 60], [40, 100]], "must not overlap"),
+    ([[100, 200]], "not a token range of the 117-token prompt"),
+    ([[i, i + 1] for i in range(257)], "256"),
+    ([[1, 2, 3]], "segments"),
+])
+def test_bad_segments_are_a_400_with_a_plain_message(router, segments, message):
+    r = httpx.post(f"{router.base_url}/v1/completions", timeout=120, json={
+        "model": router.backend.model_name, "prompt": list(range(3, 120)), "max_tokens": 2, "segments": segments})
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]["message"], r.json()

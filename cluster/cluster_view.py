@@ -18,7 +18,7 @@ import time
 
 import redis
 
-from cluster.config import POLICIES
+from cluster.config import MAX_PREDICTED, POLICIES
 from cluster.pool_handles import (Pools, Replica, RequestShape, first_line, pick_colocated, pick_decode,
                                   pick_prefill, usable)
 from cluster.compact_index import CompactPrefixIndex, IndexSize
@@ -44,13 +44,14 @@ class NoReplicaError(ServiceUnavailableError):
 class ClusterView:
     def __init__(self, pools: Pools, block_size: int, events: KVEventSubscriber | None,
                  load_interval_s: float = 0.25, host_pull_weight: float = 0.5, policy: str = "prefix-aware",
-                 prediction_ttl_s: float = 30.0, snapshot_interval_s: float = 30.0):
+                 prediction_ttl_s: float = 30.0, snapshot_interval_s: float = 30.0,
+                 max_predicted: int = MAX_PREDICTED):
         if policy not in POLICIES:
             raise ValueError(f"routing policy must be one of {POLICIES}, got {policy!r}")
         self.pools, self.block_size, self.events = pools, block_size, events
         self.host_pull_weight, self.policy = host_pull_weight, policy
         self._turns: dict[str, int] = {}
-        self.prefixes = CompactPrefixIndex()
+        self.prefixes = CompactPrefixIndex(max_predicted)
         self.follower = IndexFollower(events, self.prefixes, snapshot_interval_s) if events is not None else None
         self._restored = False
         self.load_interval_s = load_interval_s

@@ -13,9 +13,13 @@ kept: the host tier is a holder of its own (``HOST_WORKER``).
 
 Predictions (see PrefixIndex) are a second bitset in each state, undone when their
 prediction expires unless a later prediction of the same (worker, block) is pending. At
-most ``max_predicted`` (worker, block) pairs are pending: beyond that the oldest
-predictions expire early, so a router routing faster than events confirm cannot grow
-without bound.
+most ``max_predicted`` (worker, block) pairs are kept until their expiry (pending or
+confirmed since; the config's ``router.max_predicted``): beyond that the oldest predictions
+expire early, so a router routing faster than events confirm cannot grow without bound.
+
+Memory is bounded by what the workers hold: a block leaves the index the moment no worker
+holds it (its last EVICTED, its holders' CLEARED, a prediction undone), the tables shrink
+once a sixteenth full, and unused holder states are compacted away. ``size`` reports it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cluster.config import MAX_PREDICTED
 from cluster.holder_states import EVICT, STORE, move_code
 from cluster.prefix_core import best_core
 from engine.block_hash import BlockHash
@@ -45,13 +50,14 @@ class IndexSize:
 
 
 class CompactPrefixIndex:
-    def __init__(self, max_predicted: int = 1 << 18, core: type | None = None):
+    def __init__(self, max_predicted: int = MAX_PREDICTED, core: type | None = None):
         self.max_predicted = max_predicted
         self.workers: dict[str, int] = {}
         self.names: list[str] = []
         self.core = (core or best_core())()
         self._predictions: deque[tuple[float, int, int, np.ndarray]] = deque()  # (expiry, number, worker, ids)
         self._number = 0
+        self._queued = 0  # ids in self._predictions
         self._states_after_compact = 1
 
     def __len__(self) -> int:
@@ -107,7 +113,8 @@ class CompactPrefixIndex:
         self._number = self._number % 0xFFFFFFFE + 1
         self.core.predict(worker, ids, self._number)
         self._predictions.append((expires_at, self._number, worker, ids))
-        while self.core.num_pending > self.max_predicted and self._predictions:
+        self._queued += len(ids)
+        while self._queued > self.max_predicted and self._predictions:
             self._unpredict(self._predictions.popleft())
 
     def expire(self, now: float) -> None:
@@ -117,6 +124,7 @@ class CompactPrefixIndex:
 
     def _unpredict(self, prediction: tuple[float, int, int, np.ndarray]) -> None:
         _, number, worker, ids = prediction
+        self._queued -= len(ids)
         self.core.unpredict(worker, ids, number)
 
     # -- matching -------------------------------------------------------------------------
@@ -136,7 +144,7 @@ class CompactPrefixIndex:
     # -- size and contents ----------------------------------------------------------------
 
     def size(self) -> IndexSize:
-        arrays = self.core.nbytes + sum(p[3].nbytes + 100 for p in self._predictions)
+        arrays = self.core.nbytes + 8 * self._queued + 100 * len(self._predictions)
         return IndexSize(len(self.core), self.core.num_pending, self.core.num_states, len(self.names), arrays)
 
     def export_held(self) -> HeldExport:

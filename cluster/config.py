@@ -31,6 +31,7 @@ from router.config import RouterConfig
 
 ROLES = ("prefill", "decode", "colocated", "attention")
 POLICIES = ("prefix-aware", "round-robin")
+MAX_PREDICTED = 1 << 18  # (replica, block) predictions a router keeps (cluster.compact_index)
 
 
 @dataclass(frozen=True)
@@ -105,19 +106,24 @@ class RouterSection(RouterConfig):
     (cached prefix against load, the default) or round-robin. Secrets can stay out of the
     file (parse_cluster_config): ``api_keys_file`` (one KEY or NAME=KEY a line) adds to
     ``api_keys``, ``cache_salt_secret_file`` holds ``cache_salt_secret``. `tierserve serve`'s
-    flags override these fields (cluster/serve_cli.py)."""
+    flags override these fields (cluster/serve_cli.py). ``max_predicted``: (replica, block)
+    predictions the prefix index keeps until KV events confirm them (about 12 bytes each); past
+    it the oldest expire early, which bounds a router that routes faster than events arrive."""
 
     SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("api_keys", "cache_salt_secret")  # never echoed in errors
 
     policy: str = "prefix-aware"
+    max_predicted: int = MAX_PREDICTED
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.max_predicted < 0:
+            raise ValueError(f"max_predicted must be >= 0, got {self.max_predicted}")
         super().__post_init__()
 
     def router_config(self) -> RouterConfig:
-        """The router's own config: this section less ``policy``."""
+        """The router's own config: this section less ``policy`` and ``max_predicted``."""
         return RouterConfig(**{f.name: getattr(self, f.name) for f in fields(RouterConfig)})
 
 

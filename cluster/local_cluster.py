@@ -91,7 +91,8 @@ class Cluster:
             info = ClusterInfo(self.config.name, self.config.model, self.kvstore,
                                {role: tuple(r.worker_id for r in getattr(self.pools, role))
                                 for role in self.config.pools if role != "attention"}, tuple(self.infos),
-                               self.config.kvstore.host_pull_weight, self.config.router.policy)
+                               self.config.kvstore.host_pull_weight, self.config.router.policy,
+                               self.config.router.max_predicted)
             self.registry = ClusterRegistry.options(name=registry_name(info.name),
                                                     namespace=NAMESPACE).remote(info)
             self.dispatcher = make_dispatcher(info, self.pools)
@@ -255,7 +256,7 @@ def make_dispatcher(info: ClusterInfo, pools: Pools) -> Dispatcher:
     """A dispatcher over a cluster's replicas (the serving router's, or a batch job's own)."""
     events = KVEventSubscriber(connect_redis(info.kvstore), RedisKeys(info.kvstore.key_prefix))
     view = ClusterView(pools, info.engines[0].block_size, events, host_pull_weight=info.host_pull_weight,
-                       policy=info.policy)
+                       policy=info.policy, max_predicted=info.max_predicted)
     return Dispatcher(view, load_tokenizer(info.model), model_name=os.path.basename(info.model.rstrip("/")),
                       max_model_len=min(e.max_model_len for e in info.engines),
                       vocab_size=info.engines[0].vocab_size, eos_token_ids=info.engines[0].eos_token_ids)

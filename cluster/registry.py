@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import ray
 
+from cluster.config import MAX_PREDICTED
 from cluster.messages import EngineInfo
 from cluster.pool_handles import Pools, Replica
 from kvstore.config import KVStoreConfig
@@ -26,6 +27,7 @@ class ClusterInfo:
     engines: tuple[EngineInfo, ...]
     host_pull_weight: float = 0.5
     policy: str = "prefix-aware"
+    max_predicted: int = MAX_PREDICTED
 
 
 def actor_name(cluster: str, worker_id: str) -> str:

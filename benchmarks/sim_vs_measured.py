@@ -53,7 +53,7 @@ FIT_SESSIONS = ("j", "k")
 METRICS = ("ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99", "throughput_tok_s", "goodput_req_s")
 SLO_TTFT_S, SLO_GAP_S = 1.0, 0.05
 FITTED = ("prefill.latency_s", "prefill.busy_s", "prefill.handoff_s", "decode.busy_s",
-          "colocated.latency_s", "colocated.busy_s", "step_jitter")
+          "colocated.latency_s", "colocated.busy_s", "step_jitter", "step_jitter_s")
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ def summarize(record: SimRecord, slo: SLO | None, catalog: Catalog) -> SimResult
     finish = np.array([r.finish_at for r in done]) + latency
     outputs = np.array([r.output for r in done], dtype=np.float64)
     tpot = np.where(outputs > 1, (finish - arrival - ttft) / np.maximum(outputs - 1, 1), 0.0)
-    gaps = TokenGaps.collect(record.segments, done, record.extra_gaps, record.step_jitter)
+    gaps = TokenGaps.collect(record.segments, done, record.extra_gaps, record.step_jitter,
+                             record.step_jitter_s)
     samples = LatencySamples(ttft, tpot, finish - arrival, gaps)
     duration = float(finish.max() - record.trace.arrival_s[0]) if done else 0.0
     util = _utilization(record, duration)

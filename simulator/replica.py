@@ -153,7 +153,7 @@ class Replica:
             kv_read += req.computed + n
         work = Work(tokens, logits, attended, kv_read)
         if batch is None:
-            seconds = self.cost.seconds(work)
+            seconds = self.sim.step_noise(self.cost.seconds(work))
         else:
             seconds = (self.cost.mixed_seconds(work, batch.batch, batch.context) if batch.batch
                        else self.cost.seconds(work)) + batch.take_stall()

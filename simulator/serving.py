@@ -6,14 +6,17 @@ TTFT and every later token), engine time per request serialized with the iterati
 (``busy_s``: a prefill worker's handoff under its peer lock and the calls around it, a decode
 engine receiving a KV handoff between two steps, a colocated engine admitting a request), and
 on the disaggregated path the calls that set up a handoff before its bytes move
-(``handoff_s``). ``step_jitter`` is the relative spread of step times (a lognormal sigma):
-it widens TBT tails, which the closed-form step runs alone leave at the mean step.
+(``handoff_s``). Host noise: every engine step takes ``step_jitter_s * (f - 1)`` longer, ``f``
+lognormal of median 1 and log-sd ``step_jitter`` (additive, right-skewed: a garbage collection or a
+late Ray call costs a 5 ms decode step and a 30 ms prefill iteration the same milliseconds). It widens
+TBT tails (tbt.py; the closed-form step runs alone leave them at the mean step) and is drawn per
+prefill iteration (seeded), so it adds to the prefill path's queueing.
 
 Profiles carry them (``tierserve calibrate --serve-results`` fits them from a serving run):
 
     "serving": {"prefill": {"latency_s": 0.008, "busy_s": 0.011, "handoff_s": 0.004},
                 "decode": {"busy_s": 0.002}, "colocated": {"latency_s": 0.006, "busy_s": 0.001},
-                "step_jitter": 0.05, "source": "fitted from benchmarks/results/serve-2xh200-..."}
+                "step_jitter": 0.5, "step_jitter_s": 0.003, "source": "fitted from benchmarks/results/serve-2xh200-..."}
 
 Without one, the command line uses ``TIERSERVE_STACK``: tierserve's own stack as fitted on the
 2xH200 runs (docs/simulator.md); library callers get ``NONE`` (the bare engine model).
@@ -49,12 +52,15 @@ class ServingCosts:
     prefill: PathCosts = PathCosts()
     decode: PathCosts = PathCosts()
     colocated: PathCosts = PathCosts()
-    step_jitter: float = 0.0
+    step_jitter: float = 0.0      # log-sd of the host noise's lognormal factor
+    step_jitter_s: float = 0.005  # the host noise's scale, seconds
     source: str = "none"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.step_jitter < 1:
-            raise SimInputError(f"step_jitter must be a relative spread in [0, 1), got {self.step_jitter!r}")
+        if not 0 <= self.step_jitter <= 2:
+            raise SimInputError(f"step_jitter must be a log-sd in [0, 2], got {self.step_jitter!r}")
+        if not 0 <= self.step_jitter_s < 1:
+            raise SimInputError(f"step_jitter_s must be seconds in [0, 1), got {self.step_jitter_s!r}")
 
     def scaled(self, factor: float) -> ServingCosts:
         """Every per-request cost ``factor`` times larger (a slower host or stack)."""
@@ -63,7 +69,7 @@ class ServingCosts:
 
     def as_dict(self) -> dict:
         out: dict = {p: {f.name: getattr(getattr(self, p), f.name) for f in fields(PathCosts)} for p in PATHS}
-        return {**out, "step_jitter": self.step_jitter, "source": self.source}
+        return {**out, "step_jitter": self.step_jitter, "step_jitter_s": self.step_jitter_s, "source": self.source}
 
 
 NONE = ServingCosts()
@@ -84,7 +90,7 @@ def parse_serving(entry: object, where: str) -> ServingCosts:
     """A profile's ``serving`` object."""
     if not isinstance(entry, dict):
         raise SimInputError(f"{where}: serving must be an object")
-    unknown = set(entry) - {*PATHS, "step_jitter", "source"}
+    unknown = set(entry) - {*PATHS, "step_jitter", "step_jitter_s", "source"}
     if unknown:
         raise SimInputError(f"{where}: serving has unknown key(s) {sorted(unknown)}")
     paths = {}
@@ -99,6 +105,7 @@ def parse_serving(entry: object, where: str) -> ServingCosts:
             raise SimInputError(f"{where}: serving.{path}: {e}") from None
     try:
         return ServingCosts(**paths, step_jitter=entry.get("step_jitter", 0.0),
+                            step_jitter_s=entry.get("step_jitter_s", ServingCosts.step_jitter_s),
                             source=str(entry.get("source", where)))
     except SimInputError as e:
         raise SimInputError(f"{where}: serving: {e}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,7 +38,8 @@ class SimRecord:
     extra_gaps: list[float]   # token gaps outside decode segments (a preempted request's recompute token)
     preemptions: int
     client_latency_s: float = 0.0   # the entry path's serving latency: added to what clients see
-    step_jitter: float = 0.0        # relative spread of step times (TBT tails)
+    step_jitter: float = 0.0        # host noise per step: log-sd of its lognormal factor (serving.py)
+    step_jitter_s: float = 0.0      # and its scale, seconds
 
 
 class Simulation:
@@ -50,6 +52,7 @@ class Simulation:
         self.extra_gaps: list[float] = []
         self.preemptions = 0
         self.serving = costs.path_costs()
+        self._noise = random.Random(0) if self.serving.step_jitter and self.serving.step_jitter_s else None
         self.router = Router(design.router)
         self.sharing = design.prefix_caching and design.shared_prefix_attention and trace.hash_ids is not None
         self.pools = {name: self._pool(name, spec) for name, spec in design.pools().items() if name != "attention"}
@@ -89,6 +92,14 @@ class Simulation:
         link = self.costs.links.between(p.hardware, d.hardware)
         return Link(link.bandwidth * min(p.tp, d.tp), link.latency_s)
 
+    def step_noise(self, seconds: float) -> float:
+        """A prefill iteration's time with the host noise drawn for it (serving.py); seeded, so runs
+        repeat. Decode steps get theirs in the token-gap statistics (tbt.py)."""
+        if self._noise is None:
+            return seconds
+        s = self.serving
+        return max(seconds + s.step_jitter_s * (self._noise.lognormvariate(0.0, s.step_jitter) - 1), 0.5 * seconds)
+
     def push(self, t: float, handler: Callable, arg: object) -> None:
         heapq.heappush(self.heap, (t, next(self._seq), handler, arg))
 
@@ -120,7 +131,8 @@ class Simulation:
             raise RuntimeError(f"simulation ended with {len(requests) - self.finished - rejected} requests stuck")
         entry = "colocated" if "colocated" in self.pools else "prefill"
         return SimRecord(self.design, tr, requests, self.segments, self.pools, rejected, self.extra_gaps,
-                         self.preemptions, getattr(self.serving, entry).latency_s, self.serving.step_jitter)
+                         self.preemptions, getattr(self.serving, entry).latency_s, self.serving.step_jitter,
+                         self.serving.step_jitter_s)
 
     def _length_limits(self) -> tuple[int, int]:
         """The longest prompt, and the longest prompt + output, every replica on the way can hold."""

@@ -4,8 +4,11 @@ Each segment (batch, steps, first, delta) stands for ``batch`` tokens per step w
 first, first + delta, ... over ``steps`` steps. A request's first decode token also waited for
 its KV and a batch slot: that gap replaces the bare step time it has in the segments. Gaps outside
 any segment (the token a preempted request's recompute samples) are kept one by one (``extra``).
-With a step-time ``jitter`` (a lognormal sigma), every gap is the modeled one times a factor of median 1
-drawn from it: the CDF averages the modeled one over the factors' quantile nodes.
+Step-time jitter is host noise added to every step (serving.py): a gap is the modeled one plus
+``scale * (f - 1)``, ``f`` lognormal of median 1 and log-sd ``jitter`` (right-skewed: a garbage
+collection or a late Ray call delays a step by milliseconds whatever its GPU work). The CDF averages
+the modeled one over the noise's quantile nodes, so a 5 ms decode step spreads relatively far more
+than a 30 ms mixed prefill iteration.
 """
 
 from __future__ import annotations
@@ -26,30 +29,29 @@ class TokenGaps:
     first_gaps: np.ndarray   # per request: ttft -> first decode token
     first_steps: np.ndarray  # the step time the segments count for that token
     extra: np.ndarray        # sorted gaps of tokens no segment holds
-    factors: np.ndarray = field(default_factory=lambda: np.ones(1))  # step-time jitter nodes
-    weights: np.ndarray = field(default_factory=lambda: np.ones(1))  # and their probabilities
-    jitter: float = 0.0                                               # their lognormal sigma
+    offsets: np.ndarray = field(default_factory=lambda: np.zeros(1))  # host-noise nodes, seconds
+    weights: np.ndarray = field(default_factory=lambda: np.ones(1))   # and their probabilities
 
     @classmethod
     def collect(cls, segments: list[tuple[int, int, float, float]], requests: list[Request],
-                extra: list[float] = (), jitter: float = 0.0) -> TokenGaps:
+                extra: list[float] = (), jitter: float = 0.0, scale_s: float = 0.0) -> TokenGaps:
         seg = np.asarray(segments, dtype=np.float64).reshape(-1, 4)
         joined = [r for r in requests if r.first_decode_at >= 0]
         gaps = np.array([r.first_decode_at - r.ttft_at for r in joined])
         steps = np.array([r.first_step_s for r in joined])
         return cls(seg[:, 0], seg[:, 1], seg[:, 2], seg[:, 3], np.sort(gaps), np.sort(steps),
-                   np.sort(np.asarray(extra, dtype=np.float64)), *jitter_factors(jitter), jitter)
+                   np.sort(np.asarray(extra, dtype=np.float64)), *noise_offsets(jitter, scale_s))
 
     @property
     def count(self) -> float:
         return float(np.dot(self.batch, self.steps)) + len(self.extra)
 
     def count_at_most(self, xs: np.ndarray) -> np.ndarray:
-        """Tokens whose gap is <= x, for each x in ``xs`` (averaged over the jitter factors)."""
+        """Tokens whose gap is <= x, for each x in ``xs`` (averaged over the host-noise nodes)."""
         xs = np.atleast_1d(np.asarray(xs, dtype=np.float64))
-        if len(self.factors) == 1:
-            return self._modeled_at_most(xs / self.factors[0])
-        return sum(w * self._modeled_at_most(xs / f) for f, w in zip(self.factors, self.weights))
+        if len(self.offsets) == 1:
+            return self._modeled_at_most(xs - self.offsets[0])
+        return sum(w * self._modeled_at_most(xs - a) for a, w in zip(self.offsets, self.weights))
 
     def _modeled_at_most(self, xs: np.ndarray) -> np.ndarray:
         """Tokens whose modeled gap is <= x, for each x in ``xs`` (a few at a time, to bound memory)."""
@@ -66,17 +68,20 @@ class TokenGaps:
             out[i:i + 8] = n @ self.batch + fixes
         return out
 
+    @property
+    def noisy(self) -> bool:
+        return len(self.offsets) > 1
+
     def quantiles(self, qs: list[float], tolerance_s: float = 1e-7) -> list[float]:
         """For each q, the smallest gap g with at least q of all tokens at or below it (bisection;
-        with jitter, from a log-binned histogram convolved with the jitter's kernel)."""
+        with host noise, from the sorted modeled gaps shifted by each noise node)."""
         if self.count == 0:
             return [float("nan")] * len(qs)
-        if self.jitter > 0:
-            return self._jittered_quantiles(qs)
+        if self.noisy:
+            return self._noisy_quantiles(qs)
         lo = np.zeros(len(qs))
         hi = np.full(len(qs), float(max(np.max(self.first + self.delta * (self.steps - 1), initial=0.0),
-                                        np.max(self.first_gaps, initial=0.0), np.max(self.extra, initial=0.0))
-                                    * self.factors.max()))
+                                        np.max(self.first_gaps, initial=0.0), np.max(self.extra, initial=0.0))))
         target = np.asarray(qs) * self.count
         while np.max(hi - lo) > tolerance_s:
             mid = (lo + hi) / 2
@@ -84,9 +89,9 @@ class TokenGaps:
             hi, lo = np.where(below, mid, hi), np.where(below, lo, mid)
         return hi.tolist()
 
-    def _jittered_quantiles(self, qs: list[float], bin_log: float = 0.002, samples: int = 4) -> list[float]:
-        """Gaps in log-spaced bins (a segment's arithmetic run as ``samples`` points), the jitter a
-        Gaussian kernel in log space; a quantile is its bin's centre (0.2% wide)."""
+    def _noisy_quantiles(self, qs: list[float], grid: int = 4000, samples: int = 4) -> list[float]:
+        """Modeled gaps as weighted points (a segment's arithmetic run as ``samples`` of them), their
+        CDF shifted by every noise node and averaged, read on a log grid (0.2-0.3% apart)."""
         steps = self.steps
         spread = (np.arange(samples) + 0.5) / samples
         values = (self.first[:, None] + self.delta[:, None] * (steps[:, None] - 1) * spread[None, :]).ravel()
@@ -94,18 +99,17 @@ class TokenGaps:
         values = np.concatenate([values, self.first_gaps, self.first_steps, self.extra])
         weights = np.concatenate([weights, np.ones(len(self.first_gaps)), -np.ones(len(self.first_steps)),
                                   np.ones(len(self.extra))])
-        positive = values > 0
-        logs = np.log(values[positive])
-        lo, hi = logs.min() - 4 * self.jitter, logs.max() + 4 * self.jitter
-        bins = max(1, int(np.ceil((hi - lo) / bin_log)))
-        hist, _ = np.histogram(logs, bins=bins, range=(lo, hi), weights=weights[positive])
-        half = int(np.ceil(4 * self.jitter / bin_log))
-        x = np.arange(-half, half + 1) * bin_log / self.jitter
-        kernel = np.exp(-x * x / 2)
-        smooth = np.convolve(hist, kernel / kernel.sum(), mode="same")
-        cdf = np.cumsum(smooth) / smooth.sum()
-        idx = np.minimum(np.searchsorted(cdf, np.asarray(qs) - 1e-12), bins - 1)
-        return np.exp(lo + (idx + 0.5) * bin_log).tolist()
+        order = np.argsort(values, kind="stable")
+        values, cum = values[order], np.cumsum(weights[order])
+        lo = max(values[0] + self.offsets.min(), values[values > 0].min() * 0.5, 1e-7)
+        xs = np.geomspace(lo, values[-1] + self.offsets.max(), grid)
+        cdf = np.zeros(grid)
+        for a, w in zip(self.offsets, self.weights):
+            idx = np.searchsorted(values, xs - a, "right")
+            cdf += w * np.where(idx > 0, cum[np.maximum(idx - 1, 0)], 0.0)
+        cdf /= self.count
+        idx = np.minimum(np.searchsorted(cdf, np.asarray(qs) - 1e-12), grid - 1)
+        return xs[idx].tolist()
 
     def mean(self) -> float:
         if self.count == 0:
@@ -117,10 +121,11 @@ class TokenGaps:
         return self.count_at_most(xs) / max(self.count, 1.0)
 
 
-def jitter_factors(sigma: float, nodes: int = 17) -> tuple[np.ndarray, np.ndarray]:
-    """Lognormal factors of median 1 and their weights (Gauss-Hermite nodes, which reach the tails
-    that p99 needs; an odd count keeps the median; one factor, 1, for sigma 0)."""
-    if sigma <= 0:
-        return np.ones(1), np.ones(1)
+def noise_offsets(sigma: float, scale_s: float, nodes: int = 17) -> tuple[np.ndarray, np.ndarray]:
+    """Host noise ``scale_s * (f - 1)``, f lognormal of median 1 and log-sd ``sigma``, as Gauss-Hermite
+    nodes and weights (they reach the tails that p99 needs; an odd count keeps the median, 0); one
+    node, 0, without noise."""
+    if sigma <= 0 or scale_s <= 0:
+        return np.zeros(1), np.ones(1)
     z, w = np.polynomial.hermite_e.hermegauss(nodes)
-    return np.exp(sigma * z), w / w.sum()
+    return scale_s * (np.exp(sigma * z) - 1), w / w.sum()

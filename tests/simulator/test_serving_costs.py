@@ -124,3 +124,16 @@ def test_calibrated_prior_from_leave_one_out_residuals(costs: CostModels) -> Non
 def test_no_serving_costs_leave_the_engine_model_unchanged(costs: CostModels) -> None:
     design = Design(colocated=PoolSpec("H100", 1))
     assert simulate(design, ONE, costs).percentiles == simulate(design, ONE, with_serving(costs, NONE)).percentiles
+
+
+def test_host_noise_adds_milliseconds_whatever_the_step() -> None:
+    """Step jitter is additive host noise: a 30 ms mixed iteration's tail grows by what a 5 ms decode
+    step's does, not six times as much."""
+    from simulator.tbt import TokenGaps
+    tails = []
+    for step in (0.005, 0.030):
+        gaps = TokenGaps.collect([(4, 1000, step, 0.0)], [], jitter=0.5, scale_s=0.004)
+        p50, p99 = gaps.quantiles([0.5, 0.99])
+        assert p50 == pytest.approx(step, rel=0.01)
+        tails.append(p99 - p50)
+    assert tails[1] == pytest.approx(tails[0], rel=0.02) and tails[0] == pytest.approx(0.004 * (3.2 - 1), rel=0.1)

@@ -484,17 +484,19 @@ static PyObject *Core_match(Core *self, PyObject *args) {
 }
 
 /* route(ids, stride, columns, loads, inflight, prompt_tokens, block_size, host_column, host_weight,
- *       ratio, slack_tokens, slack_requests) -> replica
+ *       ratio, slack_requests, slack_tokens, credit=None) -> replica
  * The prefill pick of cluster/pool_handles.py (pick_prefill with RequestShape.prefill_cost) in
  * one call: replica r is worker columns[r] of the index; cache affinity (least work, then
  * load, then requests in flight) while the pool is balanced, else least in flight, then load;
- * ties to the earlier replica. cluster/fleet_router.py holds the same rule in numpy. */
+ * ties to the earlier replica. credit (float64 per replica, or None): tokens replica r need not
+ * compute beyond its prefix (segments it holds), taken off its work, floored at 0.
+ * cluster/fleet_router.py holds the same rule in numpy. */
 static PyObject *Core_route(Core *self, PyObject *args) {
-    PyObject *o_ids, *o_cols, *o_loads, *o_inflight;
+    PyObject *o_ids, *o_cols, *o_loads, *o_inflight, *o_credit = Py_None;
     Py_ssize_t stride, prompt, block, host_col, slack_requests;
     double host_weight, ratio, slack_tokens;
-    if (!PyArg_ParseTuple(args, "OnOOOnnnddnd", &o_ids, &stride, &o_cols, &o_loads, &o_inflight, &prompt, &block,
-                          &host_col, &host_weight, &ratio, &slack_requests, &slack_tokens))
+    if (!PyArg_ParseTuple(args, "OnOOOnnnddnd|O", &o_ids, &stride, &o_cols, &o_loads, &o_inflight, &prompt, &block,
+                          &host_col, &host_weight, &ratio, &slack_requests, &slack_tokens, &o_credit))
         return NULL;
     Py_buffer ids, cols, loads, inflight;
     size_t n;
@@ -506,14 +508,21 @@ static PyObject *Core_route(Core *self, PyObject *args) {
     if (get_buffer(o_inflight, &inflight, 8, 0, "inflight") < 0) {
         PyBuffer_Release(&ids); PyBuffer_Release(&cols); PyBuffer_Release(&loads); return NULL;
     }
+    Py_buffer credits = {0};
+    if (o_credit != Py_None && get_buffer(o_credit, &credits, 8, 0, "credit") < 0) {
+        PyBuffer_Release(&ids); PyBuffer_Release(&cols); PyBuffer_Release(&loads); PyBuffer_Release(&inflight);
+        return NULL;
+    }
     size_t replicas = (size_t)cols.len / 8, nw = self->states.nwords, slots = nw * 64;
     const int64_t *col = cols.buf, *fly = inflight.buf;
-    const double *load = loads.buf;
+    const double *load = loads.buf, *credit = o_credit != Py_None ? credits.buf : NULL;
     int64_t *counts = malloc(slots * sizeof(int64_t));
     uint64_t *alive = malloc(nw * sizeof(uint64_t));
     Py_ssize_t chosen = -1;
-    if (!replicas || (size_t)loads.len / 8 != replicas || (size_t)inflight.len / 8 != replicas) {
-        PyErr_SetString(PyExc_ValueError, "columns, loads and inflight need one entry per replica (and one at least)");
+    if (!replicas || (size_t)loads.len / 8 != replicas || (size_t)inflight.len / 8 != replicas
+        || (credit && (size_t)credits.len / 8 != replicas)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "columns, loads, inflight (and credit) need one entry per replica (and one at least)");
     } else if (counts && alive) {
         match_into(self, ids.buf, n, (size_t)stride, counts, slots, alive);
         int64_t host = host_col >= 0 && (size_t)host_col < slots ? counts[host_col] : 0;
@@ -534,6 +543,7 @@ static PyObject *Core_route(Core *self, PyObject *args) {
             if (uncached < 0) uncached = 0;
             int64_t pulled = (host - c > 0 && host_weight < 1) ? (host - c) * block : 0;
             double work = (double)(uncached - pulled) + host_weight * (double)pulled;
+            if (credit) work = work > credit[r] ? work - credit[r] : 0.0;
             int better;
             if (chosen < 0) better = 1;
             else if (imbalanced)
@@ -548,6 +558,7 @@ static PyObject *Core_route(Core *self, PyObject *args) {
     }
     free(counts); free(alive);
     PyBuffer_Release(&ids); PyBuffer_Release(&cols); PyBuffer_Release(&loads); PyBuffer_Release(&inflight);
+    if (credit) PyBuffer_Release(&credits);
     return chosen < 0 ? NULL : PyLong_FromSsize_t(chosen);
 }
 
@@ -624,7 +635,7 @@ static PyMethodDef Core_methods[] = {
     {"match", (PyCFunction)Core_match, METH_VARARGS, "match(ids, counts, stride=8) -> leading blocks anyone holds"},
     {"route", (PyCFunction)Core_route, METH_VARARGS,
      "route(ids, stride, columns, loads, inflight, prompt_tokens, block_size, host_column, host_weight, ratio, "
-     "slack_requests, slack_tokens) -> the replica to prefill on"},
+     "slack_requests, slack_tokens, credit=None) -> the replica to prefill on"},
     {"compact", (PyCFunction)Core_compact, METH_NOARGS, "drop unused holder states"},
     {"export", (PyCFunction)Core_export, METH_NOARGS, "export() -> (ids bytes, states bytes)"},
     {"state", (PyCFunction)Core_state, METH_O, "state(s) -> (held, predicted) worker bitsets"},

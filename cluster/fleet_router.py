@@ -8,12 +8,18 @@ to the earlier replica) and ``RequestShape.prefill_cost``, so the same loads and
 give the same replica as the dispatcher's own rule (tests/cluster/test_fleet_router.py).
 Two routers that applied the same events and see the same loads therefore choose alike: no
 part of a decision depends on arrival order, dict order or a random draw.
+
+Segment reuse (engine/segments, router/segments.py) enters a decision as a *credit*: per
+replica, the prompt tokens it need not compute beyond its cached prefix because it holds the
+request's segments, taken off its work (floored at 0) before the pick. A segment index
+answers that lookup (``SegmentLookup``); the router keeps no segment semantics of its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -37,14 +43,25 @@ class Balance:
         return cls(IMBALANCE_RATIO, IMBALANCE_SLACK_TOKENS, IMBALANCE_SLACK_REQUESTS)
 
 
+class SegmentLookup(Protocol):
+    """What a segment index answers in a routing decision (implemented beside router/segments.py)."""
+
+    def credit(self, segments: Sequence[int], replicas: Sequence[str]) -> np.ndarray:
+        """Per replica (float64, ``replicas`` order): prompt tokens of ``segments`` (the request's
+        segment ids, past its shared prefix) the replica would fill from its segment store."""
+        ...
+
+
 def prefill_work(counts: np.ndarray, host_blocks: int, prompt_tokens: int, block_size: int,
-                 host_pull_weight: float) -> np.ndarray:
-    """Tokens each replica would compute (host-tier pulls at ``host_pull_weight``)."""
+                 host_pull_weight: float, credit: np.ndarray | None = None) -> np.ndarray:
+    """Tokens each replica would compute (host-tier pulls at ``host_pull_weight``, less ``credit``)."""
     uncached = np.maximum(0, prompt_tokens - counts * block_size)
     if host_blocks <= 0 or host_pull_weight >= 1:
-        return uncached.astype(np.float64)
-    pulled = np.maximum(0, host_blocks - counts) * block_size
-    return (uncached - pulled) + host_pull_weight * pulled
+        work = uncached.astype(np.float64)
+    else:
+        pulled = np.maximum(0, host_blocks - counts) * block_size
+        work = (uncached - pulled) + host_pull_weight * pulled
+    return work if credit is None else np.maximum(0.0, work - credit)
 
 
 def pick_index(work: np.ndarray, loads: np.ndarray, inflight: np.ndarray, balance: Balance) -> int:
@@ -77,9 +94,13 @@ class FleetRouter:
         self.columns = np.array([index.worker(r) for r in self.replicas], np.int64)
         self._native = hasattr(index.core, "route")
 
-    def route(self, hashes: Sequence[BlockHash] | np.ndarray, prompt_tokens: int) -> int:
+    def route(self, hashes: Sequence[BlockHash] | np.ndarray, prompt_tokens: int,
+              credit: np.ndarray | None = None) -> int:
         """The replica (index into ``replicas``) to prefill a prompt whose chained block hashes
-        (16-byte hashes, or block ids) are ``hashes``."""
+        (16-byte hashes, or block ids) are ``hashes``; ``credit``: tokens each replica need not
+        compute beyond its prefix (a ``SegmentLookup``'s answer), None for none."""
+        if credit is not None:
+            credit = np.ascontiguousarray(credit, np.float64)
         host = self.index.workers.get(self.host_worker, -1) if self.host_worker else -1
         if self._native:
             if len(hashes) and isinstance(hashes[0], bytes):
@@ -89,8 +110,8 @@ class FleetRouter:
             b = self.balance
             return self.index.core.route(ids, stride, self.columns, self.loads, self.inflight, prompt_tokens,
                                          self.block_size, host, self.host_pull_weight, b.ratio, b.slack_requests,
-                                         b.slack_tokens)
+                                         b.slack_tokens, credit)
         counts = self.index.matched_counts(block_ids(hashes), len(self.index.names))
         work = prefill_work(counts[self.columns], int(counts[host]) if host >= 0 else 0, prompt_tokens,
-                            self.block_size, self.host_pull_weight)
+                            self.block_size, self.host_pull_weight, credit)
         return pick_index(work, self.loads, self.inflight, self.balance)

@@ -48,3 +48,34 @@ def test_same_choice_as_the_dispatchers_rule(core, seed):
         expected = names.index(pick_prefill(replicas, shape).worker_id)
         assert router.route(hashes, len(prompt)) == expected
         assert router.route(np.frombuffer(b"".join(hashes), np.uint64)[::2].copy(), len(prompt)) == expected
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_segment_credit_is_taken_off_the_work_alike_on_both_cores(seed):
+    """A segment lookup's credit (tokens a replica need not compute beyond its prefix) moves the
+    choice as the numpy rule says, on the C core too; no credit is the dispatcher's rule."""
+    if native_core() is None:
+        pytest.skip("the C core is not built")
+    rng = np.random.default_rng(seed)
+    names = [f"p{i}" for i in range(40)]
+    routers = []
+    for core in (NumpyCore, native_core()):
+        index = CompactPrefixIndex(core=core)
+        for i in range(40):
+            index.apply(stored(names[i], hash_blocks(list(range(i, i + 64)), BLOCK)[:i % 16 + 1]))
+        routers.append(FleetRouter(names, index, BLOCK))
+    moved = 0
+    for trial in range(200):
+        loads, inflight = rng.choice([0.0, 50.0, 400.0], 40), rng.integers(0, 2, 40)
+        credit = np.where(rng.random(40) < 0.2, rng.choice([8.0, 40.0, 1e6], 40), 0.0)
+        start = int(rng.integers(0, 40))
+        hashes = hash_blocks(list(range(start, start + 64)), BLOCK)
+        for r in routers:
+            r.loads[:], r.inflight[:] = loads, inflight
+        choices = [r.route(hashes, 64, credit) for r in routers]
+        assert choices[0] == choices[1]
+        assert routers[1].route(hashes, 64, np.zeros(40)) == routers[1].route(hashes, 64)
+        moved += choices[1] != routers[1].route(hashes, 64)
+    assert moved > 10, "credits moved some choices"
+    with pytest.raises(ValueError, match="credit"):
+        routers[1].route(hashes, 64, np.zeros(3))

@@ -39,6 +39,7 @@ class HardwareSpec:
     idle_power_fraction: float
     memory_fraction: float
     price_source: str = "not stated"
+    allreduce_latency_us: float = 28.0  # a small all-reduce over 8 devices of a node (catalog.yaml)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -64,6 +65,11 @@ class HardwareSpec:
     def memory_bandwidth(self) -> float:
         """Reachable bytes/s of one device's memory."""
         return self.memory_bandwidth_gbs * 1e9 * self.memory_efficiency
+
+    def allreduce_latency_s(self, tp: int) -> float:
+        """One small all-reduce over ``tp`` devices: the 8-device time, scaled by tp / 8 (the ring's
+        hops grow with the group; an assumption between measurements at one group size)."""
+        return self.allreduce_latency_us * 1e-6 * tp / 8
 
     @property
     def network_bandwidth(self) -> float:
@@ -127,6 +133,12 @@ class Catalog:
         spec = replace(hw, memory_gib=total_bytes / GIB, memory_fraction=usable / total_bytes)
         return replace(self, hardware={**self.hardware, name: spec})
 
+    def with_allreduce(self, name: str, latency_s: float, ranks: int, busbw_bytes_s: float) -> Catalog:
+        """``name``'s tensor-parallel all-reduce as nccl-tests measured it on ``ranks`` of its devices."""
+        spec = replace(self[name], allreduce_latency_us=latency_s * 1e6 * 8 / ranks,
+                       interconnect_gbs=busbw_bytes_s / 1e9)
+        return replace(self, hardware={**self.hardware, name: spec})
+
     def price_sources(self, names: list[str]) -> list[str]:
         """'NAME $X/h: source' for each named device kind, in order, once."""
         return [f"{n} ${self[n].usd_per_hour:g}/h: {self[n].price_source}" for n in dict.fromkeys(names)]
@@ -162,7 +174,7 @@ def _read(path: Path) -> dict:
 
 def _spec(name: str, entry: dict) -> HardwareSpec:
     names = {f.name for f in fields(HardwareSpec)} - {"name"}
-    unknown, missing = sorted(set(entry) - names), sorted(names - set(entry) - {"price_source"})
+    unknown, missing = sorted(set(entry) - names), sorted(names - set(entry) - {"price_source", "allreduce_latency_us"})
     if "memory_gb" in unknown:
         raise SimInputError(f"hardware {name}: memory_gb is now memory_gib, the device memory in GiB as the "
                             "driver reports it (nvidia-smi's MiB / 1024; an H200 is 140.4, not 141 GB = 141e9 bytes)")

@@ -12,7 +12,7 @@ from simulator.errors import SimInputError
 from simulator.hardware import Catalog, load_catalog
 from simulator.links import Link, LinkTable, fit_link
 from simulator.models import load_model
-from simulator.nccl_tests import link_from_nccl_tests
+from simulator.nccl_tests import allreduce_from_nccl_tests, link_from_nccl_tests
 from simulator.profiles import Profile, load_profile
 from simulator.serving import NONE, TIERSERVE_STACK
 from simulator.traces.load import load_trace
@@ -27,7 +27,8 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", action="append", default=[], metavar="JSON[:DEVICE]",
                    help="calibration profile from our benchmarks; DEVICE names its hardware if the file does not")
     p.add_argument("--nccl-tests", action="append", default=[], metavar="SRC:DST=FILE",
-                   help="nccl-tests output (all_reduce_perf, sendrecv_perf) measured between two tiers")
+                   help="nccl-tests output: sendrecv_perf between two tiers (a KV link), or all_reduce_perf "
+                        "inside one node of a tier, X:X=FILE (its tensor-parallel all-reduce)")
     p.add_argument("--rate-scale", type=float, default=1.0, help="replay the trace this many times faster")
     p.add_argument("--router", default=None, choices=ROUTERS,
                    help="routing policy (default prefix_aware, or the cluster config's router.policy)")
@@ -43,12 +44,13 @@ def profile_arg(text: str, catalog: Catalog) -> Profile:
     return load_profile(text)
 
 
-def nccl_arg(text: str) -> tuple[tuple[str, str], Link]:
+def nccl_pair(text: str) -> tuple[tuple[str, str], str]:
     pair, sep, path = text.partition("=")
     src, sep2, dst = pair.partition(":")
     if not sep or not sep2 or not src or not dst:
         raise SimInputError(f"--nccl-tests {text!r} is not SRC:DST=FILE (e.g. H100:L40S=sendrecv.txt)")
-    return (src, dst), link_from_nccl_tests(path)
+    return (src, dst), path
+
 
 
 def resolved(catalog: Catalog, pair: tuple[str, str]) -> tuple[str, str]:
@@ -64,8 +66,13 @@ def build_costs(args: argparse.Namespace) -> CostModels:
             points[resolved(catalog, (lp.src, lp.dst))].append((lp.bytes, lp.seconds))
     measured = {pair: fit_link(pts) for pair, pts in points.items()}
     for text in args.nccl_tests:
-        pair, link = nccl_arg(text)
-        measured[resolved(catalog, pair)] = link
+        pair, path = nccl_pair(text)
+        src, dst = resolved(catalog, pair)
+        allreduce = allreduce_from_nccl_tests(path) if src == dst else None
+        if allreduce is not None:  # inside a node of one tier: its tensor-parallel all-reduce
+            catalog = catalog.with_allreduce(src, allreduce.latency_s, allreduce.ranks, allreduce.busbw_bytes_s)
+        else:
+            measured[(src, dst)] = link_from_nccl_tests(path)
     serving = TIERSERVE_STACK if getattr(args, "serving_costs", "stack") == "stack" else NONE
     return CostModels(load_model(args.model), catalog, profiles, LinkTable(catalog, measured), serving)
 

@@ -147,3 +147,27 @@ def _program_in(filename: str, runs: int) -> str | None:
     """A lone run's program from its file's name (sendrecv_perf_h100_l40s.txt), as older logs do not say."""
     found = _PROGRAM.search(filename)
     return found.group(0) if found and runs == 1 else None
+
+
+@dataclass(frozen=True)
+class AllReduce:
+    """A tier's tensor-parallel all-reduce as all_reduce_perf measured it inside one node."""
+
+    latency_s: float      # the smallest message's time
+    busbw_bytes_s: float  # the best bus bandwidth
+    ranks: int            # devices in the run ('#  Rank N' lines)
+
+
+def allreduce_from_nccl_tests(path: str | Path) -> AllReduce | None:
+    """The all_reduce_perf run of a text log, or None when the file holds another program's run."""
+    path = existing(path, "nccl-tests output")
+    text = path.read_text()
+    runs = [NcclRun(r.test or _program_in(path.name, 1), r.rows) for r in parse_nccl_runs(text, str(path))]
+    runs = [r for r in runs if r.test == "all_reduce_perf"]
+    if not runs:
+        return None
+    ranks = len(re.findall(r"^#\s+Rank\s+\d+", text, re.MULTILINE))
+    if ranks < 2:
+        raise SimInputError(f"{path}: an all_reduce_perf log must list its ranks ('#  Rank N' lines), found {ranks}")
+    rows = runs[0].rows
+    return AllReduce(min(rows, key=lambda r: r.size_bytes).time_us * 1e-6, max(r.busbw_gbs for r in rows) * 1e9, ranks)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from simulator.models import ModelSpec
 
 UNITS = ("device", "attention", "interconnect", "fixed")
-ALLREDUCE_LATENCY_S = 5e-6  # one small NCCL all-reduce inside a node (assumption)
+ALLREDUCE_LATENCY_S = 5e-6  # one small NCCL all-reduce inside a node, when no device says (op_table)
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,9 @@ class Op:
     fixed_s: float = 0.0
 
 
-def op_table(m: ModelSpec, tp: int) -> tuple[OpShape, ...]:
-    """The operators of a dense Llama-style decoder on ``tp`` devices (one layer's cost times layers)."""
+def op_table(m: ModelSpec, tp: int, allreduce_latency_s: float = ALLREDUCE_LATENCY_S) -> tuple[OpShape, ...]:
+    """The operators of a dense Llama-style decoder on ``tp`` devices (one layer's cost times layers);
+    with tp > 1, two all-reduces per layer of ``allreduce_latency_s`` each plus their bytes."""
     L, h, b, inter, t = m.num_layers, m.hidden_size, m.dtype_bytes, m.intermediate_size, tp
     q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
 
@@ -96,7 +97,7 @@ def op_table(m: ModelSpec, tp: int) -> tuple[OpShape, ...]:
     ]
     if tp > 1:
         ops.append(OpShape("tp_allreduce", "interconnect", Linear(),
-                           Linear(per_token=2 * L * h * b * 2 * (t - 1) / t), fixed_s=2 * L * ALLREDUCE_LATENCY_S))
+                           Linear(per_token=2 * L * h * b * 2 * (t - 1) / t), fixed_s=2 * L * allreduce_latency_s))
     return tuple(ops)
 
 

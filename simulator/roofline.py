@@ -48,7 +48,7 @@ class RooflineCost:
         if tp < 1 or tp > hw.max_devices_per_node:
             raise SimInputError(f"tp={tp} on {hw.name}: must be 1..{hw.max_devices_per_node} (one node)")
         self.model, self.hw, self.tp = model, hw, tp
-        self.table = op_table(model, tp)
+        self.table = op_table(model, tp, hw.allreduce_latency_s(tp))
         self.overhead_s = hw.iteration_overhead_us * 1e-6
         self._rows = [self._row(s) for s in self.table]
         shape = self.attention_shape()

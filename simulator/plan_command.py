@@ -14,6 +14,7 @@ from simulator.plots import ParetoPoint, plot_latency_cdfs, plot_pareto
 from simulator.progress import progress_bar
 from simulator.errors import SimInputError
 from simulator.report import band_dict, band_table, result_dict, results_table, write_json
+from simulator.router_cost import for_design
 from simulator.slo import SLO, parse_slo
 from simulator.uncertainty import SlowdownPrior, prior_for
 
@@ -68,6 +69,10 @@ def plan_command(args: argparse.Namespace, console: Console) -> int:
         config["plan"]["p_slo_met"] = round(plan.band.p_slo, 4)
         config["plan"]["band_p10_p90"] = {k: [round(v, 6) for v in plan.band.metric(k)[::2]]
                                           for k in ("ttft_p99", "tbt_p99", "goodput_rps")}
+    router = for_design(plan.best.design, planner.full)  # router CPUs at the trace's rate (issue 22)
+    if router is not None:
+        console.print(router.text())
+        config["plan"]["router"] = router.as_dict()
     write_cluster_config(config_path, config)
     values_path = write_chart_values(config_path.with_name("values.yaml"), chart_values(config, costs.catalog),
                                      plan.best.design.label())
@@ -77,7 +82,8 @@ def plan_command(args: argparse.Namespace, console: Console) -> int:
                                         "band": band_dict(plan.band) if plan.band is not None else None,
                                         "best": result_dict(predicted), "best_at_search_slowdown":
                                         result_dict(plan.best.result),
-                                        "family_bests": [result_dict(c.result) for c in plan.family_bests]})
+                                        "family_bests": [result_dict(c.result) for c in plan.family_bests],
+                                        "router": router.as_dict() if router is not None else None})
     chance = f" (P(SLO met) {plan.band.p_slo:.0%})" if plan.band is not None else ""
     console.print(f"chosen: {plan.best.design.label()}{chance} at ${plan.best.design.cost_per_hour(costs.catalog):.2f}/h; "
                   f"wrote {config_path}, {values_path} (Helm chart values), {args.out}/plan.json, pareto.png, "

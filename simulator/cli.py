@@ -59,6 +59,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      help="run the validation suite (operator sums, M/D/1, monotonicity, seeds, Splitwise, Lamina)")
     sim.set_defaults(func=run_simulate)
 
+    from simulator.calibrate_command import add_calibrate
+    add_calibrate(sub, run_calibrate)
+
     sample = sub.add_parser("sample-trace", help="write a synthetic trace in the Azure CSV format "
                             "(default: rewrite the shipped simulator/traces/azure_conv_sample.csv)")
     sample.add_argument("out", type=Path, nargs="?", default=None, help="CSV to write (default: the shipped sample)")
@@ -97,6 +100,12 @@ def run_simulate(args: argparse.Namespace) -> int:
     if not args.trace or not (args.design or args.config):
         raise SimInputError("simulate needs --trace and --design or --config (or --validate)")
     return simulate_command(args, _console())
+
+
+@_guard
+def run_calibrate(args: argparse.Namespace) -> int:
+    from simulator.calibrate_command import calibrate_command
+    return calibrate_command(args)
 
 
 @_guard

@@ -1,0 +1,131 @@
+"""`tierserve calibrate`: measure this machine's engine and write the profile simulate / plan read.
+
+Runs, on the user's own device (GPU or CPU) and checkpoint: prefill steps of one prompt of N tokens,
+whole-batch decode steps of B sequences, a KV-sized device copy (the handoff's bytes, as a ``links``
+entry of the device to itself) and, on CUDA, the free memory before the model loads. Torch and the
+engine are imported here only, never when simulate or plan start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from simulator.errors import SimInputError
+
+
+def add_calibrate(sub: argparse._SubParsersAction, func) -> None:
+    cal = sub.add_parser("calibrate", help="measure prefill, decode steps and KV copies here; write a profile")
+    cal.add_argument("--model", required=True, help="checkpoint directory (e.g. tierserve make-tiny-model /tmp/tiny)")
+    cal.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    cal.add_argument("--hardware", default=None, help="catalog name of this device (default: the driver's name; "
+                     "CPU-DDR5 on cpu)")
+    cal.add_argument("--tokens", type=int, nargs="+", default=[128, 512, 2048], help="prefill prompt lengths")
+    cal.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="decode batch sizes")
+    cal.add_argument("--context", type=int, default=256, help="decode prompt length per sequence")
+    cal.add_argument("--repeats", type=int, default=3)
+    cal.add_argument("--out", type=Path, default=Path("calibration.json"))
+    cal.set_defaults(func=func)
+
+
+def _median_seconds(run, repeats: int, sync) -> float:
+    times = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        sync()
+        start = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def calibrate(args: argparse.Namespace) -> dict:
+    import torch
+
+    from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+    from engine.llm_engine import LLMEngine
+    from engine.sampling_params import SamplingParams
+
+    if not Path(args.model, "config.json").is_file():
+        raise SimInputError(f"--model {args.model}: no config.json there (a checkpoint directory)")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    memory = None
+    if cuda:
+        free, total = torch.cuda.mem_get_info(device)
+        memory = {"total_bytes": total, "free_bytes": free}
+    budget = max(max(args.tokens), max(args.batches))
+    max_len = max(max(args.tokens), args.context + args.repeats + 8) + 16
+    blocks = max(args.batches) * (max_len // 16 + 2) + budget // 16 + 64
+    engine = LLMEngine(EngineConfig(
+        model=str(args.model), dtype="bfloat16" if cuda else "float32", device=str(device), detokenize=False,
+        async_scheduling=False, cache=CacheConfig(num_blocks=blocks),
+        scheduler=SchedulerConfig(max_num_seqs=max(args.batches), max_num_batched_tokens=budget,
+                                  max_model_len=max_len)))
+    vocab = engine.model_config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+
+    def prompt(n: int) -> list[int]:
+        return torch.randint(3, max(4, min(30000, vocab)), (n,), generator=gen).tolist()
+
+    def drain() -> None:
+        while engine.has_unfinished():
+            engine.step()
+
+    measurements = []
+    for n in args.tokens:
+        def prefill(n: int = n) -> None:
+            engine.add_request(None, prompt(n), SamplingParams(max_tokens=1, temperature=0))
+            drain()
+        measurements.append({"op": "prefill", "tokens": n, "context": 0,
+                             "seconds": _median_seconds(prefill, args.repeats, sync)})
+    for b in args.batches:
+        steps = args.repeats + 2
+        params = SamplingParams(max_tokens=steps + 1, temperature=0, ignore_eos=True)
+        for _ in range(b):
+            engine.add_request(None, prompt(args.context), params)
+        engine.step()  # the prefill (one step: the budget holds the batch's prompts in turn)
+        while any(len(r.output_token_ids) == 0 for r in engine.requests.values()):
+            engine.step()
+        times = []
+        while engine.has_unfinished() and len(times) < steps:
+            sync()
+            start = time.perf_counter()
+            engine.step()
+            sync()
+            times.append(time.perf_counter() - start)
+        drain()
+        measurements.append({"op": "decode_step", "batch": b, "context": args.context + 1 + len(times) // 2,
+                             "seconds": statistics.median(times)})
+    cfg = engine.model_config
+    kv_bytes = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * (2 if cuda else 4)  # per token
+    links = []
+    for tokens in (256, 4096):
+        src = torch.empty(tokens * kv_bytes, dtype=torch.uint8, device=device)
+        dst = torch.empty_like(src)
+        end = "gpu0" if cuda else "cpu0"
+        links.append({"src": end, "dst": end, "bytes": src.numel(),
+                      "seconds": _median_seconds(lambda: dst.copy_(src), args.repeats, sync)})
+    hardware = args.hardware or (torch.cuda.get_device_name(device) if cuda else "CPU-DDR5")
+    profile = {"device": hardware, "tp": 1, "source": f"tierserve calibrate on {device} ({args.model})",
+               "measurements": measurements, "links": links}
+    if memory:
+        profile["memory"] = memory
+    return profile
+
+
+def calibrate_command(args: argparse.Namespace) -> int:
+    profile = calibrate(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(profile, indent=2))
+    for m in profile["measurements"]:
+        size = f"{m['tokens']} tokens" if m["op"] == "prefill" else f"batch {m['batch']}"
+        print(f"{m['op']:12s} {size:12s} {1e3 * m['seconds']:9.2f} ms")
+    for link in profile["links"]:
+        print(f"kv copy      {link['bytes'] / 1e6:8.1f} MB {1e3 * link['seconds']:9.3f} ms")
+    print(f"wrote {args.out} (tierserve simulate/plan --profile {args.out}:{profile['device']})")
+    return 0

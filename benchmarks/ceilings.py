@@ -7,7 +7,7 @@ read:  a kernel that only reads: the best over methods and sizes of torch.sum an
        under TRITON_INTERPRET=1) a grid-stride Triton reduction, bytes read per second.
 Kernels that mostly read (decode attention reads K/V, a decode step reads the weights) beat the
 copy figure, so a fraction of the copy rate overstates how close they are to the memory roof;
-benchmarks report both. The sizes are far past the L2 (CUDA: 256 MiB to 4 GiB, timed by
+benchmarks report both. The sizes are far past the L2 (CUDA: 1 to 16 GiB, timed by
 triton's do_bench, which flushes the L2 between calls). Each Triton sum is checked against
 torch.sum, so a kernel that skipped its loads could not set the ceiling.
 """
@@ -25,11 +25,11 @@ import triton.language as tl
 from benchmarks.common import copy_bandwidth, median_seconds
 
 MIB = 1 << 20
-CUDA_SIZES = (256 * MIB, 1024 * MIB, 4096 * MIB)
+CUDA_SIZES = (1024 * MIB, 4096 * MIB, 16384 * MIB)
 CPU_SIZES = (8 * MIB, 32 * MIB)
-# (elements per program per iteration, warps, programs per SM): 16 / 16 / 32 float32 per thread and
-# iteration, as 4 / 4 / 8 16-byte loads (sm_90 PTX, compiled on CPU with the runtime's alignment hints)
-TRITON_CONFIGS = ((4096, 8, 4), (2048, 4, 8), (8192, 8, 4))
+# (elements per load, loads in flight per iteration, warps, programs per SM): a thread holds 4 float32
+# (one 16-byte load) per element group, so (4096, 2, 8, 4) is 8 x 16-byte loads in flight per thread
+TRITON_CONFIGS = ((4096, 1, 8, 4), (4096, 2, 8, 4), (2048, 4, 4, 8), (8192, 2, 16, 2))
 
 
 @dataclass(frozen=True)
@@ -62,25 +62,29 @@ class Ceilings:
 
 
 @triton.jit
-def _sum_kernel(x_ptr, partial_ptr, n, BLOCK: tl.constexpr, ITERS: tl.constexpr):
-    """Program p sums elements p*BLOCK.., striding by the whole grid, into partial[p]."""
-    pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    step = tl.num_programs(0) * BLOCK
+def _sum_kernel(x_ptr, partial_ptr, n_full, n, BLOCK: tl.constexpr, UNROLL: tl.constexpr):
+    """Program p reads tiles of UNROLL x BLOCK elements, p-th, then striding by the whole grid (int64
+    offsets: sizes past 8 GiB), unmasked over the ``n_full`` elements of whole tiles, then the tail
+    masked; its float32 sum goes to partial[p]."""
+    pid = tl.program_id(0).to(tl.int64)
+    tile = UNROLL * BLOCK
+    step = tl.num_programs(0).to(tl.int64) * tile
+    lanes = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for _ in range(ITERS):
-        acc += tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
-        offs += step
+    for start in range(pid * tile, n_full, step):
+        for u in tl.static_range(UNROLL):
+            acc += tl.load(x_ptr + start + u * BLOCK + lanes)
+    for start in range(n_full + pid * BLOCK, n, tl.num_programs(0).to(tl.int64) * BLOCK):
+        offs = start + lanes
+        acc += tl.load(x_ptr + offs, mask=offs < n, other=0.0)
     tl.store(partial_ptr + pid, tl.sum(acc, axis=0))
 
 
-def read_kernel(x: torch.Tensor, partial: torch.Tensor, block: int, warps: int) -> None:
+def read_kernel(x: torch.Tensor, partial: torch.Tensor, block: int, unroll: int, warps: int) -> None:
     """Launch ``len(partial)`` programs that read all of the 1-D float32 ``x``, one partial sum each."""
-    programs = partial.numel()
-    if x.numel() + programs * block >= 2**31:
-        raise ValueError(f"{x.numel()} elements: int32 offsets would overflow")
-    iters = triton.cdiv(x.numel(), programs * block)
-    _sum_kernel[(programs,)](x, partial, x.numel(), BLOCK=block, ITERS=iters, num_warps=warps)
+    tile = block * unroll
+    n_full = x.numel() // tile * tile
+    _sum_kernel[(partial.numel(),)](x, partial, n_full, x.numel(), BLOCK=block, UNROLL=unroll, num_warps=warps)
 
 
 def _units(device: torch.device) -> int:
@@ -102,14 +106,14 @@ def read_readings(device: torch.device, sizes: tuple[int, ...]) -> list[Reading]
         readings.append(Reading("torch.sum", size, median_seconds(lambda: x.sum(), device)))
         if not _triton_runs(device):
             continue
-        for block, warps, per_unit in TRITON_CONFIGS:
+        for block, unroll, warps, per_unit in TRITON_CONFIGS:
             partial = torch.empty(per_unit * _units(device), dtype=torch.float32, device=device)
-            read_kernel(x, partial, block, warps)
+            read_kernel(x, partial, block, unroll, warps)
             got, want = partial.sum().item(), x.sum(dtype=torch.float64).item()
             if abs(got - want) > 1e-3 * abs(want):
                 raise RuntimeError(f"triton sum of {size} bytes is {got}, torch.sum {want}")
-            seconds = median_seconds(lambda: read_kernel(x, partial, block, warps), device)  # the kernel alone
-            readings.append(Reading(f"triton sum {block}x{warps}w {per_unit}/SM", size, seconds))
+            seconds = median_seconds(lambda: read_kernel(x, partial, block, unroll, warps), device)  # the kernel alone
+            readings.append(Reading(f"triton sum {block}x{unroll} {warps}w {per_unit}/SM", size, seconds))
     del data
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -59,6 +59,7 @@ class EngineOverrides:
     enable_prefix_caching: bool = True
     async_scheduling: bool | None = None  # overlap host and device work (default: on for CUDA)
     micro_batches: int = 2  # decode pool with an attention pool: micro-batches per step (1..8)
+    segment_store_bytes: int | None = None  # segment reuse's store (engine SegmentConfig.store_bytes; None: its default)
 
     def __post_init__(self) -> None:
         if not 1 <= self.micro_batches <= 8:
@@ -107,7 +108,7 @@ class RouterSection(RouterConfig):
     file (parse_cluster_config): ``api_keys_file`` (one KEY or NAME=KEY a line) adds to
     ``api_keys``, ``cache_salt_secret_file`` holds ``cache_salt_secret``. `tierserve serve`'s
     flags override these fields (cluster/serve_cli.py). ``max_predicted``: (replica, block)
-    predictions the prefix index keeps until KV events confirm them (about 12 bytes each); past
+    predictions the prefix index keeps until KV events confirm them (25-40 bytes each); past
     it the oldest expire early, which bounds a router that routes faster than events arrive."""
 
     SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("api_keys", "cache_salt_secret")  # never echoed in errors

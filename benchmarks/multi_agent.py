@@ -88,6 +88,7 @@ class TurnResult:
     cached_tokens: int
     reused_tokens: int
     ttft_s: float
+    steps: int = 0                    # engine steps from the request's arrival to its first token
     answer_nll: float | None = None   # nats per answer token
     exact_match: bool | None = None
     first_token: int | None = None
@@ -170,14 +171,15 @@ def run_turn(engine: LLMEngine, turn: Turn, mode: Mode, episode: int) -> TurnRes
     start = time.perf_counter()
     rid = engine.add_request(None, turn.prompt, SamplingParams(max_tokens=1, temperature=0), hold_kv=True,
                              segments=mode.segments(turn.spans))
-    last = None
+    last, steps = None, 0
     while engine.has_unfinished():
+        steps += 1
         for delta in engine.step():
             last = delta if delta.request_id == rid else last
     sync()
     ttft = time.perf_counter() - start
     result = TurnResult(episode, turn.agent, len(turn.prompt), last.num_cached_tokens,
-                        last.num_reused_segment_tokens, ttft, first_token=last.new_token_ids[0])
+                        last.num_reused_segment_tokens, ttft, steps, first_token=last.new_token_ids[0])
     if turn.answer:
         logprobs, argmax = score(engine, rid, turn.prompt[-1], turn.answer)
         result.answer_nll = -sum(logprobs) / len(logprobs)
@@ -235,7 +237,8 @@ def summarize(results: dict[str, list[TurnResult]], warmup: int) -> dict:
         row = {"reuse_rate": sum(r.reused_tokens for r in steady) / sum(r.prompt_tokens for r in steady),
                "cached_rate": sum(r.cached_tokens for r in steady) / sum(r.prompt_tokens for r in steady),
                "ttft_s_by_agent": ttft, "speedup_by_agent": [b / t for b, t in zip(base, ttft)],
-               "ttft_s_mean": statistics.mean(r.ttft_s for r in steady)}
+               "ttft_s_mean": statistics.mean(r.ttft_s for r in steady),
+               "steps_by_agent": [statistics.mean(r.steps for r in steady if r.agent == a) for a in range(AGENTS)]}
         scored = [r for r in rs if r.answer_nll is not None]
         if scored:
             row["exact_match"] = statistics.mean(r.exact_match for r in scored)
@@ -340,7 +343,8 @@ def main() -> None:
         quality = (f" EM {row['exact_match']:.3f} loss {row['answer_nll']:.3f}" if "exact_match" in row else "")
         print(f"{name:12s} reuse {row['reuse_rate']:.2f} ttft/agent ms "
               + " ".join(f"{t * 1e3:.0f}" for t in row["ttft_s_by_agent"])
-              + " speedup " + " ".join(f"{s:.1f}" for s in row["speedup_by_agent"]) + quality
+              + " speedup " + " ".join(f"{s:.1f}" for s in row["speedup_by_agent"])
+              + " steps " + " ".join(f"{n:.1f}" for n in row["steps_by_agent"]) + quality
               + f" first-token agreement {row['first_token_agreement']:.2f}")
     plot(summary, out / "multi_agent.png")
 

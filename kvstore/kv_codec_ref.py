@@ -1,14 +1,14 @@
 """The KV codec in torch: the CPU path and the reference the Triton kernels must match bit for bit.
 
 Every step is one IEEE operation in fp32 in the order kv_codec_triton.py takes (see
-kv_codec.py for the format), so the two produce the same bytes.
+codec_format.py for the format), so the two produce the same bytes.
 """
 
 from __future__ import annotations
 
 import torch
 
-from kvstore.kv_codec import HEADER_BYTES, CodecFormat
+from kvstore.codec_format import HEADER_BYTES, CodecFormat
 
 
 def fp16_down(x: torch.Tensor) -> torch.Tensor:

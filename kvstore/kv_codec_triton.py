@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kvstore.kv_codec import HEADER_BYTES, CodecFormat
+from kvstore.codec_format import HEADER_BYTES, CodecFormat
 
 
 @triton.jit

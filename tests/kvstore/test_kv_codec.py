@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kvstore.errors import LayoutMismatchError
-from kvstore.kv_codec import HEADER_BYTES, CodecFormat, decode, encode, value_group
+from kvstore.codec_format import HEADER_BYTES, CodecFormat, value_group
+from kvstore.kv_codec import decode, encode
 from kvstore.kv_codec_ref import split_records
 from kvstore.layout import KVLayout
 

@@ -15,7 +15,7 @@ from engine.outputs import FinishReason
 from engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
-    from engine.segments.planner import SegmentPlan
+    from engine.segments.plan import SegmentPlan
 
 PENDING = -1  # an output token sampled on the device and not yet read back (overlapped scheduling)
 

@@ -6,7 +6,10 @@ One prompt of N random tokens (no cached prefix) per measurement, on random
 Llama-3-8B-shaped bf16 weights (load_format "dummy"): the median wall time of the engine
 step that prefills it and samples its first token (lockstep scheduling, so the step ends
 with the token on the host), for N in --tokens (at most the engine's per-step token budget,
-so one step = one chunk). Writes prefill_profile.json and prefill_calibration.json, whose
+so one step = one chunk). Beside each time, the engine's own step profile of those steps
+(engine/step_profile.py: ms per step in schedule / prepare / forward / wait / finish): a
+``forward`` (the host queueing kernels) close to the whole step, with little ``wait``, is a
+host-bound step (launch overhead), not a GPU-bound one. Writes prefill_profile.json and prefill_calibration.json, whose
 ``{"op": "prefill", "tokens": N, "context": 0, "seconds": t}`` points ``tierserve simulate /
 plan --profile`` reads (docs/simulator.md) instead of the prefill roofline.
 """
@@ -27,14 +30,18 @@ from benchmarks.model_shapes import shape_dir
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
+from engine.step_profile import PHASES
 
 
-def prefill_seconds(engine: LLMEngine, tokens: int, repeats: int, device: torch.device, vocab: int) -> float:
+def prefill_seconds(engine: LLMEngine, tokens: int, repeats: int, device: torch.device, vocab: int
+                    ) -> tuple[float, dict[str, float]]:
     """Median wall time of the step that prefills one ``tokens``-long prompt (fresh ids each time,
-    so nothing is served from the prefix cache)."""
+    so nothing is served from the prefix cache), and the timed steps' mean ms per phase."""
     gen = torch.Generator().manual_seed(tokens)
     times = []
-    for _ in range(repeats + 1):  # the first is a warm-up
+    for i in range(repeats + 1):  # the first is a warm-up
+        if i == 1:
+            before = engine.profile.totals().get("mixed", {})
         prompt = torch.randint(3, min(30000, vocab), (tokens,), generator=gen).tolist()
         engine.add_request(None, prompt, SamplingParams(max_tokens=1, temperature=0))
         if device.type == "cuda":
@@ -43,7 +50,10 @@ def prefill_seconds(engine: LLMEngine, tokens: int, repeats: int, device: torch.
         while engine.has_unfinished():
             engine.step()
         times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+    after = engine.profile.totals().get("mixed", {})
+    steps = max(1, after.get("steps", 0) - before.get("steps", 0))
+    phases = {ph: 1e3 * (after.get(ph, 0.0) - before.get(ph, 0.0)) / steps for ph in PHASES}
+    return statistics.median(times[1:]), phases
 
 
 def main() -> None:
@@ -66,10 +76,14 @@ def main() -> None:
     engine = LLMEngine(config)
     info = machine_info(device)
     vocab = engine.model_config.vocab_size
-    rows = [{"tokens": n, "seconds": prefill_seconds(engine, n, args.repeats, device, vocab)}
-            for n in track(args.tokens, description="prefill")]
+    rows = []
+    for n in track(args.tokens, description="prefill"):
+        seconds, phases = prefill_seconds(engine, n, args.repeats, device, vocab)
+        rows.append({"tokens": n, "seconds": seconds, "step_ms_by_phase": phases})
     for r in rows:
-        print(f"{r['tokens']:6d} tokens  {1e3 * r['seconds']:8.2f} ms  {r['tokens'] / r['seconds']:9.0f} tok/s")
+        phases = " ".join(f"{ph} {ms:.2f}" for ph, ms in r["step_ms_by_phase"].items())
+        print(f"{r['tokens']:6d} tokens  {1e3 * r['seconds']:8.2f} ms  {r['tokens'] / r['seconds']:9.0f} tok/s"
+              f"  (per step, ms: {phases})")
     write_json(out / "prefill_profile.json", {"machine": info, "args": vars(args), "rows": rows})
     write_json(out / "prefill_calibration.json", {"device": info.device, "model": args.shape, "measurements": [
         {"op": "prefill", "tokens": r["tokens"], "context": 0, "seconds": r["seconds"]} for r in rows]})

@@ -13,6 +13,7 @@ forgotten too (its own CLEARED event says the same, if Redis carried it).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -23,7 +24,9 @@ from cluster.pool_handles import (Pools, Replica, RequestShape, first_line, pick
                                   pick_prefill, usable)
 from cluster.compact_index import CompactPrefixIndex, IndexSize
 from cluster.index_follower import IndexFollower
+from cluster.segment_index import RequestSegments, SegmentIndex
 from engine.block_hash import hash_blocks
+from engine.segments.spec import SegmentReuse
 from kvstore.host_tier import HOST_WORKER
 from kvstore.kv_events import KVEventSubscriber, block_ids
 from router.backend import BackendHealth, HealthState
@@ -53,6 +56,7 @@ class ClusterView:
         self._turns: dict[str, int] = {}
         self.prefixes = CompactPrefixIndex(max_predicted)
         self.follower = IndexFollower(events, self.prefixes, snapshot_interval_s) if events is not None else None
+        self.segments = SegmentIndex()  # who holds which segments (not in snapshots: from the stream only)
         self._restored = False
         self.load_interval_s = load_interval_s
         self.prediction_ttl_s = prediction_ttl_s
@@ -63,18 +67,28 @@ class ClusterView:
         self._tasks: list[asyncio.Task] = []
         pools.on_restart = self._restarted
 
-    def shape(self, prompt: list[int], cache_salt: str | None) -> RequestShape:
+    def shape(self, prompt: list[int], cache_salt: str | None, segments: SegmentReuse | None = None
+              ) -> RequestShape:
         if self.policy == "round-robin":
             return RequestShape(len(prompt), self.block_size, {}, 1.0)
         ids = block_ids(hash_blocks(prompt, self.block_size, (cache_salt or "").encode()))
-        self.prefixes.expire(time.monotonic())
-        return RequestShape(len(prompt), self.block_size, self.prefixes.matched_blocks(ids),
-                            self.host_pull_weight, ids)
+        now = time.monotonic()
+        self.prefixes.expire(now)
+        matched = self.prefixes.matched_blocks(ids)
+        shape = RequestShape(len(prompt), self.block_size, matched, self.host_pull_weight, ids)
+        if segments is None or not segments.usable_spans():
+            return shape
+        self.segments.expire(now)
+        wanted = RequestSegments.of(prompt, cache_salt, segments)
+        reusable = self.segments.reusable_tokens(wanted, {w: n * self.block_size for w, n in matched.items()}, now)
+        return dataclasses.replace(shape, segment_tokens=reusable, segments=wanted)
 
     def routed(self, replica: Replica, shape: RequestShape) -> None:
         """``replica`` will compute (or receive) the request's prompt blocks: predict it holds them."""
         if len(shape.hashes):
             self.prefixes.predict(replica.worker_id, shape.hashes, time.monotonic() + self.prediction_ttl_s)
+        if shape.segments is not None and replica.role != "decode":  # a decode replica gets blocks, not segments
+            self.segments.predict(replica.worker_id, shape.segments, time.monotonic() + self.prediction_ttl_s)
 
     def pick_prefill(self, replicas: list[Replica], shape: RequestShape, exclude: set[str] = frozenset()) -> Replica:
         """NoReplicaError when every replica (but those in ``exclude``) is down."""
@@ -110,8 +124,9 @@ class ClusterView:
         return BackendHealth(pools, components)
 
     def _restarted(self, replica: Replica) -> None:
-        """A replica answered from a new process: the prefixes it held are gone."""
+        """A replica answered from a new process: the prefixes and segments it held are gone."""
         self.prefixes.clear(replica.worker_id)
+        self.segments.clear(replica.worker_id)
 
     def _next(self, replicas: list[Replica]) -> Replica:
         """Round robin over a pool's usable replicas (keyed by role)."""
@@ -155,8 +170,9 @@ class ClusterView:
     async def catch_up(self) -> None:
         """Apply every event published so far (tests and benchmarks use it to settle)."""
         if self.follower is not None:
-            while (batch := await asyncio.to_thread(self.events.read_batch, 0)).events:
+            while (batch := await asyncio.to_thread(self.events.read_batch, 0)).position is not None:
                 self.follower.apply(batch)
+                self.segments.apply(batch)
 
     async def _poll_loads(self) -> None:
         while True:
@@ -210,6 +226,7 @@ class ClusterView:
                     self._restored = True
                 batch = await asyncio.to_thread(self.events.read_batch, 200)
                 self.follower.apply(batch)
+                self.segments.apply(batch)
                 if self.follower.snapshot_due():
                     await asyncio.to_thread(self.follower.save, *self.follower.export())
             except redis.RedisError as e:  # Redis away: route without prefix knowledge, retry

@@ -34,7 +34,6 @@ from ray import ObjectRef
 from ray.exceptions import RayActorError, RayTaskError
 
 from cluster.cluster_view import ClusterView
-from cluster.messages import DecodeRequest, PrefillRequest, PrefillResult
 from cluster.output_channel import OutputDemux, ReplicaFailed
 from cluster.output_processor import OutputProcessor
 from cluster.pool_handles import HealthState, Replica, RequestShape, first_line, usable
@@ -45,10 +44,12 @@ from engine.outputs import RequestOutput
 from engine.step_profile import add_totals
 from engine.request_validation import validate_prompt
 from engine.sampling_params import SamplingParams
+from engine.segments.spec import SegmentReuse, SegmentStats
 from engine.tokenizer import AnyTokenizer
 from kvstore.errors import KVStoreError
 from router.backend import BackendHealth, BackendStats
 from router.errors import ServiceUnavailableError
+from workers.messages import DecodeRequest, PrefillRequest, PrefillResult
 
 log = logging.getLogger(__name__)
 PEER_CHECK_S = 0.25  # how often a handoff in flight checks whether its decode replica went down
@@ -75,17 +76,22 @@ class Dispatcher:
         self.pools.on_error = self._ping_failed
 
     async def generate(self, request_id: str | None, prompt_token_ids: list[int], params: SamplingParams,
-                       cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Stream a request's deltas; InvalidRequestError before anything is sent for bad input."""
+                       cache_salt: str | None = None, segments: SegmentReuse | None = None
+                       ) -> AsyncIterator[RequestOutput]:
+        """Stream a request's deltas; InvalidRequestError before anything is sent for bad input.
+        ``segments``: reused on the replica that prefills (picked where they are held, against
+        load); a decode replica receives plain KV (docs/segment_reuse.md)."""
         validate_prompt(prompt_token_ids, self.vocab_size, self.max_model_len)
         params.validate()
+        if segments is not None:
+            segments.validate(len(prompt_token_ids))
         self.view.ensure_running()
         rid = request_id or uuid.uuid4().hex
         out = OutputProcessor(rid, prompt_token_ids, params, self.tokenizer, self.eos_token_ids,
                               self.max_model_len)
         worker_params = dataclasses.replace(params, stop=())
-        req = PrefillRequest(rid, list(prompt_token_ids), worker_params, cache_salt)
-        shape = self.view.shape(req.prompt_token_ids, cache_salt)
+        req = PrefillRequest(rid, list(prompt_token_ids), worker_params, cache_salt, segments=segments)
+        shape = self.view.shape(req.prompt_token_ids, cache_salt, segments)
         stages = self._disaggregated(req, shape, out) if self.pools.disaggregated else \
             self._colocated(req, shape, out)
         async with aclosing(stages):  # a caller that leaves closes every stage, freeing its KV
@@ -144,7 +150,7 @@ class Dispatcher:
         clock.workers["prefill"] = prefill.worker_id
         handed_off, recomputed = False, False
         try:
-            delta = out.first_token(first.token_id, first.logprob, first.num_cached_tokens)
+            delta = out.first_token(first.token_id, first.logprob, first.num_cached_tokens, first.num_reused_tokens)
             yield delta
             while not delta.finished:
                 try:
@@ -158,10 +164,10 @@ class Dispatcher:
                                 "prompt and the token sent so far again", req.request_id, prefill.worker_id, failure)
                 # the token is out: the prompt and it are prefilled elsewhere, whose token is the next one
                 recomputed, req = True, _continued(req, first.token_id)
-                shape = self.view.shape(req.prompt_token_ids, req.cache_salt)
+                shape = self.view.shape(req.prompt_token_ids, req.cache_salt, req.segments)
                 prefill, first = await self._prefill_somewhere(req, shape)
                 clock.workers["prefill"] = prefill.worker_id
-                delta = out.first_token(first.token_id, first.logprob, first.num_cached_tokens)
+                delta = out.first_token(first.token_id, first.logprob, first.num_cached_tokens, first.num_reused_tokens)
                 yield delta
             if not handed_off:
                 return
@@ -214,7 +220,7 @@ class Dispatcher:
                        shape: RequestShape) -> Replica:
         """Reserve blocks on a decode replica and move the prompt's KV there."""
         dreq = DecodeRequest(req.request_id, req.prompt_token_ids, [first.token_id], req.params,
-                             prefill.worker_id, first.generator_state, req.cache_salt)
+                             prefill.worker_id, first.generator_state, req.cache_salt, first.exact_tokens)
         decode, reservation = await self._reserve(dreq, shape)
         try:  # ReplicaFailed if either end dies or the transfer breaks; both ends free the blocks
             sent = await self._call(prefill, prefill.actor.send_kv.remote(req.request_id, decode.worker_id,
@@ -360,7 +366,8 @@ class Dispatcher:
             handoff_bytes_total=self.handoff_bytes, num_preemptions=sum(l.preemptions for l in loads),
             step_totals=add_totals([l.step_totals for l in loads]),
             prefix_index_blocks=index.blocks, prefix_index_bytes=index.nbytes, prefix_index_predicted=index.predicted,
-            kv_event_blocks=self.view.follower.applied_blocks if self.view.follower is not None else 0)
+            kv_event_blocks=self.view.follower.applied_blocks if self.view.follower is not None else 0,
+            segments=SegmentStats.total([l.segments for l in loads]), segment_index_entries=len(self.view.segments))
 
     async def profiles(self) -> dict[str, dict]:
         """Every replica's engine step profile, by worker id."""
@@ -399,7 +406,8 @@ def _continued(req: PrefillRequest, token: int) -> PrefillRequest:
     limits (a decode replica counts only the tokens it is handed)."""
     params = dataclasses.replace(req.params, max_tokens=req.params.max_tokens - 1,
                                  min_tokens=max(0, req.params.min_tokens - 1))
-    return PrefillRequest(req.request_id, req.prompt_token_ids + [token], params, req.cache_salt)
+    return PrefillRequest(req.request_id, req.prompt_token_ids + [token], params, req.cache_salt,
+                          segments=req.segments)
 
 
 async def _awaited(call: ObjectRef):

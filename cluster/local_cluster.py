@@ -25,7 +25,7 @@ from cluster.redis_server import RedisServer, with_password
 from cluster.ray_connect import connect_ray, remove_marker, start_private_ray, write_marker
 from cluster.registry import NAMESPACE, ClusterInfo, ClusterRegistry, actor_name, registry_name
 from cluster.worker_spec import RESTART_OPTIONS, WorkerSpec
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SegmentConfig
 from engine.model_config import CheckpointError, ModelConfig
 from engine.tokenizer import load_tokenizer
 from kvstore.config import KVStoreConfig, TransportConfig
@@ -48,7 +48,7 @@ def engine_config_for(cfg: ClusterConfig, pool: PoolConfig) -> EngineConfig:
                                ("max_num_batched_tokens", o.max_num_batched_tokens)) if v is not None}
     return EngineConfig(model=cfg.model, dtype=cfg.dtype, load_format=cfg.load_format, cache=CacheConfig(**cache),
                         scheduler=SchedulerConfig(max_model_len=cfg.max_model_len, **sched), detokenize=False,
-                        async_scheduling=o.async_scheduling)
+                        async_scheduling=o.async_scheduling, segments=SegmentConfig(store_bytes=o.segment_store_bytes))
 
 
 class Cluster:

@@ -24,21 +24,25 @@ class OutputProcessor:
         self.stop_token_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
         self.num_output_tokens = 0
         self.finished = False
+        self.prefilled: tuple[int, int] | None = None  # (cached, reused) prompt tokens, once a prefill said
 
-    def first_token(self, token: int, logprob: TokenLogprob | None, num_cached: int) -> RequestOutput:
+    def first_token(self, token: int, logprob: TokenLogprob | None, num_cached: int,
+                    num_reused: int = 0) -> RequestOutput:
         """The prefill's token (the first, or the next one when the prompt and the tokens so far
-        were prefilled again): finish reasons are decided here, the prefill engine knows none."""
+        were prefilled again): finish reasons are decided here, the prefill engine knows none.
+        Its prompt counts (cached, reused segment tokens) stand for the rest of the request."""
         n = self.num_output_tokens + 1
         reason = token_finish_reason(self.params, token, n, self.num_prompt_tokens + n,
                                      self.eos_token_ids, self.max_model_len)
-        return self._emit([token], [logprob] if logprob else [], reason, num_cached)
+        self.prefilled = (num_cached, num_reused)
+        return self._emit([token], [logprob] if logprob else [], reason, self.prefilled)
 
     def worker_delta(self, delta: RequestOutput) -> RequestOutput:
         """A decode worker's delta (its finish reason stands, a stop string may override it)."""
-        return self._emit(delta.new_token_ids, delta.new_logprobs, delta.finish_reason,
-                          delta.num_cached_tokens, delta.finished)
+        counts = self.prefilled or (delta.num_cached_tokens, delta.num_reused_segment_tokens)
+        return self._emit(delta.new_token_ids, delta.new_logprobs, delta.finish_reason, counts, delta.finished)
 
-    def _emit(self, tokens: list[int], logprobs: list, reason: FinishReason | None, num_cached: int,
+    def _emit(self, tokens: list[int], logprobs: list, reason: FinishReason | None, counts: tuple[int, int],
               finished: bool = False) -> RequestOutput:
         self.num_output_tokens += len(tokens)
         for t in tokens:
@@ -48,4 +52,4 @@ class OutputProcessor:
             reason = FinishReason.STOP
         self.finished = finished or reason is not None
         return RequestOutput(self.request_id, tokens, self.detok.take(final=self.finished),
-                             self.finished, reason, list(logprobs), self.num_prompt_tokens, num_cached)
+                             self.finished, reason, list(logprobs), self.num_prompt_tokens, *counts)

@@ -24,12 +24,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from cluster.messages import WorkerLoad
 from kvstore.host_tier import HOST_WORKER
 from router.backend import HealthState
+from workers.messages import WorkerLoad
 
+if TYPE_CHECKING:
+    from cluster.segment_index import RequestSegments
 
 # Held KV weighs less than KV to move: it costs memory and attention reads, not compute or
 # transfer, and a replica that runs out of room refuses the reservation anyway.
@@ -179,13 +181,17 @@ class RequestShape:
     """What a pick needs to know of a request: its prompt length and, per holder (a worker,
     or the host tier), how many of its leading blocks it has cached. A prefill replica may
     pull blocks from the host tier instead of computing them, at ``host_pull_weight`` of the
-    cost of computing a token (measure both on your hardware: see BENCHMARKS.md)."""
+    cost of computing a token (measure both on your hardware: see BENCHMARKS.md).
+    ``segment_tokens``: per worker, prompt tokens past its cached prefix that it would fill
+    from its segment store instead of computing (cluster/segment_index.py)."""
 
     prompt_tokens: int
     block_size: int
     matched_blocks: dict[str, int] = field(default_factory=dict)
     host_pull_weight: float = 0.5
     hashes: tuple = ()  # the prompt's chained block hashes (empty where routing ignores prefixes)
+    segment_tokens: dict[str, int] = field(default_factory=dict)
+    segments: RequestSegments | None = None  # the request's segments, when it names any
 
     def uncached(self, worker_id: str) -> int:
         return max(0, self.prompt_tokens - self.matched_blocks.get(worker_id, 0) * self.block_size)
@@ -197,7 +203,8 @@ class RequestShape:
 
     def prefill_cost(self, worker_id: str) -> float:
         pulled = self.host_pull(worker_id) * self.block_size
-        return self.uncached(worker_id) - pulled + self.host_pull_weight * pulled
+        return (self.uncached(worker_id) - pulled + self.host_pull_weight * pulled
+                - self.segment_tokens.get(worker_id, 0))
 
 
 def pick(replicas: Sequence[R], work: Callable[[R], float], load: Callable[[R], float],

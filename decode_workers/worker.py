@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable
 
 import torch
 
-from cluster.messages import DecodeRequest, PrefillRequest
-from cluster.worker_base import EngineWorker
 from engine.llm_engine import Reservation
+from workers.base import EngineWorker
+from workers.messages import DecodeRequest, PrefillRequest
 
 
 class DecodeWorker(EngineWorker):
@@ -35,7 +35,7 @@ class DecodeWorker(EngineWorker):
             bytearray(req.generator_state), dtype=torch.uint8)
         def reserve(e) -> Reservation | None:
             reservation = e.add_prefilled(req.request_id, req.prompt_token_ids, req.output_token_ids, req.params,
-                                          state, req.cache_salt)
+                                          state, req.cache_salt, req.exact_tokens)
             if reservation is None or not self.recompute_prompts:
                 return reservation
             e.kv_not_coming(req.request_id)
@@ -63,5 +63,6 @@ class DecodeWorker(EngineWorker):
         """A whole request, prompt included, on this worker; its deltas go to ``channel``
         (InvalidRequestError at once for bad input)."""
         def start(e) -> str:
-            return e.add_request(req.request_id, req.prompt_token_ids, req.params, req.cache_salt)
+            return e.add_request(req.request_id, req.prompt_token_ids, req.params, req.cache_salt,
+                                 segments=req.segments)
         await self.engine.asubmit(start, self.channels.sink(channel, req.request_id))

@@ -32,8 +32,8 @@ from engine.request_validation import validate_prompt
 from engine.sampler import Sampler
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
-from engine.segments.planner import PagedKV, SegmentPlanner, SegmentStats
-from engine.segments.spec import SegmentReuse
+from engine.segments.planner import PagedKV, SegmentPlanner
+from engine.segments.spec import SegmentReuse, SegmentStats
 from engine.segments.store import SegmentStore
 from engine.step_profile import StepProfile, step_kind
 from engine.stop_conditions import token_finish_reason
@@ -376,18 +376,21 @@ class LLMEngine:
 
     def add_prefilled(self, request_id: str, prompt_token_ids: list[int], output_token_ids: list[int],
                       params: SamplingParams, generator_state: torch.Tensor | None = None,
-                      cache_salt: str | None = None) -> Reservation | None:
+                      cache_salt: str | None = None, exact_tokens: int | None = None) -> Reservation | None:
         """Reserve blocks for a request whose prompt KV another engine computed.
 
         Leading blocks already in this engine's prefix cache are reused; the reservation
         lists the blocks still to receive (the prompt's blocks after ``num_cached_blocks``).
         None if the pool lacks room. The request starts decoding after ``kv_arrived``.
+        ``exact_tokens``: the KV is exact for these leading tokens only (the sender reused
+        segments after other prefixes): later blocks never go to this engine's prefix cache.
         """
         if request_id in self.requests or request_id in self.awaiting_kv:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         validate_prompt(prompt_token_ids, self.model_config.vocab_size, self.max_model_len)
         req = Request(request_id, list(prompt_token_ids), params, generator=self._generator(params),
-                      cache_salt=(cache_salt or "").encode(), output_token_ids=list(output_token_ids))
+                      cache_salt=(cache_salt or "").encode(), output_token_ids=list(output_token_ids),
+                      exact_tokens=exact_tokens)
         if generator_state is not None and req.generator is not None:
             req.generator.set_state(generator_state)
         cached = self.kv.match_prefix(req) // self.kv.block_size
@@ -408,6 +411,7 @@ class LLMEngine:
         self.kv.count_lookup(-req.num_prompt_tokens, -req.num_cached_tokens)  # counted again when it is admitted
         self.kv.free(req)
         req.num_computed_tokens = req.num_cached_tokens = 0
+        req.exact_tokens = None  # computed here, in full
 
     def kv_arrived(self, request_id: str) -> None:
         """The prompt KV is in place: queue the request to decode."""

@@ -13,6 +13,11 @@ is one msgpack array ``[worker, kind, tier, ids, parents]``: ``ids`` the block i
 little-endian uint64 bytes, ``parents`` the same for each block's parent, or only the first
 block's when each later block's parent is the block before it (a prompt's chain). Messages
 from before the packed form (lists of 16-byte hashes) still decode.
+
+Segment events (docs/segment_reuse.md) share the stream as kinds of their own,
+``segment_stored`` / ``segment_evicted``: ``ids`` the segments' 64-bit ids (the first 8 bytes
+of their salted hash, so tenants stay apart), ``parents`` each one's anchor count. The prefix
+index never sees them: ``EventBatch`` keeps them apart, in stream order with the block events.
 """
 
 from __future__ import annotations
@@ -95,19 +100,23 @@ class EventBatch:
     events: list[tuple[str, EventKind, int]]
     ids: np.ndarray
     position: bytes | str | None = None  # the stream id of the batch's last message, when read from one
+    segments: tuple[SegmentEventBatch, ...] = ()  # segment events, kept out of ``events`` and ``ids``
 
     @classmethod
     def decode(cls, messages: Iterable[bytes], position: bytes | str | None = None) -> EventBatch:
-        events, blobs, unpack = [], [], msgpack.unpackb
+        events, blobs, segments, unpack = [], [], [], msgpack.unpackb
         for data in messages:
             worker, kind, tier, ids, parents = unpack(data, raw=False)
+            if kind in SEGMENT_KINDS:
+                segments.append(SegmentEventBatch(len(events), worker, kind, np.frombuffer(ids, ID_DTYPE),
+                                                  np.frombuffer(parents, ID_DTYPE)))
             if kind not in _KINDS:
                 continue
             if isinstance(ids, list):
                 ids = _pack(ids)
             events.append((worker, _KINDS[kind], len(ids) >> 3))
             blobs.append(ids)
-        return cls(events, np.frombuffer(b"".join(blobs), ID_DTYPE), position)
+        return cls(events, np.frombuffer(b"".join(blobs), ID_DTYPE), position, tuple(segments))
 
     @classmethod
     def of(cls, events: Iterable[KVEvent]) -> EventBatch:
@@ -122,6 +131,19 @@ class EventBatch:
 
 
 _KINDS = {k.value: k for k in EventKind}
+SEGMENT_STORED, SEGMENT_EVICTED = "segment_stored", "segment_evicted"
+SEGMENT_KINDS = (SEGMENT_STORED, SEGMENT_EVICTED)
+
+
+@dataclass(frozen=True)
+class SegmentEventBatch:
+    """One segment event of a batch: ``at`` the number of block events before it there."""
+
+    at: int
+    worker_id: str
+    kind: str
+    ids: np.ndarray
+    anchors: np.ndarray
 
 
 class KVEventPublisher:
@@ -139,6 +161,15 @@ class KVEventPublisher:
 
     def cleared(self) -> None:
         self._add(KVEvent(self.worker_id, EventKind.CLEARED))
+
+    def segments(self, stored: Sequence[tuple[bytes, int]], evicted: Sequence[bytes]) -> None:
+        """Segments (16-byte keys) now reusable here, with their anchor counts; segments gone."""
+        for kind, keys, anchors in ((SEGMENT_STORED, [k for k, _ in stored], [n for _, n in stored]),
+                                    (SEGMENT_EVICTED, evicted, [])):
+            if keys:
+                data = msgpack.packb([self.worker_id, kind, Tier.GPU.value, _pack(keys), _pack(anchors)],
+                                     use_bin_type=True)
+                self.client.xadd(self.stream, {b"e": data}, maxlen=self.max_len, approximate=True)
 
     def _add(self, event: KVEvent) -> None:
         self.client.xadd(self.stream, {b"e": event.encode()}, maxlen=self.max_len, approximate=True)

@@ -10,14 +10,14 @@ from collections.abc import Awaitable, Callable
 
 import redis
 
-from cluster.messages import PrefillRequest, PrefillResult
-from cluster.worker_base import EngineWorker
 from engine.async_engine import AsyncLLMEngine
 from engine.llm_engine import LLMEngine
 from engine.request import Request
 from kvstore.errors import KVStoreError
 from kvstore.handoff import KVHandoff
 from prefill_workers.host_prefix import HostPrefixCache
+from workers.base import EngineWorker
+from workers.messages import PrefillRequest, PrefillResult
 
 log = logging.getLogger(__name__)
 PULL_RETRY_S = 5.0  # after a failed host-tier pull, prompts are computed without trying one this long
@@ -47,7 +47,8 @@ class PrefillWorker(EngineWorker):
         def start(e: LLMEngine) -> str:
             if imported[0]:
                 e.kv.commit_import(*imported)
-            return e.add_request(req.request_id, req.prompt_token_ids, params, req.cache_salt, hold_kv=True)
+            return e.add_request(req.request_id, req.prompt_token_ids, params, req.cache_salt, hold_kv=True,
+                                 segments=req.segments)
         delta = None
         async for delta in self.engine.stream(start):
             pass
@@ -80,7 +81,8 @@ class PrefillWorker(EngineWorker):
         state = held.generator.get_state().numpy().tobytes() if held.generator is not None else None
         return PrefillResult(request_id, self.worker_id, delta.new_token_ids[0],
                              delta.new_logprobs[0] if delta.new_logprobs else None,
-                             held.num_prompt_tokens, held.num_cached_tokens, len(held.block_ids), state)
+                             held.num_prompt_tokens, held.num_cached_tokens + held.num_reused_tokens,
+                             len(held.block_ids), state, held.num_reused_tokens, held.exact_tokens)
 
     async def send_kv(self, request_id: str, peer: str, skip_blocks: int, num_blocks: int,
                       start_receive: Callable[[], Awaitable[int]]) -> int:

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
-from engine.segments.spec import SegmentReuse
+from engine.segments.spec import SegmentReuse, SegmentStats
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class BackendStats:
     prefix_index_bytes: int = 0       # the index's memory
     prefix_index_predicted: int = 0   # (replica, block) pairs predicted, not yet confirmed by an event
     kv_event_blocks: int = 0          # blocks of KV events the router applied (a counter)
+    segments: SegmentStats = field(default_factory=SegmentStats)  # segment reuse, over the engines
+    segment_index_entries: int = 0    # cluster: segments the router knows a holder of
 
 
 class HealthState(str, enum.Enum):

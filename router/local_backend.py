@@ -49,7 +49,7 @@ class LocalEngineBackend:
                             num_blocks_used=s.num_blocks - s.num_free_blocks, num_blocks_total=s.num_blocks,
                             prefix_cache_query_tokens=s.prefix_cache_queries,
                             prefix_cache_hit_tokens=s.prefix_cache_hits, num_preemptions=s.num_preemptions,
-                            step_totals=s.step_totals)
+                            step_totals=s.step_totals, segments=s.segments)
 
     def health(self) -> BackendHealth:
         """One pool of one replica: ready while the engine's stepping thread runs."""

@@ -64,6 +64,7 @@ class BackendStatsCollector:
                                 "predicted and no KV event confirmed yet", value=s.prefix_index_predicted)
         yield CounterMetricFamily("tierserve_router_kv_event_blocks", "Blocks of KV events the router applied",
                                   value=s.kv_event_blocks)
+        yield from self._segments(s)
         steps = CounterMetricFamily("tierserve_engine_steps", "Engine steps, by kind (graph, decode, shared, mixed)",
                                     labels=["kind"])
         tokens = CounterMetricFamily("tierserve_engine_step_tokens", "Tokens computed by engine steps, by kind",
@@ -81,6 +82,24 @@ class BackendStatsCollector:
         yield tokens
         yield seconds
         yield from self._health()
+
+    @staticmethod
+    def _segments(s: BackendStats) -> Iterator[Metric]:
+        """Segment reuse (docs/segment_reuse.md), summed over the engines."""
+        g = s.segments
+        for name, text, value in (
+                ("segment_prompt_tokens", "Prompt tokens of requests that asked for segment reuse", g.prompt_tokens),
+                ("segment_lookups", "Segments looked up in an engine's segment store", g.lookups),
+                ("segment_hits", "Segments whose KV was reused from the segment store", g.hits),
+                ("segment_reused_tokens", "Prompt tokens filled from reused segments instead of computed",
+                 g.reused_tokens)):
+            yield CounterMetricFamily(f"tierserve_{name}", text, value=value)
+        yield GaugeMetricFamily("tierserve_segment_reuse_rate", "Reused segment tokens over the prompt tokens of "
+                                "requests that asked for segment reuse", value=g.reuse_rate)
+        yield GaugeMetricFamily("tierserve_segment_store_bytes", "Bytes held by the engines' segment stores",
+                                value=g.stored_bytes)
+        yield GaugeMetricFamily("tierserve_router_segment_index_segments", "Segments the router knows a holder of",
+                                value=s.segment_index_entries)
 
     def _vllm(self, s: BackendStats) -> Iterator[Metric]:
         """vLLM's names for the same figures."""

@@ -32,7 +32,7 @@ from engine.request import Request
 from engine.segments.anchors import estimate
 from engine.segments.plan import PlannedSpan, SegmentPlan
 from engine.segments.rerotate import Rerotator
-from engine.segments.spec import SegmentReuse, context_hash, segment_hash
+from engine.segments.spec import SegmentReuse, SegmentStats, context_hash, segment_hash
 from engine.segments.store import Anchor, SegmentStore
 
 
@@ -66,26 +66,6 @@ class Fill:
     @property
     def num_tokens(self) -> int:
         return self.end - self.start
-
-
-@dataclass(frozen=True)
-class SegmentStats:
-    """Counters since the engine started; ``reuse_rate``: reused prompt tokens over the prompt
-    tokens of requests that asked for segment reuse."""
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    lookups: int = 0          # reusable segments looked up
-    hits: int = 0             # segments filled from the store
-    exact_hits: int = 0       # ... after the very same prefix (copied unchanged)
-    reused_tokens: int = 0
-    anchors_stored: int = 0
-    stored_segments: int = 0
-    stored_bytes: int = 0
-
-    @property
-    def reuse_rate(self) -> float:
-        return self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 class PagedKV:

@@ -17,7 +17,7 @@ import hashlib
 import math
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from engine.sampling_params import InvalidRequestError
 
@@ -91,3 +91,28 @@ class SegmentReuse:
 
     def usable_spans(self) -> tuple[tuple[int, int], ...]:
         return tuple((s, e) for s, e in self.spans if e - s >= MIN_SEGMENT_TOKENS)
+
+
+@dataclass(frozen=True)
+class SegmentStats:
+    """Counters since the engine started; ``reuse_rate``: reused prompt tokens over the prompt
+    tokens of requests that asked for segment reuse."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    lookups: int = 0          # reusable segments looked up
+    hits: int = 0             # segments filled from the store
+    exact_hits: int = 0       # ... after the very same prefix (copied unchanged)
+    reused_tokens: int = 0
+    anchors_stored: int = 0
+    stored_segments: int = 0
+    stored_bytes: int = 0
+
+    @property
+    def reuse_rate(self) -> float:
+        return self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    @classmethod
+    def total(cls, parts: Sequence[SegmentStats]) -> SegmentStats:
+        """The sum over several engines (a cluster's replicas)."""
+        return cls(**{f.name: sum(getattr(p, f.name) for p in parts) for f in fields(cls)})

@@ -11,11 +11,11 @@ import torch
 
 from attention_offload.service import AttentionInfo, AttentionService
 from attention_offload.worker import AttentionShape
-from cluster.worker_spec import WorkerSpec, until_redis_answers
 from engine.config import parse_dtype
 from engine.model_config import ModelConfig
 from kvstore.keys import RedisKeys
 from kvstore.redis_client import connect_redis
+from workers.spec import WorkerSpec, until_redis_answers
 
 
 @ray.remote

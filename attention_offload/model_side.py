@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import ray
 import redis
@@ -24,32 +23,9 @@ from engine.llm_engine import LLMEngine
 from kvstore.config import TransportConfig
 from kvstore.errors import KVStoreError
 from kvstore.keys import RedisKeys
+from workers.spec import OffloadSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class OffloadSpec:
-    """A model worker's attention replica: its worker id and Ray actor name, and how many
-    micro-batches a step is split into. (The attention replica's own spec carries one too, for
-    the link settings.)
-
-    link_device: cuda when the model and attention workers both have GPUs (NCCL), else cpu
-    (gloo; a GPU end stages through host memory). receive_kv: prefill workers hand prompts' KV
-    to the attention replica (same kind of device); False: the model worker recomputes each
-    prompt instead (a GPU prefill pool cannot hand KV to a CPU attention pool yet)."""
-
-    attention_id: str
-    actor_name: str
-    namespace: str
-    micro_batches: int = 2
-    link_device: str = "cpu"
-    receive_kv: bool = True
-    attach_timeout_s: float = 300.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.micro_batches <= 8:
-            raise ValueError(f"micro_batches must be in 1..8, got {self.micro_batches}")
 
 
 class AttentionPeer:

@@ -24,7 +24,6 @@ from cluster.pool_handles import Pools, Replica
 from cluster.redis_server import RedisServer, with_password
 from cluster.ray_connect import connect_ray, remove_marker, start_private_ray, write_marker
 from cluster.registry import NAMESPACE, ClusterInfo, ClusterRegistry, actor_name, registry_name
-from cluster.worker_spec import RESTART_OPTIONS, WorkerSpec
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SegmentConfig
 from engine.model_config import CheckpointError, ModelConfig
 from engine.tokenizer import load_tokenizer
@@ -32,6 +31,7 @@ from kvstore.config import KVStoreConfig, TransportConfig
 from kvstore.keys import RedisKeys
 from kvstore.kv_events import KVEventSubscriber
 from kvstore.redis_client import connect_redis, redact_url
+from workers.spec import RESTART_OPTIONS, OffloadSpec, WorkerSpec
 
 
 class ClusterStartError(RuntimeError):
@@ -158,7 +158,6 @@ class Cluster:
         """The attention replicas, each serving the decode replicas i with i mod N = its index;
         returns each decode replica's OffloadSpec."""
         from attention_offload.actor import AttentionActor
-        from attention_offload.model_side import OffloadSpec
         pool, decode = self.config.pools["attention"], self.config.pools["decode"]
         sessions = {a: tuple(f"decode-{d}" for d in range(decode.replicas) if d % pool.replicas == a)
                     for a in range(pool.replicas)}

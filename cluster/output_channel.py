@@ -4,9 +4,9 @@ replica) instead of one per request.
 Streaming every token of every request as its own Ray object costs each token a round of
 object-store bookkeeping in both processes; at a few thousand tokens per second per replica
 that, not the GPU, sets the pace. Here a worker puts the deltas of all the requests one
-dispatcher sent it into that dispatcher's queue (``OutputChannels.sink``), and the
-dispatcher reads them as batches, each step's deltas in one message (``drain``), and hands
-each delta to its request (``OutputDemux``).
+dispatcher sent it into that dispatcher's queue (``OutputChannels.sink``, the worker's side:
+workers/output_channels.py), and the dispatcher reads them as batches, each step's deltas in
+one message (``drain``), and hands each delta to its request (``OutputDemux``, here).
 """
 
 from __future__ import annotations
@@ -15,59 +15,14 @@ import asyncio
 import itertools
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import ray
 
 from cluster.pool_handles import first_line
-from engine.outputs import RequestOutput
 from router.errors import ServiceUnavailableError
 
 log = logging.getLogger(__name__)
-
-
-class OutputChannels:
-    """A worker's side: one queue of deltas per dispatcher channel.
-
-    A channel whose reader goes away (its dispatcher closed it, or the stream was cancelled)
-    aborts the requests still running on it, so nobody's KV blocks outlive their reader.
-    """
-
-    def __init__(self, abort: Callable[[str], None] | None = None) -> None:
-        self.queues: dict[str, asyncio.Queue] = {}
-        self.running: dict[str, set[str]] = {}  # channel -> requests not finished yet
-        self.abort = abort
-
-    def sink(self, channel: str, request_id: str | None = None) -> asyncio.Queue:
-        """The channel's queue; ``request_id`` is a request whose deltas will go there."""
-        if request_id is not None:
-            self.running.setdefault(channel, set()).add(request_id)
-        return self.queues.setdefault(channel, asyncio.Queue())
-
-    async def drain(self, channel: str) -> AsyncIterator[list[RequestOutput]]:
-        """Every delta put into ``channel``, as batches of whatever is queued; an engine failure
-        ends the stream with an error after the deltas queued before it."""
-        queue = self.sink(channel)
-        try:
-            while True:
-                items = [await queue.get()]
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-                failure = next((x for x in items if isinstance(x, BaseException)), None)
-                deltas = [x for x in items if not isinstance(x, BaseException)]
-                running = self.running.get(channel, set())
-                running.difference_update(d.request_id for d in deltas if d.finished)
-                if deltas:
-                    yield deltas
-                if failure is not None:
-                    raise RuntimeError(f"engine failed: {failure!r}") from failure
-        finally:
-            if self.queues.get(channel) is queue:
-                del self.queues[channel]
-            orphans = self.running.pop(channel, set())
-            if self.abort is not None:
-                for request_id in orphans:
-                    self.abort(request_id)
 
 
 class ReplicaFailed(ServiceUnavailableError):

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import ray
 
 from cluster.config import MAX_PREDICTED
-from cluster.messages import EngineInfo
 from cluster.pool_handles import Pools, Replica
 from kvstore.config import KVStoreConfig
+from workers.messages import EngineInfo
 
 NAMESPACE = "tierserve"
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import ray
 
-from cluster.messages import DecodeRequest, PrefillRequest
-from cluster.worker_actor import WorkerActor
-from cluster.worker_spec import WorkerSpec, build_worker
+from attention_offload.model_side import attach_engine
 from decode_workers.worker import DecodeWorker
 from engine.llm_engine import Reservation
+from workers.actor import WorkerActor
+from workers.messages import DecodeRequest, PrefillRequest
+from workers.spec import WorkerSpec, build_worker
 
 
 @ray.remote
 class DecodeActor(WorkerActor):
     def __init__(self, spec: WorkerSpec):
-        self.parts = build_worker(spec, ray.util.get_node_ip_address())
+        self.parts = build_worker(spec, ray.util.get_node_ip_address(), attach=attach_engine)
         offload = spec.offload  # prompts' KV goes to the attention replica's cache
         self.kv_peer_id = offload.attention_id if offload is not None else spec.worker_id
         self.worker = DecodeWorker(spec.worker_id, self.parts.engine, self.parts.handoff,

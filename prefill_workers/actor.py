@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import ray
 
-from cluster.messages import PrefillRequest, PrefillResult
-from cluster.worker_actor import WorkerActor
-from cluster.worker_spec import WorkerSpec, build_worker
 from engine.llm_engine import Reservation
+from prefill_workers.host_prefix import connect_host_prefix
 from prefill_workers.worker import PrefillWorker
+from workers.actor import WorkerActor
+from workers.messages import PrefillRequest, PrefillResult
+from workers.spec import WorkerSpec, build_worker
 
 
 @ray.remote
 class PrefillActor(WorkerActor):
     def __init__(self, spec: WorkerSpec):
         self.parts = build_worker(spec, ray.util.get_node_ip_address())
-        self.worker = PrefillWorker(spec.worker_id, self.parts.engine, self.parts.handoff, self.parts.host_prefix)
+        host_prefix = connect_host_prefix(spec, self.parts) if spec.host_tier_writes else None
+        self.worker = PrefillWorker(spec.worker_id, self.parts.engine, self.parts.handoff, host_prefix)
         self.kv_peers: dict[str, str] = {}  # decode replica -> the worker whose cache takes its KV
 
     async def prefill(self, req: PrefillRequest) -> PrefillResult:

@@ -16,9 +16,11 @@ from engine.async_engine import AsyncLLMEngine
 from engine.block_hash import ROOT_HASH, hash_blocks
 from kvstore.block_key import block_keys
 from kvstore.host_tier import HOST_WORKER, HostTier
-from kvstore.keys import Tier
+from kvstore.keys import RedisKeys, Tier
 from kvstore.kv_events import KVEventPublisher
 from kvstore.layout import KVLayout
+from kvstore.store import KVStore
+from workers.spec import WorkerParts, WorkerSpec, until_redis_answers
 
 
 class HostPrefixCache:
@@ -64,6 +66,15 @@ class HostPrefixCache:
         if written:
             parents = [ROOT_HASH] + hashes[:-1]
             await asyncio.to_thread(self.publisher.stored, list(zip(hashes, parents)), Tier.HOST)
+
+
+def connect_host_prefix(spec: WorkerSpec, parts: WorkerParts) -> HostPrefixCache | None:
+    """A prefill replica's host-tier prefix cache (None without a kvstore)."""
+    if spec.kvstore is None or parts.redis is None:
+        return None
+    store = until_redis_answers(lambda: KVStore.connect(spec.kvstore), spec.worker_id)
+    keys = RedisKeys(spec.kvstore.key_prefix)
+    return HostPrefixCache(parts.engine, store.host, host_publisher(parts.redis, keys), spec.engine.model)
 
 
 def host_publisher(client, keys) -> KVEventPublisher:

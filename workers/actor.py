@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import torch
 
-from cluster.messages import EngineInfo, WorkerLoad
-from cluster.worker_base import EngineWorker
-from cluster.worker_spec import WorkerParts
+from workers.base import EngineWorker
+from workers.messages import EngineInfo, WorkerLoad
+from workers.spec import WorkerParts
 
 
 class WorkerActor:
@@ -29,7 +29,7 @@ class WorkerActor:
         return str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else None
 
     async def outputs(self, channel: str):
-        """A dispatcher's batched output stream (cluster/output_channel.py)."""
+        """A dispatcher's batched output stream (workers/output_channels.py)."""
         async for batch in self.worker.outputs(channel):
             yield batch
 

@@ -1,4 +1,6 @@
-"""Everything a pool replica needs to build its engine and KV transport, in one message."""
+"""Everything a pool replica needs to build its engine and KV transport, in one message, and
+the bring-up every role shares (``build_worker``); a role adds its own parts (the prefill
+pool its host-tier prefix cache, an offloaded decode replica its attached engine)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import redis
 import torch
 
-from attention_offload.model_side import OffloadSpec, attach_engine
-from cluster.kv_event_pump import KVEventPump
 from engine.async_engine import AsyncLLMEngine
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
@@ -24,8 +24,7 @@ from kvstore.keys import RedisKeys
 from kvstore.kv_events import KVEventPublisher
 from kvstore.pair_groups import PairGroups
 from kvstore.redis_client import connect_redis
-from kvstore.store import KVStore
-from prefill_workers.host_prefix import HostPrefixCache, host_publisher
+from workers.kv_event_pump import KVEventPump
 
 
 T = TypeVar("T")
@@ -39,6 +38,30 @@ REDIS_WAIT_S = 120.0  # how long a starting replica waits for Redis (restarted w
 # re-routes or answers 503), and replaying it on a new process that knows nothing of the
 # request is never right; a load ping retried would even hide the death.
 RESTART_OPTIONS = {"max_restarts": -1, "max_task_retries": 0}
+
+
+@dataclass(frozen=True)
+class OffloadSpec:
+    """A model worker's attention replica: its worker id and Ray actor name, and how many
+    micro-batches a step is split into. (The attention replica's own spec carries one too, for
+    the link settings.)
+
+    link_device: cuda when the model and attention workers both have GPUs (NCCL), else cpu
+    (gloo; a GPU end stages through host memory). receive_kv: prefill workers hand prompts' KV
+    to the attention replica (same kind of device); False: the model worker recomputes each
+    prompt instead (a GPU prefill pool cannot hand KV to a CPU attention pool yet)."""
+
+    attention_id: str
+    actor_name: str
+    namespace: str
+    micro_batches: int = 2
+    link_device: str = "cpu"
+    receive_kv: bool = True
+    attach_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.micro_batches <= 8:
+            raise ValueError(f"micro_batches must be in 1..8, got {self.micro_batches}")
 
 
 @dataclass(frozen=True)
@@ -64,7 +87,6 @@ class WorkerParts:
     redis: redis.Redis | None
     groups: PairGroups | None
     events: KVEventPump | None = None
-    host_prefix: HostPrefixCache | None = None
 
     def close(self) -> None:
         if self.events is not None:
@@ -76,8 +98,17 @@ class WorkerParts:
             self.redis.close()
 
 
-def build_worker(spec: WorkerSpec, advertise_host: str | None = None) -> WorkerParts:
-    """Load the model and connect the KV transport (through Redis) for this replica."""
+class AttachEngine(Protocol):
+    """Builds an offloaded model worker's engine (attention_offload.model_side.attach_engine)."""
+
+    def __call__(self, spec: OffloadSpec, worker_id: str, config: EngineConfig, client: redis.Redis,
+                 keys: RedisKeys, transport: TransportConfig) -> LLMEngine: ...
+
+
+def build_worker(spec: WorkerSpec, advertise_host: str | None = None,
+                 attach: AttachEngine | None = None) -> WorkerParts:
+    """Load the model and connect the KV transport (through Redis) for this replica; ``attach``
+    builds the engine of a replica whose spec names an attention replica (``spec.offload``)."""
     device = "cuda" if spec.use_gpu and torch.cuda.is_available() else spec.engine.device
     config = dataclasses.replace(spec.engine, device=device)
     if spec.kvstore is None:
@@ -87,17 +118,15 @@ def build_worker(spec: WorkerSpec, advertise_host: str | None = None) -> WorkerP
     transport = dataclasses.replace(spec.transport, advertise_host=spec.transport.advertise_host or advertise_host)
     keys = RedisKeys(spec.kvstore.key_prefix)
     if spec.offload is not None:  # a model worker: the engine attaches to its attention replica
-        engine = AsyncLLMEngine(attach_engine(spec.offload, spec.worker_id, config, client, keys, transport))
+        if attach is None:
+            raise ValueError(f"{spec.worker_id}: an offloaded replica needs an engine attach hook")
+        engine = AsyncLLMEngine(attach(spec.offload, spec.worker_id, config, client, keys, transport))
     else:
         engine = AsyncLLMEngine(LLMEngine(config))
     groups = until_redis_answers(lambda: PairGroups(spec.worker_id, client, keys, transport, device), spec.worker_id)
     events = KVEventPump(engine, KVEventPublisher(client, keys, spec.worker_id))
     until_redis_answers(events.start, spec.worker_id)
-    host_prefix = None
-    if spec.role == "prefill" and spec.host_tier_writes:
-        store = until_redis_answers(lambda: KVStore.connect(spec.kvstore), spec.worker_id)
-        host_prefix = HostPrefixCache(engine, store.host, host_publisher(client, keys), spec.engine.model)
-    return WorkerParts(engine, KVHandoff(groups, transport), client, groups, events, host_prefix)
+    return WorkerParts(engine, KVHandoff(groups, transport), client, groups, events)
 
 
 def until_redis_answers(connect: Callable[[], T], worker_id: str, wait_s: float = REDIS_WAIT_S) -> T:

@@ -17,7 +17,6 @@ import uuid
 
 import pytest
 
-from cluster.messages import PrefillRequest
 from cluster.redis_server import RedisServer
 from engine.async_engine import AsyncLLMEngine
 from engine.sampling_params import SamplingParams
@@ -28,6 +27,7 @@ from kvstore.store import KVStore
 from prefill_workers.host_prefix import HostPrefixCache, host_publisher
 from prefill_workers.worker import PrefillWorker
 from tests.engine.conftest import make_engine
+from workers.messages import PrefillRequest
 
 pytestmark = pytest.mark.redis
 BLOCKS = 4

@@ -9,10 +9,11 @@ import pytest
 import ray
 
 from cluster.local_cluster import Cluster
-from cluster.output_channel import OutputChannels, ReplicaFailed
+from cluster.output_channel import ReplicaFailed
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from tests.cluster.conftest import cluster_config
+from workers.output_channels import OutputChannels
 
 
 def delta(rid: str, token: int, finished: bool = False) -> RequestOutput:

@@ -89,7 +89,7 @@ def test_a_burst_sharing_a_new_prefix_gathers_on_one_replica(loop, cluster):
 
 
 def replica(worker_id: str, pending: int = 0, used_blocks: int = 0) -> Replica:
-    from cluster.messages import WorkerLoad
+    from workers.messages import WorkerLoad
     r = Replica(worker_id, "prefill", actor=None, pending_tokens=pending)
     r.load = WorkerLoad(worker_id, "prefill", 0, 0, 10_000 - used_blocks, 10_000, 0, 0, 0, 0, 0)
     return r

@@ -13,13 +13,13 @@ import time
 import pytest
 import redis
 
-from cluster.kv_event_pump import KVEventPump
-from cluster.messages import WorkerLoad
 from cluster.pool_handles import Pools, Replica
 from cluster.redis_server import RedisServer, with_password
 from engine.block_pool import BlockEvents
 from kvstore.redis_client import redact_url
 from router.backend import HealthState
+from workers.kv_event_pump import KVEventPump
+from workers.messages import WorkerLoad
 
 READY, DEGRADED, DOWN = HealthState.READY, HealthState.DEGRADED, HealthState.DOWN
 
@@ -149,7 +149,7 @@ class FlakyPublisher:
 
 
 def test_kv_event_pump_logs_an_outage_once_and_publishes_what_waited(caplog):
-    caplog.set_level(logging.WARNING, logger="cluster.kv_event_pump")
+    caplog.set_level(logging.WARNING, logger="workers.kv_event_pump")
     engine, publisher = FakeEngine(), FlakyPublisher()
     pump = KVEventPump(engine, publisher, interval_s=0.005, max_backoff_s=0.02)
     publisher.down = True

@@ -170,8 +170,21 @@ case "${1:-}" in
       --ramp-step-s 15 --out "$work/soak" > "$out/soak.log" 2>&1
     grep -v "^request \|(raylet)\|is down\|is ready\|is degraded\|broke" "$out/soak.log" | tail -24
     ;;
+  multi-agent)  # ~3 min, one H200 (issue 18 part 2): segment reuse on CUDA, and the 5-agent chain at Llama-3-8B shapes
+    # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh multi-agent
+    # tests/gpu/test_segments_cuda.py (~30 s): layer-0 re-rotation within 1e-5 and recompute_ratio 1.0 identical to
+    # no reuse on the device, a fill that reuses. Then the chain as the issue sets it (random bf16 weights: timing
+    # only): 512-token templates, four 1024-token messages, 4 episodes (1 warm-up), ~1.5 min. Prints per mode the
+    # reuse rate, median TTFT per agent (ms) and its speed-up over `full` (no segment reuse). Comes back:
+    # tests.log, multi-agent.log, results.tgz (multi-agent/multi_agent.json, .png)
+    python -m pytest -q -p no:cacheprovider tests/gpu/test_segments_cuda.py 2>&1 | tee "$out/tests.log" | tail -5
+    timeout 240 python -m benchmarks.multi_agent --part shapes --device cuda --episodes 4 --warmup 1 \
+      --template-tokens 512 --message-tokens 1024 --modes full exact r=0 r=0.1 anchors \
+      --out "$work/multi-agent" > "$out/multi-agent.log" 2>&1
+    grep -v "━" "$out/multi-agent.log" | tail -12
+    ;;
   *)
-    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines|trained-model|trained-model-ci|kv-codec|offload|offload-pair|soak" >&2
+    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines|trained-model|trained-model-ci|kv-codec|offload|offload-pair|soak|multi-agent" >&2
     exit 2
     ;;
 esac

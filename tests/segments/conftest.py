@@ -14,9 +14,11 @@ GREEDY = SamplingParams(max_tokens=8, temperature=0)
 
 
 def make_engine(model: Path, *, num_blocks: int = 256, prefix_caching: bool = False, max_batched: int = 512,
-                async_scheduling: bool | None = None, segments: SegmentConfig = SegmentConfig()) -> LLMEngine:
+                async_scheduling: bool | None = None, segments: SegmentConfig = SegmentConfig(),
+                device: str = "cpu") -> LLMEngine:
     return LLMEngine(EngineConfig(
-        model=str(model), cache=CacheConfig(num_blocks=num_blocks, enable_prefix_caching=prefix_caching),
+        model=str(model), device=device,
+        cache=CacheConfig(num_blocks=num_blocks, enable_prefix_caching=prefix_caching),
         scheduler=SchedulerConfig(max_num_batched_tokens=max_batched), async_scheduling=async_scheduling,
         segments=segments))
 

@@ -489,7 +489,7 @@ static PyObject *Core_match(Core *self, PyObject *args) {
  * one call: replica r is worker columns[r] of the index; cache affinity (least work, then
  * load, then requests in flight) while the pool is balanced, else least in flight, then load;
  * ties to the earlier replica. credit (float64 per replica, or None): tokens replica r need not
- * compute beyond its prefix (segments it holds), taken off its work, floored at 0.
+ * compute past its prefix (segments it holds), taken off its work (RequestShape.segment_tokens).
  * cluster/fleet_router.py holds the same rule in numpy. */
 static PyObject *Core_route(Core *self, PyObject *args) {
     PyObject *o_ids, *o_cols, *o_loads, *o_inflight, *o_credit = Py_None;
@@ -543,7 +543,7 @@ static PyObject *Core_route(Core *self, PyObject *args) {
             if (uncached < 0) uncached = 0;
             int64_t pulled = (host - c > 0 && host_weight < 1) ? (host - c) * block : 0;
             double work = (double)(uncached - pulled) + host_weight * (double)pulled;
-            if (credit) work = work > credit[r] ? work - credit[r] : 0.0;
+            if (credit) work -= credit[r];
             int better;
             if (chosen < 0) better = 1;
             else if (imbalanced)

@@ -9,10 +9,11 @@ give the same replica as the dispatcher's own rule (tests/cluster/test_fleet_rou
 Two routers that applied the same events and see the same loads therefore choose alike: no
 part of a decision depends on arrival order, dict order or a random draw.
 
-Segment reuse (engine/segments, router/segments.py) enters a decision as a *credit*: per
-replica, the prompt tokens it need not compute beyond its cached prefix because it holds the
-request's segments, taken off its work (floored at 0) before the pick. A segment index
-answers that lookup (``SegmentLookup``); the router keeps no segment semantics of its own.
+Segment reuse (engine/segments, cluster/segment_index.py) enters a decision as a *credit*: per
+replica, the prompt tokens it need not compute past its cached prefix because it holds the
+request's segments, taken off its work before the pick (``RequestShape.segment_tokens`` in the
+dispatcher's rule). A segment index answers that lookup (``SegmentLookup``); the router keeps
+no segment semantics of its own.
 """
 
 from __future__ import annotations
@@ -48,20 +49,21 @@ class SegmentLookup(Protocol):
 
     def credit(self, segments: Sequence[int], replicas: Sequence[str]) -> np.ndarray:
         """Per replica (float64, ``replicas`` order): prompt tokens of ``segments`` (the request's
-        segment ids, past its shared prefix) the replica would fill from its segment store."""
+        segment ids) past the replica's cached prefix that it would fill from its segment store."""
         ...
 
 
 def prefill_work(counts: np.ndarray, host_blocks: int, prompt_tokens: int, block_size: int,
                  host_pull_weight: float, credit: np.ndarray | None = None) -> np.ndarray:
-    """Tokens each replica would compute (host-tier pulls at ``host_pull_weight``, less ``credit``)."""
+    """Tokens each replica would compute (host-tier pulls at ``host_pull_weight``, less ``credit``:
+    ``RequestShape.prefill_cost``)."""
     uncached = np.maximum(0, prompt_tokens - counts * block_size)
     if host_blocks <= 0 or host_pull_weight >= 1:
         work = uncached.astype(np.float64)
     else:
         pulled = np.maximum(0, host_blocks - counts) * block_size
         work = (uncached - pulled) + host_pull_weight * pulled
-    return work if credit is None else np.maximum(0.0, work - credit)
+    return work if credit is None else work - credit
 
 
 def pick_index(work: np.ndarray, loads: np.ndarray, inflight: np.ndarray, balance: Balance) -> int:

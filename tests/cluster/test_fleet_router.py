@@ -51,15 +51,13 @@ def test_same_choice_as_the_dispatchers_rule(core, seed):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_segment_credit_is_taken_off_the_work_alike_on_both_cores(seed):
-    """A segment lookup's credit (tokens a replica need not compute beyond its prefix) moves the
-    choice as the numpy rule says, on the C core too; no credit is the dispatcher's rule."""
-    if native_core() is None:
-        pytest.skip("the C core is not built")
+def test_segment_credit_is_the_dispatchers_segment_tokens(seed):
+    """A segment lookup's credit (tokens a replica need not compute past its prefix) moves the
+    choice as RequestShape.segment_tokens moves pick_prefill's, on both cores."""
     rng = np.random.default_rng(seed)
     names = [f"p{i}" for i in range(40)]
     routers = []
-    for core in (NumpyCore, native_core()):
+    for core in CORES:
         index = CompactPrefixIndex(core=core)
         for i in range(40):
             index.apply(stored(names[i], hash_blocks(list(range(i, i + 64)), BLOCK)[:i % 16 + 1]))
@@ -67,15 +65,20 @@ def test_segment_credit_is_taken_off_the_work_alike_on_both_cores(seed):
     moved = 0
     for trial in range(200):
         loads, inflight = rng.choice([0.0, 50.0, 400.0], 40), rng.integers(0, 2, 40)
-        credit = np.where(rng.random(40) < 0.2, rng.choice([8.0, 40.0, 1e6], 40), 0.0)
         start = int(rng.integers(0, 40))
         hashes = hash_blocks(list(range(start, start + 64)), BLOCK)
+        matched = routers[0].index.matched_blocks(hashes)
+        uncached = np.array([max(0, 64 - BLOCK * matched.get(n, 0)) for n in names])
+        credit = np.where(rng.random(40) < 0.2, np.floor(uncached * rng.choice([0.25, 0.5, 1.0], 40)), 0.0)
+        replicas = [Replica(n, "prefill", None, inflight=int(f), pending_tokens=float(p))
+                    for n, p, f in zip(names, loads, inflight)]
+        shape = RequestShape(64, BLOCK, matched, 0.5, segment_tokens={n: int(c) for n, c in zip(names, credit) if c})
+        expected = names.index(pick_prefill(replicas, shape).worker_id)
         for r in routers:
             r.loads[:], r.inflight[:] = loads, inflight
-        choices = [r.route(hashes, 64, credit) for r in routers]
-        assert choices[0] == choices[1]
-        assert routers[1].route(hashes, 64, np.zeros(40)) == routers[1].route(hashes, 64)
-        moved += choices[1] != routers[1].route(hashes, 64)
+            assert r.route(hashes, 64, credit) == expected
+            assert r.route(hashes, 64, np.zeros(40)) == r.route(hashes, 64)
+        moved += expected != routers[0].route(hashes, 64)
     assert moved > 10, "credits moved some choices"
     with pytest.raises(ValueError, match="credit"):
-        routers[1].route(hashes, 64, np.zeros(3))
+        routers[-1].route(hashes, 64, np.zeros(3))

@@ -24,6 +24,7 @@
 #define UNPREDICT 4
 #define OP_BITS 3
 #define MAX_MOVES (1u << 20)
+#define PREFETCH 8 /* ids ahead whose table slots a match prefetches */
 
 /* ---- table ------------------------------------------------------------------------- */
 
@@ -426,10 +427,17 @@ static size_t match_into(Core *self, const char *ids, size_t n, size_t stride, i
         for (size_t i = 0; i < nw; i++) { alive[i] = h[i] | h[i + nw]; any |= alive[i] != 0; }
         end = 1;
     }
+    const Table *t = &self->table;
     for (size_t d = 1; d < n && any; d++, end = d) {
         uint64_t k;
+        if (d + PREFETCH < n) { /* the ids are known ahead: start their slots' cache misses early */
+            memcpy(&k, ids + (d + PREFETCH) * stride, 8);
+            size_t slot = home(t, norm(k));
+            __builtin_prefetch(t->keys + slot);
+            __builtin_prefetch(t->vals + slot);
+        }
         memcpy(&k, ids + d * stride, 8);
-        uint32_t st = table_get(&self->table, norm(k));
+        uint32_t st = table_get(t, norm(k));
         if (st == prev) continue;
         prev = st;
         const uint64_t *h = held_of(&self->states, st);

@@ -1,6 +1,7 @@
 """The router at cluster scale (issue 22): what KV-event ingest, the prefix index's memory and
 a routing decision cost, for today's index (``PrefixIndex``, the baseline) and the compact
-one (``CompactPrefixIndex`` + ``FleetRouter``), measured in one run.
+one (``CompactPrefixIndex`` + ``FleetRouter``) on each of its cores (``compact-numpy``, the
+reference, and ``compact-c``), measured in one run.
 
   python -m benchmarks.router_scale [--blocks 1000000] [--repeat 3] [--out DIR] [--quick]
 
@@ -20,8 +21,14 @@ starts with 0-128 blocks of one of 64 shared prefixes. Each part runs in a fresh
   (engine/block_hash.py) and recording the prediction are timed apart.
 - sweep: the decision's cost against the number of replicas (16-1024, same index).
 
-Results: ``router_scale.jsonl`` and ``router_scale.png`` (router CPU cores and index memory
-against fleet size, for a fleet of prefill replicas each prefilling 10k tokens/s) in --out.
+- redis: the ingest end to end, XREAD from a real redis-server (on the same cores).
+
+Each part runs ``--repeat`` times (the machine is shared: rates are the best run's, p99s the
+median run's, ``best_of_3_p99_us`` the p99 of each request's least time in three passes).
+Results in --out: ``router_scale.json`` (the whole record), ``router_cost.json`` (the few
+numbers simulator/router_cost.py sizes a fleet's routers from) and ``router_scale.png``
+(router CPU cores and index memory against fleet size, from simulator/router_cost.py's model,
+for a fleet of prefill replicas each prefilling 10k tokens/s).
 """
 
 from __future__ import annotations
@@ -45,14 +52,17 @@ import redis
 from cluster.compact_index import CompactPrefixIndex
 from cluster.fleet_router import FleetRouter
 from cluster.pool_handles import Replica, RequestShape, pick_prefill
+from cluster.prefix_core import NumpyCore, native_core
 from cluster.prefix_index import PrefixIndex
 from engine.block_hash import ROOT_HASH, hash_blocks
 from kvstore.keys import RedisKeys, Tier
 from kvstore.kv_events import EventBatch, EventKind, KVEvent, KVEventSubscriber
+from simulator.router_cost import UTILIZATION
 
 CHAIN, GROUPS, PREFIX = 256, 64, 128
 BLOCK_TOKENS, TOKENS_PER_S = 16, 10_000  # a prefill replica's rate in the fleet model
 FLEET = [8, 16, 32, 64, 128, 256, 512, 1024]
+IMPLS = ("baseline", "compact-numpy", "compact-c")
 GOALS = {"ingest_blocks_per_s": 1e6, "bytes_per_block": 100, "route_p99_us": 50}
 
 
@@ -98,7 +108,14 @@ class Impl:
 
     def __init__(self, name: str):
         self.name = name
-        self.index = PrefixIndex() if name == "baseline" else CompactPrefixIndex()
+        if name == "baseline":
+            self.index = PrefixIndex()
+        elif name == "compact-numpy":
+            self.index = CompactPrefixIndex(core=NumpyCore)
+        elif (core := native_core()) is not None:
+            self.index = CompactPrefixIndex(core=core)
+        else:
+            raise SystemExit("compact-c: cluster._prefix_core is not built (pip install -e .)")
 
     def encode(self, e: KVEvent) -> bytes:
         return legacy_encode(e) if self.name == "baseline" else e.encode()
@@ -285,7 +302,7 @@ PARTS = {"ingest": part_ingest, "route": part_route, "redis": part_redis}
 
 def child(args) -> None:
     impl = Impl(args.impl)
-    print(json.dumps(PARTS[args.part](args, impl)))
+    print(json.dumps({**PARTS[args.part](args, impl), "load_avg_1m": os.getloadavg()[0]}))
 
 
 def run_child(args, part: str, impl: str) -> dict:
@@ -318,52 +335,84 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
-            "load_avg": os.getloadavg()[0], "python": platform.python_version(), "numpy": np.__version__}
+            "load_avg_1_5_15": list(os.getloadavg()), "python": platform.python_version(), "numpy": np.__version__}
 
 
-def fleet_model(results: dict, fleet: list[int]) -> dict:
-    """Router CPU cores and index bytes for a fleet of ``n`` prefill replicas at 10k tokens/s each."""
-    model = {}
+def router_cost(results: dict) -> dict:
+    """The few numbers simulator/router_cost.py sizes a fleet's routers from, per index."""
+    impls = {}
     for impl, r in results.items():
         ingest, route = r["ingest"], r["route"]
-        per_block = ingest.get("accounted_bytes_per_block", ingest["rss_bytes_per_block"])
-        rows = []
-        for n in fleet:
-            decision = route[f"route_{n}"]["mean_us"] * 1e-6
-            blocks_s = n * TOKENS_PER_S / BLOCK_TOKENS
-            requests_s = n * TOKENS_PER_S / (CHAIN * BLOCK_TOKENS)
-            cores = blocks_s / ingest["fill_blocks_per_s"] + requests_s * decision
-            cached = n * (args_blocks(results) / 64)  # the run's blocks per worker, held by every replica
-            rows.append({"replicas": n, "cores": cores, "index_gb": cached * per_block / 1e9})
-        model[impl] = rows
+        rates = [ingest["fill_blocks_per_s"], ingest["churn_blocks_per_s"], ingest["small_events_blocks_per_s"]]
+        if "redis" in r:
+            rates.append(r["redis"]["cpu_blocks_per_s"])
+        sizes = sorted(int(k[6:]) for k in route if k.startswith("route_") and k[6:].isdigit())
+        impls[impl] = {"ingest_blocks_per_s": min(rates),
+                       "decision_us": {str(n): route[f"route_{n}"]["mean_us"] for n in sizes},
+                       "decision_p99_us": {str(n): route[f"route_{n}"]["p99_us"] for n in sizes},
+                       "hash_us_per_block": route["hash_prompt"]["mean_us"] / CHAIN,
+                       "predict_us_per_block": route["predict"]["mean_us"] / CHAIN,
+                       "bytes_per_block": ingest.get("accounted_bytes_per_block", ingest["rss_bytes_per_block"])}
+    return {"source": "benchmarks/router_scale.py", **machine(), "block_tokens": BLOCK_TOKENS,
+            "prompt_blocks": CHAIN, "note": "ingest: the slowest of fill, churn, 16-block events and XREAD from "
+            "redis (CPU); decision: mean CPU time of match + pick on 4K-token prompts", "impls": impls}
+
+
+def fleet_model(cost: dict, fleet: list[int], blocks_per_replica: float) -> dict:
+    """simulator/router_cost.py's answer for ``n`` prefill replicas at 10k tokens/s each, 4K-token
+    prompts, each replica caching ``blocks_per_replica`` blocks."""
+    from simulator.router_cost import RouterCost, routers_needed
+    model = {}
+    for impl in cost["impls"]:
+        c = RouterCost.from_dict(cost, impl)
+        model[impl] = [{"replicas": n, **routers_needed(c, n * TOKENS_PER_S, n * TOKENS_PER_S / (CHAIN * BLOCK_TOKENS),
+                                                        n, CHAIN * BLOCK_TOKENS, BLOCK_TOKENS,
+                                                        n * blocks_per_replica).as_dict()} for n in fleet]
     return model
 
 
-def args_blocks(results: dict) -> int:
-    return next(iter(results.values()))["ingest"]["blocks"]
-
-
-def plot(out: Path, model: dict) -> None:
+def plot(out: Path, model: dict, record: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for impl, rows in model.items():
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for i, (impl, rows) in enumerate(model.items()):
         n = [r["replicas"] for r in rows]
-        a.plot(n, [r["cores"] for r in rows], marker="o", label=impl)
-        b.plot(n, [r["index_gb"] for r in rows], marker="o", label=impl)
-    a.axhline(1.0, color="C3", linestyle="--", label="one router core")
-    for ax, label in ((a, "router CPU cores (event ingest + routing)"), (b, "prefix index memory (GB)")):
+        ok = [r for r in rows if r["routers"] is not None]
+        axes[0].plot([r["replicas"] for r in ok], [r["routers"] for r in ok], marker="o", color=f"C{i}", label=impl)
+        axes[1].plot([r["replicas"] for r in ok], [r["cores"] for r in ok], marker="o", color=f"C{i}", label=impl)
+        shard = [r["replicas"] for r in rows if r["routers"] is None]
+        if shard:
+            axes[0].scatter(shard, [64] * len(shard), marker="x", color=f"C{i}", s=60,
+                            label=f"{impl}: ingest > {UTILIZATION:.0%} of a core (shard)")
+        axes[2].plot(n, [r["index_bytes"] / 1e9 for r in rows], marker="o", color=f"C{i}", label=impl)
+    axes[1].axhline(1.0, color="C3", linestyle="--", label="one core")
+    labels = ("router processes needed", "router CPU cores in all (ingest x routers + routing)",
+              "prefix index memory per router (GB)")
+    for ax, label in zip(axes, labels):
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        ax.set_yscale("log", base=2 if ax is axes[0] else 10)
         ax.set_xlabel("prefill replicas (10k tokens/s each)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.suptitle("router cost against fleet size (4K-token prompts, 16-token blocks)", fontsize=10)
+        ax.legend(fontsize=8, loc="center left" if ax is axes[0] else "upper left")
+    load, end = record["load_avg_1_5_15"][0], record.get("load_avg_at_end", [float("nan")])[0]
+    fig.suptitle(f"router cost against fleet size (simulator/router_cost.py on numbers measured {record['date'][:16]} "
+                 f"UTC, {record['cores']} cores shared, load {load:.1f} -> {end:.1f}; 4K-token prompts, 16-token blocks, "
+                 f"{UTILIZATION:.0%} of a core per router)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "router_scale.png", dpi=130)
     plt.close(fig)
+
+
+def replot(out: Path) -> None:
+    """The model and plot again from a run's router_cost.json and router_scale.json."""
+    record = json.loads((out / "router_scale.json").read_text())
+    cost = json.loads((out / "router_cost.json").read_text())
+    record["fleet_model"] = fleet_model(cost, [r["replicas"] for r in next(iter(record["fleet_model"].values()))],
+                                        record["blocks"] / 64)
+    (out / "router_scale.json").write_text(json.dumps(record, indent=1) + "\n")
+    plot(out, record["fleet_model"], record)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,39 +423,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replicas", type=int, nargs="+", default=FLEET)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--impls", nargs="+", default=["baseline", "compact"])
+    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     p.add_argument("--out", default=None)
     p.add_argument("--quick", action="store_true", help="100k blocks, one run (a smoke test)")
+    p.add_argument("--replot", metavar="DIR", help="redo the fleet model and plot of a run in DIR")
     p.add_argument("--child", choices=PARTS, help=argparse.SUPPRESS)
     p.add_argument("--impl", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         child(argparse.Namespace(**{**vars(args), "part": args.child}))
         return 0
+    if args.replot:
+        replot(Path(args.replot))
+        return 0
     if args.quick:
         args.blocks, args.repeat, args.requests = min(args.blocks, 100_000), 1, min(args.requests, 500)
     out = Path(args.out or os.environ.get("OUT") or "out/router-scale")
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
+    started = machine()
     for impl in args.impls:
         results[impl] = {}
         for part in PARTS:
             runs = [run_child(args, part, impl) for _ in range(args.repeat)]
             results[impl][part] = best_of(runs, part)
             print(f"{impl} {part}: {json.dumps(results[impl][part])}", flush=True)
-    model = fleet_model(results, args.replicas)
+    cost = router_cost(results)
+    model = fleet_model(cost, args.replicas, args.blocks / 64)
     goals = {}
-    if "compact" in results:
-        c = results["compact"]
+    if "compact-c" in results:
+        c = results["compact-c"]
         goals = {"ingest_blocks_per_s": c["ingest"]["fill_blocks_per_s"],
+                 "redis_ingest_blocks_per_s": c["redis"]["cpu_blocks_per_s"],
                  "bytes_per_block": c["ingest"].get("accounted_bytes_per_block"),
                  "rss_bytes_per_block": c["ingest"]["rss_bytes_per_block"],
-                 "route_p99_us": c["route"].get("route_256", {}).get("p99_us")}
-    record = {"benchmark": "router_scale", **machine(), "blocks": args.blocks, "batch": args.batch,
+                 "route_p99_us": c["route"].get("route_256", {}).get("p99_us"),
+                 "route_best_of_3_p99_us": c["route"].get("route_256", {}).get("best_of_3_p99_us")}
+    record = {"benchmark": "router_scale", **started, "load_avg_at_end": list(os.getloadavg()), "blocks": args.blocks, "batch": args.batch,
               "repeat": args.repeat, "results": results, "fleet_model": model, "goals": GOALS, "measured": goals}
-    with (out / "router_scale.jsonl").open("a") as f:
-        f.write(json.dumps(record) + "\n")
-    plot(out, model)
+    (out / "router_scale.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / "router_cost.json").write_text(json.dumps(cost, indent=1) + "\n")
+    plot(out, model, record)
     print(json.dumps({"measured": goals, "goals": GOALS}))
     return 0
 

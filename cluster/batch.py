@@ -26,7 +26,7 @@ from cluster.batch_io import (AnyRequest, AnyResult, BatchFileError, BatchReques
                               parse_request, read_requests, write_results)  # re-exported: the files' side
 from cluster.ray_connect import connect_ray
 from cluster.registry import NAMESPACE, ClusterNotFoundError, attach, lookup, registry_name
-from engine.llm_engine import GenerationResult
+from engine.outputs import GenerationResult
 from router.backend import GenerationBackend
 from router.client_input import new_request_id
 from router.errors import classify

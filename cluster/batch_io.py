@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from engine.llm_engine import GenerationResult
+from engine.outputs import GenerationResult
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from router.backend import Tokenizer
 from router.errors import RequestError

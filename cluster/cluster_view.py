@@ -27,7 +27,7 @@ from cluster.index_follower import IndexFollower
 from cluster.segment_index import RequestSegments, SegmentIndex
 from engine.block_hash import hash_blocks
 from engine.segments.spec import SegmentReuse
-from kvstore.host_tier import HOST_WORKER
+from kvstore.keys import HOST_WORKER
 from kvstore.kv_events import KVEventSubscriber, block_ids
 from router.backend import BackendHealth, HealthState
 from router.errors import ServiceUnavailableError

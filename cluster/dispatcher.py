@@ -37,10 +37,9 @@ from cluster.cluster_view import ClusterView
 from cluster.output_channel import OutputDemux, ReplicaFailed
 from cluster.output_processor import OutputProcessor
 from cluster.pool_handles import HealthState, Replica, RequestShape, first_line, usable
-from engine.async_engine import EngineStopped
+from engine.errors import EngineStopped
 from cluster.stage_timings import TimingLog
-from engine.llm_engine import Reservation
-from engine.outputs import RequestOutput
+from engine.outputs import RequestOutput, Reservation
 from engine.step_profile import add_totals
 from engine.request_validation import validate_prompt
 from engine.sampling_params import SamplingParams

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from kvstore.host_tier import HOST_WORKER
+from kvstore.keys import HOST_WORKER
 from router.backend import HealthState
 from workers.messages import WorkerLoad
 

@@ -6,7 +6,7 @@ import ray
 
 from attention_offload.model_side import attach_engine
 from decode_workers.worker import DecodeWorker
-from engine.llm_engine import Reservation
+from engine.outputs import Reservation
 from workers.actor import WorkerActor
 from workers.messages import DecodeRequest, PrefillRequest
 from workers.spec import WorkerSpec, build_worker

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import torch
 
-from engine.llm_engine import Reservation
+from engine.outputs import Reservation
 from workers.base import EngineWorker
 from workers.messages import DecodeRequest, PrefillRequest
 

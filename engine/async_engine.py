@@ -27,6 +27,7 @@ from concurrent.futures import Future
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
+from engine.errors import EngineStopped
 from engine.llm_engine import EngineStats, LLMEngine
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
@@ -34,10 +35,6 @@ from engine.segments.spec import SegmentReuse
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-
-class EngineStopped(RuntimeError):
-    """The engine's thread has stopped (shut down, or crashed): nothing runs any more."""
 
 
 class AsyncLLMEngine:

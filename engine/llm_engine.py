@@ -26,7 +26,7 @@ from engine.model.llama import LlamaForCausalLM
 from engine.model.loader import load_model
 from engine.model_config import ModelConfig
 from engine.model_runner import KVCacheLost, ModelRunner, RunnerFactory, StepRunner
-from engine.outputs import FinishReason, RequestOutput, TokenLogprob
+from engine.outputs import FinishReason, GenerationResult, RequestOutput, Reservation, TokenLogprob
 from engine.request import PENDING, Request
 from engine.request_validation import validate_prompt
 from engine.sampler import Sampler
@@ -38,38 +38,6 @@ from engine.segments.store import SegmentStore
 from engine.step_profile import StepProfile, step_kind
 from engine.stop_conditions import token_finish_reason
 from engine.tokenizer import check_stop_strings, load_tokenizer
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """Blocks a decode engine set aside for a prompt's KV: receive into ``block_ids``, which
-    follow the ``num_cached_blocks`` leading blocks it already had cached."""
-
-    block_ids: list[int]
-    num_cached_blocks: int
-
-
-@dataclass
-class GenerationResult:
-    """A finished request, assembled from its deltas."""
-
-    request_id: str
-    prompt_token_ids: list[int]
-    token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    finish_reason: FinishReason | None = None
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    num_cached_tokens: int = 0
-    num_reused_segment_tokens: int = 0
-
-    def add(self, delta: RequestOutput) -> None:
-        self.token_ids += delta.new_token_ids
-        self.text += delta.new_text
-        self.logprobs += delta.new_logprobs
-        self.num_cached_tokens = delta.num_cached_tokens
-        self.num_reused_segment_tokens = delta.num_reused_segment_tokens
-        if delta.finished:
-            self.finish_reason = delta.finish_reason
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,11 @@ from kvstore.block_index import BlockIndex
 from kvstore.block_key import BlockKey
 from kvstore.checksum import checksum, verify
 from kvstore.errors import CapacityError, LayoutMismatchError, MissingBlocksError
-from kvstore.keys import RedisKeys, Tier, holder_field
+from kvstore.keys import HOST_WORKER, RedisKeys, Tier, holder_field
 from kvstore.kv_codec import CodecFormat, decode, encode
 from kvstore.layout import KVLayout
 from kvstore.leases import LeaseTable
 from kvstore.staging import HostStaging
-
-HOST_WORKER = "redis-host"
 
 
 class HostTier:

@@ -26,6 +26,9 @@ class Tier(str, enum.Enum):
     HOST = "host"
 
 
+HOST_WORKER = "redis-host"  # the host tier's holder name: its blocks are indexed as this worker's
+
+
 def check_worker_id(worker_id: str) -> str:
     if not isinstance(worker_id, str) or not _WORKER_ID.match(worker_id):
         raise ValueError(f"worker id must be non-empty letters, digits and _.:@/-, got {worker_id!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ray
 
-from engine.llm_engine import Reservation
+from engine.outputs import Reservation
 from prefill_workers.host_prefix import connect_host_prefix
 from prefill_workers.worker import PrefillWorker
 from workers.actor import WorkerActor

@@ -15,8 +15,8 @@ import torch
 from engine.async_engine import AsyncLLMEngine
 from engine.block_hash import ROOT_HASH, hash_blocks
 from kvstore.block_key import block_keys
-from kvstore.host_tier import HOST_WORKER, HostTier
-from kvstore.keys import RedisKeys, Tier
+from kvstore.host_tier import HostTier
+from kvstore.keys import HOST_WORKER, RedisKeys, Tier
 from kvstore.kv_events import KVEventPublisher
 from kvstore.layout import KVLayout
 from kvstore.store import KVStore

@@ -15,8 +15,7 @@ from contextlib import aclosing
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
-from engine.llm_engine import GenerationResult
-from engine.outputs import FinishReason, RequestOutput
+from engine.outputs import FinishReason, GenerationResult, RequestOutput
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.segments.spec import SegmentReuse
 from router.backend import GenerationBackend

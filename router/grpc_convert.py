@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 
-from engine.llm_engine import GenerationResult
-from engine.outputs import FinishReason, RequestOutput, TokenLogprob
+from engine.outputs import FinishReason, GenerationResult, RequestOutput, TokenLogprob
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from router.auth import Tenant
 from router.client_input import (MAX_NAME_CHARS, MAX_STOP_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS,

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from engine.llm_engine import GenerationResult
-from engine.outputs import FinishReason, RequestOutput, TokenLogprob
+from engine.outputs import FinishReason, GenerationResult, RequestOutput, TokenLogprob
 from router.backend import Tokenizer
 from router.openai_schema import (ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
                                   ChatDelta, ChatLogprobs, ChatMessageOut, ChatTokenLogprob, ChatTopLogprob,

@@ -13,7 +13,7 @@ from cluster.fleet_router import FleetRouter
 from cluster.pool_handles import Replica, RequestShape, pick_prefill
 from cluster.prefix_core import NumpyCore, native_core
 from engine.block_hash import ROOT_HASH, hash_blocks
-from kvstore.host_tier import HOST_WORKER
+from kvstore.keys import HOST_WORKER
 from kvstore.kv_events import EventKind, KVEvent
 
 CORES = [NumpyCore] + ([native_core()] if native_core() else [])

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from engine.sampling_params import SamplingParams
-from kvstore.host_tier import HOST_WORKER
+from kvstore.keys import HOST_WORKER
 from tests.cluster.test_prefix_routing import run_one
 from tests.engine.conftest import make_engine
 

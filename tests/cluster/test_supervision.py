@@ -111,6 +111,7 @@ def test_redis_urls_carry_the_password_and_print_without_it(monkeypatch):
 class FakeEngine:
     def __init__(self):
         self.events = BlockEvents([(b"h1", b"root")], [])
+        self.segments = None  # no segment reuse: only block events
 
     def call(self, fn):
         return fn(self)

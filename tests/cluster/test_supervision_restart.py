@@ -13,7 +13,7 @@ from cluster.cluster_view import ClusterView
 from cluster.dispatcher import Dispatcher
 from cluster.output_channel import ReplicaFailed
 from cluster.pool_handles import Pools, Replica
-from engine.async_engine import EngineStopped
+from engine.errors import EngineStopped
 from router.backend import HealthState
 from tests.cluster.test_supervision import FakeActor
 

@@ -9,8 +9,7 @@ from engine.block_hash import hash_blocks
 from kvstore.block_key import block_keys
 from kvstore.config import KVStoreConfig
 from kvstore.errors import CapacityError, ChecksumMismatchError, MissingBlocksError, RedisUnavailableError
-from kvstore.host_tier import HOST_WORKER
-from kvstore.keys import Holder, Tier
+from kvstore.keys import HOST_WORKER, Holder, Tier
 from kvstore.store import KVStore
 from tests.conftest import free_port
 from tests.kvstore.conftest import SMALL, random_cache

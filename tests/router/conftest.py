@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from engine.async_engine import AsyncLLMEngine
-from engine.llm_engine import GenerationResult
+from engine.outputs import GenerationResult
 from engine.sampling_params import SamplingParams
 from router.backend import BackendStats
 from router.config import RouterConfig

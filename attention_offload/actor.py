@@ -27,8 +27,9 @@ class AttentionActor:
         transport = dataclasses.replace(spec.transport, advertise_host=spec.transport.advertise_host
                                         or ray.util.get_node_ip_address())
         keys = RedisKeys(spec.kvstore.key_prefix)
+        dtype = parse_dtype(spec.engine.dtype or cfg.torch_dtype)
         self.service = until_redis_answers(lambda: AttentionService(
-            spec.worker_id, AttentionShape.of(cfg), spec.engine.cache, parse_dtype(spec.engine.dtype or cfg.torch_dtype),
+            spec.worker_id, AttentionShape.of(cfg), spec.engine.cache, dtype,
             device, spec.sessions, client, keys, transport, spec.offload.link_device if spec.offload else None),
             spec.worker_id)
         self.redis = client

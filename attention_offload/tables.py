@@ -17,7 +17,7 @@ import itertools
 import numpy as np
 import torch
 
-from attention_offload.control import PER_SEQ, Kind, StepControl
+from attention_offload.control import Kind, StepControl
 from engine.attention import AttentionMetadata
 from engine.batch import HostBatch
 
@@ -123,7 +123,8 @@ class TableMirror:
         pos = (seq_lens - q_lens)[seq_of] + np.arange(tokens) - starts[:-1][seq_of]
         bs = self.block_size
         slots = tables[seq_of, pos // bs].astype(np.int64) * bs + pos % bs
-        to = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a, dtype=dtype)).to(self.device, non_blocking=True)
+        def to(a, dtype):
+            return torch.from_numpy(np.ascontiguousarray(a, dtype=dtype)).to(self.device, non_blocking=True)
         return AttentionMetadata(
             query_start_loc=to(starts, np.int32), seq_lens=to(seq_lens, np.int32), block_tables=to(tables, np.int32),
             slot_mapping=to(slots, np.int64), max_query_len=int(q_lens.max()),

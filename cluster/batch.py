@@ -22,8 +22,17 @@ from typing import TYPE_CHECKING
 
 import ray
 
-from cluster.batch_io import (AnyRequest, AnyResult, BatchFileError, BatchRequest, BatchResult,  # noqa: F401
-                              parse_request, read_requests, write_results)  # re-exported: the files' side
+# re-exported: the files' side (read_requests, write_results, ...)
+from cluster.batch_io import (  # noqa: F401
+    AnyRequest,
+    AnyResult,
+    BatchFileError,
+    BatchRequest,
+    BatchResult,
+    parse_request,
+    read_requests,
+    write_results,
+)
 from cluster.ray_connect import connect_ray
 from cluster.registry import NAMESPACE, ClusterNotFoundError, attach, lookup, registry_name
 from engine.outputs import GenerationResult

@@ -23,7 +23,6 @@ import uuid
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
-
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError

@@ -7,11 +7,11 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.cli import add_commands as engine_commands
     from cluster.demo import add_commands as demo_commands
     from cluster.deploy_cli import add_commands as deploy_commands
     from cluster.serve_cli import add_commands as serve_commands
     from cluster.submit_cli import add_commands as submit_commands
+    from engine.cli import add_commands as engine_commands
     from simulator.cli import add_commands as simulator_commands
     parser = argparse.ArgumentParser(prog="tierserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

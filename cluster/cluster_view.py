@@ -19,11 +19,19 @@ import time
 
 import redis
 
-from cluster.config import MAX_PREDICTED, POLICIES
-from cluster.pool_handles import (Pools, Replica, RequestShape, first_line, pick_colocated, pick_decode,
-                                  pick_prefill, usable)
 from cluster.compact_index import CompactPrefixIndex, IndexSize
+from cluster.config import MAX_PREDICTED, POLICIES
 from cluster.index_follower import IndexFollower
+from cluster.pool_handles import (
+    Pools,
+    Replica,
+    RequestShape,
+    first_line,
+    pick_colocated,
+    pick_decode,
+    pick_prefill,
+    usable,
+)
 from cluster.segment_index import RequestSegments, SegmentIndex
 from engine.block_hash import hash_blocks
 from engine.segments.spec import SegmentReuse

@@ -59,7 +59,7 @@ class EngineOverrides:
     enable_prefix_caching: bool = True
     async_scheduling: bool | None = None  # overlap host and device work (default: on for CUDA)
     micro_batches: int = 2  # decode pool with an attention pool: micro-batches per step (1..8)
-    segment_store_bytes: int | None = None  # segment reuse's store (engine SegmentConfig.store_bytes; None: its default)
+    segment_store_bytes: int | None = None  # segment reuse's store (SegmentConfig.store_bytes; None: its default)
 
     def __post_init__(self) -> None:
         if not 1 <= self.micro_batches <= 8:

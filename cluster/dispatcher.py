@@ -25,8 +25,8 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from contextlib import aclosing
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import ray
 import redis
@@ -37,13 +37,13 @@ from cluster.cluster_view import ClusterView
 from cluster.output_channel import OutputDemux, ReplicaFailed
 from cluster.output_processor import OutputProcessor
 from cluster.pool_handles import HealthState, Replica, RequestShape, first_line, usable
-from engine.errors import EngineStopped
 from cluster.stage_timings import TimingLog
+from engine.errors import EngineStopped
 from engine.outputs import RequestOutput, Reservation
-from engine.step_profile import add_totals
 from engine.request_validation import validate_prompt
 from engine.sampling_params import SamplingParams
 from engine.segments.spec import SegmentReuse, SegmentStats
+from engine.step_profile import add_totals
 from engine.tokenizer import AnyTokenizer
 from kvstore.errors import KVStoreError
 from router.backend import BackendHealth, BackendStats

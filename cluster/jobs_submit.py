@@ -40,7 +40,8 @@ from cluster.batch_io import AnyRequest, AnyResult, parse_result_line
 from cluster.ray_auth import auth_token
 from cluster.ray_connect import CONNECT_TIMEOUT_S, RayUnreachableError
 
-PACKAGES = ("cluster", "engine", "router", "kvstore", "workers", "prefill_workers", "decode_workers", "attention_offload")
+PACKAGES = ("cluster", "engine", "router", "kvstore", "workers", "prefill_workers", "decode_workers",
+            "attention_offload")
 REQUESTS_FILE = "requests.pkl"
 PROGRESS, RESULT, FAILURE = "@tierserve-progress ", "@tierserve-result ", "@tierserve-error "
 POLL_S = 0.5

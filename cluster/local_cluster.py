@@ -17,12 +17,12 @@ from collections.abc import Callable
 
 import ray
 
-from cluster.config import ClusterConfig, PoolConfig
 from cluster.cluster_view import ClusterView
+from cluster.config import ClusterConfig, PoolConfig
 from cluster.dispatcher import Dispatcher
 from cluster.pool_handles import Pools, Replica
-from cluster.redis_server import RedisServer, with_password
 from cluster.ray_connect import connect_ray, remove_marker, start_private_ray, write_marker
+from cluster.redis_server import RedisServer, with_password
 from cluster.registry import NAMESPACE, ClusterInfo, ClusterRegistry, actor_name, registry_name
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SegmentConfig
 from engine.model_config import CheckpointError, ModelConfig

@@ -29,7 +29,7 @@ import logging
 import numpy as np
 
 from cluster.block_table import BlockTable, distinct_rounds, table_ids
-from cluster.holder_states import UNPREDICT, PREDICT, HolderStates, move_code
+from cluster.holder_states import PREDICT, UNPREDICT, HolderStates, move_code
 
 log = logging.getLogger(__name__)
 _MIX = 0x9E3779B97F4A7C15
@@ -69,7 +69,7 @@ class NumpyCore:
         per_block = np.repeat(codes, lengths)
         for rnd in distinct_rounds(ids):
             some_ids, some_codes = (ids, per_block) if len(rnd) == len(ids) else (ids[rnd], per_block[rnd])
-            self.table.update(some_ids, lambda old: self.states.moves(old, some_codes))
+            self.table.update(some_ids, lambda old, codes=some_codes: self.states.moves(old, codes))
 
     def clear(self, worker: int) -> None:
         self.table.remap(self.states.without(worker))

@@ -23,8 +23,8 @@ import collections
 import contextlib
 import logging
 import threading
-from concurrent.futures import Future
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from typing import TypeVar
 
 from engine.errors import EngineStopped

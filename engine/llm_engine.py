@@ -277,7 +277,7 @@ class LLMEngine:
         detok = self.detokenizers.get(req.request_id)
         reason = token_finish_reason(req.params, token, num_output, req.num_prompt_tokens + num_output,
                                      self.eos_token_ids, self.max_model_len)
-        if detok is not None and not (reason is FinishReason.STOP):
+        if detok is not None and reason is not FinishReason.STOP:
             detok.add(token)
             if detok.stopped:
                 reason = FinishReason.STOP

@@ -13,7 +13,6 @@ import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
-
 from typing import TYPE_CHECKING
 
 from engine.config import SchedulerConfig

@@ -19,8 +19,13 @@ import redis
 import torch
 
 from kvstore import lua
-from kvstore.block_codec import (block_bytes, block_index_tensor, block_major_shape, gather_block_major,
-                                 scatter_block_major)
+from kvstore.block_codec import (
+    block_bytes,
+    block_index_tensor,
+    block_major_shape,
+    gather_block_major,
+    scatter_block_major,
+)
 from kvstore.block_index import BlockIndex
 from kvstore.block_key import BlockKey
 from kvstore.checksum import checksum, verify

@@ -194,7 +194,7 @@ class KVEventSubscriber:
         reply = self.client.xread({self.stream: self.last_id}, count=count, block=block_ms or None)
         messages = []
         for _, entries in reply or []:
-            for entry_id, fields in entries:
+            for _entry_id, fields in entries:
                 messages.append(fields[b"e"])
             if entries:
                 self.last_id = entries[-1][0]

@@ -39,8 +39,7 @@ from kvstore.config import TransportConfig
 from kvstore.errors import KVStoreError, PeerAuthError, RendezvousTimeoutError
 from kvstore.keys import RedisKeys, check_worker_id
 from kvstore.pair_auth import REFUSED, check, new_nonce, proof, refusal, refused_by, require_secret_off_loopback
-from kvstore.rendezvous import (PairKeys, Record, current_epoch, drop_epoch, forget_worker, publish, take,
-                                withdraw)
+from kvstore.rendezvous import PairKeys, Record, current_epoch, drop_epoch, forget_worker, publish, take, withdraw
 
 _AUTH0, _AUTH1 = "tierserve/auth/0", "tierserve/auth/1"
 EPOCH_CHECK_TIMEOUT_S = 1.0  # the longest an epoch check (or a drop) waits for Redis

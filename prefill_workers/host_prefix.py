@@ -70,10 +70,11 @@ class HostPrefixCache:
 
 def connect_host_prefix(spec: WorkerSpec, parts: WorkerParts) -> HostPrefixCache | None:
     """A prefill replica's host-tier prefix cache (None without a kvstore)."""
-    if spec.kvstore is None or parts.redis is None:
+    kvstore = spec.kvstore
+    if kvstore is None or parts.redis is None:
         return None
-    store = until_redis_answers(lambda: KVStore.connect(spec.kvstore), spec.worker_id)
-    keys = RedisKeys(spec.kvstore.key_prefix)
+    store = until_redis_answers(lambda: KVStore.connect(kvstore), spec.worker_id)
+    keys = RedisKeys(kvstore.key_prefix)
     return HostPrefixCache(parts.engine, store.host, host_publisher(parts.redis, keys), spec.engine.model)
 
 

@@ -50,7 +50,7 @@ class PrefillWorker(EngineWorker):
             return e.add_request(req.request_id, req.prompt_token_ids, params, req.cache_salt, hold_kv=True,
                                  segments=req.segments)
         delta = None
-        async for delta in self.engine.stream(start):
+        async for delta in self.engine.stream(start):  # noqa: B007 (the last delta is the one kept)
             pass
         return await self.engine.acall(lambda e: self._result(e, req.request_id, delta))
 

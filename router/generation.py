@@ -11,8 +11,8 @@ ends deliver within ``END_GRACE_S`` before they close their connections.
 from __future__ import annotations
 
 import asyncio
-from contextlib import aclosing
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from engine.outputs import FinishReason, GenerationResult, RequestOutput

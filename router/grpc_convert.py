@@ -7,8 +7,7 @@ import math
 from engine.outputs import FinishReason, GenerationResult, RequestOutput, TokenLogprob
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from router.auth import Tenant
-from router.client_input import (MAX_NAME_CHARS, MAX_STOP_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS,
-                                 check_text)
+from router.client_input import MAX_NAME_CHARS, MAX_STOP_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS, check_text
 from router.generation import GenerationRequest
 from router.prompts import PromptWork
 from router.proto import tierserve_pb2 as pb

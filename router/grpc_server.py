@@ -53,7 +53,10 @@ class GrpcFrontEnd:
         reflection.enable_server_reflection((GENERATION_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
         host, port = config.host, config.grpc_port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        bound = server.add_secure_port(address, credentials(config)) if config.tls else server.add_insecure_port(address)
+        if config.tls:
+            bound = server.add_secure_port(address, credentials(config))
+        else:
+            bound = server.add_insecure_port(address)
         await server.start()
         task = asyncio.create_task(_watch_health(health_servicer, service.backend, serving), name="grpc-health")
         return cls(server, health_servicer, bound, config.shutdown_grace_s + END_GRACE_S, task)

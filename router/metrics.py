@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from engine.outputs import FinishReason, RequestOutput
-from router.backend import BackendStats, GenerationBackend, HealthState
 from engine.step_profile import PHASES
+from router.backend import BackendStats, GenerationBackend, HealthState
 from router.errors import ErrorKind
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

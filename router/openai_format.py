@@ -14,9 +14,21 @@ from pydantic import BaseModel
 
 from engine.outputs import FinishReason, GenerationResult, RequestOutput, TokenLogprob
 from router.backend import Tokenizer
-from router.openai_schema import (ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
-                                  ChatDelta, ChatLogprobs, ChatMessageOut, ChatTokenLogprob, ChatTopLogprob,
-                                  CompletionChoice, CompletionLogprobs, CompletionResponse, Usage)
+from router.openai_schema import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatLogprobs,
+    ChatMessageOut,
+    ChatTokenLogprob,
+    ChatTopLogprob,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionResponse,
+    Usage,
+)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 Beyond OpenAI's fields they accept vLLM's top_k, min_tokens, ignore_eos, stop_token_ids,
 cache_salt, return_token_ids and request_id (the openai client sends them through
 ``extra_body``), and segment reuse (docs/segment_reuse.md): ``segment_reuse`` options, a
-completion's ``segments`` (token ranges), a chat message's ``cache_segment``. Unknown fields are ignored; features that would change the output but are
-not implemented are refused. Also here: the bodies of vLLM's /tokenize and /detokenize, and
-the lines of an OpenAI Batch file.
+completion's ``segments`` (token ranges), a chat message's ``cache_segment``. Unknown fields are
+ignored; features that would change the output but are not implemented are refused. Also here:
+the bodies of vLLM's /tokenize and /detokenize, and the lines of an OpenAI Batch file.
 """
 
 from __future__ import annotations
@@ -16,8 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.segments.spec import MAX_SEGMENTS
-from router.client_input import (MAX_MESSAGES, MAX_NAME_CHARS, MAX_REQUEST_ID_CHARS, MAX_ROLE_CHARS, MAX_STOP_CHARS,
-                                 MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS)
+from router.client_input import (
+    MAX_MESSAGES,
+    MAX_NAME_CHARS,
+    MAX_REQUEST_ID_CHARS,
+    MAX_ROLE_CHARS,
+    MAX_STOP_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_STOP_TOKEN_IDS,
+)
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16
 Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]

@@ -27,10 +27,22 @@ from router.client_input import check_request_id, new_request_id, parse_body
 from router.errors import ErrorKind, RequestError
 from router.generation import GenerationRequest, GenerationService
 from router.http_errors import error_body
-from router.openai_format import (ChatStreamFormatter, CompletionStreamFormatter, ResponseHeader, StreamFormatter,
-                                  chat_response, completion_response)
-from router.openai_protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, SamplingFields,
-                                    SegmentReuseOptions, TokenizeRequest)
+from router.openai_format import (
+    ChatStreamFormatter,
+    CompletionStreamFormatter,
+    ResponseHeader,
+    StreamFormatter,
+    chat_response,
+    completion_response,
+)
+from router.openai_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    SamplingFields,
+    SegmentReuseOptions,
+    TokenizeRequest,
+)
 from router.openai_schema import DetokenizeResponse, ErrorResponse, ModelCard, ModelList, TokenizeResponse
 from router.prompts import PromptWork, chat_prompt_token_ids
 from router.segments import message_spans, reuse_for

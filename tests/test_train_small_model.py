@@ -109,6 +109,7 @@ def test_cpu_training_is_deterministic(tiny_data):
 
     def weights(seed: int) -> dict:
         from types import SimpleNamespace
+
         from benchmarks.small_llama import SmallLlama
         from engine.model_config import ModelConfig
         from engine.tiny_model import hf_config

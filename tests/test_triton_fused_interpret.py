@@ -4,13 +4,11 @@ the ``case_*`` functions run in a child pytest with TRITON_INTERPRET=1."""
 
 from __future__ import annotations
 
-
 import torch
 
-from tests.interpreter import run_interpreter_cases
 from engine.model.layers import RMSNorm
 from engine.model.rotary import _rotate_half
-
+from tests.interpreter import run_interpreter_cases
 
 
 def test_fused_kernels_under_the_triton_interpreter() -> None:

@@ -19,8 +19,13 @@ import pytest
 import torch
 
 from engine.attention.triton_inputs import BatchSpec, random_batch
-from tests.attention_checks import (assert_attention_close, assert_matches_reference, ragged_seq_lens, seeded_rng,
-                                    tolerance)
+from tests.attention_checks import (
+    assert_attention_close,
+    assert_matches_reference,
+    ragged_seq_lens,
+    seeded_rng,
+    tolerance,
+)
 from tests.interpreter import run_interpreter_cases
 
 
@@ -57,8 +62,7 @@ def kernels():
     """The kernel modules (interpreted: the child runs with TRITON_INTERPRET=1)."""
     with pytest.MonkeyPatch.context() as mp:
         _patch_interpreter(mp)
-        from engine.attention import (triton_backend, triton_decode, triton_merge, triton_prefill,
-                                      triton_write_kv)
+        from engine.attention import triton_backend, triton_decode, triton_merge, triton_prefill, triton_write_kv
         yield SimpleNamespace(triton_backend=triton_backend, triton_decode=triton_decode,
                               triton_merge=triton_merge, triton_prefill=triton_prefill,
                               triton_write_kv=triton_write_kv)

@@ -21,8 +21,16 @@ from engine.attention.triton_inputs import BatchSpec
 from engine.attention.triton_merge import merge_tiles
 from engine.attention.triton_shared_inputs import PrefixTree, random_shared_batch
 from engine.attention.triton_shared_layout import build_segment_work, chunk_length
-from tests.attention_checks import (assert_matches_reference, assert_rows_close, merge_reference, nested_tree,
-                                    random_partials, seeded_rng, shared_reference_output, tolerance)
+from tests.attention_checks import (
+    assert_matches_reference,
+    assert_rows_close,
+    merge_reference,
+    nested_tree,
+    random_partials,
+    seeded_rng,
+    shared_reference_output,
+    tolerance,
+)
 from tests.interpreter import run_interpreter_cases
 from tests.test_triton_interpret import _patch_interpreter
 
@@ -86,8 +94,13 @@ def kernels():
     """The kernel modules (interpreted: the child runs with TRITON_INTERPRET=1)."""
     with pytest.MonkeyPatch.context() as mp:
         _patch_interpreter(mp)
-        from engine.attention import (triton_backend, triton_decode, triton_merge, triton_shared_kernel,
-                                      triton_shared_prefix)
+        from engine.attention import (
+            triton_backend,
+            triton_decode,
+            triton_merge,
+            triton_shared_kernel,
+            triton_shared_prefix,
+        )
         yield SimpleNamespace(triton_backend=triton_backend, triton_decode=triton_decode, triton_merge=triton_merge,
                               triton_shared_kernel=triton_shared_kernel, triton_shared_prefix=triton_shared_prefix)
 

@@ -26,7 +26,6 @@ from kvstore.pair_groups import PairGroups
 from kvstore.redis_client import connect_redis
 from workers.kv_event_pump import KVEventPump
 
-
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 REDIS_WAIT_S = 120.0  # how long a starting replica waits for Redis (restarted with it, say)
@@ -111,12 +110,13 @@ def build_worker(spec: WorkerSpec, advertise_host: str | None = None,
     builds the engine of a replica whose spec names an attention replica (``spec.offload``)."""
     device = "cuda" if spec.use_gpu and torch.cuda.is_available() else spec.engine.device
     config = dataclasses.replace(spec.engine, device=device)
-    if spec.kvstore is None:
+    kvstore = spec.kvstore
+    if kvstore is None:
         return WorkerParts(AsyncLLMEngine(LLMEngine(config)), None, None, None)
-    client = until_redis_answers(lambda: connect_redis(spec.kvstore), spec.worker_id)
+    client = until_redis_answers(lambda: connect_redis(kvstore), spec.worker_id)
     # the cluster's choice (loopback for a local cluster) wins over the node IP the actor passes
     transport = dataclasses.replace(spec.transport, advertise_host=spec.transport.advertise_host or advertise_host)
-    keys = RedisKeys(spec.kvstore.key_prefix)
+    keys = RedisKeys(kvstore.key_prefix)
     if spec.offload is not None:  # a model worker: the engine attaches to its attention replica
         if attach is None:
             raise ValueError(f"{spec.worker_id}: an offloaded replica needs an engine attach hook")

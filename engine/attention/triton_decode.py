@@ -34,8 +34,16 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.attention.triton_paged import (LN2, LOG2E, dot_precision, fit_block_n, kv_rows, load_kv_tile,
-                                          next_power_of_2, softmax_step)
+from engine.attention.triton_paged import (
+    LN2,
+    LOG2E,
+    dot_precision,
+    fit_block_n,
+    kv_rows,
+    load_kv_tile,
+    next_power_of_2,
+    softmax_step,
+)
 
 SHARED_BUDGET = 128 * 1024  # bytes of staged K/V tiles per program
 # fp32 partial elements the last program loads per merge step: 32 per thread at 4 warps. The

@@ -20,8 +20,15 @@ import triton
 import triton.language as tl
 
 from engine.attention.metadata import AttentionMetadata
-from engine.attention.triton_paged import (LOG2E, dot_precision, fit_block_n, kv_rows, load_kv_tile, next_power_of_2,
-                                          softmax_step)
+from engine.attention.triton_paged import (
+    LOG2E,
+    dot_precision,
+    fit_block_n,
+    kv_rows,
+    load_kv_tile,
+    next_power_of_2,
+    softmax_step,
+)
 
 SHARED_BUDGET = 192 * 1024  # bytes of the query tile and staged K/V tiles per program
 

@@ -28,8 +28,16 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.attention.triton_paged import (LN2, LOG2E, dot_precision, fit_block_n, kv_rows, load_kv_tile,
-                                          next_power_of_2, softmax_step)
+from engine.attention.triton_paged import (
+    LN2,
+    LOG2E,
+    dot_precision,
+    fit_block_n,
+    kv_rows,
+    load_kv_tile,
+    next_power_of_2,
+    softmax_step,
+)
 from engine.attention.triton_shared_layout import ITEM_FIELDS
 
 SHARED_BUDGET = 160 * 1024  # bytes of the query tile and staged K/V tiles per program

@@ -76,9 +76,9 @@ def rotary_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torc
     rows, hq, dim = q.shape
     if rows == 0:
         return
+    block_h = triton.next_power_of_2(max(hq, k.shape[1]))
     _rotary_kernel[(rows,)](q, k, positions, cos, sin, hq, k.shape[1], q.stride(0), q.stride(1), k.stride(0),
-                            k.stride(1), cos.stride(0), HALF=dim // 2, BLOCK_H=triton.next_power_of_2(max(hq, k.shape[1])),
-                            num_warps=4)
+                            k.stride(1), cos.stride(0), HALF=dim // 2, BLOCK_H=block_h, num_warps=4)
 
 
 @triton.jit

@@ -113,7 +113,8 @@ def test_a_killed_attention_replica_is_restarted_and_its_requests_recompute(offl
     assert ray.get(attention.actor.pid.remote()) != pid  # a new process
     (decode,) = offload_cluster.pools.decode
     deadline = time.monotonic() + 30
-    while (load := ray.get(decode.actor.load.remote())).free_blocks != load.total_blocks and time.monotonic() < deadline:
+    while ((load := ray.get(decode.actor.load.remote())).free_blocks != load.total_blocks
+           and time.monotonic() < deadline):
         time.sleep(0.1)
     assert load.free_blocks == load.total_blocks and load.preemptions >= 1
 

@@ -7,10 +7,10 @@ import torch
 
 from engine.attention import get_backend
 from engine.batch import build_model_input
+from engine.llm_engine import LLMEngine
 from engine.model.split_forward import LocalAttention, forward_split, micro_batch_bounds, split_metadata
 from engine.sampling_params import SamplingParams
 from tests.attention_offload.local_offload import engine_config
-from engine.llm_engine import LLMEngine
 
 
 @pytest.mark.parametrize("lens, m, bounds", [

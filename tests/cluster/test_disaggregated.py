@@ -8,9 +8,9 @@ import time
 import pytest
 import ray
 
+from cluster.local_cluster import Cluster
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from kvstore.store import KVStore
-from cluster.local_cluster import Cluster
 from tests.cluster.conftest import TWO_BY_TWO, cluster_config, collect, event_loop, gather
 from tests.engine.conftest import make_engine
 
@@ -81,7 +81,8 @@ def test_seeded_sampling_and_stop_strings_match_single_engine(loop, cluster, tin
     engine = make_engine(tiny_model)
     sampled = SamplingParams(max_tokens=20, temperature=0.9, top_p=0.95, seed=5, ignore_eos=True)
     expected = engine.generate([p], sampled)[0]
-    others = engine.generate([p, p], [dataclasses.replace(sampled, seed=6), dataclasses.replace(sampled, temperature=0)])
+    others = engine.generate([p, p], [dataclasses.replace(sampled, seed=6),
+                                      dataclasses.replace(sampled, temperature=0)])
     assert all(o.token_ids != expected.token_ids for o in others)  # a cluster losing seed or temperature would fail
     deltas = loop.run_until_complete(collect(cluster.dispatcher, p, sampled))
     assert [t for d in deltas for t in d.new_token_ids] == expected.token_ids
@@ -134,5 +135,6 @@ def test_cancel_mid_stream_frees_kv(loop, cluster):
 def test_bad_requests_are_refused_and_cluster_keeps_serving(loop, cluster, prompt, params, message):
     with pytest.raises(InvalidRequestError, match=message):
         loop.run_until_complete(collect(cluster.dispatcher, prompt, params))
-    deltas = loop.run_until_complete(collect(cluster.dispatcher, [0, 5, 6], SamplingParams(max_tokens=3, temperature=0)))
+    greedy = SamplingParams(max_tokens=3, temperature=0)
+    deltas = loop.run_until_complete(collect(cluster.dispatcher, [0, 5, 6], greedy))
     assert deltas[-1].finished

@@ -36,7 +36,7 @@ def test_same_choice_as_the_dispatchers_rule(core, seed):
         for worker in rng.sample(names + [HOST_WORKER], rng.randint(0, 3)):
             index.apply(stored(worker, hashes[:rng.randint(1, len(hashes))]))
     router = FleetRouter(names, index, BLOCK, HOST_WORKER, host_pull_weight=rng.choice([0.3, 1.0]))
-    for trial in range(60):
+    for _ in range(60):
         pending = [rng.choice([0, 100, 5000, 40000]) for _ in names]  # balanced or not, with ties
         inflight = [rng.choice([0, 1, 2, 20]) for _ in names]
         replicas = [Replica(n, "prefill", None, inflight=f, pending_tokens=p)
@@ -63,7 +63,7 @@ def test_segment_credit_is_the_dispatchers_segment_tokens(seed):
             index.apply(stored(names[i], hash_blocks(list(range(i, i + 64)), BLOCK)[:i % 16 + 1]))
         routers.append(FleetRouter(names, index, BLOCK))
     moved = 0
-    for trial in range(200):
+    for _ in range(200):
         loads, inflight = rng.choice([0.0, 50.0, 400.0], 40), rng.integers(0, 2, 40)
         start = int(rng.integers(0, 40))
         hashes = hash_blocks(list(range(start, start + 64)), BLOCK)

@@ -20,8 +20,17 @@ import time
 import pytest
 
 from cluster.batch import submit_batch
-from cluster.batch_io import (BatchFileError, BatchRequest, BatchResult, OpenAIBatchRequest, parse_request,
-                              parse_result_line, read_requests, result_line, write_results)
+from cluster.batch_io import (
+    BatchFileError,
+    BatchRequest,
+    BatchResult,
+    OpenAIBatchRequest,
+    parse_request,
+    parse_result_line,
+    read_requests,
+    result_line,
+    write_results,
+)
 from cluster.jobs_submit import FAILURE, PROGRESS, RESULT, JobLog
 from cluster.redis_server import free_port
 from cluster.submit_cli import parse_env

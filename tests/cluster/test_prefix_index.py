@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from cluster.prefix_index import PrefixIndex
 from engine.block_hash import ROOT_HASH, hash_blocks
 from kvstore.keys import Tier
 from kvstore.kv_events import EventKind, KVEvent, block_ids
-from cluster.prefix_index import PrefixIndex
 
 
 def chain(tokens, salt=b""):

@@ -29,10 +29,10 @@ def test_table_is_a_dict():
     table, ref = BlockTable(16), {}
     pool = rng.integers(0, 1 << 64, 5000, dtype=np.uint64)
     pool = table_ids(pool)
-    for step in range(60):
+    for _ in range(60):
         keys = np.unique(rng.choice(pool, rng.integers(1, 400)))
         new = rng.integers(0, 4, len(keys)).astype(np.uint32)  # 0 deletes
-        table.update(keys, lambda old: new)
+        table.update(keys, lambda old, new=new: new)
         for k, v in zip(keys.tolist(), new.tolist()):
             if v:
                 ref[k] = v
@@ -113,7 +113,7 @@ def same_answers(ref: PrefixIndex, new: CompactPrefixIndex, queries) -> None:
 def test_same_answers_as_the_reference(seed, core):
     fleet, now = Fleet(seed), 0.0
     ref, new = PrefixIndex(), CompactPrefixIndex(core=core)
-    for step in range(150):
+    for _ in range(150):
         roll = fleet.rng.random()
         if roll < 0.6:  # a batch of events, applied at once (the reference: one by one, over the wire)
             events = [fleet.event() for _ in range(fleet.rng.randint(1, 8))]

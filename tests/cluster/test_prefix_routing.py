@@ -10,7 +10,6 @@ import ray
 
 from cluster.pool_handles import Replica, RequestShape, pick_decode, pick_prefill
 from engine.sampling_params import SamplingParams
-
 from tests.engine.conftest import make_engine
 
 pytestmark = [pytest.mark.ray, pytest.mark.redis]

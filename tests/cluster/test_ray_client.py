@@ -86,7 +86,8 @@ def test_serve_then_submit_over_ray_client(tiny_model, tmp_path, monkeypatch):
     serve = None
     try:
         config = tmp_path / "cluster.yaml"
-        config.write_text(f"name: rc\nmodel: {tiny_model}\npools:\n  prefill: {{replicas: 1, hardware: {{num_cpus: 1}}}}\n"
+        config.write_text(f"name: rc\nmodel: {tiny_model}\npools:\n"
+                          "  prefill: {replicas: 1, hardware: {num_cpus: 1}}\n"
                           "  decode: {replicas: 1, hardware: {num_cpus: 1}}\nrouter: {grpc_port: 0, http_port: 0}\n")
         serve = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", "--config", str(config),
                                   "--address", f"127.0.0.1:{gcs}"], start_new_session=True, text=True,

@@ -17,8 +17,15 @@ import redis
 
 from cluster.cluster_view import ClusterView
 from cluster.index_follower import IndexFollower, stream_id
-from cluster.pool_handles import (IMBALANCE_RATIO, IMBALANCE_SLACK_REQUESTS, IMBALANCE_SLACK_TOKENS, Pools, Replica,
-                                  RequestShape, pick_prefill)
+from cluster.pool_handles import (
+    IMBALANCE_RATIO,
+    IMBALANCE_SLACK_REQUESTS,
+    IMBALANCE_SLACK_TOKENS,
+    Pools,
+    Replica,
+    RequestShape,
+    pick_prefill,
+)
 from cluster.prefix_index import ROOT_ID, PrefixIndex
 from engine.block_hash import hash_blocks
 from kvstore.keys import RedisKeys

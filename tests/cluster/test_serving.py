@@ -11,11 +11,11 @@ import grpc
 import openai
 import pytest
 
+from engine.sampling_params import SamplingParams
+from engine.tokenizer import Tokenizer
 from router.config import RouterConfig
 from router.proto import tierserve_pb2, tierserve_pb2_grpc
 from router.server import Router
-from engine.sampling_params import SamplingParams
-from engine.tokenizer import Tokenizer
 from tests.engine.conftest import make_engine
 
 pytestmark = [pytest.mark.ray, pytest.mark.redis]

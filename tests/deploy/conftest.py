@@ -42,7 +42,7 @@ def render_text(values: list[Path] | tuple = (), sets: dict[str, str] | None = N
     return _render_cached(tuple(values), tuple(sorted((sets or {}).items())))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _render_cached(values: tuple, sets: tuple) -> str:
     return helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *values_args(values, dict(sets))).stdout
 

@@ -14,8 +14,20 @@ import pytest
 import yaml
 
 from cluster.config import parse_cluster_config
-from tests.deploy.conftest import (CHART, EXAMPLES, NAMESPACE, RELEASE, by_kind, helm, normalised, one, pod_specs,
-                                   render_text, secret_values, values_args)
+from tests.deploy.conftest import (
+    CHART,
+    EXAMPLES,
+    NAMESPACE,
+    RELEASE,
+    by_kind,
+    helm,
+    normalised,
+    one,
+    pod_specs,
+    render_text,
+    secret_values,
+    values_args,
+)
 from tests.deploy.fake_kube import FakeKube, FakeKubeServer
 
 GOLDEN = CHART.parents[2] / "tests" / "deploy" / "golden"

@@ -9,7 +9,6 @@ import pytest
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.llm_engine import LLMEngine
 
-
 _ASYNC_SCHEDULING: list[bool | None] = [None]  # None: the engine's default (on for CUDA)
 
 # A test module that runs its engines both ways: pytestmark = BOTH_SCHEDULINGS

@@ -40,7 +40,7 @@ def test_paged_attention_equals_contiguous():
     meta = AttentionMetadata(starts, torch.tensor(lens).int(), tables, torch.zeros(0, dtype=torch.long),
                              max(q_lens), max(lens), False)
     out = paged_attention(q, k_cache, v_cache, meta, 0.3)
-    for i, (n, ql) in enumerate(zip(lens, q_lens)):
+    for i, (n, _ql) in enumerate(zip(lens, q_lens)):
         blocks = tables[i, :(n + block_size - 1) // block_size].long()
         k = k_cache[blocks].reshape(-1, kv_heads, dim)[:n]
         v = v_cache[blocks].reshape(-1, kv_heads, dim)[:n]

@@ -21,8 +21,7 @@ from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.tiny_model import TinyModelSpec
 from engine.tokenizer import Tokenizer
 from tests.engine.conftest import make_engine
-from tests.hf_checkpoints import (EOS_STEP, LONG_PROMPT, PROBE, TOKENIZER_EOS, VARIANTS, HFCheckpoint,
-                                  edit_config)
+from tests.hf_checkpoints import EOS_STEP, LONG_PROMPT, PROBE, TOKENIZER_EOS, VARIANTS, HFCheckpoint, edit_config
 
 OLD_LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                    "original_max_position_embeddings": 64}

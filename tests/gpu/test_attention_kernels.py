@@ -200,8 +200,7 @@ def test_graph_keeps_its_counters_after_they_grow(rng) -> None:
     """A graph captured at a small batch still replays correctly after a larger eager batch has
     replaced the counter buffer (small allocations filled with 7 would take the old buffer's
     memory if it had been freed); growing the counters inside a capture is refused."""
-    from engine.attention.triton_backend import TritonAttention
-    from engine.attention.triton_backend import SplitCounters
+    from engine.attention.triton_backend import SplitCounters, TritonAttention
     from engine.attention.triton_decode import DecodeConfig
     seed = rng.randrange(2**31)
     backend = TritonAttention(decode=DecodeConfig(programs_per_sm=16, fused_merge=True))

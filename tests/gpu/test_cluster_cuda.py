@@ -29,7 +29,8 @@ def test_prefill_gpu0_decode_gpu1_over_nccl(tiny_model):
     config = parse_cluster_config({"model": str(tiny_model), "name": "gpu-test", "pools": {
         "prefill": {"replicas": 1, "hardware": gpu}, "decode": {"replicas": 1, "hardware": gpu}}})
     g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, 500, (int(n),), generator=g).tolist() for n in torch.randint(1, 200, (24,), generator=g)]
+    lengths = torch.randint(1, 200, (24,), generator=g)
+    prompts = [torch.randint(3, 500, (int(n),), generator=g).tolist() for n in lengths]
     params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
     expected = [r.token_ids for r in make_engine(tiny_model).generate(prompts, params)]
     cluster = Cluster(config)

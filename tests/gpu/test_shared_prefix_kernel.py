@@ -26,8 +26,16 @@ from engine.attention.triton_shared_inputs import PrefixTree, random_shared_batc
 from engine.attention.triton_shared_kernel import SharedPrefixConfig
 from engine.attention.triton_shared_prefix import prepare, segment_layout
 from engine.sampling_params import SamplingParams
-from tests.attention_checks import (assert_matches_reference, assert_rows_close, merge_reference, nested_tree,
-                                    random_partials, seeded_rng, shared_reference_output, tolerance)
+from tests.attention_checks import (
+    assert_matches_reference,
+    assert_rows_close,
+    merge_reference,
+    nested_tree,
+    random_partials,
+    seeded_rng,
+    shared_reference_output,
+    tolerance,
+)
 from tests.engine.conftest import make_engine
 
 
@@ -187,7 +195,7 @@ def test_shared_step_graphs_follow_a_changing_batch(tiny_model) -> None:
         free = engine.kv.num_free_blocks
         tokens: dict[str, list[int]] = {f"a{i}": [] for i in range(16)}
 
-        def step() -> None:
+        def step(engine=engine, tokens=tokens) -> None:
             for out in engine.step():
                 tokens[out.request_id].extend(out.new_token_ids)
         for i in range(10):

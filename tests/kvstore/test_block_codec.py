@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvstore.block_codec import (as_words, block_bytes, block_index_tensor, block_major_shape, gather_block_major,
-                                 gather_layers, layer_chunk, scatter_block_major, scatter_layers)
+from kvstore.block_codec import (
+    as_words,
+    block_bytes,
+    block_index_tensor,
+    block_major_shape,
+    gather_block_major,
+    gather_layers,
+    layer_chunk,
+    scatter_block_major,
+    scatter_layers,
+)
 
 
 def cache(head_dim: int, dtype: torch.dtype, seed: int) -> torch.Tensor:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvstore.errors import LayoutMismatchError
 from kvstore.codec_format import HEADER_BYTES, CodecFormat, value_group
+from kvstore.errors import LayoutMismatchError
 from kvstore.kv_codec import decode, encode
 from kvstore.kv_codec_ref import split_records
 from kvstore.layout import KVLayout

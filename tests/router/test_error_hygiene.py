@@ -34,7 +34,7 @@ def failing(router, monkeypatch):
     """``failing(error, after=0)``: the backend raises ``error`` after ``after`` deltas."""
     def install(error: Exception, after: int = 0) -> None:
         async def generate(request_id, prompt_token_ids, params, cache_salt):
-            for i in range(after):
+            for _ in range(after):
                 yield RequestOutput(request_id, [5], "x", num_prompt_tokens=len(prompt_token_ids))
             raise error
         monkeypatch.setattr(router.backend, "generate", generate)

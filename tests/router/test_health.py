@@ -80,7 +80,8 @@ def test_health_follows_the_replica_states(served):
         body = http.get("/health").json()
         assert body == {"status": "ok", "components": {"redis": "ready"},
                         "pools": {"prefill": {"status": "ready", "replicas": {"prefill-0": "ready"}},
-                                  "decode": {"status": "ready", "replicas": {"decode-0": "ready", "decode-1": "ready"}}}}
+                                  "decode": {"status": "ready",
+                                             "replicas": {"decode-0": "ready", "decode-1": "ready"}}}}
         assert grpc_status(router, health_pb2.HealthCheckResponse.SERVING) == health_pb2.HealthCheckResponse.SERVING
 
         backend.states["decode"]["decode-0"], backend.redis = DOWN, DOWN  # a pool still has a replica up

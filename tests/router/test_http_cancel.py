@@ -9,7 +9,6 @@ import httpx
 import openai
 import pytest
 
-
 LONG = {"max_tokens": 2000, "temperature": 0, "ignore_eos": True}
 
 

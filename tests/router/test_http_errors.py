@@ -100,6 +100,7 @@ def dead_cluster_router(tiny_model):
     whose processes were killed (SIGKILL): real Ray actors, dead as a crashed replica is, that
     Ray does not restart (a replica's own restart is tests/faults' business)."""
     import ray
+
     from cluster.cluster_view import ClusterView
     from cluster.dispatcher import Dispatcher
     from cluster.pool_handles import Pools, Replica

@@ -44,7 +44,8 @@ def test_a_reused_running_id_runs_apart_from_the_first(stub, router):
 def test_without_an_id_the_router_names_the_request(stub):
     call = stub.Generate.with_call(pb.GenerateRequest(text="Hi", sampling=pb.SamplingParams(max_tokens=1)), timeout=60)
     reply, info = call
-    assert reply.request_id.startswith("grpc-") and ("x-request-id", reply.request_id) in tuple(info.trailing_metadata())
+    assert reply.request_id.startswith("grpc-")
+    assert ("x-request-id", reply.request_id) in tuple(info.trailing_metadata())
 
 
 @pytest.mark.parametrize("request_id", ["x" * 129, "tab\there", "new\nline", "with space", "caf\u00e9"])

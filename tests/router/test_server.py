@@ -53,7 +53,7 @@ def test_http_only_router(backend):
         router = Router(backend, RouterConfig(grpc_port=None, http_port=0))
         await router.start()
         with pytest.raises(RuntimeError, match="gRPC server is not running"):
-            router.grpc_port
+            _ = router.grpc_port
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.http_port}") as http:
             status = (await http.get("/health")).status_code
         await router.stop()
@@ -74,7 +74,7 @@ def test_taken_http_port_fails_start_and_stops_grpc(backend):
             return router
         router = asyncio.run(main())
     with pytest.raises(RuntimeError):
-        router.grpc_port
+        _ = router.grpc_port
 
 
 def test_cli_serves_until_sigterm(tiny_model):

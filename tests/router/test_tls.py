@@ -28,7 +28,7 @@ REQUEST = pb.GenerateRequest(text="Hello", sampling=pb.SamplingParams(max_tokens
 def issue(name: str, signer: tuple | None, out: Path, *, ca: bool = False, usage=None) -> tuple:
     """A key and certificate for ``name`` signed by ``signer`` (key, cert) or self-signed; PEM files in ``out``."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     issuer_key, issuer = signer if signer else (key, subject)
     builder = (x509.CertificateBuilder().subject_name(subject)

@@ -237,7 +237,7 @@ def bench_host_tier(config: BenchConfig) -> list[Measurement]:
     from kvstore.store import KVStore
     device = _device(config, 0)
     store = KVStore.connect(KVStoreConfig(config.redis_url, key_prefix=f"bench-{uuid.uuid4().hex[:8]}",
-                                          host_capacity_bytes=64 << 30))
+                                          host_tier_bytes=64 << 30))
     out = []
     try:
         for tokens in config.host_tokens:

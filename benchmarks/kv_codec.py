@@ -96,7 +96,7 @@ def bench_host(device: torch.device, tokens: int, iters: int, redis_url: str) ->
     rows = []
     for codec in ("exact", *CODECS):
         store = KVStore.connect(KVStoreConfig(redis_url, key_prefix=f"bench-{uuid.uuid4().hex[:8]}",
-                                              host_capacity_bytes=64 << 30, host_tier_codec=codec))
+                                              host_tier_bytes=64 << 30, host_tier_codec=codec))
         puts, gets = [], []
         try:
             for i in range(iters + 1):

@@ -26,7 +26,7 @@ from typing import ClassVar
 import yaml
 
 from cluster.schema import ConfigFileError, build
-from kvstore.config import check_host_tier_codec
+from kvstore.config import KVStoreConfig, TransportConfig, check_host_tier_codec
 from router.config import RouterConfig
 
 ROLES = ("prefill", "decode", "colocated", "attention")
@@ -84,18 +84,22 @@ class KVStoreSection:
     prefix's request to another replica, which pulls the prefix from the host tier, when
     the holder is busier than the pull is worth (host_pull_weight: cost of pulling a token
     relative to computing it; 1 never pulls). host_tier_codec: how blocks are stored there,
-    exact (default) or lossy kivi4 / kivi2 (KVStoreConfig.host_tier_codec, docs/kvstore.md)."""
+    exact (default) or lossy kivi4 / kivi2 (KVStoreConfig.host_tier_codec, docs/kvstore.md).
+    host_tier_bytes and layers_per_chunk (layers per KV handoff message) are KVStoreConfig's and
+    TransportConfig's knobs by the same names, with their defaults."""
 
     redis_url: str | None = None
-    host_tier_bytes: int = 1 << 30
+    host_tier_bytes: int = KVStoreConfig.host_tier_bytes
     host_tier_writes: bool = True
     host_pull_weight: float = 0.5
     host_tier_codec: str = "exact"
+    layers_per_chunk: int = TransportConfig.layers_per_chunk
 
     def __post_init__(self) -> None:
         check_host_tier_codec(self.host_tier_codec)
         if self.host_tier_bytes <= 0:
             raise ValueError("host_tier_bytes must be > 0")
+        TransportConfig(layers_per_chunk=self.layers_per_chunk)  # its one check
         if not 0 <= self.host_pull_weight <= 1:
             raise ValueError(f"host_pull_weight must be in [0, 1], got {self.host_pull_weight}")
 

@@ -81,7 +81,6 @@ class Dispatcher:
         ``segments``: reused on the replica that prefills (picked where they are held, against
         load); a decode replica receives plain KV (docs/segment_reuse.md)."""
         validate_prompt(prompt_token_ids, self.vocab_size, self.max_model_len)
-        params.validate()
         if segments is not None:
             segments.validate(len(prompt_token_ids))
         self.view.ensure_running()

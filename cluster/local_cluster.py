@@ -11,9 +11,10 @@ directory is checked before anything starts; a started cluster writes a marker s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import ray
 
@@ -31,6 +32,7 @@ from kvstore.config import KVStoreConfig, TransportConfig
 from kvstore.keys import RedisKeys
 from kvstore.kv_events import KVEventSubscriber
 from kvstore.redis_client import connect_redis, redact_url
+from workers.messages import EngineInfo
 from workers.spec import RESTART_OPTIONS, OffloadSpec, WorkerSpec
 
 
@@ -114,7 +116,7 @@ class Cluster:
         else:
             url = with_password(url)  # from $REDIS_PASSWORD unless the URL has one
             self.progress(f"using Redis at {redact_url(url)}")
-        self.kvstore = KVStoreConfig(redis_url=url, host_capacity_bytes=self.config.kvstore.host_tier_bytes,
+        self.kvstore = KVStoreConfig(redis_url=url, host_tier_bytes=self.config.kvstore.host_tier_bytes,
                                      key_prefix=f"tierserve-{self.config.name}",
                                      host_tier_codec=self.config.kvstore.host_tier_codec)
         connect_redis(self.kvstore).close()  # RedisUnavailableError names the URL
@@ -138,8 +140,7 @@ class Cluster:
         actor_classes = {"prefill": PrefillActor, "decode": DecodeActor, "colocated": DecodeActor}
         placed = " + ".join(f"{p.replicas} {role}" for role, p in self.config.pools.items())
         self.progress(f"placing {placed} replica(s) of {self.config.model}")
-        # one KV transport secret for every replica; loopback only when Ray was started here
-        transport = TransportConfig.for_cluster(local=self.address in (None, "local"))
+        transport = self.transport()
         offload = self._start_attention(transport) if self.config.offloaded else {}
         for role, pool in self.config.pools.items():
             if role == "attention":
@@ -153,6 +154,12 @@ class Cluster:
                                                     namespace=NAMESPACE, **_ray_options(pool)).remote(spec)
                 getattr(self.pools, role).append(Replica(worker_id, role, actor))
         self.infos = self._wait_ready()
+
+    def transport(self) -> TransportConfig:
+        """What every replica's KV transport uses: one secret for all, loopback only when Ray was
+        started here, the config's ``kvstore.layers_per_chunk``."""
+        return dataclasses.replace(TransportConfig.for_cluster(local=self.address in (None, "local")),
+                                   layers_per_chunk=self.config.kvstore.layers_per_chunk)
 
     def _start_attention(self, transport: TransportConfig) -> dict:
         """The attention replicas, each serving the decode replicas i with i mod N = its index;
@@ -207,7 +214,12 @@ class Cluster:
                 raise ClusterStartError(f"replica {replica.worker_id} failed to start: "
                                         f"{e if self.verbose else _cause(e)}") from None
             self.progress(f"replica {replica.worker_id} ready ({time.monotonic() - start:.1f} s)")
-        return [infos[r.worker_id] for r in replicas]
+        ready = [infos[r.worker_id] for r in replicas]
+        try:
+            one_block_size(ready)
+        except ValueError as e:
+            raise ClusterStartError(str(e)) from None
+        return ready
 
     def _write_marker(self) -> None:
         """So that `tierserve submit` on this machine finds this cluster by name (cluster/ray_connect.py)."""
@@ -251,10 +263,20 @@ def _cause(error: Exception) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+def one_block_size(engines: Sequence[EngineInfo]) -> int:
+    """The KV block size every replica uses (block hashes, the prefix index and the handoff all
+    count in blocks); ValueError naming the replicas when they differ."""
+    sizes = {e.block_size for e in engines}
+    if len(sizes) != 1:
+        raise ValueError("replicas must share one KV block size, got "
+                         + ", ".join(f"{e.worker_id}: {e.block_size}" for e in engines))
+    return sizes.pop()
+
+
 def make_dispatcher(info: ClusterInfo, pools: Pools) -> Dispatcher:
     """A dispatcher over a cluster's replicas (the serving router's, or a batch job's own)."""
     events = KVEventSubscriber(connect_redis(info.kvstore), RedisKeys(info.kvstore.key_prefix))
-    view = ClusterView(pools, info.engines[0].block_size, events, host_pull_weight=info.host_pull_weight,
+    view = ClusterView(pools, one_block_size(info.engines), events, host_pull_weight=info.host_pull_weight,
                        policy=info.policy, max_predicted=info.max_predicted)
     return Dispatcher(view, load_tokenizer(info.model), model_name=os.path.basename(info.model.rstrip("/")),
                       max_model_len=min(e.max_model_len for e in info.engines),

@@ -128,7 +128,6 @@ class LLMEngine:
             raise InvalidRequestError("prompt is empty")
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         validate_prompt(ids, self.model_config.vocab_size, self.max_model_len)
-        params.validate()
         check_stop_strings(self.tokenizer, params.stop)
         if segments is not None:
             segments.validate(len(ids))

@@ -18,6 +18,9 @@ class SamplingParams:
     output (they are not included in the text); ``stop_token_ids`` end it too (the token
     is kept in token_ids, like EOS). ``logprobs`` = n returns the sampled token's
     log-probability and the n most likely alternatives at each step.
+
+    Validated once, when built (``__post_init__``; frozen, so ``dataclasses.replace`` checks
+    a copy too): the router, the dispatcher and the engine take a SamplingParams as valid.
     """
 
     max_tokens: int = 16

@@ -24,7 +24,8 @@ class KVStoreConfig:
 
     redis_url: ``redis://host:port/db`` (``rediss://`` and ``unix://`` work too).
     key_prefix: every Redis key the store writes starts with ``<key_prefix>:``.
-    host_capacity_bytes: payload bytes the host tier may keep before evicting (LRU).
+    host_tier_bytes: payload bytes the host tier may keep before evicting (LRU); the one default
+    of this knob (the cluster config's ``kvstore.host_tier_bytes`` takes it).
     lease_ttl_s: how long a reader's pin on blocks lasts unless released or renewed.
     host_tier_codec: how this worker stores blocks in the host tier: 'exact' (raw bytes, the
     default), 'kivi4' or 'kivi2' (lossy, about 3.1x / 5.1x fewer bytes for Llama-3 shapes;
@@ -33,7 +34,7 @@ class KVStoreConfig:
 
     redis_url: str
     key_prefix: str = "tierserve"
-    host_capacity_bytes: int = 4 << 30
+    host_tier_bytes: int = 1 << 30
     lease_ttl_s: float = 30.0
     connect_timeout_s: float = 5.0
     host_tier_codec: str = "exact"
@@ -46,7 +47,7 @@ class KVStoreConfig:
         if not _PREFIX.match(self.key_prefix):
             raise ValueError(f"KVStoreConfig.key_prefix may hold only letters, digits and _.:-, "
                              f"got {self.key_prefix!r}")
-        _positive("KVStoreConfig", host_capacity_bytes=self.host_capacity_bytes,
+        _positive("KVStoreConfig", host_tier_bytes=self.host_tier_bytes,
                   lease_ttl_s=self.lease_ttl_s, connect_timeout_s=self.connect_timeout_s)
 
 

@@ -33,7 +33,7 @@ class KVStore:
         index = BlockIndex(client, keys)
         leases = LeaseTable(client, keys, config.lease_ttl_s)
         return cls(config, client, keys, index, leases,
-                   HostTier(client, keys, index, leases, config.host_capacity_bytes,
+                   HostTier(client, keys, index, leases, config.host_tier_bytes,
                             codec=config.host_tier_codec))
 
     def wipe(self) -> int:

@@ -38,7 +38,7 @@ def test_nccl_handoff_between_two_gpus_is_exact(redis_url: str) -> None:
 
 
 def test_host_tier_round_trip_from_a_gpu_cache(redis_url: str) -> None:
-    store = make_store(redis_url, host_capacity_bytes=64 * LAYOUT.bytes_per_block)
+    store = make_store(redis_url, host_tier_bytes=64 * LAYOUT.bytes_per_block)
     try:
         gen = torch.Generator().manual_seed(0)
         shape = (LAYOUT.num_layers, 2, 32, LAYOUT.block_size, LAYOUT.num_kv_heads, LAYOUT.head_dim)

@@ -23,7 +23,7 @@ def make_store(redis_url: str, **overrides) -> KVStore:
 @pytest.fixture
 def store(redis_url: str) -> Iterator[KVStore]:
     """A store with its own key prefix; asserts no lease is left, then wipes the prefix."""
-    kv_store = make_store(redis_url, host_capacity_bytes=64 * SMALL.bytes_per_block)
+    kv_store = make_store(redis_url, host_tier_bytes=64 * SMALL.bytes_per_block)
     yield kv_store
     leftover = kv_store.leases.pinned_blocks()
     kv_store.wipe()

@@ -57,7 +57,7 @@ def test_missing_block_is_a_clear_error(store: KVStore) -> None:
 
 def test_capacity_evicts_least_recently_used_and_skips_pinned(redis_url: str) -> None:
     from tests.kvstore.conftest import make_store
-    kv_store = make_store(redis_url, host_capacity_bytes=4 * SMALL.bytes_per_block)
+    kv_store = make_store(redis_url, host_tier_bytes=4 * SMALL.bytes_per_block)
     try:
         kv = random_cache(SMALL, 8, seed=5)
         a, b, c = keys_for(2, 0), keys_for(2, 1000), keys_for(2, 2000)
@@ -90,5 +90,5 @@ def test_unreachable_redis_names_the_url() -> None:
 def test_config_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="redis_url must start with"):
         KVStoreConfig(redis_url="localhost:6379")
-    with pytest.raises(ValueError, match="host_capacity_bytes must be > 0"):
-        KVStoreConfig(redis_url="redis://x", host_capacity_bytes=0)
+    with pytest.raises(ValueError, match="host_tier_bytes must be > 0"):
+        KVStoreConfig(redis_url="redis://x", host_tier_bytes=0)

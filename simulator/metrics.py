@@ -41,6 +41,7 @@ class SimResult:
     prefix_hit_rate: float               # prompt tokens served from the prefix cache
     preemptions: int = 0                 # decode sequences preempted (KV freed, recomputed later)
     samples: LatencySamples | None = field(default=None, repr=False, compare=False)
+    kv_utilization: dict[str, float] = field(default_factory=dict)  # decode pools: mean KV in use / capacity
 
     def meets(self, slo: SLO) -> bool:
         return self.rejected == 0 and not slo.violations(self.percentiles)
@@ -73,7 +74,7 @@ def summarize(record: SimRecord, slo: SLO | None, catalog: Catalog) -> SimResult
         usd_per_mtok=cost * duration / 3600 / (generated / 1e6) if generated else float("inf"),
         tokens_per_joule=generated / energy if energy else 0.0, utilization=util,
         prefix_hit_rate=sum(r.cached for r in done) / prompts if prompts else 0.0,
-        preemptions=record.preemptions, samples=samples)
+        preemptions=record.preemptions, samples=samples, kv_utilization=_kv_utilization(record, duration))
 
 
 def _percentiles(s: LatencySamples) -> dict[str, float]:
@@ -105,6 +106,15 @@ def _utilization(record: SimRecord, duration: float) -> dict[str, float]:
     if record.design.attention is not None:
         util["attention"] = float(np.mean([r.batch.attention_s for r in record.replicas["decode"]])) / duration
     return util
+
+
+def _kv_utilization(record: SimRecord, duration: float) -> dict[str, float]:
+    """A decode pool's KV memory in use (running sequences' context) over its capacity, time-averaged:
+    what "util" shows for it, as its busy share is 100% whenever any sequence runs."""
+    reps = record.replicas.get("decode")
+    if not reps or duration <= 0:
+        return {}
+    return {"decode": float(np.mean([r.batch.kv_token_s / max(r.kv_capacity, 1) for r in reps])) / duration}
 
 
 def _energy_joules(record: SimRecord, catalog: Catalog, util: dict[str, float], duration: float) -> float:

@@ -9,6 +9,7 @@ validation sums and the fast closed forms the simulator uses.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from simulator.models import ModelSpec
 
@@ -16,12 +17,12 @@ UNITS = ("device", "attention", "interconnect", "fixed")
 ALLREDUCE_LATENCY_S = 5e-6  # one small NCCL all-reduce inside a node, when no device says (op_table)
 
 
-@dataclass(frozen=True)
-class Work:
+class Work(NamedTuple):
     """What one iteration computes: query tokens, sequences that need logits, and attention sizes.
 
     attended: sum over query tokens of the keys each attends (causal); kv_read: KV tokens read.
-    A decode step of B sequences with total context C is Work(B, B, C, C).
+    A decode step of B sequences with total context C is Work(B, B, C, C). (A named tuple: one is
+    made per simulated iteration, and a frozen dataclass costs several times as much to build.)
     """
 
     tokens: int
@@ -29,9 +30,8 @@ class Work:
     attended: int
     kv_read: int
 
-    def __add__(self, other: Work) -> Work:
-        return Work(self.tokens + other.tokens, self.logits + other.logits,
-                    self.attended + other.attended, self.kv_read + other.kv_read)
+    def __add__(self, other: Work) -> Work:  # field by field, not tuple concatenation
+        return Work(self[0] + other[0], self[1] + other[1], self[2] + other[2], self[3] + other[3])
 
 
 @dataclass(frozen=True)

@@ -105,5 +105,6 @@ def _plots(args: argparse.Namespace, console: Console, planner: Planner, plan: P
                                       f"{family} (x1, x2, x4)"))
             update(advance=1)
     plot_pareto(points, args.out / "pareto.png", f"{planner.costs.model.name}: cost vs throughput within {slo.text()}")
+    chosen = next((i for i, c in enumerate(shown) if c is plan.best), None)
     plot_latency_cdfs([c.result for c in shown], args.out / "latency_cdf.png", f"{planner.costs.model.name} on "
-                      f"{planner.full.name}")
+                      f"{planner.full.name}", chosen)

@@ -29,25 +29,32 @@ def _grid(values: list[np.ndarray]) -> np.ndarray:
     return np.geomspace(lo * 0.9, hi * 1.1, 200)
 
 
-def plot_latency_cdfs(results: list[SimResult], path: str | Path, title: str = "") -> Path:
-    """TTFT (per request) and TBT (per token) CDFs, one line per design."""
-    fig, (ax_ttft, ax_tbt) = plt.subplots(1, 2, figsize=(11, 4.2))
-    runs = [r for r in results if r.samples is not None and len(r.samples.ttft)]
-    for r in runs:
+def plot_latency_cdfs(results: list[SimResult], path: str | Path, title: str = "", chosen: int | None = None) -> Path:
+    """TTFT (per request) and TBT (per token) CDFs, one line per design; ``chosen`` (an index into
+    ``results``) is drawn last, thick and labelled, so no other design's line hides it. The legend
+    sits below both axes, clear of the curves."""
+    fig, (ax_ttft, ax_tbt) = plt.subplots(1, 2, figsize=(11, 4.6))
+    runs = [(i, r) for i, r in enumerate(results) if r.samples is not None and len(r.samples.ttft)]
+    runs.sort(key=lambda item: item[0] == chosen)  # the chosen one last (stable otherwise)
+    tbt_grid = _grid([np.concatenate([r.samples.tbt.first, r.samples.tbt.first_gaps]) for _, r in runs])
+    for i, r in runs:
+        style = dict(lw=2.6, color="black", zorder=3, label=f"{r.design} (chosen)") if i == chosen else \
+            dict(lw=1.3, alpha=0.8, color=f"C{i % 10}", zorder=2, label=r.design)
         ttft = np.sort(r.samples.ttft)
-        ax_ttft.plot(ttft, np.arange(1, len(ttft) + 1) / len(ttft), label=r.design)
-    tbt_grid = _grid([np.concatenate([r.samples.tbt.first, r.samples.tbt.first_gaps]) for r in runs])
-    for r in runs:
-        ax_tbt.plot(tbt_grid, r.samples.tbt.cdf(tbt_grid), label=r.design)
+        ax_ttft.plot(ttft, np.arange(1, len(ttft) + 1) / len(ttft), **style)
+        ax_tbt.plot(tbt_grid, r.samples.tbt.cdf(tbt_grid), **style)
     for ax, name in ((ax_ttft, "time to first token (s)"), (ax_tbt, "time between tokens (s)")):
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(name)
         ax.set_ylabel("CDF")
         ax.grid(True, which="both", alpha=0.3)
-    ax_tbt.legend(fontsize=7, loc="lower right")
+    handles, labels = ax_ttft.get_legend_handles_labels()
     fig.suptitle(title or "simulated latency CDFs")
-    return _save(fig, path)
+    if handles:
+        fig.legend(handles[::-1], labels[::-1], fontsize=7, loc="lower center", ncol=min(3, len(handles)), frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(handles) - 1) // 3), 1, 1))
+    return _save(fig, path, layout=False)
 
 
 def pareto_frontier(points: list[ParetoPoint]) -> list[ParetoPoint]:
@@ -82,10 +89,11 @@ def plot_pareto(points: list[ParetoPoint], path: str | Path, title: str = "") ->
     return _save(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path: str | Path, layout: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path

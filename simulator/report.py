@@ -27,6 +27,9 @@ def _cell(r: SimResult, key: str) -> str:
     if key in r.percentiles:
         return f"{r.percentiles[key] * 1e3:.1f} ms" if r.percentiles[key] < 1 else f"{r.percentiles[key]:.2f} s"
     value = getattr(r, key)
+    if key == "utilization":  # busy share; a decode pool's is its KV memory in use ("kv"), as it is busy throughout
+        kv = r.kv_utilization
+        return " ".join(f"{k[:4]}=kv {kv[k]:.0%}" if k in kv else f"{k[:4]}={v:.0%}" for k, v in value.items())
     if isinstance(value, dict):
         return " ".join(f"{k[:4]}={v:.0%}" for k, v in value.items())
     return value if isinstance(value, str) else f"{value:.3g}"

@@ -82,7 +82,7 @@ class RooflineCost:
 
     def seconds(self, work: Work) -> float:
         """Sum of ``op_seconds`` over ``ops(work)``, without building the list."""
-        t, n, a, k = work.tokens, work.logits, work.attended, work.kv_read
+        t, n, a, k = work
         total = self.overhead_s
         for fc, ft, fl, fa, fk, bc, bt, bl, ba, bk, fixed in self._rows:
             compute = fc + ft * t + fl * n + fa * a + fk * k

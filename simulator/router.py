@@ -26,13 +26,20 @@ class Router:
         if self.policy == "round_robin":
             return self._next(replicas)
         if self.policy == "prefix_aware" and req.hash_ids and replicas[0].cache is not None:
-            return min(replicas, key=lambda r: (r.queued_tokens - r.cached_tokens(req), r.in_use()))
-        return min(replicas, key=lambda r: (r.queued_tokens, r.in_use()))
+            queued = [r.queued_tokens - r.cached_tokens(req) for r in replicas]
+        else:
+            queued = [r.queued_tokens for r in replicas]
+        # min over (queued tokens, KV in use), the first on ties; KV in use only read on ties (hot)
+        least = min(queued)
+        if queued.count(least) == 1:
+            return replicas[queued.index(least)]
+        return min((r for r, q in zip(replicas, queued) if q == least), key=Replica.in_use)
 
     def pick_decode(self, replicas: Sequence[Replica]) -> Replica:
         if self.policy == "round_robin":
             return self._next(replicas)
-        return min(replicas, key=Replica.kv_load)
+        loads = [r.kv_load() for r in replicas]
+        return replicas[loads.index(min(loads))]  # the first of the least loaded
 
     def _next(self, replicas: Sequence[Replica]) -> Replica:
         key = id(replicas)

@@ -47,7 +47,7 @@ class Simulation:
         self.design, self.costs, self.trace = design, costs, trace
         self.model = costs.model
         self.heap: list = []
-        self._seq = itertools.count()
+        self._seq = itertools.count().__next__
         self.segments: list[tuple[int, int, float, float]] = []
         self.extra_gaps: list[float] = []
         self.preemptions = 0
@@ -101,7 +101,7 @@ class Simulation:
         return max(seconds + s.step_jitter_s * (self._noise.lognormvariate(0.0, s.step_jitter) - 1), 0.5 * seconds)
 
     def push(self, t: float, handler: Callable, arg: object) -> None:
-        heapq.heappush(self.heap, (t, next(self._seq), handler, arg))
+        heapq.heappush(self.heap, (t, self._seq(), handler, arg))
 
     def run(self, on_progress: Callable[[int], None] | None = None) -> SimRecord:
         """Run to the last request's end; ``on_progress(arrivals so far)`` every 8192 arrivals."""

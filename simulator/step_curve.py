@@ -71,14 +71,15 @@ def steps_to_reach(pieces: tuple[Piece, ...], batch: int, context: float, dt: fl
 
 
 def _solve(d0: float, delta: float, dt: float) -> int:
-    """Smallest j >= 1 with series(d0, delta, j) >= dt (the quadratic's root, then exact checks)."""
+    """Smallest j >= 1 with series(d0, delta, j) >= dt (the quadratic's root, then exact checks;
+    series inlined: this runs once per closed-form run)."""
     if delta <= 0:
         j = max(1, math.ceil(dt / d0))
     else:
         half = d0 - delta / 2
         j = max(1, math.ceil((-half + math.sqrt(half * half + 2 * delta * dt)) / delta))
-    while j > 1 and series(d0, delta, j - 1) >= dt:
+    while j > 1 and (j - 1) * d0 + delta * (j - 1) * (j - 2) / 2 >= dt:
         j -= 1
-    while series(d0, delta, j) < dt:
+    while j * d0 + delta * j * (j - 1) / 2 < dt:
         j += 1
     return j

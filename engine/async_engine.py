@@ -23,7 +23,7 @@ import collections
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
@@ -59,7 +59,7 @@ class AsyncLLMEngine:
 
     async def generate(self, request_id: str | None, prompt: str | list[int], params: SamplingParams,
                        cache_salt: str | None = None, hold_kv: bool = False,
-                       segments: SegmentReuse | None = None) -> AsyncIterator[RequestOutput]:
+                       segments: SegmentReuse | None = None) -> AsyncGenerator[RequestOutput, None]:
         """Queue a request (InvalidRequestError at once for bad input) and stream its deltas."""
         def add(engine: LLMEngine) -> str:
             return engine.add_request(request_id, prompt, params, cache_salt, hold_kv=hold_kv, segments=segments)
@@ -67,7 +67,7 @@ class AsyncLLMEngine:
             async for delta in deltas:
                 yield delta
 
-    async def stream(self, start: Callable[[LLMEngine], str]) -> AsyncIterator[RequestOutput]:
+    async def stream(self, start: Callable[[LLMEngine], str]) -> AsyncGenerator[RequestOutput, None]:
         """Run ``start`` on the engine (it queues a request and returns its id), then stream
         that request's deltas; nothing is lost in between (the engine thread does both)."""
         queue: asyncio.Queue = asyncio.Queue()

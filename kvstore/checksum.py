@@ -16,7 +16,7 @@ Buffer = bytes | bytearray | memoryview
 try:
     import xxhash
 except ImportError:  # pragma: no cover - depends on the environment
-    xxhash = None
+    xxhash = None  # type: ignore[assignment]  # crc32 then
 
 _ALGORITHMS: dict[bytes, Callable[[Buffer], int]] = {b"crc32": zlib.crc32}
 if xxhash is not None:

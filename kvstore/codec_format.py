@@ -98,7 +98,8 @@ class CodecFormat:
             raise LayoutMismatchError(f"{what}: not a payload this version can decode (magic {magic!r}, "
                                       f"version {version}, scheme {scheme}, bits {bits})")
         names = list(KV_DTYPES)
-        stored = KVLayout(*dims, dtype=names[dtype]) if dtype < len(names) else None
+        num_layers, block_size, num_kv_heads, head_dim = dims
+        stored = KVLayout(num_layers, block_size, num_kv_heads, head_dim, names[dtype]) if dtype < len(names) else None
         if stored != layout or key_group != layout.block_size:
             raise LayoutMismatchError(f"{what}: compressed for layout {stored.tag if stored else dtype}, "
                                       f"cache is {layout.tag}")

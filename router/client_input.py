@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -98,7 +99,7 @@ def parse_body(raw: bytes, model: type[T]) -> T:
         raise InvalidRequestError(validation_message(e.errors(include_url=False, include_input=False))) from None
 
 
-def validation_message(problems: list[dict]) -> str:
+def validation_message(problems: Sequence[Mapping[str, Any]]) -> str:
     """'field: problem' for the first few problems pydantic found in a body."""
     parts = []
     for problem in problems[:3]:

@@ -11,7 +11,7 @@ ends deliver within ``END_GRACE_S`` before they close their connections.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -55,7 +55,7 @@ class GenerationService:
         for wait in list(self._waits):
             wait.reschedule(now)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
         """Yield the request's deltas; InvalidRequestError before the first if it is refused.
 
         Callers wrap it in ``contextlib.aclosing`` so that leaving early aborts at once.

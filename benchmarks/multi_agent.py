@@ -89,6 +89,7 @@ class TurnResult:
     reused_tokens: int
     ttft_s: float
     steps: int = 0                    # engine steps from the request's arrival to its first token
+    cpu_s: float = 0.0                # this process's CPU time over the same span (the work, on a shared CPU)
     answer_nll: float | None = None   # nats per answer token
     exact_match: bool | None = None
     first_token: int | None = None
@@ -99,7 +100,8 @@ def trained_episodes(tokenizer, count: int, template_tokens: int, message_tokens
                      ) -> list[list[Turn]]:
     """Episodes of the recall task: per agent a fixed template, four messages of segments of
     held-out examples (distinct keys), a question about a key of one message."""
-    from benchmarks.multi_agent_task import AGENTS as NAMES, example
+    from benchmarks.multi_agent_task import AGENTS as NAMES
+    from benchmarks.multi_agent_task import example
     enc = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
     templates = [[tokenizer.bos_token_id] + _template(enc, NAMES[i], template_tokens, seed + i) for i in range(AGENTS)]
     episodes, index = [], 0
@@ -134,7 +136,8 @@ def trained_episodes(tokenizer, count: int, template_tokens: int, message_tokens
 
 
 def _template(enc, name: str, tokens: int, seed: int) -> list[int]:
-    from benchmarks.multi_agent_task import AGENTS as NAMES, OBJECTS, RESULTS, ROLES, RULES, VERBS
+    from benchmarks.multi_agent_task import AGENTS as NAMES
+    from benchmarks.multi_agent_task import OBJECTS, RESULTS, ROLES, RULES, VERBS
     rng = random.Random(f"template:{seed}")
     ids = enc(f"### system\nYou are agent {name}, the {rng.choice(ROLES)}. {rng.choice(RULES)}\n")
     while len(ids) < tokens:
@@ -168,7 +171,7 @@ def run_turn(engine: LLMEngine, turn: Turn, mode: Mode, episode: int) -> TurnRes
     """Prefill the turn's prompt (its first token greedy), then score its answer on that KV."""
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
     sync()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     rid = engine.add_request(None, turn.prompt, SamplingParams(max_tokens=1, temperature=0), hold_kv=True,
                              segments=mode.segments(turn.spans))
     last, steps = None, 0
@@ -177,9 +180,9 @@ def run_turn(engine: LLMEngine, turn: Turn, mode: Mode, episode: int) -> TurnRes
         for delta in engine.step():
             last = delta if delta.request_id == rid else last
     sync()
-    ttft = time.perf_counter() - start
+    ttft, cpu = time.perf_counter() - start, time.process_time() - cpu
     result = TurnResult(episode, turn.agent, len(turn.prompt), last.num_cached_tokens,
-                        last.num_reused_segment_tokens, ttft, steps, first_token=last.new_token_ids[0])
+                        last.num_reused_segment_tokens, ttft, steps, cpu, first_token=last.new_token_ids[0])
     if turn.answer:
         logprobs, argmax = score(engine, rid, turn.prompt[-1], turn.answer)
         result.answer_nll = -sum(logprobs) / len(logprobs)
@@ -229,7 +232,7 @@ def run_mode(make_engine, episodes: list[list[Turn]], mode: Mode) -> list[TurnRe
 
 def summarize(results: dict[str, list[TurnResult]], warmup: int) -> dict:
     """Per mode: reuse rate and per-agent TTFT (episodes after ``warmup``), quality (all)."""
-    base = _agent_ttft(results["full"], warmup)
+    base, base_cpu = _agent_ttft(results["full"], warmup), _agent_median(results["full"], warmup, "cpu_s")
     out = {}
     for name, rs in results.items():
         steady = [r for r in rs if r.episode >= warmup]
@@ -238,7 +241,9 @@ def summarize(results: dict[str, list[TurnResult]], warmup: int) -> dict:
                "cached_rate": sum(r.cached_tokens for r in steady) / sum(r.prompt_tokens for r in steady),
                "ttft_s_by_agent": ttft, "speedup_by_agent": [b / t for b, t in zip(base, ttft)],
                "ttft_s_mean": statistics.mean(r.ttft_s for r in steady),
-               "steps_by_agent": [statistics.mean(r.steps for r in steady if r.agent == a) for a in range(AGENTS)]}
+               "steps_by_agent": [statistics.mean(r.steps for r in steady if r.agent == a) for a in range(AGENTS)],
+               "cpu_s_by_agent": (cpu := _agent_median(rs, warmup, "cpu_s")),
+               "cpu_speedup_by_agent": [b / max(c, 1e-9) for b, c in zip(base_cpu, cpu)]}
         scored = [r for r in rs if r.answer_nll is not None]
         if scored:
             row["exact_match"] = statistics.mean(r.exact_match for r in scored)
@@ -253,7 +258,12 @@ def summarize(results: dict[str, list[TurnResult]], warmup: int) -> dict:
 
 
 def _agent_ttft(rs: list[TurnResult], warmup: int) -> list[float]:
-    return [statistics.median(r.ttft_s for r in rs if r.agent == a and r.episode >= warmup) for a in range(AGENTS)]
+    return _agent_median(rs, warmup, "ttft_s")
+
+
+def _agent_median(rs: list[TurnResult], warmup: int, name: str) -> list[float]:
+    return [statistics.median(getattr(r, name) for r in rs if r.agent == a and r.episode >= warmup)
+            for a in range(AGENTS)]
 
 
 def trained_engine(model: str, device: str):
@@ -313,6 +323,8 @@ def main() -> None:
     ap.add_argument("--template-tokens", type=int)
     ap.add_argument("--message-tokens", type=int)
     ap.add_argument("--modes", nargs="+", default=list(MODES))
+    ap.add_argument("--trained-length", type=int, default=1024,
+                    help="--part trained: the checkpoint's training sequence length (small, ci: 1024; cpu: 512)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -324,6 +336,10 @@ def main() -> None:
         tok = load_tokenizer(args.model)
         episodes = trained_episodes(tok, args.episodes, args.template_tokens or 192, args.message_tokens or 160)
         make = trained_engine(args.model, args.device)
+        longest = max(len(t.prompt) + len(t.answer) for turns in episodes for t in turns)
+        if longest > args.trained_length:
+            print(f"warning: prompts of up to {longest} tokens, past the {args.trained_length} the model was "
+                  "trained on (--trained-length): its recall and loss there say nothing", flush=True)
     else:
         episodes = shape_episodes(args.episodes, args.template_tokens or 512, args.message_tokens or 256, 128000)
         make = shapes_engine(out / "shapes", args.device)
@@ -344,7 +360,8 @@ def main() -> None:
         print(f"{name:12s} reuse {row['reuse_rate']:.2f} ttft/agent ms "
               + " ".join(f"{t * 1e3:.0f}" for t in row["ttft_s_by_agent"])
               + " speedup " + " ".join(f"{s:.1f}" for s in row["speedup_by_agent"])
-              + " steps " + " ".join(f"{n:.1f}" for n in row["steps_by_agent"]) + quality
+              + " steps " + " ".join(f"{n:.1f}" for n in row["steps_by_agent"])
+              + " cpu speedup " + " ".join(f"{s:.1f}" for s in row["cpu_speedup_by_agent"]) + quality
               + f" first-token agreement {row['first_token_agreement']:.2f}")
     plot(summary, out / "multi_agent.png")
 

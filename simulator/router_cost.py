@@ -101,8 +101,8 @@ class RouterNeed:
             return (f"router: event ingest alone needs {self.ingest_cores:.2f} cores per router, more than one "
                     f"can give: shard the event stream ({self.source})")
         index = f"; index {self.index_bytes / 1e6:.0f} MB per router" if self.index_bytes else ""
-        return (f"router: {self.routers} process(es), one core each ({self.ingest_cores:.3f} cores per router "
-                f"applying KV events, {self.routing_cores:.3f} routing in all{index}) ({self.source})")
+        return (f"router: {self.routers} process(es), one core each ({self.ingest_cores:.2g} cores per router "
+                f"applying KV events, {self.routing_cores:.2g} routing in all{index}) ({self.source})")
 
     def as_dict(self) -> dict:
         return {"routers": self.routers, "ingest_cores_per_router": self.ingest_cores,

@@ -83,7 +83,7 @@ def pick_index(work: np.ndarray, loads: np.ndarray, inflight: np.ndarray, balanc
 class FleetRouter:
     """Prefill routing for a pool of replicas named ``replicas`` (their order breaks ties),
     their loads in arrays: ``loads`` prompt tokens queued, ``inflight`` requests. Blocks the
-    holder ``host_worker`` has (the host tier: ``kvstore.host_tier.HOST_WORKER``) can be
+    holder ``host_worker`` has (the host tier: ``kvstore.keys.HOST_WORKER``) can be
     pulled at ``host_pull_weight`` of computing them."""
 
     def __init__(self, replicas: Sequence[str], index: CompactPrefixIndex, block_size: int,

@@ -3,6 +3,7 @@ quality (held-out loss, recall exact-match) can be measured at all; random weigh
 
     python -m benchmarks.train_small_model --preset small --minutes 5 --device cuda --out DIR
     python -m benchmarks.train_small_model --preset tiny --steps 30 --device cpu --out DIR  # smoke
+    python -m benchmarks.train_small_model --preset cpu --steps 700 --threads 1 --device cpu --out DIR
 
 Writes DIR/checkpoint (Hugging Face format: config.json, generation_config.json, tokenizer.json,
 tokenizer_config.json, bf16 model.safetensors), DIR/metrics.json and DIR/loss.png. Data: the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 import traceback
@@ -46,6 +48,12 @@ PRESETS = {
     "small": Preset(8192, 512, 1408, 8, 8, 2, packages=SOURCES),
     # 6.5M parameters, 12.4 MiB in bf16: a copy small enough to keep in the repository for CPU tests
     "ci": Preset(8192, 256, 704, 6, 4, 2, lr=2e-3, packages=SOURCES),
+    # 1.05M parameters, 2.0 MiB in bf16: meant as the copy for CPU tests; 700 steps on one CPU thread (598
+    # CPU-seconds) did NOT learn recall (teacher-forced 0.000, docs/trained_model.md). The standard library
+    # only; mostly task rows, each segment asked up to 15 more keys (held-out examples are the default task's)
+    "cpu": Preset(2048, 128, 384, 4, 4, 2, seq_len=512, batch_size=8, lr=4e-3, warmup=30, task_fraction=0.9,
+                  task_examples=20_000, task=task.TaskConfig(max_followups=15), max_chars=8_000_000,
+                  tokenizer_chars=2_000_000, eval_every=100, eval_tokens=16_384, log_every=20),
     # seconds on a CPU: the smoke test's
     "tiny": Preset(512, 64, 128, 2, 4, 2, seq_len=128, batch_size=8, lr=3e-3, warmup=10, task_examples=400,
                    task=task.TaskConfig(min_facts=2, max_facts=4, max_messages=1), max_chars=300_000,
@@ -60,7 +68,9 @@ def run(args) -> dict:
         ("task_fraction", args.task_fraction), ("recall_examples", args.recall_examples)) if v is not None})
     device, out = torch.device(args.device), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0, c0 = time.perf_counter(), time.process_time()  # CPU time: the work, whatever else shares the machine
     data = prepare_data(preset, args.seed)
     data.train, data.task, data.heldout = (s.to(device) for s in (data.train, data.task, data.heldout))
     prep_s = time.perf_counter() - t0
@@ -75,9 +85,11 @@ def run(args) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
     result = train(model, data, preset, args, device)
     ckpt = save_checkpoint(out / "checkpoint", model, spec, data.tokenizer)
+    write_heldout_text(ckpt, preset)
     del model
     metrics = {
         "preset": args.preset, "seed": args.seed, "device": _device_name(device), "torch": torch.__version__,
+        **_provenance(), "torch_threads": torch.get_num_threads(),
         "parameters": sum(t.numel() for t in _tensors(ckpt)), "model": dataclasses.asdict(spec),
         "checkpoint_bytes": (ckpt / "model.safetensors").stat().st_size, "data": data.describe,
         "data_seconds": prep_s, "corpus_epochs": result["tokens_seen"] * (1 - preset.task_fraction) / len(data.train),
@@ -85,10 +97,21 @@ def run(args) -> dict:
     _write_metrics(out, metrics)  # what is known if a measurement below fails or runs out of time
     plot(result["history"], out / "loss.png")
     measure(ckpt, data, preset, args.device, lambda **found: _write_metrics(out, metrics, found))
+    _write_metrics(out, metrics, {"wall_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0})
     print(f"held-out LM loss {metrics['heldout_lm_loss']:.3f} (train files {metrics['train_files_lm_loss']:.3f}); "
           f"recall exact-match {metrics['recall_exact_match']} greedy (engine), {metrics['recall_teacher_forced']:.3f}"
           f" teacher-forced; transformers greedy {metrics['transformers_greedy']}; in {out}", flush=True)
     return metrics
+
+
+def write_heldout_text(ckpt: Path, p: Preset, max_chars: int = 200_000) -> Path:
+    """CKPT/heldout.txt: the start of this preset's held-out files, the text benchmarks/kv_codec.py's
+    quality part scores by default (the same on every machine that has the checkpoint)."""
+    from benchmarks.stdlib_corpus import read_corpus, source_roots
+    heldout = read_corpus(source_roots(p.packages), max_chars=p.max_chars).heldout
+    path = ckpt / "heldout.txt"
+    path.write_text("\n".join(f.text for f in heldout)[:max_chars])
+    return path
 
 
 def measure(ckpt: Path, data: Data, p: Preset, device: str, record) -> None:
@@ -137,6 +160,26 @@ def _tensors(ckpt: Path):
     return load_file(str(ckpt / "model.safetensors")).values()
 
 
+def _provenance() -> dict:
+    """Where and when: host, CPU, UTC date, and the checkout's commit ('+dirty': benchmarks/ or engine/
+    differ from it)."""
+    import platform
+    import subprocess
+    from datetime import UTC, datetime
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "benchmarks", "engine"],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
+        commit += "+dirty" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "git_commit": commit}
+
+
 def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
@@ -151,6 +194,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", default="out/small-model")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile the training forward (default: on CUDA)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); CPU "
+                    "training is bitwise reproducible for the same thread count")
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--lr", type=float, help="peak learning rate")
     ap.add_argument("--task-fraction", type=float, help="share of rows from the recall task")

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.redis]
 
 
 @pytest.fixture(scope="module")
-def base_url(router) -> str:
+def base_url(router) -> str:  # noqa: F811  (the imported fixture)
     return f"http://127.0.0.1:{router.http_port}"
 
 

@@ -135,7 +135,7 @@ def test_salts_scope_segments(tiny_model):
     engine.add_request(None, P1 + SEG + Q1, GREEDY, cache_salt="a", segments=SegmentReuse(span(P1)))
     while engine.has_unfinished():
         engine.step()
-    rid = engine.add_request(None, P2 + SEG + Q1, GREEDY, cache_salt="b", segments=SegmentReuse(span(P2)))
+    engine.add_request(None, P2 + SEG + Q1, GREEDY, cache_salt="b", segments=SegmentReuse(span(P2)))
     while engine.has_unfinished():
         engine.step()
     assert engine.segments.stats().hits == 0 and len(engine.segments.store) == 2

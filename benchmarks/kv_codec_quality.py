@@ -8,6 +8,11 @@ Two measurements, each exact against a codec on the same engine, so only the pre
 * greedy continuations: prompts of ``prefix`` + 8 tokens computed once (cached), generated
   again from the cached prefix (exact), the cached prefix blocks put through the codec, and
   generated again: the share of ``max_tokens``-token continuations that are identical.
+
+Why a continuation differs: at its first differing token, the exact run's margin (top-1 minus
+top-2 logit, from one exact forward over prompt + exact continuation) says whether the codec
+flipped a near-tie or a clear choice; ``near_ties`` counts the exact continuations that pass
+through any token whose margin is below ``NEAR_TIE`` (candidates for a flip by any small error).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from kvstore.kv_codec import CodecFormat, decode, encode
 from kvstore.layout import KVLayout
 
 PROMPT_TAIL = 8  # prompt tokens after the prefix: computed, not cached
+NEAR_TIE = 0.1  # logits: a top-2 gap this small is flipped by errors far below the codec's
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,8 @@ class QualityResult:
     identical_share: float
     mean_agreeing_tokens: float  # leading tokens equal to the exact run's, mean
     cached_tokens: int           # prefix tokens each codec run took from the cache (min over prompts)
+    divergence_margins: list[float]  # exact run's top-1 minus top-2 logit where each differing one first differs
+    near_ties: int               # exact continuations with a token whose margin < NEAR_TIE
 
 
 def heldout_text(spec: str | None, checkpoint: Path) -> str:
@@ -124,6 +132,22 @@ def greedy_runs(engine: LLMEngine, prompts: list[list[int]], max_tokens: int,
     return [r.token_ids for r in exact], [r.token_ids for r in coded], min(r.num_cached_tokens for r in coded)
 
 
+@torch.inference_mode()
+def margins(engine: LLMEngine, prompts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
+    """Per continuation token, top-1 minus top-2 logit of an exact forward over prompt + continuation
+    (the margin the greedy choice of that token had)."""
+    bs, out = engine.kv.block_size, []
+    for p, c in zip(prompts, continuations):
+        ids = engine.kv.pool.allocate(-(-(len(p) + len(c)) // bs))
+        try:
+            logits = _forward(engine, [(p + c[:-1], 0, ids)])[len(p) - 1:]
+        finally:
+            engine.kv.pool.free(ids)
+        top = logits.float().topk(2, -1).values
+        out.append((top[:, 0] - top[:, 1]).tolist())
+    return out
+
+
 def measure(engine: LLMEngine, tokens: list[int], codec: str, prefix: int, scored: int, count: int,
             max_tokens: int, batch: int = 8) -> QualityResult:
     fmt = CodecFormat.of(KVLayout.of_cache(engine.runner.kv_cache), codec)
@@ -138,5 +162,8 @@ def measure(engine: LLMEngine, tokens: list[int], codec: str, prefix: int, score
     a, b, cached = greedy_runs(engine, prompts, max_tokens, fmt)
     same = [next((i for i, (x, y) in enumerate(zip(u, v)) if x != y), len(u)) for u, v in zip(a, b)]
     identical = sum(u == v for u, v in zip(a, b))
+    gaps = margins(engine, prompts, a)
+    at_divergence = [round(g[i], 4) for g, i, u in zip(gaps, same, a) if i < len(u)]
+    near = sum(min(g) < NEAR_TIE for g in gaps)
     return QualityResult(codec, len(held), exact / n, coded / n, (coded - exact) / exact, len(prompts), identical,
-                         identical / len(prompts), sum(same) / len(same), cached)
+                         identical / len(prompts), sum(same) / len(same), cached, at_divergence, near)

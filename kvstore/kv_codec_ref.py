@@ -27,9 +27,11 @@ def fp16_up(x: torch.Tensor) -> torch.Tensor:
 
 
 def group_stats(low: torch.Tensor, high: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(minimum, scale) as fp16 from a group's fp32 min and max: every code then fits."""
+    """(minimum, scale) as fp16 from a group's fp32 min and max: every code then fits. The divisor is
+    a tensor on the data's device: torch on CUDA multiplies by a rounded reciprocal when it is a
+    Python number, which is not the IEEE division the Triton kernel (div_rn) and the CPU do."""
     minimum = fp16_down(low)
-    return minimum, fp16_up((high - minimum.float()) / levels)
+    return minimum, fp16_up((high - minimum.float()) / torch.full_like(high, levels))
 
 
 def quantize(x: torch.Tensor, minimum: torch.Tensor, scale: torch.Tensor, levels: int) -> torch.Tensor:

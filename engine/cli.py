@@ -62,7 +62,7 @@ def run_generate(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         print(json.dumps({"token_ids": result.token_ids, "text": result.text,
-                          "finish_reason": result.finish_reason.value}))
+                          "finish_reason": result.finish_reason and result.finish_reason.value}))
     elif engine.tokenizer.has_vocab:
         print(result.text)
     else:  # no tokenizer, no text: the ids, in --prompt-ids' form

@@ -24,7 +24,7 @@ __all__ = ["CheckpointError", "ModelConfig", "RopeScaling", "SUPPORTED_ARCHITECT
 LLAMA, MISTRAL, QWEN2 = "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"
 SUPPORTED_ARCHITECTURES = (LLAMA, MISTRAL, QWEN2)
 # transformers' defaults for what config.json may leave out (None: num_attention_heads)
-DEFAULTS = {
+DEFAULTS: dict[str, dict[str, object]] = {
     LLAMA: {"num_key_value_heads": None, "max_position_embeddings": 2048, "bos_token_id": 1,
             "eos_token_id": 2},
     MISTRAL: {"num_key_value_heads": 8, "max_position_embeddings": 4096 * 32, "bos_token_id": 1,

@@ -491,83 +491,137 @@ static PyObject *Core_match(Core *self, PyObject *args) {
     return PyLong_FromSize_t(end);
 }
 
+/* The prefill pick of cluster/pool_handles.py (pick_prefill with RequestShape.prefill_cost):
+ * cache affinity (least work, then load, then requests in flight) while the pool is balanced,
+ * else least in flight, then load; ties to the earlier replica. Replica r holds counts[col[r]]
+ * leading blocks of the prompt (counts[r] where col is NULL; a column outside the slots: none),
+ * the host tier ``host`` of them. credit (or NULL): tokens replica r need not compute past its
+ * prefix (segments it holds), taken off its work (RequestShape.segment_tokens). */
+typedef struct {
+    Py_ssize_t prompt, block, slack_requests;
+    double host_weight, ratio, slack_tokens;
+} Rule;
+
+static Py_ssize_t choose(const Rule *rule, size_t replicas, const int64_t *counts, const int64_t *col, size_t slots,
+                         int64_t host, const double *load, const int64_t *fly, const double *credit) {
+    double lo = load[0], hi = load[0];
+    int64_t flo = fly[0], fhi = fly[0];
+    for (size_t r = 1; r < replicas; r++) {
+        if (load[r] < lo) lo = load[r];
+        if (load[r] > hi) hi = load[r];
+        if (fly[r] < flo) flo = fly[r];
+        if (fly[r] > fhi) fhi = fly[r];
+    }
+    int imbalanced = hi > rule->ratio * lo + rule->slack_tokens
+                     || (double)fhi > rule->ratio * (double)flo + (double)rule->slack_requests;
+    double best_work = 0, best_load = 0;
+    int64_t best_fly = 0, block = rule->block;
+    Py_ssize_t chosen = -1;
+    for (size_t r = 0; r < replicas; r++) {
+        int64_t c = !col ? counts[r] : col[r] >= 0 && (size_t)col[r] < slots ? counts[col[r]] : 0;
+        int64_t uncached = rule->prompt - c * block;
+        if (uncached < 0) uncached = 0;
+        int64_t pulled = (host - c > 0 && rule->host_weight < 1) ? (host - c) * block : 0;
+        double work = (double)(uncached - pulled) + rule->host_weight * (double)pulled;
+        if (credit) work -= credit[r];
+        int better;
+        if (chosen < 0) better = 1;
+        else if (imbalanced)
+            better = fly[r] < best_fly || (fly[r] == best_fly && load[r] < best_load);
+        else
+            better = work < best_work || (work == best_work && (load[r] < best_load ||
+                     (load[r] == best_load && fly[r] < best_fly)));
+        if (better) { chosen = (Py_ssize_t)r; best_work = work; best_load = load[r]; best_fly = fly[r]; }
+    }
+    return chosen;
+}
+
+/* The per-replica buffers of route and pick: loads, inflight and credit (None: no credit), each
+ * ``replicas`` long. 0, or -1 with an exception set and nothing held. */
+typedef struct { Py_buffer loads, inflight, credit; int has_credit; } LoadBuffers;
+
+static void release_loads(LoadBuffers *b) {
+    PyBuffer_Release(&b->loads); PyBuffer_Release(&b->inflight);
+    if (b->has_credit) PyBuffer_Release(&b->credit);
+}
+
+static int get_loads(LoadBuffers *b, PyObject *o_loads, PyObject *o_inflight, PyObject *o_credit, size_t replicas) {
+    b->has_credit = 0;
+    if (get_buffer(o_loads, &b->loads, 8, 0, "loads") < 0) return -1;
+    if (get_buffer(o_inflight, &b->inflight, 8, 0, "inflight") < 0) { PyBuffer_Release(&b->loads); return -1; }
+    if (o_credit != Py_None) {
+        if (get_buffer(o_credit, &b->credit, 8, 0, "credit") < 0) {
+            PyBuffer_Release(&b->loads); PyBuffer_Release(&b->inflight); return -1;
+        }
+        b->has_credit = 1;
+    }
+    if (!replicas || (size_t)b->loads.len / 8 != replicas || (size_t)b->inflight.len / 8 != replicas
+        || (b->has_credit && (size_t)b->credit.len / 8 != replicas)) {
+        release_loads(b);
+        PyErr_SetString(PyExc_ValueError,
+                        "columns/counts, loads, inflight (and credit) need one entry per replica (and one at least)");
+        return -1;
+    }
+    return 0;
+}
+
 /* route(ids, stride, columns, loads, inflight, prompt_tokens, block_size, host_column, host_weight,
  *       ratio, slack_requests, slack_tokens, credit=None) -> replica
- * The prefill pick of cluster/pool_handles.py (pick_prefill with RequestShape.prefill_cost) in
- * one call: replica r is worker columns[r] of the index; cache affinity (least work, then
- * load, then requests in flight) while the pool is balanced, else least in flight, then load;
- * ties to the earlier replica. credit (float64 per replica, or None): tokens replica r need not
- * compute past its prefix (segments it holds), taken off its work (RequestShape.segment_tokens).
- * cluster/fleet_router.py holds the same rule in numpy. */
+ * The match of ids and the pick (``choose``) in one call: replica r is worker columns[r] of the
+ * index. cluster/fleet_router.py holds the same rule in numpy. */
 static PyObject *Core_route(Core *self, PyObject *args) {
     PyObject *o_ids, *o_cols, *o_loads, *o_inflight, *o_credit = Py_None;
-    Py_ssize_t stride, prompt, block, host_col, slack_requests;
-    double host_weight, ratio, slack_tokens;
-    if (!PyArg_ParseTuple(args, "OnOOOnnnddnd|O", &o_ids, &stride, &o_cols, &o_loads, &o_inflight, &prompt, &block,
-                          &host_col, &host_weight, &ratio, &slack_requests, &slack_tokens, &o_credit))
+    Py_ssize_t stride, host_col;
+    Rule rule;
+    if (!PyArg_ParseTuple(args, "OnOOOnnnddnd|O", &o_ids, &stride, &o_cols, &o_loads, &o_inflight, &rule.prompt,
+                          &rule.block, &host_col, &rule.host_weight, &rule.ratio, &rule.slack_requests,
+                          &rule.slack_tokens, &o_credit))
         return NULL;
-    Py_buffer ids, cols, loads, inflight;
+    Py_buffer ids, cols;
+    LoadBuffers b;
     size_t n;
     if (id_view(o_ids, &ids, stride, &n) < 0) return NULL;
     if (get_buffer(o_cols, &cols, 8, 0, "columns") < 0) { PyBuffer_Release(&ids); return NULL; }
-    if (get_buffer(o_loads, &loads, 8, 0, "loads") < 0) {
+    size_t replicas = (size_t)cols.len / 8, nw = self->states.nwords, slots = nw * 64;
+    if (get_loads(&b, o_loads, o_inflight, o_credit, replicas) < 0) {
         PyBuffer_Release(&ids); PyBuffer_Release(&cols); return NULL;
     }
-    if (get_buffer(o_inflight, &inflight, 8, 0, "inflight") < 0) {
-        PyBuffer_Release(&ids); PyBuffer_Release(&cols); PyBuffer_Release(&loads); return NULL;
-    }
-    Py_buffer credits = {0};
-    if (o_credit != Py_None && get_buffer(o_credit, &credits, 8, 0, "credit") < 0) {
-        PyBuffer_Release(&ids); PyBuffer_Release(&cols); PyBuffer_Release(&loads); PyBuffer_Release(&inflight);
-        return NULL;
-    }
-    size_t replicas = (size_t)cols.len / 8, nw = self->states.nwords, slots = nw * 64;
-    const int64_t *col = cols.buf, *fly = inflight.buf;
-    const double *load = loads.buf, *credit = o_credit != Py_None ? credits.buf : NULL;
     int64_t *counts = malloc(slots * sizeof(int64_t));
     uint64_t *alive = malloc(nw * sizeof(uint64_t));
     Py_ssize_t chosen = -1;
-    if (!replicas || (size_t)loads.len / 8 != replicas || (size_t)inflight.len / 8 != replicas
-        || (credit && (size_t)credits.len / 8 != replicas)) {
-        PyErr_SetString(PyExc_ValueError,
-                        "columns, loads, inflight (and credit) need one entry per replica (and one at least)");
-    } else if (counts && alive) {
+    if (counts && alive) {
         match_into(self, ids.buf, n, (size_t)stride, counts, slots, alive);
         int64_t host = host_col >= 0 && (size_t)host_col < slots ? counts[host_col] : 0;
-        double lo = load[0], hi = load[0];
-        int64_t flo = fly[0], fhi = fly[0];
-        for (size_t r = 1; r < replicas; r++) {
-            if (load[r] < lo) lo = load[r];
-            if (load[r] > hi) hi = load[r];
-            if (fly[r] < flo) flo = fly[r];
-            if (fly[r] > fhi) fhi = fly[r];
-        }
-        int imbalanced = hi > ratio * lo + slack_tokens || (double)fhi > ratio * (double)flo + (double)slack_requests;
-        double best_work = 0, best_load = 0;
-        int64_t best_fly = 0;
-        for (size_t r = 0; r < replicas; r++) {
-            int64_t c = col[r] >= 0 && (size_t)col[r] < slots ? counts[col[r]] : 0;
-            int64_t uncached = prompt - c * block;
-            if (uncached < 0) uncached = 0;
-            int64_t pulled = (host - c > 0 && host_weight < 1) ? (host - c) * block : 0;
-            double work = (double)(uncached - pulled) + host_weight * (double)pulled;
-            if (credit) work -= credit[r];
-            int better;
-            if (chosen < 0) better = 1;
-            else if (imbalanced)
-                better = fly[r] < best_fly || (fly[r] == best_fly && load[r] < best_load);
-            else
-                better = work < best_work || (work == best_work && (load[r] < best_load ||
-                         (load[r] == best_load && fly[r] < best_fly)));
-            if (better) { chosen = (Py_ssize_t)r; best_work = work; best_load = load[r]; best_fly = fly[r]; }
-        }
+        chosen = choose(&rule, replicas, counts, cols.buf, slots, host, b.loads.buf, b.inflight.buf,
+                        b.has_credit ? b.credit.buf : NULL);
     } else {
         PyErr_NoMemory();
     }
     free(counts); free(alive);
-    PyBuffer_Release(&ids); PyBuffer_Release(&cols); PyBuffer_Release(&loads); PyBuffer_Release(&inflight);
-    if (credit) PyBuffer_Release(&credits);
+    PyBuffer_Release(&ids); PyBuffer_Release(&cols); release_loads(&b);
     return chosen < 0 ? NULL : PyLong_FromSsize_t(chosen);
+}
+
+/* pick(counts, loads, inflight, prompt_tokens, block_size, host_blocks, host_weight, ratio,
+ *      slack_requests, slack_tokens, credit=None) -> replica
+ * ``choose`` for a match made before (counts[r]: leading blocks replica r holds; the host tier
+ * host_blocks): the dispatcher's pick from a RequestShape. Reads nothing of the index. */
+static PyObject *Core_pick(Core *Py_UNUSED(self), PyObject *args) {
+    PyObject *o_counts, *o_loads, *o_inflight, *o_credit = Py_None;
+    Py_ssize_t host;
+    Rule rule;
+    if (!PyArg_ParseTuple(args, "OOOnnnddnd|O", &o_counts, &o_loads, &o_inflight, &rule.prompt, &rule.block, &host,
+                          &rule.host_weight, &rule.ratio, &rule.slack_requests, &rule.slack_tokens, &o_credit))
+        return NULL;
+    Py_buffer counts;
+    LoadBuffers b;
+    if (get_buffer(o_counts, &counts, 8, 0, "counts") < 0) return NULL;
+    size_t replicas = (size_t)counts.len / 8;
+    if (get_loads(&b, o_loads, o_inflight, o_credit, replicas) < 0) { PyBuffer_Release(&counts); return NULL; }
+    Py_ssize_t chosen = choose(&rule, replicas, counts.buf, NULL, replicas, host, b.loads.buf, b.inflight.buf,
+                               b.has_credit ? b.credit.buf : NULL);
+    PyBuffer_Release(&counts); release_loads(&b);
+    return PyLong_FromSsize_t(chosen);
 }
 
 /* compact(): drop states no block is in, renumber the rest (answers unchanged). */
@@ -644,6 +698,9 @@ static PyMethodDef Core_methods[] = {
     {"route", (PyCFunction)Core_route, METH_VARARGS,
      "route(ids, stride, columns, loads, inflight, prompt_tokens, block_size, host_column, host_weight, ratio, "
      "slack_requests, slack_tokens, credit=None) -> the replica to prefill on"},
+    {"pick", (PyCFunction)Core_pick, METH_VARARGS,
+     "pick(counts, loads, inflight, prompt_tokens, block_size, host_blocks, host_weight, ratio, slack_requests, "
+     "slack_tokens, credit=None) -> the replica to prefill on, for counts matched before"},
     {"compact", (PyCFunction)Core_compact, METH_NOARGS, "drop unused holder states"},
     {"export", (PyCFunction)Core_export, METH_NOARGS, "export() -> (ids bytes, states bytes)"},
     {"state", (PyCFunction)Core_state, METH_O, "state(s) -> (held, predicted) worker bitsets"},

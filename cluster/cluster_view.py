@@ -32,6 +32,7 @@ from cluster.pool_handles import (
     pick_prefill,
     usable,
 )
+from cluster.prefill_board import PrefillBoard
 from cluster.segment_index import RequestSegments, SegmentIndex
 from engine.block_hash import hash_blocks
 from engine.segments.spec import SegmentReuse
@@ -73,6 +74,7 @@ class ClusterView:
         self._pinger = _ping_client(events.client) if events is not None else None
         self._redis_ping: asyncio.Future | None = None
         self._tasks: list[asyncio.Task] = []
+        self._board: PrefillBoard | None = None
         pools.on_restart = self._restarted
 
     def shape(self, prompt: list[int], cache_salt: str | None, segments: SegmentReuse | None = None
@@ -99,9 +101,24 @@ class ClusterView:
             self.segments.predict(replica.worker_id, shape.segments, time.monotonic() + self.prediction_ttl_s)
 
     def pick_prefill(self, replicas: list[Replica], shape: RequestShape, exclude: set[str] = frozenset()) -> Replica:
-        """NoReplicaError when every replica (but those in ``exclude``) is down."""
+        """NoReplicaError when every replica (but those in ``exclude``) is down. The prefill pool's
+        choice runs over its board's arrays (cluster/prefill_board.py); another list of replicas
+        gets the same rule in Python (pick_prefill)."""
+        if self.policy != "round-robin" and replicas and replicas is self.pools.prefill:
+            chosen = self._prefill_board(replicas).pick(shape, exclude)
+            if chosen is None:
+                raise _none_up(replicas)
+            return chosen
         options = self._options(replicas, exclude)
         return self._next(options) if self.policy == "round-robin" else pick_prefill(options, shape)
+
+    def _prefill_board(self, replicas: list[Replica]) -> PrefillBoard:
+        """The pool's board, attached anew if the pool changed or another view took its replicas."""
+        board = self._board
+        if board is None or board.replicas is not replicas or len(board.slots) != len(replicas) \
+                or any(r.board is not board for r in (replicas[0], replicas[-1])):
+            board = self._board = PrefillBoard(replicas, self.prefixes, self.block_size)
+        return board
 
     def pick_colocated(self, replicas: list[Replica], shape: RequestShape, exclude: set[str] = frozenset()
                        ) -> Replica:
@@ -119,9 +136,7 @@ class ClusterView:
     def _options(replicas: list[Replica], exclude: set[str]) -> list[Replica]:
         options = usable(replicas, exclude)
         if not options:
-            role = replicas[0].role if replicas else "?"
-            states = ", ".join(f"{r.worker_id}: {r.state.value}" for r in replicas)
-            raise NoReplicaError(f"no {role} replica is up ({states})")
+            raise _none_up(replicas)
         return options
 
     def health(self) -> BackendHealth:
@@ -243,6 +258,12 @@ class ClusterView:
                 await asyncio.sleep(pause)
                 continue
             pause = 0.0
+
+
+def _none_up(replicas: list[Replica]) -> NoReplicaError:
+    role = replicas[0].role if replicas else "?"
+    states = ", ".join(f"{r.worker_id}: {r.state.value}" for r in replicas)
+    return NoReplicaError(f"no {role} replica is up ({states})")
 
 
 def _ping_client(client: redis.Redis) -> redis.Redis:

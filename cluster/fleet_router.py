@@ -2,7 +2,8 @@
 rule of ``pool_handles.pick_prefill`` over arrays instead of Replica objects.
 
 With the C core the whole decision is one call (``Core.route``); without it, the match
-and then ``prefill_work`` + ``pick_index`` in numpy. Both follow ``pool_handles.pick``
+and then ``prefill_work`` + ``pick_index`` in numpy. ``pick`` is the same rule for a match
+made before (the dispatcher's RequestShape: cluster/prefill_board.py, ``Core.pick``). Both follow ``pool_handles.pick``
 (cache affinity while the pool is balanced, the least loaded replica when it is not, ties
 to the earlier replica) and ``RequestShape.prefill_cost``, so the same loads and matches
 give the same replica as the dispatcher's own rule (tests/cluster/test_fleet_router.py).
@@ -95,6 +96,7 @@ class FleetRouter:
         self.inflight = np.zeros(len(self.replicas), np.int64)
         self.columns = np.array([index.worker(r) for r in self.replicas], np.int64)
         self._native = hasattr(index.core, "route")
+        self._pick = getattr(index.core, "pick", None)  # a C core built before pick existed has route only
 
     def route(self, hashes: Sequence[BlockHash] | np.ndarray, prompt_tokens: int,
               credit: np.ndarray | None = None) -> int:
@@ -118,3 +120,22 @@ class FleetRouter:
         work = prefill_work(counts[self.columns], int(counts[host]) if host >= 0 else 0, prompt_tokens,
                             self.block_size, self.host_pull_weight, credit)
         return pick_index(work, self.loads, self.inflight, self.balance)
+
+    def pick(self, counts: np.ndarray, host_blocks: int, prompt_tokens: int, block_size: int, host_pull_weight: float,
+             credit: np.ndarray | None = None, among: np.ndarray | None = None) -> int:
+        """The rule of ``route`` for a match made before (``RequestShape.matched_blocks``): ``counts``
+        (int64, per replica) leading blocks each replica holds, ``host_blocks`` the host tier's.
+        ``among``: the replicas to choose from (indexes, in order; None: all). Returns an index
+        into ``replicas``."""
+        loads, inflight = self.loads, self.inflight
+        if among is not None:
+            counts, loads, inflight = counts[among], loads[among], inflight[among]
+            credit = None if credit is None else credit[among]
+        b = self.balance
+        if self._pick is not None:
+            chosen = self._pick(counts, loads, inflight, prompt_tokens, block_size, host_blocks, host_pull_weight,
+                                b.ratio, b.slack_requests, b.slack_tokens, credit)
+        else:
+            chosen = pick_index(prefill_work(counts, host_blocks, prompt_tokens, block_size, host_pull_weight, credit),
+                                loads, inflight, b)
+        return chosen if among is None else int(among[chosen])

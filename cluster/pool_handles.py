@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from kvstore.keys import HOST_WORKER
 from router.backend import HealthState
@@ -52,6 +52,13 @@ PING_DOWN_S = 10.0
 
 R = TypeVar("R")
 log = logging.getLogger(__name__)
+MIRRORED = frozenset({"inflight", "pending_tokens", "state"})  # what a replica writes to its board
+
+
+class Board(Protocol):
+    """Arrays of a pool's loads and states that a replica keeps current (cluster/prefill_board.py)."""
+
+    def write(self, slot: int, name: str, value: object) -> None: ...
 
 
 @dataclass
@@ -69,6 +76,13 @@ class Replica:
     ping: asyncio.Future | None = None
     ping_sent: float = 0.0
     killed: str | None = None      # the incarnation the dispatcher killed for Ray to restart
+    board: Board | None = field(default=None, repr=False, compare=False)  # written on each change of MIRRORED
+    slot: int = -1                 # this replica's entry on the board
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name in MIRRORED and (board := self.__dict__.get("board")) is not None:
+            board.write(self.slot, name, value)
 
     def mark_down(self, reason: str) -> None:
         """Stop routing here (its process died, or it stopped answering); one log line."""

@@ -7,7 +7,8 @@ For each design it times ``Simulation.run`` on a 100k-request synthetic trace (c
 lengths, Poisson arrivals) and, separately, the metrics summary. The process is pinned to one
 core. Wall time and the process's CPU time are both kept (best of --repeat each); the goal is
 judged on CPU time, which other processes sharing the core do not inflate as much (state the load
-average with any figure: it is printed and stored). Appends one JSON line per design to OUT/sim_speed.jsonl and draws OUT/sim_speed.png
+average with any figure: it is printed and stored). Appends one JSON line per design to
+OUT/sim_speed.jsonl and draws OUT/sim_speed.png
 (OUT: --out, else $OUT, else out/sim_speed).
 Goal (issue 5): >= 50,000 simulated requests/s on one core.
 """
@@ -21,7 +22,7 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import matplotlib
@@ -95,7 +96,7 @@ def machine() -> dict[str, str]:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(), "cpu": cpu,
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "host": platform.node(), "cpu": cpu,
             "python": platform.python_version(), "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg())}
 
 

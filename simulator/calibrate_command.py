@@ -109,7 +109,7 @@ def calibrate(args: argparse.Namespace) -> dict:
         dst = torch.empty_like(src)
         end = "gpu0" if cuda else "cpu0"
         links.append({"src": end, "dst": end, "bytes": src.numel(),
-                      "seconds": _median_seconds(lambda: dst.copy_(src), args.repeats, sync)})
+                      "seconds": _median_seconds(lambda d=dst, s=src: d.copy_(s), args.repeats, sync)})
     hardware = args.hardware or (torch.cuda.get_device_name(device) if cuda else "CPU-DDR5")
     profile = {"device": hardware, "tp": 1, "source": f"tierserve calibrate on {device} ({args.model})",
                "measurements": measurements, "links": links}

@@ -10,7 +10,7 @@ from simulator.costs import CostModels
 from simulator.design import ROUTERS
 from simulator.errors import SimInputError
 from simulator.hardware import Catalog, load_catalog
-from simulator.links import Link, LinkTable, fit_link
+from simulator.links import LinkTable, fit_link
 from simulator.models import load_model
 from simulator.nccl_tests import allreduce_from_nccl_tests, link_from_nccl_tests
 from simulator.profiles import Profile, load_profile

@@ -8,11 +8,11 @@ from rich.console import Console
 
 from simulator.capacity import max_rate
 from simulator.cluster_config import chart_values, cluster_config, write_chart_values, write_cluster_config
+from simulator.errors import SimInputError
 from simulator.inputs import build_costs, build_trace
 from simulator.planner import Plan, Planner, PlanOptions
 from simulator.plots import ParetoPoint, plot_latency_cdfs, plot_pareto
 from simulator.progress import progress_bar
-from simulator.errors import SimInputError
 from simulator.report import band_dict, band_table, result_dict, results_table, write_json
 from simulator.router_cost import for_design
 from simulator.slo import SLO, parse_slo
@@ -42,18 +42,18 @@ def plan_command(args: argparse.Namespace, console: Console) -> int:
     with progress_bar(console, "searching designs", None) as update:
         planner = Planner(trace, costs, slo, options, lambda label: update(advance=1, description=label))
         plan = planner.plan()
-    console.print(f"simulated {len(plan.evaluated)} designs in {plan.seconds:.1f} s"
+    console.print(f"simulated {len(plan.evaluated)} designs in {plan.seconds:.1f} CPU s"
                   + "".join(f"; skipped {s}" for s in plan.skipped))
     if plan.best is None:
         console.print("[red]no design meets the SLO[/red] within --max-replicas; loosen the SLO or allow more replicas")
         return 1
-    marks = ["*" if c is plan.best else "" for c in plan.family_bests]
-    console.print(results_table([c.result for c in plan.family_bests],
-                                f"cheapest design per family (* = chosen), at slowdown x{options.slowdown:.3g}",
-                                marks, console.width))
+    marks = ["*" if c is plan.best else "" for c in plan.family_bests] + ["h" for _ in plan.head_only]
+    console.print(results_table([c.result for c in (*plan.family_bests, *plan.head_only)],
+                                f"cheapest design per family (* = chosen; h = on the first {options.search_requests} "
+                                f"requests only), at slowdown x{options.slowdown:.3g}", marks, console.width))
     if plan.band is not None:
         console.print(band_table(plan.band, slo))
-    used = [pool.hardware for c in plan.family_bests for pool in c.design.pools().values()]
+    used = [pool.hardware for c in (*plan.family_bests, *plan.head_only) for pool in c.design.pools().values()]
     prices = costs.catalog.price_sources(used)
     console.print("prices (assumptions; they mix clouds, put yours in --catalog):\n  " + "\n  ".join(prices))
     config_path = args.config_out or args.out / "cluster.yaml"
@@ -83,9 +83,11 @@ def plan_command(args: argparse.Namespace, console: Console) -> int:
                                         "best": result_dict(predicted), "best_at_search_slowdown":
                                         result_dict(plan.best.result),
                                         "family_bests": [result_dict(c.result) for c in plan.family_bests],
+                                        "family_bests_head_only": [result_dict(c.result) for c in plan.head_only],
                                         "router": router.as_dict() if router is not None else None})
     chance = f" (P(SLO met) {plan.band.p_slo:.0%})" if plan.band is not None else ""
-    console.print(f"chosen: {plan.best.design.label()}{chance} at ${plan.best.design.cost_per_hour(costs.catalog):.2f}/h; "
+    price = plan.best.design.cost_per_hour(costs.catalog)
+    console.print(f"chosen: {plan.best.design.label()}{chance} at ${price:.2f}/h; "
                   f"wrote {config_path}, {values_path} (Helm chart values), {args.out}/plan.json, pareto.png, "
                   "latency_cdf.png")
     return 0

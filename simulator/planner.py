@@ -8,10 +8,11 @@ design of its kind (its larger-tp variants: than the best design of any kind) is
 a family the search starts at the load bounds, grows the pool the SLO violation points at, shrinks
 each pool by bisection and trades replicas between pools (any prefill:decode:attention ratio)
 while the SLO still holds. Searches run on the trace's first ``search_requests`` requests; each
-family's best is rerun on the whole trace (grown there if it fails) and the winner is shrunk
-there again. Every run uses the costs slowed by ``slowdown`` (``tierserve plan --confidence``:
-the prior's quantile, so the winner holds with that probability); the winner's uncertainty band
-and P(SLO met) come from ``prior``.
+family's best is rerun on the whole trace (grown there if it fails) unless it already costs more
+than the best design confirmed there (a rerun only grows a design: it could not win), and the
+winner is shrunk there again. The time budget counts the process's CPU time. Every run uses the
+costs slowed by ``slowdown`` (``tierserve plan --confidence``: the prior's quantile, so the winner
+holds with that probability); the winner's uncertainty band and P(SLO met) come from ``prior``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -29,10 +31,9 @@ from simulator.design import Design, PoolSpec
 from simulator.errors import SimInputError
 from simulator.metrics import SimResult
 from simulator.operators import prefill_work
-from simulator.slo import PERCENTILES
 from simulator.run import simulate
 from simulator.search import search_family, shrink, trade
-from simulator.slo import SLO
+from simulator.slo import PERCENTILES, SLO
 from simulator.traces.trace import Trace
 from simulator.uncertainty import Band, SlowdownPrior, band
 
@@ -51,7 +52,7 @@ class PlanOptions:
     tp_choices: int = 2                # tp degrees per tier: the smallest that fits, then doubled
     slowdown: float = 1.0              # every modeled time x this while searching (a prior's quantile)
     prior: SlowdownPrior | None = None  # the winner's band and P(SLO met); None: none
-    time_budget_s: float | None = None  # stop starting family searches after ~60% of it
+    time_budget_s: float | None = None  # CPU seconds; stop starting family searches after ~60% of it
 
     def __post_init__(self) -> None:
         if not self.kinds or set(self.kinds) - set(KINDS):
@@ -82,6 +83,16 @@ class Candidate:
         return self.badness <= 1.0
 
 
+@dataclass
+class _Found:
+    """A family's best on the head and, once resolved, on the whole trace (None: it failed there)."""
+    family: Family
+    head: Candidate
+    head_cost: float
+    confirmed: Candidate | None = None
+    resolved: bool = False
+
+
 @dataclass(frozen=True)
 class Plan:
     best: Candidate | None
@@ -89,7 +100,8 @@ class Plan:
     evaluated: tuple[Candidate, ...]
     skipped: tuple[str, ...]
     band: Band | None = None           # the winner on the whole trace under the prior
-    seconds: float = 0.0
+    seconds: float = 0.0               # CPU time of the process
+    head_only: tuple[Candidate, ...] = ()  # family bests on the head not rerun: they cost more than the winner
 
 
 def badness(result: SimResult, slo: SLO) -> float:
@@ -203,40 +215,71 @@ class Planner:
 
     # ---- the search
     def plan(self) -> Plan:
-        """Search every family (cheapest bound first, pruned by cost), confirm each family's best on
-        the whole trace, shrink the winner there, and measure its band."""
-        start = time.monotonic()
+        """Search every family on the head (cheapest bound first, pruned by cost), confirm on the
+        whole trace each family's best that can still beat the best confirmed design, shrink the
+        winner there, and measure its band.
+
+        A family's search is limited by the cheapest confirmed best of its kind found before it
+        (larger tps: of any kind). A best is confirmed only when a cost comparison needs its
+        confirmed cost (at least its head cost: a rerun only grows a design) or when it could still
+        win, so the plan is the one that confirms every family's best, with fewer whole-trace runs."""
+        start = time.process_time()  # CPU time: a busy machine must not cut the search short
         budget = self.options.time_budget_s
         fams, skipped = self.families()
         fams.sort(key=lambda f: self.cost(f, self.lower_bounds(f)))
         fams.sort(key=lambda f: not (f.kind != "offload" and self._smallest_tp(f)))  # mainstream first (stable)
-        kind_best: dict[str, float] = {}
-        bests = []
+        found: list[_Found] = []
         for i, fam in enumerate(fams):
-            if budget is not None and time.monotonic() - start > 0.6 * budget:
-                skipped.append(f"{len(fams) - i} families not searched within the time budget ({budget:g} s)")
+            if budget is not None and time.process_time() - start > 0.6 * budget:
+                skipped.append(f"{len(fams) - i} families not searched within the time budget ({budget:g} CPU s)")
                 break
-            limit = kind_best.get(fam.kind, math.inf)
-            if not self._smallest_tp(fam):
-                limit = min([limit, *kind_best.values()])
-            if self.cost(fam, self.lower_bounds(fam)) >= limit or self.hopeless(fam):
+            within = partial(self._below_confirmed, list(found), fam.kind if self._smallest_tp(fam) else None)
+            if not within(self.cost(fam, self.lower_bounds(fam))) or self.hopeless(fam):
                 continue
-            found = search_family(self, fam, limit, self.trace)
-            if found is not None:
-                confirmed = self._confirm(fam, found)
-                if confirmed is not None:
-                    bests.append(confirmed)
-                    kind_best[fam.kind] = min(kind_best.get(fam.kind, math.inf),
-                                              confirmed.design.cost_per_hour(self.costs.catalog))
-        bests.sort(key=lambda c: c.design.cost_per_hour(self.costs.catalog))
-        if bests and len(self.full) != len(self.trace):
+            best = search_family(self, fam, within, self.trace)
+            if best is not None:
+                found.append(_Found(fam, best, self._cost(best)))
+        whole = len(self.full) != len(self.trace)
+        for f in sorted(found, key=lambda f: f.head_cost):  # those that could still win (all: nothing to rerun)
+            if whole and f.head_cost > self._best_confirmed(found):
+                break
+            self._resolve(f)
+        unconfirmed = [f.head for f in found if not f.resolved]
+        if unconfirmed:
+            skipped.append(f"rerunning {len(unconfirmed)} family bests on the whole trace (on the head they "
+                           "already cost more than the best design confirmed there)")
+        bests = sorted((f.confirmed for f in found if f.confirmed is not None), key=self._cost)
+        if bests and whole:
             bests[0] = self._shrink_on_full(bests[0])
-            bests.sort(key=lambda c: c.design.cost_per_hour(self.costs.catalog))
+            bests.sort(key=self._cost)
         spread = None
         if bests and self.options.prior is not None:
             spread = band(bests[0].design, self.full, self.base_costs, self.slo, self.options.prior, steps=4)
         return Plan(bests[0] if bests else None, tuple(bests), tuple(self.evaluated), tuple(skipped), spread,
-                    time.monotonic() - start)
+                    time.process_time() - start, tuple(sorted(unconfirmed, key=self._cost)))
+
+    def _cost(self, cand: Candidate) -> float:
+        return cand.design.cost_per_hour(self.costs.catalog)
+
+    def _best_confirmed(self, found: list[_Found]) -> float:
+        return min((self._cost(f.confirmed) for f in found if f.confirmed is not None), default=math.inf)
+
+    def _resolve(self, f: _Found) -> None:
+        if not f.resolved:
+            f.confirmed, f.resolved = self._confirm(f.family, f.head), True
+
+    def _below_confirmed(self, found: list[_Found], kind: str | None, cost: float) -> bool:
+        """Whether ``cost`` is below every confirmed best in ``found`` of ``kind`` (None: of any kind),
+        confirming those whose head cost does not settle it."""
+        for f in sorted(found, key=lambda f: f.head_cost):
+            if kind is not None and f.family.kind != kind:
+                continue
+            if f.head_cost > cost:
+                break  # confirmed costs are at least head costs: this one and the rest are above ``cost``
+            self._resolve(f)
+            if f.confirmed is not None and self._cost(f.confirmed) <= cost:
+                return False
+        return True
 
     def _confirm(self, fam: Family, cand: Candidate) -> Candidate | None:
         """Rerun on the whole trace; if it fails there, keep growing on the whole trace."""

@@ -9,8 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from simulator.metrics import SimResult  # noqa: E402
 
@@ -52,7 +52,8 @@ def plot_latency_cdfs(results: list[SimResult], path: str | Path, title: str = "
     handles, labels = ax_ttft.get_legend_handles_labels()
     fig.suptitle(title or "simulated latency CDFs")
     if handles:
-        fig.legend(handles[::-1], labels[::-1], fontsize=7, loc="lower center", ncol=min(3, len(handles)), frameon=False)
+        fig.legend(handles[::-1], labels[::-1], fontsize=7, loc="lower center", ncol=min(3, len(handles)),
+                   frameon=False)
     fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(handles) - 1) // 3), 1, 1))
     return _save(fig, path, layout=False)
 

@@ -7,6 +7,7 @@ or the reverse, whatever the SLO needs)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from simulator.traces.trace import Trace
@@ -37,17 +38,19 @@ def grow_options(planner: Planner, fam: Family, sizes: tuple[int, ...], cand: Ca
     return [s for s in grown if max(s) <= planner.options.max_replicas]
 
 
-def search_family(planner: Planner, fam: Family, budget: float, trace: Trace,
+def search_family(planner: Planner, fam: Family, budget: float | Callable[[float], bool], trace: Trace,
                   start: tuple[int, ...] | None = None) -> Candidate | None:
-    """The cheapest design of the family that meets the SLO on ``trace`` and costs < budget, or None."""
+    """The cheapest design of the family that meets the SLO on ``trace`` and costs < budget, or None
+    (``budget`` may be a test of a cost instead: whether it is within the budget)."""
+    within = budget if callable(budget) else (lambda cost: cost < budget)
     floor = planner.lower_bounds(fam)
     sizes = start or floor
-    if planner.cost(fam, sizes) >= budget or max(sizes) > planner.options.max_replicas:
+    if not within(planner.cost(fam, sizes)) or max(sizes) > planner.options.max_replicas:
         return None
     cand = planner.evaluate(fam, sizes, trace)
     history = [cand.badness]
     while not cand.passed:
-        options = [s for s in grow_options(planner, fam, sizes, cand) if planner.cost(fam, s) < budget]
+        options = [s for s in grow_options(planner, fam, sizes, cand) if within(planner.cost(fam, s))]
         if not options or _stalled(history):
             return None
         tried = [(planner.evaluate(fam, s, trace), s) for s in options]

@@ -18,12 +18,18 @@ from simulator.metrics import summarize
 from simulator.models import ModelSpec, load_model, presets
 from simulator.plots import plot_latency_cdfs
 from simulator.progress import progress_bar
-from simulator.report import band_dict, band_table, print_tables, result_dict, results_table, validation_table, \
-    write_json
+from simulator.report import (
+    band_dict,
+    band_table,
+    print_tables,
+    result_dict,
+    results_table,
+    validation_table,
+    write_json,
+)
 from simulator.simulation import Simulation
 from simulator.slo import parse_slo
 from simulator.uncertainty import band, prior_for
-
 
 DEFAULT_MODEL = "llama-3-8b"
 

@@ -65,7 +65,7 @@ def calibrated_prior(costs: CostModels) -> SlowdownPrior:
     for (hw, tp), profile in costs.profiles.items():
         roof = RooflineCost(costs.model, costs.catalog[hw], tp)
         points = [m for m in profile.measurements if m.op in ("decode_step", "prefill")]
-        for i, m in enumerate(points):
+        for m in points:
             rest = tuple(p for j, p in enumerate(profile.measurements) if p is not m)
             if not any(p.op == m.op for p in rest):
                 continue

@@ -28,8 +28,8 @@ def test_simulate_imports_neither_torch_nor_ray():
 
 
 def test_plan_help_imports_neither_torch_nor_ray():
-    done = subprocess.run([sys.executable, "-c", CHECK.replace("rc = main(sys.argv[1:])",
-                                                               "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code"),
+    caught = "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code"
+    done = subprocess.run([sys.executable, "-c", CHECK.replace("rc = main(sys.argv[1:])", caught),
                            "plan", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--slo" in done.stdout

@@ -730,8 +730,122 @@ static PyTypeObject CoreType = {
     .tp_as_sequence = &Core_as_sequence,
 };
 
+/* ---- prompt hashing ------------------------------------------------------------------ */
+
+/* BLAKE2b (RFC 7693), unkeyed, 16-byte digests: hashlib.blake2b(data, digest_size=16). */
+static const uint64_t B2_IV[8] = {
+    0x6a09e667f3bcc908ull, 0xbb67ae8584caa73bull, 0x3c6ef372fe94f82bull, 0xa54ff53a5f1d36f1ull,
+    0x510e527fade682d1ull, 0x9b05688c2b3e6c1full, 0x1f83d9abfb41bd6bull, 0x5be0cd19137e2179ull,
+};
+static const uint8_t B2_SIGMA[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4}, {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13}, {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11}, {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5}, {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+};
+
+static inline uint64_t rotr64(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
+static inline uint64_t load64(const uint8_t *p) { /* little-endian */
+    uint64_t x;
+    memcpy(&x, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    x = __builtin_bswap64(x);
+#endif
+    return x;
+}
+
+#define B2_G(a, b, c, d, x, y) do { \
+    v[a] = v[a] + v[b] + (x); v[d] = rotr64(v[d] ^ v[a], 32); v[c] = v[c] + v[d]; v[b] = rotr64(v[b] ^ v[c], 24); \
+    v[a] = v[a] + v[b] + (y); v[d] = rotr64(v[d] ^ v[a], 16); v[c] = v[c] + v[d]; v[b] = rotr64(v[b] ^ v[c], 63); \
+} while (0)
+
+static void b2_compress(uint64_t h[8], const uint8_t block[128], uint64_t bytes, int last) {
+    uint64_t v[16], m[16];
+    for (int i = 0; i < 8; i++) { v[i] = h[i]; v[i + 8] = B2_IV[i]; }
+    v[12] ^= bytes; /* the counter's high word stays 0: a message is far below 2^64 bytes */
+    if (last) v[14] = ~v[14];
+    for (int i = 0; i < 16; i++) m[i] = load64(block + 8 * i);
+#pragma GCC unroll 12
+    for (int r = 0; r < 12; r++) { /* unrolled: the message schedule's indexes become constants */
+        const uint8_t *s = B2_SIGMA[r];
+        B2_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+        B2_G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+        B2_G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+        B2_G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+        B2_G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+        B2_G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+        B2_G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+        B2_G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+    }
+    for (int i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
+}
+
+static void blake2b16(const uint8_t *in, size_t len, uint8_t out[16]) {
+    uint64_t h[8];
+    uint8_t last[128];
+    memcpy(h, B2_IV, sizeof h);
+    h[0] ^= 0x01010000ull ^ 16; /* fanout 1, depth 1, no key, 16-byte digest */
+    size_t done = 0;
+    while (len - done > 128) { b2_compress(h, in + done, done + 128, 0); done += 128; }
+    memset(last, 0, sizeof last);
+    memcpy(last, in + done, len - done);
+    b2_compress(h, last, len, 1);
+    for (int i = 0; i < 16; i++) out[i] = (uint8_t)(h[i / 8] >> (8 * (i % 8))); /* little-endian words */
+}
+
+/* block_ids(tokens, block_size, salt=b"", parent=16 zero bytes) -> bytes
+ * engine/block_hash.hash_blocks's chain in C, each full block's 16-byte blake2b digest of
+ * parent + its tokens as int64 + (b"\x01salt" + salt if salt), kept as the block id (its first
+ * 8 bytes, kvstore.kv_events.block_ids): the ids as uint64 bytes, one per full block. */
+static PyObject *block_ids_of(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *o_tokens;
+    Py_ssize_t block;
+    const char *salt = "", *parent = NULL;
+    Py_ssize_t salt_len = 0, parent_len = 16;
+    static const char root[16] = {0};
+    if (!PyArg_ParseTuple(args, "On|y#y#", &o_tokens, &block, &salt, &salt_len, &parent, &parent_len)) return NULL;
+    if (block <= 0 || parent_len != 16) {
+        PyErr_SetString(PyExc_ValueError, "block_size must be positive and parent 16 bytes");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(o_tokens, "tokens must be a sequence of ints");
+    if (!seq) return NULL;
+    Py_ssize_t blocks = PySequence_Fast_GET_SIZE(seq) / block;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    size_t tail = salt_len ? 5 + (size_t)salt_len : 0, len = 16 + 8 * (size_t)block + tail;
+    uint8_t *buf = malloc(len), digest[16];
+    PyObject *out = buf ? PyBytes_FromStringAndSize(NULL, 8 * blocks) : NULL;
+    if (!out) { free(buf); Py_DECREF(seq); return buf ? NULL : PyErr_NoMemory(); }
+    char *ids = PyBytes_AS_STRING(out);
+    memcpy(buf, parent ? parent : root, 16);
+    if (tail) { memcpy(buf + len - tail, "\x01salt", 5); memcpy(buf + len - tail + 5, salt, (size_t)salt_len); }
+    for (Py_ssize_t b = 0; b < blocks; b++) {
+        for (Py_ssize_t i = 0; i < block; i++) {
+            long long token = PyLong_AsLongLong(items[b * block + i]);
+            if (token == -1 && PyErr_Occurred()) { free(buf); Py_DECREF(seq); Py_DECREF(out); return NULL; }
+            memcpy(buf + 16 + 8 * i, &token, 8);
+        }
+        blake2b16(buf, len, digest);
+        memcpy(ids + 8 * b, digest, 8);
+        memcpy(buf, digest, 16);
+    }
+    free(buf);
+    Py_DECREF(seq);
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"block_ids", block_ids_of, METH_VARARGS,
+     "block_ids(tokens, block_size, salt=b'', parent=bytes(16)) -> uint64 ids (bytes) of the full blocks' chained "
+     "hashes (engine/block_hash.hash_blocks)"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, .m_name = "_prefix_core", .m_doc = "The prefix index's core in C.", .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__prefix_core(void) {

@@ -33,11 +33,11 @@ from cluster.pool_handles import (
     usable,
 )
 from cluster.prefill_board import PrefillBoard
+from cluster.prefix_core import prompt_block_ids
 from cluster.segment_index import RequestSegments, SegmentIndex
-from engine.block_hash import hash_blocks
 from engine.segments.spec import SegmentReuse
 from kvstore.keys import HOST_WORKER
-from kvstore.kv_events import KVEventSubscriber, block_ids
+from kvstore.kv_events import KVEventSubscriber
 from router.backend import BackendHealth, HealthState
 from router.errors import ServiceUnavailableError
 
@@ -81,7 +81,7 @@ class ClusterView:
               ) -> RequestShape:
         if self.policy == "round-robin":
             return RequestShape(len(prompt), self.block_size, {}, 1.0)
-        ids = block_ids(hash_blocks(prompt, self.block_size, (cache_salt or "").encode()))
+        ids = prompt_block_ids(prompt, self.block_size, (cache_salt or "").encode())
         now = time.monotonic()
         self.prefixes.expire(now)
         matched = self.prefixes.matched_blocks(ids)

@@ -3,10 +3,11 @@ rule of ``pool_handles.pick_prefill`` over arrays instead of Replica objects.
 
 With the C core the whole decision is one call (``Core.route``); without it, the match
 and then ``prefill_work`` + ``pick_index`` in numpy. ``pick`` is the same rule for a match
-made before (the dispatcher's RequestShape: cluster/prefill_board.py, ``Core.pick``). Both follow ``pool_handles.pick``
-(cache affinity while the pool is balanced, the least loaded replica when it is not, ties
-to the earlier replica) and ``RequestShape.prefill_cost``, so the same loads and matches
-give the same replica as the dispatcher's own rule (tests/cluster/test_fleet_router.py).
+made before (the dispatcher's RequestShape: cluster/prefill_board.py, ``Core.pick``). Both
+follow ``pool_handles.pick`` (cache affinity while the pool is balanced, the least loaded
+replica when it is not, ties to the earlier replica) and ``RequestShape.prefill_cost``, so
+the same loads and matches give the same replica as the dispatcher's own rule
+(tests/cluster/test_fleet_router.py, test_prefill_board.py).
 Two routers that applied the same events and see the same loads therefore choose alike: no
 part of a decision depends on arrival order, dict order or a random draw.
 

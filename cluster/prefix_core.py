@@ -20,16 +20,22 @@ move by one worker (``holder_states.move_code``).
   export() -> (ids, states)       every block and its state (bytes: uint64, uint32)
   state(s) -> (held, predicted)   a state's worker bitsets
   len(), nbytes, num_states, num_pending
+
+The C module also hashes prompts (``prompt_block_ids``): engine/block_hash.hash_blocks's
+blake2b chain, the same digests, ~3x faster (a router hashes every prompt it routes).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from cluster.block_table import BlockTable, distinct_rounds, table_ids
 from cluster.holder_states import PREDICT, UNPREDICT, HolderStates, move_code
+from engine.block_hash import hash_blocks
+from kvstore.kv_events import ID_DTYPE, block_ids
 
 log = logging.getLogger(__name__)
 _MIX = 0x9E3779B97F4A7C15
@@ -159,3 +165,24 @@ def best_core() -> type:
             best_core.warned = True
         return NumpyCore
     return core
+
+
+def native_hash() -> Callable[..., bytes] | None:
+    """The C prompt hash (``_prefix_core.block_ids``), or None where it was not built (or was
+    built before it had one)."""
+    try:
+        from cluster._prefix_core import block_ids as hashed_ids
+    except ImportError:
+        return None
+    return hashed_ids
+
+
+_HASH = native_hash()
+
+
+def prompt_block_ids(tokens: Sequence[int], block_size: int, salt: bytes = b"") -> np.ndarray:
+    """``block_ids(hash_blocks(tokens, block_size, salt))``: the block ids of a prompt's full
+    blocks, hashed in C where the core is built (the same digests: tests/cluster/test_prompt_hash.py)."""
+    if _HASH is not None:
+        return np.frombuffer(_HASH(tokens, block_size, salt), ID_DTYPE)
+    return block_ids(hash_blocks(tokens, block_size, salt))

@@ -23,6 +23,12 @@ starts with 0-128 blocks of one of 64 shared prefixes. Each part runs in a fresh
 
 - redis: the ingest end to end, XREAD from a real redis-server (on the same cores).
 
+``--dispatcher`` measures instead what ``tierserve serve`` runs per request: ClusterView's
+prefill choice end to end (``shape``: hash the prompt's tokens, match, then ``pick_prefill``)
+at 16-1024 replicas, the pick over the pool's board (FleetRouter.pick: C, and numpy) against
+the Python rule over Replica objects (the choice before the board), CPU time, the best of
+``--repeat`` passes per request; written to ``dispatcher_choice.json``.
+
 Each part runs ``--repeat`` times (the machine is shared: rates are the best run's, p99s the
 median run's, ``best_of_3_p99_us`` the p99 of each request's least time in three passes).
 Results in --out: ``router_scale.json`` (the whole record), ``router_cost.json`` (the few
@@ -42,7 +48,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgpack
@@ -52,11 +58,11 @@ import redis
 from cluster.compact_index import CompactPrefixIndex
 from cluster.fleet_router import FleetRouter
 from cluster.pool_handles import Replica, RequestShape, pick_prefill
-from cluster.prefix_core import NumpyCore, native_core
+from cluster.prefix_core import NumpyCore, native_core, prompt_block_ids
 from cluster.prefix_index import PrefixIndex
 from engine.block_hash import ROOT_HASH, hash_blocks
 from kvstore.keys import RedisKeys, Tier
-from kvstore.kv_events import EventBatch, EventKind, KVEvent, KVEventSubscriber
+from kvstore.kv_events import EventBatch, EventKind, KVEvent, KVEventSubscriber, block_ids
 from simulator.router_cost import UTILIZATION
 
 CHAIN, GROUPS, PREFIX = 256, 64, 128
@@ -261,7 +267,8 @@ def part_route(args, impl: Impl) -> dict:
         out[f"route_{n}"]["best_of_3_p99_us"] = best_of_3_p99(decide, asks)
     out["match_only"] = quantiles_us(timed(impl.index.matched_blocks, asks))
     tokens = [list(range(i, i + CHAIN * BLOCK_TOKENS)) for i in range(50)]
-    out["hash_prompt"] = quantiles_us(timed(lambda t: hash_blocks(t, BLOCK_TOKENS), tokens))
+    hash_ids = prompt_block_ids if impl.name == "compact-c" else lambda t, size: block_ids(hash_blocks(t, size))
+    out["hash_prompt"] = quantiles_us(timed(lambda t: hash_ids(t, BLOCK_TOKENS), tokens))
     out["predict"] = quantiles_us(timed(lambda h: impl.index.predict("w1", h, 1e9), asks[:500]))
     return out
 
@@ -297,18 +304,64 @@ def part_redis(args, impl: Impl) -> dict:
     return {"blocks": len(impl.index), "cpu_blocks_per_s": sent / cpu, "wall_blocks_per_s": sent / wall}
 
 
+def part_dispatch(args, impl: Impl) -> dict:
+    """ClusterView.shape + pick_prefill per request, with ``impl``'s core under the view's index
+    (``compact-c`` or ``compact-numpy``); ``python_rule``: the same shape's pick by
+    pool_handles.pick_prefill over the usable Replica objects (what the dispatcher ran before)."""
+    from cluster.cluster_view import ClusterView
+    from cluster.pool_handles import Pools
+
+    rng = np.random.default_rng(args.seed)
+    prefixes = [rng.integers(0, 50_000, PREFIX * BLOCK_TOKENS).tolist() for _ in range(GROUPS)]
+
+    def prompt() -> list[int]:
+        n = int(rng.integers(0, PREFIX + 1)) * BLOCK_TOKENS
+        return prefixes[int(rng.integers(GROUPS))][:n] + rng.integers(0, 50_000, CHAIN * BLOCK_TOKENS - n).tolist()
+
+    cached = [prompt() for _ in range(max(1, args.blocks // (CHAIN - PREFIX // 2)))]
+    asks = [cached[int(rng.integers(len(cached)))] if rng.random() < 0.4 else prompt() for _ in range(args.requests)]
+    out: dict = {"blocks": 0, "requests": len(asks)}
+    for n in args.replicas:
+        replicas, _, _ = replicas_with_loads(n, rng)
+        pools = Pools(prefill=replicas)
+        view = ClusterView(pools, BLOCK_TOKENS, None)
+        view.prefixes = impl.index = CompactPrefixIndex(core=impl.index.core.__class__)
+        impl.ingest([impl.encode(stored(f"w{i % n}", hash_blocks(p, BLOCK_TOKENS))) for i, p in enumerate(cached)])
+        out["blocks"] = len(impl.index)
+        others = list(replicas)  # not the pool's own list: ClusterView picks by the Python rule
+        shapes = [view.shape(p, None) for p in asks]
+        assert all(view.pick_prefill(replicas, s) is view.pick_prefill(others, s) for s in shapes)
+        parts = {"shape": lambda p: view.shape(p, None),
+                 "pick_board": lambda s: view.pick_prefill(replicas, s),
+                 "pick_python_rule": lambda s: view.pick_prefill(others, s),
+                 "choice_board": lambda p: view.pick_prefill(replicas, view.shape(p, None)),
+                 "choice_python_rule": lambda p: view.pick_prefill(others, view.shape(p, None))}
+        out[f"replicas_{n}"] = {name: best_of_runs(fn, shapes if name.startswith("pick") else asks, args.repeat)
+                                for name, fn in parts.items()}
+    return out
+
+
+def best_of_runs(fn, items, repeat: int) -> dict:
+    """CPU time per item, the least of ``repeat`` passes (after a warm-up pass): p50, p99, mean."""
+    fn(items[0])
+    runs = np.min([timed(fn, items)[0] for _ in range(max(1, repeat))], axis=0)
+    return {"p50_us": 1e6 * float(np.percentile(runs, 50)), "p99_us": 1e6 * float(np.percentile(runs, 99)),
+            "mean_us": 1e6 * float(np.mean(runs))}
+
+
 PARTS = {"ingest": part_ingest, "route": part_route, "redis": part_redis}
+ALL_PARTS = {**PARTS, "dispatch": part_dispatch}
 
 
 def child(args) -> None:
     impl = Impl(args.impl)
-    print(json.dumps({**PARTS[args.part](args, impl), "load_avg_1m": os.getloadavg()[0]}))
+    print(json.dumps({**ALL_PARTS[args.part](args, impl), "load_avg_1m": os.getloadavg()[0]}))
 
 
 def run_child(args, part: str, impl: str) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.router_scale", "--child", part, "--impl", impl,
            "--blocks", str(args.blocks), "--batch", str(args.batch), "--requests", str(args.requests),
-           "--seed", str(args.seed), "--replicas", *map(str, args.replicas)]
+           "--seed", str(args.seed), "--repeat", str(args.repeat), "--replicas", *map(str, args.replicas)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"{part}/{impl} failed:\n{done.stderr[-3000:]}")
@@ -334,7 +387,7 @@ def machine() -> dict:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
             "load_avg_1_5_15": list(os.getloadavg()), "python": platform.python_version(), "numpy": np.__version__}
 
 
@@ -398,8 +451,8 @@ def plot(out: Path, model: dict, record: dict) -> None:
         ax.legend(fontsize=8, loc="center left" if ax is axes[0] else "upper left")
     load, end = record["load_avg_1_5_15"][0], record.get("load_avg_at_end", [float("nan")])[0]
     fig.suptitle(f"router cost against fleet size (simulator/router_cost.py on numbers measured {record['date'][:16]} "
-                 f"UTC, {record['cores']} cores shared, load {load:.1f} -> {end:.1f}; 4K-token prompts, 16-token blocks, "
-                 f"{UTILIZATION:.0%} of a core per router)", fontsize=9)
+                 f"UTC, {record['cores']} cores shared, load {load:.1f} -> {end:.1f}; 4K-token prompts, "
+                 f"16-token blocks, {UTILIZATION:.0%} of a core per router)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "router_scale.png", dpi=130)
     plt.close(fig)
@@ -415,6 +468,17 @@ def replot(out: Path) -> None:
     plot(out, record["fleet_model"], record)
 
 
+def dispatcher(args, out: Path) -> None:
+    """The ``--dispatcher`` run: both compact cores, one child each, into dispatcher_choice.json."""
+    record = {"benchmark": "router_scale --dispatcher", **machine(), "repeat": args.repeat,
+              "note": "CPU us per request, least of `repeat` passes; 4K-token prompts, 16-token blocks",
+              "results": {impl: run_child(args, "dispatch", impl) for impl in ("compact-c", "compact-numpy")
+                          if impl in args.impls}}
+    record["load_avg_at_end"] = list(os.getloadavg())
+    (out / "dispatcher_choice.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--blocks", type=int, default=1_000_000)
@@ -427,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--quick", action="store_true", help="100k blocks, one run (a smoke test)")
     p.add_argument("--replot", metavar="DIR", help="redo the fleet model and plot of a run in DIR")
-    p.add_argument("--child", choices=PARTS, help=argparse.SUPPRESS)
+    p.add_argument("--dispatcher", action="store_true", help="time ClusterView's prefill choice instead (see above)")
+    p.add_argument("--child", choices=ALL_PARTS, help=argparse.SUPPRESS)
     p.add_argument("--impl", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -440,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
         args.blocks, args.repeat, args.requests = min(args.blocks, 100_000), 1, min(args.requests, 500)
     out = Path(args.out or os.environ.get("OUT") or "out/router-scale")
     out.mkdir(parents=True, exist_ok=True)
+    if args.dispatcher:
+        dispatcher(args, out)
+        return 0
     results: dict = {}
     started = machine()
     for impl in args.impls:
@@ -459,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
                  "rss_bytes_per_block": c["ingest"]["rss_bytes_per_block"],
                  "route_p99_us": c["route"].get("route_256", {}).get("p99_us"),
                  "route_best_of_3_p99_us": c["route"].get("route_256", {}).get("best_of_3_p99_us")}
-    record = {"benchmark": "router_scale", **started, "load_avg_at_end": list(os.getloadavg()), "blocks": args.blocks, "batch": args.batch,
+    record = {"benchmark": "router_scale", **started, "load_avg_at_end": list(os.getloadavg()), "blocks": args.blocks,
+              "batch": args.batch,
               "repeat": args.repeat, "results": results, "fleet_model": model, "goals": GOALS, "measured": goals}
     (out / "router_scale.json").write_text(json.dumps(record, indent=1) + "\n")
     (out / "router_cost.json").write_text(json.dumps(cost, indent=1) + "\n")

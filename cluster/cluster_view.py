@@ -23,6 +23,7 @@ from cluster.compact_index import CompactPrefixIndex, IndexSize
 from cluster.config import MAX_PREDICTED, POLICIES
 from cluster.index_follower import IndexFollower
 from cluster.pool_handles import (
+    DECODE_LOAD_WEIGHT,
     Pools,
     Replica,
     RequestShape,
@@ -74,7 +75,7 @@ class ClusterView:
         self._pinger = _ping_client(events.client) if events is not None else None
         self._redis_ping: asyncio.Future | None = None
         self._tasks: list[asyncio.Task] = []
-        self._board: PrefillBoard | None = None
+        self._boards: dict[str, PrefillBoard] = {}  # the prefill and the colocated pool's
         pools.on_restart = self._restarted
 
     def shape(self, prompt: list[int], cache_salt: str | None, segments: SegmentReuse | None = None
@@ -105,25 +106,34 @@ class ClusterView:
         choice runs over its board's arrays (cluster/prefill_board.py); another list of replicas
         gets the same rule in Python (pick_prefill)."""
         if self.policy != "round-robin" and replicas and replicas is self.pools.prefill:
-            chosen = self._prefill_board(replicas).pick(shape, exclude)
-            if chosen is None:
-                raise _none_up(replicas)
-            return chosen
+            return self._on_board(self._board(replicas, None), shape, exclude)
         options = self._options(replicas, exclude)
         return self._next(options) if self.policy == "round-robin" else pick_prefill(options, shape)
 
-    def _prefill_board(self, replicas: list[Replica]) -> PrefillBoard:
-        """The pool's board, attached anew if the pool changed or another view took its replicas."""
-        board = self._board
-        if board is None or board.replicas is not replicas or len(board.slots) != len(replicas) \
-                or any(r.board is not board for r in (replicas[0], replicas[-1])):
-            board = self._board = PrefillBoard(replicas, self.prefixes, self.block_size)
-        return board
-
     def pick_colocated(self, replicas: list[Replica], shape: RequestShape, exclude: set[str] = frozenset()
                        ) -> Replica:
+        """As pick_prefill, the load counting the KV each replica holds (pick_colocated's rule)."""
+        if (self.policy != "round-robin" and replicas and replicas is self.pools.colocated
+                and shape.block_size == self.block_size):
+            return self._on_board(self._board(replicas, DECODE_LOAD_WEIGHT), shape, exclude)
         options = self._options(replicas, exclude)
         return self._next(options) if self.policy == "round-robin" else pick_colocated(options, shape)
+
+    @staticmethod
+    def _on_board(board: PrefillBoard, shape: RequestShape, exclude: set[str]) -> Replica:
+        chosen = board.pick(shape, exclude)
+        if chosen is None:
+            raise _none_up(board.replicas)
+        return chosen
+
+    def _board(self, replicas: list[Replica], decode_weight: float | None) -> PrefillBoard:
+        """The pool's board, attached anew if the pool changed or another view took its replicas."""
+        pool = "prefill" if decode_weight is None else "colocated"
+        board = self._boards.get(pool)
+        if board is None or board.replicas is not replicas or len(board.slots) != len(replicas) \
+                or any(r.board is not board for r in (replicas[0], replicas[-1])):
+            board = self._boards[pool] = PrefillBoard(replicas, self.prefixes, self.block_size, decode_weight)
+        return board
 
     def pick_decode(self, replicas: list[Replica], shape: RequestShape, exclude: set[str]) -> Replica | None:
         """None when no replica is left to try (all down, or in ``exclude``)."""

@@ -52,7 +52,7 @@ PING_DOWN_S = 10.0
 
 R = TypeVar("R")
 log = logging.getLogger(__name__)
-MIRRORED = frozenset({"inflight", "pending_tokens", "state"})  # what a replica writes to its board
+MIRRORED = frozenset({"inflight", "pending_tokens", "state", "load", "claims"})  # what a replica writes to its board
 
 
 class Board(Protocol):
@@ -102,7 +102,7 @@ class Replica:
         return restarted
 
     def claim(self, tokens: int) -> None:
-        self.claims.append((time.monotonic(), tokens))
+        self.claims = [*self.claims, (time.monotonic(), tokens)]  # assigned, so that its board sees it
 
     @property
     def claimed_tokens(self) -> int:

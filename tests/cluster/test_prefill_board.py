@@ -1,5 +1,6 @@
 """The dispatcher's prefill choice (ClusterView.pick_prefill over the pool's board: FleetRouter.pick,
-C or numpy) is pool_handles.pick_prefill over pool_handles.usable, for the same shapes and loads."""
+C or numpy) is pool_handles.pick_prefill over pool_handles.usable, for the same shapes and loads;
+a colocated pool's (pick_colocated: held KV in the load) likewise."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 import cluster.compact_index
 from cluster.cluster_view import ClusterView, NoReplicaError
-from cluster.pool_handles import Pools, Replica, pick_prefill, usable
+from cluster.pool_handles import Pools, Replica, pick_colocated, pick_prefill, usable
 from cluster.prefix_core import NumpyCore, native_core
 from engine.block_hash import ROOT_HASH, hash_blocks
 from kvstore.keys import HOST_WORKER
@@ -35,7 +36,7 @@ def core(request, monkeypatch):
 def test_replicas_write_their_loads_and_states_on_the_board(core):
     replicas = [Replica(f"p{i}", "prefill", None, pending_tokens=10 * i) for i in range(3)]
     view = ClusterView(Pools(prefill=replicas), BLOCK, None)
-    board = view._prefill_board(replicas)
+    board = view._board(replicas, None)
     assert type(view.prefixes.core) is core
     assert board.router.loads.tolist() == [0, 10, 20]
     replicas[1].inflight += 2
@@ -46,18 +47,20 @@ def test_replicas_write_their_loads_and_states_on_the_board(core):
     assert board.states.tolist() == [1, 0, 2]
     replicas[2].answered(WorkerLoad("p2", "prefill", 0, 0, 10, 10, 0, 0, 0, 0, 0), 0.0)
     assert board.states.tolist() == [1, 0, 0]
-    assert view._prefill_board(replicas) is board
+    assert view._board(replicas, None) is board
     other = ClusterView(Pools(prefill=replicas), BLOCK, None)  # takes the replicas: the first view re-attaches
-    assert other._prefill_board(replicas) is not board and view._prefill_board(replicas) is not board
+    assert other._board(replicas, None) is not board and view._board(replicas, None) is not board
 
 
+@pytest.mark.parametrize("pool", ["prefill", "colocated"])
 @pytest.mark.parametrize("seed", range(4))
-def test_same_choice_as_the_python_rule(core, seed):
+def test_same_choice_as_the_python_rule(core, pool, seed):
     rng = random.Random(seed)
     names = [f"p{i}" for i in range(rng.choice([2, 17, 70]))]
-    replicas = [Replica(n, "prefill", None) for n in names]
-    pools = Pools(prefill=replicas)
+    replicas = [Replica(n, pool, None) for n in names]
+    pools = Pools(**{pool: replicas})
     view = ClusterView(pools, BLOCK, None, host_pull_weight=rng.choice([0.3, 1.0]))
+    rule, choose = (pick_prefill, view.pick_prefill) if pool == "prefill" else (pick_colocated, view.pick_colocated)
     prompts = [[rng.randrange(50) for _ in range(BLOCK * rng.randint(1, 12))] for _ in range(30)]
     for prompt in prompts:  # prefixes cached here and there, some on the host tier, some on a decode worker
         hashes = hash_blocks(prompt, BLOCK)
@@ -70,6 +73,12 @@ def test_same_choice_as_the_python_rule(core, seed):
         for r in replicas:  # balanced or not, with ties; now and then degraded or down
             r.pending_tokens = rng.choice([0, 100, 5000] if balanced else [0, 100, 5000, 40000])
             r.inflight = rng.choice([0, 1, 2] if balanced else [0, 1, 2, 20])
+            if pool == "colocated":  # the KV it holds: its last report and its claims since
+                total = 4096
+                r.answered(WorkerLoad(r.worker_id, pool, 0, 0, total - rng.choice([0, 10, 500, 3000]), total,
+                                      0, 0, 0, 0, 0), 0.0)
+                for _ in range(rng.randint(0, 2)):
+                    r.claim(rng.choice([1, 17, 900]))
             r.state = rng.choice(states) if rng.random() < 0.5 else HealthState.READY
         if rng.random() < 0.1:  # none ready, or none up
             down = rng.random() < 0.5
@@ -81,14 +90,13 @@ def test_same_choice_as_the_python_rule(core, seed):
         if rng.random() < 0.4:  # segment credits up to a replica's uncached tokens
             credits = {n: rng.randint(0, shape.uncached(n)) for n in rng.sample(names, rng.randint(1, len(names)))}
             shape = dataclasses.replace(shape, segment_tokens=credits)
-            moved += pick_prefill(replicas, shape) is not pick_prefill(replicas, dataclasses.replace(
-                shape, segment_tokens={}))
+            moved += rule(replicas, shape) is not rule(replicas, dataclasses.replace(shape, segment_tokens={}))
         options = usable(replicas, exclude)
         if not options:
             none_up += 1
-            with pytest.raises(NoReplicaError, match="no prefill replica is up"):
-                view.pick_prefill(pools.prefill, shape, exclude)
+            with pytest.raises(NoReplicaError, match=f"no {pool} replica is up"):
+                choose(replicas, shape, exclude)
             continue
-        assert view.pick_prefill(pools.prefill, shape, exclude) is pick_prefill(options, shape)
-    assert view._board is not None and view._board.replicas is replicas, "the board made the choices"
+        assert choose(replicas, shape, exclude) is rule(options, shape)
+    assert view._boards[pool].replicas is replicas, "the board made the choices"
     assert none_up > 0 and (moved > 0 or len(names) == 2), (moved, none_up)

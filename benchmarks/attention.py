@@ -260,7 +260,8 @@ def tune_decode(block_size: int, base: DecodeConfig) -> tuple[DecodeConfig, list
              if 2 * n * DIM * DTYPE.itemsize * s <= SHARED_BUDGET]  # larger ones would be shrunk to a smaller n
     rows = sweep("decode tiles", tiles, TILE_SWEEP_CASES, make, lambda c: TritonAttention(decode=c))
     tile = best(rows)
-    splits = [replace(tile, programs_per_sm=p, fused_merge=f) for f, p in itertools.product((True, False), (1, 2, 4, 8))]
+    splits = [replace(tile, programs_per_sm=p, fused_merge=f)
+              for f, p in itertools.product((True, False), (1, 2, 4, 8))]
     split_rows = sweep("decode merge", splits, MERGE_SWEEP_CASES, make, lambda c: TritonAttention(decode=c))
     return best(split_rows), rows + split_rows
 

@@ -18,7 +18,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -48,7 +48,7 @@ def machine_info(device: torch.device) -> MachineInfo:
     except ImportError:
         triton_version = "absent"
     return MachineInfo(name, sms, torch.__version__, triton_version, platform.node(),
-                       datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                       datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 def median_seconds(fn: Callable[[], object], device: torch.device, warmup_ms: int = 25,
@@ -83,7 +83,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 2 << 30) -> float:
     """Bytes per second of a large device-to-device copy, counting bytes read plus bytes written."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    seconds = median_seconds(lambda: dst.copy_(src), device)
+    seconds = median_seconds(lambda: dst.copy_(src), device)  # noqa: F821 (ruff: the later del)
     del src, dst
     return 2 * nbytes / seconds
 

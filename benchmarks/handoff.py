@@ -24,7 +24,7 @@ import statistics
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -151,11 +151,11 @@ def _measure_tokens(config: BenchConfig, groups: PairGroups, group: PairGroup, d
     raw = torch.empty(nbytes, dtype=torch.uint8, device=device)
     op = group.backend.send if group.rank == 0 else group.backend.recv
     out = [Measurement("raw send/recv", tokens, nbytes,
-                       _timed(config, group, device, lambda i: op([raw], group.peer_rank, 3).wait()))]
+                       _timed(config, group, device, lambda i: op([raw], group.peer_rank, 3).wait()))]  # noqa: F821 (ruff: the later del)
     for lpc in config.layers_per_chunk:
         handoff = KVHandoff(groups, TransportConfig(transfer_timeout_s=120, layers_per_chunk=lpc))
         move = handoff.send if group.rank == 0 else handoff.recv
-        seconds = _timed(config, group, device, lambda i: move(kv, ids, group.peer, f"{tokens}-{lpc}-{i}"))
+        seconds = _timed(config, group, device, lambda i: move(kv, ids, group.peer, f"{tokens}-{lpc}-{i}"))  # noqa: F821
         exact = None if group.rank == 0 else torch.equal(kv[:, :, ids].view(torch.uint8),
                                                          src[:, :, src_ids].view(torch.uint8))
         out.append(Measurement(f"KVHandoff chunk={lpc}", tokens, nbytes, seconds, exact))
@@ -336,7 +336,7 @@ def bench_ray_rdt(config: BenchConfig) -> list[Measurement]:
 def machine_header(config: BenchConfig) -> dict[str, str]:
     gpu = torch.cuda.get_device_name(0) if config.device == "cuda" else "none"
     nccl = ".".join(map(str, torch.cuda.nccl.version())) if config.device == "cuda" else "n/a"
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "host": platform.node(),
             "cpu": platform.processor() or platform.machine(), "gpu": gpu, "torch": torch.__version__,
             "nccl": nccl, "device": config.device}
 

@@ -269,8 +269,9 @@ def part_link(args, session: Session, cfg: ModelConfig, model, device: torch.dev
         inp = decode_input(batch, 0, device)
         runner = OffloadedRunner(model, link, session.num_blocks, 1)
         step = timed(lambda: runner.execute(inp), device, args.reps)
+        embed_dtype = model.model.embed_tokens.weight.dtype
         dense = timed(lambda: forward_split(model, inp.input_ids, inp.positions, [0, batch],
-                                            NoAttention(cfg.q_size, model.model.embed_tokens.weight.dtype, device)), device, args.reps)
+                                            NoAttention(cfg.q_size, embed_dtype, device)), device, args.reps)
         raw = raw_round_trips(link, batch, cfg, device, args.reps)
         rows.append({"part": "link", "batch": batch, "per_layer_s": raw / cfg.num_layers,
                      "echo_step_s": step, "dense_s": dense,
@@ -323,8 +324,9 @@ def part_step(args, session: Session, cfg: ModelConfig, model, device: torch.dev
                 step = timed(lambda: runner.execute(inp), device, args.reps)
                 session.close_session()
                 rows_ = micro_batch_bounds([1] * batch, m)
+                embed_dtype = model.model.embed_tokens.weight.dtype
                 dense = timed(lambda: forward_split(model, inp.input_ids, inp.positions, rows_,
-                                                    NoAttention(cfg.q_size, model.model.embed_tokens.weight.dtype, device)), device, args.reps)
+                                                    NoAttention(cfg.q_size, embed_dtype, device)), device, args.reps)
                 attn = session.attention(batch, context, m, args.reps)
                 t_link = link_step.get(batch)
                 slowest = max(dense, attn, t_link or 0.0)
@@ -377,7 +379,7 @@ def throughput_rows(step_rows: list[dict]) -> list[dict]:
     (B/2 sequences each at the same context): derived from the measured steps."""
     out = []
     by = {(r["batch"], r["context"]): r for r in step_rows if r.get("fits") and r["m"] == 1}
-    for (batch, context), r in sorted(by.items()):
+    for (batch, context), _ in sorted(by.items()):
         best = min((x for x in step_rows if x.get("fits") and x["batch"] == batch and x["context"] == context),
                    key=lambda x: x["step_s"])
         half = by.get((batch // 2, context))

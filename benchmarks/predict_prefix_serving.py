@@ -235,7 +235,8 @@ def gpu_minutes(config: dict, startup_s: float = 120.0) -> float:
 def print_config(c: dict) -> None:
     w = c["workload"]
     print(f"groups {w['groups']:3d} blocks {c['blocks']:5d} rate {w['rate']:5.1f} seed {w['seed']} "
-          f"({c.get('replicas', 2)} replicas, {c['gpu_share']} GPU{', regime ok' if c['regime']['ok'] else ', OUT OF REGIME'})")
+          f"({c.get('replicas', 2)} replicas, {c['gpu_share']} GPU"
+          f"{', regime ok' if c['regime']['ok'] else ', OUT OF REGIME'})")
     for p, r in c["rows"].items():
         ratio = c.get("ratios", {}).get(p)
         extra = f"  x{ratio['throughput']:.2f} thr, x{ratio['ttft_p50']:.2f} lower TTFT p50" if ratio else ""

@@ -73,7 +73,8 @@ def print_profiles(profiles: dict[str, dict]) -> None:
         for kind, k in kinds.items():
             n = max(1, k["steps"])
             cpu = k.get("cpu_seconds", {})
-            phases = " ".join(f"{p} {1e3 * sec / n:.2f}/{1e3 * cpu.get(p, 0.0) / n:.2f}" for p, sec in k["seconds"].items())
+            phases = " ".join(f"{p} {1e3 * sec / n:.2f}/{1e3 * cpu.get(p, 0.0) / n:.2f}"
+                              for p, sec in k["seconds"].items())
             print(f"    {worker:12s} {kind:7s} {k['steps']:6d} steps  batch {k['mean_batch']:6.1f}  "
                   f"{k['tokens']:8d} tokens  {k['ms_per_step']:7.2f} ms/step (wall/cpu ms: {phases})")
 

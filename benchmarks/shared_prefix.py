@@ -118,7 +118,7 @@ def time_sdpa(b: PagedBatch, context: int) -> float | None:
         return None
     q = b.q.unsqueeze(2)
     k, v = (torch.randn(b.q.shape[0], KV_HEADS, context, DIM, dtype=DTYPE, device="cuda") for _ in "kv")
-    seconds = graph_seconds(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), q.device)
+    seconds = graph_seconds(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), q.device)  # noqa: F821 (ruff: the later del)
     del k, v
     torch.cuda.empty_cache()
     return seconds

@@ -216,7 +216,8 @@ def markdown(rows: list[dict]) -> str:
             m, c = row["measured"][key], row["calibrated"][key]
             lo, mid, hi = row["uncalibrated_band"][key]
             err = f"{100 * (c / m - 1):+.0f}%" + ("" if within(row, key) else " **x**")
-            band_text = f"{_fmt(key, lo)} / {_fmt(key, mid)} / {_fmt(key, hi)}" + ("" if inside(row, key) else " **out**")
+            band_text = (f"{_fmt(key, lo)} / {_fmt(key, mid)} / {_fmt(key, hi)}"
+                         + ("" if inside(row, key) else " **out**"))
             lines.append(f"| {row['run']}{' (held out)' if row['held_out'] else ''} | {key} | {_fmt(key, m)} | "
                          f"{_fmt(key, c)} ({err}) | {band_text} |")
     return head + "\n".join(lines) + "\n"

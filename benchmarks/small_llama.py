@@ -129,6 +129,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 def save_checkpoint(out: Path, model: SmallLlama, spec: TinyModelSpec, tokenizer) -> Path:
     """config.json, generation_config.json, tokenizer files and model.safetensors in spec.dtype."""
     from safetensors.torch import save_file
+
     from engine.config import parse_dtype
     out.mkdir(parents=True, exist_ok=True)
     bos, eos = tokenizer.token_to_id(SPECIAL_TOKENS[0]), tokenizer.token_to_id(SPECIAL_TOKENS[1])

@@ -72,6 +72,7 @@ def transformers_agreement(path: Path, prompts: Sequence[list[int]], device: str
     """Greedy tokens (EOS ignored) of our engine and of transformers, both float32 without TF32:
     how many prompts get identical tokens. Needs transformers."""
     import transformers
+
     from engine.sampling_params import SamplingParams
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     ours = make_engine(path, device, dtype="float32").generate(

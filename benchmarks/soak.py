@@ -81,7 +81,7 @@ async def _request(http: httpx.AsyncClient, model: str, req: TimedRequest, t0: f
         o = await asyncio.wait_for(stream_one(http, model, req.prompt_token_ids, req.max_tokens, first), deadline_s)
         record.update(outcome=outcome_of(o), status=o.status, retry_after=o.retry_after, tokens=o.tokens,
                       message=o.message[:200] if o.kind != "done" else "")
-    except asyncio.TimeoutError:
+    except TimeoutError:
         record.update(outcome="lost", message=f"no end within {deadline_s:g} s")
     except Exception as e:  # noqa: BLE001 — a broken connection is an outcome like any other
         record.update(outcome="error", message=f"{type(e).__name__}: {e}"[:200])

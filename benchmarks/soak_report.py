@@ -104,8 +104,9 @@ def summary(records: list[dict], rows: list[dict], duration_s: float) -> dict:
 
 
 def report_of(args, run: dict, samples: list[dict], bring_up_s: float) -> dict:
-    from benchmarks.common import machine_info
     import torch
+
+    from benchmarks.common import machine_info
     t0, duration = run["t0"], run["duration_s"]
     records = relative(run["records"], t0)
     samples = [{**s, "t": s["t"] - t0} for s in samples]
@@ -177,7 +178,7 @@ def plot(report: dict, path) -> None:
     ok.set(ylabel="ok req/s")
     ok.legend(loc="upper right", fontsize=8)
     soaking = [s for s in samples if s["t"] >= 0]
-    for name, m in report["memory"].items():  # change since the soak started, so that a slope shows
+    for name, _ in report["memory"].items():  # change since the soak started, so that a slope shows
         base = next(s["rss_mb"][name] for s in soaking if s["rss_mb"].get(name) is not None)
         mem.plot([s["t"] for s in soaking], [np.nan if s["rss_mb"].get(name) is None else s["rss_mb"][name] - base
                                              for s in soaking], label=f"{name} (from {base:.0f} MB)")

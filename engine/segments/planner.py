@@ -157,7 +157,8 @@ class SegmentPlanner:
             if request.exact_tokens is not None and request.exact_tokens < span.end:
                 continue
             kv = self.kv.read(request.block_ids, span.start, span.end)
-            self._counts["anchors_stored"] += self.store.add(span.key, Anchor(span.start, self._context(request, span), kv))
+            anchor = Anchor(span.start, self._context(request, span), kv)
+            self._counts["anchors_stored"] += self.store.add(span.key, anchor)
 
     def stats(self) -> SegmentStats:
         return SegmentStats(**self._counts, stored_segments=len(self.store), stored_bytes=self.store.nbytes)

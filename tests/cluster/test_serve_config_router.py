@@ -65,11 +65,14 @@ router:
   tls_key: {pems / 'key.pem'}
   tls_client_ca: {pems / 'ca.pem'}
   policy: round-robin
+  max_predicted: 1000
 """)
     router = load_cluster_config(config).router
-    assert {f.name for f in dataclasses.fields(RouterConfig)} | {"policy"} == \
+    # the section is the router's config plus the dispatcher's own knobs (its routing policy and the
+    # prefix index's cap on predictions)
+    assert {f.name for f in dataclasses.fields(RouterConfig)} | {"policy", "max_predicted"} == \
         {f.name for f in dataclasses.fields(RouterSection)}
-    assert router.policy == "round-robin"
+    assert router.policy == "round-robin" and router.max_predicted == 1000
     routing = router.router_config()
     assert type(routing) is RouterConfig
     assert routing == RouterConfig(

@@ -4,6 +4,7 @@
   graph_seconds(fn)          the same for a CUDA-graph replay of fn (no launch gaps)
   copy_bandwidth(device)     device-to-device copy rate, bytes read + written per second
   machine_info(device)       what ran where and when, for every result file
+  cpu_model()                the host CPU's model name (/proc/cpuinfo, else platform's)
   out_dir(arg, name)         --out, else $OUT, else out/<name>
   write_json(path, obj)      dataclasses and tuples made JSON
 """
@@ -104,3 +105,12 @@ def write_json(path: Path, obj: object) -> None:
             return {str(k): plain(v) for k, v in o.items()}
         return o
     path.write_text(json.dumps(plain(obj), indent=2) + "\n")
+
+
+def cpu_model() -> str:
+    """The host CPU's model name from /proc/cpuinfo, else what ``platform`` says."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()

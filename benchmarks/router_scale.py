@@ -55,6 +55,7 @@ import msgpack
 import numpy as np
 import redis
 
+from benchmarks.common import cpu_model
 from cluster.compact_index import CompactPrefixIndex
 from cluster.fleet_router import FleetRouter
 from cluster.pool_handles import Replica, RequestShape, pick_prefill
@@ -381,12 +382,7 @@ def best_of(runs: list[dict], part: str) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
             "load_avg_1_5_15": list(os.getloadavg()), "python": platform.python_version(), "numpy": np.__version__}
 

@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from benchmarks.common import out_dir  # noqa: E402
+from benchmarks.common import cpu_model, out_dir  # noqa: E402
 from simulator.costs import CostModels  # noqa: E402
 from simulator.design_spec import parse_design  # noqa: E402
 from simulator.hardware import load_catalog  # noqa: E402
@@ -90,12 +90,7 @@ def measure(name: str, spec: str, costs: CostModels, trace, repeat: int) -> Spee
 
 
 def machine() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "host": platform.node(), "cpu": cpu,
             "python": platform.python_version(), "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg())}
 

@@ -5,6 +5,7 @@
   copy_bandwidth(device)     device-to-device copy rate, bytes read + written per second
   machine_info(device)       what ran where and when, for every result file
   cpu_model()                the host CPU's model name (/proc/cpuinfo, else platform's)
+  wall_median(fn, device, reps)  median wall time of fn() after warm-up calls (synchronized on CUDA)
   out_dir(arg, name)         --out, else $OUT, else out/<name>
   write_json(path, obj)      dataclasses and tuples made JSON
 """
@@ -114,3 +115,19 @@ def cpu_model() -> str:
                     if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
+
+
+def wall_median(fn: Callable[[], object], device: torch.device, reps: int, warmup: int = 2) -> float:
+    """Median wall seconds of ``reps`` calls of fn() after ``warmup`` untimed ones, each call
+    synchronized on CUDA before and after (whole host + device time, the L2 not flushed)."""
+    times = []
+    for i in range(warmup + reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine_info, median_seconds, out_dir, write_json
+from benchmarks.common import machine_info, median_seconds, out_dir, wall_median, write_json
 from kvstore.kv_codec import CodecFormat, decode, encode
 from kvstore.layout import KVLayout
 
@@ -49,20 +49,6 @@ def _cache(blocks: int, tokens: int, device: torch.device, seed: int) -> tuple[t
     return kv, ids
 
 
-def _clock(fn, device: torch.device, iters: int) -> float:
-    """Median wall seconds of ``iters`` calls after one warm-up (synchronized on CUDA)."""
-    times = []
-    for _ in range(iters + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
-
-
 def bench_codec(device: torch.device, tokens: int, iters: int) -> list[dict]:
     kv, ids = _cache(tokens // LLAMA3_8B.block_size + 64, tokens, device, seed=1)
     rows = []
@@ -72,10 +58,15 @@ def bench_codec(device: torch.device, tokens: int, iters: int) -> list[dict]:
         impls = ["triton", "torch"] if device.type == "cuda" else ["torch"]
         same = torch.equal(payloads, encode(kv, ids, fmt, impl="torch")[0]) if device.type == "cuda" else None
         for impl in impls:
+            def encoded(impl=impl):
+                return encode(kv, ids, fmt, impl=impl)
+
+            def decoded(impl=impl):
+                return decode(kv, ids, payloads, fmt, impl=impl)
             row = dict(codec=codec, device=device.type, impl=impl, tokens=tokens, same_bytes_as_torch=same,
                        ratio=LLAMA3_8B.bytes_per_block / fmt.payload_bytes,
-                       encode_ms=1e3 * _clock(lambda: encode(kv, ids, fmt, impl=impl), device, iters),
-                       decode_ms=1e3 * _clock(lambda: decode(kv, ids, payloads, fmt, impl=impl), device, iters))
+                       encode_ms=1e3 * wall_median(encoded, device, iters, warmup=1),
+                       decode_ms=1e3 * wall_median(decoded, device, iters, warmup=1))
             if impl == "triton":
                 from kvstore import kv_codec_triton as kt
                 row["encode_kernel_ms"] = 1e3 * median_seconds(lambda: kt.encode_blocks(kv, ids, fmt), device)

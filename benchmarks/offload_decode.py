@@ -46,7 +46,7 @@ from attention_offload.runner import OffloadedRunner
 from attention_offload.service import cache_blocks
 from attention_offload.tables import TableSender
 from attention_offload.worker import AttentionShape, AttentionWorker
-from benchmarks.common import machine_info, out_dir, write_json
+from benchmarks.common import machine_info, out_dir, wall_median, write_json
 from engine.attention import AttentionMetadata
 from engine.batch import HostBatch, ModelInput
 from engine.config import CacheConfig
@@ -117,7 +117,7 @@ def attention_seconds(worker: AttentionWorker, batch: int, context: int, m: int,
         for layer in range(s.num_layers):
             for meta, x in zip(metas, qkv):
                 worker.attend(layer, meta, x)
-    return timed(step, worker.device, reps)
+    return wall_median(step, worker.device, reps)
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -137,21 +137,6 @@ def decode_input(batch: int, context: int, device: torch.device) -> ModelInput:
     rows = torch.arange(batch, device=device)
     return ModelInput(torch.randint(3, 500, (batch,), device=device), torch.full((batch,), context, device=device),
                       meta, rows, batch, decode_batch(batch, context))
-
-
-def timed(fn, device: torch.device, reps: int, warmup: int = 2) -> float:
-    """Median seconds of fn() (synchronized on CUDA)."""
-    times = []
-    for i in range(warmup + reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 class NoAttention:
@@ -268,9 +253,9 @@ def part_link(args, session: Session, cfg: ModelConfig, model, device: torch.dev
     for batch in args.link_batches:
         inp = decode_input(batch, 0, device)
         runner = OffloadedRunner(model, link, session.num_blocks, 1)
-        step = timed(lambda: runner.execute(inp), device, args.reps)
+        step = wall_median(lambda: runner.execute(inp), device, args.reps)
         embed_dtype = model.model.embed_tokens.weight.dtype
-        dense = timed(lambda: forward_split(model, inp.input_ids, inp.positions, [0, batch],
+        dense = wall_median(lambda: forward_split(model, inp.input_ids, inp.positions, [0, batch],
                                             NoAttention(cfg.q_size, embed_dtype, device)), device, args.reps)
         raw = raw_round_trips(link, batch, cfg, device, args.reps)
         rows.append({"part": "link", "batch": batch, "per_layer_s": raw / cfg.num_layers,
@@ -299,7 +284,7 @@ def raw_round_trips(link: Link, batch: int, cfg: ModelConfig, device: torch.devi
             link.wait(got, "round trip")
         for _, work in held:
             link.wait(work, "sending")
-    return timed(step, device, reps)
+    return wall_median(step, device, reps)
 
 
 def part_step(args, session: Session, cfg: ModelConfig, model, device: torch.device, link_rows: list[dict],
@@ -321,11 +306,11 @@ def part_step(args, session: Session, cfg: ModelConfig, model, device: torch.dev
             for m in args.micro_batches:
                 link = session.open("serve")
                 runner = OffloadedRunner(model, link, session.num_blocks, m)
-                step = timed(lambda: runner.execute(inp), device, args.reps)
+                step = wall_median(lambda: runner.execute(inp), device, args.reps)
                 session.close_session()
                 rows_ = micro_batch_bounds([1] * batch, m)
                 embed_dtype = model.model.embed_tokens.weight.dtype
-                dense = timed(lambda: forward_split(model, inp.input_ids, inp.positions, rows_,
+                dense = wall_median(lambda: forward_split(model, inp.input_ids, inp.positions, rows_,
                                                     NoAttention(cfg.q_size, embed_dtype, device)), device, args.reps)
                 attn = session.attention(batch, context, m, args.reps)
                 t_link = link_step.get(batch)

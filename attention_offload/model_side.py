@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import ray
 import redis
@@ -23,6 +24,7 @@ from engine.llm_engine import LLMEngine
 from kvstore.config import TransportConfig
 from kvstore.errors import KVStoreError
 from kvstore.keys import RedisKeys
+from kvstore.transport import Peer
 from workers.spec import OffloadSpec
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,23 @@ class AttentionPeer:
                             self.worker_id, self.spec.attention_id, type(exc).__name__, exc, what, pause)
                 time.sleep(pause)
                 pause = min(2 * pause, 5.0)
+
+
+class AttentionKVTransport:
+    """``BlockTransport[Peer]`` of an offloaded model worker: its engine's block ids name blocks
+    of its partition of the attention replica's cache, so a prompt's KV is received there
+    (AttentionService.receive_kv, over that replica's KV handoff). It holds no KV to send."""
+
+    def __init__(self, spec: OffloadSpec, worker_id: str):
+        self.worker_id = worker_id
+        self.attention = ray.get_actor(spec.actor_name, namespace=spec.namespace)
+
+    async def send(self, block_ids: Sequence[int], to: Peer) -> int:
+        raise RuntimeError(f"model worker {self.worker_id} holds no KV to send (its attention replica does)")
+
+    async def receive(self, block_ids: Sequence[int], source: Peer) -> int:
+        return await self.attention.receive_kv.remote(source.request_id, list(block_ids), source.worker_id,
+                                                      self.worker_id)
 
 
 def attach_engine(spec: OffloadSpec, worker_id: str, config: EngineConfig, client: redis.Redis, keys: RedisKeys,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ray
 
-from attention_offload.model_side import attach_engine
+from attention_offload.model_side import AttentionKVTransport, attach_engine
 from decode_workers.worker import DecodeWorker
 from engine.outputs import Reservation
 from workers.actor import WorkerActor
@@ -18,8 +18,8 @@ class DecodeActor(WorkerActor):
         self.parts = build_worker(spec, ray.util.get_node_ip_address(), attach=attach_engine)
         offload = spec.offload  # prompts' KV goes to the attention replica's cache
         self.kv_peer_id = offload.attention_id if offload is not None else spec.worker_id
-        self.worker = DecodeWorker(spec.worker_id, self.parts.engine, self.parts.handoff,
-                                   _attention_receiver(spec) if offload is not None else None,
+        transport = AttentionKVTransport(offload, spec.worker_id) if offload is not None else self.parts.transport()
+        self.worker = DecodeWorker(spec.worker_id, self.parts.engine, transport,
                                    recompute_prompts=offload is not None and not offload.receive_kv)
 
     def kv_peer(self) -> str:
@@ -37,12 +37,3 @@ class DecodeActor(WorkerActor):
 
     async def start_generate(self, req: PrefillRequest, channel: str) -> None:
         await self.worker.start_generate(req, channel)
-
-
-def _attention_receiver(spec: WorkerSpec):
-    """receive_kv forwarded to this model worker's attention replica, into its partition."""
-    attention = ray.get_actor(spec.offload.actor_name, namespace=spec.offload.namespace)
-
-    async def receive(request_id: str, block_ids: list[int], peer: str) -> int:
-        return await attention.receive_kv.remote(request_id, block_ids, peer, spec.worker_id)
-    return receive

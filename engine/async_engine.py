@@ -28,6 +28,7 @@ from concurrent.futures import Future
 from typing import TypeVar
 
 from engine.errors import EngineStopped
+from engine.kv_port import KVPort
 from engine.llm_engine import EngineStats, LLMEngine
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
@@ -45,6 +46,7 @@ class AsyncLLMEngine:
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}  # engine thread only
         self._stopped = False
         self._error: BaseException | None = None
+        self.kv_port = KVPort(self)  # how workers hand KV in and out (engine/kv_port.py)
         self._thread = threading.Thread(target=self._loop, name="engine-loop", daemon=True)
         self._thread.start()
 
@@ -152,6 +154,9 @@ class AsyncLLMEngine:
 
     def stats(self) -> EngineStats:
         return self.call(LLMEngine.stats)
+
+    async def astats(self) -> EngineStats:
+        return await self.acall(LLMEngine.stats)
 
     def shutdown(self) -> None:
         with self._wake:

@@ -6,7 +6,7 @@ The scheduler talks to this class only; it never touches the block pool directly
 from __future__ import annotations
 
 from engine.block_hash import ROOT_HASH, BlockHash, hash_block
-from engine.block_pool import BlockPool
+from engine.block_pool import BlockEvents, BlockPool
 from engine.request import Request
 
 
@@ -101,6 +101,14 @@ class KVCacheManager:
         for block_id, h, parent in zip(block_ids, hashes, parents):
             self.pool.commit(block_id, h, parent)
         self.pool.free(block_ids)
+
+    def cancel_import(self, block_ids: list[int]) -> None:
+        """Give back blocks from ``reserve_import`` whose copy failed (nothing is published)."""
+        self.pool.free(block_ids)
+
+    def drain_events(self) -> BlockEvents:
+        """The pool's stored / evicted hashes since the last drain (kv_event_pump publishes them)."""
+        return self.pool.drain_events()
 
     def free(self, request: Request) -> None:
         self.pool.free(request.block_ids)

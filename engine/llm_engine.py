@@ -51,6 +51,7 @@ class EngineStats:
     prefix_cache_hits: int
     step_totals: dict = field(default_factory=dict)  # StepProfile.totals(): per step kind
     segments: SegmentStats = field(default_factory=SegmentStats)
+    num_kv_handoffs: int = 0  # requests whose KV is held for a handoff or on its way here
 
 
 def shared_prefix_threshold(config: EngineConfig, device: torch.device) -> int | None:
@@ -392,4 +393,5 @@ class LLMEngine:
         return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting),
                            self.runner.num_blocks, self.kv.num_free_blocks, self.num_preemptions,
                            self.kv.prefix_queries, self.kv.prefix_hits, self.profile.totals(),
-                           self.segments.stats() if self.segments is not None else SegmentStats())
+                           self.segments.stats() if self.segments is not None else SegmentStats(),
+                           len(self.held) + len(self.awaiting_kv))

@@ -17,7 +17,7 @@ class PrefillActor(WorkerActor):
     def __init__(self, spec: WorkerSpec):
         self.parts = build_worker(spec, ray.util.get_node_ip_address())
         host_prefix = connect_host_prefix(spec, self.parts) if spec.host_tier_writes else None
-        self.worker = PrefillWorker(spec.worker_id, self.parts.engine, self.parts.handoff, host_prefix)
+        self.worker = PrefillWorker(spec.worker_id, self.parts.engine, self.parts.transport(), host_prefix)
         self.kv_peers: dict[str, str] = {}  # decode replica -> the worker whose cache takes its KV
 
     async def prefill(self, req: PrefillRequest) -> PrefillResult:

@@ -10,50 +10,47 @@ from __future__ import annotations
 
 import asyncio
 
-import torch
-
-from engine.async_engine import AsyncLLMEngine
 from engine.block_hash import ROOT_HASH, hash_blocks
+from engine.kv_port import ImportedPrefix, KVPort
 from kvstore.block_key import block_keys
 from kvstore.host_tier import HostTier
 from kvstore.keys import HOST_WORKER, RedisKeys, Tier
 from kvstore.kv_events import KVEventPublisher
 from kvstore.layout import KVLayout
 from kvstore.store import KVStore
+from kvstore.transport import HostTierTransport
 from workers.spec import WorkerParts, WorkerSpec, until_redis_answers
 
 
 class HostPrefixCache:
-    def __init__(self, engine: AsyncLLMEngine, host: HostTier, publisher: KVEventPublisher, model_id: str):
-        self.engine, self.host, self.publisher, self.model_id = engine, host, publisher, model_id
-        self.kv: torch.Tensor = engine.engine.runner.kv_cache
-        self.layout = KVLayout.of_cache(self.kv)
-        self.block_size = engine.engine.kv.block_size
+    def __init__(self, kv: KVPort, host: HostTier, publisher: KVEventPublisher, model_id: str):
+        self.kv, self.host, self.publisher, self.model_id = kv, host, publisher, model_id
+        self.tier = HostTierTransport(host, kv.cache)
+        self.layout = KVLayout.of_cache(kv.cache)
+        self.block_size = kv.block_size
         self.pulled_blocks = 0
         self.written_blocks = 0
 
     def _hashes(self, prompt: list[int], salt: str | None, n: int) -> list[bytes]:
         return hash_blocks(prompt[:n * self.block_size], self.block_size, (salt or "").encode())
 
-    async def pull(self, prompt: list[int], salt: str | None, num_blocks: int) -> tuple[list[int], list[bytes]]:
-        """Copy up to ``num_blocks`` leading prompt blocks from the host tier into fresh blocks.
-
-        Returns (block ids, hashes) for ``commit_import``; empty when nothing could be pulled.
-        """
+    async def pull(self, prompt: list[int], salt: str | None, num_blocks: int) -> ImportedPrefix | None:
+        """Copy up to ``num_blocks`` leading prompt blocks from the host tier into fresh blocks,
+        for ``KVPort.hold``; None when nothing could be pulled."""
         hashes = self._hashes(prompt, salt, num_blocks)
         keys = block_keys(hashes, self.model_id, self.layout)
         present = await asyncio.to_thread(self.host.contains, keys)
         n = present.index(False) if False in present else len(present)
-        block_ids = await self.engine.acall(lambda e: e.kv.reserve_import(n)) if n else None
+        block_ids = await self.kv.reserve_prefix(n) if n else None
         if not block_ids:
-            return [], []
+            return None
         try:
-            await asyncio.to_thread(self.host.get, keys[:n], self.kv, block_ids)
+            await self.tier.receive(block_ids, keys[:n])
         except Exception:
-            await self.engine.acall(lambda e: e.kv.pool.free(block_ids))
+            await self.kv.free_prefix(block_ids)
             raise
         self.pulled_blocks += n
-        return block_ids, hashes[:n]
+        return ImportedPrefix(block_ids, hashes[:n])
 
     async def write_through(self, prompt: list[int], salt: str | None, block_ids: list[int], num_blocks: int) -> None:
         """Store the first ``num_blocks`` of a held prompt in the host tier (if not there yet)."""
@@ -61,7 +58,7 @@ class HostPrefixCache:
             return
         hashes = self._hashes(prompt, salt, num_blocks)
         keys = block_keys(hashes, self.model_id, self.layout)
-        written = await asyncio.to_thread(self.host.put, keys, self.kv, block_ids[:num_blocks])
+        written = await self.tier.send(block_ids[:num_blocks], keys)
         self.written_blocks += written
         if written:
             parents = [ROOT_HASH] + hashes[:-1]
@@ -75,7 +72,7 @@ def connect_host_prefix(spec: WorkerSpec, parts: WorkerParts) -> HostPrefixCache
         return None
     store = until_redis_answers(lambda: KVStore.connect(kvstore), spec.worker_id)
     keys = RedisKeys(kvstore.key_prefix)
-    return HostPrefixCache(parts.engine, store.host, host_publisher(parts.redis, keys), spec.engine.model)
+    return HostPrefixCache(parts.engine.kv_port, store.host, host_publisher(parts.redis, keys), spec.engine.model)
 
 
 def host_publisher(client, keys) -> KVEventPublisher:

@@ -11,10 +11,9 @@ from collections.abc import Awaitable, Callable
 import redis
 
 from engine.async_engine import AsyncLLMEngine
-from engine.llm_engine import LLMEngine
-from engine.request import Request
+from engine.kv_port import HeldKV, ImportedPrefix
 from kvstore.errors import KVStoreError
-from kvstore.handoff import KVHandoff
+from kvstore.transport import BlockTransport, Peer
 from prefill_workers.host_prefix import HostPrefixCache
 from workers.base import EngineWorker
 from workers.messages import PrefillRequest, PrefillResult
@@ -29,9 +28,9 @@ class PrefillWorker(EngineWorker):
 
     role = "prefill"
 
-    def __init__(self, worker_id: str, engine: AsyncLLMEngine, handoff: KVHandoff | None,
+    def __init__(self, worker_id: str, engine: AsyncLLMEngine, transport: BlockTransport[Peer] | None,
                  host_prefix: HostPrefixCache | None = None):
-        super().__init__(worker_id, engine, handoff)
+        super().__init__(worker_id, engine, transport)
         self.host_prefix = host_prefix
         self._peer_locks: dict[str, asyncio.Lock] = {}
         self._host_failing = False
@@ -40,27 +39,22 @@ class PrefillWorker(EngineWorker):
     async def prefill(self, req: PrefillRequest) -> PrefillResult:
         params = dataclasses.replace(req.params, max_tokens=1, min_tokens=min(req.params.min_tokens, 1),
                                      stop=())
-        imported: tuple[list[int], list[bytes]] = ([], [])
+        prefix = None
         if req.host_prefix_blocks and self.host_prefix is not None:
-            imported = await self._pull(req)
-
-        def start(e: LLMEngine) -> str:
-            if imported[0]:
-                e.kv.commit_import(*imported)
-            return e.add_request(req.request_id, req.prompt_token_ids, params, req.cache_salt, hold_kv=True,
-                                 segments=req.segments)
+            prefix = await self._pull(req)
+        deltas = self.kv.hold(req.request_id, req.prompt_token_ids, params, req.cache_salt, req.segments, prefix)
         delta = None
-        async for delta in self.engine.stream(start):  # noqa: B007 (the last delta is the one kept)
+        async for delta in deltas:  # noqa: B007 (the last delta is the one kept)
             pass
-        return await self.engine.acall(lambda e: self._result(e, req.request_id, delta))
+        return self._result(await self.kv.export_blocks(req.request_id), delta)
 
-    async def _pull(self, req: PrefillRequest) -> tuple[list[int], list[bytes]]:
+    async def _pull(self, req: PrefillRequest) -> ImportedPrefix | None:
         """The prefix blocks the host tier still has; none while it is unreachable or a block is
         gone or corrupt (the prompt is computed instead; one log line when pulls stop working,
         one when they work again). After a Redis error, pulls wait ``PULL_RETRY_S`` before the
         next try, so a hung Redis costs one read timeout per span, not one per prompt."""
         if self._host_failing and time.monotonic() < self._pull_again_at:
-            return [], []
+            return None
         try:
             imported = await self.host_prefix.pull(req.prompt_token_ids, req.cache_salt, req.host_prefix_blocks)
         except (redis.RedisError, KVStoreError) as e:
@@ -70,19 +64,17 @@ class PrefillWorker(EngineWorker):
             self._host_failing = True
             if isinstance(e, redis.RedisError):  # Redis away, not one bad block: stop waiting on it a while
                 self._pull_again_at = time.monotonic() + PULL_RETRY_S
-            return [], []
+            return None
         if self._host_failing:
             log.warning("host-tier pulls work again")
         self._host_failing = False
         return imported
 
-    def _result(self, e: LLMEngine, request_id: str, delta) -> PrefillResult:
-        held = e.held_kv(request_id)
-        state = held.generator.get_state().numpy().tobytes() if held.generator is not None else None
-        return PrefillResult(request_id, self.worker_id, delta.new_token_ids[0],
+    def _result(self, held: HeldKV, delta) -> PrefillResult:
+        return PrefillResult(held.request_id, self.worker_id, delta.new_token_ids[0],
                              delta.new_logprobs[0] if delta.new_logprobs else None,
                              held.num_prompt_tokens, held.num_cached_tokens + held.num_reused_tokens,
-                             len(held.block_ids), state, held.num_reused_tokens, held.exact_tokens)
+                             len(held.block_ids), held.generator_state, held.num_reused_tokens, held.exact_tokens)
 
     async def send_kv(self, request_id: str, peer: str, skip_blocks: int, num_blocks: int,
                       start_receive: Callable[[], Awaitable[int]]) -> int:
@@ -96,7 +88,7 @@ class PrefillWorker(EngineWorker):
         lock = self._peer_locks.setdefault(peer, asyncio.Lock())
         stored = None
         try:
-            held = await self.engine.acall(lambda e: e.held_kv(request_id))
+            held = await self.kv.export_blocks(request_id)
             stored = asyncio.ensure_future(self._write_through(held))
             blocks = held.block_ids[skip_blocks:skip_blocks + num_blocks]
             if not blocks:
@@ -111,7 +103,7 @@ class PrefillWorker(EngineWorker):
                 await asyncio.gather(stored, return_exceptions=True)
             self.release(request_id)
 
-    async def _write_through(self, held: Request) -> None:
+    async def _write_through(self, held: HeldKV) -> None:
         """Copy the prompt's shared (prefix-cache hit) blocks to the host tier, while held."""
         if self.host_prefix is not None:
             await self.host_prefix.write_through(held.prompt_token_ids, held.cache_salt.decode(), held.block_ids,
@@ -124,4 +116,4 @@ class PrefillWorker(EngineWorker):
 
     def release(self, request_id: str) -> None:
         """Free a held prompt's blocks (queued for the engine thread, in order with later calls)."""
-        self.engine.post(lambda e: e.release_kv(request_id))
+        self.kv.release(request_id)

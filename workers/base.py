@@ -1,15 +1,14 @@
-"""What prefill and decode workers share: an engine with a stepping thread, a KV handoff
-endpoint and a load report."""
+"""What prefill and decode workers share: an engine with a stepping thread, its KV port
+(engine/kv_port.py), a KV transport (kvstore/transport.py) and a load report."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Sequence
 
 from engine.async_engine import AsyncLLMEngine
-from engine.llm_engine import LLMEngine
-from kvstore.handoff import KVHandoff
+from engine.llm_engine import EngineStats
+from kvstore.transport import BlockTransport, Peer
 from workers.messages import EngineInfo, WorkerLoad
 from workers.output_channels import OutputChannels
 
@@ -17,25 +16,21 @@ from workers.output_channels import OutputChannels
 class EngineWorker:
     role = "worker"
 
-    def __init__(self, worker_id: str, engine: AsyncLLMEngine, handoff: KVHandoff | None):
+    def __init__(self, worker_id: str, engine: AsyncLLMEngine, transport: BlockTransport[Peer] | None):
         self.worker_id = worker_id
         self.engine = engine
-        self.handoff = handoff
+        self.kv = engine.kv_port
+        self.transport = transport
         self.handoff_bytes = 0
         self.incarnation = uuid.uuid4().hex  # a restarted replica (a new process) reports a new one
         self.channels = OutputChannels(abort=self.abort)
 
-    @property
-    def kv_cache(self):
-        return self.engine.engine.runner.kv_cache
-
     async def load(self) -> WorkerLoad:
-        return await self.engine.acall(self._load)
+        return self._load(await self.engine.astats())
 
-    def _load(self, e: LLMEngine) -> WorkerLoad:
-        s = e.stats()
+    def _load(self, s: EngineStats) -> WorkerLoad:
         return WorkerLoad(self.worker_id, self.role, s.num_waiting, s.num_running, s.num_free_blocks,
-                          s.num_blocks, len(e.held) + len(e.awaiting_kv), self.handoff_bytes,
+                          s.num_blocks, s.num_kv_handoffs, self.handoff_bytes,
                           s.prefix_cache_queries, s.prefix_cache_hits, s.num_preemptions, s.step_totals,
                           self.incarnation, s.segments)
 
@@ -50,16 +45,16 @@ class EngineWorker:
     def info(self) -> EngineInfo:
         e = self.engine.engine
         return EngineInfo(self.worker_id, e.max_model_len, e.model_config.vocab_size, e.eos_token_ids,
-                          e.runner.num_blocks, e.kv.block_size, str(e.device))
+                          self.kv.num_blocks, self.kv.block_size, str(e.device))
 
     def abort(self, request_id: str) -> None:
         self.engine.abort(request_id)
 
     async def _transfer(self, direction: str, block_ids: Sequence[int], peer: str, request_id: str) -> int:
-        if self.handoff is None:
+        if self.transport is None:
             raise RuntimeError(f"{self.worker_id} has no KV transport configured")
-        move = self.handoff.send if direction == "send" else self.handoff.recv
-        moved = await asyncio.to_thread(move, self.kv_cache, list(block_ids), peer, request_id)
+        move = self.transport.send if direction == "send" else self.transport.receive
+        moved = await move(list(block_ids), Peer(peer, request_id))
         self.handoff_bytes += moved
         return moved
 

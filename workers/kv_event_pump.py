@@ -9,9 +9,8 @@ import threading
 
 import redis
 
-from engine.async_engine import AsyncLLMEngine
 from engine.block_pool import BlockEvents
-from engine.llm_engine import LLMEngine
+from engine.kv_port import KVPort
 from engine.segments.store import SegmentEvents
 from kvstore.kv_events import KVEventPublisher
 
@@ -27,9 +26,9 @@ class KVEventPump:
     it logs one line when publishing stops and one when it resumes, not one per attempt.
     """
 
-    def __init__(self, engine: AsyncLLMEngine, publisher: KVEventPublisher, interval_s: float = 0.02,
+    def __init__(self, kv: KVPort, publisher: KVEventPublisher, interval_s: float = 0.02,
                  backlog: int = 10_000, max_backoff_s: float = 2.0):
-        self.engine, self.publisher, self.interval_s = engine, publisher, interval_s
+        self.kv, self.publisher, self.interval_s = kv, publisher, interval_s
         self.max_backoff_s = max_backoff_s
         self.pending: collections.deque[BlockEvents | SegmentEvents] = collections.deque(maxlen=backlog)
         self.failing = False
@@ -51,7 +50,7 @@ class KVEventPump:
 
     def flush(self) -> None:
         """Drain the engine's events and publish them with whatever is waiting (raises on failure)."""
-        self.pending.extend(events for events in self.engine.call(_drain) if events)
+        self.pending.extend(self.kv.drain_events())
         while self.pending:
             batch = self.pending[0]
             if isinstance(batch, SegmentEvents):
@@ -83,7 +82,3 @@ class KVEventPump:
                 log.warning("publishing KV events resumed (%d batches had waited)", waiting)
             self.failing, pause = False, self.interval_s
 
-
-def _drain(e: LLMEngine) -> tuple[BlockEvents, SegmentEvents | None]:
-    """The engine's block events and its segment store's, since the last drain."""
-    return e.kv.pool.drain_events(), e.segments.store.drain_events() if e.segments is not None else None

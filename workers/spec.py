@@ -24,6 +24,7 @@ from kvstore.keys import RedisKeys
 from kvstore.kv_events import KVEventPublisher
 from kvstore.pair_groups import PairGroups
 from kvstore.redis_client import connect_redis
+from kvstore.transport import HandoffTransport
 from workers.kv_event_pump import KVEventPump
 
 T = TypeVar("T")
@@ -87,6 +88,10 @@ class WorkerParts:
     groups: PairGroups | None
     events: KVEventPump | None = None
 
+    def transport(self) -> HandoffTransport | None:
+        """The KV handoff over this replica's own cache (None without a kvstore)."""
+        return None if self.handoff is None else HandoffTransport(self.handoff, self.engine.kv_port.cache)
+
     def close(self) -> None:
         if self.events is not None:
             self.events.stop()
@@ -124,7 +129,7 @@ def build_worker(spec: WorkerSpec, advertise_host: str | None = None,
     else:
         engine = AsyncLLMEngine(LLMEngine(config))
     groups = until_redis_answers(lambda: PairGroups(spec.worker_id, client, keys, transport, device), spec.worker_id)
-    events = KVEventPump(engine, KVEventPublisher(client, keys, spec.worker_id))
+    events = KVEventPump(engine.kv_port, KVEventPublisher(client, keys, spec.worker_id))
     until_redis_answers(events.start, spec.worker_id)
     return WorkerParts(engine, KVHandoff(groups, transport), client, groups, events)
 

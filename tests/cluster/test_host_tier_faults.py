@@ -44,7 +44,8 @@ class Side:
 
     def __init__(self, name: str, model, store: KVStore):
         self.engine = AsyncLLMEngine(make_engine(model, num_blocks=48, prefix_caching=True))
-        self.host = HostPrefixCache(self.engine, store.host, host_publisher(store.redis, store.keys), str(model))
+        publisher = host_publisher(store.redis, store.keys)
+        self.host = HostPrefixCache(self.engine.kv_port, store.host, publisher, str(model))
         self.worker = PrefillWorker(name, self.engine, None, self.host)
 
     async def prefill(self, prompt: list[int], pull: int = 0):

@@ -108,25 +108,15 @@ def test_redis_urls_carry_the_password_and_print_without_it(monkeypatch):
     assert redact_url("redis://h:1/0") == "redis://h:1/0"
 
 
-class FakeEngine:
+class FakeKVPort:
+    """An engine's KV port (engine/kv_port.py) with one batch of block events to drain."""
+
     def __init__(self):
         self.events = BlockEvents([(b"h1", b"root")], [])
-        self.segments = None  # no segment reuse: only block events
 
-    def call(self, fn):
-        return fn(self)
-
-    @property
-    def kv(self):
-        return self
-
-    @property
-    def pool(self):
-        return self
-
-    def drain_events(self) -> BlockEvents:
+    def drain_events(self) -> list[BlockEvents]:
         events, self.events = self.events, BlockEvents([], [])
-        return events
+        return [events] if events else []
 
 
 class FlakyPublisher:
@@ -151,8 +141,8 @@ class FlakyPublisher:
 
 def test_kv_event_pump_logs_an_outage_once_and_publishes_what_waited(caplog):
     caplog.set_level(logging.WARNING, logger="workers.kv_event_pump")
-    engine, publisher = FakeEngine(), FlakyPublisher()
-    pump = KVEventPump(engine, publisher, interval_s=0.005, max_backoff_s=0.02)
+    kv, publisher = FakeKVPort(), FlakyPublisher()
+    pump = KVEventPump(kv, publisher, interval_s=0.005, max_backoff_s=0.02)
     publisher.down = True
     pump._thread.start()
     time.sleep(0.3)  # dozens of failed attempts

@@ -1,5 +1,6 @@
 """The committed trained checkpoint (tests/data/trained-small/: checkpoint files, metrics.json and
-heldout.txt from benchmarks/train_small_model.py; docs/trained_model.md; none yet): small, bf16,
+heldout.txt from benchmarks/train_small_model.py's `ci` preset, trained on an H200; docs/trained_model.md):
+small (12.4 MiB, bf16),
 described by its metrics.json; loads in our engine and in transformers with identical greedy tokens;
 recalls held-out examples of the multi-agent task; and the 4-bit KV codec keeps its held-out loss
 within 1% (what random weights cannot show)."""
@@ -40,7 +41,7 @@ def test_checkpoint_is_small_bf16_gqa_and_described(metrics) -> None:
     config = json.loads((TRAINED / "config.json").read_text())
     assert config["torch_dtype"] == "bfloat16"
     assert config["num_key_value_heads"] < config["num_attention_heads"]
-    assert (TRAINED / "model.safetensors").stat().st_size < 10 << 20
+    assert (TRAINED / "model.safetensors").stat().st_size < 16 << 20  # the issue: well under 25 MB
     assert metrics["parameters"] == metrics["model"]["vocab_size"] * config["hidden_size"] + _body(config)
     assert metrics["transformers_greedy"]["identical"] == metrics["transformers_greedy"]["prompts"]
     for key in ("heldout_lm_loss", "recall_exact_match", "steps", "wall_seconds", "git_commit", "date"):

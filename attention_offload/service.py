@@ -67,7 +67,8 @@ class AttentionService:
         per = total // len(sessions)
         self.workers = {s: AttentionWorker(shape, per, cache.block_size, dtype, self.device) for s in sessions}
         self.endpoint = LinkEndpoint(worker_id, client, keys, transport, link_device or self.device)
-        self.handoff = KVHandoff(PairGroups(worker_id, client, keys, transport, self.device), transport)
+        self.groups = PairGroups(worker_id, client, keys, transport, self.device)
+        self.handoff = KVHandoff(self.groups, transport)
         self._threads: dict[str, threading.Thread] = {}
         self.ended: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -110,4 +111,4 @@ class AttentionService:
 
     def close(self) -> None:
         self.endpoint.close_all()
-        self.handoff._groups.close_all()
+        self.groups.close_all()

@@ -114,6 +114,60 @@ case "${1:-}" in
     # Comes back: train-ci.log, metrics.json, loss.png, ci-model.tar.part-00 (one part: under 15 MiB)
     train_small ci 3
     ;;
+  trained-pair)  # ~8.5 min, one H200 (issue 18 part 1): the `small` and `ci` presets trained side by side, 4.5 min each
+    # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh trained-pair
+    # (the bundle is not needed). Both small models leave most of the GPU idle, so they share it; each times its own
+    # warm-up steps with the other running. The checkpoints stay in .trained/ (git-ignored) for `trained-eval`, the
+    # next call while the machine is warm. Comes back: ci-model.tar (checkpoint, metrics.json, loss.png, log; under
+    # 16 MiB), small-model.tar.part-00..03 (51 MiB bf16), small-logs.tgz (log, metrics.json, loss.png)
+    trap - EXIT
+    mkdir -p .trained
+    for preset in small ci; do
+      timeout 530 python -m benchmarks.train_small_model --preset "$preset" --minutes 4.5 --device cuda \
+        --out ".trained/$preset" > ".trained/train-$preset.log" 2>&1 &
+    done
+    wait
+    tail -3 .trained/train-small.log .trained/train-ci.log
+    cp .trained/train-ci.log .trained/ci/
+    tar cf "$out/ci-model.tar" -C .trained/ci .
+    cp .trained/train-small.log .trained/small/
+    tar czf "$out/small-logs.tgz" -C .trained/small train-small.log metrics.json loss.png
+    tar cf - -C .trained/small checkpoint | split -b 15m -d - "$out/small-model.tar.part-"
+    ls -l "$out"
+    ;;
+  trained-eval)  # ~6 min, one H200, right after trained-pair (its .trained/ checkpoints): quality on the small model
+    # 1. the 5-agent chain on the trained model (recall exact-match, loss, TTFT per mode) on the GPU
+    timeout 200 python -m benchmarks.multi_agent --part trained --model .trained/small/checkpoint --device cuda \
+      --episodes 20 --out "$work/multi-agent-trained" > "$out/multi-agent-trained.log" 2>&1
+    grep -v "━" "$out/multi-agent-trained.log" | tail -14
+    # 2. KV codec quality: held-out loss within 1%, >= 95% identical 128-token continuations
+    timeout 200 python -m benchmarks.kv_codec --parts quality --checkpoint .trained/small/checkpoint \
+      --out "$work/kv-codec-quality" > "$out/kv-codec-quality.log" 2>&1
+    tail -6 "$out/kv-codec-quality.log"
+    # 3. the same chain on the ci copy (what CPU tests use)
+    timeout 120 python -m benchmarks.multi_agent --part trained --model .trained/ci/checkpoint --device cuda \
+      --episodes 10 --out "$work/multi-agent-trained-ci" > "$out/multi-agent-trained-ci.log" 2>&1
+    grep -v "━" "$out/multi-agent-trained-ci.log" | tail -14
+    ;;
+  token-rows)  # ~7 min, one H200 (issues 18 part 2, 19): small prefill steps replay the decode CUDA graphs as rows
+    # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh token-rows
+    # 1. (~3 min) the engine's CUDA tests (tokens equal transformers' through prefill, prefix cache, chunks; now with
+    #    small steps as graph rows), async scheduling, segment reuse on the device
+    timeout 300 python -m pytest -q -p no:cacheprovider tests/gpu/test_engine_cuda.py tests/gpu/test_segments_cuda.py \
+      tests/gpu/test_async_scheduling_cuda.py 2>&1 | tee "$out/tests.log" | tail -8
+    # 2. (~0.5 min) the step profile: eager vs graphed small prefill steps at Llama-3-8B shapes
+    timeout 120 python benchmarks/prefill_profile.py --tokens 16 48 128 512 --repeats 3 \
+      --out "$work/prefill-profile" > "$out/prefill-profile.log" 2>&1
+    tail -12 "$out/prefill-profile.log"
+    # 3. (~2 min) the 5-agent chain at Llama-3-8B shapes (as `multi-agent`), and on the committed trained copy
+    timeout 200 python -m benchmarks.multi_agent --part shapes --device cuda --episodes 4 --warmup 1 \
+      --template-tokens 512 --message-tokens 1024 --modes full exact r=0 r=0.1 anchors \
+      --out "$work/multi-agent" > "$out/multi-agent.log" 2>&1
+    grep -v "━" "$out/multi-agent.log" | tail -8
+    timeout 90 python -m benchmarks.multi_agent --part trained --model tests/data/trained-small --device cuda \
+      --episodes 10 --out "$work/multi-agent-trained" > "$out/multi-agent-trained.log" 2>&1
+    grep -v "━" "$out/multi-agent-trained.log" | tail -8
+    ;;
   kv-codec)  # ~3 min, one H200 (issue 18 part 3): the KV codec's kernels, host tier with it, speed. Ran 2026-12-02
     # (BENCHMARKS.md); again once encode is faster, and the quality part on the retrained `small` checkpoint
     # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh kv-codec
@@ -187,7 +241,7 @@ case "${1:-}" in
     grep -v "━" "$out/multi-agent.log" | tail -12
     ;;
   *)
-    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines|trained-model|trained-model-ci|kv-codec|offload|offload-pair|soak|multi-agent" >&2
+    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines|trained-model|trained-model-ci|trained-pair|trained-eval|token-rows|kv-codec|offload|offload-pair|soak|multi-agent" >&2
     exit 2
     ;;
 esac

@@ -33,6 +33,12 @@ from engine.sampling_params import SamplingParams
 from engine.step_profile import PHASES
 
 
+def _mixed(totals: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Prefill steps' totals, eager ("mixed") and replayed as graph rows ("mixed graph") together."""
+    kinds = [totals.get("mixed", {}), totals.get("mixed graph", {})]
+    return {key: sum(k.get(key, 0.0) for k in kinds) for key in set().union(*kinds)}
+
+
 def prefill_seconds(engine: LLMEngine, tokens: int, repeats: int, device: torch.device, vocab: int
                     ) -> tuple[float, dict[str, float]]:
     """Median wall time of the step that prefills one ``tokens``-long prompt (fresh ids each time,
@@ -41,7 +47,7 @@ def prefill_seconds(engine: LLMEngine, tokens: int, repeats: int, device: torch.
     times = []
     for i in range(repeats + 1):  # the first is a warm-up
         if i == 1:
-            before = engine.profile.totals().get("mixed", {})
+            before = _mixed(engine.profile.totals())
         prompt = torch.randint(3, min(30000, vocab), (tokens,), generator=gen).tolist()
         engine.add_request(None, prompt, SamplingParams(max_tokens=1, temperature=0))
         if device.type == "cuda":
@@ -50,7 +56,7 @@ def prefill_seconds(engine: LLMEngine, tokens: int, repeats: int, device: torch.
         while engine.has_unfinished():
             engine.step()
         times.append(time.perf_counter() - start)
-    after = engine.profile.totals().get("mixed", {})
+    after = _mixed(engine.profile.totals())
     steps = max(1, after.get("steps", 0) - before.get("steps", 0))
     phases = {ph: 1e3 * (after.get(ph, 0.0) - before.get(ph, 0.0)) / steps for ph in PHASES}
     return statistics.median(times[1:]), phases

@@ -5,6 +5,14 @@
 Decode steps are many small kernels; replaying a captured graph removes the launch gaps.
 Inputs are copied into static buffers, rows past the live batch are padding (slot -1, so
 they write no KV), and the captured attention grid is sized for ``max_model_len``.
+
+Small prefill steps replay the same graphs (``run_token_rows``): a step of T <= 128 new tokens
+becomes T one-token rows, row i attending to its sequence's keys up to its own position, as
+causal attention asks. Each layer writes every row's key and value before attention reads
+them, so a row sees the rows before it in its sequence. On an H200 with Llama-3-8B an eager
+step of a few tokens is ~14 ms of host launches (BENCHMARKS.md, prefill floor); the rows cost
+reads instead (each reads its context), so the step must also read at most
+``TOKEN_ROW_READS`` key positions in all.
 """
 
 from __future__ import annotations
@@ -14,6 +22,25 @@ import torch
 from engine.attention import AttentionBackend, AttentionMetadata
 from engine.attention.shared_prefix import SharedPrefixPlan
 from engine.model.llama import ForwardContext, LlamaForCausalLM
+
+# a small prefill step replays a decode graph when it has at most this many new tokens ...
+TOKEN_ROW_TOKENS = 128
+# ... and its rows read at most this many key positions together (T x the longest context). The
+# rows of one sequence read the same blocks, mostly from L2: on an H200 with Llama-3-8B (2026-12-02,
+# BENCHMARKS.md) 102-token probes at ~4.6K context took the same time under 2^20 as under 2^21, and a
+# 128-token step at no context 6.2 ms as rows against 21 ms eager
+TOKEN_ROW_READS = 1 << 20
+
+
+def token_rows(meta: AttentionMetadata, positions: torch.Tensor) -> AttentionMetadata:
+    """The same step as one-token rows: row i is the step's token i, with its sequence's block
+    table and ``positions[i] + 1`` keys (itself and every earlier position). No host sync."""
+    n = positions.shape[0]
+    counts = meta.query_start_loc[1:] - meta.query_start_loc[:-1]
+    tables = meta.block_tables.repeat_interleave(counts, dim=0, output_size=n)
+    starts = torch.arange(n + 1, dtype=torch.int32, device=positions.device)
+    return AttentionMetadata(starts, (positions + 1).to(torch.int32), tables, meta.slot_mapping,
+                             max_query_len=1, max_seq_len=meta.max_seq_len, decode_only=True)
 
 
 def capture_sizes(max_num_seqs: int) -> list[int]:
@@ -28,6 +55,7 @@ class DecodeGraphs:
         device = kv_cache.device
         self.model = model
         self.max_bs = max_num_seqs
+        max_num_seqs = max(max_num_seqs, TOKEN_ROW_TOKENS)  # rows of small prefill steps too
         self.max_model_len = max_model_len
         width = -(-max_model_len // block_size)
         self.input_ids = torch.zeros(max_num_seqs, dtype=torch.int64, device=device)
@@ -50,7 +78,7 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def capture(self) -> None:
-        for bs in sorted(capture_sizes(self.max_bs), reverse=True):
+        for bs in sorted(capture_sizes(self.tables.shape[0]), reverse=True):
             ctx = self.context(bs)
             self.model(self.input_ids[:bs], self.positions[:bs], ctx)  # warm up kernels
             torch.cuda.synchronize()
@@ -63,6 +91,16 @@ class DecodeGraphs:
 
     def can_run(self, num_seqs: int, max_seq_len: int) -> bool:
         return bool(self.graphs) and num_seqs <= self.max_bs and max_seq_len <= self.max_model_len
+
+    def run_token_rows(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                       meta: AttentionMetadata) -> torch.Tensor | None:
+        """Hidden states [T, hidden] of a small step with prefill rows, as one-token rows (None:
+        too many tokens or reads for that, run it eagerly)."""
+        n = input_ids.shape[0]
+        if (not self.graphs or n > TOKEN_ROW_TOKENS or n * meta.max_seq_len > TOKEN_ROW_READS
+                or meta.max_seq_len > self.max_model_len):
+            return None
+        return self.run(input_ids, positions, token_rows(meta, positions))
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Hidden states [n, hidden] of a decode-only step of n sequences."""

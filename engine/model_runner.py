@@ -98,6 +98,9 @@ class ModelRunner:
                 hidden, self.last_graphed = self.graphs.run(inp.input_ids, inp.positions, meta), True
             else:  # replayed, captured (after the batch kept its plan a few steps) or None: eager
                 hidden, self.last_graphed = self.shared_graph.run(inp.input_ids, inp.positions, meta)
+        elif self.graphs is not None and meta.shared is None:  # a small step with prefill rows
+            hidden = self.graphs.run_token_rows(inp.input_ids, inp.positions, meta)
+            self.last_graphed = hidden is not None
         if hidden is None:
             ctx = ForwardContext(self.kv_cache, meta, self.backend)
             hidden = self.model(inp.input_ids, inp.positions, ctx)

@@ -86,7 +86,7 @@ def add_totals(parts: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, 
 
 def step_kind(decode_only: bool, shared: bool, graphed: bool) -> str:
     if not decode_only:
-        return "mixed"
+        return "mixed graph" if graphed else "mixed"
     if shared:
         return "shared graph" if graphed else "shared"
     return "graph" if graphed else "decode"

@@ -6,8 +6,9 @@ recorded as a segment (batch, steps, first step seconds, growth per step) for TB
 With ``shared`` (shared_prefix.py), prompt blocks that running sequences share are attended once
 per step: the steps run as if the context were ``saved`` tokens shorter (constant between changes).
 
-With a memory ``limit`` (KV allocated on demand, as real engines do), the batch's context (every
-running sequence's KV, the token each step writes included) may not exceed ``limit()``; a run stops
+With a ``memory`` (KV allocated on demand, as real engines do), the batch's context (every running
+sequence's KV, the token each step writes included) may not exceed what the replica's reservations
+leave of its capacity (``memory.kv_capacity - memory.kv_used``); a run stops
 at the first boundary where the next step would not fit, and ``on_full(t)`` preempts there (the
 replica calls ``preempt_last``: the most recently joined sequence leaves, as the engine preempts).
 """
@@ -16,25 +17,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from heapq import heappop, heappush
+from typing import Protocol
 
 from simulator.request import Request
 from simulator.roofline import IterationCost
 from simulator.shared_prefix import SharedPrefixes
-from simulator.step_curve import run, steps_to_reach
+from simulator.step_curve import run, solve, steps_to_reach
 
 EPS_S = 1e-9  # boundaries closer than this to a target time count as reaching it
+
+
+class KVMemory(Protocol):
+    """The replica's KV memory, as the batch reads it (attributes: read on every run, hot)."""
+
+    kv_capacity: int  # KV tokens the replica holds
+    kv_used: int      # of them reserved outside the batch
 
 
 class DecodeBatch:
     __slots__ = ("cost", "t", "k", "batch", "context", "finishes", "pieces", "segments", "busy_s",
                  "attention_s", "attention_per_token", "joined", "on_finish", "_seq", "shared", "saved",
-                 "running", "limit", "on_full", "stall", "kv_token_s")
+                 "running", "memory", "on_full", "stall", "kv_token_s", "pieces_of")
 
     def __init__(self, cost: IterationCost, segments: list, on_finish: Callable[[Request, float], None],
-                 shared: SharedPrefixes | None = None, limit: Callable[[], float] | None = None,
+                 shared: SharedPrefixes | None = None, memory: KVMemory | None = None,
                  on_full: Callable[[float], None] | None = None) -> None:
         self.cost, self.segments, self.on_finish, self.shared = cost, segments, on_finish, shared
-        self.limit, self.on_full = limit, on_full
+        self.memory, self.on_full = memory, on_full
         self.running: dict[int, Request] = {}  # by join order (the last is the first preempted)
         self.stall = 0.0    # engine seconds (per-request serving work) before the next step
         self.saved = 0.0    # context tokens shared-prefix steps do not pay for (decode-only steps)
@@ -43,6 +52,7 @@ class DecodeBatch:
         self.batch = 0      # sequences running
         self.context = 0    # their contexts summed, for step k
         self.finishes: list[tuple[int, int, Request]] = []  # (step count at which it is done, seq, request)
+        self.pieces_of = cost.decode_pieces
         self.pieces = cost.decode_pieces(1)
         self.busy_s = 0.0
         self.attention_s = 0.0
@@ -54,14 +64,14 @@ class DecodeBatch:
     def join(self, req: Request, resumed: bool = False) -> None:
         """Add a prefilled request at the current boundary (it has ``generated`` tokens and needs the
         rest). ``resumed``: back from a preemption's recompute, whose token was timed already."""
-        req.k_join = self.k
-        self._seq += 1
-        req.batch_seq = self._seq
-        self.running[self._seq] = req
-        heappush(self.finishes, (self.k + req.output - req.generated, self._seq, req))
-        self.batch += 1
+        k = req.k_join = self.k
+        seq = self._seq = self._seq + 1
+        req.batch_seq = seq
+        self.running[seq] = req
+        heappush(self.finishes, (k + req.output - req.generated, seq, req))
+        batch = self.batch = self.batch + 1
         self.context += req.prompt + req.generated
-        self.pieces = self.cost.decode_pieces(self.batch)
+        self.pieces = self.pieces_of(batch)
         if not resumed:
             self.joined.append(req)
         if self.shared is not None:
@@ -69,28 +79,45 @@ class DecodeBatch:
                 self.shared.join(req)
             self.saved = self.shared.saved(self.batch)
 
+    def limit(self) -> float:
+        """KV tokens the batch's context may reach (unbounded without a memory)."""
+        memory = self.memory
+        return float("inf") if memory is None else memory.kv_capacity - memory.kv_used
+
     def fitting_steps(self) -> int:
         """Steps that fit the memory limit from this boundary (each adds ``batch`` tokens)."""
-        if self.limit is None:
+        memory = self.memory
+        if memory is None:
             return 1 << 62
-        room = self.limit() - self.context
+        room = memory.kv_capacity - memory.kv_used - self.context
         return int(room // self.batch) + 1 if room >= 0 else 0
 
     def next_change(self) -> float:
-        """When the next sequence finishes (or memory runs out), if nothing joins before."""
+        """When the next sequence finishes (or memory runs out), if nothing joins before.
+        (Hot: fitting_steps, and step_curve.run for one piece, inlined.)"""
         steps = self.finishes[0][0] - self.k
-        if self.limit is not None:
-            steps = min(steps, self.fitting_steps())
-        return self.t + self.stall + run(self.pieces, self.batch, self.context - self.saved, steps)
+        memory = self.memory
+        if memory is not None:
+            room = memory.kv_capacity - memory.kv_used - self.context
+            fit = int(room // self.batch) + 1 if room >= 0 else 0
+            if fit < steps:
+                steps = fit
+        pieces = self.pieces
+        if len(pieces) == 1:
+            _, a, b = pieces[0]
+            d0, delta = a + b * (self.context - self.saved), b * self.batch
+            return self.t + self.stall + (steps * d0 + delta * steps * (steps - 1) / 2)
+        return self.t + self.stall + run(pieces, self.batch, self.context - self.saved, steps)
 
     def advance_to(self, target: float) -> None:
         """Run to the first boundary at or after ``target``, finishing sequences on the way (and
-        preempting where the next step would not fit). (Hot: fitting_steps inlined.)"""
-        limit, stop = self.limit, target - EPS_S
+        preempting where the next step would not fit). (Hot: fitting_steps, and steps_to_reach
+        for one piece, inlined.)"""
+        memory, stop = self.memory, target - EPS_S
         fit = 1 << 62
         while self.batch:
-            if limit is not None:
-                room = limit() - self.context
+            if memory is not None:
+                room = memory.kv_capacity - memory.kv_used - self.context
                 if room < 0:
                     self.on_full(self.t)
                     continue
@@ -100,7 +127,14 @@ class DecodeBatch:
                 break
             left = self.finishes[0][0] - self.k
             dt = target - t - self.stall
-            m = steps_to_reach(self.pieces, self.batch, self.context - self.saved, dt if dt > EPS_S else EPS_S)
+            if dt <= EPS_S:
+                dt = EPS_S
+            pieces = self.pieces
+            if len(pieces) == 1:
+                _, a, b = pieces[0]
+                m = solve(a + b * (self.context - self.saved), b * self.batch, dt)
+            else:
+                m = steps_to_reach(pieces, self.batch, self.context - self.saved, dt)
             if m > fit:
                 m = fit
             self._run(m if m < left else left)
@@ -139,7 +173,7 @@ class DecodeBatch:
         while finishes and finishes[0][2].batch_seq != finishes[0][1]:
             heappop(finishes)  # entries of preempted sequences
         if self.batch:
-            self.pieces = self.cost.decode_pieces(self.batch)
+            self.pieces = self.pieces_of(self.batch)
         if self.shared is not None:
             self.saved = self.shared.saved(self.batch)
         return req
@@ -160,22 +194,26 @@ class DecodeBatch:
         self._finish_due()
 
     def _run(self, m: int) -> None:
-        segments, context = self.segments, self.context - self.saved
+        segments, context, b, pieces = self.segments, self.context - self.saved, self.batch, self.pieces
         if self.stall:  # the first step's gap holds the pending serving work
-            first = run(self.pieces, self.batch, context, 1) + self.stall
+            first = run(pieces, b, context, 1) + self.stall
             self.stall = 0.0
-            segments.append((self.batch, 1, first, 0.0))
+            segments.append((b, 1, first, 0.0))
             seconds = first
             if m > 1:
-                seconds += run(self.pieces, self.batch, context + self.batch, m - 1, segments)
+                seconds += run(pieces, b, context + b, m - 1, segments)
+        elif len(pieces) == 1:  # step_curve.run inlined (hot)
+            _, a, slope = pieces[0]
+            first, delta = a + slope * context, slope * b
+            segments.append((b, m, first, delta))
+            seconds = m * first + delta * m * (m - 1) / 2
         else:
-            seconds = run(self.pieces, self.batch, context, m, segments)
+            seconds = run(pieces, b, context, m, segments)
             first = -1.0
         if self.joined:  # their first decode token comes at the end of the run's first step
             if first < 0:
-                first = segments[-1][2] if len(self.pieces) == 1 else run(self.pieces, self.batch, context, 1)
+                first = run(pieces, b, context, 1)
             self._time_joined(first)
-        b = self.batch
         self.attention_s += self.attention_per_token * (m * context + b * m * (m - 1) / 2)
         self.kv_token_s += (self.context + b * (m - 1) / 2) * seconds  # the run's mean context (steps ~equal)
         self.t += seconds
@@ -193,21 +231,22 @@ class DecodeBatch:
         finishes, k = self.finishes, self.k
         if not finishes or finishes[0][0] != k:
             return  # nothing due: the batch is as it was
+        running, shared, on_finish = self.running, self.shared, self.on_finish
         while finishes and finishes[0][0] == k:
             _, seq, req = heappop(finishes)
             if req.batch_seq != seq:
                 continue  # preempted
-            del self.running[seq]
+            del running[seq]
             req.batch_seq = -1
             req.generated = req.output
             self.batch -= 1
             self.context -= req.prompt + req.output
-            if self.shared is not None and req.shared_runs:
-                self.shared.leave(req)
-            self.on_finish(req, self.t)
+            if shared is not None and req.shared_runs:
+                shared.leave(req)
+            on_finish(req, self.t)
         while finishes and finishes[0][2].batch_seq != finishes[0][1]:
             heappop(finishes)
         if self.batch:
-            self.pieces = self.cost.decode_pieces(self.batch)
-        if self.shared is not None:
-            self.saved = self.shared.saved(self.batch)
+            self.pieces = self.pieces_of(self.batch)
+        if shared is not None:
+            self.saved = shared.saved(self.batch)

@@ -17,6 +17,7 @@ cache gets the memory running requests leave (blocks they use are pinned there).
 from __future__ import annotations
 
 from collections import deque
+from heapq import heappush
 from typing import TYPE_CHECKING
 
 from simulator.decode_batch import DecodeBatch
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 class Replica:
     __slots__ = ("sim", "pool", "role", "cost", "kv_capacity", "max_seqs", "max_tokens", "cache", "block_tokens",
                  "queue", "queued_tokens", "kv_used", "pending", "pending_tokens", "ready", "batch", "iterating",
-                 "current", "version", "busy_s", "nic_free", "paged", "on_demand", "request_busy_s", "free_at")
+                 "current", "version", "busy_s", "nic_free", "paged", "on_demand", "request_busy_s", "free_at",
+                 "heap", "next_seq")
 
     def __init__(self, sim: Simulation, pool: str, role: str, cost: IterationCost, kv_capacity: int,
                  max_seqs: int, max_tokens: int, cache: PrefixCache | None, block_tokens: int,
@@ -52,7 +54,7 @@ class Replica:
         self.on_demand = on_demand and not self.paged and role != "prefill"
         self.batch = None if role == "prefill" else DecodeBatch(
             cost, sim.segments, self._finished, shared,
-            self._context_limit if self.on_demand else None, self._preempt)
+            self if self.on_demand else None, self._preempt)
         self.iterating = False
         self.current: list[tuple[Request, int]] = []
         self.version = 0                         # bumps cancel scheduled decode wake-ups
@@ -60,11 +62,9 @@ class Replica:
         self.nic_free = 0.0                      # when this replica's NIC is free for the next KV transfer
         self.request_busy_s = request_busy_s     # serving work per request on this engine (serving.py)
         self.free_at = 0.0                       # a prefill engine busy with that work until then
+        self.heap, self.next_seq = sim.heap, sim.next_seq  # the simulation's events (hot: pushed directly)
 
     # ---- memory
-    def _context_limit(self) -> float:
-        return self.kv_capacity - self.kv_used
-
     def in_use(self) -> int:
         """KV tokens held now: reservations, plus the decode batch's context when on demand."""
         return self.kv_used + self.batch.context if self.on_demand else self.kv_used
@@ -117,14 +117,11 @@ class Replica:
         self.queued_tokens += req.prompt
         if self.request_busy_s and self.batch is not None:  # a colocated engine admitting it
             self._add_busy(t)
-        if not self.iterating:
-            self._start_iteration(self._boundary(t))
-
-    def _boundary(self, t: float) -> float:
-        if self.batch is None:
-            return t
-        self.batch.advance_to(t)
-        return self.batch.t
+        if not self.iterating:  # from the batch's next boundary
+            if self.batch is not None:
+                self.batch.advance_to(t)
+                t = self.batch.t
+            self._start_iteration(t)
 
     def _add_busy(self, t: float) -> None:
         """Serving work for one request on this engine, between two of its steps (serving.py)."""
@@ -138,51 +135,51 @@ class Replica:
 
     def _start_iteration(self, t: float) -> None:
         batch = self.batch
-        if self.on_demand:
-            batch.make_room()
-        t = max(t, self.free_at)
-        chunks = self._take_chunks(t)
-        if not chunks:
-            self._schedule_wake()
-            return
-        tokens = logits = attended = kv_read = 0
-        for req, n in chunks:
-            tokens += n
-            logits += n == req.remaining
-            attended += n * req.computed + n * (n + 1) // 2
-            kv_read += req.computed + n
-        work = Work(tokens, logits, attended, kv_read)
-        if batch is None:
-            seconds = self.sim.step_noise(self.cost.seconds(work))
-        else:
-            seconds = (self.cost.mixed_seconds(work, batch.batch, batch.context) if batch.batch
-                       else self.cost.seconds(work)) + batch.take_stall()
-            batch.t = max(batch.t, t)
-        self.iterating, self.current = True, chunks
-        self.version += 1
-        self.sim.push(t + seconds, self._iteration_end, seconds)
-
-    def _take_chunks(self, t: float) -> list[tuple[Request, int]]:
-        running = self.batch.batch if self.batch is not None else 0
+        if self.on_demand and batch.batch and self.kv_capacity - self.kv_used - batch.context < 0:
+            batch.make_room()  # the next step would not fit (fitting_steps() == 0, inlined)
+        if t < self.free_at:
+            t = self.free_at
+        running = batch.batch if batch is not None else 0
         budget, seqs = self.max_tokens - running, self.max_seqs - running
-        chunks = []
+        chunks = []  # (request, prompt tokens this iteration), and the iteration's Work summed
+        tokens = logits = attended = kv_read = 0
         for req in self.queue:
             if budget <= 0 or seqs <= 0:
                 break
             if req.prefill_start < 0 and not self._start(req, t):
                 break
-            n = min(req.remaining, budget)
+            n = req.remaining
+            if n > budget:
+                n = budget
             chunks.append((req, n))
             budget -= n
             seqs -= 1
-        return chunks
+            tokens += n
+            logits += n == req.remaining
+            attended += n * req.computed + n * (n + 1) // 2
+            kv_read += req.computed + n
+        if not chunks:
+            self._schedule_wake()
+            return
+        work = Work(tokens, logits, attended, kv_read)
+        if batch is None:
+            seconds = self.sim.step_noise(self.cost.seconds(work))
+        else:
+            seconds = (self.cost.mixed_seconds(work, batch.batch, batch.context) if batch.batch
+                       else self.cost.seconds(work)) + batch.stall  # batch.take_stall(), inlined
+            batch.stall = 0.0
+            if batch.t < t:
+                batch.t = t
+        self.iterating, self.current = True, chunks
+        self.version += 1
+        heappush(self.heap, (t + seconds, self.next_seq(), self._iteration_end, seconds))
 
     def _start(self, req: Request, t: float) -> bool:
         if self.paged:
             return self._start_paged(req, t)
         need = self._start_need(req)
-        if not self._fits(need):
-            return False
+        if (self.kv_used + self.batch.context if self.on_demand else self.kv_used) + need > self.kv_capacity:
+            return False  # not self._fits(need) (hot: inlined)
         self.kv_used += need
         req.reserved = need
         req.prefill_start = t
@@ -359,10 +356,11 @@ class Replica:
             self._fill_batch()
 
     def _schedule_wake(self) -> None:
-        if self.batch is None or not self.batch.batch or self.iterating:
+        batch = self.batch
+        if batch is None or not batch.batch or self.iterating:
             return
         self.version += 1
-        self.sim.push(self.batch.next_change(), self._wake, self.version)
+        heappush(self.heap, (batch.next_change(), self.next_seq(), self._wake, self.version))
 
     def _wake(self, t: float, version: int) -> None:
         if version != self.version:

@@ -9,6 +9,7 @@ from simulator.errors import SimInputError
 from simulator.hardware import HardwareSpec
 from simulator.models import ModelSpec
 from simulator.operators import Op, OpShape, Work, decode_work, evaluate, op_table
+from simulator.row_sum import compile_rows
 
 Piece = tuple[float, float, float]  # (context from, seconds at context 0, seconds per context token)
 
@@ -51,6 +52,7 @@ class RooflineCost:
         self.table = op_table(model, tp, hw.allreduce_latency_s(tp))
         self.overhead_s = hw.iteration_overhead_us * 1e-6
         self._rows = [self._row(s) for s in self.table]
+        self._sum = compile_rows(self._rows, self.overhead_s)
         shape = self.attention_shape()
         self._prefix_flops_s = shape.flops.per_attended / hw.flops  # per prefix token and member
         self._prefix_read_s = shape.bytes.per_kv_read / hw.memory_bandwidth  # per prefix token
@@ -81,18 +83,13 @@ class RooflineCost:
         return evaluate(self.table, work) + [Op("iteration_overhead", "fixed", 0.0, 0.0, self.overhead_s)]
 
     def seconds(self, work: Work) -> float:
-        """Sum of ``op_seconds`` over ``ops(work)``, without building the list."""
-        t, n, a, k = work
-        total = self.overhead_s
-        for fc, ft, fl, fa, fk, bc, bt, bl, ba, bk, fixed in self._rows:
-            compute = fc + ft * t + fl * n + fa * a + fk * k
-            memory = bc + bt * t + bl * n + ba * a + bk * k
-            total += (compute if compute > memory else memory) + fixed
-        return total
+        """Sum of ``op_seconds`` over ``ops(work)``, without building the list (row_sum.py)."""
+        return self._sum(*work)
 
     def mixed_seconds(self, chunks: Work, batch: int, context: int) -> float:
         """Prefill chunks and a decode step in one iteration: one pass over the weights."""
-        return self.seconds(chunks + decode_work(batch, context))
+        t, n, a, k = chunks  # + decode_work(batch, context), field by field
+        return self._sum(t + batch, n + batch, a + context, k + context)
 
     def attention_seconds_per_token(self) -> float:
         """Attention time per context token of a decode step (the KV read or its FLOPs, whichever binds)."""

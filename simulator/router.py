@@ -25,20 +25,21 @@ class Router:
     def pick_prefill(self, replicas: Sequence[Replica], req: Request) -> Replica:
         if self.policy == "round_robin":
             return self._next(replicas)
+        # the first of the least (queued tokens, KV in use), as one int: queued * 2**48 + in use
+        # (KV tokens in use < 2**48; hot: Replica.in_use inlined)
         if self.policy == "prefix_aware" and req.hash_ids and replicas[0].cache is not None:
-            queued = [r.queued_tokens - r.cached_tokens(req) for r in replicas]
+            keys = [(r.queued_tokens - r.cached_tokens(req) << 48)
+                    + (r.kv_used + r.batch.context if r.on_demand else r.kv_used) for r in replicas]
         else:
-            queued = [r.queued_tokens for r in replicas]
-        # min over (queued tokens, KV in use), the first on ties; KV in use only read on ties (hot)
-        least = min(queued)
-        if queued.count(least) == 1:
-            return replicas[queued.index(least)]
-        return min((r for r, q in zip(replicas, queued) if q == least), key=Replica.in_use)
+            keys = [(r.queued_tokens << 48) + (r.kv_used + r.batch.context if r.on_demand else r.kv_used)
+                    for r in replicas]
+        return replicas[keys.index(min(keys))]
 
     def pick_decode(self, replicas: Sequence[Replica]) -> Replica:
         if self.policy == "round_robin":
             return self._next(replicas)
-        loads = [r.kv_load() for r in replicas]
+        loads = [r.kv_used + r.pending_tokens + (r.batch.context if r.on_demand else 0)  # Replica.kv_load (hot)
+                 for r in replicas]
         return replicas[loads.index(min(loads))]  # the first of the least loaded
 
     def _next(self, replicas: Sequence[Replica]) -> Replica:

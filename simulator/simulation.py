@@ -6,6 +6,7 @@ with the heap rather than pushed. Decode batches post one event per batch change
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import random
@@ -47,7 +48,7 @@ class Simulation:
         self.design, self.costs, self.trace = design, costs, trace
         self.model = costs.model
         self.heap: list = []
-        self._seq = itertools.count().__next__
+        self.next_seq = itertools.count().__next__
         self.segments: list[tuple[int, int, float, float]] = []
         self.extra_gaps: list[float] = []
         self.preemptions = 0
@@ -101,7 +102,7 @@ class Simulation:
         return max(seconds + s.step_jitter_s * (self._noise.lognormvariate(0.0, s.step_jitter) - 1), 0.5 * seconds)
 
     def push(self, t: float, handler: Callable, arg: object) -> None:
-        heapq.heappush(self.heap, (t, self._seq(), handler, arg))
+        heapq.heappush(self.heap, (t, self.next_seq(), handler, arg))
 
     def run(self, on_progress: Callable[[int], None] | None = None) -> SimRecord:
         """Run to the last request's end; ``on_progress(arrivals so far)`` every 8192 arrivals."""
@@ -112,21 +113,13 @@ class Simulation:
         if self.sharing:
             for req, runs in zip(requests, shared_segments(tr)):
                 req.shared_runs = runs
-        heap, pop, rejected = self.heap, heapq.heappop, 0
-        max_prompt, max_length = self._length_limits()
-        for req in requests:
-            if on_progress is not None and not req.index & 8191:
-                on_progress(req.index)
-            while heap and heap[0][0] < req.arrival:
-                t, _, handler, arg = pop(heap)
-                handler(t, arg)
-            if req.prompt > max_prompt or req.prompt + req.output > max_length:
-                rejected += 1
-                continue
-            self._arrive(req)
-        while heap:
-            t, _, handler, arg = pop(heap)
-            handler(t, arg)
+        enabled = gc.isenabled()  # the run makes no reference cycles: no collections on the way
+        gc.disable()
+        try:
+            rejected = self._events(requests, on_progress)
+        finally:
+            if enabled:
+                gc.enable()
         if self.finished + rejected != len(requests):
             raise RuntimeError(f"simulation ended with {len(requests) - self.finished - rejected} requests stuck")
         entry = "colocated" if "colocated" in self.pools else "prefill"
@@ -134,14 +127,32 @@ class Simulation:
                          self.preemptions, getattr(self.serving, entry).latency_s, self.serving.step_jitter,
                          self.serving.step_jitter_s)
 
+    def _events(self, requests: list[Request], on_progress: Callable[[int], None] | None) -> int:
+        """Arrivals merged with the event heap, to the end; the requests rejected (too long)."""
+        heap, pop, rejected = self.heap, heapq.heappop, 0
+        max_prompt, max_length = self._length_limits()
+        pick, entry = self.router.pick_prefill, self.entry
+        for req in requests:
+            if on_progress is not None and not req.index & 8191:
+                on_progress(req.index)
+            arrival = req.arrival
+            while heap and heap[0][0] < arrival:
+                t, _, handler, arg = pop(heap)
+                handler(t, arg)
+            if req.prompt > max_prompt or req.prompt + req.output > max_length:
+                rejected += 1
+                continue
+            pick(entry, req).submit(req, arrival)  # arrives: to a replica of the entry pool
+        while heap:
+            t, _, handler, arg = pop(heap)
+            handler(t, arg)
+        return rejected
+
     def _length_limits(self) -> tuple[int, int]:
         """The longest prompt, and the longest prompt + output, every replica on the way can hold."""
         replicas = list(itertools.chain(*self.pools.values()))
         prompt = min((r.kv_capacity for r in replicas if r.role == "prefill"), default=1 << 62)
         return prompt, min(r.kv_capacity for r in replicas if r.role != "prefill")
-
-    def _arrive(self, req: Request) -> None:
-        self.router.pick_prefill(self.entry, req).submit(req, req.arrival)
 
     def on_prefilled(self, req: Request, t: float) -> None:
         if req.output == 1:

@@ -50,7 +50,7 @@ def steps_to_reach(pieces: tuple[Piece, ...], batch: int, context: float, dt: fl
     last = len(pieces) - 1
     if last == 0:
         _, a, b = pieces[0]
-        return _solve(a + b * context, b * batch, dt)
+        return solve(a + b * context, b * batch, dt)
     i = 0
     while i < last and pieces[i + 1][0] <= context:
         i += 1
@@ -59,18 +59,18 @@ def steps_to_reach(pieces: tuple[Piece, ...], batch: int, context: float, dt: fl
         _, a, b = pieces[i]
         d0, delta = a + b * context, b * batch
         if i == last:
-            return done + _solve(d0, delta, dt)
+            return done + solve(d0, delta, dt)
         n = max(1, math.ceil((pieces[i + 1][0] - context) / batch))
         whole = n * d0 + delta * n * (n - 1) / 2
         if whole >= dt:
-            return done + _solve(d0, delta, dt)
+            return done + solve(d0, delta, dt)
         dt -= whole
         done += n
         context += n * batch
         i += 1
 
 
-def _solve(d0: float, delta: float, dt: float) -> int:
+def solve(d0: float, delta: float, dt: float) -> int:
     """Smallest j >= 1 with series(d0, delta, j) >= dt (the quadratic's root, then exact checks;
     series inlined: this runs once per closed-form run)."""
     if delta <= 0:

@@ -44,3 +44,7 @@ class HandoffError(KVStoreError):
 
 class HandoffTimeoutError(HandoffError, TimeoutError):
     """A KV handoff did not complete within the transfer timeout."""
+
+
+class HandoffCancelledError(HandoffError):
+    """The sender gave up on a KV handoff in flight (its receiver failed); the group was dropped."""

@@ -27,6 +27,7 @@ or timed out, and the two ends stay in step:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -36,7 +37,7 @@ from torch.distributed.distributed_c10d import Work
 
 from kvstore.block_codec import checked_blocks, gather_layers, layer_chunk, scatter_layers
 from kvstore.config import TransportConfig
-from kvstore.errors import HandoffError, HandoffTimeoutError, KVStoreError
+from kvstore.errors import HandoffCancelledError, HandoffError, HandoffTimeoutError, KVStoreError
 from kvstore.handoff_header import HandoffHeader, RequestRef, answer_tensor, empty_message, read_answer
 from kvstore.handoff_receives import Receive, Receives
 from kvstore.pair_groups import PairGroup, PairGroups
@@ -55,12 +56,15 @@ class KVHandoff:
         self._receives = Receives()
 
     def send(self, kv: torch.Tensor, block_ids: Sequence[int] | torch.Tensor, peer: str,
-             request_id: str) -> int:
+             request_id: str, give_up: threading.Event | None = None) -> int:
         """Send ``kv[:, :, block_ids]`` of ``request_id`` to ``peer``; returns payload bytes.
 
         Returns once the peer has received everything. Raises HandoffError if the peer
         rejects it (its reason in the message), HandoffTimeoutError past the timeout; an
-        unusable cache or ids raise here as before, after the peer has been told.
+        unusable cache or ids raise here as before, after the peer has been told. Setting
+        ``give_up`` (another thread: the receiver failed) ends an NCCL send still waiting for
+        the peer at once with HandoffCancelledError, and drops the group; a gloo send ends at
+        its timeout as before (gloo cannot cut a wait short without closing the pair).
         """
         with self._groups.lock(peer):
             group = self._groups.get(peer)
@@ -72,7 +76,7 @@ class KVHandoff:
                 self._guard(group, cancel.request, lambda: self._send_cancel(group, cancel, deadline))
                 raise
             header = HandoffHeader.of(request_id, ids.numel(), layout, self._config.layers_per_chunk)
-            return self._guard(group, header.request, lambda: self._send(group, kv, ids, header, deadline))
+            return self._guard(group, header.request, lambda: self._send(group, kv, ids, header, deadline, give_up))
 
     def recv(self, kv: torch.Tensor, block_ids: Sequence[int] | torch.Tensor, peer: str,
              request_id: str) -> int:
@@ -97,6 +101,9 @@ class KVHandoff:
         except HandoffTimeoutError as exc:  # a transfer may be stuck in flight: drop the group
             self._groups.close(group.peer, abort=True)
             raise HandoffTimeoutError(f"{exc} (transfer_timeout_s={self._config.transfer_timeout_s:g})") from exc
+        except HandoffCancelledError:  # given up mid-exchange: the ends are out of step
+            self._groups.close(group.peer, abort=True)
+            raise
         except KVStoreError:
             raise
         except Exception as exc:  # the backend broke (or worse) mid-exchange: the group is unusable
@@ -105,7 +112,7 @@ class KVHandoff:
                                f"(group dropped): {exc}") from exc
 
     def _send(self, group: PairGroup, kv: torch.Tensor, ids: torch.Tensor, header: HandoffHeader,
-              deadline: float) -> int:
+              deadline: float, give_up: threading.Event | None = None) -> int:
         works = [group.backend.send([header.to_tensor(kv.device)], group.peer_rank, _TAG_HEADER)]
         chunks = []
         for tag, (first, last) in enumerate(_chunks(header), start=_TAG_CHUNK0):
@@ -114,7 +121,8 @@ class KVHandoff:
         answer = empty_message(kv.device)
         works.append(group.backend.recv([answer], group.peer_rank, _TAG_ANSWER))
         for work in works:
-            _await(work, kv.device, deadline, f"sending request {header.request.shown!r} to {group.peer!r}")
+            _await(work, kv.device, deadline, f"sending request {header.request.shown!r} to {group.peer!r}",
+                   give_up=give_up)
         if (problem := read_answer(answer)) is not None:
             raise HandoffError(f"{group.peer!r} rejected the handoff: {problem}")
         return sum(c.numel() * c.element_size() for c in chunks)
@@ -234,13 +242,16 @@ def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.view(-1).view(torch.uint8)
 
 
-def _await(work: Work, device: torch.device, deadline: float, what: str, block_host: bool = True) -> None:
-    """Wait for a backend operation: on the host, or (block_host False) only in stream order.
+def _await(work: Work, device: torch.device, deadline: float, what: str, block_host: bool = True,
+           give_up: threading.Event | None = None) -> None:
+    """Wait for a backend operation: on the host, or (block_host False) only in stream order;
+    with NCCL, HandoffCancelledError once ``give_up`` is set.
 
-    Gloo's work objects only complete inside wait(), which takes a timeout; NCCL's wait()
-    with a timeout sleeps in 10 ms steps, so its completion is polled instead.
+    Gloo's work objects only complete inside wait(), which takes a timeout (and a wait that
+    times out closes the pair: it cannot be cut into slices to look at ``give_up``); NCCL's
+    wait() with a timeout sleeps in 10 ms steps, so its completion is polled instead.
     """
-    if device.type == "cpu":
+    if device.type == "cpu":  # gloo: a wait cut short closes the pair, so ``give_up`` waits for the end
         try:
             work.wait(timedelta(seconds=max(deadline - time.monotonic(), 1e-3)))
         except RuntimeError as exc:
@@ -249,7 +260,7 @@ def _await(work: Work, device: torch.device, deadline: float, what: str, block_h
             raise
         return
     if block_host:
-        _poll(work.is_completed, deadline, what)
+        _poll(work.is_completed, deadline, what, give_up)
     work.wait()
 
 
@@ -260,12 +271,14 @@ def _await_stream(device: torch.device, deadline: float, what: str) -> None:
         _poll(done.query, deadline, what)
 
 
-def _poll(is_done: Callable[[], bool], deadline: float, what: str) -> None:
+def _poll(is_done: Callable[[], bool], deadline: float, what: str, give_up: threading.Event | None = None) -> None:
     """Spin for the first few milliseconds (transfers are that short), then back off to 1 ms."""
     start = time.monotonic()
     while not is_done():
         now = time.monotonic()
         if now > deadline:
             raise HandoffTimeoutError(f"timed out {what}")
+        if give_up is not None and give_up.is_set():
+            raise HandoffCancelledError(f"gave up {what}")
         if now - start > _SPIN_S:
             time.sleep(min(1e-3, (now - start) / 50))

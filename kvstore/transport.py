@@ -14,11 +14,15 @@ which keeps the blocks still while a transfer runs. Every call ends one of three
 * timed out: it raises a ``TimeoutError`` (HandoffTimeoutError), or the Redis client's.
 
 The adapters here are thin: the protocols beneath them are unchanged, and run on a thread.
+Cancelling a handoff's ``send`` (its receiver failed: nobody will take the blocks) tells the
+transfer on its thread to give up: over NCCL it ends at once and drops the pair group, over
+gloo at its timeout. The call returns only when that thread is done with the blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -59,7 +63,15 @@ class HandoffTransport:
         self.handoff, self.kv = handoff, kv
 
     async def send(self, block_ids: Sequence[int], to: Peer) -> int:
-        return await asyncio.to_thread(self.handoff.send, self.kv, list(block_ids), to.worker_id, to.request_id)
+        give_up = threading.Event()
+        sending = asyncio.ensure_future(asyncio.to_thread(self.handoff.send, self.kv, list(block_ids), to.worker_id,
+                                                          to.request_id, give_up))
+        try:
+            return await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            give_up.set()
+            await asyncio.gather(sending, return_exceptions=True)  # the thread reads the blocks until it ends
+            raise
 
     async def receive(self, block_ids: Sequence[int], source: Peer) -> int:
         return await asyncio.to_thread(self.handoff.recv, self.kv, list(block_ids), source.worker_id,

@@ -84,9 +84,12 @@ class PrefillWorker(EngineWorker):
         ``start_receive`` asks the peer to post its receive. Both run under this worker's
         lock for that peer: the two ends of a pair group must issue transfers in the same
         order, and with the sender alone starting both halves, they do, whoever dispatches.
+        If the receive fails first (the peer cannot take the blocks, or just restarted and
+        could not join), the send is cancelled and the receiver's error raised: nobody would
+        take the blocks, and the send would otherwise wait out its transfer timeout.
         """
         lock = self._peer_locks.setdefault(peer, asyncio.Lock())
-        stored = None
+        stored = sending = None
         try:
             held = await self.kv.export_blocks(request_id)
             stored = asyncio.ensure_future(self._write_through(held))
@@ -94,14 +97,15 @@ class PrefillWorker(EngineWorker):
             if not blocks:
                 return 0
             async with lock:
-                received = start_receive()
-                sent = await self._transfer("send", blocks, peer, request_id)
-                await received
-            return sent
+                sending = asyncio.ensure_future(self._transfer("send", blocks, peer, request_id))
+                return await both_ends(asyncio.ensure_future(start_receive()), sending)
         finally:
             if stored is not None:  # the blocks are read until this ends; a failed host write is not fatal
                 await asyncio.gather(stored, return_exceptions=True)
-            self.release(request_id)
+            if sending is not None and not sending.done():  # given up: the blocks are read until it ends
+                sending.add_done_callback(lambda _: self.release(request_id))
+            else:
+                self.release(request_id)
 
     async def _write_through(self, held: HeldKV) -> None:
         """Copy the prompt's shared (prefix-cache hit) blocks to the host tier, while held."""
@@ -117,3 +121,23 @@ class PrefillWorker(EngineWorker):
     def release(self, request_id: str) -> None:
         """Free a held prompt's blocks (queued for the engine thread, in order with later calls)."""
         self.kv.release(request_id)
+
+
+async def both_ends(received: asyncio.Future, sending: asyncio.Future) -> int:
+    """The bytes sent, once both ends of a handoff are done; else the first error. A receive
+    that fails while the send runs ends this at once with the receiver's error: the send is
+    cancelled (it gives up, and holds its blocks until it has) and left to end on its own."""
+    try:
+        await asyncio.wait((received, sending), return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        sending.cancel()
+        raise
+    if not sending.done():  # the receive failed first: nobody will take the blocks
+        sending.cancel()
+        sending.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return received.result()  # the receiver's error
+    if sending.exception() is not None:  # the receive ends on its own (the group is dropped)
+        received.add_done_callback(lambda f: f.cancelled() or f.exception())
+    sent = sending.result()
+    await received
+    return sent

@@ -37,9 +37,9 @@ from rich.table import Table
 
 from benchmarks.ceilings import Ceilings, describe, measure
 from benchmarks.common import graph_seconds, machine_info, median_seconds, out_dir, write_json
+from benchmarks.paged_batches import BatchSpec, random_batch
 from engine.attention.triton_backend import TritonAttention
 from engine.attention.triton_decode import SHARED_BUDGET, DecodeConfig
-from engine.attention.triton_inputs import BatchSpec, random_batch
 from engine.attention.triton_prefill import PrefillConfig
 
 HEADS, KV_HEADS, DIM = 32, 8, 128  # Llama-3-8B

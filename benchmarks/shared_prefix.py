@@ -36,12 +36,12 @@ from rich.table import Table
 
 from benchmarks.attention import geomean
 from benchmarks.common import copy_bandwidth, graph_seconds, machine_info, median_seconds, out_dir, write_json
+from benchmarks.paged_batches import BatchSpec, PagedBatch, relative_error
+from benchmarks.shared_prefix_batches import PrefixTree, random_shared_batch
+from engine.attention.shared_prefix.triton_backend import prepare
+from engine.attention.shared_prefix.triton_kernel import SharedPrefixConfig
 from engine.attention.triton_backend import TritonAttention, multiprocessors
 from engine.attention.triton_decode import DecodeConfig
-from engine.attention.triton_inputs import BatchSpec, PagedBatch, relative_error
-from engine.attention.triton_shared_inputs import PrefixTree, random_shared_batch
-from engine.attention.triton_shared_kernel import SharedPrefixConfig
-from engine.attention.triton_shared_prefix import prepare
 
 HEADS, KV_HEADS, DIM, BLOCK = 32, 8, 128, 16  # Llama-3-8B
 DTYPE = torch.bfloat16

@@ -16,8 +16,8 @@ import zlib
 import pytest
 import torch
 
-from engine.attention.triton_inputs import PagedBatch
-from engine.attention.triton_shared_inputs import PrefixTree
+from benchmarks.paged_batches import PagedBatch
+from benchmarks.shared_prefix_batches import PrefixTree
 
 # float32 kernels sum up to ~33K keys in tiles and merge split partials: the whole-batch check
 # this replaces allowed them 1e-5 (and they passed it on H100/H200)
@@ -87,8 +87,8 @@ def reference_output(batch: PagedBatch) -> torch.Tensor:
 
 
 def shared_reference_output(batch: PagedBatch) -> torch.Tensor:
-    """The torch shared-prefix decomposition in float64 (``shared_prefix_reference``)."""
-    from engine.attention.shared_prefix_reference import shared_prefix_decode
+    """The torch shared-prefix decomposition in float64 (``shared_prefix.reference``)."""
+    from engine.attention.shared_prefix.reference import shared_prefix_decode
     return shared_prefix_decode(batch.q.double(), batch.k_cache.double(), batch.v_cache.double(), batch.meta,
                                 batch.meta.shared, batch.scale)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.attention.triton_inputs import BatchSpec, random_batch, relative_error
+from benchmarks.paged_batches import BatchSpec, random_batch, relative_error
 from tests.attention_checks import assert_matches_reference, reference_output, tolerance
 
 

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.attention.triton_inputs import BatchSpec, random_batch
+from benchmarks.paged_batches import BatchSpec, random_batch
 from tests.attention_checks import (
     assert_attention_close,
     assert_matches_reference,

@@ -16,11 +16,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from benchmarks.paged_batches import BatchSpec
+from benchmarks.shared_prefix_batches import PrefixTree, random_shared_batch
 from engine.attention.shared_prefix import SharedPrefixPlan, SharedSegment
-from engine.attention.triton_inputs import BatchSpec
+from engine.attention.shared_prefix.triton_layout import build_segment_work, chunk_length
 from engine.attention.triton_merge import merge_tiles
-from engine.attention.triton_shared_inputs import PrefixTree, random_shared_batch
-from engine.attention.triton_shared_layout import build_segment_work, chunk_length
 from tests.attention_checks import (
     assert_matches_reference,
     assert_rows_close,
@@ -94,15 +94,11 @@ def kernels():
     """The kernel modules (interpreted: the child runs with TRITON_INTERPRET=1)."""
     with pytest.MonkeyPatch.context() as mp:
         _patch_interpreter(mp)
-        from engine.attention import (
-            triton_backend,
-            triton_decode,
-            triton_merge,
-            triton_shared_kernel,
-            triton_shared_prefix,
-        )
+        from engine.attention import triton_backend, triton_decode, triton_merge
+        from engine.attention.shared_prefix import triton_backend as shared_backend
+        from engine.attention.shared_prefix import triton_kernel as shared_kernel
         yield SimpleNamespace(triton_backend=triton_backend, triton_decode=triton_decode, triton_merge=triton_merge,
-                              triton_shared_kernel=triton_shared_kernel, triton_shared_prefix=triton_shared_prefix)
+                              shared_kernel=shared_kernel, shared_backend=shared_backend)
 
 
 @pytest.fixture
@@ -114,7 +110,7 @@ def backend(kernels, **shared):
     """Small tiles and short chunks (ending in partial key tiles): tiny batches still get several
     member tiles and key chunks."""
     decode = kernels.triton_decode.DecodeConfig(block_n=16, programs_per_sm=24, min_split_tokens=16)
-    config = kernels.triton_shared_kernel.SharedPrefixConfig(**{"block_m": 16, "block_n": 32, "programs_per_sm": 64,
+    config = kernels.shared_kernel.SharedPrefixConfig(**{"block_m": 16, "block_n": 32, "programs_per_sm": 64,
                                                                 "min_chunk_tokens": 16, **shared})
     return kernels.triton_backend.TritonAttention(decode=decode, shared=config)
 
@@ -153,10 +149,10 @@ def case_segment_kernel_writes_exactly_its_slots(kernels, rng) -> None:
     attn = backend(kernels)
     attn.forward(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
     tensors = batch.meta.shared.tensors
-    step = kernels.triton_shared_prefix.SharedStep.cached(batch.meta.shared, tensors["triton_shared.key"])
+    step = kernels.shared_backend.SharedStep.cached(batch.meta.shared, tensors["triton_shared.key"])
     part_out, part_lse = torch.full_like(step.part_out, float("nan")), torch.full_like(step.part_lse, float("nan"))
     tiles = attn.shared_config.tiles(2, 32, 4, max(len(s.members) for s in batch.meta.shared.segments))
-    kernels.triton_shared_kernel.segment_partials(batch.q, batch.k_cache, batch.v_cache, step.blocks, step.items,
+    kernels.shared_kernel.segment_partials(batch.q, batch.k_cache, batch.v_cache, step.blocks, step.items,
                                                   step.member_rows, step.member_slots, batch.scale, part_out,
                                                   part_lse, tiles, attn.shared_config)
     expected = torch.zeros(part_lse.shape[0], part_lse.shape[2], dtype=torch.bool)
@@ -221,6 +217,6 @@ def case_default_config_with_128_row_tiles(kernels, rng) -> None:
     """The default tiles (128 rows: 64 members of a group of 2 in one tile) and register cap; on the
     CPU one multiprocessor, so chunks span whole segments."""
     from dataclasses import asdict
-    defaults = asdict(kernels.triton_shared_kernel.SharedPrefixConfig())
+    defaults = asdict(kernels.shared_kernel.SharedPrefixConfig())
     tree = nested_tree(rng, 70, system=80, fewshot=32, groups=2, unshared=3, max_suffix=30, block_size=16)
     check(kernels, tree, BatchSpec((1,), (1,), 4, 2, 32, 16, torch.bfloat16), rng.randrange(2**31), **defaults)

@@ -40,7 +40,7 @@ class TorchAttention:
 
     def forward(self, q, k_cache, v_cache, meta, scale) -> torch.Tensor:
         if meta.shared is not None:
-            from engine.attention.shared_prefix_reference import shared_prefix_decode
+            from engine.attention.shared_prefix.reference import shared_prefix_decode
             return shared_prefix_decode(q, k_cache, v_cache, meta, meta.shared, scale)
         from engine.attention.reference import paged_attention
         return paged_attention(q, k_cache, v_cache, meta, scale)

@@ -5,7 +5,7 @@ same launch, or by ``triton_merge`` when ``DecodeConfig.fused_merge`` is off); o
 run ``triton_prefill``. Every host-side choice depends only on shapes and
 ``meta.max_seq_len``, never on device values, so decode steps can be captured in CUDA
 graphs with ``max_seq_len`` set to the captured bound. Decode steps with a shared-prefix
-plan (``meta.shared``) go to ``triton_shared_prefix`` (eagerly, or in a graph captured for
+plan (``meta.shared``) go to ``shared_prefix.triton_backend`` (eagerly, or in a graph captured for
 their batch: ``engine/shared_step_graph.py``).
 """
 
@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 
 from engine.attention.metadata import AttentionMetadata
+from engine.attention.shared_prefix.triton_backend import shared_prefix_attention
+from engine.attention.shared_prefix.triton_kernel import SharedPrefixConfig
 from engine.attention.triton_decode import DecodeConfig, decode_merged, decode_partials
 from engine.attention.triton_merge import merge_partials
 from engine.attention.triton_prefill import PrefillConfig, prefill_attention
-from engine.attention.triton_shared_kernel import SharedPrefixConfig
-from engine.attention.triton_shared_prefix import shared_prefix_attention
 from engine.attention.triton_write_kv import write_kv as triton_write_kv
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -128,7 +128,7 @@ class TritonAttention:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         if q.shape[0] == 0:
             return out
-        if meta.decode_only and meta.shared is not None:  # Hydragen: triton_shared_prefix
+        if meta.decode_only and meta.shared is not None:  # Hydragen: shared_prefix.triton_backend
             shared_prefix_attention(q, k_cache, v_cache, meta, scale, out, multiprocessors(q.device),
                                     self.shared_config, self.decode_config)
         elif meta.decode_only:

@@ -23,7 +23,7 @@ SM. With ``DecodeConfig.table_lookahead`` each iteration reads the table for the
 and carries its rows, so the K/V loads depend on no load of their own iteration; at 3 stages
 the TTGIR then keeps the next tile's copies in flight while one is computed (``num = 2``,
 37 KB of shared memory against 21.5 KB), at 4 stages two (``num = 4``, 54 KB). The
-shared-prefix segment kernel does the same (``triton_shared_kernel``).
+shared-prefix segment kernel does the same (``shared_prefix.triton_kernel``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import torch
 from engine.attention import AttentionMetadata
 from engine.attention.reference import paged_attention
 from engine.attention.shared_prefix import SharedSegment, plan_shared_prefixes
-from engine.attention.shared_prefix_reference import shared_prefix_decode
+from engine.attention.shared_prefix.reference import shared_prefix_decode
 from engine.sampling_params import SamplingParams
 from tests.engine.conftest import BOTH_SCHEDULINGS, make_engine
 

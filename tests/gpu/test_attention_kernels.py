@@ -14,8 +14,8 @@ import random
 import pytest
 import torch
 
+from benchmarks.paged_batches import BatchSpec, PagedBatch, random_batch
 from engine.attention import get_backend
-from engine.attention.triton_inputs import BatchSpec, PagedBatch, random_batch
 from tests.attention_checks import assert_matches_reference, ragged_seq_lens, seeded_rng
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]

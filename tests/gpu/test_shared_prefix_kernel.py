@@ -4,7 +4,7 @@ Random inputs from a generator seeded by the test's id (the same on every run; t
 printed with a failing test's report): prefix trees with a system prompt shared by all,
 few-shot nodes shared by subsets, sequences sharing nothing mixed in, shuffled block ids and
 NaN in every cache slot a kernel must not read. Outputs are compared per (sequence, head), in
-float64, with ``shared_prefix_reference`` (the decomposition) and with plain
+float64, with ``shared_prefix.reference`` (the decomposition) and with plain
 ``reference.paged_attention`` (tests/attention_checks.py); then the suffix decode and segment kernel run again into
 NaN-filled partials, which must all be written, and merge to the same bits. The merge kernel
 is checked alone against a float64 merge (empty partials holding NaN must not be read).
@@ -18,13 +18,13 @@ import random
 import pytest
 import torch
 
+from benchmarks.paged_batches import BatchSpec
+from benchmarks.shared_prefix_batches import PrefixTree, random_shared_batch
+from engine.attention.shared_prefix.triton_backend import prepare, segment_layout
+from engine.attention.shared_prefix.triton_kernel import SharedPrefixConfig
 from engine.attention.triton_backend import TritonAttention, multiprocessors
 from engine.attention.triton_decode import DecodeConfig
-from engine.attention.triton_inputs import BatchSpec
 from engine.attention.triton_merge import merge_partials
-from engine.attention.triton_shared_inputs import PrefixTree, random_shared_batch
-from engine.attention.triton_shared_kernel import SharedPrefixConfig
-from engine.attention.triton_shared_prefix import prepare, segment_layout
 from engine.sampling_params import SamplingParams
 from tests.attention_checks import (
     assert_matches_reference,

@@ -6,8 +6,8 @@ layer fill one buffer of partials ``[B, H_q, S, D]`` and merge it:
 1. the split-K decode kernel (``triton_decode``) over each sequence's own suffix, keys
    ``[suffix_start, seq_len)``: a block table shifted by ``suffix_start / block_size`` and
    lengths ``seq_len - suffix_start`` (segments hold whole blocks), into slots ``[0, S_suffix)``;
-2. the segment kernel (``triton_shared_kernel``) over every segment's keys for all its
-   members at once, into each member's segment slots (``triton_shared_layout``);
+2. the segment kernel (``shared_prefix.triton_kernel``) over every segment's keys for all its
+   members at once, into each member's segment slots (``shared_prefix.triton_layout``);
 3. ``triton_merge.merge_partials`` by log-sum-exp into the output.
 
 What depends on the plan's segments alone (device copies of the work layout, the partial
@@ -26,10 +26,10 @@ import torch
 
 from engine.attention.metadata import AttentionMetadata
 from engine.attention.shared_prefix import SharedPrefixPlan
+from engine.attention.shared_prefix.triton_kernel import SharedPrefixConfig, segment_partials
+from engine.attention.shared_prefix.triton_layout import SegmentWork, build_segment_work, chunk_length
 from engine.attention.triton_decode import DecodeConfig, decode_partials
 from engine.attention.triton_merge import merge_partials
-from engine.attention.triton_shared_kernel import SharedPrefixConfig, segment_partials
-from engine.attention.triton_shared_layout import SegmentWork, build_segment_work, chunk_length
 from engine.uploads import upload
 
 PREFIX = "triton_shared."

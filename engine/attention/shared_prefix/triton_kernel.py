@@ -1,6 +1,6 @@
 """The shared-prefix (Hydragen) segment kernel: one shared segment's keys against all its members.
 
-A program takes one work item of ``triton_shared_layout`` (a segment's key chunk and a tile
+A program takes one work item of ``shared_prefix.triton_layout`` (a segment's key chunk and a tile
 of its members) and one KV head. Its ``BLOCK_M`` matrix rows are (member, query head)
 pairs, ``BLOCK_M // GROUP`` members of the GQA group, so each K/V tile feeds a real matrix
 product (``tl.dot`` of [BLOCK_M, D] by [D, BLOCK_N]) instead of the 1-row products of plain
@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.attention.shared_prefix.triton_layout import ITEM_FIELDS
 from engine.attention.triton_paged import (
     LN2,
     LOG2E,
@@ -38,7 +39,6 @@ from engine.attention.triton_paged import (
     next_power_of_2,
     softmax_step,
 )
-from engine.attention.triton_shared_layout import ITEM_FIELDS
 
 SHARED_BUDGET = 160 * 1024  # bytes of the query tile and staged K/V tiles per program
 QUERY_TILE_BYTES = 32 * 1024  # the query tile shrinks (fp32, wide heads) until it fits this
@@ -162,7 +162,7 @@ def segment_partials(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     """Write every work item's partials into part_out [B, H_q, S, D] and part_lse [B, H_q, S] (fp32).
 
     ``blocks``, ``items`` ([num_items, ITEM_FIELDS]), ``member_rows`` and ``member_slots`` are
-    int32 device copies of a ``triton_shared_layout.SegmentWork``; ``tiles`` is
+    int32 device copies of a ``triton_layout.SegmentWork``; ``tiles`` is
     ``config.tiles(...)`` with the members per tile the layout was built for
     (``block_m // group``). Shapes are assumed checked by the caller.
     """

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmarks.paged_batches import BatchSpec, PagedBatch, _meta_to, _metadata, _new_rows, _slots
 from engine.attention.shared_prefix import plan_shared_prefixes
-from engine.attention.triton_inputs import BatchSpec, PagedBatch, _meta_to, _metadata, _new_rows, _slots
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from router.cli import add_commands as add_router_commands
-from router.cli import router_overrides
+from router.cli import SERVE_HELP, add_serve_flags, router_overrides, run_serve
 from router.config import RouterConfig
 
 if TYPE_CHECKING:
@@ -40,8 +39,8 @@ class FlagError(ValueError):
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    add_router_commands(sub)
-    serve = sub.choices["serve"]
+    serve = sub.add_parser("serve", help=SERVE_HELP)
+    add_serve_flags(serve)
     serve.add_argument("--config", type=Path, default=None,
                        help="cluster config YAML: start or join Ray and serve the pools it names; router "
                             "flags given here override its router: section")
@@ -50,16 +49,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                             "ray://HOST:10001")
     serve.add_argument("--verbose", action="store_true", default=None,
                        help="with --config: show Ray's own log lines and the replicas' output")
-    single_process = serve.get_default("func")
-    serve.set_defaults(func=lambda args: run_cluster(args) if args.config else _single(args, single_process))
+    serve.set_defaults(func=serve_command)
 
 
-def _single(args: argparse.Namespace, single_process) -> int:
+def serve_command(args: argparse.Namespace) -> int:
+    """A cluster with --config, else the router in front of one in-process engine."""
+    return run_cluster(args) if args.config else _single(args)
+
+
+def _single(args: argparse.Namespace) -> int:
     given = [f"--{name}" for name in CLUSTER_FLAGS if getattr(args, name) is not None]
     if given:
         print(f"error: {given[0]} applies to a cluster (--config) only", file=sys.stderr)
         return 2
-    return single_process(args)
+    return run_serve(args)
 
 
 def check_engine_flags(args: argparse.Namespace) -> None:

@@ -34,8 +34,19 @@ FLAG_FIELDS = {"host": "host", "grpc_port": "grpc_port", "http_port": "http_port
                "tls_client_ca": "tls_client_ca"}
 
 
+SERVE_HELP = "serve a checkpoint over gRPC and OpenAI-compatible HTTP"
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    serve = sub.add_parser("serve", help="serve a checkpoint over gRPC and OpenAI-compatible HTTP")
+    """`serve` in single-process mode alone (``python -m router.cli``; `tierserve serve` is
+    cluster/serve_cli.py's, which adds the cluster flags to these)."""
+    serve = sub.add_parser("serve", help=SERVE_HELP)
+    add_serve_flags(serve)
+    serve.set_defaults(func=run_serve)
+
+
+def add_serve_flags(serve: argparse.ArgumentParser) -> None:
+    """The router's flags and the single-process engine's."""
     serve.add_argument("--model", default=None, help="checkpoint directory (default: the embedded tiny model)")
     serve.add_argument("--served-model-name", default=None, help="the model name clients use")
     serve.add_argument("--host", default=None, help=f"listen address (default: {DEFAULTS.host}, loopback only)")
@@ -71,7 +82,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-model-len", type=int, default=None)
     serve.add_argument("--num-blocks", type=int, default=None, help="KV blocks (default: sized from memory)")
     serve.add_argument("--prefix-caching", action="store_true", default=None)
-    serve.set_defaults(func=run_serve)
 
 
 def router_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from simulator.costs import CostModels
 from simulator.design import Design
 from simulator.metrics import SimResult
-from simulator.run import simulate
+from simulator.run import verdict
 from simulator.slo import SLO
 from simulator.traces.trace import Trace
 
@@ -29,8 +29,11 @@ def max_rate(design: Design, trace: Trace, costs: CostModels, slo: SLO, steps: i
     runs: dict[float, SimResult] = {}
 
     def meets(scale: float) -> bool:
-        runs[scale] = simulate(design, trace.scaled(scale), costs, slo)
-        return runs[scale].meets(slo)
+        result = verdict(design, trace.scaled(scale), costs, slo)  # None: missed, stopped early
+        if result is None:
+            return False
+        runs[scale] = result
+        return result.meets(slo)
 
     lo, hi = _bracket(meets, min_scale, max_scale)
     if lo == 0.0:

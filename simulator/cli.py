@@ -33,7 +33,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--tp-choices", type=int, default=2,
                       help="tensor-parallel degrees per tier: the smallest that fits, then doubled (default 2)")
     plan.add_argument("--time-budget", type=float, default=60.0,
-                      help="CPU seconds of this process; family searches stop starting after ~60%% of it (0: none)")
+                      help="CPU seconds of this process; family searches stop starting after ~60%% of it, the "
+                           "Pareto plot measures families only while it lasts (0: none)")
     plan.add_argument("--pareto", type=int, default=6, help="designs whose capacity the Pareto plot measures")
     plan.add_argument("--out", type=Path, default=Path("plan-out"), help="plots and results")
     plan.add_argument("--config-out", type=Path, default=None, help="cluster config (default OUT/cluster.yaml)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from rich.console import Console
 
@@ -33,6 +34,7 @@ def _options(args: argparse.Namespace, prior: SlowdownPrior) -> PlanOptions:
 
 
 def plan_command(args: argparse.Namespace, console: Console) -> int:
+    started = time.process_time()  # the time budget covers the whole command: plan first, then the plot
     costs, trace, slo = build_costs(args), build_trace(args), parse_slo(args.slo)
     prior = prior_for(costs)
     options = _options(args, prior)
@@ -76,7 +78,8 @@ def plan_command(args: argparse.Namespace, console: Console) -> int:
     write_cluster_config(config_path, config)
     values_path = write_chart_values(config_path.with_name("values.yaml"), chart_values(config, costs.catalog),
                                      plan.best.design.label())
-    _plots(args, console, planner, plan, slo)
+    deadline = started + options.time_budget_s if options.time_budget_s is not None else None
+    _plots(args, console, planner, plan, slo, deadline)
     write_json(args.out / "plan.json", {"price_sources": prices, "prior": prior.source,
                                         "searched_at_slowdown": options.slowdown, "seconds": plan.seconds,
                                         "band": band_dict(plan.band) if plan.band is not None else None,
@@ -93,14 +96,20 @@ def plan_command(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _plots(args: argparse.Namespace, console: Console, planner: Planner, plan: Plan, slo: SLO) -> None:
+def _plots(args: argparse.Namespace, console: Console, planner: Planner, plan: Plan, slo: SLO,
+           deadline: float | None = None) -> None:
     """Pareto: the cheapest design of each family (up to --pareto of them) at 1x, 2x and 4x its pool
-    sizes, each at the highest rate it serves within the SLO."""
+    sizes, each at the highest rate it serves within the SLO; a family's capacities are measured
+    only while the time budget (``deadline``, process CPU seconds) lasts: the plan comes first."""
     shown = list(plan.family_bests[:args.pareto])
     designs = [(c.design.label(), c.design.scaled(k)) for c in shown for k in PARETO_SCALES]
     points = []
     with progress_bar(console, "measuring capacity for the Pareto plot", len(designs)) as update:
-        for family, design in designs:
+        for i, (family, design) in enumerate(designs):
+            if deadline is not None and i % len(PARETO_SCALES) == 0 and time.process_time() > deadline:
+                console.print(f"Pareto plot: {i // len(PARETO_SCALES)} of {len(shown)} families measured within "
+                              "the time budget (--time-budget)")
+                break
             update(description=f"capacity of {design.label()}")
             cap = max_rate(design, planner.trace, planner.costs, slo, steps=4)
             points.append(ParetoPoint(design.label(), design.cost_per_hour(planner.costs.catalog), cap.rate,

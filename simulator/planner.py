@@ -26,12 +26,13 @@ from functools import partial
 import numpy as np
 
 from simulator.bounds import LoadBounds
+from simulator.candidate import Candidate, Family, badness
 from simulator.costs import CostModels, min_tp
 from simulator.design import Design, PoolSpec
 from simulator.errors import SimInputError
 from simulator.metrics import SimResult
 from simulator.operators import prefill_work
-from simulator.run import simulate
+from simulator.run import simulate, verdict
 from simulator.search import search_family, shrink, trade
 from simulator.slo import PERCENTILES, SLO
 from simulator.traces.trace import Trace
@@ -63,26 +64,6 @@ class PlanOptions:
             raise SimInputError(f"slowdown must be > 0, got {self.slowdown}")
 
 
-@dataclass(frozen=True)
-class Family:
-    kind: str
-    tiers: tuple[str, ...]  # colocated (X,); disaggregated (prefill, decode); offload (compute, attention)
-    tps: tuple[int, ...]    # tp per pool, in the design's pool order
-
-
-@dataclass(frozen=True)
-class Candidate:
-    family: Family
-    sizes: tuple[int, ...]  # replicas per pool, in the design's pool order
-    design: Design
-    result: SimResult
-    badness: float          # the worst percentile / bound; <= 1 meets the SLO
-
-    @property
-    def passed(self) -> bool:
-        return self.badness <= 1.0
-
-
 @dataclass
 class _Found:
     """A family's best on the head and, once resolved, on the whole trace (None: it failed there)."""
@@ -102,12 +83,7 @@ class Plan:
     band: Band | None = None           # the winner on the whole trace under the prior
     seconds: float = 0.0               # CPU time of the process
     head_only: tuple[Candidate, ...] = ()  # family bests on the head not rerun: they cost more than the winner
-
-
-def badness(result: SimResult, slo: SLO) -> float:
-    if result.rejected:
-        return math.inf
-    return max(result.percentiles[k] / v for k, v in slo.checked)
+    stopped: int = 0                   # runs stopped once they missed the SLO for sure (pass/fail questions)
 
 
 class Planner:
@@ -120,6 +96,8 @@ class Planner:
         self.progress = progress or (lambda _: None)
         self.evaluated: list[Candidate] = []
         self._cache: dict[tuple, Candidate] = {}
+        self._missed: set[tuple] = set()  # (family, sizes, trace id) whose runs stopped: the SLO missed
+        self.stopped = 0                   # runs stopped early so (pass/fail questions)
 
     # ---- families and designs
     def families(self) -> tuple[list[Family], list[str]]:
@@ -207,11 +185,34 @@ class Planner:
         if key not in self._cache:
             design = self.design(fam, sizes)
             self.progress(design.label())
-            result = simulate(design, trace, self.costs, self.slo)
-            self._cache[key] = Candidate(fam, sizes, design, result, badness(result, self.slo))
-            if trace is self.trace:
-                self.evaluated.append(self._cache[key])
+            self._add(key, design, simulate(design, trace, self.costs, self.slo))
         return self._cache[key]
+
+    def passes(self, fam: Family, sizes: tuple[int, ...], trace: Trace | None = None) -> bool:
+        """Whether the design meets the SLO on ``trace``: ``evaluate(...).passed``, but a run that
+        misses the SLO stops as soon as that is certain (slo_watch.py; a run that passes is whole
+        and cached as ``evaluate``'s)."""
+        trace = trace or self.trace
+        key = (fam, sizes, id(trace))
+        if key in self._cache:
+            return self._cache[key].passed
+        if key not in self._missed:
+            design = self.design(fam, sizes)
+            self.progress(design.label())
+            result = verdict(design, trace, self.costs, self.slo)
+            if result is None:
+                self._missed.add(key)
+                self.stopped += 1
+                return False
+            self._add(key, design, result)
+            return self._cache[key].passed
+        return False
+
+    def _add(self, key: tuple, design: Design, result: SimResult) -> None:
+        fam, sizes, trace_id = key
+        self._cache[key] = Candidate(fam, sizes, design, result, badness(result, self.slo))
+        if trace_id == id(self.trace):
+            self.evaluated.append(self._cache[key])
 
     # ---- the search
     def plan(self) -> Plan:
@@ -256,7 +257,7 @@ class Planner:
         if bests and self.options.prior is not None:
             spread = band(bests[0].design, self.full, self.base_costs, self.slo, self.options.prior, steps=4)
         return Plan(bests[0] if bests else None, tuple(bests), tuple(self.evaluated), tuple(skipped), spread,
-                    time.process_time() - start, tuple(sorted(unconfirmed, key=self._cost)))
+                    time.process_time() - start, tuple(sorted(unconfirmed, key=self._cost)), self.stopped)
 
     def _cost(self, cand: Candidate) -> float:
         return cand.design.cost_per_hour(self.costs.catalog)

@@ -17,8 +17,9 @@ cache gets the memory running requests leave (blocks they use are pinned there).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from heapq import heappush
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from simulator.decode_batch import DecodeBatch
 from simulator.operators import Work
@@ -27,8 +28,23 @@ from simulator.request import Request
 from simulator.roofline import IterationCost
 from simulator.shared_prefix import SharedPrefixes
 
-if TYPE_CHECKING:
-    from simulator.simulation import Simulation
+
+class Host(Protocol):
+    """What a replica asks of the simulation it runs in (simulation.Simulation)."""
+
+    heap: list            # the event heap: (time, seq, handler, arg)
+    next_seq: Callable[[], int]
+    segments: list[tuple[int, int, float, float]]
+    extra_gaps: list[float]
+    preemptions: int
+
+    def step_noise(self, seconds: float) -> float: ...
+
+    def on_prefilled(self, req: Request, t: float) -> None: ...
+
+    def start_transfer(self, req: Request, t: float) -> None: ...
+
+    def on_finished(self, req: Request) -> None: ...
 
 
 class Replica:
@@ -37,7 +53,7 @@ class Replica:
                  "current", "version", "busy_s", "nic_free", "paged", "on_demand", "request_busy_s", "free_at",
                  "heap", "next_seq")
 
-    def __init__(self, sim: Simulation, pool: str, role: str, cost: IterationCost, kv_capacity: int,
+    def __init__(self, sim: Host, pool: str, role: str, cost: IterationCost, kv_capacity: int,
                  max_seqs: int, max_tokens: int, cache: PrefixCache | None, block_tokens: int,
                  share_prefixes: bool = False, on_demand: bool = False, request_busy_s: float = 0.0) -> None:
         self.sim, self.pool, self.role, self.cost = sim, pool, role, cost

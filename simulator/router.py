@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from simulator.replica import Replica
-
-if TYPE_CHECKING:
-    from simulator.request import Request
+from simulator.request import Request
 
 
 class Router:

@@ -8,12 +8,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from simulator.candidate import Candidate, Family
+from simulator.slo import SLO
 from simulator.traces.trace import Trace
 
-if TYPE_CHECKING:
-    from simulator.planner import Candidate, Family, Planner
+
+class Limits(Protocol):
+    max_replicas: int
+
+
+class Planner(Protocol):
+    """What a family search asks of the planner (planner.Planner)."""
+
+    slo: SLO
+
+    @property
+    def options(self) -> Limits: ...
+
+    def lower_bounds(self, fam: Family) -> tuple[int, ...]: ...
+
+    def cost(self, fam: Family, sizes: tuple[int, ...]) -> float: ...
+
+    def evaluate(self, fam: Family, sizes: tuple[int, ...], trace: Trace | None = None) -> Candidate: ...
+
+    def passes(self, fam: Family, sizes: tuple[int, ...], trace: Trace | None = None) -> bool: ...
 
 # which pools (by position) can fix a violated metric, per design kind
 REMEDIES = {
@@ -81,11 +101,11 @@ def trade(planner: Planner, fam: Family, cand: Candidate, trace: Trace) -> Candi
                     if planner.cost(fam, tuple(trial)) < planner.cost(fam, sizes) and \
                             max(trial) <= planner.options.max_replicas:
                         moves.append(tuple(trial))
-        passing = [c for c in (planner.evaluate(fam, m, trace) for m in moves) if c.passed]
+        passing = [m for m in moves if planner.passes(fam, m, trace)]
         if not passing:
             break
-        best = min(passing, key=lambda c: planner.cost(fam, c.sizes))
-        sizes = shrink(planner, fam, list(best.sizes), tuple(1 for _ in sizes), trace).sizes
+        best = min(passing, key=lambda m: planner.cost(fam, m))
+        sizes = shrink(planner, fam, list(best), tuple(1 for _ in sizes), trace).sizes
     return planner.evaluate(fam, sizes, trace)
 
 
@@ -96,7 +116,7 @@ def shrink(planner: Planner, fam: Family, sizes: list[int], floor: tuple[int, ..
         while lo < hi:
             mid = (lo + hi) // 2
             trial = tuple(sizes[:i] + [mid] + sizes[i + 1:])
-            if planner.evaluate(fam, trial, trace).passed:
+            if planner.passes(fam, trial, trace):
                 hi = mid
             else:
                 lo = mid + 1

@@ -23,6 +23,8 @@ from simulator.request import Request
 from simulator.roofline import IterationCost
 from simulator.router import Router
 from simulator.shared_prefix import shared_segments
+from simulator.slo import SLO
+from simulator.slo_watch import SloMissed, SloWatch
 from simulator.traces.trace import Trace
 
 
@@ -44,7 +46,9 @@ class SimRecord:
 
 
 class Simulation:
-    def __init__(self, design: Design, costs: CostModels, trace: Trace) -> None:
+    """``stop_on``: raise SloMissed out of ``run`` as soon as that SLO is missed for sure (slo_watch)."""
+
+    def __init__(self, design: Design, costs: CostModels, trace: Trace, stop_on: SLO | None = None) -> None:
         self.design, self.costs, self.trace = design, costs, trace
         self.model = costs.model
         self.heap: list = []
@@ -61,6 +65,8 @@ class Simulation:
         self.decode = self.pools.get("decode")
         self.transfer_link = self._transfer_link() if self.decode else None
         self.finished = 0
+        entry = getattr(self.serving, "colocated" if "colocated" in self.pools else "prefill")
+        self.watch = SloWatch(stop_on, len(trace), entry.latency_s) if stop_on is not None else None
 
     def _pool(self, name: str, spec: PoolSpec) -> list[Replica]:
         cost, capacity = self._cost_and_capacity(name, spec)
@@ -140,6 +146,8 @@ class Simulation:
                 t, _, handler, arg = pop(heap)
                 handler(t, arg)
             if req.prompt > max_prompt or req.prompt + req.output > max_length:
+                if self.watch is not None:
+                    raise SloMissed("a request is too long for the design")
                 rejected += 1
                 continue
             pick(entry, req).submit(req, arrival)  # arrives: to a replica of the entry pool
@@ -183,3 +191,5 @@ class Simulation:
 
     def on_finished(self, req: Request) -> None:
         self.finished += 1
+        if self.watch is not None:
+            self.watch.finished(req)

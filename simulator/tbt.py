@@ -89,9 +89,19 @@ class TokenGaps:
             hi, lo = np.where(below, mid, hi), np.where(below, lo, mid)
         return hi.tolist()
 
-    def _noisy_quantiles(self, qs: list[float], grid: int = 4000, samples: int = 4) -> list[float]:
-        """Modeled gaps as weighted points (a segment's arithmetic run as ``samples`` of them), their
-        CDF shifted by every noise node and averaged, read on a log grid (0.2-0.3% apart)."""
+    def _noisy_quantiles(self, qs: list[float], grid: int = 4000) -> list[float]:
+        """Modeled gaps as weighted points (``_points``), their CDF shifted by every noise node and
+        averaged, read on a log grid (0.2-0.3% apart)."""
+        values, cum = self._points()
+        lo = max(values[0] + self.offsets.min(), values[values > 0].min() * 0.5, 1e-7)
+        xs = np.geomspace(lo, values[-1] + self.offsets.max(), grid)
+        cdf = self._shifted_cdf(values, cum, xs)
+        idx = np.minimum(np.searchsorted(cdf, np.asarray(qs) - 1e-12), grid - 1)
+        return xs[idx].tolist()
+
+    def _points(self, samples: int = 4) -> tuple[np.ndarray, np.ndarray]:
+        """Modeled gaps as weighted points, sorted, and their cumulative weights: a segment's
+        arithmetic run as ``samples`` points, the first-token fixes as +-1 points."""
         steps = self.steps
         spread = (np.arange(samples) + 0.5) / samples
         values = (self.first[:, None] + self.delta[:, None] * (steps[:, None] - 1) * spread[None, :]).ravel()
@@ -100,16 +110,16 @@ class TokenGaps:
         weights = np.concatenate([weights, np.ones(len(self.first_gaps)), -np.ones(len(self.first_steps)),
                                   np.ones(len(self.extra))])
         order = np.argsort(values, kind="stable")
-        values, cum = values[order], np.cumsum(weights[order])
-        lo = max(values[0] + self.offsets.min(), values[values > 0].min() * 0.5, 1e-7)
-        xs = np.geomspace(lo, values[-1] + self.offsets.max(), grid)
-        cdf = np.zeros(grid)
+        return values[order], np.cumsum(weights[order])
+
+    def _shifted_cdf(self, values: np.ndarray, cum: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """The points' CDF at ``xs``, shifted by every noise node and averaged."""
+        cdf = np.zeros(len(xs))
         for a, w in zip(self.offsets, self.weights):
             idx = np.searchsorted(values, xs - a, "right")
             cdf += w * np.where(idx > 0, cum[np.maximum(idx - 1, 0)], 0.0)
         cdf /= self.count
-        idx = np.minimum(np.searchsorted(cdf, np.asarray(qs) - 1e-12), grid - 1)
-        return xs[idx].tolist()
+        return cdf
 
     def mean(self) -> float:
         if self.count == 0:
@@ -118,6 +128,10 @@ class TokenGaps:
         return float((seg.sum() + self.first_gaps.sum() - self.first_steps.sum() + self.extra.sum()) / self.count)
 
     def cdf(self, xs: np.ndarray) -> np.ndarray:
+        """Share of tokens with gaps <= each x; with host noise, from the weighted points the
+        quantiles read (exact per segment, it costs nodes x xs x segments: seconds for a plot)."""
+        if self.noisy and self.count:
+            return self._shifted_cdf(*self._points(), np.atleast_1d(np.asarray(xs, dtype=np.float64)))
         return self.count_at_most(xs) / max(self.count, 1.0)
 
 

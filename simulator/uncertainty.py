@@ -23,7 +23,7 @@ from simulator.costs import CostModels
 from simulator.design import Design
 from simulator.metrics import SimResult
 from simulator.operators import decode_work, prefill_work
-from simulator.run import simulate
+from simulator.run import simulate, verdict
 from simulator.slo import SLO
 from simulator.traces.trace import Trace
 
@@ -123,20 +123,21 @@ def slo_limit(design: Design, trace: Trace, costs: CostModels, slo: SLO, prior: 
               known: dict[float, SimResult] | None = None, steps: int = 6) -> float | None:
     """The largest slowdown (within the prior's 0.5th-99.5th percentiles) under which the SLO holds,
     by bisection in log(s); None when it fails even at the low end."""
-    known = dict(known or {})
+    passed = {s: r.meets(slo) for s, r in (known or {}).items()}
 
     def meets(s: float) -> bool:
-        if s not in known:
-            known[s] = simulate(design, trace, costs.slowed(s), slo)
-        return known[s].meets(slo)
+        if s not in passed:
+            result = verdict(design, trace, costs.slowed(s), slo)  # None: missed, stopped early
+            passed[s] = result is not None and result.meets(slo)
+        return passed[s]
 
     lo, hi = prior.quantile(0.005), prior.quantile(0.995)
     if not meets(lo):
         return None
     if meets(hi):
         return math.inf
-    passing = sorted(s for s in known if lo <= s <= hi and known[s].meets(slo))
-    failing = sorted(s for s in known if lo <= s <= hi and not known[s].meets(slo))
+    passing = sorted(s for s in passed if lo <= s <= hi and passed[s])
+    failing = sorted(s for s in passed if lo <= s <= hi and not passed[s])
     lo, hi = max(passing), min(s for s in failing if s > max(passing)) if any(s > max(passing) for s in failing) \
         else hi
     for _ in range(steps):

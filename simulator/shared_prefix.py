@@ -1,7 +1,7 @@
 """Shared-prefix (Hydragen-style) decode steps: what the running sequences of one decode batch share.
 
 Requests name their prompt blocks by prefix-chained hashes (the trace's ``hash_ids``), so the
-trace's prompts form a trie of blocks. As the engine does (engine/attention/shared_prefix.py), a
+trace's prompts form a trie of blocks. As the engine does (engine/attention/shared_prefix/__init__.py), a
 full prompt block held by c >= 2 running sequences is read once for all of them and attended as
 one matrix product; everything else is attended per sequence as usual. Blocks no other request
 of the trace holds are never shared, and a run of blocks held by the same requests of the trace

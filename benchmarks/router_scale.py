@@ -56,11 +56,11 @@ import numpy as np
 import redis
 
 from benchmarks.common import cpu_model
-from cluster.compact_index import CompactPrefixIndex
 from cluster.fleet_router import FleetRouter
+from cluster.index.compact_index import CompactPrefixIndex
+from cluster.index.prefix_core import NumpyCore, native_core, prompt_block_ids
+from cluster.index.prefix_index import PrefixIndex
 from cluster.pool_handles import Replica, RequestShape, pick_prefill
-from cluster.prefix_core import NumpyCore, native_core, prompt_block_ids
-from cluster.prefix_index import PrefixIndex
 from engine.block_hash import ROOT_HASH, hash_blocks
 from kvstore.keys import RedisKeys, Tier
 from kvstore.kv_events import EventBatch, EventKind, KVEvent, KVEventSubscriber, block_ids
@@ -122,7 +122,7 @@ class Impl:
         elif (core := native_core()) is not None:
             self.index = CompactPrefixIndex(core=core)
         else:
-            raise SystemExit("compact-c: cluster._prefix_core is not built (pip install -e .)")
+            raise SystemExit("compact-c: cluster.index._prefix_core is not built (pip install -e .)")
 
     def encode(self, e: KVEvent) -> bytes:
         return legacy_encode(e) if self.name == "baseline" else e.encode()

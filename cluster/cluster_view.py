@@ -19,9 +19,11 @@ import time
 
 import redis
 
-from cluster.compact_index import CompactPrefixIndex, IndexSize
 from cluster.config import MAX_PREDICTED, POLICIES
-from cluster.index_follower import IndexFollower
+from cluster.index.compact_index import CompactPrefixIndex, IndexSize
+from cluster.index.index_follower import IndexFollower
+from cluster.index.prefix_core import prompt_block_ids
+from cluster.index.segment_index import RequestSegments, SegmentIndex
 from cluster.pool_handles import (
     DECODE_LOAD_WEIGHT,
     Pools,
@@ -34,8 +36,6 @@ from cluster.pool_handles import (
     usable,
 )
 from cluster.prefill_board import PrefillBoard
-from cluster.prefix_core import prompt_block_ids
-from cluster.segment_index import RequestSegments, SegmentIndex
 from engine.segments.spec import SegmentReuse
 from kvstore.keys import HOST_WORKER
 from kvstore.kv_events import KVEventSubscriber

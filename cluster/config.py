@@ -31,7 +31,7 @@ from router.config import RouterConfig
 
 ROLES = ("prefill", "decode", "colocated", "attention")
 POLICIES = ("prefix-aware", "round-robin")
-MAX_PREDICTED = 1 << 18  # (replica, block) predictions a router keeps (cluster.compact_index)
+MAX_PREDICTED = 1 << 18  # (replica, block) predictions a router keeps (cluster.index.compact_index)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ the same loads and matches give the same replica as the dispatcher's own rule
 Two routers that applied the same events and see the same loads therefore choose alike: no
 part of a decision depends on arrival order, dict order or a random draw.
 
-Segment reuse (engine/segments, cluster/segment_index.py) enters a decision as a *credit*: per
+Segment reuse (engine/segments, cluster/index/segment_index.py) enters a decision as a *credit*: per
 replica, the prompt tokens it need not compute past its cached prefix because it holds the
 request's segments, taken off its work before the pick (``RequestShape.segment_tokens`` in the
 dispatcher's rule). A segment index answers that lookup (``SegmentLookup``); the router keeps
@@ -26,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from cluster.compact_index import CompactPrefixIndex
+from cluster.index.compact_index import CompactPrefixIndex
 from engine.block_hash import BlockHash
 from kvstore.kv_events import block_ids
 

@@ -31,7 +31,7 @@ from router.backend import HealthState
 from workers.messages import WorkerLoad
 
 if TYPE_CHECKING:
-    from cluster.segment_index import RequestSegments
+    from cluster.index.segment_index import RequestSegments
 
 # Held KV weighs less than KV to move: it costs memory and attention reads, not compute or
 # transfer, and a replica that runs out of room refuses the reservation anyway.
@@ -197,7 +197,7 @@ class RequestShape:
     pull blocks from the host tier instead of computing them, at ``host_pull_weight`` of the
     cost of computing a token (measure both on your hardware: see BENCHMARKS.md).
     ``segment_tokens``: per worker, prompt tokens past its cached prefix that it would fill
-    from its segment store instead of computing (cluster/segment_index.py)."""
+    from its segment store instead of computing (cluster/index/segment_index.py)."""
 
     prompt_tokens: int
     block_size: int

@@ -17,8 +17,8 @@ from typing import cast
 
 import numpy as np
 
-from cluster.compact_index import CompactPrefixIndex
 from cluster.fleet_router import FleetRouter
+from cluster.index.compact_index import CompactPrefixIndex
 from cluster.pool_handles import MIRRORED, Replica, RequestShape, held_tokens
 from kvstore.keys import HOST_WORKER
 from router.backend import HealthState

@@ -1,4 +1,4 @@
-/* The prefix index's core in C: cluster/prefix_core.py's NumpyCore, same methods, same
+/* The prefix index's core in C: cluster/index/prefix_core.py's NumpyCore, same methods, same
  * answers (tests/cluster/test_prefix_index_compact.py runs both over the same events).
  *
  * - a hash table block id (u64) -> holder state (u32): linear probing, Fibonacci hashing,
@@ -718,10 +718,10 @@ static PySequenceMethods Core_as_sequence = {.sq_length = (lenfunc)Core_len};
 
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "cluster._prefix_core.Core",
+    .tp_name = "cluster.index._prefix_core.Core",
     .tp_basicsize = sizeof(Core),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "The prefix index's core: block ids -> interned holder states (see cluster/prefix_core.py)",
+    .tp_doc = "The prefix index's core: block ids -> interned holder states (see cluster/index/prefix_core.py)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Core_init,
     .tp_dealloc = (destructor)Core_dealloc,

@@ -1,6 +1,6 @@
 """The router's prefix index at fleet scale: 64-bit block ids -> interned holder sets.
 
-Same answers as ``cluster.prefix_index.PrefixIndex`` (the reference, a radix tree of Python
+Same answers as ``cluster.index.prefix_index.PrefixIndex`` (the reference, a radix tree of Python
 objects) in ~20-35 bytes a block instead of ~700, with events applied a batch at a time
 by a core in C (``prefix_core``; numpy where the C one was not built).
 
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cluster.config import MAX_PREDICTED
-from cluster.holder_states import EVICT, STORE, move_code
-from cluster.prefix_core import best_core
+from cluster.index.holder_states import EVICT, STORE, move_code
+from cluster.index.prefix_core import best_core
 from engine.block_hash import BlockHash
 from kvstore.kv_events import EventBatch, EventKind, KVEvent, block_ids
 

@@ -31,7 +31,7 @@ import msgpack
 import numpy as np
 import redis
 
-from cluster.compact_index import CompactPrefixIndex, HeldExport
+from cluster.index.compact_index import CompactPrefixIndex, HeldExport
 from kvstore.kv_events import ID_DTYPE, EventBatch, EventKind, KVEventSubscriber
 
 log = logging.getLogger(__name__)

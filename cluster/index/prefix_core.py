@@ -1,7 +1,7 @@
 """The compact prefix index's core: block ids -> interned holder states, in two forms with
 the same methods and answers.
 
-- ``cluster._prefix_core.Core`` (C, ``_prefix_core.c``): what routers use. Built at install
+- ``cluster.index._prefix_core.Core`` (C, ``_prefix_core.c``): what routers use. Built at install
   time (``pip install -e .``; optional: a machine without a C compiler gets the next one).
 - ``NumpyCore``: the same in Python and numpy (``block_table`` + ``holder_states``): the
   reference the C core is tested against, and the fallback. About 25x slower to match a
@@ -32,8 +32,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from cluster.block_table import BlockTable, distinct_rounds, table_ids
-from cluster.holder_states import PREDICT, UNPREDICT, HolderStates, move_code
+from cluster.index.block_table import BlockTable, distinct_rounds, table_ids
+from cluster.index.holder_states import PREDICT, UNPREDICT, HolderStates, move_code
 from engine.block_hash import hash_blocks
 from kvstore.kv_events import ID_DTYPE, block_ids
 
@@ -149,7 +149,7 @@ class NumpyCore:
 def native_core() -> type | None:
     """The C core's class, or None where it was not built."""
     try:
-        from cluster._prefix_core import Core
+        from cluster.index._prefix_core import Core
     except ImportError:
         return None
     return Core
@@ -160,7 +160,7 @@ def best_core() -> type:
     core = native_core()
     if core is None:
         if not getattr(best_core, "warned", False):
-            log.warning("cluster._prefix_core (C) is not built: the prefix index runs on numpy, ~25x slower "
+            log.warning("cluster.index._prefix_core (C) is not built: the prefix index runs on numpy, ~25x slower "
                         "to match; `pip install -e .` builds it")
             best_core.warned = True
         return NumpyCore
@@ -171,7 +171,7 @@ def native_hash() -> Callable[..., bytes] | None:
     """The C prompt hash (``_prefix_core.block_ids``), or None where it was not built (or was
     built before it had one)."""
     try:
-        from cluster._prefix_core import block_ids as hashed_ids
+        from cluster.index._prefix_core import block_ids as hashed_ids
     except ImportError:
         return None
     return hashed_ids

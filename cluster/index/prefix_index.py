@@ -11,7 +11,7 @@ when it sends a request somewhere, that worker is recorded as holding the prompt
 until the worker's own STORED event confirms them, or until ``expires_at`` (a request that
 never got there), whichever comes first.
 
-This is the reference implementation: cluster/compact_index.py gives the same answers at
+This is the reference implementation: cluster/index/compact_index.py gives the same answers at
 fleet scale (tests/cluster/test_prefix_index_compact.py compares them event by event).
 """
 

@@ -17,7 +17,7 @@ import numpy as np
 import redis
 
 from cluster.fleet_router import Balance, FleetRouter
-from cluster.index_follower import IndexFollower, stream_id
+from cluster.index.index_follower import IndexFollower, stream_id
 from kvstore.keys import RedisKeys
 from kvstore.kv_events import KVEventSubscriber
 

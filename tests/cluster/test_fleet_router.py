@@ -8,10 +8,10 @@ import random
 import numpy as np
 import pytest
 
-from cluster.compact_index import CompactPrefixIndex
 from cluster.fleet_router import FleetRouter
+from cluster.index.compact_index import CompactPrefixIndex
+from cluster.index.prefix_core import NumpyCore, native_core
 from cluster.pool_handles import Replica, RequestShape, pick_prefill
-from cluster.prefix_core import NumpyCore, native_core
 from engine.block_hash import ROOT_HASH, hash_blocks
 from kvstore.keys import HOST_WORKER
 from kvstore.kv_events import EventKind, KVEvent

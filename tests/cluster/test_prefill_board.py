@@ -9,10 +9,10 @@ import random
 
 import pytest
 
-import cluster.compact_index
+import cluster.index.compact_index
 from cluster.cluster_view import ClusterView, NoReplicaError
+from cluster.index.prefix_core import NumpyCore, native_core
 from cluster.pool_handles import Pools, Replica, pick_colocated, pick_prefill, usable
-from cluster.prefix_core import NumpyCore, native_core
 from engine.block_hash import ROOT_HASH, hash_blocks
 from kvstore.keys import HOST_WORKER
 from kvstore.kv_events import EventKind, KVEvent
@@ -29,7 +29,7 @@ def stored(worker, hashes):
 
 @pytest.fixture(params=CORES, ids=lambda c: "numpy" if c is NumpyCore else "c")
 def core(request, monkeypatch):
-    monkeypatch.setattr(cluster.compact_index, "best_core", lambda: request.param)
+    monkeypatch.setattr(cluster.index.compact_index, "best_core", lambda: request.param)
     return request.param
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cluster.prefix_index import PrefixIndex
+from cluster.index.prefix_index import PrefixIndex
 from engine.block_hash import ROOT_HASH, hash_blocks
 from kvstore.keys import Tier
 from kvstore.kv_events import EventKind, KVEvent, block_ids

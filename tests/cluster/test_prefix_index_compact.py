@@ -1,4 +1,4 @@
-"""The compact prefix index gives the reference's answers (cluster/prefix_index.py), event by
+"""The compact prefix index gives the reference's answers (cluster/index/prefix_index.py), event by
 event and batch by batch, on both cores (C and numpy); the numpy hash table behaves as a dict."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import random
 import numpy as np
 import pytest
 
-from cluster import compact_index
-from cluster.block_table import BlockTable, distinct_rounds, table_ids
-from cluster.compact_index import CompactPrefixIndex
-from cluster.prefix_core import NumpyCore, native_core
-from cluster.prefix_index import ROOT_ID, PrefixIndex
+from cluster.index import compact_index
+from cluster.index.block_table import BlockTable, distinct_rounds, table_ids
+from cluster.index.compact_index import CompactPrefixIndex
+from cluster.index.prefix_core import NumpyCore, native_core
+from cluster.index.prefix_index import ROOT_ID, PrefixIndex
 from kvstore.keys import Tier
 from kvstore.kv_events import EventBatch, EventKind, KVEvent
 

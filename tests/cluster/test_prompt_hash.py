@@ -1,4 +1,4 @@
-"""The router's prompt hash in C (cluster/_prefix_core.c block_ids) gives engine/block_hash's
+"""The router's prompt hash in C (cluster/index/_prefix_core.c block_ids) gives engine/block_hash's
 digests (their block ids), and the Python path serves where the C one is absent."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ import random
 import numpy as np
 import pytest
 
-import cluster.prefix_core as prefix_core
+import cluster.index.prefix_core as prefix_core
 from engine.block_hash import ROOT_HASH, hash_blocks
 from kvstore.kv_events import ID_DTYPE, block_ids
 
 NATIVE = prefix_core.native_hash()
 
 
-@pytest.mark.skipif(NATIVE is None, reason="cluster._prefix_core is not built")
+@pytest.mark.skipif(NATIVE is None, reason="cluster.index._prefix_core is not built")
 @pytest.mark.parametrize("seed", range(3))
 def test_same_ids_as_the_python_chain(seed):
     rng = random.Random(seed)

@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from cluster.cluster_view import ClusterView
-from cluster.index_follower import IndexFollower, stream_id
+from cluster.index.index_follower import IndexFollower, stream_id
+from cluster.index.prefix_index import ROOT_ID, PrefixIndex
 from cluster.pool_handles import (
     IMBALANCE_RATIO,
     IMBALANCE_SLACK_REQUESTS,
@@ -26,7 +27,6 @@ from cluster.pool_handles import (
     RequestShape,
     pick_prefill,
 )
-from cluster.prefix_index import ROOT_ID, PrefixIndex
 from engine.block_hash import hash_blocks
 from kvstore.keys import RedisKeys
 from kvstore.kv_events import KVEvent, KVEventPublisher, KVEventSubscriber, block_ids

@@ -8,7 +8,7 @@ import uuid
 import redis
 
 from cluster.cluster_view import ClusterView
-from cluster.compact_index import CompactPrefixIndex
+from cluster.index.compact_index import CompactPrefixIndex
 from cluster.pool_handles import IMBALANCE_SLACK_TOKENS, Pools, Replica
 from engine.block_hash import ROOT_HASH, hash_blocks
 from engine.segments.spec import SegmentReuse, segment_hash

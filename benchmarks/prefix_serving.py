@@ -23,8 +23,8 @@ from benchmarks.common import out_dir, write_json
 from benchmarks.model_shapes import shape_dir
 from benchmarks.serve import drive
 from benchmarks.workload import TimedRequest, shared_prefix_prompts
+from cluster.bringup.local_cluster import Cluster
 from cluster.config import parse_cluster_config
-from cluster.local_cluster import Cluster
 
 
 def shared_prefix_workload(args) -> list[TimedRequest]:

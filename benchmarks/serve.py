@@ -23,8 +23,8 @@ import numpy as np
 from benchmarks.common import out_dir, write_json
 from benchmarks.model_shapes import shape_dir
 from benchmarks.workload import TimedRequest, WorkloadSpec, poisson_workload
+from cluster.bringup.local_cluster import Cluster
 from cluster.config import parse_cluster_config
-from cluster.local_cluster import Cluster
 from engine.sampling_params import SamplingParams
 
 

@@ -33,8 +33,8 @@ from cluster.batch_io import (  # noqa: F401
     read_requests,
     write_results,
 )
-from cluster.ray_connect import connect_ray
-from cluster.registry import NAMESPACE, ClusterNotFoundError, attach, lookup, registry_name
+from cluster.bringup.ray_connect import connect_ray
+from cluster.bringup.registry import NAMESPACE, ClusterNotFoundError, attach, lookup, registry_name
 from engine.outputs import GenerationResult
 from router.backend import GenerationBackend
 from router.client_input import new_request_id
@@ -77,7 +77,7 @@ async def run_one(backend: GenerationBackend, request: AnyRequest) -> AnyResult:
 async def on_cluster(cluster: str, requests: list[AnyRequest], on_done: Callable[[], None]) -> list[AnyResult]:
     """The batch on a dispatcher of this process over the named cluster's replicas (this process
     is in the cluster's Ray: the runner actor, or a Ray job's driver)."""
-    from cluster.local_cluster import make_dispatcher
+    from cluster.bringup.local_cluster import make_dispatcher
     info = lookup(cluster)
     dispatcher = make_dispatcher(info, attach(info))
     try:
@@ -123,7 +123,7 @@ def submit_batch(requests: list[AnyRequest], cluster: str = "default", address: 
     show a progress bar. ``address``: None or "local" is the cluster of that name that `tierserve
     serve --config` started on this machine (with ``model``: this process); "http://HEAD:8265"
     a Ray job (``job``: its options); "auto", "HOST:PORT", "ray://HOST:10001" as
-    cluster/ray_connect.py says."""
+    cluster/bringup/ray_connect.py says."""
     address = address or "local"
     if address.startswith(("http://", "https://")):
         from cluster.jobs_submit import JobOptions, submit_job

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from cluster.batch import find_cluster, on_cluster, run_on_engine
 from cluster.batch_io import AnyRequest, AnyResult, result_line
+from cluster.bringup.registry import NAMESPACE, ClusterNotFoundError
 from cluster.jobs_submit import FAILURE, POLL_S, PROGRESS, RESULT
-from cluster.registry import NAMESPACE, ClusterNotFoundError
 from engine.model_config import CheckpointError
 
 

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SIMULATOR_COMMANDS:
         from simulator.cli import main as simulator_main
         return simulator_main(argv)
-    from cluster.ray_auth import opt_into_token_auth
+    from cluster.bringup.ray_auth import opt_into_token_auth
     opt_into_token_auth()  # before anything imports ray, which reads RAY_AUTH_MODE on import
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

@@ -35,8 +35,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from cluster.bringup.local_cluster import Cluster
     from cluster.config import parse_cluster_config
-    from cluster.local_cluster import Cluster
     from engine.default_model import default_model_dir
     from kvstore.redis_client import redact_url
 

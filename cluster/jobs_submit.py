@@ -37,8 +37,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from cluster.batch_io import AnyRequest, AnyResult, parse_result_line
-from cluster.ray_auth import auth_token
-from cluster.ray_connect import CONNECT_TIMEOUT_S, RayUnreachableError
+from cluster.bringup.ray_auth import auth_token
+from cluster.bringup.ray_connect import CONNECT_TIMEOUT_S, RayUnreachableError
 
 PACKAGES = ("cluster", "engine", "router", "kvstore", "workers", "prefill_workers", "decode_workers",
             "attention_offload")

@@ -111,8 +111,8 @@ def _stop_on_sigterm() -> None:
 
 
 def run_cluster(args: argparse.Namespace) -> int:
+    from cluster.bringup.local_cluster import Cluster
     from cluster.config import load_cluster_config
-    from cluster.local_cluster import Cluster
     from router.server import Router
 
     _stop_on_sigterm()

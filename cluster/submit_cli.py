@@ -44,8 +44,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def run_submit(args: argparse.Namespace) -> int:
     from cluster.batch import submit_batch
     from cluster.batch_io import BatchFileError, read_requests, write_results
+    from cluster.bringup.registry import ClusterNotFoundError
     from cluster.jobs_submit import JobFailedError, JobOptions
-    from cluster.registry import ClusterNotFoundError
     defaults = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature))
                 if v is not None}
     try:

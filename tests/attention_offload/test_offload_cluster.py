@@ -16,7 +16,7 @@ import openai
 import pytest
 import ray
 
-from cluster.local_cluster import Cluster
+from cluster.bringup.local_cluster import Cluster
 from engine.tokenizer import Tokenizer
 from router.config import RouterConfig
 from router.proto import tierserve_pb2, tierserve_pb2_grpc

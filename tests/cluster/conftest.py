@@ -7,8 +7,8 @@ import contextlib
 
 import pytest
 
+from cluster.bringup.local_cluster import Cluster
 from cluster.config import parse_cluster_config
-from cluster.local_cluster import Cluster
 
 
 def cluster_config(model, **pools):

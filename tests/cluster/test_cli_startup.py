@@ -16,10 +16,11 @@ import time
 import pytest
 import ray
 
-from cluster import batch, ray_connect
+from cluster import batch
+from cluster.bringup import ray_connect
+from cluster.bringup.redis_server import free_port
+from cluster.bringup.registry import ClusterNotFoundError
 from cluster.cli import build_parser
-from cluster.redis_server import free_port
-from cluster.registry import ClusterNotFoundError
 
 CONFIG = """name: {name}
 model: {model}

@@ -8,7 +8,7 @@ import time
 import pytest
 import ray
 
-from cluster.local_cluster import Cluster
+from cluster.bringup.local_cluster import Cluster
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from kvstore.store import KVStore
 from tests.cluster.conftest import TWO_BY_TWO, cluster_config, collect, event_loop, gather

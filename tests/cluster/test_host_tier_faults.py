@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from cluster.redis_server import RedisServer
+from cluster.bringup.redis_server import RedisServer
 from engine.async_engine import AsyncLLMEngine
 from engine.sampling_params import SamplingParams
 from kvstore.block_key import block_keys

@@ -9,12 +9,12 @@ import dataclasses
 import numpy as np
 import pytest
 
+from cluster.bringup.registry import ClusterInfo
 from cluster.cluster_view import ClusterView
 from cluster.config import MAX_PREDICTED, RouterSection, parse_cluster_config
 from cluster.index.compact_index import CompactPrefixIndex
 from cluster.index.prefix_core import NumpyCore, native_core
 from cluster.pool_handles import Pools
-from cluster.registry import ClusterInfo
 from kvstore.kv_events import EventBatch, EventKind, KVEvent
 
 CORES = [NumpyCore] + ([native_core()] if native_core() else [])

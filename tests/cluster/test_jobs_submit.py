@@ -31,8 +31,8 @@ from cluster.batch_io import (
     result_line,
     write_results,
 )
+from cluster.bringup.redis_server import free_port
 from cluster.jobs_submit import FAILURE, PROGRESS, RESULT, JobLog
-from cluster.redis_server import free_port
 from cluster.submit_cli import parse_env
 from engine.sampling_params import SamplingParams
 from router.openai_schema import BatchRequestOutput

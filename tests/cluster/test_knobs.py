@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from cluster.bringup.local_cluster import Cluster, one_block_size
 from cluster.config import ConfigFileError, KVStoreSection, parse_cluster_config
-from cluster.local_cluster import Cluster, one_block_size
 from kvstore.config import KVStoreConfig, TransportConfig
 from workers.messages import EngineInfo
 

@@ -12,7 +12,7 @@ import grpc
 import openai
 import pytest
 
-from cluster.local_cluster import Cluster
+from cluster.bringup.local_cluster import Cluster
 from engine.sampling_params import SamplingParams
 from router.config import RouterConfig
 from router.proto import tierserve_pb2 as pb

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import ray
 
-from cluster.local_cluster import Cluster
+from cluster.bringup.local_cluster import Cluster
 from cluster.output_channel import ReplicaFailed
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from cluster.redis_server import free_port
+from cluster.bringup.redis_server import free_port
 from engine.sampling_params import SamplingParams
 from tests.engine.conftest import make_engine
 
@@ -80,7 +80,7 @@ def wait_line(proc: subprocess.Popen, needle: str, timeout: float) -> str:
 
 def test_serve_then_submit_over_ray_client(tiny_model, tmp_path, monkeypatch):
     # Ray's token auth is on by default; serve and submit join by address and must opt in by
-    # themselves (cluster/ray_connect.py) with the token the head wrote to ~/.ray/auth_token.
+    # themselves (cluster/bringup/ray_connect.py) with the token the head wrote to ~/.ray/auth_token.
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     head, gcs, client = start_head(tmp_path)
     serve = None

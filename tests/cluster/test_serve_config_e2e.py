@@ -28,7 +28,7 @@ import httpx
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from cluster import ray_connect
+from cluster.bringup import ray_connect
 from tests.router.test_tls import issue
 
 pytestmark = [pytest.mark.ray, pytest.mark.redis]

@@ -13,8 +13,8 @@ import time
 import pytest
 import redis
 
+from cluster.bringup.redis_server import RedisServer, with_password
 from cluster.pool_handles import Pools, Replica
-from cluster.redis_server import RedisServer, with_password
 from engine.block_pool import BlockEvents
 from kvstore.redis_client import redact_url
 from router.backend import HealthState
@@ -74,7 +74,7 @@ def test_replica_states_follow_load_pings(monkeypatch):
 
 
 def test_private_redis_has_a_password_off_the_command_line_and_comes_back_when_killed(caplog):
-    caplog.set_level(logging.WARNING, logger="cluster.redis_server")
+    caplog.set_level(logging.WARNING, logger="cluster.bringup.redis_server")
     server = RedisServer()
     url = server.start()
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.local_cluster import Cluster
+from cluster.bringup.local_cluster import Cluster
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer
 from tests.cluster.conftest import cluster_config, collect, event_loop, gather

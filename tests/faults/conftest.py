@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from cluster.bringup.local_cluster import Cluster
 from cluster.config import parse_cluster_config
-from cluster.local_cluster import Cluster
 from kvstore.store import KVStore
 from router.config import RouterConfig
 from router.server import Router

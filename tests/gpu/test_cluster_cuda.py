@@ -8,8 +8,8 @@ import pytest
 import ray
 import torch
 
+from cluster.bringup.local_cluster import Cluster
 from cluster.config import parse_cluster_config
-from cluster.local_cluster import Cluster
 from engine.sampling_params import SamplingParams
 from tests.engine.conftest import make_engine
 

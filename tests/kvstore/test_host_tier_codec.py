@@ -137,8 +137,8 @@ def test_the_codec_knob_is_checked_where_the_config_is_built() -> None:
 
 
 def test_the_cluster_config_passes_the_codec_to_the_replicas_store_config(redis_url: str) -> None:
+    from cluster.bringup.local_cluster import Cluster
     from cluster.config import ConfigFileError, parse_cluster_config
-    from cluster.local_cluster import Cluster
     base = {"model": "m", "pools": {"colocated": {"replicas": 1}}}
     assert parse_cluster_config(base).kvstore.host_tier_codec == "exact"
     config = parse_cluster_config({**base, "kvstore": {"host_tier_codec": "kivi2", "redis_url": redis_url}})

@@ -101,10 +101,10 @@ def dead_cluster_router(tiny_model):
     Ray does not restart (a replica's own restart is tests/faults' business)."""
     import ray
 
+    from cluster.bringup.ray_connect import start_private_ray
     from cluster.cluster_view import ClusterView
     from cluster.dispatcher import Dispatcher
     from cluster.pool_handles import Pools, Replica
-    from cluster.ray_connect import start_private_ray
     from engine.model_config import ModelConfig
     from engine.tokenizer import load_tokenizer
 

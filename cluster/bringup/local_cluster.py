@@ -6,7 +6,7 @@
 ``address`` None starts a local Ray instance; "auto" or "ray://host:10001" joins one.
 With ``kvstore.redis_url`` unset a private redis-server is started on a free port. The model
 directory is checked before anything starts; a started cluster writes a marker so that
-`tierserve submit` on this machine finds it by name (cluster/ray_connect.py).
+`tierserve submit` on this machine finds it by name (cluster/bringup/ray_connect.py).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from collections.abc import Callable, Sequence
 
 import ray
 
+from cluster.bringup.ray_connect import connect_ray, remove_marker, start_private_ray, write_marker
+from cluster.bringup.redis_server import RedisServer, with_password
+from cluster.bringup.registry import NAMESPACE, ClusterInfo, ClusterRegistry, actor_name, registry_name
 from cluster.cluster_view import ClusterView
 from cluster.config import ClusterConfig, PoolConfig
 from cluster.dispatcher import Dispatcher
 from cluster.pool_handles import Pools, Replica
-from cluster.ray_connect import connect_ray, remove_marker, start_private_ray, write_marker
-from cluster.redis_server import RedisServer, with_password
-from cluster.registry import NAMESPACE, ClusterInfo, ClusterRegistry, actor_name, registry_name
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SegmentConfig
 from engine.model_config import CheckpointError, ModelConfig
 from engine.tokenizer import load_tokenizer
@@ -222,7 +222,7 @@ class Cluster:
         return ready
 
     def _write_marker(self) -> None:
-        """So that `tierserve submit` on this machine finds this cluster by name (cluster/ray_connect.py)."""
+        """So that `tierserve submit` on this machine finds this cluster by name (cluster/bringup/ray_connect.py)."""
         if not ray.util.client.ray.is_connected():
             write_marker(self.config.name, ray.get_runtime_context().gcs_address)
             self._marker = True

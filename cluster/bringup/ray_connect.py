@@ -17,7 +17,7 @@ Addresses:
 An address that cannot be reached fails within seconds (a TCP connect is tried first), not
 after Ray Client's own retries (~100 s). A Ray Client server refuses sessions for a moment after
 its head starts (its per-client server cannot start yet), so that failure is retried; a failure
-that may be token authentication says how to opt in (cluster/ray_auth.py).
+that may be token authentication says how to opt in (cluster/bringup/ray_auth.py).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from pathlib import Path
 
 import ray
 
-from cluster.ray_auth import HINT, token_available
-from cluster.registry import NAMESPACE
+from cluster.bringup.ray_auth import HINT, token_available
+from cluster.bringup.registry import NAMESPACE
 
 CONNECT_TIMEOUT_S = 3.0
 

@@ -1,0 +1,13 @@
+"""Bringing a cluster up and finding it again.
+
+- local_cluster.py: from a config to a running cluster: Ray, Redis, the pools' actors, the
+  dispatcher (``Cluster``);
+- redis_server.py: a private, supervised redis-server on a free loopback port;
+- ray_connect.py, ray_auth.py: finding and joining the Ray a cluster runs in (markers,
+  token authentication);
+- registry.py: the small named actor that describes a running cluster, so ``tierserve submit``
+  finds it by name.
+
+It sits above the dispatcher's modules (cluster/dispatcher.py, cluster_view.py, pool_handles.py)
+and config.py, and below the commands (serve_cli.py, demo.py) and batch submission (cluster/batch/).
+"""

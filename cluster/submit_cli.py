@@ -5,7 +5,7 @@
     tierserve submit --address ray://head:10001 --cluster prod batch.jsonl -o out.jsonl  # through Ray Client
     tierserve submit --model /models/tiny batch.jsonl -o out.jsonl                       # an engine in this process
 
-The input is our prompts format or the OpenAI Batch format (detected per file, cluster/batch_io.py);
+The input is our prompts format or the OpenAI Batch format (detected per file, cluster/batch/files.py);
 the output follows the input's format.
 """
 
@@ -42,10 +42,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from cluster.batch import submit_batch
-    from cluster.batch_io import BatchFileError, read_requests, write_results
+    from cluster.batch.files import BatchFileError, read_requests, write_results
+    from cluster.batch.job_submit import JobFailedError, JobOptions
+    from cluster.batch.runner import submit_batch
     from cluster.bringup.registry import ClusterNotFoundError
-    from cluster.jobs_submit import JobFailedError, JobOptions
     defaults = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature))
                 if v is not None}
     try:

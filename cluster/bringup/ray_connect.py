@@ -11,7 +11,7 @@ Addresses:
   its process id) under ``$TMPDIR/tierserve-<uid>/clusters/``, so ``local`` never attaches to
   an unrelated Ray that happens to run on the machine.
 * ``auto``: Ray's own lookup, whatever Ray runs on this machine (perhaps someone else's); the
-  caller then checks that it holds a tierserve cluster (cluster/batch.py).
+  caller then checks that it holds a tierserve cluster (cluster/batch/runner.py).
 * ``host:port`` (a GCS) or ``ray://host:port`` (Ray Client).
 
 An address that cannot be reached fails within seconds (a TCP connect is tried first), not

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cluster.batch import BatchFileError, parse_request, read_requests, submit_batch, write_results
+from cluster.batch.runner import BatchFileError, parse_request, read_requests, submit_batch, write_results
 from engine.sampling_params import SamplingParams
 from tests.engine.conftest import make_engine
 

@@ -16,7 +16,7 @@ import time
 import pytest
 import ray
 
-from cluster import batch
+from cluster.batch import runner
 from cluster.bringup import ray_connect
 from cluster.bringup.redis_server import free_port
 from cluster.bringup.registry import ClusterNotFoundError
@@ -111,17 +111,17 @@ def test_markers_name_live_clusters_only(markers):
 def test_a_ray_without_our_cluster_says_so(monkeypatch):
     def not_found(name):
         raise ClusterNotFoundError(name)
-    monkeypatch.setattr(batch, "lookup", not_found)
+    monkeypatch.setattr(runner, "lookup", not_found)
     monkeypatch.setattr(ray.util, "list_named_actors", lambda all_namespaces: [
         {"name": "someone:else", "namespace": "theirs"}])
     with pytest.raises(ClusterNotFoundError, match=r"the Ray at ray://h:1 runs no tierserve cluster; `--address "
                                                    r"auto` takes any Ray on this machine, perhaps someone else's"):
-        batch.find_cluster("x", "ray://h:1")
+        runner.find_cluster("x", "ray://h:1")
     monkeypatch.setattr(ray.util, "list_named_actors", lambda all_namespaces: [
         {"name": "prod:registry", "namespace": "tierserve"}, {"name": "prod:prefill-0", "namespace": "tierserve"}])
     with pytest.raises(ClusterNotFoundError, match=r"no tierserve cluster named 'x' in the Ray at ray://h:1; it runs: "
                                                    r"prod \(pass --cluster NAME\)"):
-        batch.find_cluster("x", "ray://h:1")
+        runner.find_cluster("x", "ray://h:1")
 
 
 @pytest.mark.ray

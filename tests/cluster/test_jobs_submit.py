@@ -19,8 +19,7 @@ import time
 
 import pytest
 
-from cluster.batch import submit_batch
-from cluster.batch_io import (
+from cluster.batch.files import (
     BatchFileError,
     BatchRequest,
     BatchResult,
@@ -31,8 +30,9 @@ from cluster.batch_io import (
     result_line,
     write_results,
 )
+from cluster.batch.job_submit import FAILURE, PROGRESS, RESULT, JobLog
+from cluster.batch.runner import submit_batch
 from cluster.bringup.redis_server import free_port
-from cluster.jobs_submit import FAILURE, PROGRESS, RESULT, JobLog
 from cluster.submit_cli import parse_env
 from engine.sampling_params import SamplingParams
 from router.openai_schema import BatchRequestOutput

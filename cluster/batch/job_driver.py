@@ -1,6 +1,6 @@
-"""The driver of a batch that `tierserve submit` sent as a Ray job (cluster/jobs_submit.py).
+"""The driver of a batch that `tierserve submit` sent as a Ray job (cluster/batch/job_submit.py).
 
-    python -m cluster.batch_job --requests requests.pkl (--cluster NAME | --model PATH)
+    python -m cluster.batch.job_driver --requests requests.pkl (--cluster NAME | --model PATH)
 
 It prints what the submitting side reads from the job's log: ``@tierserve-progress DONE TOTAL``
 at most every half second, then ``@tierserve-result {...}`` per request in input order (the output
@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.batch import find_cluster, on_cluster, run_on_engine
-from cluster.batch_io import AnyRequest, AnyResult, result_line
+from cluster.batch.files import AnyRequest, AnyResult, result_line
+from cluster.batch.job_submit import FAILURE, POLL_S, PROGRESS, RESULT
+from cluster.batch.runner import find_cluster, on_cluster, run_on_engine
 from cluster.bringup.registry import NAMESPACE, ClusterNotFoundError
-from cluster.jobs_submit import FAILURE, POLL_S, PROGRESS, RESULT
 from engine.model_config import CheckpointError
 
 
@@ -53,7 +53,7 @@ def run(requests: list[AnyRequest], cluster: str, model: str | None, progress: P
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cluster.batch_job", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m cluster.batch.job_driver", description=__doc__)
     parser.add_argument("--requests", type=Path, required=True)
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--cluster")

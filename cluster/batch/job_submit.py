@@ -11,7 +11,7 @@ carries
 * ``working_dir``: a directory holding the requests, pickled (the job runs our code anyway);
 * ``env_vars``: PYTHONUNBUFFERED, and what ``--env KEY=VALUE`` gives.
 
-The job (cluster/batch_job.py) joins the cluster's Ray, runs the batch through a dispatcher of
+The job (cluster/batch/job_driver.py) joins the cluster's Ray, runs the batch through a dispatcher of
 its own (or, with ``model``, on an engine it loads), prints a progress line at most every half
 second and, at the end, one line per result. This side polls the job's status and log: progress
 lines drive the bar, result lines become the results, and a failed job's error line (else the
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from cluster.batch_io import AnyRequest, AnyResult, parse_result_line
+from cluster.batch.files import AnyRequest, AnyResult, parse_result_line
 from cluster.bringup.ray_auth import auth_token
 from cluster.bringup.ray_connect import CONNECT_TIMEOUT_S, RayUnreachableError
 
@@ -123,7 +123,8 @@ def submit(client, requests: list[AnyRequest], cluster: str, model: str | None, 
     target = ["--model", model] if model is not None else ["--cluster", cluster]
     with tempfile.TemporaryDirectory(prefix="tierserve-batch-") as work:
         Path(work, REQUESTS_FILE).write_bytes(pickle.dumps(requests))
-        job = dict(entrypoint=shlex.join(["python", "-m", "cluster.batch_job", "--requests", REQUESTS_FILE, *target]),
+        entrypoint = shlex.join(["python", "-m", "cluster.batch.job_driver", "--requests", REQUESTS_FILE, *target])
+        job = dict(entrypoint=entrypoint,
                    submission_id=options.submission_id or f"tierserve-batch-{uuid.uuid4().hex[:12]}",
                    runtime_env=runtime_env(work, options.env),
                    metadata={"tierserve": "batch", "target": model or cluster, "requests": str(len(requests))},
@@ -140,7 +141,7 @@ def submit(client, requests: list[AnyRequest], cluster: str, model: str | None, 
 
 
 def runtime_env(working_dir: str, env: tuple[tuple[str, str], ...]) -> dict:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout (cluster/batch/ is two levels down)
     modules = [str(root / p) for p in PACKAGES if (root / p / "__init__.py").is_file()]
     return {"working_dir": working_dir, "py_modules": modules, "excludes": ["__pycache__", "*.pyc"],
             "env_vars": {"PYTHONUNBUFFERED": "1", **dict(env)}}

@@ -6,11 +6,11 @@
     results = submit_batch(requests, model="/models/tiny")                       # an engine in this process
 
 Where the batch runs, by address: ``http(s)://`` (a head's dashboard) submits a Ray job that runs
-it beside the cluster (cluster/jobs_submit.py); ``ray://``, ``auto``, ``HOST:PORT`` and ``local``
+it beside the cluster (cluster/batch/job_submit.py); ``ray://``, ``auto``, ``HOST:PORT`` and ``local``
 join that Ray and run it in a small actor inside the cluster (so Ray Client only carries the
 request list, the results and progress polls). Either way it drives the cluster's pools
 through its own dispatcher. With ``model`` it runs on a single-process engine instead (here, or
-in the Ray job). Both file formats (cluster/batch_io.py) run everywhere.
+in the Ray job). Both file formats (cluster/batch/files.py) run everywhere.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import ray
 
 # re-exported: the files' side (read_requests, write_results, ...)
-from cluster.batch_io import (  # noqa: F401
+from cluster.batch.files import (  # noqa: F401
     AnyRequest,
     AnyResult,
     BatchFileError,
@@ -41,7 +41,7 @@ from router.client_input import new_request_id
 from router.errors import classify
 
 if TYPE_CHECKING:
-    from cluster.jobs_submit import JobOptions
+    from cluster.batch.job_submit import JobOptions
 
 MAX_IN_FLIGHT = 256
 
@@ -126,7 +126,7 @@ def submit_batch(requests: list[AnyRequest], cluster: str = "default", address: 
     cluster/bringup/ray_connect.py says."""
     address = address or "local"
     if address.startswith(("http://", "https://")):
-        from cluster.jobs_submit import JobOptions, submit_job
+        from cluster.batch.job_submit import JobOptions, submit_job
         return submit_job(requests, address, cluster, model, job or JobOptions(), progress)
     if model is not None:
         if address != "local":

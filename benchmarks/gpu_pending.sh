@@ -168,6 +168,10 @@ case "${1:-}" in
       --episodes 10 --out "$work/multi-agent-trained" > "$out/multi-agent-trained.log" 2>&1
     grep -v "━" "$out/multi-agent-trained.log" | tail -8
     ;;
+  gpu-tests)  # ~5 min, one H200: every single-GPU test in tests/gpu (two-GPU ones skip), after a session's changes
+    # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh gpu-tests
+    timeout 500 python -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$out/tests.log" | tail -15
+    ;;
   kv-codec)  # ~3 min, one H200 (issue 18 part 3): the KV codec's kernels, host tier with it, speed. Ran 2026-12-02
     # (BENCHMARKS.md); again once encode is faster, and the quality part on the retrained `small` checkpoint
     # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh kv-codec
@@ -241,7 +245,7 @@ case "${1:-}" in
     grep -v "━" "$out/multi-agent.log" | tail -12
     ;;
   *)
-    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines|trained-model|trained-model-ci|trained-pair|trained-eval|token-rows|kv-codec|offload|offload-pair|soak|multi-agent" >&2
+    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines|trained-model|trained-model-ci|trained-pair|trained-eval|token-rows|gpu-tests|kv-codec|offload|offload-pair|soak|multi-agent" >&2
     exit 2
     ;;
 esac

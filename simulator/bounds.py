@@ -1,6 +1,8 @@
 """Lower bounds on pool sizes from the trace's load: where the planner starts its search.
 
 Each bound assumes perfect batching and no queueing, so a design below it cannot keep up.
+``LoadBounds.prefill_for_ttft`` is an estimate instead (queueing included), which the planner
+orders its family searches by.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class LoadBounds:
         self.costs, self.max_seqs, self.max_tokens = costs, max_seqs, max_tokens
         self.duration = max(trace.duration_s, 1.0)  # a burst at one instant still has a second to drain
         self.requests = len(trace)
+        self.prompts = trace.prompt_tokens.astype(np.float64)
+        self._queued: dict[tuple, int | None] = {}
         self.serving = costs.path_costs()
         self.prompt_tokens = float(trace.prompt_tokens.sum())
         self.decode_tokens = float((trace.output_tokens - 1).sum())
@@ -30,6 +34,32 @@ class LoadBounds:
         runs = shared_segments(trace)
         shared = 0 if runs is None else np.array([r[-1][2] if r else 0 for r in runs]) * trace.block_tokens
         self.mean_context = float(((trace.prompt_tokens - shared + out / 2) * out).sum() / out.sum())
+
+    def prefill_for_ttft(self, hw: str, tp: int, ttft: tuple[tuple[float, float], ...], latency_s: float,
+                         busy_s: float, other_load: float = 0.0, most: int = 64) -> int | None:
+        """An estimate (not a bound) of the replicas whose prefill queue meets each (percentile, bound)
+        of ``ttft``: the smallest count, from the load bound up to ``most``, at which the pool as an M/M/c
+        queue (Erlang C; its servers also busy ``other_load`` replicas' worth, a colocated pool's decode)
+        keeps the share of requests whose wait + own prefill + ``latency_s`` exceed a bound within
+        that percentile's tail. Each prompt's prefill is its tokens at a full chunk's per-token cost
+        plus ``busy_s``. None: no count up to ``most`` does."""
+        key = (hw, tp, ttft, latency_s, busy_s, other_load, most)
+        if key not in self._queued:
+            self._queued[key] = self._queued_count(hw, tp, ttft, latency_s, busy_s, other_load, most)
+        return self._queued[key]
+
+    def _queued_count(self, hw: str, tp: int, ttft: tuple[tuple[float, float], ...], latency_s: float,
+                      busy_s: float, other_load: float, most: int) -> int | None:
+        cost = self.costs.replica(hw, tp)
+        per_token = cost.seconds(prefill_work(self.max_tokens, 0, 1)) / self.max_tokens
+        service = self.prompts * per_token + busy_s
+        mean = float(service.mean())
+        load = float(service.sum()) / self.duration + other_load
+        for servers in range(max(1, math.floor(load) + 1), most + 1):
+            if all(float(np.mean(_tail(servers, load, mean, bound - latency_s - service))) <= 1 - pct / 100
+                   for pct, bound in ttft):
+                return servers
+        return None
 
     def _count(self, busy_seconds: float) -> int:
         return max(1, math.ceil(busy_seconds / self.duration))
@@ -63,3 +93,13 @@ class LoadBounds:
         per_token = self.costs.replica(hw, 1).attention_seconds_per_token()
         memory = kv_capacity_tokens(self.costs.model, self.costs.catalog[hw], 1, 0, holds_weights=False)
         return max(self._count(self.decode_tokens * self.mean_context * per_token), 1 if memory > 0 else 0)
+
+
+def _tail(servers: int, load: float, mean_service: float, slack: np.ndarray) -> np.ndarray:
+    """P(wait > slack) in an M/M/c queue of ``servers`` at offered ``load`` (< servers)."""
+    blocked = 1.0  # Erlang B by its recursion, then C
+    for k in range(1, servers + 1):
+        blocked = load * blocked / (k + load * blocked)
+    waits = servers * blocked / (servers - load * (1 - blocked))
+    decay = (servers - load) / mean_service
+    return np.where(slack <= 0, 1.0, waits * np.exp(-decay * np.maximum(slack, 0.0)))

@@ -3,7 +3,9 @@
 Designs come in families: colocated on one tier, disaggregated prefill/decode tiers, and
 attention-offloaded (prefill and dense decode on one tier, attention on another), each at the
 smallest power-of-two tp that holds the model and at larger ones (``tp_choices``). Families are
-searched cheapest lower bound first; a family whose lower bound already costs more than the best
+searched most promising first: cheapest estimated design (the load bounds with the prefill pool sized
+for the ttft bounds by an M/M/c queue, bounds.py), any kind and tp, so a time budget that stops the
+search drops the least promising families; a family whose lower bound already costs more than the best
 design of its kind (its larger-tp variants: than the best design of any kind) is skipped. Within
 a family the search starts at the load bounds, grows the pool the SLO violation points at, shrinks
 each pool by bisection and trades replicas between pools (any prefill:decode:attention ratio)
@@ -152,6 +154,28 @@ class Planner:
             return (p, b.decode(fam.tiers[1], fam.tps[1]))
         return (p, b.offload_compute(fam.tiers[0], fam.tps[1]), b.attention(fam.tiers[1]))
 
+    def estimate(self, fam: Family) -> tuple[int, ...] | None:
+        """The family's sizes as estimated from the trace (not a bound): the load bounds, with the
+        prefill pool (colocated: the pool, its decode load included) grown until its queue meets the
+        ttft bounds (LoadBounds.prefill_for_ttft). None: no size up to max_replicas does."""
+        floor = self.lower_bounds(fam)
+        ttft = tuple((PERCENTILES[k.split("_")[1]], v) for k, v in self.slo.checked if k.startswith("ttft"))
+        if not ttft:
+            return floor
+        serving = self.costs.path_costs()
+        entry = serving.colocated if fam.kind == "colocated" else serving.prefill
+        hw, tp = fam.tiers[0], fam.tps[0]
+        decode = self.bounds.decode_tokens / self.bounds.decode_rate(hw, tp) / self.bounds.duration \
+            if fam.kind == "colocated" else 0.0
+        n = self.bounds.prefill_for_ttft(hw, tp, ttft, entry.latency_s, entry.busy_s, decode,
+                                         self.options.max_replicas)
+        return None if n is None else (max(n, floor[0]),) + floor[1:]
+
+    def promise(self, fam: Family) -> tuple[float, float]:
+        """The order families are searched in: estimated cost (estimate), then the bound's cost."""
+        sizes = self.estimate(fam)
+        return (math.inf if sizes is None else self.cost(fam, sizes), self.cost(fam, self.lower_bounds(fam)))
+
     def hopeless(self, fam: Family) -> str | None:
         """Why no size of the family can meet the SLO, from one request alone: a decode step of one
         sequence slower than a TBT/TPOT bound, or the pXX prompt's prefill alone slower than a
@@ -227,8 +251,7 @@ class Planner:
         start = time.process_time()  # CPU time: a busy machine must not cut the search short
         budget = self.options.time_budget_s
         fams, skipped = self.families()
-        fams.sort(key=lambda f: self.cost(f, self.lower_bounds(f)))
-        fams.sort(key=lambda f: not (f.kind != "offload" and self._smallest_tp(f)))  # mainstream first (stable)
+        fams.sort(key=self.promise)  # most promising first: a time budget cuts the least promising
         found: list[_Found] = []
         for i, fam in enumerate(fams):
             if budget is not None and time.process_time() - start > 0.6 * budget:

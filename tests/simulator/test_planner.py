@@ -104,3 +104,16 @@ def test_an_offload_design_writes_a_config_the_cluster_loader_serves(costs: Cost
     assert loaded.offloaded and loaded.disaggregated
     assert loaded.pools["attention"].replicas == 3 and loaded.pools["attention"].hardware.num_gpus == 0
     assert loaded.pools["decode"].hardware.num_gpus == 1
+
+
+def test_the_queue_estimate_of_a_prefill_pool(costs: CostModels) -> None:
+    """LoadBounds.prefill_for_ttft (the planner's search order): at least the load bound, more
+    replicas for a tighter bound or a higher percentile, none when the prompt at that percentile alone
+    takes longer than the bound."""
+    trace = load_trace("synthetic:n=3000,rate=60,workload=conversation,seed=6")
+    bounds = Planner(trace, costs, parse_slo("ttft_p99=1"), PlanOptions(hardware=("H100",))).bounds
+    estimate = lambda *ttft: bounds.prefill_for_ttft("H100", 1, ttft, 0.005, 0.01)  # noqa: E731
+    loose, tight, p50 = estimate((99.0, 2.0)), estimate((99.0, 0.3)), estimate((50.0, 0.3))
+    assert loose is not None and tight is not None and p50 is not None
+    assert bounds.prefill("H100", 1) <= loose <= tight and p50 <= tight
+    assert estimate((99.0, 0.001)) is None

@@ -35,10 +35,13 @@ def group_stats(low: torch.Tensor, high: torch.Tensor, levels: int) -> tuple[tor
 
 
 def quantize(x: torch.Tensor, minimum: torch.Tensor, scale: torch.Tensor, levels: int) -> torch.Tensor:
-    """Codes of fp32 ``x`` against broadcastable fp16 ``minimum``/``scale``, as uint8."""
+    """Codes of fp32 ``x`` against broadcastable fp16 ``minimum``/``scale``, as uint8:
+    ``round((x - minimum) * (1 / scale))``, to nearest even, the reciprocal once per group (IEEE
+    division) and the difference and product each rounded to fp32 (the kernel runs without fused
+    multiply-adds)."""
     scale = scale.float()
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = (x - minimum.float()).div_(safe).add_(0.5).floor_()
+    codes = (x - minimum.float()).mul_(torch.ones_like(safe) / safe).round_()
     return codes.clamp_(0, levels).to(torch.uint8)
 
 

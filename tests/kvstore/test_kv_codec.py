@@ -8,7 +8,7 @@ import torch
 from kvstore.codec_format import HEADER_BYTES, CodecFormat, value_group
 from kvstore.errors import LayoutMismatchError
 from kvstore.kv_codec import decode, encode
-from kvstore.kv_codec_ref import split_records
+from kvstore.kv_codec_ref import quantize, split_records
 from kvstore.layout import KVLayout
 
 LAYOUT = KVLayout(num_layers=2, block_size=16, num_kv_heads=2, head_dim=32, dtype="float32")
@@ -77,6 +77,20 @@ def test_stats_are_the_groups_own_min_and_range(codec):
         assert (minimum <= lo).all() and (minimum >= lo - lo.abs() * 2.0 ** -10 - 2.0 ** -24).all()
         needed = (hi - minimum) / fmt.levels
         assert (scale >= needed).all() and (scale <= needed * (1 + 2.0 ** -10) + 2.0 ** -24).all()
+
+
+def test_codes_are_the_product_with_the_reciprocal_rounded_to_nearest_even():
+    """round((x - min) * (1 / scale)): ties go to the even code (the Triton kernel adds 1.5 * 2^23),
+    and the quotient is a product with the group's rounded reciprocal, not an IEEE division."""
+    x = torch.tensor([0.5, 1.5, 2.5, 3.5, 14.5, 0.49999997])
+    assert quantize(x, torch.zeros(1), torch.ones(1), 15).tolist() == [0, 2, 2, 4, 14, 0]
+    scale = torch.tensor([0.1], dtype=torch.float16)  # 1 / scale is not exact
+    mid = ((torch.arange(15) + 0.5) * scale.float()).view(torch.int32)  # within a few ulps of the ties
+    x = (mid[:, None] + torch.arange(-4, 5, dtype=torch.int32)).view(torch.float32).flatten()
+    y = x * (1 / scale.float())
+    want = torch.round(y).clamp(0, 15)
+    assert torch.equal(quantize(x, torch.zeros(1), scale, 15), want.to(torch.uint8))
+    assert not torch.equal(want, torch.round(x / scale.float()).clamp(0, 15)), "the test must tell them apart"
 
 
 def test_two_bits_lose_more_than_four():

@@ -34,6 +34,7 @@ def _cache(layout: KVLayout, num_blocks: int, seed: int) -> torch.Tensor:
     kv[0, 0, 2, :, 0, 1] = 1.5          # a constant key channel: scale 0
     kv[0, 1, 4, 0, 0, :] = -2.0 ** -20  # a value group of one tiny value: fp16 subnormal stats
     kv[-1, 1, 1, 1, -1, 0] = -0.0
+    kv[0, 0, 5, :4, 0, 2] = torch.tensor([0.0, 15.0, 2.5, 0.5])  # scale 1 (4 bits) or 5 (2 bits): ties, to even
     return kv.to(layout.torch_dtype)
 
 

@@ -258,7 +258,7 @@ class Planner:
                 skipped.append(f"{len(fams) - i} families not searched within the time budget ({budget:g} CPU s)")
                 break
             within = partial(self._below_confirmed, list(found), fam.kind if self._smallest_tp(fam) else None)
-            if not within(self.cost(fam, self.lower_bounds(fam))) or self.hopeless(fam):
+            if self.hopeless(fam) or not within(self.cost(fam, self.lower_bounds(fam))):  # hopeless first: cheap
                 continue
             best = search_family(self, fam, within, self.trace)
             if best is not None:

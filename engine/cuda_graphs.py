@@ -6,7 +6,7 @@ Decode steps are many small kernels; replaying a captured graph removes the laun
 Inputs are copied into static buffers, rows past the live batch are padding (slot -1, so
 they write no KV), and the captured attention grid is sized for ``max_model_len``.
 
-Small prefill steps replay the same graphs (``run_token_rows``): a step of T <= 128 new tokens
+Small prefill steps replay the same graphs (``run_token_rows``): a step of T <= 256 new tokens
 becomes T one-token rows, row i attending to its sequence's keys up to its own position, as
 causal attention asks. Each layer writes every row's key and value before attention reads
 them, so a row sees the rows before it in its sequence. On an H200 with Llama-3-8B an eager
@@ -24,11 +24,11 @@ from engine.attention.shared_prefix import SharedPrefixPlan
 from engine.model.llama import ForwardContext, LlamaForCausalLM
 
 # a small prefill step replays a decode graph when it has at most this many new tokens ...
-TOKEN_ROW_TOKENS = 128
+TOKEN_ROW_TOKENS = 256
 # ... and its rows read at most this many key positions together (T x the longest context). The
 # rows of one sequence read the same blocks, mostly from L2: on an H200 with Llama-3-8B (2026-12-02,
-# BENCHMARKS.md) 102-token probes at ~4.6K context took the same time under 2^20 as under 2^21, and a
-# 128-token step at no context 6.2 ms as rows against 21 ms eager
+# BENCHMARKS.md) 102-token probes at ~4.6K context took the same time under 2^20 as under 2^21; at no
+# context, rows against eager: 128 tokens 6.3 vs 14.0 ms, 256 8.3 vs 14.3, 384 11.6, 512 15.8 vs 14.3
 TOKEN_ROW_READS = 1 << 20
 
 

@@ -114,14 +114,14 @@ class Simulation:
         """Run to the last request's end; ``on_progress(arrivals so far)`` every 8192 arrivals."""
         tr = self.trace
         hashes = tr.hash_ids or itertools.repeat(None)
-        requests = [Request(i, a, p, o, h) for i, (a, p, o, h) in enumerate(
-            zip(tr.arrival_s.tolist(), tr.prompt_tokens.tolist(), tr.output_tokens.tolist(), hashes))]
-        if self.sharing:
-            for req, runs in zip(requests, shared_segments(tr)):
-                req.shared_runs = runs
-        enabled = gc.isenabled()  # the run makes no reference cycles: no collections on the way
-        gc.disable()
+        enabled = gc.isenabled()  # the run makes no reference cycles: no collections on the way (nor while
+        gc.disable()              # its requests are made: 0.6 us each at 100k)
         try:
+            requests = [Request(i, a, p, o, h) for i, (a, p, o, h) in enumerate(
+                zip(tr.arrival_s.tolist(), tr.prompt_tokens.tolist(), tr.output_tokens.tolist(), hashes))]
+            if self.sharing:
+                for req, runs in zip(requests, shared_segments(tr)):
+                    req.shared_runs = runs
             rejected = self._events(requests, on_progress)
         finally:
             if enabled:

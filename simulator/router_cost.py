@@ -2,7 +2,7 @@
 measured: one router core's KV-event ingest rate and a routing decision's CPU time against
 the number of replicas it picks among.
 
-Every router applies every KV event (they all follow one stream, cluster/index_follower.py),
+Every router applies every KV event (they all follow one stream, cluster/index/index_follower.py),
 so ingest is a cost per router that more routers do not share, while requests split among
 them. A fleet that prefills T prompt tokens/s in blocks of B tokens publishes about 2 T / B
 event blocks/s in steady state (each block STORED once and, its cache full, EVICTED once).

@@ -140,7 +140,7 @@ def bench_quality(args: argparse.Namespace, device: torch.device) -> list[dict]:
     from engine.config import CacheConfig, EngineConfig
     from engine.llm_engine import LLMEngine
     blocks = 4 * args.windows * -(-(args.prefix + args.scored + args.max_tokens + 16) // 16)
-    engine = LLMEngine(EngineConfig(model=str(args.checkpoint), device=device.type,
+    engine = LLMEngine(EngineConfig(model=str(args.checkpoint), device=device.type, dtype=args.dtype,
                                     cache=CacheConfig(num_blocks=blocks, enable_prefix_caching=True)))
     tokens = engine.tokenizer.encode(heldout_text(args.heldout, args.checkpoint))
     rows = []
@@ -166,6 +166,8 @@ def main() -> None:
     p.add_argument("--scored", type=int, default=128, help="tokens after the prefix scored for the loss")
     p.add_argument("--windows", type=int, default=64, help="held-out windows (and greedy prompts)")
     p.add_argument("--max-tokens", type=int, default=128, help="greedy continuation length")
+    p.add_argument("--dtype", default=None, help="quality part: the model's dtype (default: the checkpoint's); "
+                   "float32 has no bf16 logit ties, where any perturbation flips a greedy token")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     device = torch.device(args.device)

@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from engine.llm_engine import LLMEngine
 from engine.model.llama import LlamaForCausalLM
 from engine.model.split_forward import forward_split, micro_batch_bounds
 from engine.model_runner import KVCacheLost
+
+if TYPE_CHECKING:
+    from torch.distributed.distributed_c10d import Work
 
 
 def pack_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -53,7 +57,7 @@ class RemoteAttention:
         self.link, self.q_size, self.dtype, self.device = link, q_size, dtype, device
         self.sizes = [hi - lo for lo, hi in zip(row_bounds, row_bounds[1:])]
         self.sent: list = []
-        self.receiving: dict[tuple[int, int], tuple[torch.Tensor, object]] = {}
+        self.receiving: dict[tuple[int, int], tuple[torch.Tensor, Work]] = {}
 
     def start(self, layer: int, micro_batch: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         packed = pack_qkv(q, k, v).to(self.link.device)

@@ -13,6 +13,7 @@ steps, and no table outlives its request.
 from __future__ import annotations
 
 import itertools
+from typing import cast
 
 import numpy as np
 import torch
@@ -105,7 +106,9 @@ class TableMirror:
                 raise ValueError(f"step {ctrl.step}: sequence {handle} keeps {keep} blocks the attention worker "
                                  f"does not have ({0 if old is None else len(old)})")
             added = ctrl.new_blocks[offset:offset + num_new]
-            tables[handle] = added if not keep else (old[:keep] if not num_new else np.concatenate([old[:keep], added]))
+            kept = cast(np.ndarray, old)  # not None where keep is set: checked above
+            tables[handle] = added if not keep else (kept[:keep] if not num_new
+                                                     else np.concatenate([kept[:keep], added]))
             offset += num_new
         self._tables = tables
         return [self._metadata(ctrl, lo, hi) for lo, hi in zip(ctrl.bounds[:-1].tolist(), ctrl.bounds[1:].tolist())]

@@ -12,6 +12,7 @@ import asyncio
 import sys
 import threading
 import time
+from typing import cast
 
 DEMO_PROMPTS = (
     "The prefill pool computes the prompt",
@@ -38,6 +39,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from cluster.bringup.local_cluster import Cluster
     from cluster.config import parse_cluster_config
     from engine.default_model import default_model_dir
+    from kvstore.config import KVStoreConfig
     from kvstore.redis_client import redact_url
 
     console = Console()
@@ -52,7 +54,7 @@ def run_demo(args: argparse.Namespace) -> int:
     dispatcher = cluster.start()
     placed = " + ".join(f"{args.replicas} {role}" for role in pools)
     console.print(f"cluster up in {time.perf_counter() - t0:.1f}s: {placed} replica(s) of {model}, "
-                  f"Redis at {redact_url(cluster.kvstore.redis_url)}")
+                  f"Redis at {redact_url(cast(KVStoreConfig, cluster.kvstore).redis_url)}")
     try:
         rows = _serve_and_ask(dispatcher, args.max_tokens)
     finally:

@@ -7,6 +7,7 @@ from another machine) looks it up and reaches the same pool actors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import ray
 
@@ -57,7 +58,7 @@ def lookup(cluster: str) -> ClusterInfo:
     except ValueError:
         raise ClusterNotFoundError(f"no tierserve cluster named {cluster!r} runs in this Ray instance; "
                                    "start one with `tierserve serve --config ...`") from None
-    return ray.get(registry.describe.remote())
+    return cast(ClusterInfo, ray.get(registry.describe.remote()))
 
 
 def attach(info: ClusterInfo) -> Pools:

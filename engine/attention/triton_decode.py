@@ -252,7 +252,7 @@ def _launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block
     block_n = fit_block_n(config.block_n, dim, q.element_size(), config.num_stages, 0, SHARED_BUDGET)
     grid = ((num_kv_heads, num_splits, num_seqs) if config.heads_fastest
             else (num_seqs, num_kv_heads, num_splits))
-    out_strides = out.stride()[:2] if merge else (0, 0)
+    out_strides = out.stride()[:2] if out is not None else (0, 0)
     _decode_split_kernel[grid](
         q, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse,
         out if merge else part_out, counters if merge else seq_lens, scale * LOG2E, num_splits, num_kv_heads,

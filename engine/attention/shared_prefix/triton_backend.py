@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -58,7 +59,7 @@ class SharedStep:
     def cached(cls, plan: SharedPrefixPlan, key: torch.Tensor) -> SharedStep | None:
         step = _lookup(plan.tensors, STEP_NAMES, key)
         layout = _lookup(plan.layout, LAYOUT_NAMES, key) if step is not None else None
-        return None if layout is None else cls(**{**step, **layout})
+        return None if layout is None else cls(**{**cast(dict, step), **layout})  # step is set where layout is
 
     def store(self, plan: SharedPrefixPlan) -> None:
         plan.tensors.update({PREFIX + n: getattr(self, n) for n in STEP_NAMES})

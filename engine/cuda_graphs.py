@@ -17,11 +17,16 @@ reads instead (each reads its context), so the step must also read at most
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from engine.attention import AttentionBackend, AttentionMetadata
 from engine.attention.shared_prefix import SharedPrefixPlan
 from engine.model.llama import ForwardContext, LlamaForCausalLM
+
+if TYPE_CHECKING:
+    from torch.cuda import _POOL_HANDLE
 
 # a small prefill step replays a decode graph when it has at most this many new tokens ...
 TOKEN_ROW_TOKENS = 256
@@ -67,7 +72,7 @@ class DecodeGraphs:
         self.kv_cache, self.backend = kv_cache, backend
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
-        self.pool = None  # the memory pool all captures share (graphs never run at the same time)
+        self.pool: _POOL_HANDLE | None = None  # the memory pool all captures share (graphs never run at the same time)
 
     def context(self, bs: int, shared: SharedPrefixPlan | None = None) -> ForwardContext:
         """The forward context over the first ``bs`` rows of the static buffers."""

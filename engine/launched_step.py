@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -68,7 +69,7 @@ class LaunchedStep:
                 src.append(self._row[id(s.request)])
         if dst:
             index = upload(torch.tensor([dst, src], dtype=torch.int64), input_ids.device)
-            input_ids[index[0]] = self.tokens[index[1]]
+            input_ids[index[0]] = cast(torch.Tensor, self.tokens)[index[1]]  # sampled: it has tokens
 
     def defer_free(self, request: Request) -> bool:
         """Keep a released request's blocks until this step is read back, if it writes them."""

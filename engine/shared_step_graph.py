@@ -26,6 +26,7 @@ as soon as a decode step runs without a plan or the engine has nothing to run.
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import torch
 
@@ -59,7 +60,7 @@ class SharedStepGraph:
         plan, n = meta.shared, input_ids.shape[0]
         if plan is None:
             raise ValueError("SharedStepGraph.run needs a step with a shared-prefix plan")
-        if self._graph is not None and plan.layout is self._seen and n == self._output.shape[0]:
+        if self._graph is not None and plan.layout is self._seen and n == cast(torch.Tensor, self._output).shape[0]:
             self.graphs.load(input_ids, positions, meta, n)
             self._graph.replay()
             self.replays += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -119,7 +120,9 @@ class HandoffHeader:
         if (problem := self.request.mismatch(expected.request)) is not None:
             return problem
         if self.layout != expected.layout:
-            return f"sender layout {self.layout.tag} differs from receiver layout {expected.layout.tag}"
+            # neither is cancelled here (the receiver checks ``cancelled`` first), so both have a layout
+            return (f"sender layout {cast(KVLayout, self.layout).tag} differs from receiver layout "
+                    f"{cast(KVLayout, expected.layout).tag}")
         if self.num_blocks != expected.num_blocks:
             return (f"sender has {self.num_blocks} blocks for request {self.request.shown!r}, "
                     f"receiver allocated {expected.num_blocks}")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -46,7 +47,7 @@ class Receive:
         """Why this receive cannot take ``header``'s blocks, or None."""
         if self.local is not None:
             return f"receiver cannot take request {self.request.shown!r}: {type(self.local).__name__}: {self.local}"
-        return header.mismatch(self.expected)
+        return header.mismatch(cast(HandoffHeader, self.expected))  # set wherever ``local`` is None
 
     @property
     def done(self) -> bool:

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import redis
 
@@ -56,7 +57,8 @@ class PrefillWorker(EngineWorker):
         if self._host_failing and time.monotonic() < self._pull_again_at:
             return None
         try:
-            imported = await self.host_prefix.pull(req.prompt_token_ids, req.cache_salt, req.host_prefix_blocks)
+            host_prefix = cast(HostPrefixCache, self.host_prefix)  # the caller checked it is set
+            imported = await host_prefix.pull(req.prompt_token_ids, req.cache_salt, req.host_prefix_blocks)
         except (redis.RedisError, KVStoreError) as e:
             if not self._host_failing:
                 log.warning("host-tier pulls failing (%s: %s); computing those prefixes instead",

@@ -100,7 +100,10 @@ class Tokenizer(Protocol):
 
     bos_token_id: int | None
     has_vocab: bool     # False for NoTokenizer
-    vocab_size: int     # the tokenizer's (read only where has_vocab)
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's (read only where has_vocab)."""
+        ...
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 

@@ -98,7 +98,8 @@ class GenerationServicer:
         except Exception as e:
             await self._fail(context, e, call)
 
-    async def _fail(self, context: grpc.aio.ServicerContext, error: Exception, call: Call) -> NoReturn:
+    # grpc is untyped here (Any), so mypy cannot see that context.abort raises
+    async def _fail(self, context: grpc.aio.ServicerContext, error: Exception, call: Call) -> NoReturn:  # type: ignore[misc]
         failure = classify(error, call.echo, call.internal)
         self.service.metrics.count_error(failure.kind)
         trailing = [(REQUEST_ID_KEY, call.echo)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -103,5 +104,6 @@ def server_options(c: RouterConfig) -> list[tuple[str, int]]:
 def credentials(c: RouterConfig) -> grpc.ServerCredentials:
     """TLS from the configured PEM files; with ``tls_client_ca``, clients must present a certificate."""
     ca = Path(c.tls_client_ca).read_bytes() if c.tls_client_ca else None
-    return grpc.ssl_server_credentials([(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())],
+    key, cert = cast(str, c.tls_key), cast(str, c.tls_cert)  # both set: called only where config.tls
+    return grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())],
                                        root_certificates=ca, require_client_auth=ca is not None)

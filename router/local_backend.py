@@ -15,8 +15,7 @@ from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.segments.spec import SegmentReuse
-from engine.tokenizer import Tokenizer
-from router.backend import BackendHealth, BackendStats, HealthState
+from router.backend import BackendHealth, BackendStats, HealthState, Tokenizer
 from router.config import RouterConfig
 from router.server import Router
 

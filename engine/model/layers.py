@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,7 +23,7 @@ class RMSNorm(nn.Module):
         if x.is_cuda:
             from engine.model.triton_fused import rms_norm
             out, summed = rms_norm(x, self.weight, self.eps, residual)
-            return out if residual is None else (out, summed)
+            return out if residual is None else (out, cast(torch.Tensor, summed))
         if residual is not None:
             x = x + residual
             return self._norm(x), x

@@ -15,6 +15,8 @@ same and the weights do not matter. Without a probe (nothing recomputed) anchors
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from engine.segments.rerotate import Rerotator
@@ -42,7 +44,7 @@ def estimate(anchors: list[Anchor], start: int, lo: int, hi: int, rerotate: Rero
     for layer in range(layers):
         kv = torch.stack([_placed(a, layer, start, lo - probe, hi, rerotate) for a in anchors])
         if probe:
-            w = probe_weights(fresh[layer].float(), kv[:, :, :probe], temperature)
+            w = probe_weights(cast(torch.Tensor, fresh)[layer].float(), kv[:, :, :probe], temperature)
         else:
             w = torch.full(kv.shape[:2] + kv.shape[3:4], 1.0 / len(anchors), device=kv.device)
         out.append((kv[:, :, probe:] * w[:, :, None, :, None]).sum(0))

@@ -4,7 +4,7 @@ and tests (their float64 references, trees and merge inputs are in tests/attenti
 A batch is a prefix tree: each node is a run of whole blocks with a parent (nested sharing:
 a system prompt, few-shot examples below it), and each sequence follows the path to one
 node (or none) and then owns ``suffix`` private tokens. Shared blocks are the same physical
-blocks in every member's table, as prefix caching makes them. As in ``triton_inputs``,
+blocks in every member's table, as prefix caching makes them. As in ``paged_batches``,
 block ids are shuffled and every slot a kernel must not read holds NaN.
 """
 

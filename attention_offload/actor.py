@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+from typing import TYPE_CHECKING, cast
 
 import ray
 import torch
@@ -17,16 +18,20 @@ from kvstore.keys import RedisKeys
 from kvstore.redis_client import connect_redis
 from workers.spec import WorkerSpec, until_redis_answers
 
+if TYPE_CHECKING:
+    from kvstore.config import KVStoreConfig
+
 
 @ray.remote
 class AttentionActor:
     def __init__(self, spec: WorkerSpec):
         device = "cuda" if spec.use_gpu and torch.cuda.is_available() else spec.engine.device
         cfg = ModelConfig.from_dir(spec.engine.model)
-        client = until_redis_answers(lambda: connect_redis(spec.kvstore), spec.worker_id)
+        kvstore = cast("KVStoreConfig", spec.kvstore)  # an attention pool runs in a cluster, which has a kvstore
+        client = until_redis_answers(lambda: connect_redis(kvstore), spec.worker_id)
         transport = dataclasses.replace(spec.transport, advertise_host=spec.transport.advertise_host
                                         or ray.util.get_node_ip_address())
-        keys = RedisKeys(spec.kvstore.key_prefix)
+        keys = RedisKeys(kvstore.key_prefix)
         dtype = parse_dtype(spec.engine.dtype or cfg.torch_dtype)
         self.service = until_redis_answers(lambda: AttentionService(
             spec.worker_id, AttentionShape.of(cfg), spec.engine.cache, dtype,

@@ -6,7 +6,7 @@ import dataclasses
 import re
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -19,7 +19,7 @@ def build(cls: type[T], data: Any, path: str) -> T:
     """Instantiate dataclass ``cls`` from a mapping, recursing into dataclass-typed fields."""
     if not isinstance(data, dict):
         raise ConfigFileError(f"{path or 'config'} must be a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cast(Any, cls))}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigFileError(f"{_join(path, unknown[0])}: unknown field (expected one of {sorted(fields)})")
@@ -54,7 +54,7 @@ def _convert(hint: Any, value: Any, path: str, secret: bool = False) -> Any:
             return None
         return _convert(options[0], value, path, secret)
     if dataclasses.is_dataclass(hint):
-        return build(hint, value, path)
+        return build(cast(type, hint), value, path)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigFileError(f"{path} must be a list, got {type(value).__name__}")

@@ -5,6 +5,8 @@ The scheduler talks to this class only; it never touches the block pool directly
 
 from __future__ import annotations
 
+from typing import cast
+
 from engine.block_hash import ROOT_HASH, BlockHash, hash_block
 from engine.block_pool import BlockEvents, BlockPool
 from engine.request import Request
@@ -38,7 +40,8 @@ class KVCacheManager:
         if not self.pool.enable_caching or request.block_ids:
             return 0
         n = min(self.cached_prefix_blocks(request), (request.num_tokens - 1) // self.block_size)
-        hits = [self.pool.lookup(h) for h in request.block_hashes[:n]]  # the last token is always computed
+        # the last token is always computed; cached_prefix_blocks found these n blocks, so no lookup is None
+        hits = cast("list[int]", [self.pool.lookup(h) for h in request.block_hashes[:n]])
         for block_id in hits:
             self.pool.take(block_id)
         request.block_ids = hits

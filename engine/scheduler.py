@@ -13,7 +13,7 @@ import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from engine.config import SchedulerConfig
 from engine.kv_cache_manager import KVCacheManager
@@ -87,7 +87,7 @@ class Scheduler:
                 if victim is req:
                     return budget
             if fill is not None:
-                self.segments.apply(req, fill)
+                cast("SegmentPlanner", self.segments).apply(req, fill)  # a fill comes from the planner
             out.scheduled.append(ScheduledRequest(req, n))
             budget -= n
             i += 1
@@ -127,7 +127,7 @@ class Scheduler:
                 req.num_computed_tokens = 0
                 break
             if fill is not None:
-                self.segments.apply(req, fill)
+                cast("SegmentPlanner", self.segments).apply(req, fill)  # a fill comes from the planner
             if looked_up:
                 self.kv.count_lookup(req.num_tokens, req.num_computed_tokens)
             self.waiting.remove(req)

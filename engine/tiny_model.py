@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors.torch import save_file
@@ -65,8 +66,8 @@ def make_tiny_model(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec()) 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = write_tokenizer(out, spec.vocab_size, spec.max_position_embeddings)
-    config = hf_config(spec, bos=tokenizer.token_to_id(SPECIAL_TOKENS[0]),
-                       eos=tokenizer.token_to_id(SPECIAL_TOKENS[1]))
+    config = hf_config(spec, bos=cast(int, tokenizer.token_to_id(SPECIAL_TOKENS[0])),  # written just above
+                       eos=cast(int, tokenizer.token_to_id(SPECIAL_TOKENS[1])))
     (out / "config.json").write_text(json.dumps(config, indent=2))
     write_weights(out, ModelConfig.from_dict(config), spec)
     return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import redis
 
@@ -70,7 +71,7 @@ class PairKeys:
 
 def current_epoch(client: redis.Redis, pair: PairKeys) -> str | None:
     raw = client.get(pair.epoch)
-    return None if raw is None else raw.decode()
+    return None if raw is None else cast(bytes, raw).decode()  # the client does not decode responses
 
 
 def publish(client: redis.Redis, pair: PairKeys, record: Record, ttl_s: float) -> None:
@@ -92,7 +93,7 @@ def take(client: redis.Redis, pair: PairKeys, timeout_s: float, peer: str) -> Re
     while (left := deadline - time.monotonic()) > 0:
         got = client.blpop([pair.rendezvous], timeout=max(0.01, min(left, _BLPOP_SLICE_S)))
         if got is not None:
-            return Record.decode(got[1])
+            return Record.decode(cast(bytes, got[1]))
     raise RendezvousTimeoutError(
         f"peer {peer!r} did not publish a pair-group address at Redis key {pair.rendezvous!r} within "
         f"{timeout_s:g} s; is it running and asked to exchange KV with this worker?")

@@ -97,8 +97,8 @@ def install_error_handlers(app: FastAPI, metrics: RouterMetrics) -> None:
 
     app.add_exception_handler(RequestError, on_request_error)
     app.add_exception_handler(InvalidRequestError, on_request_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, on_http_error)  # type: ignore[arg-type]
     app.add_exception_handler(ClientDisconnected, on_disconnect)
     app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_middleware(InternalErrorMiddleware, metrics=metrics)

@@ -10,7 +10,7 @@ the bodies of vLLM's /tokenize and /detokenize, and the lines of an OpenAI Batch
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -125,7 +125,7 @@ class CompletionRequest(SamplingFields):
                 raise InvalidRequestError(f"batched prompts are not supported: send one prompt per request, "
                                           f"got {len(p)}")
             return p[0]
-        return p
+        return cast("str | list[int]", p)  # token ids, or an empty list
 
     def completion_sampling_params(self) -> SamplingParams:
         return self.sampling_params(DEFAULT_COMPLETION_MAX_TOKENS if self.max_tokens is None else self.max_tokens,
@@ -151,7 +151,7 @@ class ChatMessage(BaseModel):
             return self.content or ""
         if any(p.type != "text" or p.text is None for p in self.content):
             raise InvalidRequestError("only text content parts are supported in messages")
-        return "\n".join(p.text for p in self.content)
+        return "\n".join(cast(str, p.text) for p in self.content)  # checked just above
 
 
 class ChatCompletionRequest(SamplingFields):

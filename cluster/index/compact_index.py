@@ -77,7 +77,9 @@ class CompactPrefixIndex:
 
     def apply_batch(self, batch: EventBatch) -> None:
         """Apply a batch of events in order."""
-        codes, lengths, start, offset = [], [], 0, 0
+        codes: list[int] = []
+        lengths: list[int] = []
+        start, offset = 0, 0
         for worker, kind, count in batch.events:
             if kind is EventKind.CLEARED:
                 self._apply(batch.ids[start:offset], codes, lengths)

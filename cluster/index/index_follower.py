@@ -26,6 +26,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any, cast
 
 import msgpack
 import numpy as np
@@ -126,7 +127,7 @@ class IndexFollower:
     def fetch_snapshot(self) -> tuple[Snapshot, bool] | None:
         """The newest snapshot, and whether the stream lost events since it; None if none."""
         data = self.client.get(self.snapshot_key)
-        snapshot = Snapshot.decode(data) if data else None
+        snapshot = Snapshot.decode(cast(bytes, data)) if data else None
         if snapshot is None:
             return None
         return snapshot, self._trimmed_past(snapshot)
@@ -146,7 +147,7 @@ class IndexFollower:
             return False
         if snapshot.added is not None and "entries-added" in info:
             return info["entries-added"] - info["length"] > snapshot.added
-        first = info.get("first-entry")
+        first: Any = info.get("first-entry")
         return bool(first) and stream_id(first[0]) > stream_id(snapshot.position)
 
     def _added_until(self, position: str) -> int | None:

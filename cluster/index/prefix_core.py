@@ -75,7 +75,7 @@ class NumpyCore:
         per_block = np.repeat(codes, lengths)
         for rnd in distinct_rounds(ids):
             some_ids, some_codes = (ids, per_block) if len(rnd) == len(ids) else (ids[rnd], per_block[rnd])
-            self.table.update(some_ids, lambda old, codes=some_codes: self.states.moves(old, codes))
+            self.table.update(some_ids, lambda old, codes=some_codes: self.states.moves(old, codes))  # type: ignore[misc]
 
     def clear(self, worker: int) -> None:
         self.table.remap(self.states.without(worker))
@@ -162,7 +162,7 @@ def best_core() -> type:
         if not getattr(best_core, "warned", False):
             log.warning("cluster.index._prefix_core (C) is not built: the prefix index runs on numpy, ~25x slower "
                         "to match; `pip install -e .` builds it")
-            best_core.warned = True
+            best_core.warned = True  # type: ignore[attr-defined]
         return NumpyCore
     return core
 

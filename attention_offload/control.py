@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -90,9 +91,10 @@ class StepControl:
     def decode(cls, kind: Kind, step: int, num_seqs: int, m: int, payload: np.ndarray | None) -> StepControl:
         if kind is not Kind.STEP:
             return cls(kind, step)
-        bounds = payload[:m + 1]
-        seqs = payload[m + 1:m + 1 + PER_SEQ * num_seqs].reshape(num_seqs, PER_SEQ)
-        new = payload[m + 1 + PER_SEQ * num_seqs:]
+        data = cast(np.ndarray, payload)  # a STEP message always has a payload (Link.recv_control)
+        bounds = data[:m + 1]
+        seqs = data[m + 1:m + 1 + PER_SEQ * num_seqs].reshape(num_seqs, PER_SEQ)
+        new = data[m + 1 + PER_SEQ * num_seqs:]
         if int(seqs[:, 4].sum()) != len(new) or bounds[0] != 0 or bounds[-1] != num_seqs:
             raise ControlError(f"step {step}: control payload does not add up")
         return cls(kind, step, bounds, seqs, new)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -61,7 +62,7 @@ class Sampler:
             return None
         index = _index(rows, raw.device)
         logp = torch.log_softmax(raw[index], dim=-1)
-        counts = [requests[i].params.logprobs for i in rows]
+        counts = cast("list[int]", [requests[i].params.logprobs for i in rows])  # rows ask: none is None
         top = torch.topk(logp, max(counts), dim=-1)
         return LogprobTensors(rows, counts, logp.gather(1, tokens[index].unsqueeze(1)).squeeze(1),
                               top.values, top.indices)

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import cast
 
 import torch
 from torch.distributed.distributed_c10d import Work
@@ -40,6 +41,7 @@ from kvstore.config import TransportConfig
 from kvstore.errors import HandoffCancelledError, HandoffError, HandoffTimeoutError, KVStoreError
 from kvstore.handoff_header import HandoffHeader, RequestRef, answer_tensor, empty_message, read_answer
 from kvstore.handoff_receives import Receive, Receives
+from kvstore.layout import KVLayout
 from kvstore.pair_groups import PairGroup, PairGroups
 
 _TAG_HEADER, _TAG_ANSWER, _TAG_CHUNK0 = 1, 2, 16
@@ -76,7 +78,8 @@ class KVHandoff:
                 self._guard(group, cancel.request, lambda: self._send_cancel(group, cancel, deadline))
                 raise
             header = HandoffHeader.of(request_id, ids.numel(), layout, self._config.layers_per_chunk)
-            return self._guard(group, header.request, lambda: self._send(group, kv, ids, header, deadline, give_up))
+            sent = self._guard(group, header.request, lambda: self._send(group, kv, ids, header, deadline, give_up))
+            return cast(int, sent)  # _send returns an int
 
     def recv(self, kv: torch.Tensor, block_ids: Sequence[int] | torch.Tensor, peer: str,
              request_id: str) -> int:
@@ -179,7 +182,8 @@ class KVHandoff:
             self._reject(group, header, problem, device, deadline)
             return receive.local or HandoffError(f"rejected the handoff from {group.peer!r}: {problem}")
         what = f"receiving request {name!r} from {group.peer!r}"
-        nbytes = _land(group, receive.kv, receive.ids, header, deadline, what)
+        ids = cast(torch.Tensor, receive.ids)  # set: the receive has no local error (problem() above)
+        nbytes = _land(group, receive.kv, ids, header, deadline, what)
         _answer(group, None, device, deadline)
         _await_stream(device, deadline, f"scattering request {name!r}")
         return nbytes
@@ -217,7 +221,8 @@ def _drain(group: PairGroup, header: HandoffHeader, device: torch.device, deadli
     """Receive and discard the chunks ``header`` announces, all into one scratch buffer."""
     if header.cancelled:  # a cancel announces none
         return
-    layer_bytes = header.num_blocks * header.layout.bytes_per_block // header.layout.num_layers
+    layout = cast(KVLayout, header.layout)  # not cancelled: it has a layout
+    layer_bytes = header.num_blocks * layout.bytes_per_block // layout.num_layers
     ranges = _chunks(header)
     scratch = torch.empty(max(last - first for first, last in ranges) * layer_bytes, dtype=torch.uint8,
                           device=device)
@@ -231,7 +236,7 @@ def _chunks(header: HandoffHeader) -> list[tuple[int, int]]:
     """Layer ranges, one message each. When chunked at all, the first and the last layer
     travel alone: nothing overlaps the gather before the first byte nor the scatter after the
     last, so those are one layer's instead of a chunk's."""
-    step, layers = header.layers_per_chunk, header.layout.num_layers
+    step, layers = header.layers_per_chunk, cast(KVLayout, header.layout).num_layers  # only sent headers get here
     if step >= layers:
         return [(0, layers)]
     inner = [(first, min(first + step, layers - 1)) for first in range(1, layers - 1, step)]

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -143,8 +144,8 @@ class Pools:
             if r.ping is not None and r.ping.get_loop() is not loop:  # left on a loop that is gone
                 r.ping = None
             if r.ping is None:
-                r.ping, r.ping_sent = asyncio.ensure_future(_awaited(r.actor.load.remote())), time.monotonic()
-                r.ping.add_done_callback(lambda f, r=r: self._answered(r, f))
+                r.ping, r.ping_sent = asyncio.ensure_future(_awaited(r.actor.load.remote())), time.monotonic()  # type: ignore[attr-defined]
+                r.ping.add_done_callback(lambda f, r=r: self._answered(r, f))  # type: ignore[misc]
         pending = [r.ping for r in self.all if r.ping is not None]
         if pending and wait_s > 0:
             await asyncio.wait(pending, timeout=wait_s)
@@ -184,7 +185,7 @@ def first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-def usable(replicas: Sequence[Replica], exclude: set[str] = frozenset()) -> list[Replica]:
+def usable(replicas: Sequence[Replica], exclude: AbstractSet[str] = frozenset()) -> list[Replica]:
     """The replicas to pick from: the ready ones, else the degraded ones; never a down one."""
     options = [r for r in replicas if r.worker_id not in exclude and r.state is not HealthState.DOWN]
     return [r for r in options if r.state is HealthState.READY] or options
@@ -222,7 +223,7 @@ class RequestShape:
 
 
 def pick(replicas: Sequence[R], work: Callable[[R], float], load: Callable[[R], float],
-         inflight: Callable[[R], int] = lambda r: r.inflight) -> R:
+         inflight: Callable[[R], int] = lambda r: r.inflight) -> R:  # type: ignore[attr-defined]
     """Least work (then load) while balanced; least load when imbalanced. Any replica type
     (the simulator's prediction of our router uses it on simulated replicas)."""
     loads = [load(r) for r in replicas]
@@ -244,7 +245,8 @@ def pick_colocated(replicas: list[Replica], shape: RequestShape) -> Replica:
                 lambda r: r.pending_tokens + DECODE_LOAD_WEIGHT * held_tokens(r, shape.block_size))
 
 
-def pick_decode(replicas: list[Replica], shape: RequestShape, exclude: set[str] = frozenset()) -> Replica | None:
+def pick_decode(replicas: list[Replica], shape: RequestShape,
+                exclude: AbstractSet[str] = frozenset()) -> Replica | None:
     options = [r for r in replicas if r.worker_id not in exclude]
     if not options:
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 from engine.outputs import FinishReason, GenerationResult, RequestOutput, TokenLogprob
 from engine.sampling_params import InvalidRequestError, SamplingParams
@@ -11,6 +12,8 @@ from router.client_input import MAX_NAME_CHARS, MAX_STOP_CHARS, MAX_STOP_STRINGS
 from router.generation import GenerationRequest
 from router.prompts import PromptWork
 from router.proto import tierserve_pb2 as pb
+
+T = TypeVar("T")
 
 FINISH_REASONS = {None: pb.FINISH_REASON_UNSPECIFIED, FinishReason.STOP: pb.FINISH_REASON_STOP,
                   FinishReason.LENGTH: pb.FINISH_REASON_LENGTH, FinishReason.ABORT: pb.FINISH_REASON_ABORT}
@@ -32,7 +35,7 @@ async def request_from_proto(message: pb.GenerateRequest, prep: PromptWork, requ
 
 
 def sampling_from_proto(p: pb.SamplingParams) -> SamplingParams:
-    def given(name: str, default: object) -> object:
+    def given(name: str, default: T) -> T:
         return getattr(p, name) if p.HasField(name) else default
     for name in ("temperature", "top_p"):
         if not math.isfinite(getattr(p, name)):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,6 +22,8 @@ from engine.outputs import FinishReason, RequestOutput
 from engine.step_profile import PHASES
 from router.backend import BackendStats, GenerationBackend, HealthState
 from router.errors import ErrorKind
+
+M = TypeVar("M", Histogram, Counter)
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TBT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -177,7 +180,7 @@ class VllmMetrics:
     """vLLM's names for the latency histograms and token and request counters (one engine's labels)."""
 
     def __init__(self, registry: CollectorRegistry, model_name: str):
-        def labelled(metric: Histogram | Counter) -> Histogram | Counter:
+        def labelled(metric: M) -> M:
             return metric.labels(model_name, "0")
         r, labels = registry, VLLM_LABELS
         self.ttft = labelled(Histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in "

@@ -14,6 +14,8 @@ from workers.spec import WorkerSpec, build_worker
 
 @ray.remote
 class DecodeActor(WorkerActor):
+    worker: DecodeWorker  # WorkerActor.worker, as this pool builds it
+
     def __init__(self, spec: WorkerSpec):
         self.parts = build_worker(spec, ray.util.get_node_ip_address(), attach=attach_engine)
         offload = spec.offload  # prompts' KV goes to the attention replica's cache

@@ -14,6 +14,8 @@ from workers.spec import WorkerSpec, build_worker
 
 @ray.remote
 class PrefillActor(WorkerActor):
+    worker: PrefillWorker  # WorkerActor.worker, as this pool builds it
+
     def __init__(self, spec: WorkerSpec):
         self.parts = build_worker(spec, ray.util.get_node_ip_address())
         host_prefix = connect_host_prefix(spec, self.parts) if spec.host_tier_writes else None

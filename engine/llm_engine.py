@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -107,9 +108,9 @@ class LLMEngine:
         self.async_scheduling = (config.async_scheduling if config.async_scheduling is not None
                                  else self.device.type == "cuda")
         if self.device.type == "cuda" and backend is not None and backend.name == "triton":
-            self.runner.warm_up()  # compile the prefill kernels now, not in the first request
+            cast(ModelRunner, self.runner).warm_up()  # compile the prefill kernels now, not in the first request
             if config.cuda_graphs:
-                self.runner.capture_graphs(config.scheduler.max_num_seqs, self.max_model_len)
+                cast(ModelRunner, self.runner).capture_graphs(config.scheduler.max_num_seqs, self.max_model_len)
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, request_id: str | None, prompt: str | list[int], params: SamplingParams,
@@ -137,7 +138,7 @@ class LLMEngine:
         req = Request(request_id, ids, params, generator=self._generator(params),
                       cache_salt=(cache_salt or "").encode(), hold_kv=hold_kv)
         if segments is not None and segments.spans:
-            req.segments = self.segments.plan(req, segments)
+            req.segments = cast(SegmentPlanner, self.segments).plan(req, segments)  # checked above
         self._track(req)
         self.scheduler.add(req)
         return request_id
@@ -233,12 +234,12 @@ class LLMEngine:
             s.request.num_computed_tokens += s.num_new_tokens
             self.kv.commit_computed(s.request)
             if s.request.segments is not None:
-                self.segments.after_compute(s.request)
+                cast(SegmentPlanner, self.segments).after_compute(s.request)  # planned by it
         meta = inp.meta
         tokens = self.sampler.sample(logits, sampling) if sampling else None
         step = LaunchedStep(
             self.device, sampling, [len(r.output_token_ids) for r in sampling], tokens,
-            self.sampler.logprob_tensors(logits, tokens, sampling) if sampling else None,
+            self.sampler.logprob_tensors(logits, cast(torch.Tensor, tokens), sampling) if sampling else None,
             {id(s.request) for s in sched.scheduled},
             step_kind(meta.decode_only, meta.shared is not None, self.runner.last_graphed),
             sum(s.num_new_tokens for s in sched.scheduled), meta.num_seqs)

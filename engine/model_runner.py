@@ -24,7 +24,10 @@ class StepRunner(Protocol):
     holds the KV cache itself; a runner whose attention (and KV) live elsewhere implements the
     same (attention_offload.runner): the engine's block ids then name blocks of that cache."""
 
-    num_blocks: int
+    @property
+    def num_blocks(self) -> int:
+        """Blocks of the KV cache the engine allocates from."""
+
     last_graphed: bool
 
     def execute(self, inp: ModelInput) -> torch.Tensor:

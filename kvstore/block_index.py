@@ -8,6 +8,7 @@ disagree. Readers pin blocks with leases (kvstore.leases) while they pull them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import redis
 
@@ -59,12 +60,12 @@ class BlockIndex:
         for tier in Tier:
             lru_key = self._keys.lru(worker_id, tier)
             while members := self._redis.zrange(lru_key, 0, _BATCH - 1):
-                removed += self.remove(worker_id, tier, [m.decode() for m in members])
+                removed += self.remove(worker_id, tier, [m.decode() for m in cast("list[bytes]", members)])
         return removed
 
     def holders(self, key: BlockKey) -> tuple[Holder, ...]:
         """Every copy of one block."""
-        return _parse(self._redis.hgetall(self._keys.loc(str(key))))
+        return _parse(cast("dict[bytes, bytes]", self._redis.hgetall(self._keys.loc(str(key)))))  # replies are bytes
 
     def lookup_prefix(self, keys: Sequence[BlockKey]) -> list[tuple[Holder, ...]]:
         """Holders of the longest leading run of ``keys`` that someone holds (one round trip)."""
@@ -81,7 +82,8 @@ class BlockIndex:
     def lru_order(self, worker_id: str, tier: Tier, limit: int = -1) -> list[str]:
         """The holder's block keys, least recently used first (eviction order)."""
         stop = -1 if limit < 0 else limit - 1
-        return [m.decode() for m in self._redis.zrange(self._keys.lru(worker_id, tier), 0, stop)]
+        members = cast("list[bytes]", self._redis.zrange(self._keys.lru(worker_id, tier), 0, stop))
+        return [m.decode() for m in members]
 
     def count(self, worker_id: str, tier: Tier) -> int:
         """How many blocks the holder has in the index."""

@@ -39,11 +39,11 @@ def encode(kv: torch.Tensor, ids: torch.Tensor, fmt: CodecFormat, num_tokens: in
     if num_tokens is not None and not (n - 1) * fmt.layout.block_size < num_tokens <= n * fmt.layout.block_size:
         raise ValueError(f"{num_tokens} tokens do not fill {n} blocks of {fmt.layout.block_size} up to the last")
     if _impl(kv, impl) == "triton":
-        from kvstore.kv_codec_triton import encode_blocks
-        payloads, raw = encode_blocks(kv, ids, fmt)
+        from kvstore.kv_codec_triton import encode_blocks as triton_encode_blocks
+        payloads, raw = triton_encode_blocks(kv, ids, fmt)
     else:
-        from kvstore.kv_codec_ref import encode_blocks
-        payloads, raw = encode_blocks(kv.index_select(2, ids).permute(2, 0, 1, 3, 4, 5), fmt)
+        from kvstore.kv_codec_ref import encode_blocks as ref_encode_blocks
+        payloads, raw = ref_encode_blocks(kv.index_select(2, ids).permute(2, 0, 1, 3, 4, 5), fmt)
     payloads[:, :HEADER_BYTES] = torch.frombuffer(bytearray(fmt.header()), dtype=torch.uint8).to(kv.device)
     raw = raw.cpu()
     if num_tokens is not None and num_tokens < n * fmt.layout.block_size:
@@ -61,13 +61,13 @@ def decode(kv: torch.Tensor, ids: torch.Tensor, payloads: torch.Tensor, fmt: Cod
         raise ValueError(f"payloads must be uint8 [{ids.numel()}, {fmt.payload_bytes}], "
                          f"got {payloads.dtype} {tuple(payloads.shape)}")
     if _impl(kv, impl) == "triton":
-        from kvstore.kv_codec_triton import decode_blocks
-        decode_blocks(kv, ids, payloads.to(kv.device, non_blocking=True), fmt)
+        from kvstore.kv_codec_triton import decode_blocks as triton_decode_blocks
+        triton_decode_blocks(kv, ids, payloads.to(kv.device, non_blocking=True), fmt)
         if kv.device.type == "cuda":
             torch.cuda.current_stream(kv.device).synchronize()
     else:
-        from kvstore.kv_codec_ref import decode_blocks
-        blocks = decode_blocks(payloads.to(kv.device), fmt)  # [n, L, 2, block, H, D]
+        from kvstore.kv_codec_ref import decode_blocks as ref_decode_blocks
+        blocks = ref_decode_blocks(payloads.to(kv.device), fmt)  # [n, L, 2, block, H, D]
         kv.index_copy_(2, ids, blocks.permute(1, 2, 0, 3, 4, 5))
 
 

@@ -49,6 +49,7 @@ from router.segments import message_spans, reuse_for
 from router.sse import sse_stream, unless_disconnected
 
 T = TypeVar("T", bound=BaseModel)  # a request body with a ``model`` field
+S = TypeVar("S", bound=SamplingFields)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 NO_TOKENIZER = "this model was loaded without a tokenizer: /tokenize and /detokenize need one"
 
@@ -84,7 +85,7 @@ class OpenAIRoutes:
         messages = body.rendered_messages()
         ids = await self.prep.chat(messages)
         params = body.chat_sampling_params(len(ids), self.service.backend.max_model_len)
-        spans = ()
+        spans: tuple[tuple[int, int], ...] = ()
         if any(body.segment_messages):
             spans = await self.prep.run(len(ids), message_spans, self.tokenizer, ids,
                                         [m["content"] for m in messages], body.segment_messages)
@@ -117,7 +118,7 @@ class OpenAIRoutes:
         text = await self.prep.run(len(body.tokens), detokenize_text, self.tokenizer, body.tokens)
         return json_response(DetokenizeResponse(prompt=text))
 
-    async def _body(self, request: Request, model: type[SamplingFields]) -> SamplingFields:
+    async def _body(self, request: Request, model: type[S]) -> S:
         body = await self._parse(request, model)
         body.check_supported()
         return body

@@ -152,11 +152,17 @@ def _prompts_request(row: object, number: int, defaults: dict) -> BatchRequest:
     unknown = set(row) - _SAMPLING_FIELDS - {"id", "prompt", "prompt_token_ids"}
     if unknown:
         raise BatchFileError(f"line {number}: unknown field {sorted(unknown)[0]!r}")
+    if "prompt" in row and not isinstance(row["prompt"], str):
+        raise BatchFileError(f"line {number}: 'prompt' must be a string, got {json.dumps(row['prompt'])[:40]}")
+    ids = row.get("prompt_token_ids")
+    if "prompt_token_ids" in row and not (
+            isinstance(ids, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in ids)):
+        raise BatchFileError(f"line {number}: 'prompt_token_ids' must be a list of integers, got "
+                             f"{json.dumps(ids)[:40]}")
     try:
         params = SamplingParams(**{**defaults, **{k: v for k, v in row.items() if k in _SAMPLING_FIELDS}})
     except (InvalidRequestError, TypeError) as e:
         raise BatchFileError(f"line {number}: {e}") from None
-    ids = row.get("prompt_token_ids")
     return BatchRequest(str(row.get("id", number)), params, row.get("prompt"),
                         tuple(ids) if ids is not None else None)
 

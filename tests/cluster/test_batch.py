@@ -19,7 +19,11 @@ def test_jsonl_rows_and_their_errors(tmp_path):
     assert (b.id, b.prompt_token_ids, b.params.seed) == ("3", (0, 5), 2)
     for line, message in [("{oops", "line 7: not JSON"), ('{"id": 1}', "line 7: give exactly one of"),
                           ('{"prompt": "x", "colour": 1}', "line 7: unknown field 'colour'"),
-                          ('{"prompt": "x", "max_tokens": 0}', "line 7: max_tokens must be a positive")]:
+                          ('{"prompt": "x", "max_tokens": 0}', "line 7: max_tokens must be a positive"),
+                          ('{"prompt": null}', "line 7: 'prompt' must be a string, got null"),
+                          ('{"prompt": ["a"]}', "line 7: 'prompt' must be a string"),
+                          ('{"prompt_token_ids": "12"}', "line 7: 'prompt_token_ids' must be a list of integers"),
+                          ('{"prompt_token_ids": [1, true]}', "line 7: 'prompt_token_ids' must be a list of int")]:
         with pytest.raises(BatchFileError, match=message):
             parse_request(line, 7, {})
 

@@ -44,6 +44,12 @@ class RopeScaling:
         if not self.factor > 0:
             raise CheckpointError(f"rope factor must be > 0, got {self.factor}")
         if self.kind == "llama3":
+            unset = [name for name in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+                     if getattr(self, name) is None]
+            if unset:
+                raise CheckpointError(f"rope scaling llama3 needs {', '.join(unset)}")
+            assert self.high_freq_factor is not None and self.low_freq_factor is not None  # checked just above
+            assert self.original_max_position_embeddings is not None
             if not self.high_freq_factor > self.low_freq_factor:
                 raise CheckpointError(f"rope high_freq_factor must exceed low_freq_factor, got "
                                       f"{self.high_freq_factor} and {self.low_freq_factor}")
@@ -77,8 +83,9 @@ def parse_rope(raw: dict, max_position_embeddings: int) -> tuple[float, RopeScal
         raise CheckpointError(f"{field}: rope_type {kind!r} needs {', '.join(missing)}")
     values = {k: _number(field, k, params.get(k, max_position_embeddings)) for k in KEYS[kind]}
     if kind == "llama3":
-        values["original_max_position_embeddings"] = int(values["original_max_position_embeddings"])
-    return theta, RopeScaling(kind, **values)
+        return theta, RopeScaling(kind, values["factor"], values["low_freq_factor"], values["high_freq_factor"],
+                                  int(values["original_max_position_embeddings"]))
+    return theta, RopeScaling(kind, values["factor"])
 
 
 def _rope_object(raw: dict) -> tuple[str, dict]:

@@ -75,6 +75,8 @@ class BatchRequest:
 
     def prepare(self, tokenizer: Tokenizer, max_model_len: int) -> tuple[list[int], SamplingParams]:
         prompt = self.prompt_token_ids if self.prompt_token_ids is not None else self.prompt
+        if prompt is None:  # read_requests gives every line one of the two
+            raise InvalidRequestError("give exactly one of 'prompt' or 'prompt_token_ids'")
         return prompt_token_ids(tokenizer, prompt), self.params
 
     def succeeded(self, result: GenerationResult, tokenizer: Tokenizer, model_name: str) -> BatchResult:
@@ -105,7 +107,8 @@ class OpenAIBatchRequest:
 
     def succeeded(self, result: GenerationResult, tokenizer: Tokenizer, model_name: str) -> BatchRequestOutput:
         chat = isinstance(self.body, ChatCompletionRequest)
-        wants_logprobs = self.body.wants_logprobs if chat else self.body.logprobs is not None
+        wants_logprobs = (self.body.wants_logprobs if isinstance(self.body, ChatCompletionRequest)
+                          else self.body.logprobs is not None)
         header = ResponseHeader(result.request_id, int(time.time()), model_name, wants_logprobs,
                                 token_ids=bool(self.body.return_token_ids))
         body = (chat_response if chat else completion_response)(header, result, tokenizer)
@@ -169,8 +172,10 @@ def _prompts_request(row: object, number: int, defaults: dict) -> BatchRequest:
 
 def _openai_request(row: dict, number: int, defaults: dict) -> OpenAIBatchRequest:
     line = _validated(OpenAIBatchLine, row, number)
-    model = ChatCompletionRequest if line.url == "/v1/chat/completions" else CompletionRequest
-    body = _validated(model, {**defaults, **line.body}, number, "body.")
+    data = {**defaults, **line.body}
+    body: CompletionRequest | ChatCompletionRequest = (
+        _validated(ChatCompletionRequest, data, number, "body.") if line.url == "/v1/chat/completions"
+        else _validated(CompletionRequest, data, number, "body."))
     try:
         body.check_supported()
         if body.stream:

@@ -193,3 +193,12 @@ def test_a_window_below_the_positions_clips_max_model_len_and_refuses_more(caplo
     assert resolve_max_model_len(cfg, 512) == 512
     with pytest.raises(ConfigError, match="limit of 1024 tokens, its sliding_window"):
         resolve_max_model_len(cfg, 2048)
+
+
+def test_llama3_scaling_without_its_fields_is_a_checkpoint_error() -> None:
+    """Built directly (not from config.json, whose parser fills them), a llama3 scaling missing its
+    fields says which, instead of failing on a comparison with None."""
+    from engine.checkpoint_error import CheckpointError
+    from engine.rope_config import RopeScaling
+    with pytest.raises(CheckpointError, match="llama3 needs low_freq_factor, high_freq_factor"):
+        RopeScaling("llama3", 8.0)

@@ -120,14 +120,16 @@ def cpu_model() -> str:
 def wall_median(fn: Callable[[], object], device: torch.device, reps: int, warmup: int = 2) -> float:
     """Median wall seconds of ``reps`` calls of fn() after ``warmup`` untimed ones, each call
     synchronized on CUDA before and after (whole host + device time, the L2 not flushed)."""
-    times = []
-    for i in range(warmup + reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = [wall_seconds(fn, device) for _ in range(warmup + reps)]
+    return statistics.median(times[warmup:])
+
+
+def wall_seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call of fn(), synchronized on CUDA before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start

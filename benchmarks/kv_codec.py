@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import uuid
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine_info, median_seconds, out_dir, wall_median, write_json
+from benchmarks.common import machine_info, median_seconds, out_dir, wall_median, wall_seconds, write_json
 from kvstore.kv_codec import CodecFormat, decode, encode
 from kvstore.layout import KVLayout
 
@@ -92,8 +91,8 @@ def bench_host(device: torch.device, tokens: int, iters: int, redis_url: str) ->
         try:
             for i in range(iters + 1):
                 keys = block_keys(hash_blocks(list(range(tokens)), 16, salt=f"{i}".encode()), "bench", LLAMA3_8B)
-                puts.append(_clock_once(lambda: store.host.put(keys, kv, ids.tolist()), device))
-                gets.append(_clock_once(lambda: store.host.get(keys, target, ids.tolist()), device))
+                puts.append(wall_seconds(lambda: store.host.put(keys, kv, ids.tolist()), device))
+                gets.append(wall_seconds(lambda: store.host.get(keys, target, ids.tolist()), device))
                 stored = store.host.used_bytes()
                 store.wipe()
         finally:
@@ -123,14 +122,6 @@ def _check_host(codec: str, kv: torch.Tensor, ids: torch.Tensor, target: torch.T
     return torch.equal(target[:, :, ids].view(torch.int16), want[:, :, ids].view(torch.int16))
 
 
-def _clock_once(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def bench_quality(args: argparse.Namespace, device: torch.device) -> list[dict]:

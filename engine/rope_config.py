@@ -44,18 +44,15 @@ class RopeScaling:
         if not self.factor > 0:
             raise CheckpointError(f"rope factor must be > 0, got {self.factor}")
         if self.kind == "llama3":
-            unset = [name for name in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-                     if getattr(self, name) is None]
-            if unset:
+            low, high, original = self.low_freq_factor, self.high_freq_factor, self.original_max_position_embeddings
+            if low is None or high is None or original is None:
+                unset = [name for name, value in (("low_freq_factor", low), ("high_freq_factor", high),
+                                                  ("original_max_position_embeddings", original)) if value is None]
                 raise CheckpointError(f"rope scaling llama3 needs {', '.join(unset)}")
-            assert self.high_freq_factor is not None and self.low_freq_factor is not None  # checked just above
-            assert self.original_max_position_embeddings is not None
-            if not self.high_freq_factor > self.low_freq_factor:
-                raise CheckpointError(f"rope high_freq_factor must exceed low_freq_factor, got "
-                                      f"{self.high_freq_factor} and {self.low_freq_factor}")
-            if not self.original_max_position_embeddings >= 1:
-                raise CheckpointError("rope original_max_position_embeddings must be >= 1, got "
-                                      f"{self.original_max_position_embeddings}")
+            if not high > low:
+                raise CheckpointError(f"rope high_freq_factor must exceed low_freq_factor, got {high} and {low}")
+            if not original >= 1:
+                raise CheckpointError(f"rope original_max_position_embeddings must be >= 1, got {original}")
 
 
 def parse_rope(raw: dict, max_position_embeddings: int) -> tuple[float, RopeScaling | None]:

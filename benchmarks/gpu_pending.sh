@@ -244,8 +244,31 @@ case "${1:-}" in
       --out "$work/multi-agent" > "$out/multi-agent.log" 2>&1
     grep -v "━" "$out/multi-agent.log" | tail -12
     ;;
+  sim-fidelity)  # ~6-8 min (timeouts 2 + 1.5 + 5), one H200 (issue 17): a profile of this machine and one colocated
+    # engine under Poisson load, each rate twice on the same trace; benchmarks/sim_vs_measured.py --session reads it
+    # source .devbundle/setup.sh && export PYTHONPATH=.:$PYTHONPATH && bash benchmarks/gpu_pending.sh sim-fidelity
+    # Llama-3-8B shape, random bf16 weights. Comes back: calibrate.log, decode-step.log, serve.log and results.tgz
+    # (calibrate/calibration.json, decode-step/decode_step*.json, serve/serve.json with per-run step profiles)
+    python -c "from pathlib import Path; from benchmarks.model_shapes import shape_dir; shape_dir('llama-3-8b', Path('$work/model'))"
+    # 1. (~1-1.5 min) `tierserve calibrate`: lockstep prefill steps (one prompt), decode steps, mixed steps (a prompt
+    #    prefilled beside B decoding sequences of ~1K context: what a colocated engine runs when a request arrives)
+    timeout 120 python -m cluster.cli calibrate --model "$work/model/llama-3-8b" --load-format dummy --device cuda --hardware H200 \
+      --tokens 16 64 128 256 512 1024 1536 2048 --batches 1 8 32 64 128 --context 1024 \
+      --mixed-batches 8 32 64 --mixed-tokens 64 192 512 1024 1536 1984 --repeats 3 \
+      --out "$work/calibrate/calibration.json" > "$out/calibrate.log" 2>&1
+    grep -v "WARN\|INFO" "$out/calibrate.log" | tail -32
+    # 2. (~1 min) decode steps as the serving engine runs them (overlapped scheduling, the CUDA default), ~1K context
+    timeout 90 python benchmarks/decode_step.py --shape llama-3-8b --batches 1 8 32 64 128 --prompt-len 1024 \
+      --new-tokens 32 --no-hf --out "$work/decode-step" > "$out/decode-step.log" 2>&1
+    grep "GB/s\|step \|Error" "$out/decode-step.log" | grep -v "━" | tail -8
+    # 3. (~4 min: bring-up ~1 min, 8 runs of 15 s + drain) benchmarks/serve.py, ONE colocated engine, light to near
+    #    saturation (the simulator puts this engine's knee at ~28-32 req/s), each rate twice on the same trace
+    timeout 300 python benchmarks/serve.py --shape llama-3-8b --gpus --modes colocated --colocated-replicas 1 \
+      --rates 4 12 20 28 --repeats 2 --duration 15 --step-profiles --out "$work/serve" > "$out/serve.log" 2>&1
+    grep -v "WARN\|INFO\|pid=" "$out/serve.log" | tail -10
+    ;;
   *)
-    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines|trained-model|trained-model-ci|trained-pair|trained-eval|token-rows|gpu-tests|kv-codec|offload|offload-pair|soak|multi-agent" >&2
+    echo "usage: $0 kernels|engine|overlap|pair|serving|baselines|trained-model|trained-model-ci|trained-pair|trained-eval|token-rows|gpu-tests|kv-codec|offload|offload-pair|soak|multi-agent|sim-fidelity" >&2
     exit 2
     ;;
 esac

@@ -21,6 +21,14 @@ Two predictions per run:
                 (simulator/uncertainty.py): p10-p90 band. Target: the measurement inside it.
 Writes OUT/sim_vs_measured.json, table.md and sim_vs_measured.png (OUT: --out, else $OUT, else
 out/sim-vs-measured).
+
+More sessions, each held out (never fitted on), as ``--session NAME=DIR``: the folder of one run of
+``bash benchmarks/gpu_pending.sh sim-fidelity`` (its results.tgz unpacked): DIR/serve/serve.json
+(serve.py, one colocated engine here, each rate run --repeats times on the same trace),
+calibrated from that same batch's profile of the machine: DIR/calibrate/calibration.json
+(``tierserve calibrate``: prefill, mixed and lockstep decode steps, device memory) with the decode
+steps of DIR/decode-step/decode_step_calibration.json in place of calibrate's where present
+(overlapped scheduling, as the serving engine runs them).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from simulator.hardware import load_catalog
 from simulator.links import LinkTable, fit_link
 from simulator.metrics import SimResult
 from simulator.models import load_model
-from simulator.profiles import load_profile
+from simulator.profiles import Profile, load_profile
 from simulator.run import simulate
 from simulator.serving import TIERSERVE_STACK, ServingCosts
 from simulator.traces.trace import Trace, make_trace
@@ -63,17 +71,33 @@ class Run:
     rate: float
     args: dict      # serve.py's arguments
     measured: dict  # serve.py's point
+    profiles: Path | None = None  # a sim-fidelity batch's folder (its profile); None: the 2026-11-23 H200 ones
+
+    @property
+    def replicas(self) -> int:
+        return int(self.args.get("colocated_replicas", 2))
+
+    @property
+    def repeat(self) -> int:
+        return int(self.measured.get("repeat", 0))
 
     @property
     def label(self) -> str:
-        return f"{self.session} {'1P+1D' if self.mode == 'disaggregated' else '2 coloc'} {self.rate:g}/s"
+        design = "1P+1D" if self.mode == "disaggregated" else f"{self.replicas} coloc"
+        return f"{self.session} {design} {self.rate:g}/s" + (f" #{self.repeat + 1}" if self.repeat else "")
 
 
-def serve_runs() -> list[Run]:
+def serve_runs(extra: dict[str, Path] | None = None) -> list[Run]:
+    """The 2026-11-23 sessions' runs, and those of each ``extra`` sim-fidelity folder (by session name)."""
     runs = []
     for session, name in SESSIONS.items():
         data = json.loads((RESULTS / name / "serve.json").read_text())
         runs += [Run(session, p["mode"], p["rate"], data["args"], p) for p in data["points"]]
+    for session, folder in (extra or {}).items():
+        if session in SESSIONS:
+            raise SystemExit(f"--session {session}: that name is one of the 2026-11-23 sessions")
+        data = json.loads((folder / "serve" / "serve.json").read_text())
+        runs += [Run(session, p["mode"], p["rate"], data["args"], p, folder) for p in data["points"]]
     return runs
 
 
@@ -91,13 +115,13 @@ def serve_trace(run: Run) -> tuple[Trace, float]:
     return trace, reqs[0].arrival_s
 
 
-def serve_design(mode: str) -> Design:
+def serve_design(mode: str, colocated_replicas: int = 2) -> Design:
     """serve.py's cluster: engine defaults (64 sequences, 2048 tokens a step) but 128 sequences on
     decode and colocated engines; the handoff follows the prefill (no layer-wise streaming)."""
     if mode == "disaggregated":
         return Design(prefill=PoolSpec("H200", 1, 1, 64, 2048), decode=PoolSpec("H200", 1, 1, 128, 2048),
                       layerwise_transfer=False)
-    return Design(colocated=PoolSpec("H200", 2, 1, 128, 2048), layerwise_transfer=False)
+    return Design(colocated=PoolSpec("H200", colocated_replicas, 1, 128, 2048), layerwise_transfer=False)
 
 
 def h200_costs(serving: ServingCosts) -> CostModels:
@@ -110,6 +134,30 @@ def h200_costs(serving: ServingCosts) -> CostModels:
     link = fit_link([(p.bytes, p.seconds) for p in handoff.links])
     return CostModels(load_model("llama-3-8b"), catalog, profiles, LinkTable(catalog, {("H200", "H200"): link}),
                       serving)
+
+
+def batch_profile(folder: Path) -> Profile:
+    """A sim-fidelity batch's profile of its machine: calibrate's, with the overlapped decode steps of
+    decode_step.py in place of calibrate's lockstep ones where that file is there."""
+    profile = load_profile(folder / "calibrate" / "calibration.json", "H200")
+    overlapped = folder / "decode-step" / "decode_step_calibration.json"
+    if not overlapped.is_file():
+        return profile
+    decode = load_profile(overlapped, "H200").of("decode_step")
+    kept = tuple(m for m in profile.measurements if m.op != "decode_step")
+    return replace(profile, measurements=kept + tuple(replace(m, model=None) for m in decode))
+
+
+def batch_costs(folder: Path, serving: ServingCosts) -> CostModels:
+    """Costs from a sim-fidelity batch's own profile, and ``serving``."""
+    return CostModels(load_model("llama-3-8b"), load_catalog(), (batch_profile(folder),), serving=serving)
+
+
+def run_costs(run: Run, serving: ServingCosts, cache: dict) -> CostModels:
+    """The calibrated costs of ``run``'s machine (cached per profile folder in ``cache``)."""
+    if run.profiles not in cache:
+        cache[run.profiles] = h200_costs(serving) if run.profiles is None else batch_costs(run.profiles, serving)
+    return cache[run.profiles]
 
 
 def roofline_costs(serving: ServingCosts = TIERSERVE_STACK) -> CostModels:
@@ -129,7 +177,7 @@ def observed(result: SimResult, first_arrival: float) -> dict:
 
 def predict(run: Run, costs: CostModels) -> dict:
     trace, first = serve_trace(run)
-    return observed(simulate(serve_design(run.mode), trace, costs), first)
+    return observed(simulate(serve_design(run.mode, run.replicas), trace, costs), first)
 
 
 def log_error(pred: dict, meas: dict) -> float:
@@ -178,16 +226,17 @@ def fit(runs: list[Run], start: ServingCosts, rounds: int = 6, log=print) -> Ser
 
 # ---- the comparison
 def compare(runs: list[Run], serving: ServingCosts) -> list[dict]:
-    calibrated = h200_costs(serving)
+    costs: dict = {}
     uncalibrated = roofline_costs(serving)
     rows = []
     for run in runs:
         trace, first = serve_trace(run)
-        design = serve_design(run.mode)
-        cal = observed(simulate(design, trace, calibrated), first)
+        design = serve_design(run.mode, run.replicas)
+        cal = observed(simulate(design, trace, run_costs(run, serving, costs)), first)
         b = band(design, trace, uncalibrated, prior=UNCALIBRATED)
         unc = [observed(r, first) for r in b.results]
         rows.append({"run": run.label, "session": run.session, "mode": run.mode, "rate": run.rate,
+                     "replicas": run.replicas, "repeat": run.repeat, "own_profile": run.profiles is not None,
                      "held_out": run.session not in FIT_SESSIONS, "measured": {k: run.measured[k] for k in METRICS},
                      "calibrated": cal, "uncalibrated_band": {k: sorted(u[k] for u in unc) for k in METRICS}})
     return rows
@@ -243,7 +292,7 @@ def plot(rows: list[dict], path: Path) -> None:
         for row in rows:
             m, c = row["measured"][key], row["calibrated"][key]
             lo, mid, hi = row["uncalibrated_band"][key]
-            color = colors[row["mode"]]
+            color = "C2" if row.get("own_profile") else colors[row["mode"]]
             marker = "s" if row["held_out"] else "o"
             ax.errorbar([m], [mid], yerr=[[mid - lo], [hi - mid]], fmt="none", ecolor=color, alpha=0.25, lw=3)
             ax.plot([m], [c], marker, color=color, ms=6)
@@ -258,10 +307,14 @@ def plot(rows: list[dict], path: Path) -> None:
     handles = [plt.Line2D([], [], color="C0", marker="o", ls="", label="1P+1D, calibrated (fit sessions)"),
                plt.Line2D([], [], color="C0", marker="s", ls="", label="1P+1D, calibrated (held-out session)"),
                plt.Line2D([], [], color="C1", marker="o", ls="", label="2 colocated, calibrated"),
+               *([plt.Line2D([], [], color="C2", marker="s", ls="", label="1 colocated H200 (own profile, held out)")]
+                 if any(r.get("own_profile") for r in rows) else []),
                plt.Line2D([], [], color="grey", lw=3, alpha=0.4, label="uncalibrated p10-p90 band"),
                plt.Rectangle((0, 0), 1, 1, color="k", alpha=0.08, label="+-10%")]
-    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
-    fig.suptitle("2xH200 serve.py runs (2026-11-23): simulated vs measured")
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    sessions = sorted({r["session"] for r in rows} - set(SESSIONS))
+    fig.suptitle("serve.py runs, 2xH200 (2026-11-23)" + (f" and sessions {', '.join(sessions)}" if sessions else "")
+                 + ": simulated vs measured")
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -273,9 +326,17 @@ def main() -> None:
     ap.add_argument("--fit", action="store_true", help="refit the serving costs on sessions j, k first")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--session", action="append", default=[], metavar="NAME=DIR",
+                    help="a sim-fidelity batch's unpacked results (held out; calibrated from its own profile)")
     args = ap.parse_args()
     out = out_dir(args.out, "sim-vs-measured")
-    runs = serve_runs()
+    extra = {}
+    for item in args.session:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not Path(folder, "serve", "serve.json").is_file():
+            ap.error(f"--session {item}: want NAME=DIR with DIR/serve/serve.json")
+        extra[name] = Path(folder)
+    runs = serve_runs(extra)
     serving = TIERSERVE_STACK
     if args.fit:
         serving = fit([r for r in runs if r.session in FIT_SESSIONS], serving, args.rounds)

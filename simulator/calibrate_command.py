@@ -1,8 +1,11 @@
 """`tierserve calibrate`: measure this machine's engine and write the profile simulate / plan read.
 
 Runs, on the user's own device (GPU or CPU) and checkpoint: prefill steps of one prompt of N tokens,
-whole-batch decode steps of B sequences, a KV-sized device copy (the handoff's bytes, as a ``links``
-entry of the device to itself) and, on CUDA, the free memory before the model loads. Torch and the
+whole-batch decode steps of B sequences, with ``--mixed-batches`` mixed steps (a prompt of N tokens
+prefilled beside B decoding sequences, one step: what a colocated engine runs when a request
+arrives), a KV-sized device copy (the handoff's bytes, as a ``links`` entry of the device to itself)
+and, on CUDA, the free memory before the model loads. ``--load-format dummy`` times a config-only
+checkpoint directory (random weights of its shape: benchmarks/model_shapes.py). Torch and the
 engine are imported here only, never when simulate or plan start.
 """
 
@@ -26,6 +29,12 @@ def add_calibrate(sub: argparse._SubParsersAction, func) -> None:
     cal.add_argument("--tokens", type=int, nargs="+", default=[128, 512, 2048], help="prefill prompt lengths")
     cal.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="decode batch sizes")
     cal.add_argument("--context", type=int, default=256, help="decode prompt length per sequence")
+    cal.add_argument("--mixed-batches", type=int, nargs="*", default=[],
+                     help="decode batch sizes of mixed steps (none by default)")
+    cal.add_argument("--mixed-tokens", type=int, nargs="+", default=[128, 512, 1024, 1792],
+                     help="prompt lengths prefilled in a mixed step")
+    cal.add_argument("--load-format", default="safetensors", choices=["safetensors", "dummy"],
+                     help="dummy: random weights of the checkpoint's shape (config.json only)")
     cal.add_argument("--repeats", type=int, default=3)
     cal.add_argument("--out", type=Path, default=Path("calibration.json"))
     cal.set_defaults(func=func)
@@ -58,13 +67,16 @@ def calibrate(args: argparse.Namespace) -> dict:
     if cuda:
         free, total = torch.cuda.mem_get_info(device)
         memory = {"total_bytes": total, "free_bytes": free}
-    budget = max(max(args.tokens), max(args.batches))
-    max_len = max(max(args.tokens), args.context + args.repeats + 8) + 16
-    blocks = max(args.batches) * (max_len // 16 + 2) + budget // 16 + 64
+    mixed_batches, mixed_tokens = args.mixed_batches or [], args.mixed_tokens if args.mixed_batches else []
+    mixed_steps = len(mixed_tokens) * (args.repeats + 1) + 2
+    budget = max(max(args.tokens), max(args.batches), max(mixed_batches, default=0) + max(mixed_tokens, default=0))
+    max_len = max(max(args.tokens), *mixed_tokens, args.context + max(args.repeats, mixed_steps) + 8) + 16
+    seqs = max(max(args.batches), max(mixed_batches, default=0) + 1)
+    blocks = seqs * (max_len // 16 + 2) + budget // 16 + 64
     engine = LLMEngine(EngineConfig(
         model=str(args.model), dtype="bfloat16" if cuda else "float32", device=str(device), detokenize=False,
-        async_scheduling=False, cache=CacheConfig(num_blocks=blocks),
-        scheduler=SchedulerConfig(max_num_seqs=max(args.batches), max_num_batched_tokens=budget,
+        load_format=args.load_format, async_scheduling=False, cache=CacheConfig(num_blocks=blocks),
+        scheduler=SchedulerConfig(max_num_seqs=seqs, max_num_batched_tokens=budget,
                                   max_model_len=max_len)))
     vocab = engine.model_config.vocab_size
     gen = torch.Generator().manual_seed(0)
@@ -101,6 +113,9 @@ def calibrate(args: argparse.Namespace) -> dict:
         drain()
         measurements.append({"op": "decode_step", "batch": b, "context": args.context + 1 + len(times) // 2,
                              "seconds": statistics.median(times)})
+    for b in mixed_batches:
+        measurements += _mixed_steps(engine, b, mixed_tokens, args, prompt, sync, mixed_steps)
+        drain()
     cfg = engine.model_config
     kv_bytes = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * (2 if cuda else 4)  # per token
     links = []
@@ -118,12 +133,41 @@ def calibrate(args: argparse.Namespace) -> dict:
     return profile
 
 
+def _mixed_steps(engine, batch: int, tokens: list[int], args: argparse.Namespace, prompt, sync,
+                 steps: int) -> list[dict]:
+    """With ``batch`` sequences decoding (prompts of ``args.context``), each prompt length in
+    ``tokens`` arrives ``repeats + 1`` times (the first a warm-up) and is prefilled in one step beside
+    the batch's decode tokens: the median of those steps, as ``mixed_step`` points."""
+    from engine.sampling_params import SamplingParams
+
+    params = SamplingParams(max_tokens=steps + 2, temperature=0, ignore_eos=True)
+    running = [engine.add_request(None, prompt(args.context), params) for _ in range(batch)]
+    while any(len(r.output_token_ids) == 0 for r in engine.requests.values()):
+        engine.step()
+    out = []
+    for n in tokens:
+        times, contexts = [], []
+        for _ in range(args.repeats + 1):
+            engine.add_request(None, prompt(n), SamplingParams(max_tokens=1, temperature=0))
+            contexts.append(statistics.fmean(args.context + len(engine.requests[r].output_token_ids)
+                                             for r in running if r in engine.requests))
+            sync()
+            start = time.perf_counter()
+            engine.step()
+            sync()
+            times.append(time.perf_counter() - start)
+        out.append({"op": "mixed_step", "batch": batch, "tokens": n, "context": round(statistics.fmean(contexts)),
+                    "seconds": statistics.median(times[1:])})
+    return out
+
+
 def calibrate_command(args: argparse.Namespace) -> int:
     profile = calibrate(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(profile, indent=2))
     for m in profile["measurements"]:
-        size = f"{m['tokens']} tokens" if m["op"] == "prefill" else f"batch {m['batch']}"
+        size = (f"{m['tokens']} tokens" if m["op"] == "prefill" else f"batch {m['batch']}" if m["op"] == "decode_step"
+                else f"{m['tokens']} + {m['batch']}")
         print(f"{m['op']:12s} {size:12s} {1e3 * m['seconds']:9.2f} ms")
     for link in profile["links"]:
         print(f"kv copy      {link['bytes'] / 1e6:8.1f} MB {1e3 * link['seconds']:9.3f} ms")

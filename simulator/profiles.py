@@ -7,6 +7,10 @@
      "links": [{"src": "H100", "dst": "L40S", "bytes": 268435456, "seconds": 0.0061}]}
 
 decode_step/attention: ``context`` is tokens per sequence; prefill: ``context`` is the cached prefix.
+A mixed_step (``tierserve calibrate --mixed-batches``) is one engine step that prefills a prompt of
+``tokens`` beside a decode step of ``batch`` sequences of ``context`` tokens each (a colocated
+engine admitting a request):
+    {"op": "mixed_step", "batch": 32, "tokens": 1024, "context": 1030, "seconds": 0.027}
 A decode_step is a whole model step; an attention measurement (``decode_attention`` as
 benchmarks/attention.py writes it) is ``layers`` layers of decode attention (default 1).
 A shared_prefix_decode measurement (benchmarks/shared_prefix.py) is ``layers`` layers (default 1)
@@ -40,7 +44,7 @@ from simulator.files import read_json
 from simulator.serving import ServingCosts, parse_serving
 
 OPS = {"decode_step": ("batch", "context"), "attention": ("batch", "context"), "prefill": ("tokens",),
-       "shared_prefix_decode": ("batch", "prefix", "suffix"),
+       "shared_prefix_decode": ("batch", "prefix", "suffix"), "mixed_step": ("batch", "tokens"),
        "offload_dense": ("batch",), "offload_link": ("batch",),
        "offload_step": ("batch", "context", "micro_batches")}
 LAYERED = ("attention", "shared_prefix_decode")  # ops measured per ``layers`` layers
@@ -141,7 +145,7 @@ def _measurement(entry: object, where: str) -> Measurement:
     if op == "shared_prefix_decode" and fields["batch"] < 2:
         raise SimInputError(f"{where}: a shared_prefix_decode batch must be >= 2 (sequences sharing the prefix), "
                             f"got {fields['batch']}")
-    if op == "prefill":  # the cached prefix, 0 when absent
+    if op in ("prefill", "mixed_step"):  # the cached prefix / the decode context, 0 when absent
         fields["context"] = entry.get("context", 0)
         if not isinstance(fields["context"], int) or fields["context"] < 0:
             raise SimInputError(f"{where}: context must be an integer >= 0, got {fields['context']!r}")

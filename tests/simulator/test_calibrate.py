@@ -23,3 +23,16 @@ def test_calibrate_writes_a_profile_that_simulate_reads(tiny_model, tmp_path, ca
     assert profile.links[0].src == "CPU-DDR5" and profile.links[0].bytes < profile.links[1].bytes
     CostModels(load_model("llama-3-8b"), load_catalog(), (profile,)).replica("CPU-DDR5", 1)
     assert "wrote" in capsys.readouterr().out
+
+
+def test_calibrate_mixed_steps(tiny_model, tmp_path) -> None:
+    """--mixed-batches: a prompt prefilled beside B decoding sequences, one step per point."""
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--model", str(tiny_model), "--device", "cpu", "--tokens", "16", "--batches", "2",
+                 "--context", "16", "--mixed-batches", "2", "3", "--mixed-tokens", "8", "24", "--repeats", "1",
+                 "--out", str(out)]) == 0
+    mixed = [m for m in json.loads(out.read_text())["measurements"] if m["op"] == "mixed_step"]
+    assert [(m["batch"], m["tokens"]) for m in mixed] == [(2, 8), (2, 24), (3, 8), (3, 24)]
+    assert all(m["seconds"] > 0 and m["context"] >= 16 for m in mixed)
+    points = load_profile(out).of("mixed_step")
+    assert [(p.batch, p.tokens) for p in points] == [(2, 8), (2, 24), (3, 8), (3, 24)]

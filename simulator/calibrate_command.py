@@ -40,6 +40,12 @@ def add_calibrate(sub: argparse._SubParsersAction, func) -> None:
     cal.set_defaults(func=func)
 
 
+def _host_seconds(engine) -> float:
+    """The engine's host seconds so far in schedule, prepare and forward (launching), all step kinds."""
+    return sum(k.get("schedule", 0.0) + k.get("prepare", 0.0) + k.get("forward", 0.0)
+               for k in engine.profile.totals().values())
+
+
 def _median_seconds(run, repeats: int, sync) -> float:
     times = []
     for _ in range(repeats + 1):  # the first is a warm-up
@@ -90,11 +96,16 @@ def calibrate(args: argparse.Namespace) -> dict:
 
     measurements = []
     for n in args.tokens:
-        def prefill(n: int = n) -> None:
+        hosts: list[float] = []
+
+        def prefill(n: int = n, hosts: list[float] = hosts) -> None:
             engine.add_request(None, prompt(n), SamplingParams(max_tokens=1, temperature=0))
+            before = _host_seconds(engine)
             drain()
-        measurements.append({"op": "prefill", "tokens": n, "context": 0,
-                             "seconds": _median_seconds(prefill, args.repeats, sync)})
+            hosts.append(_host_seconds(engine) - before)
+        seconds = _median_seconds(prefill, args.repeats, sync)
+        measurements.append({"op": "prefill", "tokens": n, "context": 0, "seconds": seconds,
+                             "host_seconds": statistics.median(hosts[1:])})
     for b in args.batches:
         steps = args.repeats + 2
         params = SamplingParams(max_tokens=steps + 1, temperature=0, ignore_eos=True)
@@ -146,18 +157,20 @@ def _mixed_steps(engine, batch: int, tokens: list[int], args: argparse.Namespace
         engine.step()
     out = []
     for n in tokens:
-        times, contexts = [], []
+        times, hosts, contexts = [], [], []
         for _ in range(args.repeats + 1):
             engine.add_request(None, prompt(n), SamplingParams(max_tokens=1, temperature=0))
             contexts.append(statistics.fmean(args.context + len(engine.requests[r].output_token_ids)
                                              for r in running if r in engine.requests))
             sync()
+            before = _host_seconds(engine)
             start = time.perf_counter()
             engine.step()
             sync()
             times.append(time.perf_counter() - start)
+            hosts.append(_host_seconds(engine) - before)
         out.append({"op": "mixed_step", "batch": batch, "tokens": n, "context": round(statistics.fmean(contexts)),
-                    "seconds": statistics.median(times[1:])})
+                    "seconds": statistics.median(times[1:]), "host_seconds": statistics.median(hosts[1:])})
     return out
 
 

@@ -4,6 +4,14 @@ Decode steps: for each measured batch size, a line through (batch context, secon
 context: the roofline line scaled through the point); between measured batch sizes the
 correction (measured / roofline) of both terms is interpolated, outside them the nearest is
 kept. Prefill: the ratio measured / roofline, interpolated in log(tokens), nearest outside.
+Mixed steps (a prompt prefilled beside a decode batch, ``mixed_step``), where measured, take the
+place of the prefill correction for mixed iterations: measured / roofline of the whole mixed work,
+interpolated in log(prompt tokens + batch). Launch time (``launch_seconds``): the host time an
+engine step of that many tokens takes to schedule, prepare and launch, which overlapped scheduling
+hides behind the step before it (simulator/overlap.py), times the serving stack's ``launch_scale``
+(serving.py): the points' ``host_seconds`` where measured
+(mixed steps first), else the prefill curve's floor when it is flat (its two shortest points within
+10%: a host-bound eager step, whatever its tokens), else none.
 Attention-only measurements correct the per-token attention cost (used for offload).
 Shared-prefix decode: a measurement less its suffixes (at the per-token attention cost) is the
 shared prefix's own cost. Per measured batch size it is piecewise linear in the prefix through
@@ -53,7 +61,7 @@ def _interpolate(xs: list[float], ys: list[float], x: float) -> float:
 class CalibratedCost:
     """RooflineCost's interface, with measured corrections (see module doc)."""
 
-    def __init__(self, roofline: RooflineCost, profile: Profile) -> None:
+    def __init__(self, roofline: RooflineCost, profile: Profile, launch_scale: float = 1.0) -> None:
         if profile.device != roofline.hw.name or profile.tp != roofline.tp:
             raise SimInputError(f"profile for {profile.device} tp={profile.tp} does not fit "
                                 f"{roofline.hw.name} tp={roofline.tp}")
@@ -62,7 +70,34 @@ class CalibratedCost:
         self._attention_ratio = self._attention(profile.of("attention"))
         self._shared = self._shared_costs(profile.of("shared_prefix_decode"), profile.device)
         self._decode = self._decode_ratios(profile.of("decode_step"))
+        self._mixed = self._mixed_ratios(profile.of("mixed_step"))
+        self._launch = self._launch_curve(profile.of("mixed_step"), profile.of("prefill"))
+        self.launch_scale = launch_scale  # serving.py: the serving engine's host against the profile's
         self._pieces: dict[int, tuple[Piece, ...]] = {}
+
+    def _mixed_ratios(self, points: list[Measurement]) -> tuple[list[float], list[float]] | None:
+        roof = self.roofline.seconds
+        return _mean_curve([(math.log(p.tokens + p.batch), p.seconds / roof(
+            prefill_work(p.tokens, 0, 1) + decode_work(p.batch, p.batch * p.context))) for p in points])
+
+    @staticmethod
+    def _launch_curve(mixed: list[Measurement], prefill: list[Measurement]
+                      ) -> tuple[list[float], list[float]] | None:
+        """(log tokens, host seconds) of measured launches, else a flat prefill floor as one point."""
+        if any(p.host_seconds for p in mixed):
+            return _mean_curve([(math.log(p.tokens + p.batch), p.host_seconds) for p in mixed if p.host_seconds])
+        if any(p.host_seconds for p in prefill):
+            return _mean_curve([(math.log(p.tokens), p.host_seconds) for p in prefill if p.host_seconds])
+        times = sorted(p.seconds for p in prefill if p.context == 0)
+        if len(times) >= 2 and times[1] <= 1.1 * times[0]:
+            return [0.0], [times[0]]
+        return None
+
+    def launch_seconds(self, tokens: int) -> float:
+        """Host seconds to schedule, prepare and launch a step of ``tokens`` (0: not known)."""
+        if self._launch is None:
+            return 0.0
+        return _interpolate(*self._launch, math.log(max(1, tokens))) * self.launch_scale
 
     def _prefill_ratios(self, points: list[Measurement]) -> tuple[list[float], list[float]] | None:
         roof = self.roofline.seconds
@@ -135,8 +170,12 @@ class CalibratedCost:
         return roof * _interpolate(*self._prefill, math.log(max(1, work.tokens)))
 
     def mixed_seconds(self, chunks: Work, batch: int, context: int) -> float:
-        """One pass over prefill chunks and decode tokens: the mixed work at the prefill correction."""
-        return self.seconds(chunks + decode_work(batch, context))
+        """One pass over prefill chunks and decode tokens: the mixed work at the measured mixed-step
+        correction, else at the prefill correction."""
+        work = chunks + decode_work(batch, context)
+        if self._mixed is None:
+            return self.seconds(work)
+        return self.roofline.seconds(work) * _interpolate(*self._mixed, math.log(max(1, work.tokens)))
 
     def decode_pieces(self, batch: int) -> tuple[Piece, ...]:
         pieces = self._pieces.get(batch)

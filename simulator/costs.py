@@ -61,7 +61,7 @@ class CostModels:
         if key not in self._costs:
             cost = RooflineCost(self.model, self.catalog[hardware], tp)
             profile = self.profiles.get(key)
-            cost = CalibratedCost(cost, profile) if profile else cost
+            cost = CalibratedCost(cost, profile, self.serving.launch_scale) if profile else cost
             self._costs[key] = SlowedCost(cost, self.slowdown) if self.slowdown != 1.0 else cost
         return self._costs[key]
 

@@ -11,6 +11,8 @@ A mixed_step (``tierserve calibrate --mixed-batches``) is one engine step that p
 ``tokens`` beside a decode step of ``batch`` sequences of ``context`` tokens each (a colocated
 engine admitting a request):
     {"op": "mixed_step", "batch": 32, "tokens": 1024, "context": 1030, "seconds": 0.027}
+prefill and mixed_step points may carry ``host_seconds``: the engine's host time to schedule, prepare
+and launch that step (its step profile), what overlapped scheduling can hide behind the step before.
 A decode_step is a whole model step; an attention measurement (``decode_attention`` as
 benchmarks/attention.py writes it) is ``layers`` layers of decode attention (default 1).
 A shared_prefix_decode measurement (benchmarks/shared_prefix.py) is ``layers`` layers (default 1)
@@ -64,6 +66,7 @@ class Measurement:
     layers: int = 1
     micro_batches: int = 1
     model: str | None = None
+    host_seconds: float = 0.0  # prefill / mixed_step: host time to launch the step, when measured
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,8 @@ def _measurement(entry: object, where: str) -> Measurement:
         fields["context"] = entry.get("context", 0)
         if not isinstance(fields["context"], int) or fields["context"] < 0:
             raise SimInputError(f"{where}: context must be an integer >= 0, got {fields['context']!r}")
+        if "host_seconds" in entry:
+            fields["host_seconds"] = _positive(entry, "host_seconds", where, float)
     return Measurement(op, _positive(entry, "seconds", where, float), model=entry.get("model"), **fields)
 
 

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from simulator.decode_batch import DecodeBatch
 from simulator.operators import Work
+from simulator.overlap import launch_shift
 from simulator.prefix_cache import PagedPrefixCache, PrefixCache
 from simulator.request import Request
 from simulator.roofline import IterationCost
@@ -51,7 +52,7 @@ class Replica:
     __slots__ = ("sim", "pool", "role", "cost", "kv_capacity", "max_seqs", "max_tokens", "cache", "block_tokens",
                  "queue", "queued_tokens", "kv_used", "pending", "pending_tokens", "ready", "batch", "iterating",
                  "current", "version", "busy_s", "nic_free", "paged", "on_demand", "request_busy_s", "free_at",
-                 "heap", "next_seq")
+                 "heap", "next_seq", "shift", "mixed_end", "mixed_gap")
 
     def __init__(self, sim: Host, pool: str, role: str, cost: IterationCost, kv_capacity: int,
                  max_seqs: int, max_tokens: int, cache: PrefixCache | None, block_tokens: int,
@@ -79,6 +80,8 @@ class Replica:
         self.request_busy_s = request_busy_s     # serving work per request on this engine (serving.py)
         self.free_at = 0.0                       # a prefill engine busy with that work until then
         self.heap, self.next_seq = sim.heap, sim.next_seq  # the simulation's events (hot: pushed directly)
+        self.shift: tuple[int, float, float] | None = None  # a mixed iteration's launch shift (overlap.py)
+        self.mixed_end, self.mixed_gap = -1.0, 0.0          # the last mixed iteration's end and token gap
 
     # ---- memory
     def in_use(self) -> int:
@@ -181,14 +184,45 @@ class Replica:
         if batch is None:
             seconds = self.sim.step_noise(self.cost.seconds(work))
         else:
-            seconds = (self.cost.mixed_seconds(work, batch.batch, batch.context) if batch.batch
-                       else self.cost.seconds(work)) + batch.stall  # batch.take_stall(), inlined
+            if batch.batch:
+                seconds = self.cost.mixed_seconds(work, batch.batch, batch.context)
+                self._launch_shift(tokens + batch.batch, seconds, t)
+                seconds += batch.stall  # batch.take_stall(), inlined
+            else:
+                seconds = self.cost.seconds(work) + batch.stall
             batch.stall = 0.0
             if batch.t < t:
                 batch.t = t
         self.iterating, self.current = True, chunks
         self.version += 1
         heappush(self.heap, (t + seconds, self.next_seq(), self._iteration_end, seconds))
+
+    def _launch_shift(self, tokens: int, seconds: float, t: float) -> None:
+        """How much of this mixed iteration's time shows in the previous step's token gap (overlap.py)."""
+        batch = self.batch
+        if batch is None:
+            return
+        b = batch.batch
+        if self.mixed_end == t:
+            previous = self.mixed_gap
+        else:
+            (_, a, slope), *_ = self.cost.decode_pieces(b)  # the decode step before, at its context
+            previous = a + slope * (batch.context - b)
+        shift = launch_shift(self.cost, tokens, seconds, previous)
+        self.shift = (b, previous, shift) if shift > 0 else None
+
+    def _split_gap(self, t: float, seconds: float) -> None:
+        """The mixed iteration just stepped: move its launch shift to the previous step's tokens (a
+        segment of negative batch takes tokens out of the gaps at ``previous``)."""
+        if self.shift is None:
+            return
+        b, previous, shift = self.shift
+        self.shift = None
+        segments = self.sim.segments
+        segments[-1] = (b, 1, seconds - shift, 0.0)
+        segments.append((-b, 1, previous, 0.0))
+        segments.append((b, 1, previous + shift, 0.0))
+        self.mixed_end, self.mixed_gap = t, seconds - shift
 
     def _start(self, req: Request, t: float) -> bool:
         if self.paged:
@@ -237,6 +271,8 @@ class Replica:
         self.busy_s += seconds
         if self.batch is not None:
             self.batch.step(seconds)
+            if self.shift is not None:
+                self._split_gap(t, seconds)
         for req, n in self.current:
             req.remaining -= n
             req.computed += n

@@ -131,6 +131,10 @@ class SlowedCost:
     def mixed_seconds(self, chunks: Work, batch: int, context: int) -> float:
         return self.inner.mixed_seconds(chunks, batch, context) * self.factor
 
+    def launch_seconds(self, tokens: int) -> float:
+        launch = getattr(self.inner, "launch_seconds", None)
+        return launch(tokens) * self.factor if launch is not None else 0.0
+
     def decode_pieces(self, batch: int) -> tuple[Piece, ...]:
         pieces = self._pieces.get(batch)
         if pieces is None:

@@ -10,7 +10,10 @@ on the disaggregated path the calls that set up a handoff before its bytes move
 lognormal of median 1 and log-sd ``step_jitter`` (additive, right-skewed: a garbage collection or a
 late Ray call costs a 5 ms decode step and a 30 ms prefill iteration the same milliseconds). It widens
 TBT tails (tbt.py; the closed-form step runs alone leave them at the mean step) and is drawn per
-prefill iteration (seeded), so it adds to the prefill path's queueing.
+prefill iteration (seeded), so it adds to the prefill path's queueing. Host launch: a serving engine's
+host schedules, prepares and launches a step ``launch_scale`` times slower than the profile measured
+it standalone (the actor's other threads share the GIL and the cores); with overlapped scheduling that
+launch decides how a mixed iteration's time splits between two token gaps (overlap.py).
 
 Profiles carry them (``tierserve calibrate --serve-results`` fits them from a serving run):
 
@@ -54,6 +57,7 @@ class ServingCosts:
     colocated: PathCosts = PathCosts()
     step_jitter: float = 0.0      # log-sd of the host noise's lognormal factor
     step_jitter_s: float = 0.005  # the host noise's scale, seconds
+    launch_scale: float = 1.0     # host launch time in the serving engine / the profile's (overlap.py)
     source: str = "none"
 
     def __post_init__(self) -> None:
@@ -61,6 +65,8 @@ class ServingCosts:
             raise SimInputError(f"step_jitter must be a log-sd in [0, 2], got {self.step_jitter!r}")
         if not 0 <= self.step_jitter_s < 1:
             raise SimInputError(f"step_jitter_s must be seconds in [0, 1), got {self.step_jitter_s!r}")
+        if not 0 < self.launch_scale <= 10:
+            raise SimInputError(f"launch_scale must be in (0, 10], got {self.launch_scale!r}")
 
     def scaled(self, factor: float) -> ServingCosts:
         """Every per-request cost ``factor`` times larger (a slower host or stack)."""
@@ -69,7 +75,8 @@ class ServingCosts:
 
     def as_dict(self) -> dict:
         out: dict = {p: {f.name: getattr(getattr(self, p), f.name) for f in fields(PathCosts)} for p in PATHS}
-        return {**out, "step_jitter": self.step_jitter, "step_jitter_s": self.step_jitter_s, "source": self.source}
+        return {**out, "step_jitter": self.step_jitter, "step_jitter_s": self.step_jitter_s,
+                "launch_scale": self.launch_scale, "source": self.source}
 
 
 NONE = ServingCosts()
@@ -83,6 +90,7 @@ TIERSERVE_STACK = ServingCosts(
     decode=PathCosts(busy_s=0.0036),
     colocated=PathCosts(latency_s=0.0087, busy_s=0.0001),
     step_jitter=0.18,
+    launch_scale=1.231,  # `--fit-launch` (2026-12-02): with the other costs held, a grid over [0.5, 2]
     source="tierserve stack, fitted on the 2xH200 serve runs of 2026-11-23 (docs/simulator.md)")
 
 
@@ -90,7 +98,7 @@ def parse_serving(entry: object, where: str) -> ServingCosts:
     """A profile's ``serving`` object."""
     if not isinstance(entry, dict):
         raise SimInputError(f"{where}: serving must be an object")
-    unknown = set(entry) - {*PATHS, "step_jitter", "step_jitter_s", "source"}
+    unknown = set(entry) - {*PATHS, "step_jitter", "step_jitter_s", "launch_scale", "source"}
     if unknown:
         raise SimInputError(f"{where}: serving has unknown key(s) {sorted(unknown)}")
     paths = {}
@@ -106,6 +114,7 @@ def parse_serving(entry: object, where: str) -> ServingCosts:
     try:
         return ServingCosts(**paths, step_jitter=entry.get("step_jitter", 0.0),
                             step_jitter_s=entry.get("step_jitter_s", ServingCosts.step_jitter_s),
+                            launch_scale=entry.get("launch_scale", ServingCosts.launch_scale),
                             source=str(entry.get("source", where)))
     except SimInputError as e:
         raise SimInputError(f"{where}: serving: {e}") from None

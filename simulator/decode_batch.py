@@ -90,7 +90,7 @@ class DecodeBatch:
         if memory is None:
             return 1 << 62
         room = memory.kv_capacity - memory.kv_used - self.context
-        return int(room // self.batch) + 1 if room >= 0 else 0
+        return room // self.batch + 1 if room >= 0 else 0
 
     def next_change(self) -> float:
         """When the next sequence finishes (or memory runs out), if nothing joins before.
@@ -99,14 +99,15 @@ class DecodeBatch:
         memory = self.memory
         if memory is not None:
             room = memory.kv_capacity - memory.kv_used - self.context
-            fit = int(room // self.batch) + 1 if room >= 0 else 0
+            fit = room // self.batch + 1 if room >= 0 else 0
             if fit < steps:
                 steps = fit
         pieces = self.pieces
         if len(pieces) == 1:
             _, a, b = pieces[0]
             d0, delta = a + b * (self.context - self.saved), b * self.batch
-            return self.t + self.stall + (steps * d0 + delta * steps * (steps - 1) / 2)
+            x = float(steps)  # step_curve: float(m) * d0 is m * d0, cheaper
+            return self.t + self.stall + (x * d0 + delta * x * (x - 1.0) / 2.0)
         return self.t + self.stall + run(pieces, self.batch, self.context - self.saved, steps)
 
     def advance_to(self, target: float) -> None:
@@ -121,7 +122,7 @@ class DecodeBatch:
                 if room < 0:
                     self.on_full(self.t)
                     continue
-                fit = int(room // self.batch) + 1
+                fit = room // self.batch + 1
             t = self.t
             if t >= stop:
                 break
@@ -137,11 +138,16 @@ class DecodeBatch:
                 m = steps_to_reach(pieces, self.batch, self.context - self.saved, dt)
             if m > fit:
                 m = fit
-            self._run(m if m < left else left)
             if m >= left:
+                self._run(left)
                 self._finish_due()
+            else:
+                self._run(m)
+                if m < fit and self.t >= stop:
+                    break  # done (the memory check would pass: the run left room >= 0)
         if not self.batch and self.t < target:
-            self.stall = max(0.0, self.stall - (target - self.t))  # the work went on while idle
+            stall = self.stall - (target - self.t)  # the work went on while idle
+            self.stall = stall if stall > 0.0 else 0.0
             self.t = target
 
     def take_stall(self) -> float:
@@ -195,6 +201,7 @@ class DecodeBatch:
 
     def _run(self, m: int) -> None:
         segments, context, b, pieces = self.segments, self.context - self.saved, self.batch, self.pieces
+        x = float(m)  # step_curve: float(m) * d0 is m * d0, cheaper
         if self.stall:  # the first step's gap holds the pending serving work
             first = run(pieces, b, context, 1) + self.stall
             self.stall = 0.0
@@ -206,15 +213,15 @@ class DecodeBatch:
             _, a, slope = pieces[0]
             first, delta = a + slope * context, slope * b
             segments.append((b, m, first, delta))
-            seconds = m * first + delta * m * (m - 1) / 2
+            seconds = x * first + delta * x * (x - 1.0) / 2.0
         else:
             seconds = run(pieces, b, context, m, segments)
             first = -1.0
         if self.joined:  # their first decode token comes at the end of the run's first step
-            if first < 0:
+            if first < 0.0:
                 first = run(pieces, b, context, 1)
             self._time_joined(first)
-        self.attention_s += self.attention_per_token * (m * context + b * m * (m - 1) / 2)
+        self.attention_s += self.attention_per_token * (x * context + b * m * (m - 1) / 2)
         self.kv_token_s += (self.context + b * (m - 1) / 2) * seconds  # the run's mean context (steps ~equal)
         self.t += seconds
         self.busy_s += seconds

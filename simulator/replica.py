@@ -111,7 +111,7 @@ class Replica:
         self.queued_tokens += req.remaining
         started = 0
         for queued in self.queue:  # behind the prompts already started, ahead of the waiting ones
-            if queued.prefill_start < 0:
+            if queued.prefill_start < 0.0:
                 break
             started += 1
         self.queue.insert(started, req)
@@ -165,7 +165,7 @@ class Replica:
         for req in self.queue:
             if budget <= 0 or seqs <= 0:
                 break
-            if req.prefill_start < 0 and not self._start(req, t):
+            if req.prefill_start < 0.0 and not self._start(req, t):
                 break
             n = req.remaining
             if n > budget:
@@ -295,7 +295,7 @@ class Replica:
 
     def _prefilled(self, req: Request, t: float) -> None:
         """Its last prompt chunk ran: a token is sampled (its first, or a recompute's next)."""
-        resumed = req.ttft_at >= 0
+        resumed = req.ttft_at >= 0.0
         if resumed:
             self.sim.extra_gaps.append(t - req.last_token_at)
         else:
@@ -363,7 +363,9 @@ class Replica:
         batch = self.batch
         if not batch.batch:
             return self._fits(need)
-        steps = min(batch.finishes[0][0] - batch.k, batch.fitting_steps())
+        steps, fit = batch.finishes[0][0] - batch.k, batch.fitting_steps()
+        if fit < steps:
+            steps = fit
         return self.kv_used + need + batch.context + batch.batch * (steps - 1) <= self.kv_capacity
 
     def _grant_pending(self, t: float) -> None:

@@ -178,11 +178,13 @@ class Simulation:
         src, link = req.prefill_replica, self.transfer_link
         occupy = req.prompt * self.model.kv_bytes_per_token / link.bandwidth
         streamed = self.design.layerwise_transfer and t == req.ttft_at
-        begin = max(req.prefill_start if streamed else t + self.serving.prefill.handoff_s, src.nic_free)
+        begin, free = req.prefill_start if streamed else t + self.serving.prefill.handoff_s, src.nic_free
+        if free > begin:  # max(begin, free): no min/max calls on the hot paths
+            begin = free
         src.nic_free = begin + occupy
         done = src.nic_free
-        if streamed:
-            done = max(done, t + occupy / self.model.num_layers)
+        if streamed and t + occupy / self.model.num_layers > done:
+            done = t + occupy / self.model.num_layers
         self.push(done + link.latency_s, self._transfer_done, req)
 
     def _transfer_done(self, t: float, req: Request) -> None:

@@ -22,7 +22,7 @@ from typing import Protocol
 from simulator.request import Request
 from simulator.roofline import IterationCost
 from simulator.shared_prefix import SharedPrefixes
-from simulator.step_curve import run, solve, steps_to_reach
+from simulator.step_curve import piece_steps, run, solve, steps_to_reach
 
 EPS_S = 1e-9  # boundaries closer than this to a target time count as reaching it
 
@@ -102,13 +102,16 @@ class DecodeBatch:
             fit = room // self.batch + 1 if room >= 0 else 0
             if fit < steps:
                 steps = fit
-        pieces = self.pieces
+        pieces, context = self.pieces, self.context - self.saved
         if len(pieces) == 1:
             _, a, b = pieces[0]
-            d0, delta = a + b * (self.context - self.saved), b * self.batch
-            x = float(steps)  # step_curve: float(m) * d0 is m * d0, cheaper
-            return self.t + self.stall + (x * d0 + delta * x * (x - 1.0) / 2.0)
-        return self.t + self.stall + run(pieces, self.batch, self.context - self.saved, steps)
+        else:
+            a, b, on_piece = piece_steps(pieces, self.batch, context)
+            if steps > on_piece:
+                return self.t + self.stall + run(pieces, self.batch, context, steps)
+        d0, delta = a + b * context, b * self.batch
+        x = float(steps)  # step_curve: float(m) * d0 is m * d0, cheaper
+        return self.t + self.stall + (x * d0 + delta * x * (x - 1.0) / 2.0)
 
     def advance_to(self, target: float) -> None:
         """Run to the first boundary at or after ``target``, finishing sequences on the way (and
@@ -202,6 +205,12 @@ class DecodeBatch:
     def _run(self, m: int) -> None:
         segments, context, b, pieces = self.segments, self.context - self.saved, self.batch, self.pieces
         x = float(m)  # step_curve: float(m) * d0 is m * d0, cheaper
+        if len(pieces) == 1:
+            _, a, slope = pieces[0]
+            one_piece = True
+        else:
+            a, slope, on_piece = piece_steps(pieces, b, context)
+            one_piece = m <= on_piece
         if self.stall:  # the first step's gap holds the pending serving work
             first = run(pieces, b, context, 1) + self.stall
             self.stall = 0.0
@@ -209,8 +218,7 @@ class DecodeBatch:
             seconds = first
             if m > 1:
                 seconds += run(pieces, b, context + b, m - 1, segments)
-        elif len(pieces) == 1:  # step_curve.run inlined (hot)
-            _, a, slope = pieces[0]
+        elif one_piece:  # step_curve.run inlined (hot)
             first, delta = a + slope * context, slope * b
             segments.append((b, m, first, delta))
             seconds = x * first + delta * x * (x - 1.0) / 2.0

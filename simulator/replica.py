@@ -52,7 +52,7 @@ class Replica:
     __slots__ = ("sim", "pool", "role", "cost", "kv_capacity", "max_seqs", "max_tokens", "cache", "block_tokens",
                  "queue", "queued_tokens", "kv_used", "pending", "pending_tokens", "ready", "batch", "iterating",
                  "current", "version", "busy_s", "nic_free", "paged", "on_demand", "request_busy_s", "free_at",
-                 "heap", "next_seq", "shift", "mixed_end", "mixed_gap")
+                 "heap", "next_seq", "shift", "mixed_end", "mixed_gap", "launches")
 
     def __init__(self, sim: Host, pool: str, role: str, cost: IterationCost, kv_capacity: int,
                  max_seqs: int, max_tokens: int, cache: PrefixCache | None, block_tokens: int,
@@ -82,6 +82,7 @@ class Replica:
         self.heap, self.next_seq = sim.heap, sim.next_seq  # the simulation's events (hot: pushed directly)
         self.shift: tuple[int, float, float] | None = None  # a mixed iteration's launch shift (overlap.py)
         self.mixed_end, self.mixed_gap = -1.0, 0.0          # the last mixed iteration's end and token gap
+        self.launches = hasattr(cost, "launch_seconds")  # without (the roofline) launch_shift is always 0
 
     # ---- memory
     def in_use(self) -> int:
@@ -186,7 +187,8 @@ class Replica:
         else:
             if batch.batch:
                 seconds = self.cost.mixed_seconds(work, batch.batch, batch.context)
-                self._launch_shift(tokens + batch.batch, seconds, t)
+                if self.launches:
+                    self._launch_shift(tokens + batch.batch, seconds, t)
                 seconds += batch.stall  # batch.take_stall(), inlined
             else:
                 seconds = self.cost.seconds(work) + batch.stall

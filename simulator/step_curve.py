@@ -13,6 +13,8 @@ import math
 
 from simulator.roofline import Piece
 
+ALL = 1 << 62  # piece_steps on the last piece: every step starts on it
+
 
 def series(d0: float, delta: float, m: int) -> float:
     """d0 + (d0 + delta) + ... over m terms."""
@@ -27,7 +29,8 @@ def run(pieces: tuple[Piece, ...], batch: int, context: float, m: int, sink: lis
         d0, delta = a + b * context, b * batch
         if sink is not None:
             sink.append((batch, m, d0, delta))
-        return m * d0 + delta * m * (m - 1) / 2
+        x = float(m)
+        return x * d0 + delta * x * (x - 1.0) / 2.0
     i = 0
     while i < last and pieces[i + 1][0] <= context:
         i += 1
@@ -50,6 +53,21 @@ def run(pieces: tuple[Piece, ...], batch: int, context: float, m: int, sink: lis
         context += n * batch
         i += 1
     return total
+
+
+def piece_steps(pieces: tuple[Piece, ...], batch: int, context: float) -> tuple[float, float, int]:
+    """The piece holding ``context`` as (a, b, n): n steps start on it before the context reaches the
+    next piece, as ``run`` counts them (ALL on the last piece). Up to n steps from ``context`` are one
+    arithmetic series, so ``run`` and ``steps_to_reach`` come to its closed forms."""
+    last = len(pieces) - 1
+    i = 0
+    while i < last and pieces[i + 1][0] <= context:
+        i += 1
+    _, a, b = pieces[i]
+    if i == last:
+        return a, b, ALL
+    n = math.ceil((pieces[i + 1][0] - context) / batch)
+    return a, b, n if n > 1 else 1
 
 
 def steps_to_reach(pieces: tuple[Piece, ...], batch: int, context: float, dt: float) -> int:

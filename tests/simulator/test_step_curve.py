@@ -8,7 +8,7 @@ import pytest
 
 from simulator.costs import CostModels
 from simulator.offload import OffloadCost, OffloadLink
-from simulator.step_curve import run, steps_to_reach
+from simulator.step_curve import ALL, piece_steps, run, steps_to_reach
 
 
 def step_by_step(pieces, batch: int, context: int, m: int) -> list[float]:
@@ -45,6 +45,25 @@ def test_steps_to_reach_is_the_first_step_past_the_target(pieces) -> None:
         m = steps_to_reach(pieces, batch, context, dt)
         assert run(pieces, batch, context, m) >= dt
         assert m == 1 or run(pieces, batch, context, m - 1) < dt
+
+
+@pytest.mark.parametrize("pieces", PIECES)
+def test_piece_steps_is_where_run_keeps_one_series(pieces) -> None:
+    """Up to n steps run as one segment on the piece piece_steps names (the decode batch's closed forms,
+    to the bit); one more crosses into the next piece."""
+    rng = random.Random(4)
+    for _ in range(200):
+        batch, context = rng.randint(1, 256), rng.uniform(0, 10**6)
+        a, b, n = piece_steps(pieces, batch, context)
+        m = min(n, rng.randint(1, 500))
+        sink: list = []
+        total = run(pieces, batch, context, m, sink)
+        assert sink == [(batch, m, a + b * context, b * batch)]
+        assert total == m * (a + b * context) + b * batch * m * (m - 1) / 2
+        if n != ALL:
+            sink.clear()
+            run(pieces, batch, context, n + 1, sink)
+            assert len(sink) == 2
 
 
 def test_offload_pieces_equal_the_pipeline_formula(costs: CostModels) -> None:

@@ -10,8 +10,12 @@ interpolated in log(prompt tokens + batch). Launch time (``launch_seconds``): th
 engine step of that many tokens takes to schedule, prepare and launch, which overlapped scheduling
 hides behind the step before it (simulator/overlap.py), times the serving stack's ``launch_scale``
 (serving.py): the points' ``host_seconds`` where measured
-(mixed steps first), else the prefill curve's floor when it is flat (its two shortest points within
-10%: a host-bound eager step, whatever its tokens), else none.
+(mixed steps first, averaged over their batch sizes per prompt length: one host's launches vary by
+~30% from one batch size's points to the next), else the prefill curve's floor when it is flat (its
+two shortest points within 10%: a host-bound eager step, whatever its tokens), else none. A serving
+engine's iteration takes at least that launch plus the next step's (``host_floor_seconds``:
+ServingCosts.next_launch_s; overlap.py), and with ServingCosts.delivery_waits_launch a first token
+read back as an eager iteration starts reaches the client after its launch (``delivery_hold_seconds``).
 Attention-only measurements correct the per-token attention cost (used for offload).
 Shared-prefix decode: a measurement less its suffixes (at the per-token attention cost) is the
 shared prefix's own cost. Per measured batch size it is piecewise linear in the prefix through
@@ -61,7 +65,8 @@ def _interpolate(xs: list[float], ys: list[float], x: float) -> float:
 class CalibratedCost:
     """RooflineCost's interface, with measured corrections (see module doc)."""
 
-    def __init__(self, roofline: RooflineCost, profile: Profile, launch_scale: float = 1.0) -> None:
+    def __init__(self, roofline: RooflineCost, profile: Profile, launch_scale: float = 1.0,
+                 next_launch_s: float = 0.0, delivery_waits_launch: bool = False) -> None:
         if profile.device != roofline.hw.name or profile.tp != roofline.tp:
             raise SimInputError(f"profile for {profile.device} tp={profile.tp} does not fit "
                                 f"{roofline.hw.name} tp={roofline.tp}")
@@ -73,6 +78,7 @@ class CalibratedCost:
         self._mixed = self._mixed_ratios(profile.of("mixed_step"))
         self._launch = self._launch_curve(profile.of("mixed_step"), profile.of("prefill"))
         self.launch_scale = launch_scale  # serving.py: the serving engine's host against the profile's
+        self.next_launch_s, self.delivery_waits_launch = next_launch_s, delivery_waits_launch
         self._pieces: dict[int, tuple[Piece, ...]] = {}
 
     def _mixed_ratios(self, points: list[Measurement]) -> tuple[list[float], list[float]] | None:
@@ -84,8 +90,13 @@ class CalibratedCost:
     def _launch_curve(mixed: list[Measurement], prefill: list[Measurement]
                       ) -> tuple[list[float], list[float]] | None:
         """(log tokens, host seconds) of measured launches, else a flat prefill floor as one point."""
-        if any(p.host_seconds for p in mixed):
-            return _mean_curve([(math.log(p.tokens + p.batch), p.host_seconds) for p in mixed if p.host_seconds])
+        hosts = [p for p in mixed if p.host_seconds]
+        if hosts:
+            by_tokens: dict[int, list[Measurement]] = {}
+            for p in hosts:
+                by_tokens.setdefault(p.tokens, []).append(p)
+            return _mean_curve([(math.log(statistics.fmean(p.tokens + p.batch for p in ps)),
+                                 statistics.fmean(p.host_seconds for p in ps)) for ps in by_tokens.values()])
         if any(p.host_seconds for p in prefill):
             return _mean_curve([(math.log(p.tokens), p.host_seconds) for p in prefill if p.host_seconds])
         times = sorted(p.seconds for p in prefill if p.context == 0)
@@ -98,6 +109,14 @@ class CalibratedCost:
         if self._launch is None:
             return 0.0
         return _interpolate(*self._launch, math.log(max(1, tokens))) * self.launch_scale
+
+    def host_floor_seconds(self, tokens: int) -> float:
+        """The least a serving engine's iteration of ``tokens`` takes: its launch and the next step's."""
+        return self.launch_seconds(tokens) + self.next_launch_s if self._launch is not None else 0.0
+
+    def delivery_hold_seconds(self, tokens: int) -> float:
+        """How long a first token read back as an iteration of ``tokens`` starts waits for its launch."""
+        return self.launch_seconds(tokens) if self.delivery_waits_launch else 0.0
 
     def _prefill_ratios(self, points: list[Measurement]) -> tuple[list[float], list[float]] | None:
         roof = self.roofline.seconds

@@ -61,7 +61,9 @@ class CostModels:
         if key not in self._costs:
             cost = RooflineCost(self.model, self.catalog[hardware], tp)
             profile = self.profiles.get(key)
-            cost = CalibratedCost(cost, profile, self.serving.launch_scale) if profile else cost
+            serving = self.serving
+            cost = CalibratedCost(cost, profile, serving.launch_scale, serving.next_launch_s,
+                                  serving.delivery_waits_launch) if profile else cost
             self._costs[key] = SlowedCost(cost, self.slowdown) if self.slowdown != 1.0 else cost
         return self._costs[key]
 

@@ -13,6 +13,14 @@ throughput) is unchanged: the prompt's first token still comes T after the step 
 
 A cost model says ``launch_seconds(tokens)`` (calibration.py: measured host time, or a host-bound
 prefill floor); without it (the roofline) nothing is split.
+
+The launch also bounds the timeline (2026-12-02, one colocated H200): an eager step takes at least its
+host launch ``H`` plus the host launch of the decode step after it (``ServingCosts.next_launch_s``),
+which the device waits for once the eager step's kernels are done (``host_floor``: in the serving
+engine's step profiles the decode step after an eager one pays its own launch, 1.7-3.5 ms). And the
+serving actor's I/O (token delivery) shares the host with those launches: a first token read back
+at an iteration boundary where an eager step starts reaches the client after that step's launch
+(``delivery_hold``; ``ServingCosts.delivery_waits_launch``).
 """
 
 from __future__ import annotations
@@ -25,3 +33,15 @@ def launch_shift(cost: object, tokens: int, seconds: float, previous_gap: float)
     if launch is None or previous_gap <= 0:
         return 0.0
     return max(0.0, min(launch(tokens), seconds) - previous_gap)
+
+
+def host_floor(cost: object, tokens: int) -> float:
+    """Seconds an iteration of ``tokens`` takes at least: its host launch and the next step's (0: not known)."""
+    floor = getattr(cost, "host_floor_seconds", None)
+    return floor(tokens) if floor is not None else 0.0
+
+
+def delivery_hold(cost: object, tokens: int) -> float:
+    """Seconds a first token read back as an iteration of ``tokens`` starts waits to reach the client."""
+    hold = getattr(cost, "delivery_hold_seconds", None)
+    return hold(tokens) if hold is not None else 0.0

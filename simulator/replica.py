@@ -23,7 +23,7 @@ from typing import Protocol
 
 from simulator.decode_batch import DecodeBatch
 from simulator.operators import Work
-from simulator.overlap import launch_shift
+from simulator.overlap import delivery_hold, host_floor, launch_shift
 from simulator.prefix_cache import PagedPrefixCache, PrefixCache
 from simulator.request import Request
 from simulator.roofline import IterationCost
@@ -52,7 +52,7 @@ class Replica:
     __slots__ = ("sim", "pool", "role", "cost", "kv_capacity", "max_seqs", "max_tokens", "cache", "block_tokens",
                  "queue", "queued_tokens", "kv_used", "pending", "pending_tokens", "ready", "batch", "iterating",
                  "current", "version", "busy_s", "nic_free", "paged", "on_demand", "request_busy_s", "free_at",
-                 "heap", "next_seq", "shift", "mixed_end", "mixed_gap", "launches")
+                 "heap", "next_seq", "shift", "mixed_end", "mixed_gap", "launches", "fresh")
 
     def __init__(self, sim: Host, pool: str, role: str, cost: IterationCost, kv_capacity: int,
                  max_seqs: int, max_tokens: int, cache: PrefixCache | None, block_tokens: int,
@@ -83,6 +83,7 @@ class Replica:
         self.shift: tuple[int, float, float] | None = None  # a mixed iteration's launch shift (overlap.py)
         self.mixed_end, self.mixed_gap = -1.0, 0.0          # the last mixed iteration's end and token gap
         self.launches = hasattr(cost, "launch_seconds")  # without (the roofline) launch_shift is always 0
+        self.fresh: list[Request] = []  # first tokens read back at the last boundary (overlap.delivery_hold)
 
     # ---- memory
     def in_use(self) -> int:
@@ -182,22 +183,33 @@ class Replica:
             self._schedule_wake()
             return
         work = Work(tokens, logits, attended, kv_read)
+        floor = host_floor(self.cost, tokens + running) if self.launches else 0.0  # eager launches (overlap.py)
         if batch is None:
-            seconds = self.sim.step_noise(self.cost.seconds(work))
+            seconds = self.sim.step_noise(max(self.cost.seconds(work), floor))
         else:
             if batch.batch:
-                seconds = self.cost.mixed_seconds(work, batch.batch, batch.context)
+                seconds = max(self.cost.mixed_seconds(work, batch.batch, batch.context), floor)
                 if self.launches:
                     self._launch_shift(tokens + batch.batch, seconds, t)
                 seconds += batch.stall  # batch.take_stall(), inlined
             else:
-                seconds = self.cost.seconds(work) + batch.stall
+                seconds = max(self.cost.seconds(work), floor) + batch.stall
             batch.stall = 0.0
+            if self.fresh:
+                self._hold_first_tokens(t, tokens + running)
             if batch.t < t:
                 batch.t = t
         self.iterating, self.current = True, chunks
         self.version += 1
         heappush(self.heap, (t + seconds, self.next_seq(), self._iteration_end, seconds))
+
+    def _hold_first_tokens(self, t: float, tokens: int) -> None:
+        """First tokens read back at ``t``, as this iteration starts, reach the client after its launch."""
+        hold = delivery_hold(self.cost, tokens)
+        for req in self.fresh:
+            if req.ttft_at == t:
+                req.ttft_at = t + hold
+        self.fresh.clear()
 
     def _launch_shift(self, tokens: int, seconds: float, t: float) -> None:
         """How much of this mixed iteration's time shows in the previous step's token gap (overlap.py)."""
@@ -270,6 +282,7 @@ class Replica:
 
     def _iteration_end(self, t: float, seconds: float) -> None:
         self.iterating = False
+        self.fresh.clear()
         self.busy_s += seconds
         if self.batch is not None:
             self.batch.step(seconds)
@@ -302,6 +315,8 @@ class Replica:
             self.sim.extra_gaps.append(t - req.last_token_at)
         else:
             req.ttft_at = t
+            if self.launches and self.batch is not None:
+                self.fresh.append(req)
         req.generated += 1
         req.last_token_at = t
         if self.paged:  # the computed full blocks move from the request's reservation to the cache

@@ -135,6 +135,14 @@ class SlowedCost:
         launch = getattr(self.inner, "launch_seconds", None)
         return launch(tokens) * self.factor if launch is not None else 0.0
 
+    def host_floor_seconds(self, tokens: int) -> float:
+        floor = getattr(self.inner, "host_floor_seconds", None)
+        return floor(tokens) * self.factor if floor is not None else 0.0
+
+    def delivery_hold_seconds(self, tokens: int) -> float:
+        hold = getattr(self.inner, "delivery_hold_seconds", None)
+        return hold(tokens) * self.factor if hold is not None else 0.0
+
     def decode_pieces(self, batch: int) -> tuple[Piece, ...]:
         pieces = self._pieces.get(batch)
         if pieces is None:

@@ -13,7 +13,12 @@ TBT tails (tbt.py; the closed-form step runs alone leave them at the mean step) 
 prefill iteration (seeded), so it adds to the prefill path's queueing. Host launch: a serving engine's
 host schedules, prepares and launches a step ``launch_scale`` times slower than the profile measured
 it standalone (the actor's other threads share the GIL and the cores); with overlapped scheduling that
-launch decides how a mixed iteration's time splits between two token gaps (overlap.py).
+launch decides how a mixed iteration's time splits between two token gaps (overlap.py). Next launch:
+the host seconds the serving engine takes to schedule, prepare and launch the decode step after an
+eager one (``next_launch_s``), which the device waits for: an eager iteration takes at least its
+launch plus that. Delivery: with ``delivery_waits_launch`` the actor's token delivery shares the host
+with the engine's launches, so a first token read back as an eager step starts reaches the client
+after that step's launch (overlap.py).
 
 Profiles carry them (``tierserve calibrate --serve-results`` fits them from a serving run):
 
@@ -58,6 +63,8 @@ class ServingCosts:
     step_jitter: float = 0.0      # log-sd of the host noise's lognormal factor
     step_jitter_s: float = 0.005  # the host noise's scale, seconds
     launch_scale: float = 1.0     # host launch time in the serving engine / the profile's (overlap.py)
+    next_launch_s: float = 0.0    # host launch of the decode step after an eager one, seconds (overlap.py)
+    delivery_waits_launch: bool = False  # a first token read back as an eager step starts waits for its launch
     source: str = "none"
 
     def __post_init__(self) -> None:
@@ -67,6 +74,10 @@ class ServingCosts:
             raise SimInputError(f"step_jitter_s must be seconds in [0, 1), got {self.step_jitter_s!r}")
         if not 0 < self.launch_scale <= 10:
             raise SimInputError(f"launch_scale must be in (0, 10], got {self.launch_scale!r}")
+        if not isinstance(self.next_launch_s, int | float) or not 0 <= self.next_launch_s < 1:
+            raise SimInputError(f"next_launch_s must be seconds in [0, 1), got {self.next_launch_s!r}")
+        if not isinstance(self.delivery_waits_launch, bool):
+            raise SimInputError(f"delivery_waits_launch must be true or false, got {self.delivery_waits_launch!r}")
 
     def scaled(self, factor: float) -> ServingCosts:
         """Every per-request cost ``factor`` times larger (a slower host or stack)."""
@@ -76,7 +87,8 @@ class ServingCosts:
     def as_dict(self) -> dict:
         out: dict = {p: {f.name: getattr(getattr(self, p), f.name) for f in fields(PathCosts)} for p in PATHS}
         return {**out, "step_jitter": self.step_jitter, "step_jitter_s": self.step_jitter_s,
-                "launch_scale": self.launch_scale, "source": self.source}
+                "launch_scale": self.launch_scale, "next_launch_s": self.next_launch_s,
+                "delivery_waits_launch": self.delivery_waits_launch, "source": self.source}
 
 
 NONE = ServingCosts()
@@ -88,9 +100,15 @@ NONE = ServingCosts()
 TIERSERVE_STACK = ServingCosts(
     prefill=PathCosts(latency_s=0.0058, busy_s=0.0201, handoff_s=0.0042),
     decode=PathCosts(busy_s=0.0036),
-    colocated=PathCosts(latency_s=0.0087, busy_s=0.0001),
+    # latency_s: 8.7 ms in the first fit; 6 ms refit on j, k's colocated runs (a grid, the rest held)
+    # once delivery waits for eager launches (2026-12-02c)
+    colocated=PathCosts(latency_s=0.006, busy_s=0.0001),
     step_jitter=0.18,
     launch_scale=1.231,  # `--fit-launch` (2026-12-02): with the other costs held, a grid over [0.5, 2]
+    # measured, not fitted: the serving engine's decode steps at 4 req/s (session m, 2026-12-02; batch ~3):
+    # schedule + prepare + forward 1.7 ms, and the eager step's finish before it
+    next_launch_s=0.0018,
+    delivery_waits_launch=True,
     source="tierserve stack, fitted on the 2xH200 serve runs of 2026-11-23 (docs/simulator.md)")
 
 
@@ -98,7 +116,8 @@ def parse_serving(entry: object, where: str) -> ServingCosts:
     """A profile's ``serving`` object."""
     if not isinstance(entry, dict):
         raise SimInputError(f"{where}: serving must be an object")
-    unknown = set(entry) - {*PATHS, "step_jitter", "step_jitter_s", "launch_scale", "source"}
+    unknown = set(entry) - {*PATHS, "step_jitter", "step_jitter_s", "launch_scale", "next_launch_s",
+                            "delivery_waits_launch", "source"}
     if unknown:
         raise SimInputError(f"{where}: serving has unknown key(s) {sorted(unknown)}")
     paths = {}
@@ -115,6 +134,9 @@ def parse_serving(entry: object, where: str) -> ServingCosts:
         return ServingCosts(**paths, step_jitter=entry.get("step_jitter", 0.0),
                             step_jitter_s=entry.get("step_jitter_s", ServingCosts.step_jitter_s),
                             launch_scale=entry.get("launch_scale", ServingCosts.launch_scale),
+                            next_launch_s=entry.get("next_launch_s", ServingCosts.next_launch_s),
+                            delivery_waits_launch=entry.get("delivery_waits_launch",
+                                                            ServingCosts.delivery_waits_launch),
                             source=str(entry.get("source", where)))
     except SimInputError as e:
         raise SimInputError(f"{where}: serving: {e}") from None

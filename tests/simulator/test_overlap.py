@@ -11,7 +11,7 @@ import pytest
 from simulator.costs import CostModels
 from simulator.design import Design, PoolSpec
 from simulator.operators import decode_work, prefill_work
-from simulator.overlap import launch_shift
+from simulator.overlap import delivery_hold, host_floor, launch_shift
 from simulator.profiles import load_profile
 from simulator.run import simulate
 from simulator.serving import ServingCosts
@@ -87,3 +87,32 @@ def test_overlap_moves_tbt_tail_not_the_timeline(costs: CostModels, tmp_path) ->
     assert split.output_tps == pytest.approx(unsplit.output_tps)
     assert split.percentiles["tbt_p50"] == pytest.approx(unsplit.percentiles["tbt_p50"], rel=0.05)
     assert split.percentiles["tbt_p99"] < unsplit.percentiles["tbt_p99"]
+
+
+def test_eager_iterations_take_their_launch_and_the_next(costs: CostModels, tmp_path) -> None:
+    """host_floor: a mixed iteration is no shorter than its host launch plus the next step's (next_launch_s);
+    without next_launch_s the floor is the launch alone, and the roofline has none."""
+    hosts = [{"op": "mixed_step", "batch": 8, "tokens": 512, "context": 1000, "seconds": 0.01, "host_seconds": 0.016},
+             {"op": "mixed_step", "batch": 64, "tokens": 512, "context": 1000, "seconds": 0.01, "host_seconds": 0.026}]
+    serving = ServingCosts(launch_scale=1.5, next_launch_s=0.002)
+    cost = costs_with(costs, tmp_path, FLAT + DECODE + hosts, serving).replica("H100", 1)
+    assert cost.launch_seconds(550) == pytest.approx(0.021 * 1.5)  # the batch sizes' mean at one prompt length
+    assert host_floor(cost, 550) == pytest.approx(0.021 * 1.5 + 0.002)
+    assert cost.delivery_hold_seconds(550) == 0.0
+    assert host_floor(object(), 550) == 0.0 and delivery_hold(object(), 550) == 0.0
+    trace = make_trace("t", [0.0, 0.001], [600, 600], [8, 8])
+    design = Design(colocated=PoolSpec("H100", 1, 1, 128, 2048))
+    run = simulate(design, trace, costs_with(costs, tmp_path, FLAT + DECODE + hosts, serving))
+    assert run.samples.ttft.min() >= 0.021 * 1.5 + 0.002 - 1e-9
+
+
+def test_first_token_waits_for_the_next_eager_launch(costs: CostModels, tmp_path) -> None:
+    """delivery_waits_launch: a first token read back as an eager iteration starts reaches the client after
+    that iteration's launch; the timeline (throughput) is the same."""
+    trace = make_trace("t", [0.0, 0.0], [1500, 1500], [16, 16])  # the second prompt's rest runs right after
+    design = Design(colocated=PoolSpec("H100", 1, 1, 128, 2048))
+    plain = simulate(design, trace, costs_with(costs, tmp_path, FLAT + DECODE))
+    held = simulate(design, trace, costs_with(costs, tmp_path, FLAT + DECODE, ServingCosts(delivery_waits_launch=True)))
+    assert held.output_tps == pytest.approx(plain.output_tps)
+    assert held.samples.ttft.min() == pytest.approx(plain.samples.ttft.min() + 0.0208)
+    assert held.samples.ttft.max() == pytest.approx(plain.samples.ttft.max())

@@ -23,7 +23,9 @@ Two predictions per run:
 Writes OUT/sim_vs_measured.json, table.md and sim_vs_measured.png (OUT: --out, else $OUT, else
 out/sim-vs-measured).
 
-More sessions, each held out (never fitted on), as ``--session NAME=DIR``: the folder of one run of
+Session m (benchmarks/results/sim-fidelity-h200-2026-12-02: one colocated H200 at 4-28 req/s, each rate
+twice on one trace) is in by default, held out (``--no-default-sessions`` leaves it out). More
+sessions, each held out (never fitted on), as ``--session NAME=DIR``: the folder of one run of
 ``bash benchmarks/gpu_pending.sh sim-fidelity`` (its results.tgz unpacked): DIR/serve/serve.json
 (serve.py, one colocated engine here, each rate run --repeats times on the same trace),
 calibrated from that same batch's profile of the machine: DIR/calibrate/calibration.json
@@ -59,6 +61,7 @@ from simulator.uncertainty import UNCALIBRATED, band
 RESULTS = Path(__file__).with_name("results")
 SESSIONS = {"j": "serve-2xh200-2026-11-23j", "k": "serve-2xh200-2026-11-23k", "l": "serve-2xh200-2026-11-23l"}
 FIT_SESSIONS = ("j", "k")
+DEFAULT_SESSIONS = {"m": RESULTS / "sim-fidelity-h200-2026-12-02"}  # sim-fidelity batches, held out
 METRICS = ("ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99", "throughput_tok_s", "goodput_req_s")
 SLO_TTFT_S, SLO_GAP_S = 1.0, 0.05
 FITTED = ("prefill.latency_s", "prefill.busy_s", "prefill.handoff_s", "decode.busy_s",
@@ -346,9 +349,10 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--session", action="append", default=[], metavar="NAME=DIR",
                     help="a sim-fidelity batch's unpacked results (held out; calibrated from its own profile)")
+    ap.add_argument("--no-default-sessions", action="store_true", help="leave out session m (DEFAULT_SESSIONS)")
     args = ap.parse_args()
     out = out_dir(args.out, "sim-vs-measured")
-    extra = {}
+    extra = {} if args.no_default_sessions else dict(DEFAULT_SESSIONS)
     for item in args.session:
         name, sep, folder = item.partition("=")
         if not sep or not name or not Path(folder, "serve", "serve.json").is_file():

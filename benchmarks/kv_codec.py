@@ -11,7 +11,9 @@ host: HostTier.put/get of the same request through a real redis-server, exact ag
 kivi2, the cache on --device (the goal: 4K tokens put and get each >= 2.5x faster than exact's
 478 / 969 ms on 2xH200, 2026-11-23).
 quality: on --checkpoint (a model directory our engine loads), held-out loss and identical greedy
-continuations with the prefix KV through each codec (benchmarks/kv_codec_quality.py).
+continuations with the prefix KV through each codec (benchmarks/kv_codec_quality.py), its last
+--residual-tokens kept exact as the host tier does; with --dtype float32 also the floor: the share
+of continuations unchanged when the prefix is only rounded to bf16 / fp16.
 Writes kv_codec.json to --out.
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import machine_info, median_seconds, out_dir, wall_median, wall_seconds, write_json
+from kvstore.config import KVStoreConfig
 from kvstore.kv_codec import CodecFormat, decode, encode
 from kvstore.layout import KVLayout
 
@@ -79,7 +82,6 @@ def bench_codec(device: torch.device, tokens: int, iters: int) -> list[dict]:
 def bench_host(device: torch.device, tokens: int, iters: int, redis_url: str) -> list[dict]:
     from engine.block_hash import hash_blocks
     from kvstore.block_key import block_keys
-    from kvstore.config import KVStoreConfig
     from kvstore.store import KVStore
     kv, ids = _cache(tokens // LLAMA3_8B.block_size + 64, tokens, device, seed=2)
     target = torch.zeros_like(kv)
@@ -127,7 +129,7 @@ def _check_host(codec: str, kv: torch.Tensor, ids: torch.Tensor, target: torch.T
 def bench_quality(args: argparse.Namespace, device: torch.device) -> list[dict]:
     from dataclasses import asdict
 
-    from benchmarks.kv_codec_quality import heldout_text, measure
+    from benchmarks.kv_codec_quality import heldout_text, identical_share, measure
     from engine.config import CacheConfig, EngineConfig
     from engine.llm_engine import LLMEngine
     blocks = 4 * args.windows * -(-(args.prefix + args.scored + args.max_tokens + 16) // 16)
@@ -136,9 +138,16 @@ def bench_quality(args: argparse.Namespace, device: torch.device) -> list[dict]:
     tokens = engine.tokenizer.encode(heldout_text(args.heldout, args.checkpoint))
     rows = []
     for codec in CODECS:
-        row = asdict(measure(engine, tokens, codec, args.prefix, args.scored, args.windows, args.max_tokens))
-        rows.append(row)
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+        for residual in args.residual_tokens:
+            row = asdict(measure(engine, tokens, codec, args.prefix, args.scored, args.windows, args.max_tokens,
+                                 residual))
+            rows.append(row)
+            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    if engine.runner.kv_cache.dtype == torch.float32:
+        for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+            share = identical_share(engine, tokens, dtype, args.prefix, args.scored, args.windows, args.max_tokens)
+            rows.append({"codec": f"round-to-{name}", "identical_share": share})
+            print(f"codec=round-to-{name} identical_share={share:.4f}", flush=True)
     return rows
 
 
@@ -157,6 +166,9 @@ def main() -> None:
     p.add_argument("--scored", type=int, default=128, help="tokens after the prefix scored for the loss")
     p.add_argument("--windows", type=int, default=64, help="held-out windows (and greedy prompts)")
     p.add_argument("--max-tokens", type=int, default=128, help="greedy continuation length")
+    p.add_argument("--residual-tokens", type=int, nargs="+", default=[KVStoreConfig.host_tier_codec_residual_tokens],
+                   help="quality part: prefix tokens kept exact at its end, as the host tier's residual window "
+                   "(default: KVStoreConfig's); several values measure each")
     p.add_argument("--dtype", default=None, help="quality part: the model's dtype (default: the checkpoint's); "
                    "float32 has no bf16 logit ties, where any perturbation flips a greedy token")
     p.add_argument("--out", default=None)

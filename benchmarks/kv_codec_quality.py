@@ -3,11 +3,15 @@
 Two measurements, each exact against a codec on the same engine, so only the prefix KV differs:
 
 * held-out loss: windows of held-out text, ``prefix`` tokens computed into the cache, the
-  prefix's full blocks put through the codec (encode + decode in place), then the next
+  prefix's full blocks put through the codec (encode + decode in place) but the blocks holding
+  its last ``residual`` tokens (the host tier's residual window: they stay exact), then the next
   ``scored`` tokens computed on top and scored (mean next-token cross-entropy);
 * greedy continuations: prompts of ``prefix`` + 8 tokens computed once (cached), generated
   again from the cached prefix (exact), the cached prefix blocks put through the codec, and
   generated again: the share of ``max_tokens``-token continuations that are identical.
+
+The floor: ``identical_share`` rounds the cached prefix to bf16 (or fp16) instead, in an fp32
+engine: the share of continuations that survive a perturbation every bf16 deployment makes.
 
 Why a continuation differs: at its first differing token, the exact run's margin (top-1 minus
 top-2 logit, from one exact forward over prompt + exact continuation) says whether the codec
@@ -17,6 +21,7 @@ through any token whose margin is below ``NEAR_TIE`` (candidates for a flip by a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +42,7 @@ NEAR_TIE = 0.1  # logits: a top-2 gap this small is flipped by errors far below 
 @dataclass(frozen=True)
 class QualityResult:
     codec: str
+    residual: int               # prefix tokens kept exact at its end (whole blocks)
     windows: int
     loss_exact: float
     loss_codec: float
@@ -68,9 +74,14 @@ def windows(tokens: list[int], length: int, count: int) -> list[list[int]]:
     return found
 
 
-def round_trip(kv: torch.Tensor, block_ids: list[int], fmt: CodecFormat) -> None:
-    """Replace blocks with what the codec gives back (blocks it cannot hold stay as they are)."""
-    ids = torch.tensor(block_ids, device=kv.device)
+def round_trip(kv: torch.Tensor, sequences: list[list[int]], fmt: CodecFormat, residual: int) -> None:
+    """Replace each sequence's blocks with what the codec gives back, as the host tier stores a put of
+    them: the blocks holding the last ``residual`` tokens, and blocks the codec cannot hold, stay."""
+    keep_exact = -(-residual // fmt.layout.block_size)
+    ids = torch.tensor([i for seq in sequences for i in seq[:len(seq) - keep_exact]], dtype=torch.long,
+                       device=kv.device)
+    if not ids.numel():
+        return
     payloads, raw = encode(kv, ids, fmt)
     keep = ~raw.to(kv.device)
     decode(kv, ids[keep], payloads[keep], fmt)
@@ -100,14 +111,15 @@ def _forward(engine: LLMEngine, rows: list[tuple[list[int], int, list[int]]]) ->
 
 
 @torch.inference_mode()
-def heldout_loss(engine: LLMEngine, batch: list[list[int]], prefix: int, fmt: CodecFormat | None) -> float:
+def heldout_loss(engine: LLMEngine, batch: list[list[int]], prefix: int, fmt: CodecFormat | None,
+                 residual: int = 0) -> float:
     """Summed next-token loss over each window's tokens after ``prefix`` (which went through the codec)."""
     bs = engine.kv.block_size
     blocks = [engine.kv.pool.allocate(-(-len(w) // bs)) for w in batch]
     try:
         _forward(engine, [(w[:prefix], 0, ids) for w, ids in zip(batch, blocks)])
         if fmt is not None:
-            round_trip(engine.runner.kv_cache, [i for ids in blocks for i in ids[:prefix // bs]], fmt)
+            round_trip(engine.runner.kv_cache, [ids[:prefix // bs] for ids in blocks], fmt, residual)
         logits = _forward(engine, [(w[prefix:-1], prefix, ids) for w, ids in zip(batch, blocks)])
         targets = torch.tensor([t for w in batch for t in w[prefix + 1:]], device=logits.device)
         return torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
@@ -116,20 +128,45 @@ def heldout_loss(engine: LLMEngine, batch: list[list[int]], prefix: int, fmt: Co
             engine.kv.pool.free(ids)
 
 
+Change = Callable[[torch.Tensor, list[list[int]]], None]  # (cache, each prompt's cached prefix blocks)
+
+
 def greedy_runs(engine: LLMEngine, prompts: list[list[int]], max_tokens: int,
-                fmt: CodecFormat) -> tuple[list[list[int]], list[list[int]], int]:
-    """(exact continuations, codec continuations, fewest prefix tokens a codec run took from the cache)."""
+                change: Change) -> tuple[list[list[int]], list[list[int]], int]:
+    """(exact continuations, continuations after ``change(cache, each prompt's cached prefix blocks)``,
+    fewest prefix tokens a changed run took from the cache)."""
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     engine.kv.pool.reset_cache()
     engine.generate(prompts, params)  # computes and caches the prefixes
     exact = engine.generate(prompts, params)
     bs = engine.kv.block_size
-    cached = [engine.kv.pool.lookup(h) for p in prompts for h in hash_blocks(p[:-PROMPT_TAIL], bs)]
-    if None in cached:
-        raise RuntimeError("a prefix block was evicted between runs: give the engine more blocks")
-    round_trip(engine.runner.kv_cache, cached, fmt)
-    coded = engine.generate(prompts, params)
-    return [r.token_ids for r in exact], [r.token_ids for r in coded], min(r.num_cached_tokens for r in coded)
+    cached: list[list[int]] = []
+    for p in prompts:
+        found = [engine.kv.pool.lookup(h) for h in hash_blocks(p[:-PROMPT_TAIL], bs)]
+        if None in found:
+            raise RuntimeError("a prefix block was evicted between runs: give the engine more blocks")
+        cached.append([i for i in found if i is not None])
+    change(engine.runner.kv_cache, cached)
+    changed = engine.generate(prompts, params)
+    return [r.token_ids for r in exact], [r.token_ids for r in changed], min(r.num_cached_tokens for r in changed)
+
+
+def rounding(dtype: torch.dtype) -> Change:
+    """A change for ``greedy_runs``: the prefix blocks rounded to ``dtype`` and back (the floor any
+    lossy storage is judged against: an fp32 cache rounded to bf16 is what a bf16 engine holds)."""
+    def change(kv: torch.Tensor, sequences: list[list[int]]) -> None:
+        ids = torch.tensor([i for seq in sequences for i in seq], dtype=torch.long, device=kv.device)
+        kv.index_copy_(2, ids, kv.index_select(2, ids).to(dtype).to(kv.dtype))
+    return change
+
+
+def identical_share(engine: LLMEngine, tokens: list[int], dtype: torch.dtype, prefix: int, scored: int, count: int,
+                    max_tokens: int) -> float:
+    """Share of ``measure``'s greedy continuations (same prompts) unchanged when the cached prefix is
+    rounded to ``dtype``."""
+    prompts = [w[:prefix + PROMPT_TAIL] for w in windows(tokens, prefix + scored + 1, count)]
+    a, b, _ = greedy_runs(engine, prompts, max_tokens, rounding(dtype))
+    return sum(u == v for u, v in zip(a, b)) / len(prompts)
 
 
 @torch.inference_mode()
@@ -149,21 +186,21 @@ def margins(engine: LLMEngine, prompts: list[list[int]], continuations: list[lis
 
 
 def measure(engine: LLMEngine, tokens: list[int], codec: str, prefix: int, scored: int, count: int,
-            max_tokens: int, batch: int = 8) -> QualityResult:
+            max_tokens: int, residual: int, batch: int = 8) -> QualityResult:
     fmt = CodecFormat.of(KVLayout.of_cache(engine.runner.kv_cache), codec)
     if fmt is None:
         raise ValueError(f"codec {codec!r} does not compress this model's KV layout")
     held = windows(tokens, prefix + scored + 1, count)
     parts = [held[i:i + batch] for i in range(0, len(held), batch)]
     exact = sum(heldout_loss(engine, part, prefix, None) for part in parts)
-    coded = sum(heldout_loss(engine, part, prefix, fmt) for part in parts)
+    coded = sum(heldout_loss(engine, part, prefix, fmt, residual) for part in parts)
     n = len(held) * scored
     prompts = [w[:prefix + PROMPT_TAIL] for w in held]
-    a, b, cached = greedy_runs(engine, prompts, max_tokens, fmt)
+    a, b, cached = greedy_runs(engine, prompts, max_tokens, lambda kv, seqs: round_trip(kv, seqs, fmt, residual))
     same = [next((i for i, (x, y) in enumerate(zip(u, v)) if x != y), len(u)) for u, v in zip(a, b)]
     identical = sum(u == v for u, v in zip(a, b))
     gaps = margins(engine, prompts, a)
     at_divergence = [round(g[i], 4) for g, i, u in zip(gaps, same, a) if i < len(u)]
     near = sum(min(g) < NEAR_TIE for g in gaps)
-    return QualityResult(codec, len(held), exact / n, coded / n, (coded - exact) / exact, len(prompts), identical,
-                         identical / len(prompts), sum(same) / len(same), cached, at_divergence, near)
+    return QualityResult(codec, residual, len(held), exact / n, coded / n, (coded - exact) / exact, len(prompts),
+                         identical, identical / len(prompts), sum(same) / len(same), cached, at_divergence, near)

@@ -26,7 +26,7 @@ from typing import ClassVar
 import yaml
 
 from cluster.schema import ConfigFileError, build
-from kvstore.config import KVStoreConfig, TransportConfig, check_host_tier_codec
+from kvstore.config import KVStoreConfig, TransportConfig, check_host_tier_codec, check_residual_tokens
 from router.config import RouterConfig
 
 ROLES = ("prefill", "decode", "colocated", "attention")
@@ -85,18 +85,20 @@ class KVStoreSection:
     the holder is busier than the pull is worth (host_pull_weight: cost of pulling a token
     relative to computing it; 1 never pulls). host_tier_codec: how blocks are stored there,
     exact (default) or lossy kivi4 / kivi2 (KVStoreConfig.host_tier_codec, docs/kvstore.md).
-    host_tier_bytes and layers_per_chunk (layers per KV handoff message) are KVStoreConfig's and
-    TransportConfig's knobs by the same names, with their defaults."""
+    host_tier_bytes, host_tier_codec_residual_tokens and layers_per_chunk (layers per KV handoff
+    message) are KVStoreConfig's and TransportConfig's knobs by the same names, with their defaults."""
 
     redis_url: str | None = None
     host_tier_bytes: int = KVStoreConfig.host_tier_bytes
     host_tier_writes: bool = True
     host_pull_weight: float = 0.5
     host_tier_codec: str = "exact"
+    host_tier_codec_residual_tokens: int = KVStoreConfig.host_tier_codec_residual_tokens
     layers_per_chunk: int = TransportConfig.layers_per_chunk
 
     def __post_init__(self) -> None:
         check_host_tier_codec(self.host_tier_codec)
+        check_residual_tokens(self.host_tier_codec_residual_tokens)
         if self.host_tier_bytes <= 0:
             raise ValueError("host_tier_bytes must be > 0")
         TransportConfig(layers_per_chunk=self.layers_per_chunk)  # its one check

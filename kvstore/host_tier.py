@@ -5,7 +5,9 @@ checksum of it (``c``). The payload is the block's bytes (the block-major
 ``[L, 2, block_size, H, D]`` slice of the cache), or with a lossy ``codec`` its
 compressed form (kvstore/kv_codec.py: a self-describing header and KIVI codes, never
 ``bytes_per_block`` long), so a reader decodes each block by what it holds, whatever
-its own codec. Writes and reads are pipelined in batches of about ``batch_bytes``. Room
+its own codec. With a codec, the last ``residual_tokens`` of each put (whole blocks: the
+tokens nearest what follows) stay exact, as KIVI keeps its recent tokens. Writes and reads
+are pipelined in batches of about ``batch_bytes``. Room
 is reserved before writing by a Lua script that evicts unpinned blocks, least recently
 used first; the index (holder ``redis-host``, tier host) changes together with the payloads.
 """
@@ -41,10 +43,11 @@ class HostTier:
     """put/get a request's blocks between a paged KV cache and Redis memory."""
 
     def __init__(self, client: redis.Redis, keys: RedisKeys, index: BlockIndex, leases: LeaseTable,
-                 capacity_bytes: int, batch_bytes: int = 64 << 20, codec: str = "exact") -> None:
+                 capacity_bytes: int, *, codec: str, residual_tokens: int, batch_bytes: int = 64 << 20) -> None:
         self._redis, self._keys, self._index, self._leases = client, keys, index, leases
         self.capacity_bytes = capacity_bytes
         self.codec = codec  # how put stores blocks (KVStoreConfig.host_tier_codec)
+        self.residual_tokens = residual_tokens  # the put's last tokens kept exact (..._codec_residual_tokens)
         self._batch_bytes = batch_bytes
         self._reserve = client.register_script(lua.RESERVE)
         self._staging = HostStaging()  # raw blocks; its lock guards _coded too
@@ -54,15 +57,20 @@ class HostTier:
         """Store the blocks ``kv[:, :, block_ids]`` under ``keys``; returns how many were new.
 
         Blocks already present are only marked used. Raises CapacityError when the
-        unpinned rest of the tier cannot make room.
+        unpinned rest of the tier cannot make room. With a codec, the blocks holding the
+        last ``residual_tokens`` are stored exact.
         """
         layout, ids = self._check(keys, kv, block_ids)
         fmt = CodecFormat.of(layout, self.codec)  # None: raw bytes
         todo = [i for i, present in enumerate(self.contains(keys)) if not present]
+        residual_from = len(keys) - -(-self.residual_tokens // layout.block_size)
         written = 0
         with self._staging.lock:
             for part in _batches(todo, self._batch_blocks(layout, fmt)):
-                rows = self._raw_rows(kv, ids[part]) if fmt is None else self._coded_rows(kv, ids[part], fmt)
+                if fmt is None:
+                    rows = self._raw_rows(kv, ids[part])
+                else:
+                    rows = self._coded_rows(kv, ids[part], fmt, [i >= residual_from for i in part])
                 written += self._write([keys[i] for i in part], rows)
         self._index.touch(HOST_WORKER, Tier.HOST, keys)
         return written
@@ -109,9 +117,12 @@ class HostTier:
         """Blocks ``ids`` as rows of bytes in the raw staging buffer (hold the lock)."""
         return block_bytes(gather_block_major(kv, ids, self._staging.view(block_major_shape(kv, len(ids)), kv.dtype)))
 
-    def _coded_rows(self, kv: torch.Tensor, ids: torch.Tensor, fmt: CodecFormat) -> list[np.ndarray]:
-        """Blocks ``ids`` compressed, as rows in the staging buffers; raw where the codec cannot hold one."""
+    def _coded_rows(self, kv: torch.Tensor, ids: torch.Tensor, fmt: CodecFormat,
+                    exact: list[bool]) -> list[np.ndarray]:
+        """Blocks ``ids`` compressed, as rows in the staging buffers; raw where ``exact`` says so or
+        the codec cannot hold one."""
         payloads, raw = encode(kv, ids, fmt)
+        raw |= torch.tensor(exact, dtype=torch.bool)
         staging = self._coded.view(tuple(payloads.shape), torch.uint8)
         staging.copy_(payloads)  # from CUDA: synchronous, since pinned staging is reused
         rows = list(staging.numpy())

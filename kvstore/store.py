@@ -34,7 +34,8 @@ class KVStore:
         leases = LeaseTable(client, keys, config.lease_ttl_s)
         return cls(config, client, keys, index, leases,
                    HostTier(client, keys, index, leases, config.host_tier_bytes,
-                            codec=config.host_tier_codec))
+                            codec=config.host_tier_codec,
+                            residual_tokens=config.host_tier_codec_residual_tokens))
 
     def wipe(self) -> int:
         """Delete every key under the prefix (tests, shutdown of a private Redis)."""

@@ -118,7 +118,8 @@ class Cluster:
             self.progress(f"using Redis at {redact_url(url)}")
         self.kvstore = KVStoreConfig(redis_url=url, host_tier_bytes=self.config.kvstore.host_tier_bytes,
                                      key_prefix=f"tierserve-{self.config.name}",
-                                     host_tier_codec=self.config.kvstore.host_tier_codec)
+                                     host_tier_codec=self.config.kvstore.host_tier_codec,
+                                     host_tier_codec_residual_tokens=self.config.kvstore.host_tier_codec_residual_tokens)
         connect_redis(self.kvstore).close()  # RedisUnavailableError names the URL
 
     def _start_ray(self) -> None:

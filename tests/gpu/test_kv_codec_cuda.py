@@ -55,7 +55,8 @@ def test_nonfinite_blocks_are_flagged_on_the_gpu_too() -> None:
 
 @pytest.mark.redis
 def test_host_tier_with_the_codec_from_and_into_a_gpu_cache(redis_url: str) -> None:
-    store = make_store(redis_url, host_tier_bytes=1 << 30, host_tier_codec="kivi4")
+    store = make_store(redis_url, host_tier_bytes=1 << 30, host_tier_codec="kivi4",
+                       host_tier_codec_residual_tokens=0)
     try:
         src = _cache(LLAMA3_8B, 64, seed=4).cuda()
         dst = torch.zeros_like(src)

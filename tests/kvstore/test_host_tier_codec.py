@@ -18,10 +18,11 @@ from tests.kvstore.test_host_tier import keys_for
 pytestmark = pytest.mark.redis
 
 
-def tier(store: KVStore, codec: str, batch_bytes: int = 64 << 20) -> HostTier:
-    """A HostTier over ``store``'s Redis keys with its own codec (as another worker would have)."""
+def tier(store: KVStore, codec: str, batch_bytes: int = 64 << 20, residual_tokens: int = 0) -> HostTier:
+    """A HostTier over ``store``'s Redis keys with its own codec (as another worker would have);
+    every full block compressed unless ``residual_tokens``."""
     return HostTier(store.redis, store.keys, store.index, store.leases, store.host.capacity_bytes,
-                    batch_bytes=batch_bytes, codec=codec)
+                    batch_bytes=batch_bytes, codec=codec, residual_tokens=residual_tokens)
 
 
 def codec_round_trip(kv: torch.Tensor, ids: list[int], codec: str) -> torch.Tensor:
@@ -113,7 +114,8 @@ def test_a_payload_for_another_layout_is_refused_by_name(store: KVStore) -> None
 
 def test_capacity_counts_compressed_bytes(redis_url: str) -> None:
     fmt = CodecFormat.of(SMALL, "kivi2")
-    kv_store = make_store(redis_url, host_tier_bytes=3 * SMALL.bytes_per_block, host_tier_codec="kivi2")
+    kv_store = make_store(redis_url, host_tier_bytes=3 * SMALL.bytes_per_block, host_tier_codec="kivi2",
+                          host_tier_codec_residual_tokens=0)
     try:
         kv = random_cache(SMALL, 8, seed=11)
         fits = 3 * SMALL.bytes_per_block // fmt.payload_bytes
@@ -129,11 +131,47 @@ def test_capacity_counts_compressed_bytes(redis_url: str) -> None:
         kv_store.close()
 
 
+@pytest.mark.parametrize("residual, exact", [(0, 0), (1, 1), (4, 1), (5, 2), (8, 2), (100, 5)])
+def test_the_residual_window_keeps_the_puts_last_blocks_exact(store: KVStore, residual: int, exact: int) -> None:
+    """SMALL blocks hold 4 tokens: the blocks holding the put's last ``residual`` tokens are raw,
+    in the put's order (not the cache's), also across batches; the rest come back as the codec returns them."""
+    src, dst = random_cache(SMALL, 8, seed=12), random_cache(SMALL, 8, seed=13)
+    keys, src_ids, dst_ids = keys_for(5), [6, 1, 4, 0, 7], [2, 5, 3, 7, 0]
+    host = tier(store, "kivi4", batch_bytes=2 * 512, residual_tokens=residual)
+    assert host.put(keys, src, src_ids) == 5
+    fmt = CodecFormat.of(SMALL, "kivi4")
+    assert [len(stored(store, k)) for k in keys] == [fmt.payload_bytes] * (5 - exact) + [SMALL.bytes_per_block] * exact
+    host.get(keys, dst, dst_ids)
+    lossy = codec_round_trip(src, src_ids, "kivi4")
+    for i in range(5):
+        want = src[:, :, src_ids[i]] if i >= 5 - exact else lossy[:, :, i]
+        assert torch.equal(dst[:, :, dst_ids[i]].view(torch.int16), want.view(torch.int16)), i
+
+
+def test_a_later_put_does_not_recompress_an_exact_residual_block(store: KVStore) -> None:
+    """A longer prefix written later finds its first blocks present: the earlier put's exact
+    tail stays exact, the new tail is exact too."""
+    src = random_cache(SMALL, 8, seed=14)
+    keys = keys_for(6)
+    host = tier(store, "kivi4", residual_tokens=4)
+    host.put(keys[:3], src, [0, 1, 2])
+    assert host.put(keys, src, [0, 1, 2, 3, 4, 5]) == 3
+    fmt = CodecFormat.of(SMALL, "kivi4")
+    sizes = [len(stored(store, k)) for k in keys]
+    coded, raw = fmt.payload_bytes, SMALL.bytes_per_block
+    assert sizes == [coded, coded, raw, coded, coded, raw]
+
+
 def test_the_codec_knob_is_checked_where_the_config_is_built() -> None:
     from kvstore.config import KVStoreConfig
     assert KVStoreConfig(redis_url="redis://x").host_tier_codec == "exact"
+    assert KVStoreConfig(redis_url="redis://x").host_tier_codec_residual_tokens == 64
     with pytest.raises(ValueError, match="host_tier_codec must be one of exact, kivi4, kivi2, got 'kivi8'"):
         KVStoreConfig(redis_url="redis://x", host_tier_codec="kivi8")
+    for bad in (-1, 1.5, True, "64"):
+        with pytest.raises(ValueError, match=f"KVStoreConfig.host_tier_codec_residual_tokens must be an integer "
+                                             f">= 0, got {bad!r}"):
+            KVStoreConfig(redis_url="redis://x", host_tier_codec_residual_tokens=bad)
 
 
 def test_the_cluster_config_passes_the_codec_to_the_replicas_store_config(redis_url: str) -> None:
@@ -145,5 +183,12 @@ def test_the_cluster_config_passes_the_codec_to_the_replicas_store_config(redis_
     cluster = Cluster(config)
     cluster._start_redis()  # builds the KVStoreConfig every replica's spec carries
     assert cluster.kvstore.host_tier_codec == "kivi2"
+    assert cluster.kvstore.host_tier_codec_residual_tokens == 64
+    config = parse_cluster_config({**base, "kvstore": {"host_tier_codec_residual_tokens": 0, "redis_url": redis_url}})
+    cluster = Cluster(config)
+    cluster._start_redis()
+    assert cluster.kvstore.host_tier_codec_residual_tokens == 0
     with pytest.raises(ConfigFileError, match="kvstore.host_tier_codec must be one of exact, kivi4, kivi2"):
         parse_cluster_config({**base, "kvstore": {"host_tier_codec": "zip"}})
+    with pytest.raises(ConfigFileError, match="kvstore.host_tier_codec_residual_tokens must be an integer >= 0"):
+        parse_cluster_config({**base, "kvstore": {"host_tier_codec_residual_tokens": -16}})

@@ -38,7 +38,8 @@ def top_logprobs(result: GenerationResult) -> list[dict[int, float]]:
 def pull_then_generate(redis_url: str, model, codec: str) -> GenerationResult:
     """Engine A computes PROMPT and puts its 4 prefix blocks in the host tier; engine B pulls
     them into fresh blocks, publishes them to its prefix cache and generates PROMPT."""
-    store = make_store(redis_url, host_tier_bytes=1 << 24, host_tier_codec=codec)
+    store = make_store(redis_url, host_tier_bytes=1 << 24, host_tier_codec=codec,
+                       host_tier_codec_residual_tokens=0)
     try:
         writer = make_engine(model, prefix_caching=True)
         writer.generate([PROMPT], PARAMS)

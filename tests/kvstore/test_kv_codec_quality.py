@@ -34,12 +34,32 @@ def test_greedy_codec_runs_use_the_cached_prefix(tiny_model) -> None:
     prompts = [w[:64 + PROMPT_TAIL] for w in WINDOWS]
     fmt = CodecFormat.of(KVLayout.of_cache(engine.runner.kv_cache), "kivi4")
     kv = engine.runner.kv_cache
-    exact, coded, cached = greedy_runs(engine, prompts, 8, fmt)
+    exact, coded, cached = greedy_runs(engine, prompts, 8, lambda kv, seqs: round_trip(kv, seqs, fmt, 0))
     assert cached == 64
     assert len(exact) == len(coded) == 3 and all(len(c) == 8 for c in exact + coded)
-    prefix_blocks = [engine.kv.pool.lookup(h) for p in prompts for h in hash_blocks(p[:64], 16)]
+    sequences = [[engine.kv.pool.lookup(h) for h in hash_blocks(p[:64], 16)] for p in prompts]
+    prefix_blocks = [i for seq in sequences for i in seq]
     again = kv.clone()
-    round_trip(again, prefix_blocks, fmt)  # decoding decoded blocks changes little: they are on the grid
+    round_trip(again, sequences, fmt, 0)  # decoding decoded blocks changes little: they are on the grid
     assert (again[:, :, prefix_blocks] - kv[:, :, prefix_blocks]).abs().max() < 1e-3
-    result = measure(engine, [t for w in WINDOWS for t in w], "kivi4", 64, 16, 3, 8)
-    assert (result.windows, result.prompts, result.cached_tokens) == (3, 3, 64)
+    result = measure(engine, [t for w in WINDOWS for t in w], "kivi4", 64, 16, 3, 8, residual=0)
+    assert (result.windows, result.prompts, result.cached_tokens, result.residual) == (3, 3, 64, 0)
+
+
+def test_the_residual_window_leaves_each_sequences_last_blocks_exact(tiny_model) -> None:
+    """As the host tier stores a put: a residual of 17 tokens keeps each sequence's last two
+    blocks (of 16 tokens) as they were; the others go through the codec. Failing setting: a
+    residual counted over all sequences together would leave the first sequence's tail coded."""
+    engine = make_engine(tiny_model, prefix_caching=True, num_blocks=64)
+    kv = engine.runner.kv_cache
+    kv.copy_(torch.randn_like(kv))
+    fmt = CodecFormat.of(KVLayout.of_cache(kv), "kivi2")
+    sequences = [[3, 9, 4, 12], [20, 7, 30]]
+    before = kv.clone()
+    round_trip(kv, sequences, fmt, 17)
+    for i in (4, 12, 7, 30):
+        assert torch.equal(kv[:, :, i], before[:, :, i]), i
+    for i in (3, 9, 20):
+        assert not torch.equal(kv[:, :, i], before[:, :, i]), i
+    untouched = [i for i in range(64) if i not in (3, 9, 20)]
+    assert torch.equal(kv[:, :, untouched], before[:, :, untouched])

@@ -200,7 +200,8 @@ class DecodeBatch:
         self.t += seconds
         self.context += self.batch
         self.k += 1
-        self._finish_due()
+        if self.finishes[0][0] == self.k:  # _finish_due's test (hot: most steps finish no one)
+            self._finish_due()
 
     def _run(self, m: int) -> None:
         segments, context, b, pieces = self.segments, self.context - self.saved, self.batch, self.pieces

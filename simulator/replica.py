@@ -17,7 +17,7 @@ cache gets the memory running requests leave (blocks they use are pinned there).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Iterator
 from heapq import heappush
 from typing import Protocol
 
@@ -34,7 +34,7 @@ class Host(Protocol):
     """What a replica asks of the simulation it runs in (simulation.Simulation)."""
 
     heap: list            # the event heap: (time, seq, handler, arg)
-    next_seq: Callable[[], int]
+    seq: Iterator[int]    # the events' tie-break counter
     segments: list[tuple[int, int, float, float]]
     extra_gaps: list[float]
     preemptions: int
@@ -52,7 +52,7 @@ class Replica:
     __slots__ = ("sim", "pool", "role", "cost", "kv_capacity", "max_seqs", "max_tokens", "cache", "block_tokens",
                  "queue", "queued_tokens", "kv_used", "pending", "pending_tokens", "ready", "batch", "iterating",
                  "current", "version", "busy_s", "nic_free", "paged", "on_demand", "request_busy_s", "free_at",
-                 "heap", "next_seq", "shift", "mixed_end", "mixed_gap", "launches", "fresh")
+                 "heap", "seq", "shift", "mixed_end", "mixed_gap", "launches", "fresh", "on_iteration_end", "on_wake")
 
     def __init__(self, sim: Host, pool: str, role: str, cost: IterationCost, kv_capacity: int,
                  max_seqs: int, max_tokens: int, cache: PrefixCache | None, block_tokens: int,
@@ -79,7 +79,8 @@ class Replica:
         self.nic_free = 0.0                      # when this replica's NIC is free for the next KV transfer
         self.request_busy_s = request_busy_s     # serving work per request on this engine (serving.py)
         self.free_at = 0.0                       # a prefill engine busy with that work until then
-        self.heap, self.next_seq = sim.heap, sim.next_seq  # the simulation's events (hot: pushed directly)
+        self.heap, self.seq = sim.heap, sim.seq  # the simulation's events (hot: pushed directly)
+        self.on_iteration_end, self.on_wake = self._iteration_end, self._wake  # their handlers, bound once
         self.shift: tuple[int, float, float] | None = None  # a mixed iteration's launch shift (overlap.py)
         self.mixed_end, self.mixed_gap = -1.0, 0.0          # the last mixed iteration's end and token gap
         self.launches = hasattr(cost, "launch_seconds")  # without (the roofline) launch_shift is always 0
@@ -184,16 +185,18 @@ class Replica:
             return
         work = Work(tokens, logits, attended, kv_read)
         floor = host_floor(self.cost, tokens + running) if self.launches else 0.0  # eager launches (overlap.py)
-        if batch is None:
-            seconds = self.sim.step_noise(max(self.cost.seconds(work), floor))
+        if batch is not None and running:
+            seconds = self.cost.mixed_seconds(work, running, batch.context)
         else:
-            if batch.batch:
-                seconds = max(self.cost.mixed_seconds(work, batch.batch, batch.context), floor)
-                if self.launches:
-                    self._launch_shift(tokens + batch.batch, seconds, t)
-                seconds += batch.stall  # batch.take_stall(), inlined
-            else:
-                seconds = max(self.cost.seconds(work), floor) + batch.stall
+            seconds = self.cost.seconds(work)
+        if floor > seconds:  # max(seconds, floor): no min/max calls on the hot paths
+            seconds = floor
+        if batch is None:
+            seconds = self.sim.step_noise(seconds)
+        else:
+            if running and self.launches:
+                self._launch_shift(tokens + running, seconds, t)
+            seconds += batch.stall  # batch.take_stall(), inlined
             batch.stall = 0.0
             if self.fresh:
                 self._hold_first_tokens(t, tokens + running)
@@ -201,7 +204,7 @@ class Replica:
                 batch.t = t
         self.iterating, self.current = True, chunks
         self.version += 1
-        heappush(self.heap, (t + seconds, self.next_seq(), self._iteration_end, seconds))
+        heappush(self.heap, (t + seconds, next(self.seq), self.on_iteration_end, seconds))
 
     def _hold_first_tokens(self, t: float, tokens: int) -> None:
         """First tokens read back at ``t``, as this iteration starts, reach the client after its launch."""
@@ -282,7 +285,8 @@ class Replica:
 
     def _iteration_end(self, t: float, seconds: float) -> None:
         self.iterating = False
-        self.fresh.clear()
+        if self.fresh:
+            self.fresh.clear()
         self.busy_s += seconds
         if self.batch is not None:
             self.batch.step(seconds)
@@ -422,16 +426,18 @@ class Replica:
             self.cache.unpin(self._full_blocks(req))
             self.cache.capacity = (self.kv_capacity - self.kv_used) // self.block_tokens
         self.sim.on_finished(req)
-        if self.role == "decode":
-            self._grant_pending(t)
-            self._fill_batch()
+        if self.role == "decode":  # (hot: most finishes leave no one waiting)
+            if self.pending:
+                self._grant_pending(t)
+            if self.ready:
+                self._fill_batch()
 
     def _schedule_wake(self) -> None:
         batch = self.batch
         if batch is None or not batch.batch or self.iterating:
             return
         self.version += 1
-        heappush(self.heap, (batch.next_change(), self.next_seq(), self._wake, self.version))
+        heappush(self.heap, (batch.next_change(), next(self.seq), self.on_wake, self.version))
 
     def _wake(self, t: float, version: int) -> None:
         if version != self.version:

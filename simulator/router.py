@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from simulator.replica import Replica
 from simulator.request import Request
 
+MORE = 1 << 62  # more than any count of tokens: every replica's key beats it
+
 
 class Router:
     """round_robin: in turn; least_loaded: fewest queued prompt tokens, then least KV in use;
@@ -22,25 +24,29 @@ class Router:
     def pick_prefill(self, replicas: Sequence[Replica], req: Request) -> Replica:
         if self.policy == "round_robin":
             return self._next(replicas)
-        # the first of the least (queued tokens, KV in use), as one int: queued * 2**48 + in use
-        # (KV tokens in use < 2**48; hot: Replica.in_use inlined; on_demand is the same for a pool)
-        if self.policy == "prefix_aware" and req.hash_ids and replicas[0].cache is not None:
-            keys = [(r.queued_tokens - r.cached_tokens(req) << 48)
-                    + (r.kv_used + r.batch.context if r.on_demand else r.kv_used) for r in replicas]
-        elif replicas[0].on_demand:
-            keys = [(r.queued_tokens << 48) + r.kv_used + r.batch.context for r in replicas]
-        else:
-            keys = [(r.queued_tokens << 48) + r.kv_used for r in replicas]
-        return replicas[keys.index(min(keys))]
+        # the first of the least (queued tokens, KV in use), compared as a pair in one pass (hot:
+        # Replica.in_use inlined; on_demand is the same for a pool; KV is read only where it may decide)
+        aware = self.policy == "prefix_aware" and req.hash_ids and replicas[0].cache is not None
+        on_demand = replicas[0].on_demand
+        best_queued = best_kv = MORE
+        for r in replicas:
+            queued = r.queued_tokens - r.cached_tokens(req) if aware else r.queued_tokens
+            if queued <= best_queued:
+                kv = r.kv_used + r.batch.context if on_demand else r.kv_used
+                if queued < best_queued or kv < best_kv:
+                    best_queued, best_kv, pick = queued, kv, r
+        return pick
 
     def pick_decode(self, replicas: Sequence[Replica]) -> Replica:
         if self.policy == "round_robin":
             return self._next(replicas)
-        if replicas[0].on_demand:  # Replica.kv_load (hot); on_demand is the same for a pool
-            loads = [r.kv_used + r.pending_tokens + r.batch.context for r in replicas]
-        else:
-            loads = [r.kv_used + r.pending_tokens for r in replicas]
-        return replicas[loads.index(min(loads))]  # the first of the least loaded
+        on_demand = replicas[0].on_demand  # Replica.kv_load inlined (hot); on_demand is the same for a pool
+        best = MORE
+        for r in replicas:
+            load = r.kv_used + r.pending_tokens + r.batch.context if on_demand else r.kv_used + r.pending_tokens
+            if load < best:  # the first of the least loaded
+                best, pick = load, r
+        return pick
 
     def _next(self, replicas: Sequence[Replica]) -> Replica:
         key = id(replicas)

@@ -10,7 +10,7 @@ import gc
 import heapq
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from simulator.costs import CostModels, kv_capacity_tokens
@@ -52,7 +52,7 @@ class Simulation:
         self.design, self.costs, self.trace = design, costs, trace
         self.model = costs.model
         self.heap: list = []
-        self.next_seq = itertools.count().__next__
+        self.seq: Iterator[int] = itertools.count()  # events' tie-break: in the order pushed
         self.segments: list[tuple[int, int, float, float]] = []
         self.extra_gaps: list[float] = []
         self.preemptions = 0
@@ -108,7 +108,7 @@ class Simulation:
         return max(seconds + s.step_jitter_s * (self._noise.lognormvariate(0.0, s.step_jitter) - 1), 0.5 * seconds)
 
     def push(self, t: float, handler: Callable, arg: object) -> None:
-        heapq.heappush(self.heap, (t, self.next_seq(), handler, arg))
+        heapq.heappush(self.heap, (t, next(self.seq), handler, arg))
 
     def run(self, on_progress: Callable[[int], None] | None = None) -> SimRecord:
         """Run to the last request's end; ``on_progress(arrivals so far)`` every 8192 arrivals."""
@@ -117,8 +117,8 @@ class Simulation:
         enabled = gc.isenabled()  # the run makes no reference cycles: no collections on the way (nor while
         gc.disable()              # its requests are made: 0.6 us each at 100k)
         try:
-            requests = [Request(i, a, p, o, h) for i, (a, p, o, h) in enumerate(
-                zip(tr.arrival_s.tolist(), tr.prompt_tokens.tolist(), tr.output_tokens.tolist(), hashes))]
+            requests = list(map(Request, range(len(tr)), tr.arrival_s.tolist(), tr.prompt_tokens.tolist(),
+                                tr.output_tokens.tolist(), hashes))
             if self.sharing:
                 for req, runs in zip(requests, shared_segments(tr)):
                     req.shared_runs = runs

@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tokens", type=int, nargs="+", default=[128, 256, 512, 1024, 2048])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-graphs", action="store_true", help="eager steps (EngineConfig.cuda_graphs off): "
+                    "the baseline of the prefill graphs (engine/prefill_graphs.py)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -76,6 +78,7 @@ def main() -> None:
     budget = max(args.tokens)
     config = EngineConfig(model=str(path), dtype="bfloat16" if device.type == "cuda" else "float32",
                           device=str(device), load_format="dummy", detokenize=False, async_scheduling=False,
+                          cuda_graphs=not args.no_graphs,
                           cache=CacheConfig(num_blocks=budget // 16 + 64),
                           scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=budget,
                                                     max_model_len=budget + 16))

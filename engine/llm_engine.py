@@ -110,7 +110,8 @@ class LLMEngine:
         if self.device.type == "cuda" and backend is not None and backend.name == "triton":
             cast(ModelRunner, self.runner).warm_up()  # compile the prefill kernels now, not in the first request
             if config.cuda_graphs:
-                cast(ModelRunner, self.runner).capture_graphs(config.scheduler.max_num_seqs, self.max_model_len)
+                cast(ModelRunner, self.runner).capture_graphs(config.scheduler.max_num_seqs, self.max_model_len,
+                                                                config.scheduler.max_num_batched_tokens)
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, request_id: str | None, prompt: str | list[int], params: SamplingParams,

@@ -11,6 +11,7 @@ from engine.attention import AttentionBackend, AttentionMetadata
 from engine.batch import ModelInput
 from engine.cuda_graphs import DecodeGraphs
 from engine.model.llama import ForwardContext, LlamaForCausalLM
+from engine.prefill_graphs import PrefillGraphs
 from engine.shared_step_graph import SharedStepGraph
 
 
@@ -52,6 +53,7 @@ class ModelRunner:
         self.kv_cache = torch.zeros(cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads,
                                     cfg.head_dim, dtype=self.dtype, device=self.device)
         self.graphs: DecodeGraphs | None = None
+        self.prefill_graphs: PrefillGraphs | None = None
         self.shared_graph: SharedStepGraph | None = None
         self.shared_prefix_steps = 0
         self.last_graphed = False  # whether the last step replayed a CUDA graph
@@ -60,11 +62,14 @@ class ModelRunner:
     def num_blocks(self) -> int:
         return self.kv_cache.shape[2]
 
-    def capture_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
+    def capture_graphs(self, max_num_seqs: int, max_model_len: int, max_num_batched_tokens: int) -> None:
         self.graphs = DecodeGraphs(self.model, self.kv_cache, self.backend, max_num_seqs,
                                    max_model_len, self.block_size)
         self.graphs.capture()
         self.shared_graph = SharedStepGraph(self.graphs)
+        self.prefill_graphs = PrefillGraphs(self.model, self.kv_cache, self.backend, max_num_batched_tokens,
+                                            self.graphs.pool)
+        self.prefill_graphs.capture()
 
     @torch.inference_mode()
     def warm_up(self) -> None:
@@ -101,8 +106,10 @@ class ModelRunner:
                 hidden, self.last_graphed = self.graphs.run(inp.input_ids, inp.positions, meta), True
             else:  # replayed, captured (after the batch kept its plan a few steps) or None: eager
                 hidden, self.last_graphed = self.shared_graph.run(inp.input_ids, inp.positions, meta)
-        elif self.graphs is not None and meta.shared is None:  # a small step with prefill rows
+        elif self.graphs is not None and meta.shared is None:  # a step with prefill rows
             hidden = self.graphs.run_token_rows(inp.input_ids, inp.positions, meta)
+            if hidden is None and self.prefill_graphs is not None:
+                hidden = self.prefill_graphs.run(inp.input_ids, inp.positions, meta)
             self.last_graphed = hidden is not None
         if hidden is None:
             ctx = ForwardContext(self.kv_cache, meta, self.backend)

@@ -4,9 +4,11 @@ Runs, on the user's own device (GPU or CPU) and checkpoint: prefill steps of one
 whole-batch decode steps of B sequences, with ``--mixed-batches`` mixed steps (a prompt of N tokens
 prefilled beside B decoding sequences, one step: what a colocated engine runs when a request
 arrives), a KV-sized device copy (the handoff's bytes, as a ``links`` entry of the device to itself)
-and, on CUDA, the free memory before the model loads. ``--load-format dummy`` times a config-only
-checkpoint directory (random weights of its shape: benchmarks/model_shapes.py). Torch and the
-engine are imported here only, never when simulate or plan start.
+and, on CUDA, the free memory before the model loads. The profile records the model it was measured
+on (checkpoint and shape: simulate and plan refuse it for a model of another shape, profiles.py).
+``--load-format dummy`` times a config-only checkpoint directory (random weights of its shape:
+benchmarks/model_shapes.py). Torch and the engine are imported here only, never when simulate or
+plan start.
 """
 
 from __future__ import annotations
@@ -138,10 +140,20 @@ def calibrate(args: argparse.Namespace) -> dict:
                       "seconds": _median_seconds(lambda d=dst, s=src: d.copy_(s), args.repeats, sync)})
     hardware = args.hardware or (torch.cuda.get_device_name(device) if cuda else "CPU-DDR5")
     profile = {"device": hardware, "tp": 1, "source": f"tierserve calibrate on {device} ({args.model})",
+               "model": _model_entry(cfg, args.model, "bfloat16" if cuda else "float32"),
                "measurements": measurements, "links": links}
     if memory:
         profile["memory"] = memory
     return profile
+
+
+def _model_entry(cfg, checkpoint: Path | str, dtype: str) -> dict:
+    """The measured model's identity (profiles.py: simulate and plan refuse the profile for a model of
+    another shape): its checkpoint, named as simulate names a checkpoint directory, and its shape."""
+    from simulator.profiles import SHAPE
+
+    return {"name": Path(checkpoint).name, "path": str(checkpoint), **{k: getattr(cfg, k) for k in SHAPE},
+            "dtype": dtype}
 
 
 def _mixed_steps(engine, batch: int, tokens: list[int], args: argparse.Namespace, prompt, sync,

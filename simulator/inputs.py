@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from simulator.hardware import Catalog, load_catalog
 from simulator.links import LinkTable, fit_link
 from simulator.models import load_model
 from simulator.nccl_tests import allreduce_from_nccl_tests, link_from_nccl_tests
-from simulator.profiles import Profile, load_profile
+from simulator.profiles import Profile, check_model, load_profile
 from simulator.serving import NONE, TIERSERVE_STACK
 from simulator.traces.load import load_trace
 from simulator.traces.trace import Trace
@@ -59,7 +60,12 @@ def resolved(catalog: Catalog, pair: tuple[str, str]) -> tuple[str, str]:
 
 def build_costs(args: argparse.Namespace) -> CostModels:
     catalog = load_catalog(*args.catalog)
+    model = load_model(args.model)
     profiles = tuple(profile_arg(p, catalog) for p in args.profile)
+    for prof in profiles:  # a profile of another model's shape is refused here, one naming none warned of
+        warning = check_model(prof, model)
+        if warning:
+            print(warning, file=sys.stderr)
     points: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     for prof in profiles:
         for lp in prof.links:
@@ -74,7 +80,7 @@ def build_costs(args: argparse.Namespace) -> CostModels:
         else:
             measured[(src, dst)] = link_from_nccl_tests(path)
     serving = TIERSERVE_STACK if getattr(args, "serving_costs", "stack") == "stack" else NONE
-    return CostModels(load_model(args.model), catalog, profiles, LinkTable(catalog, measured), serving)
+    return CostModels(model, catalog, profiles, LinkTable(catalog, measured), serving)
 
 
 def build_trace(args: argparse.Namespace) -> Trace:

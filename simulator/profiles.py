@@ -30,9 +30,16 @@ which replaces the catalog's memory size for that device kind:
 Per-request serving costs of the cluster it was measured in (simulator/serving.py), e.g. fitted from a
 serving run: "serving": {"prefill": {"latency_s": ..., "busy_s": ..., "handoff_s": ...}, ...}
 ``device`` (a catalog name, or a driver name like "NVIDIA H100 80GB HBM3") and ``tp`` say where
-the measurements were taken; ``model`` (optional, top level or per measurement) must match the
-simulated model. Link ends are catalog names, or gpuN/cpuN meaning ``device`` (as
-benchmarks/handoff.py writes them); links to redis-host (the host tier) are skipped.
+the measurements were taken. ``model`` (optional, top level or per measurement) says what they were
+measured on: a name (benchmarks' profiles), which must equal the simulated model's name, or, as
+`tierserve calibrate` writes it, the checkpoint and its shape, which must equal the simulated model's
+shape whatever the names (``check_model``; simulate and plan refuse a profile of another shape):
+    "model": {"name": "llama-3-8b", "path": "/models/llama-3-8b", "num_layers": 32, "hidden_size": 4096,
+              "num_heads": 32, "num_kv_heads": 8, "head_dim": 128, "intermediate_size": 14336,
+              "vocab_size": 128256, "dtype": "bfloat16"}
+A profile with no model at all (older calibrate output) is used with a warning.
+Link ends are catalog names, or gpuN/cpuN meaning ``device`` (as benchmarks/handoff.py writes them);
+links to redis-host (the host tier) are skipped.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from pathlib import Path
 
 from simulator.errors import SimInputError
 from simulator.files import read_json
+from simulator.models import DTYPE_BYTES, ModelSpec
 from simulator.serving import ServingCosts, parse_serving
 
 OPS = {"decode_step": ("batch", "context"), "attention": ("batch", "context"), "prefill": ("tokens",),
@@ -52,6 +60,32 @@ OPS = {"decode_step": ("batch", "context"), "attention": ("batch", "context"), "
 LAYERED = ("attention", "shared_prefix_decode")  # ops measured per ``layers`` layers
 ALIASES = {"decode_attention": "attention"}
 LOCAL_DEVICE = re.compile(r"^(gpu|cpu)\d+$")
+SHAPE = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size", "vocab_size")
+
+
+@dataclass(frozen=True)
+class ProfiledModel:
+    """The model a profile was measured on, as `tierserve calibrate` records it."""
+
+    name: str
+    path: str | None
+    shape: tuple[int, ...]  # SHAPE's numbers, in that order
+    dtype: str  # the dtype the engine ran at (float32 on CPU)
+
+    @staticmethod
+    def of(spec: ModelSpec, dtype: str, path: str | None = None) -> ProfiledModel:
+        return ProfiledModel(spec.name, path, tuple(getattr(spec, k) for k in SHAPE), dtype)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "path": self.path, **dict(zip(SHAPE, self.shape)), "dtype": self.dtype}
+
+    def differences(self, model: ModelSpec) -> list[str]:
+        """``key profile's vs simulated``, for each shape number (and the dtype's bytes) that differs."""
+        diffs = [f"{k} {mine} vs {getattr(model, k)}" for k, mine in zip(SHAPE, self.shape)
+                 if mine != getattr(model, k)]
+        if DTYPE_BYTES[self.dtype] != model.dtype_bytes:
+            diffs.append(f"dtype {self.dtype} ({DTYPE_BYTES[self.dtype]} bytes) vs {model.dtype_bytes} bytes")
+        return diffs
 
 
 @dataclass(frozen=True)
@@ -86,6 +120,8 @@ class Profile:
     links: tuple[LinkPoint, ...]
     memory: tuple[float, float] | None = None  # (total bytes, free bytes) of one device
     serving: ServingCosts | None = None
+    measured_on: ProfiledModel | None = None  # the model's shape, where the profile records it
+    path: str | None = None  # the file it was read from
 
     def of(self, op: str) -> list[Measurement]:
         return [m for m in self.measurements if m.op == op]
@@ -107,7 +143,46 @@ def load_profile(path: str | Path, device: str | None = None) -> Profile:
     links = tuple(p for i, e in enumerate(_list(data, "links", path))
                   if (p := _link_point(e, device, f"{path}: links[{i}]")) is not None)
     serving = parse_serving(data["serving"], f"profile {path}") if "serving" in data else None
-    return Profile(device, tp, data.get("model"), measurements, links, _memory(data.get("memory"), path), serving)
+    model = data.get("model")
+    measured_on = _profiled_model(model, path) if isinstance(model, dict) else None
+    if model is not None and not isinstance(model, str | dict):
+        raise SimInputError(f"profile {path}: model must be a name or an object, got {model!r}")
+    return Profile(device, tp, model if isinstance(model, str) else None, measurements, links,
+                   _memory(data.get("memory"), path), serving, measured_on, str(path))
+
+
+def check_model(profile: Profile, model: ModelSpec) -> str | None:
+    """Refuse a profile measured on a model of another shape than ``model``; a warning (text) for a
+    profile that does not say what it was measured on; None when it fits (a profile naming its model,
+    top level or per measurement, is checked by name in CostModels)."""
+    where = f"profile {profile.path or profile.device}"
+    if profile.measured_on is not None:
+        diffs = profile.measured_on.differences(model)
+        if diffs:
+            on = profile.measured_on
+            raise SimInputError(
+                f"{where} was measured on model {on.name!r}{f' ({on.path})' if on.path else ''}, not on the "
+                f"simulated model {model.name!r}: {'; '.join(diffs)}. Calibrate on {model.name} "
+                f"(tierserve calibrate --model CHECKPOINT) or simulate the profile's model (--model "
+                f"{on.path or on.name})")
+        return None
+    if profile.model is None and all(m.model is None for m in profile.measurements):
+        return (f"warning: {where} does not say which model it was measured on; using it for {model.name} "
+                "(re-run tierserve calibrate to record the model)")
+    return None
+
+
+def _profiled_model(entry: dict, path: str | Path) -> ProfiledModel:
+    where = f"profile {path}: model"
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise SimInputError(f"{where}: name must be a non-empty string, got {name!r}")
+    shape = tuple(int(_positive(entry, k, where)) for k in SHAPE)
+    dtype = entry.get("dtype")
+    if dtype not in DTYPE_BYTES:
+        raise SimInputError(f"{where}: dtype must be one of {sorted(DTYPE_BYTES)}, got {dtype!r}")
+    found = entry.get("path")
+    return ProfiledModel(name, str(found) if found is not None else None, shape, dtype)
 
 
 def _memory(entry: object, path: str | Path) -> tuple[float, float] | None:

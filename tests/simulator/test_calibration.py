@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -9,10 +10,12 @@ import pytest
 from simulator.calibration import CalibratedCost
 from simulator.costs import CostModels
 from simulator.errors import SimInputError
+from simulator.inputs import build_costs
 from simulator.links import LinkTable, fit_link
+from simulator.models import load_model
 from simulator.nccl_tests import link_from_nccl_tests, parse_nccl_tests
 from simulator.operators import decode_work, prefill_work
-from simulator.profiles import load_profile
+from simulator.profiles import ProfiledModel, check_model, load_profile
 from tests.simulator.conftest import DATA
 
 
@@ -176,3 +179,30 @@ def test_a_real_h100_profile_from_benchmarks_decode_step(costs: CostModels) -> N
         context = m.batch * m.context
         assert a + b * context == pytest.approx(m.seconds, rel=1e-9)
         assert 1.3 < m.seconds / roof.seconds(decode_work(m.batch, context)) < 1.8  # our engine vs the roofline
+
+
+def test_profile_shape_must_match_the_simulated_model(costs: CostModels, tmp_path, capsys) -> None:
+    """`tierserve calibrate` records the model's shape: any name of the same shape fits, another shape is
+    refused by simulate / plan (build_costs), and a profile naming no model is used with a warning."""
+    shape = {**ProfiledModel.of(costs.model, "bfloat16", "/models/Meta-Llama-3-8B").as_dict(),
+             "name": "Meta-Llama-3-8B"}
+    same = write(tmp_path, {"device": "H100", "model": shape,
+                            "measurements": PREFILL}, "same.json")
+    args = argparse.Namespace(model="llama-3-8b", catalog=[], profile=[str(same)], nccl_tests=[])
+    assert build_costs(args).calibrated and capsys.readouterr().err == ""
+    for change, says in (({"num_kv_heads": 32}, "num_kv_heads 32 vs 8"),
+                         ({"dtype": "float32"}, "dtype float32 \\(4 bytes\\) vs 2 bytes")):
+        other = write(tmp_path, {"device": "H100", "model": {**shape, **change}, "measurements": PREFILL},
+                      "other.json")
+        with pytest.raises(SimInputError, match=f"profile {other} was measured on model 'Meta-Llama-3-8B' "
+                                                f"\\(/models/Meta-Llama-3-8B\\), not on the simulated model "
+                                                f"'llama-3-8b': {says}"):
+            build_costs(argparse.Namespace(**{**vars(args), "profile": [str(other)]}))
+    with pytest.raises(SimInputError, match="'qwen2-7b': num_layers 32 vs 28"):
+        check_model(load_profile(same), load_model("qwen2-7b"))
+    old = write(tmp_path, {"device": "H100", "measurements": PREFILL}, "old.json")  # older calibrate output
+    assert build_costs(argparse.Namespace(**{**vars(args), "profile": [str(old)]})).calibrated
+    assert f"warning: profile {old} does not say which model it was measured on; using it for llama-3-8b" \
+        in capsys.readouterr().err
+    named = write(tmp_path, {"device": "H100", "model": "llama-3-8b", "measurements": PREFILL}, "named.json")
+    assert check_model(load_profile(named), costs.model) is None  # names are checked in CostModels

@@ -20,7 +20,11 @@ launch plus that. Delivery: with ``delivery_waits_launch`` the actor's token del
 with the engine's launches, so a first token read back as an eager step starts reaches the client
 after that step's launch (overlap.py).
 
-Profiles carry them (``tierserve calibrate --serve-results`` fits them from a serving run):
+Profiles carry them. No command measures them on the user's cluster (`tierserve calibrate` times a
+standalone engine, which has none of these costs); they are fitted from serving runs by
+``python -m benchmarks.sim_vs_measured --fit`` (all fitted costs, a coordinate search on the 2xH200
+sessions j, k) or ``--fit-launch`` (``launch_scale`` alone, a grid), which write OUT/serving_fit.json,
+``{"serving": {...}}``: that entry, copied into a profile, is read as
 
     "serving": {"prefill": {"latency_s": 0.008, "busy_s": 0.011, "handoff_s": 0.004},
                 "decode": {"busy_s": 0.002}, "colocated": {"latency_s": 0.006, "busy_s": 0.001},

@@ -41,7 +41,7 @@ class SimResult:
     prefix_hit_rate: float               # prompt tokens served from the prefix cache
     preemptions: int = 0                 # decode sequences preempted (KV freed, recomputed later)
     samples: LatencySamples | None = field(default=None, repr=False, compare=False)
-    kv_utilization: dict[str, float] = field(default_factory=dict)  # decode pools: mean KV in use / capacity
+    kv_utilization: dict[str, float] = field(default_factory=dict)  # decode, colocated: mean KV in use / capacity
 
     def meets(self, slo: SLO) -> bool:
         return self.rejected == 0 and not slo.violations(self.percentiles)
@@ -109,12 +109,13 @@ def _utilization(record: SimRecord, duration: float) -> dict[str, float]:
 
 
 def _kv_utilization(record: SimRecord, duration: float) -> dict[str, float]:
-    """A decode pool's KV memory in use (running sequences' context) over its capacity, time-averaged:
-    what "util" shows for it, as its busy share is 100% whenever any sequence runs."""
-    reps = record.replicas.get("decode")
-    if not reps or duration <= 0:
+    """A decode or colocated pool's KV memory in use (running sequences' context) over its capacity,
+    time-averaged, its replicas' mean: what "util" shows for it, as its busy share is 100% whenever
+    any sequence runs (a colocated engine steps its decode batch between prompts too)."""
+    if duration <= 0:
         return {}
-    return {"decode": float(np.mean([r.batch.kv_token_s / max(r.kv_capacity, 1) for r in reps])) / duration}
+    return {name: float(np.mean([r.batch.kv_token_s / max(r.kv_capacity, 1) for r in reps])) / duration
+            for name in ("colocated", "decode") if (reps := record.replicas.get(name))}
 
 
 def _energy_joules(record: SimRecord, catalog: Catalog, util: dict[str, float], duration: float) -> float:

@@ -23,13 +23,19 @@ WRAPPING = ("design", "utilization")
 NARROW_DROPS = ("tokens_per_joule", "tpot_p99", "goodput_rps", "utilization")  # in this order, as width needs
 
 
+def _share(x: float) -> str:
+    """A share in percent, one decimal below 10% (a lightly loaded pool's KV use is not "0%")."""
+    return f"{x:.0%}" if x >= 0.095 else f"{x:.1%}"
+
+
 def _cell(r: SimResult, key: str) -> str:
     if key in r.percentiles:
         return f"{r.percentiles[key] * 1e3:.1f} ms" if r.percentiles[key] < 1 else f"{r.percentiles[key]:.2f} s"
     value = getattr(r, key)
-    if key == "utilization":  # busy share; a decode pool's is its KV memory in use ("kv"), as it is busy throughout
+    if key == "utilization":  # busy share; a decode or colocated pool's is its KV memory in use ("kv"), as it
+        # is busy whenever a sequence runs
         kv = r.kv_utilization
-        return " ".join(f"{k[:4]}=kv {kv[k]:.0%}" if k in kv else f"{k[:4]}={v:.0%}" for k, v in value.items())
+        return " ".join(f"{k[:4]}=kv {_share(kv[k])}" if k in kv else f"{k[:4]}={v:.0%}" for k, v in value.items())
     if isinstance(value, dict):
         return " ".join(f"{k[:4]}={v:.0%}" for k, v in value.items())
     return value if isinstance(value, str) else f"{value:.3g}"

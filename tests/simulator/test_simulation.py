@@ -11,6 +11,7 @@ from simulator.design import Design, PoolSpec
 from simulator.errors import SimInputError
 from simulator.links import Link, LinkTable
 from simulator.metrics import summarize
+from simulator.report import results_table
 from simulator.run import simulate
 from simulator.simulation import Simulation
 from simulator.traces.load import load_trace
@@ -138,6 +139,25 @@ def test_cost_and_energy_accounting(costs: CostModels) -> None:
     idle_w = 0.25 * (700 + 2 * 350)
     assert generated / (r.duration_s * 1400) < r.tokens_per_joule < generated / (r.duration_s * idle_w)
     assert 0 < r.utilization["prefill"] < 1 and 0 < r.utilization["decode"] <= 1
+
+
+def test_colocated_util_is_kv_in_use_not_busy_share(costs: CostModels) -> None:
+    """A colocated engine is busy whenever a sequence decodes, so its busy share is ~100% at any load;
+    "util" shows its KV memory in use, as for decode pools: running sequences' context over capacity,
+    time-averaged (checked against the requests' own times: prompt + half the output held from the
+    first token to the last)."""
+    shown = []
+    for rate in (5.4, 20):
+        trace = load_trace(f"synthetic:n=800,rate={rate},workload=conversation,seed=1")
+        record = Simulation(Design(colocated=PoolSpec("H100", 1)), costs, trace).run()
+        r = summarize(record, None, costs.catalog)
+        held = sum((q.finish_at - q.ttft_at) * (q.prompt + q.output / 2) for q in record.requests if q.finish_at >= 0)
+        capacity = record.replicas["colocated"][0].kv_capacity
+        assert r.utilization["colocated"] > 0.99  # busy throughout either way
+        assert r.kv_utilization["colocated"] == pytest.approx(held / capacity / r.duration_s, rel=0.05)
+        table = results_table([r], "t")
+        shown.append(table.columns[-1].cells)
+    assert [list(c) for c in shown] == [["colo=kv 3.6%"], ["colo=kv 58%"]]
 
 
 def test_a_model_that_does_not_fit_is_a_clear_error(costs_70b: CostModels) -> None:

@@ -4,14 +4,17 @@ direction is expected to match; the paper's numbers are printed beside ours."""
 
 from __future__ import annotations
 
-from simulator.capacity import max_rate
+import numpy as np
+
 from simulator.costs import CostModels, min_tp
 from simulator.design import Design, PoolSpec
 from simulator.operators import decode_work, prefill_work
 from simulator.planner import Family, Planner, PlanOptions
 from simulator.search import search_family
+from simulator.simulation import Simulation
 from simulator.slo import SLO
 from simulator.traces.synthetic import parse_synthetic, synthetic_trace
+from simulator.traces.trace import Trace
 from simulator.validation import Table
 
 SPLITWISE = ("Splitwise (Patel et al., ISCA 2024, arXiv:2311.18677): 'up to 1.4x higher throughput at 20% lower "
@@ -22,52 +25,145 @@ LAMINA = ("Lamina (Chen et al., arXiv:2405.01814): '1.48x-12.1x higher estimated
 
 
 def slowdown_slo(costs: CostModels, reference: str, tp: int, prompt: int, context: int) -> SLO:
-    """Splitwise-style SLO: p99 TTFT within 6x and p99 TBT within 5x of a request alone on ``reference``."""
+    """Splitwise-style SLO on absolute percentiles: p99 TTFT within 6x and p99 TBT within 5x of a
+    request alone on ``reference`` (the Lamina comparison's; Splitwise's own is ``SplitwiseSLO``)."""
     cost = costs.replica(reference, tp)
     return SLO((("ttft_p99", 6 * cost.seconds(prefill_work(prompt, 0, 1))),
                 ("tbt_p99", 5 * cost.seconds(decode_work(1, context)))))
 
 
-def splitwise(costs: CostModels, machines: int = 4, requests: int = 1500, tp: int = 8,
-              workload: str = "conversation") -> Table:
-    """Iso-cost and iso-power: homogeneous colocated H100 clusters of ``machines`` 8-GPU machines
-    against split H100/H100 and H100/A100 clusters that fit the same $/hour and watts.
+# Splitwise's SLO (splitwise-sim notebooks/plots.ipynb get_slo; paper Table on SLOs): per-request
+# slowdowns against the same request alone on a DGX-A100 (tp 8), at p50 / p90 / p99. TBT is the
+# request's mean gap, (end-to-end - TTFT) / output tokens (splitwise-sim scheduler.py); the alone
+# E2E is TTFT + TBT x (output - 1).
+SPLITWISE_SLOWDOWNS = {"ttft": (2.0, 3.0, 6.0), "tbt": (1.25, 1.5, 5.0), "e2e": (1.25, 1.5, 5.0)}
+SPLITWISE_QUANTILES = (50.0, 90.0, 99.0)
+# splitwise-sim's baseline and Splitwise instances (configs/start_state/baseline.yaml, splitwise.yaml):
+# iteration-level mixed batching of whole prompts and running decodes, at most 2048 tokens and 512
+# sequences per iteration, tp 8 per 8-GPU machine.
+SPLITWISE_BATCH_TOKENS, SPLITWISE_BATCH_SEQS = 2048, 512
 
-    Splitwise's baseline batches whole prompts with running decodes (max_num_batched_tokens =
-    8192 here); a chunked-prefill baseline (Sarathi-style, 512 or 2048 tokens per iteration) is
-    not in the paper and is shown for reference."""
+
+class SplitwiseSLO:
+    """Per-request slowdowns against ``reference`` (tp ``tp``) running the request alone."""
+
+    def __init__(self, costs: CostModels, reference: str = "A100-80G", tp: int = 8) -> None:
+        self.cost = costs.replica(reference, tp)
+        self.reference, self.tp = reference, tp
+        self._ttft: dict[int, float] = {}
+
+    def alone(self, prompt: int, output: int) -> tuple[float, float, float]:
+        """(TTFT, mean TBT, E2E) of a request alone on the reference."""
+        ttft = self._ttft.get(prompt)
+        if ttft is None:
+            ttft = self._ttft[prompt] = self.cost.seconds(prefill_work(prompt, 0, 1))
+        tbt = self.cost.seconds(decode_work(1, prompt + max(output, 1) // 2))
+        return ttft, tbt, ttft + tbt * max(output - 1, 0)
+
+    def slowdowns(self, record) -> dict[str, np.ndarray]:
+        done = [r for r in record.requests if r.finish_at >= 0]
+        lat = record.client_latency_s
+        out = {k: np.empty(len(done)) for k in SPLITWISE_SLOWDOWNS}
+        for i, r in enumerate(done):
+            ttft_ref, tbt_ref, e2e_ref = self.alone(r.prompt, r.output)
+            ttft, e2e = r.ttft_at - r.arrival + lat, r.finish_at - r.arrival + lat
+            out["ttft"][i] = ttft / ttft_ref
+            out["tbt"][i] = (e2e - ttft) / max(r.output, 1) / tbt_ref
+            out["e2e"][i] = e2e / e2e_ref
+        return out
+
+    def meets(self, record) -> bool:
+        if record.rejected or not record.requests:
+            return False
+        slow = self.slowdowns(record)
+        return all(float(np.percentile(slow[k], q)) <= limit for k, limits in SPLITWISE_SLOWDOWNS.items()
+                   for q, limit in zip(SPLITWISE_QUANTILES, limits))
+
+    def text(self) -> str:
+        return ("per-request slowdown vs alone on " + f"{self.reference}(tp{self.tp}) at p50/p90/p99: " +
+                ", ".join(f"{k} {'/'.join(f'{v:g}' for v in lim)}x" for k, lim in SPLITWISE_SLOWDOWNS.items()))
+
+
+def splitwise_rate(design: Design, trace: Trace, costs: CostModels, slo: SplitwiseSLO, steps: int = 6) -> float:
+    """The highest request rate (trace replayed faster or slower) that meets Splitwise's SLO:
+    doubling or halving to bracket it, then bisection (capacity.max_rate's search, this SLO)."""
+    def meets(scale: float) -> bool:
+        return slo.meets(Simulation(design, costs, trace.scaled(scale)).run())
+
+    lo, hi = 1.0, 2.0
+    if meets(1.0):
+        while meets(hi):
+            lo, hi = hi, hi * 2
+            if hi > 4096:
+                return lo * trace.rate
+    else:
+        hi = 1.0
+        lo = 0.5
+        while not meets(lo):
+            lo, hi = lo / 2, lo
+            if lo < 1 / 256:
+                return 0.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if meets(mid) else (lo, mid)
+    return lo * trace.rate
+
+
+def splitwise(costs: CostModels, machines: int = 8, requests: int = 1500, tp: int = 8,
+              workload: str = "conversation") -> Table:
+    """Iso-cost and iso-power, as the paper compares: a colocated H100 cluster of ``machines``
+    8-GPU machines (its baseline: mixed batching of whole prompts with running decodes, 2048
+    tokens per iteration, as splitwise-sim's) against split H100/H100 and H100/A100 clusters that
+    fit the same $/hour and watts, each at the highest rate meeting Splitwise's SLO (``SplitwiseSLO``).
+
+    Our colocated engine always runs its decodes and fills the rest of the 2048 tokens with
+    prompt tokens, chunking a prompt that does not fit (splitwise-sim runs prompts first and whole,
+    pausing decodes that do not fit); two reference rows that the paper does not have: a
+    Sarathi-style 512-token chunked baseline, and 8192-token iterations (several whole prompts per
+    iteration, the comparison's baseline before 2026-12). The paper's clusters have ~40 machines;
+    8 is the fewest here that leaves the pool ratio room (with 4, iso-power allows one A100 token
+    machine beside 3 H100 prompt machines and Splitwise-HA falls to 0.66x)."""
     cat = costs.catalog
     trace = synthetic_trace(parse_synthetic(f"synthetic:n={requests},rate=1,workload={workload},seed=11"))
-    mean_prompt = int(trace.prompt_tokens.mean())
-    slo = slowdown_slo(costs, "A100-80G", tp, mean_prompt, mean_prompt)
-    whole = Design(colocated=PoolSpec("H100", machines, tp, max_num_batched_tokens=8192))
-    chunked = [Design(colocated=PoolSpec("H100", machines, tp, max_num_batched_tokens=b)) for b in (512, 2048)]
-    budget_usd, budget_w = whole.cost_per_hour(cat), whole.peak_watts(cat)
-    rows = [_best("Baseline-H100 (whole prompts, as in the paper)", [whole], trace, costs, slo),
-            _best("Baseline-H100 chunked prefill (not in the paper)", chunked, trace, costs, slo)]
+    slo = SplitwiseSLO(costs, "A100-80G", tp)
+
+    def colocated(tokens: int) -> Design:
+        return Design(colocated=PoolSpec("H100", machines, tp, SPLITWISE_BATCH_SEQS, tokens))
+
+    base = colocated(SPLITWISE_BATCH_TOKENS)
+    budget_usd, budget_w = base.cost_per_hour(cat), base.peak_watts(cat)
+    rows = [_best("Baseline-H100 (mixed batching, 2048 tokens, as in the paper)", [base], trace, costs, slo),
+            _best("Baseline-H100 chunked prefill, 512 tokens (not in the paper)", [colocated(512)], trace, costs, slo),
+            _best("Baseline-H100, 8192-token iterations (not in the paper)", [colocated(8192)], trace, costs, slo)]
     for name, decode_hw in (("Splitwise-HH", "H100"), ("Splitwise-HA", "A100-80G")):
         rows.append(_best(name, _splits(decode_hw, machines, tp, budget_usd, budget_w, costs), trace, costs, slo))
-    base, base_usd = rows[0][4], rows[0][2]
-    table = tuple((*r[:5], r[4] / base, r[4] / r[2] / (base / base_usd)) for r in rows)
-    ok = all(r[5] > 1.0 and r[6] > 1.0 for r in table[2:])
+    base_rate, base_usd = rows[0][4], rows[0][2]
+    table = tuple((*r[:5], r[4] / base_rate, r[4] / r[2] / (base_rate / base_usd)) for r in rows)
+    hh, ha = table[3], table[4]
+    # Phase splitting serves more per $ than the paper's baseline, and not more than the paper's
+    # largest gain (2.35x) allows: our 3.5-3.9x before 2026-12 came from another SLO and baseline.
+    ok = base_rate > 0 and all(1.0 < r[6] <= 2.6 for r in (hh, ha))
     return Table(f"Splitwise direction: {workload}, {costs.model.name}, iso-cost ${budget_usd:.0f}/h and iso-power "
                  f"{budget_w / 1e3:.1f} kW, SLO {slo.text()}",
                  ("cluster", "design", "$/hour", "kW", "req/s within SLO", "throughput vs baseline",
                   "throughput per $ vs baseline"), table, ok,
-                 f"paper: {SPLITWISE}. Ours, against the paper's baseline: throughput {table[2][5]:.2f}x (HH), "
-                 f"{table[3][5]:.2f}x (HA); per $ {table[2][6]:.2f}x, {table[3][6]:.2f}x. Chunked prefill alone: "
-                 f"{table[1][5]:.2f}x.")
+                 f"paper: {SPLITWISE}. Ours, against the paper's baseline: throughput {hh[5]:.2f}x (HH), "
+                 f"{ha[5]:.2f}x (HA); per $ {hh[6]:.2f}x, {ha[6]:.2f}x. 512-token chunks: {table[1][5]:.2f}x; "
+                 f"8192-token iterations: {table[2][5]:.2f}x.")
 
 
 def _splits(decode_hw: str, machines: int, tp: int, usd: float, watts: float, costs: CostModels) -> list[Design]:
     """For each prompt-machine count, the most token machines within the cost and power budget."""
+    def pool(hw: str, n: int) -> PoolSpec:
+        return PoolSpec(hw, n, tp, SPLITWISE_BATCH_SEQS, SPLITWISE_BATCH_TOKENS)
+
     designs = []
     for p in range(1, machines):
         d = 0
-        while _fits(Design(prefill=PoolSpec("H100", p, tp), decode=PoolSpec(decode_hw, d + 1, tp)), usd, watts, costs):
+        while _fits(Design(prefill=pool("H100", p), decode=pool(decode_hw, d + 1)), usd, watts, costs):
             d += 1
         if d:
-            designs.append(Design(prefill=PoolSpec("H100", p, tp), decode=PoolSpec(decode_hw, d, tp)))
+            designs.append(Design(prefill=pool("H100", p), decode=pool(decode_hw, d)))
     return designs
 
 
@@ -75,11 +171,10 @@ def _fits(design: Design, usd: float, watts: float, costs: CostModels) -> bool:
     return design.cost_per_hour(costs.catalog) <= usd + 1e-9 and design.peak_watts(costs.catalog) <= watts + 1e-9
 
 
-def _best(name: str, designs: list[Design], trace, costs: CostModels, slo: SLO) -> tuple:
-    caps = [max_rate(d, trace, costs, slo) for d in designs]
-    cap = max(caps, key=lambda c: c.rate)
-    d = cap.design
-    return (name, d.label(), d.cost_per_hour(costs.catalog), d.peak_watts(costs.catalog) / 1e3, cap.rate)
+def _best(name: str, designs: list[Design], trace: Trace, costs: CostModels, slo: SplitwiseSLO) -> tuple:
+    rated = [(splitwise_rate(d, trace, costs, slo), d) for d in designs]
+    rate, d = max(rated, key=lambda x: x[0])
+    return (name, d.label(), d.cost_per_hour(costs.catalog), d.peak_watts(costs.catalog) / 1e3, rate)
 
 
 def lamina(costs: CostModels, rate: float = 8.0, requests: int = 800, attention: str = "H20") -> Table:

@@ -34,3 +34,17 @@ def test_validation_table_passes(check: Callable[[CostModels], Table], models: s
     table = check(request.getfixturevalue(models))
     show(table)
     assert table.passed, table.title
+
+
+def test_splitwise_slo_is_a_slowdown_against_the_request_alone(costs_70b: CostModels) -> None:
+    from simulator.design import Design, PoolSpec
+    from simulator.simulation import Simulation
+    from simulator.traces.trace import make_trace
+    slo = comparisons.SplitwiseSLO(costs_70b, "A100-80G", 8)
+    design = Design(colocated=PoolSpec("A100-80G", 1, 8, 512, 2048))
+    record = Simulation(design, costs_70b, make_trace("alone", [0.0], [1000], [100])).run()
+    slow = slo.slowdowns(record)
+    # alone on the reference: TTFT and E2E slowdowns 1 (iteration overhead aside), mean TBT just under 1
+    # (Splitwise divides by all output tokens, the first one made by the prefill)
+    assert abs(slow["ttft"][0] - 1) < 0.01 and abs(slow["e2e"][0] - 1) < 0.02 and 0.97 < slow["tbt"][0] < 1.01
+    assert slo.meets(record)

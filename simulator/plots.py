@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 
 from simulator.metrics import SimResult  # noqa: E402
 
@@ -68,7 +69,14 @@ def pareto_frontier(points: list[ParetoPoint]) -> list[ParetoPoint]:
 
 
 def plot_pareto(points: list[ParetoPoint], path: str | Path, title: str = "") -> Path:
-    fig, ax = plt.subplots(figsize=(8, 5.2))
+    """Each family's points and the frontier; the legend sits below the axes, clear of the points,
+    and each frontier point's label takes the first of a fixed list of places beside it that
+    overlaps no earlier label, no point and stays inside the axes (the least overlap if none does)."""
+    return _save(pareto_figure(points, title), path, layout=False)
+
+
+def pareto_figure(points: list[ParetoPoint], title: str = ""):
+    fig, ax = plt.subplots(figsize=(8, 5.6))
     families: dict[str, list[ParetoPoint]] = {}
     for p in points:
         families.setdefault(p.family, []).append(p)
@@ -79,15 +87,64 @@ def plot_pareto(points: list[ParetoPoint], path: str | Path, title: str = "") ->
     front = pareto_frontier(points)
     ax.step([p.cost_per_hour for p in front], [p.throughput_rps for p in front], where="post", color="C3",
             label="Pareto frontier")
-    for p in front:
-        ax.annotate(p.label, (p.cost_per_hour, p.throughput_rps), fontsize=6, xytext=(3, 3),
-                    textcoords="offset points")
     ax.set_xlabel("cluster cost ($/hour)")
     ax.set_ylabel("throughput within SLO (requests/s)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6, loc="upper left")
+    ax.margins(x=0.12, y=0.12)  # room for the outermost points' labels
     ax.set_title(title or "cost vs throughput")
-    return _save(fig, path)
+    handles, labels = ax.get_legend_handles_labels()
+    columns = 1 if max(map(len, labels), default=0) > 45 else 2
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=columns, frameon=False)
+    rows = -(-len(handles) // columns)
+    fig.tight_layout(rect=(0, 0.03 + 0.032 * rows, 1, 1))
+    _place_labels(ax, front, [(p.cost_per_hour, p.throughput_rps) for p in points])
+    return fig
+
+
+# Offsets (points) of a label's corner from its point, tried in order: right above, right below, left
+# above, left below, then further above and below on the right and the left.
+_LABEL_PLACES = [(4, 3, "left", "bottom"), (4, -3, "left", "top"), (-4, 3, "right", "bottom"),
+                 (-4, -3, "right", "top")] + [
+    (dx, dy * k, ha, "bottom" if dy > 0 else "top") for k in (3, 5, 7, 9) for dy in (3, -3)
+    for dx, ha in ((4, "left"), (-4, "right"))]
+
+
+def _place_labels(ax, front: list[ParetoPoint], markers: list[tuple[float, float]]) -> None:
+    """Annotate ``front``'s points in order, each at the first place (``_LABEL_PLACES``) clear of the
+    labels placed before, every marker and the axes' edges; where none is, the least overlapping."""
+    fig = ax.figure
+    fig.canvas.draw()  # the axes' final limits and place: pixel positions below are final
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    dots = [Bbox.from_bounds(x - 3, y - 3, 6, 6) for x, y in ax.transData.transform(markers)] if markers else []
+    placed: list[Bbox] = []
+    for p in front:
+        text = ax.annotate(p.label, (p.cost_per_hour, p.throughput_rps), fontsize=6, textcoords="offset points",
+                           xytext=_LABEL_PLACES[0][:2], ha="left", va="bottom")
+        best = None
+        for i, (dx, dy, ha, va) in enumerate(_LABEL_PLACES):
+            text.set_position((dx, dy))
+            text.set_ha(ha)
+            text.set_va(va)
+            box = text.get_window_extent(renderer)
+            outside = max(0.0, frame.x0 - box.x0) + max(0.0, box.x1 - frame.x1) + \
+                max(0.0, frame.y0 - box.y0) + max(0.0, box.y1 - frame.y1)
+            clash = sum(_overlap(box, b) for b in placed + dots) + outside * box.height
+            if best is None or clash < best[0]:
+                best = (clash, i, box)
+            if clash == 0:
+                break
+        assert best is not None
+        dx, dy, ha, va = _LABEL_PLACES[best[1]]
+        text.set_position((dx, dy))
+        text.set_ha(ha)
+        text.set_va(va)
+        placed.append(best[2])
+
+
+def _overlap(a: Bbox, b: Bbox) -> float:
+    """Area (pixels) two boxes share."""
+    return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
 
 
 def _save(fig, path: str | Path, layout: bool = True) -> Path:

@@ -22,7 +22,7 @@ from typing import Protocol
 from simulator.request import Request
 from simulator.roofline import IterationCost
 from simulator.shared_prefix import SharedPrefixes
-from simulator.step_curve import piece_steps, run, solve, steps_to_reach
+from simulator.step_curve import ALL, piece_steps, run, series, solve, steps_to_reach
 
 EPS_S = 1e-9  # boundaries closer than this to a target time count as reaching it
 
@@ -133,19 +133,24 @@ class DecodeBatch:
             dt = target - t - self.stall
             if dt <= EPS_S:
                 dt = EPS_S
-            pieces = self.pieces
+            pieces, context = self.pieces, self.context - self.saved
             if len(pieces) == 1:
                 _, a, b = pieces[0]
-                m = solve(a + b * (self.context - self.saved), b * self.batch, dt)
+                on_piece = ALL
             else:
-                m = steps_to_reach(pieces, self.batch, self.context - self.saved, dt)
+                a, b, on_piece = piece_steps(pieces, self.batch, context)
+            d0, delta = a + b * context, b * self.batch
+            if on_piece == ALL or series(d0, delta, float(on_piece)) >= dt:  # steps_to_reach's first test
+                m = solve(d0, delta, dt)
+            else:
+                m = steps_to_reach(pieces, self.batch, context, dt)
             if m > fit:
                 m = fit
             if m >= left:
-                self._run(left)
+                self._run(left, d0, delta, on_piece)
                 self._finish_due()
             else:
-                self._run(m)
+                self._run(m, d0, delta, on_piece)
                 if m < fit and self.t >= stop:
                     break  # done (the memory check would pass: the run left room >= 0)
         if not self.batch and self.t < target:
@@ -203,15 +208,11 @@ class DecodeBatch:
         if self.finishes[0][0] == self.k:  # _finish_due's test (hot: most steps finish no one)
             self._finish_due()
 
-    def _run(self, m: int) -> None:
+    def _run(self, m: int, first: float, delta: float, on_piece: int) -> None:
+        """m steps from this boundary; ``first`` + j * ``delta`` is step j's time on the cost piece that
+        holds the context, where ``on_piece`` steps start (step_curve.piece_steps; advance_to has them)."""
         segments, context, b, pieces = self.segments, self.context - self.saved, self.batch, self.pieces
         x = float(m)  # step_curve: float(m) * d0 is m * d0, cheaper
-        if len(pieces) == 1:
-            _, a, slope = pieces[0]
-            one_piece = True
-        else:
-            a, slope, on_piece = piece_steps(pieces, b, context)
-            one_piece = m <= on_piece
         if self.stall:  # the first step's gap holds the pending serving work
             first = run(pieces, b, context, 1) + self.stall
             self.stall = 0.0
@@ -219,8 +220,7 @@ class DecodeBatch:
             seconds = first
             if m > 1:
                 seconds += run(pieces, b, context + b, m - 1, segments)
-        elif one_piece:  # step_curve.run inlined (hot)
-            first, delta = a + slope * context, slope * b
+        elif m <= on_piece:  # step_curve.run inlined (hot)
             segments.append((b, m, first, delta))
             seconds = x * first + delta * x * (x - 1.0) / 2.0
         else:

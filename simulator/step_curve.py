@@ -16,8 +16,8 @@ from simulator.roofline import Piece
 ALL = 1 << 62  # piece_steps on the last piece: every step starts on it
 
 
-def series(d0: float, delta: float, m: int) -> float:
-    """d0 + (d0 + delta) + ... over m terms."""
+def series(d0: float, delta: float, m: float) -> float:
+    """d0 + (d0 + delta) + ... over m terms (m an int, or float(m): the same to the bit, faster)."""
     return m * d0 + delta * m * (m - 1) / 2
 
 

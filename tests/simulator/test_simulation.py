@@ -57,10 +57,10 @@ def test_on_demand_kv_preempts_and_never_exceeds_memory(costs: CostModels, pools
     checked = {"steps": 0}
     run, step = DecodeBatch._run, DecodeBatch.step
 
-    def checked_run(self, m):
+    def checked_run(self, m, *series):
         assert self.context + (m - 1) * self.batch <= self.limit()
         checked["steps"] += m
-        return run(self, m)
+        return run(self, m, *series)
 
     def checked_step(self, seconds):
         assert self.batch == 0 or self.context <= self.limit()

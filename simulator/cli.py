@@ -30,11 +30,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--confidence", type=float, default=0.8,
                       help="search with every modeled time at this quantile of the slowdown prior, so the design "
                            "meets the SLO with about this probability (uncalibrated: a wide prior; see --profile)")
-    plan.add_argument("--tp-choices", type=int, default=2,
-                      help="tensor-parallel degrees per tier: the smallest that fits, then doubled (default 2)")
+    plan.add_argument("--tp-choices", type=int, default=0,
+                      help="tensor-parallel degrees per tier: the smallest that fits, doubled up to the node's "
+                           "GPU count (catalog max_devices_per_node); N: only the first N (default 0: all)")
     plan.add_argument("--time-budget", type=float, default=60.0,
-                      help="CPU seconds of this process; family searches stop starting after ~60%% of it, the "
-                           "Pareto plot measures families only while it lasts (0: none)")
+                      help="CPU seconds of the plan process (user + system time, not wall time: a loaded machine "
+                           "takes longer by the clock); family searches stop starting after ~60%% of it, the "
+                           "Pareto plot measures families only while it lasts (0: none). The output reports both")
     plan.add_argument("--pareto", type=int, default=6, help="designs whose capacity the Pareto plot measures")
     plan.add_argument("--out", type=Path, default=Path("plan-out"), help="plots and results")
     plan.add_argument("--config-out", type=Path, default=None, help="cluster config (default OUT/cluster.yaml)")

@@ -1,8 +1,8 @@
 """The capacity planner: the cheapest design ($/hour) that meets an SLO at the trace's rate.
 
 Designs come in families: colocated on one tier, disaggregated prefill/decode tiers, and
-attention-offloaded (prefill and dense decode on one tier, attention on another), each at the
-smallest power-of-two tp that holds the model and at larger ones (``tp_choices``). Families are
+attention-offloaded (prefill and dense decode on one tier, attention on another), each at every
+power-of-two tp that holds the model, up to the node's GPU count (``tp_choices`` limits them). Families are
 searched most promising first: cheapest estimated design (the load bounds with the prefill pool sized
 for the ttft bounds by an M/M/c queue, bounds.py), any kind and tp, so a time budget that stops the
 search drops the least promising families; a family whose lower bound already costs more than the best
@@ -52,7 +52,8 @@ class PlanOptions:
     max_num_batched_tokens: int = 8192
     router: str = "prefix_aware"
     search_requests: int = 4000        # the search runs on the trace's first requests; the winner is rerun on all
-    tp_choices: int = 2                # tp degrees per tier: the smallest that fits, then doubled
+    tp_choices: int | None = None      # tp degrees per tier: the smallest that fits, doubled up to the
+                                       # node's GPU count (max_devices_per_node); None: all of those, else the first N
     slowdown: float = 1.0              # every modeled time x this while searching (a prior's quantile)
     prior: SlowdownPrior | None = None  # the winner's band and P(SLO met); None: none
     time_budget_s: float | None = None  # CPU seconds; stop starting family searches after ~60% of it
@@ -60,7 +61,7 @@ class PlanOptions:
     def __post_init__(self) -> None:
         if not self.kinds or set(self.kinds) - set(KINDS):
             raise SimInputError(f"design kinds must be among {KINDS}, got {self.kinds}")
-        if self.max_replicas < 1 or self.search_requests < 1 or self.tp_choices < 1:
+        if self.max_replicas < 1 or self.search_requests < 1 or (self.tp_choices is not None and self.tp_choices < 1):
             raise SimInputError("max_replicas, search_requests and tp_choices must be >= 1")
         if not self.slowdown > 0:
             raise SimInputError(f"slowdown must be > 0, got {self.slowdown}")
@@ -83,9 +84,10 @@ class Plan:
     evaluated: tuple[Candidate, ...]
     skipped: tuple[str, ...]
     band: Band | None = None           # the winner on the whole trace under the prior
-    seconds: float = 0.0               # CPU time of the process
+    seconds: float = 0.0               # CPU time of the process (user + system): what the time budget counts
     head_only: tuple[Candidate, ...] = ()  # family bests on the head not rerun: they cost more than the winner
     stopped: int = 0                   # runs stopped once they missed the SLO for sure (pass/fail questions)
+    wall_seconds: float = 0.0          # wall-clock time (longer on a loaded machine; not budgeted)
 
 
 class Planner:
@@ -109,8 +111,7 @@ class Planner:
         smallest = {n: min_tp(self.costs.model, cat[n], opts.max_num_batched_tokens, self._longest()) for n in gpus}
         skipped = [f"{n}: {self.costs.model.name} does not fit on one node" for n in gpus if smallest[n] is None]
         fit = [n for n in gpus if smallest[n] is not None]
-        tps = {n: [smallest[n] << i for i in range(opts.tp_choices)
-                   if smallest[n] << i <= cat[n].max_devices_per_node] for n in fit}
+        tps = {n: self._tps(smallest[n], cat[n].max_devices_per_node) for n in fit}
         fams = []
         if "colocated" in opts.kinds:
             fams += [Family("colocated", (x,), (t,)) for x in fit for t in tps[x]]
@@ -120,6 +121,15 @@ class Planner:
         if "offload" in opts.kinds:
             fams += [Family("offload", (c, m), (t, t, 1)) for c in fit for m in names if m != c for t in tps[c]]
         return fams, skipped
+
+    def _tps(self, smallest: int, most: int) -> list[int]:
+        """The tp degrees of a tier: ``smallest`` doubled up to ``most`` (one node's GPUs), at most
+        ``tp_choices`` of them."""
+        tps = []
+        while smallest <= most and (self.options.tp_choices is None or len(tps) < self.options.tp_choices):
+            tps.append(smallest)
+            smallest *= 2
+        return tps
 
     def _smallest_tp(self, fam: Family) -> bool:
         cat, opts = self.costs.catalog, self.options
@@ -248,7 +258,7 @@ class Planner:
         (larger tps: of any kind). A best is confirmed only when a cost comparison needs its
         confirmed cost (at least its head cost: a rerun only grows a design) or when it could still
         win, so the plan is the one that confirms every family's best, with fewer whole-trace runs."""
-        start = time.process_time()  # CPU time: a busy machine must not cut the search short
+        start, wall = time.process_time(), time.perf_counter()  # CPU time: a busy machine must not cut the search short
         budget = self.options.time_budget_s
         fams, skipped = self.families()
         fams.sort(key=self.promise)  # most promising first: a time budget cuts the least promising
@@ -280,7 +290,8 @@ class Planner:
         if bests and self.options.prior is not None:
             spread = band(bests[0].design, self.full, self.base_costs, self.slo, self.options.prior, steps=4)
         return Plan(bests[0] if bests else None, tuple(bests), tuple(self.evaluated), tuple(skipped), spread,
-                    time.process_time() - start, tuple(sorted(unconfirmed, key=self._cost)), self.stopped)
+                    time.process_time() - start, tuple(sorted(unconfirmed, key=self._cost)), self.stopped,
+                    time.perf_counter() - wall)
 
     def _cost(self, cand: Candidate) -> float:
         return cand.design.cost_per_hour(self.costs.catalog)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -38,6 +39,12 @@ def test_plan_writes_a_cluster_config_plots_and_results(tmp_path, capsys) -> Non
     assert "cheapest design per family" in out and "chosen:" in out
     assert "prices (assumptions; they mix clouds" in out and "H100 $2.99/h: specialty clouds" in out
     assert json.loads((tmp_path / "plan.json").read_text())["price_sources"]
+    # the budget counts CPU seconds; both CPU and wall time are reported (a loaded machine's wall time is longer)
+    assert re.search(r"designs in [\d.]+ CPU s \([\d.]+ s wall\)", out), out
+    assert re.search(r"took [\d.]+ CPU s of a 60 CPU s budget \(this process: user \+ system\), [\d.]+ s wall", out)
+    timing = json.loads((tmp_path / "plan.json").read_text())
+    assert 0 < timing["plan_cpu_s"] <= timing["command_cpu_s"] and timing["command_wall_s"] > 0
+    assert timing["time_budget_cpu_s"] == 60
     config = load_cluster_config(tmp_path / "cluster.yaml")
     assert config.model == "meta-llama/Meta-Llama-3-8B"
     for name in ("pareto.png", "latency_cdf.png", "plan.json"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from cluster.config import load_cluster_config
@@ -11,8 +13,10 @@ from simulator.design import Design, PoolSpec
 from simulator.design_spec import design_from_config
 from simulator.errors import SimInputError
 from simulator.planner import Planner, PlanOptions
+from simulator.search import search_family
 from simulator.slo import parse_slo
 from simulator.traces.load import load_trace
+from simulator.traces.trace import make_trace
 
 TRACE = "synthetic:n=1500,rate=15,workload=conversation,seed=6"
 
@@ -117,3 +121,55 @@ def test_the_queue_estimate_of_a_prefill_pool(costs: CostModels) -> None:
     assert loose is not None and tight is not None and p50 is not None
     assert bounds.prefill("H100", 1) <= loose <= tight and p50 <= tight
     assert estimate((99.0, 0.001)) is None
+
+
+def test_every_power_of_two_tp_that_fits_is_searched(costs_70b: CostModels) -> None:
+    """Llama-3-70B needs tp >= 2 on an H100; the planner tries tp 2, 4 and 8 (the node's 8 GPUs), not only
+    the smallest and its double. A TBT p99 of 14 ms needs tp8: a decode step of one sequence takes ~27 /
+    16 / 11 ms at tp 2 / 4 / 8 (the roofline with tp all-reduces), so only tp8 decode pools can meet it."""
+    trace = load_trace("synthetic:n=400,rate=2,workload=conversation,seed=1")
+    slo = parse_slo("ttft_p99=2,tbt_p99=14ms")
+    planner = Planner(trace, costs_70b, slo, PlanOptions(hardware=("H100",)))
+    assert {f.tps for f in planner.families()[0] if f.kind == "colocated"} == {(2,), (4,), (8,)}
+    plan = planner.plan()
+    assert plan.best is not None and plan.best.passed and plan.best.design.pools()["decode"].tp == 8
+    assert Planner(trace, costs_70b, slo, PlanOptions(hardware=("H100",), tp_choices=2)).plan().best is None
+
+
+def test_a_larger_tp_on_a_cheaper_tier_wins(costs_70b: CostModels) -> None:
+    """At a 20 ms TBT p99 an A100-80G decode pool needs tp8 (24 ms a step at tp4): 8 x $1.49 = $11.92 a
+    replica, a little under the H100(tp4) decode replica ($11.96) the planner chose when it tried only tp 2
+    and 4."""
+    trace = load_trace("synthetic:n=400,rate=2,workload=conversation,seed=1")
+    slo = parse_slo("ttft_p99=2,tbt_p99=20ms")
+    hardware = ("H100", "A100-80G")
+    two = Planner(trace, costs_70b, slo, PlanOptions(hardware=hardware, tp_choices=2)).plan().best
+    every = Planner(trace, costs_70b, slo, PlanOptions(hardware=hardware)).plan().best
+    assert two is not None and every is not None
+    assert two.design.pools()["decode"].hardware == "H100" and two.design.pools()["decode"].tp == 4
+    decode = every.design.pools()["decode"]
+    assert (decode.hardware, decode.tp) == ("A100-80G", 8)
+    assert every.design.cost_per_hour(costs_70b.catalog) < two.design.cost_per_hour(costs_70b.catalog)
+
+
+def test_the_winner_is_shrunk_on_the_whole_trace(costs: CostModels) -> None:
+    """The search runs on the trace's head; a prompt-heavy head (300 requests of ~4,000-token prompts)
+    needs 4 prefill replicas for its own TTFT p99, while the whole trace (3,000 light requests after it)
+    meets the SLO with 3: the head's best confirms on the whole trace as it is, and the plan must shrink
+    it there to 3P:1D, one fewer prefill replica failing."""
+    rate = 28.0
+    head = load_trace(f"synthetic:n=300,rate={rate},prompt=lognormal:4000:0.3,output=lognormal:100:0.5,seed=1")
+    tail = load_trace(f"synthetic:n=3000,rate={rate},prompt=lognormal:500:0.5,output=lognormal:100:0.5,seed=2")
+    after = head.arrival_s[-1] + 1 / rate
+    trace = make_trace("prompt-heavy head", [*head.arrival_s, *(after + tail.arrival_s)],
+                       [*head.prompt_tokens, *tail.prompt_tokens], [*head.output_tokens, *tail.output_tokens])
+    options = PlanOptions(hardware=("H100",), kinds=("disaggregated",), tp_choices=1, search_requests=len(head))
+    planner = Planner(trace, costs, parse_slo("ttft_p99=1"), options)
+    plan = planner.plan()
+    assert plan.best is not None and plan.best.sizes == (3, 1) and plan.best.passed
+    assert plan.best.result.completed == len(trace)  # measured on the whole trace
+    fam = plan.best.family
+    on_head = search_family(planner, fam, math.inf, planner.trace)  # the head search's best (cached runs)
+    assert on_head is not None and on_head.sizes == (4, 1)
+    assert planner.evaluate(fam, (4, 1), trace).passed  # confirmed as it is: only the shrink finds 3P:1D
+    assert not planner.passes(fam, (2, 1), trace)

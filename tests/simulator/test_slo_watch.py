@@ -4,6 +4,7 @@ cuts the search still finds the winner there)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -84,7 +85,8 @@ def test_a_budget_that_cuts_the_search_still_finds_the_winner(costs_70b: CostMod
         return run(self, *args, **kwargs)
 
     monkeypatch.setattr(simulation.Simulation, "run", counted)
-    monkeypatch.setattr(planner_module, "time", SimpleNamespace(process_time=lambda: clock[0]))
+    monkeypatch.setattr(planner_module, "time", SimpleNamespace(process_time=lambda: clock[0],
+                                                                perf_counter=time.perf_counter))
     trace, slo = load_trace("synthetic:n=2000,rate=5.4,workload=conversation,seed=2023"), parse_slo(CUT_SLO)
     prior = prior_for(costs_70b)
     options = PlanOptions(search_requests=400, slowdown=prior.quantile(0.8))

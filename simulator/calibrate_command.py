@@ -42,13 +42,17 @@ def add_calibrate(sub: argparse._SubParsersAction, func) -> None:
     cal.set_defaults(func=func)
 
 
+LINK_REPEATS = 9  # copies timed per link size at least
+
+
 def _host_seconds(engine) -> float:
     """The engine's host seconds so far in schedule, prepare and forward (launching), all step kinds."""
     return sum(k.get("schedule", 0.0) + k.get("prepare", 0.0) + k.get("forward", 0.0)
                for k in engine.profile.totals().values())
 
 
-def _median_seconds(run, repeats: int, sync) -> float:
+def _times(run, repeats: int, sync) -> list[float]:
+    """Wall seconds of ``repeats`` runs after a warm-up."""
     times = []
     for _ in range(repeats + 1):  # the first is a warm-up
         sync()
@@ -56,7 +60,11 @@ def _median_seconds(run, repeats: int, sync) -> float:
         run()
         sync()
         times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+    return times[1:]
+
+
+def _median_seconds(run, repeats: int, sync) -> float:
+    return statistics.median(_times(run, repeats, sync))
 
 
 def calibrate(args: argparse.Namespace) -> dict:
@@ -136,8 +144,10 @@ def calibrate(args: argparse.Namespace) -> dict:
         src = torch.empty(tokens * kv_bytes, dtype=torch.uint8, device=device)
         dst = torch.empty_like(src)
         end = "gpu0" if cuda else "cpu0"
+        # the fastest of at least LINK_REPEATS: other work on the machine only adds time to a copy, and
+        # a median of one or two small copies on a busy host can come out slower than the large one
         links.append({"src": end, "dst": end, "bytes": src.numel(),
-                      "seconds": _median_seconds(lambda d=dst, s=src: d.copy_(s), args.repeats, sync)})
+                      "seconds": min(_times(lambda d=dst, s=src: d.copy_(s), max(args.repeats, LINK_REPEATS), sync))})
     hardware = args.hardware or (torch.cuda.get_device_name(device) if cuda else "CPU-DDR5")
     profile = {"device": hardware, "tp": 1, "source": f"tierserve calibrate on {device} ({args.model})",
                "model": _model_entry(cfg, args.model, "bfloat16" if cuda else "float32"),

@@ -151,6 +151,44 @@ def bench_quality(args: argparse.Namespace, device: torch.device) -> list[dict]:
     return rows
 
 
+def bytes_ratio(layout: KVLayout, codec: str, tokens: int, residual: int) -> float:
+    """Raw bytes over stored bytes for one ``tokens``-long put through the host tier's ``codec`` with
+    its last ``residual`` tokens (whole blocks) exact."""
+    fmt = CodecFormat.of(layout, codec)
+    blocks = tokens // layout.block_size
+    exact = min(blocks, -(-residual // layout.block_size)) if fmt else blocks
+    stored = exact * layout.bytes_per_block + (blocks - exact) * (fmt.payload_bytes if fmt else 0)
+    return blocks * layout.bytes_per_block / stored
+
+
+def plot_quality(rows: list[dict], tokens: int, path: Path) -> None:
+    """Identical greedy continuations against bytes saved on a ``tokens``-token Llama-3-8B put, one
+    line per codec through its residual windows; the rounding floors as horizontal lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for codec in CODECS:
+        mine = sorted((r for r in rows if r["codec"] == codec), key=lambda r: r["residual"])
+        xs = [bytes_ratio(LLAMA3_8B, codec, tokens, r["residual"]) for r in mine]
+        ax.plot(xs, [100 * r["identical_share"] for r in mine], "o-", label=codec)
+        for x, r in zip(xs, mine):
+            ax.annotate(f"{r['residual']}", (x, 100 * r["identical_share"]), textcoords="offset points",
+                        xytext=(4, -12), fontsize=8)
+    for r, style in zip((r for r in rows if r["codec"].startswith("round-to-")), (":", "-.")):
+        ax.axhline(100 * r["identical_share"], linestyle=style, color="gray", label=f"prefix {r['codec']} (floor)")
+    ax.axhline(95, color="red", linewidth=0.8, label="goal 95%")
+    ax.axvline(3, color="red", linewidth=0.8, linestyle="--", label="goal >= 3x fewer bytes")
+    ax.set_xlabel(f"fewer bytes than raw, {tokens}-token Llama-3-8B put (label: exact residual tokens)")
+    ax.set_ylabel("identical 128-token greedy continuations (%)")
+    ax.set_ylim(0, 102)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title("KV codec: identical continuations vs bytes saved", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
@@ -196,7 +234,10 @@ def main() -> None:
         if args.checkpoint is None:
             p.error("the quality part needs --checkpoint (e.g. from benchmarks/train_small_model.py)")
         result["quality"] = bench_quality(args, device)
-    write_json(out_dir(args.out, "kv-codec") / "kv_codec.json", result)
+    out = out_dir(args.out, "kv-codec")
+    write_json(out / "kv_codec.json", result)
+    if "quality" in result:
+        plot_quality(result["quality"], args.tokens, out / "kv_codec_quality.png")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,11 @@ class CalibratedCost:
             return [0.0], [times[0]]
         return None
 
+    @property
+    def launches(self) -> bool:
+        """Whether the profile gives host launch times (without, every launch term is 0: overlap.py)."""
+        return self._launch is not None
+
     def launch_seconds(self, tokens: int) -> float:
         """Host seconds to schedule, prepare and launch a step of ``tokens`` (0: not known)."""
         if self._launch is None:

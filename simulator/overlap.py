@@ -11,8 +11,9 @@ T - (H - d). Its time is split between two gaps, not added to one: a 50 ms mixed
 decode step with a 20 ms launch shows as gaps of 20 and 36 ms, not 6 and 50. The timeline (TTFT,
 throughput) is unchanged: the prompt's first token still comes T after the step starts.
 
-A cost model says ``launch_seconds(tokens)`` (calibration.py: measured host time, or a host-bound
-prefill floor); without it (the roofline) nothing is split.
+A cost model whose ``launches`` is true says ``launch_seconds(tokens)`` (calibration.py: measured host
+time, or a host-bound prefill floor); without (the roofline, a profile with no launch times) nothing is
+split, and a replica skips these terms.
 
 The launch also bounds the timeline (2026-12-02, one colocated H200): an eager step takes at least its
 host launch ``H`` plus the host launch of the decode step after it (``ServingCosts.next_launch_s``),

@@ -83,7 +83,7 @@ class Replica:
         self.on_iteration_end, self.on_wake = self._iteration_end, self._wake  # their handlers, bound once
         self.shift: tuple[int, float, float] | None = None  # a mixed iteration's launch shift (overlap.py)
         self.mixed_end, self.mixed_gap = -1.0, 0.0          # the last mixed iteration's end and token gap
-        self.launches = hasattr(cost, "launch_seconds")  # without (the roofline) launch_shift is always 0
+        self.launches = getattr(cost, "launches", False)  # without launch times every launch term is 0 (overlap.py)
         self.fresh: list[Request] = []  # first tokens read back at the last boundary (overlap.delivery_hold)
 
     # ---- memory

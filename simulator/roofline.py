@@ -131,17 +131,24 @@ class SlowedCost:
     def mixed_seconds(self, chunks: Work, batch: int, context: int) -> float:
         return self.inner.mixed_seconds(chunks, batch, context) * self.factor
 
+    @property
+    def launches(self) -> bool:
+        """Whether the inner model knows host launch times (overlap.py)."""
+        return getattr(self.inner, "launches", False)
+
     def launch_seconds(self, tokens: int) -> float:
-        launch = getattr(self.inner, "launch_seconds", None)
-        return launch(tokens) * self.factor if launch is not None else 0.0
+        return self._slowed("launch_seconds", tokens)
 
     def host_floor_seconds(self, tokens: int) -> float:
-        floor = getattr(self.inner, "host_floor_seconds", None)
-        return floor(tokens) * self.factor if floor is not None else 0.0
+        return self._slowed("host_floor_seconds", tokens)
 
     def delivery_hold_seconds(self, tokens: int) -> float:
-        hold = getattr(self.inner, "delivery_hold_seconds", None)
-        return hold(tokens) * self.factor if hold is not None else 0.0
+        return self._slowed("delivery_hold_seconds", tokens)
+
+    def _slowed(self, name: str, tokens: int) -> float:
+        """The inner model's ``name(tokens)`` seconds, slowed (0 where it has none)."""
+        method = getattr(self.inner, name, None)
+        return method(tokens) * self.factor if method is not None else 0.0
 
     def decode_pieces(self, batch: int) -> tuple[Piece, ...]:
         pieces = self._pieces.get(batch)

@@ -6,6 +6,7 @@ fastest scale that met the SLO. SLO attainment is close to monotone in load, so 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from simulator.costs import CostModels
@@ -35,13 +36,23 @@ def max_rate(design: Design, trace: Trace, costs: CostModels, slo: SLO, steps: i
         runs[scale] = result
         return result.meets(slo)
 
+    scale = highest_scale(meets, steps, min_scale, max_scale)
+    if scale == 0.0:
+        return Capacity(design, 0.0, 0.0, None)
+    return Capacity(design, scale, scale * trace.rate, runs[scale])
+
+
+def highest_scale(meets: Callable[[float], bool], steps: int = 6, min_scale: float = 1 / 256,
+                  max_scale: float = 4096.0) -> float:
+    """The fastest rate scale found where ``meets(scale)`` (0.0 when none down to ``min_scale``):
+    doubling or halving from 1 to bracket it, then ``steps`` bisections."""
     lo, hi = _bracket(meets, min_scale, max_scale)
     if lo == 0.0:
-        return Capacity(design, 0.0, 0.0, None)
+        return 0.0
     for _ in range(steps if hi is not None else 0):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if meets(mid) else (lo, mid)
-    return Capacity(design, lo, lo * trace.rate, runs[lo])
+    return lo
 
 
 def _bracket(meets, min_scale: float, max_scale: float) -> tuple[float, float | None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from simulator.capacity import highest_scale
 from simulator.costs import CostModels, min_tp
 from simulator.design import Design, PoolSpec
 from simulator.operators import decode_work, prefill_work
@@ -85,28 +86,12 @@ class SplitwiseSLO:
 
 
 def splitwise_rate(design: Design, trace: Trace, costs: CostModels, slo: SplitwiseSLO, steps: int = 6) -> float:
-    """The highest request rate (trace replayed faster or slower) that meets Splitwise's SLO:
-    doubling or halving to bracket it, then bisection (capacity.max_rate's search, this SLO)."""
+    """The highest request rate (trace replayed faster or slower) that meets Splitwise's SLO
+    (capacity.max_rate's search, this SLO)."""
     def meets(scale: float) -> bool:
         return slo.meets(Simulation(design, costs, trace.scaled(scale)).run())
 
-    lo, hi = 1.0, 2.0
-    if meets(1.0):
-        while meets(hi):
-            lo, hi = hi, hi * 2
-            if hi > 4096:
-                return lo * trace.rate
-    else:
-        hi = 1.0
-        lo = 0.5
-        while not meets(lo):
-            lo, hi = lo / 2, lo
-            if lo < 1 / 256:
-                return 0.0
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if meets(mid) else (lo, mid)
-    return lo * trace.rate
+    return highest_scale(meets, steps) * trace.rate
 
 
 def splitwise(costs: CostModels, machines: int = 8, requests: int = 1500, tp: int = 8,

@@ -28,6 +28,7 @@ import torch
 
 from benchmarks.common import machine_info, median_seconds, out_dir, wall_median, wall_seconds, write_json
 from kvstore.config import KVStoreConfig
+from kvstore.host_tier import residual_blocks
 from kvstore.kv_codec import CodecFormat, decode, encode
 from kvstore.layout import KVLayout
 
@@ -124,8 +125,6 @@ def _check_host(codec: str, kv: torch.Tensor, ids: torch.Tensor, target: torch.T
     return torch.equal(target[:, :, ids].view(torch.int16), want[:, :, ids].view(torch.int16))
 
 
-
-
 def bench_quality(args: argparse.Namespace, device: torch.device) -> list[dict]:
     from dataclasses import asdict
 
@@ -156,7 +155,7 @@ def bytes_ratio(layout: KVLayout, codec: str, tokens: int, residual: int) -> flo
     its last ``residual`` tokens (whole blocks) exact."""
     fmt = CodecFormat.of(layout, codec)
     blocks = tokens // layout.block_size
-    exact = min(blocks, -(-residual // layout.block_size)) if fmt else blocks
+    exact = min(blocks, residual_blocks(residual, layout.block_size)) if fmt else blocks
     stored = exact * layout.bytes_per_block + (blocks - exact) * (fmt.payload_bytes if fmt else 0)
     return blocks * layout.bytes_per_block / stored
 

@@ -32,6 +32,7 @@ from engine.block_hash import hash_blocks
 from engine.llm_engine import LLMEngine
 from engine.model.llama import ForwardContext
 from engine.sampling_params import SamplingParams
+from kvstore.host_tier import residual_blocks
 from kvstore.kv_codec import CodecFormat, decode, encode
 from kvstore.layout import KVLayout
 
@@ -77,7 +78,7 @@ def windows(tokens: list[int], length: int, count: int) -> list[list[int]]:
 def round_trip(kv: torch.Tensor, sequences: list[list[int]], fmt: CodecFormat, residual: int) -> None:
     """Replace each sequence's blocks with what the codec gives back, as the host tier stores a put of
     them: the blocks holding the last ``residual`` tokens, and blocks the codec cannot hold, stay."""
-    keep_exact = -(-residual // fmt.layout.block_size)
+    keep_exact = residual_blocks(residual, fmt.layout.block_size)
     ids = torch.tensor([i for seq in sequences for i in seq[:len(seq) - keep_exact]], dtype=torch.long,
                        device=kv.device)
     if not ids.numel():

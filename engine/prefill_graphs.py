@@ -116,7 +116,7 @@ class PrefillGraphs:
         """Hidden states [T, hidden] of a step of T tokens (None: no bucket holds it, run it eagerly)."""
         n = input_ids.shape[0]
         b = next((b for b in self.buckets if b >= n and b in self.graphs), None)
-        if b is None or meta.shared is not None:
+        if b is None:
             return None
         self.steps += 1
         self.input_ids[:n].copy_(input_ids)

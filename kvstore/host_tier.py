@@ -63,7 +63,7 @@ class HostTier:
         layout, ids = self._check(keys, kv, block_ids)
         fmt = CodecFormat.of(layout, self.codec)  # None: raw bytes
         todo = [i for i, present in enumerate(self.contains(keys)) if not present]
-        residual_from = len(keys) - -(-self.residual_tokens // layout.block_size)
+        residual_from = len(keys) - residual_blocks(self.residual_tokens, layout.block_size)
         written = 0
         with self._staging.lock:
             for part in _batches(todo, self._batch_blocks(layout, fmt)):
@@ -195,6 +195,11 @@ class HostTier:
             for row, i in zip(rows, where):
                 row[:] = np.frombuffer(payloads[i], dtype=np.uint8)
             decode(kv, ids[where], staging, fmt)
+
+
+def residual_blocks(residual_tokens: int, block_size: int) -> int:
+    """Blocks holding a put's last ``residual_tokens`` (whole blocks), which a codec leaves exact."""
+    return -(-residual_tokens // block_size)
 
 
 def _batches(items: list[int], size: int) -> Iterator[list[int]]:

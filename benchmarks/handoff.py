@@ -432,7 +432,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cluster.bringup.redis_server import RedisServer
+    from kvstore.redis_server import RedisServer
     args = parse_args(argv)
     server = None if args.redis_url else RedisServer()
     url = args.redis_url or server.start()

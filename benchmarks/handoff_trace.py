@@ -88,7 +88,7 @@ def _timeline(side: str, events) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cluster.bringup.redis_server import RedisServer
+    from kvstore.redis_server import RedisServer
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.device_count() >= 2 else "cpu")
     parser.add_argument("--tokens", type=int, default=4096)

@@ -222,7 +222,7 @@ def main() -> None:
         if device.type == "cuda":
             result["codec"] += bench_codec(device, args.tokens, args.iters)
     if "host" in args.parts:
-        from cluster.bringup.redis_server import RedisServer
+        from kvstore.redis_server import RedisServer
         iters = args.iters if device.type == "cuda" else args.cpu_iters
         if args.redis_url:
             result["host"] = bench_host(device, args.tokens, iters, args.redis_url)

@@ -403,7 +403,7 @@ def main() -> None:
         from benchmarks.offload_decode_plan import plan_rows
         rows += plan_rows(args.results or str(out / "results.json"), out)
     else:
-        from cluster.bringup.redis_server import RedisServer
+        from kvstore.redis_server import RedisServer
         with RedisServer() as redis_url:
             if "cpu" in args.parts:
                 rows += part_cpu(args, redis_url)

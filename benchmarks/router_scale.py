@@ -284,7 +284,7 @@ def best_of_3_p99(fn, items) -> float:
 def part_redis(args, impl: Impl) -> dict:
     """Ingest end to end: XREAD from a real redis-server on this machine (sharing its cores),
     ``--batch`` entries a read, decoded and applied."""
-    from cluster.bringup.redis_server import RedisServer
+    from kvstore.redis_server import RedisServer
 
     work = Workload(args.seed)
     messages = messages_for(impl, work, args.blocks, 64)

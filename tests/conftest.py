@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.bringup.redis_server import RedisServer, free_port  # noqa: F401  (free_port re-exported for tests)
 from engine.tiny_model import TinyModelSpec, make_tiny_model
+from kvstore.redis_server import RedisServer, free_port  # noqa: F401  (free_port re-exported for tests)
 
 
 @pytest.fixture(scope="session")

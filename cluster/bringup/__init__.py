@@ -1,8 +1,7 @@
 """Bringing a cluster up and finding it again.
 
-- local_cluster.py: from a config to a running cluster: Ray, Redis, the pools' actors, the
-  dispatcher (``Cluster``);
-- redis_server.py: a private, supervised redis-server on a free loopback port;
+- local_cluster.py: from a config to a running cluster: Ray, Redis (a private one:
+  kvstore/redis_server.py), the pools' actors, the dispatcher (``Cluster``);
 - ray_connect.py, ray_auth.py: finding and joining the Ray a cluster runs in (markers,
   token authentication);
 - registry.py: the small named actor that describes a running cluster, so ``tierserve submit``

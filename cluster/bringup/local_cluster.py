@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 import ray
 
 from cluster.bringup.ray_connect import connect_ray, remove_marker, start_private_ray, write_marker
-from cluster.bringup.redis_server import RedisServer, with_password
 from cluster.bringup.registry import NAMESPACE, ClusterInfo, ClusterRegistry, actor_name, registry_name
 from cluster.cluster_view import ClusterView
 from cluster.config import ClusterConfig, PoolConfig
@@ -32,6 +31,7 @@ from kvstore.config import KVStoreConfig, TransportConfig
 from kvstore.keys import RedisKeys
 from kvstore.kv_events import KVEventSubscriber
 from kvstore.redis_client import connect_redis, redact_url
+from kvstore.redis_server import RedisServer, with_password
 from workers.messages import EngineInfo
 from workers.spec import RESTART_OPTIONS, OffloadSpec, WorkerSpec
 

@@ -18,9 +18,9 @@ import ray
 
 from cluster.batch import runner
 from cluster.bringup import ray_connect
-from cluster.bringup.redis_server import free_port
 from cluster.bringup.registry import ClusterNotFoundError
 from cluster.cli import build_parser
+from kvstore.redis_server import free_port
 
 CONFIG = """name: {name}
 model: {model}

@@ -17,12 +17,12 @@ import uuid
 
 import pytest
 
-from cluster.bringup.redis_server import RedisServer
 from engine.async_engine import AsyncLLMEngine
 from engine.sampling_params import SamplingParams
 from kvstore.block_key import block_keys
 from kvstore.config import KVStoreConfig
 from kvstore.layout import KVLayout
+from kvstore.redis_server import RedisServer
 from kvstore.store import KVStore
 from prefill_workers.host_prefix import HostPrefixCache, host_publisher
 from prefill_workers.worker import PrefillWorker

@@ -32,9 +32,9 @@ from cluster.batch.files import (
 )
 from cluster.batch.job_submit import FAILURE, PROGRESS, RESULT, JobLog
 from cluster.batch.runner import submit_batch
-from cluster.bringup.redis_server import free_port
 from cluster.submit_cli import parse_env
 from engine.sampling_params import SamplingParams
+from kvstore.redis_server import free_port
 from router.openai_schema import BatchRequestOutput
 from router.prompts import chat_prompt_token_ids
 from tests.cluster.test_ray_client import wait_line, wait_port

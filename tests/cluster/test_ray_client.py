@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from cluster.bringup.redis_server import free_port
 from engine.sampling_params import SamplingParams
+from kvstore.redis_server import free_port
 from tests.engine.conftest import make_engine
 
 pytestmark = [pytest.mark.ray, pytest.mark.redis]

@@ -13,10 +13,10 @@ import time
 import pytest
 import redis
 
-from cluster.bringup.redis_server import RedisServer, with_password
 from cluster.pool_handles import Pools, Replica
 from engine.block_pool import BlockEvents
 from kvstore.redis_client import redact_url
+from kvstore.redis_server import RedisServer, with_password
 from router.backend import HealthState
 from workers.kv_event_pump import KVEventPump
 from workers.messages import WorkerLoad
@@ -74,7 +74,7 @@ def test_replica_states_follow_load_pings(monkeypatch):
 
 
 def test_private_redis_has_a_password_off_the_command_line_and_comes_back_when_killed(caplog):
-    caplog.set_level(logging.WARNING, logger="cluster.bringup.redis_server")
+    caplog.set_level(logging.WARNING, logger="kvstore.redis_server")
     server = RedisServer()
     url = server.start()
     try:

@@ -12,7 +12,7 @@ import time
 import pytest
 import redis
 
-from cluster.bringup.redis_server import RedisServer
+from kvstore.redis_server import RedisServer
 from tests.kvstore.local_pair import LocalPair, transport
 
 pytestmark = pytest.mark.redis

@@ -28,18 +28,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
 
 from kvstore.block_codec import block_index_tensor, gather_layers, layer_chunk, scatter_layers
-from kvstore.config import KVStoreConfig, TransportConfig
-from kvstore.handoff import KVHandoff
+from kvstore.config import KVStoreConfig
 from kvstore.handoff_header import empty_message
-from kvstore.keys import RedisKeys
+from kvstore.handoff_probe import (
+    HandoffTime,
+    check_pair_device,
+    filled_cache,
+    handoff_times,
+    pair_device,
+    run_pair,
+    sync,
+    timed,
+)
 from kvstore.layout import KVLayout
 from kvstore.pair_groups import PairGroup, PairGroups
 
 LLAMA3_8B = KVLayout(num_layers=32, block_size=16, num_kv_heads=8, head_dim=128, dtype="bfloat16")
-RANKS = ("a-sender", "b-receiver")  # sorted, so process rank == pair-group rank
 PARTS = ("pair", "host", "rdt")
 
 
@@ -58,8 +64,6 @@ class BenchConfig:
     parts: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if self.device not in ("cuda", "cpu"):
-            raise ValueError(f"--device must be cuda or cpu, got {self.device!r}")
         bad = [t for t in self.tokens + self.host_tokens if t < LLAMA3_8B.block_size or t % LLAMA3_8B.block_size]
         if bad:
             raise ValueError(f"token counts must be positive multiples of {LLAMA3_8B.block_size}, got {bad}")
@@ -67,115 +71,36 @@ class BenchConfig:
             raise ValueError("--iters must be >= 1 and --warmup >= 0")
         if not set(self.parts) <= set(PARTS):
             raise ValueError(f"--parts must be among {PARTS}, got {self.parts}")
-        if self.device == "cuda" and torch.cuda.device_count() < 2:
-            raise ValueError("--device cuda needs two GPUs; use --device cpu for a gloo run")
+        check_pair_device(self.device)
 
 
-@dataclass(frozen=True)
-class Measurement:
-    """Median of ``iters`` timings of one method moving ``nbytes``."""
-
-    method: str
-    tokens: int
-    nbytes: int
-    seconds: float
-    exact: bool | None = None
-
-    @property
-    def gbps(self) -> float:
-        return self.nbytes / self.seconds / 1e9
+def gbps(m: HandoffTime) -> float:
+    return m.nbytes / m.seconds / 1e9
 
 
-def _device(config: BenchConfig, rank: int) -> torch.device:
-    return torch.device(f"cuda:{rank}") if config.device == "cuda" else torch.device("cpu")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _barrier(group: PairGroup, device: torch.device) -> None:
-    """Ping both ways so that both sides start the next transfer together."""
-    probe = torch.zeros(1, dtype=torch.uint8, device=device)
-    for sender in (0, 1):
-        op = group.backend.send if group.rank == sender else group.backend.recv
-        op([probe], group.peer_rank, 7).wait()
-    _sync(device)
-
-
-def _cache(num_blocks: int, device: torch.device, seed: int) -> tuple[torch.Tensor, list[int]]:
-    """A cache with 25% spare blocks filled from an integer hash (identical on every device,
-    so the receiver can rebuild the sender's bytes), and ``num_blocks`` random block ids."""
-    shape = (LLAMA3_8B.num_layers, 2, num_blocks + num_blocks // 4 + 1, *LLAMA3_8B.block_shape[2:])
-    kv = torch.empty(shape, dtype=torch.bfloat16, device=device)
-    for layer in range(shape[0]):
-        x = (torch.arange(kv[layer].numel(), dtype=torch.int64, device=device) + seed * 131 + layer * 977)
-        kv[layer].view(torch.int16).view(-1).copy_(((x & 0x7FFFFFFF) * 2654435761 >> 7) & 0x7FFF)
-    gen = torch.Generator().manual_seed(seed)
-    return kv, torch.randperm(shape[2], generator=gen)[:num_blocks].tolist()
-
-
-def _timed(config: BenchConfig, group: PairGroup, device: torch.device, run) -> float:
-    """Median wall time of ``run(i)`` after a barrier, each finished on the device."""
-    times = []
-    for i in range(config.warmup + config.iters):
-        _barrier(group, device)
-        start = time.perf_counter()
-        run(i)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[config.warmup:])
-
-
-def _pair_worker(rank: int, config: BenchConfig, prefix: str, results: mp.Queue) -> None:
-    import redis
-    device = _device(config, rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    me, peer = RANKS[rank], RANKS[1 - rank]
-    transport = TransportConfig(advertise_host="127.0.0.1", transfer_timeout_s=120)
-    with PairGroups(me, redis.Redis.from_url(config.redis_url), RedisKeys(prefix), transport, device) as groups:
-        group = groups.get(peer)
-        for tokens in config.tokens:
-            for m in _measure_tokens(config, groups, group, device, tokens):
-                results.put(m if rank == 1 else None)
-
-
-def _measure_tokens(config: BenchConfig, groups: PairGroups, group: PairGroup, device: torch.device,
-                    tokens: int) -> list[Measurement]:
-    n = tokens // LLAMA3_8B.block_size
-    nbytes = n * LLAMA3_8B.bytes_per_block
-    src, src_ids = _cache(n, device, seed=tokens)
-    kv, ids = (src, src_ids) if group.rank == 0 else _cache(n, device, seed=tokens + 1)
-    raw = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    op = group.backend.send if group.rank == 0 else group.backend.recv
-    out = [Measurement("raw send/recv", tokens, nbytes,
-                       _timed(config, group, device, lambda i: op([raw], group.peer_rank, 3).wait()))]  # noqa: F821 (ruff: the later del)
-    for lpc in config.layers_per_chunk:
-        handoff = KVHandoff(groups, TransportConfig(transfer_timeout_s=120, layers_per_chunk=lpc))
-        move = handoff.send if group.rank == 0 else handoff.recv
-        seconds = _timed(config, group, device, lambda i: move(kv, ids, group.peer, f"{tokens}-{lpc}-{i}"))  # noqa: F821
-        exact = None if group.rank == 0 else torch.equal(kv[:, :, ids].view(torch.uint8),
-                                                         src[:, :, src_ids].view(torch.uint8))
-        out.append(Measurement(f"KVHandoff chunk={lpc}", tokens, nbytes, seconds, exact))
-    out += _parts(config, group, device, kv, ids, tokens, nbytes)
-    del src, kv, raw
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return out
+def _pair_worker(rank: int, groups: PairGroups, group: PairGroup, device: torch.device, config: BenchConfig,
+                 out) -> None:
+    for tokens in config.tokens:
+        measured = handoff_times(groups, group, device, LLAMA3_8B, tokens, config.iters, config.warmup,
+                                 config.layers_per_chunk)
+        measured += _parts(config, group, device, tokens)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        for m in measured:
+            out.put(m if rank == 1 else None)
 
 
 PART = "part: "  # rows that time one piece of a handoff, to tell where its time over raw goes
 PART_NAMES = ("header round trip", "gather", "scatter", "raw send/recv as 4 messages")
 
 
-def _parts(config: BenchConfig, group: PairGroup, device: torch.device, kv: torch.Tensor, ids: list[int],
-           tokens: int, nbytes: int) -> list[Measurement]:
-    """The pieces of a handoff, each timed alone on the same group and cache: the header and
-    answer round trip (two small messages), the receiver's scatter and the sender's gather of
-    all layers (measured on the receiver's cache: the same bytes), and raw send/recv of the
-    same bytes as 4 messages (the default chunking's message count)."""
+def _parts(config: BenchConfig, group: PairGroup, device: torch.device, tokens: int) -> list[HandoffTime]:
+    """The pieces of a handoff, each timed alone on the same group: the header and answer round
+    trip (two small messages), the receiver's scatter and the sender's gather of all layers
+    (measured on the receiver's cache: the same bytes), and raw send/recv of the same bytes as 4
+    messages (the default chunking's message count)."""
+    kv, ids = filled_cache(LLAMA3_8B, tokens // LLAMA3_8B.block_size, device, seed=tokens + 1)
+    nbytes = len(ids) * LLAMA3_8B.bytes_per_block
     message = empty_message(device)
     send, recv = group.backend.send, group.backend.recv
 
@@ -203,46 +128,32 @@ def _parts(config: BenchConfig, group: PairGroup, device: torch.device, kv: torc
         if local:
             scatter_layers(kv, index, 0, chunk)
     sizes = (2 * message.numel() * message.element_size(), nbytes, nbytes, nbytes)
-    return [Measurement(PART + name, tokens, size, _timed(config, group, device, fn))
+    return [HandoffTime(PART + name, tokens, size, timed(group, device, fn, config.iters, config.warmup))
             for name, size, fn in zip(PART_NAMES, sizes, (round_trip, gather, scatter, chunked))]
 
 
-def bench_pair(config: BenchConfig) -> list[Measurement]:
+def bench_pair(config: BenchConfig) -> list[HandoffTime]:
     """Run sender and receiver; returns the receiver's measurements."""
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    procs = [ctx.Process(target=_pair_worker, args=(r, config, prefix, results)) for r in (0, 1)]
-    for proc in procs:
-        proc.start()
-    expected = len(config.tokens) * (1 + len(config.layers_per_chunk) + len(PART_NAMES))
-    got = []
     from tqdm import tqdm
-    for _ in tqdm(range(2 * expected), desc="pair transfers", unit="result"):
-        m = results.get(timeout=900)
-        if m is not None:
-            got.append(m)
-    for proc in procs:
-        proc.join(timeout=120)
-    if any(proc.exitcode != 0 for proc in procs):
-        raise RuntimeError(f"benchmark workers failed: exit codes {[p.exitcode for p in procs]}")
-    return got
+    expected = len(config.tokens) * (1 + len(config.layers_per_chunk) + len(PART_NAMES))
+    with tqdm(total=2 * expected, desc="pair transfers", unit="result") as bar:
+        return run_pair(_pair_worker, (config,), config.device, config.redis_url, expected, bar.update)
 
 
-def bench_host_tier(config: BenchConfig) -> list[Measurement]:
+def bench_host_tier(config: BenchConfig) -> list[HandoffTime]:
     """HostTier.put/get against raw pipelined SET/GET of the same per-block bytes."""
     from engine.block_hash import hash_blocks
     from kvstore.block_codec import block_bytes, block_index_tensor, block_major_shape, gather_block_major
     from kvstore.block_key import block_keys
     from kvstore.store import KVStore
-    device = _device(config, 0)
+    device = pair_device(config.device, 0)
     store = KVStore.connect(KVStoreConfig(config.redis_url, key_prefix=f"bench-{uuid.uuid4().hex[:8]}",
                                           host_tier_bytes=64 << 30))
     out = []
     try:
         for tokens in config.host_tokens:
             n = tokens // LLAMA3_8B.block_size
-            kv, ids = _cache(n, device, seed=tokens)
+            kv, ids = filled_cache(LLAMA3_8B, n, device, seed=tokens)
             staging = torch.empty(block_major_shape(kv, n), dtype=kv.dtype)
             rows = block_bytes(gather_block_major(kv, block_index_tensor(ids, kv.shape[2], device), staging))
             nbytes = n * LLAMA3_8B.bytes_per_block
@@ -254,7 +165,7 @@ def bench_host_tier(config: BenchConfig) -> list[Measurement]:
                 for method, seconds in timings.items():
                     times[method].append(seconds)
                 store.wipe()
-            out += [Measurement(m, tokens, nbytes, statistics.median(t[config.warmup:])) for m, t in times.items()]
+            out += [HandoffTime(m, tokens, nbytes, statistics.median(t[config.warmup:])) for m, t in times.items()]
     finally:
         store.wipe()
         store.close()
@@ -263,10 +174,10 @@ def bench_host_tier(config: BenchConfig) -> list[Measurement]:
 
 def _host_round(store, kv, ids, keys, names, rows, device) -> dict[str, float]:
     def clock(fn) -> float:
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         return time.perf_counter() - start
 
     def raw_set() -> None:
@@ -290,7 +201,7 @@ def _host_round(store, kv, ids, keys, names, rows, device) -> dict[str, float]:
     return timings
 
 
-def bench_ray_rdt(config: BenchConfig) -> list[Measurement]:
+def bench_ray_rdt(config: BenchConfig) -> list[HandoffTime]:
     """Ray Direct Transport (actor method returning a tensor over a Ray collective group)."""
     import ray
     from ray.experimental.collective import create_collective_group
@@ -327,7 +238,7 @@ def bench_ray_rdt(config: BenchConfig) -> list[Measurement]:
                 start = time.perf_counter()
                 assert ray.get(receiver.take.remote(sender.give.remote())) == nbytes
                 times.append(time.perf_counter() - start)
-            out.append(Measurement(f"Ray RDT ({transport})", tokens, nbytes, statistics.median(times[config.warmup:])))
+            out.append(HandoffTime(f"Ray RDT ({transport})", tokens, nbytes, statistics.median(times[config.warmup:])))
         return out
     finally:
         ray.shutdown()
@@ -341,7 +252,7 @@ def machine_header(config: BenchConfig) -> dict[str, str]:
             "nccl": nccl, "device": config.device}
 
 
-def ratio_to_raw(results: list[Measurement]) -> dict[tuple[str, int], float]:
+def ratio_to_raw(results: list[HandoffTime]) -> dict[tuple[str, int], float]:
     """Each measurement's bandwidth as a fraction of its raw baseline at the same size."""
     raw = {(m.method, m.tokens): m.seconds for m in results if m.method.startswith("raw")}
     baseline = {"HostTier.put": "raw SET", "HostTier.get": "raw GET"}
@@ -351,7 +262,7 @@ def ratio_to_raw(results: list[Measurement]) -> dict[tuple[str, int], float]:
             and (baseline.get(m.method, "raw send/recv"), m.tokens) in raw}
 
 
-def calibration_links(config: BenchConfig, results: list[Measurement]) -> list[dict]:
+def calibration_links(config: BenchConfig, results: list[HandoffTime]) -> list[dict]:
     """Best measured time per size for each link the simulator models."""
     dev = "gpu" if config.device == "cuda" else "cpu"
     routes = {"KVHandoff": (f"{dev}0", f"{dev}1"), "HostTier.put": (f"{dev}0", "redis-host"),
@@ -367,10 +278,10 @@ def calibration_links(config: BenchConfig, results: list[Measurement]) -> list[d
     return links
 
 
-def write_outputs(config: BenchConfig, results: list[Measurement]) -> None:
+def write_outputs(config: BenchConfig, results: list[HandoffTime]) -> None:
     config.out.mkdir(parents=True, exist_ok=True)
     ratios = ratio_to_raw(results)
-    rows = [{**asdict(m), "gbps": m.gbps, "fraction_of_raw": ratios.get((m.method, m.tokens))} for m in results]
+    rows = [{**asdict(m), "gbps": gbps(m), "fraction_of_raw": ratios.get((m.method, m.tokens))} for m in results]
     report = {"machine": machine_header(config), "layout": asdict(LLAMA3_8B), "iters": config.iters,
               "results": rows}
     (config.out / "handoff.json").write_text(json.dumps(report, indent=2))
@@ -380,7 +291,7 @@ def write_outputs(config: BenchConfig, results: list[Measurement]) -> None:
     print_table(results, ratios)
 
 
-def plot(config: BenchConfig, results: list[Measurement]) -> None:
+def plot(config: BenchConfig, results: list[HandoffTime]) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -390,7 +301,7 @@ def plot(config: BenchConfig, results: list[Measurement]) -> None:
     for ax, keep, title in ((axes[0], lambda m: m not in host, pair_title),
                             (axes[1], lambda m: m in host, "Redis host tier")):
         for method in dict.fromkeys(m.method for m in results if keep(m.method) and not m.method.startswith(PART)):
-            pts = sorted((m.tokens, m.gbps) for m in results if m.method == method)
+            pts = sorted((m.tokens, gbps(m)) for m in results if m.method == method)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
         ax.set_xscale("log", base=2)
         ax.set(xlabel="prompt tokens (Llama-3-8B KV, bf16)", ylabel="GB/s", title=title)
@@ -402,7 +313,7 @@ def plot(config: BenchConfig, results: list[Measurement]) -> None:
     fig.savefig(config.out / "handoff.png", dpi=120)
 
 
-def print_table(results: list[Measurement], ratios: dict[tuple[str, int], float]) -> None:
+def print_table(results: list[HandoffTime], ratios: dict[tuple[str, int], float]) -> None:
     from rich.console import Console
     from rich.table import Table
     table = Table(title="KV transfer (median)")
@@ -411,7 +322,7 @@ def print_table(results: list[Measurement], ratios: dict[tuple[str, int], float]
     for m in results:
         ratio = ratios.get((m.method, m.tokens))
         table.add_row(m.method, str(m.tokens), f"{m.nbytes / 2**20:.0f}", f"{m.seconds * 1e3:.3f}",
-                      f"{m.gbps:.1f}", "" if ratio is None else f"{ratio:.0%}",
+                      f"{gbps(m):.1f}", "" if ratio is None else f"{ratio:.0%}",
                       "" if m.exact is None else str(m.exact))
     Console().print(table)
 

@@ -3,8 +3,12 @@
 Runs, on the user's own device (GPU or CPU) and checkpoint: prefill steps of one prompt of N tokens,
 whole-batch decode steps of B sequences, with ``--mixed-batches`` mixed steps (a prompt of N tokens
 prefilled beside B decoding sequences, one step: what a colocated engine runs when a request
-arrives), a KV-sized device copy (the handoff's bytes, as a ``links`` entry of the device to itself)
-and, on CUDA, the free memory before the model loads. The profile records the model it was measured
+arrives), the KV handoff between two devices of this kind (kvstore/handoff_probe.py: ``KVHandoff``
+between two processes paired through Redis, over NCCL between GPU0 and GPU1, or over gloo between
+two CPU processes; a private redis-server unless ``--redis-url``; ``links`` entries gpu0 -> gpu1,
+the (device, device) link simulate and plan time handoffs with) and, on CUDA, the free memory
+before the model loads. With one GPU there is no pair to time: the catalog's link stays in use,
+and the profile says so. The profile records the model it was measured
 on (checkpoint and shape: simulate and plan refuse it for a model of another shape, profiles.py).
 ``--load-format dummy`` times a config-only checkpoint directory (random weights of its shape:
 benchmarks/model_shapes.py). Torch and the engine are imported here only, never when simulate or
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -37,12 +42,16 @@ def add_calibrate(sub: argparse._SubParsersAction, func) -> None:
                      help="prompt lengths prefilled in a mixed step")
     cal.add_argument("--load-format", default="safetensors", choices=["safetensors", "dummy"],
                      help="dummy: random weights of the checkpoint's shape (config.json only)")
+    cal.add_argument("--handoff-tokens", type=int, nargs="*", default=[256, 4096],
+                     help="prompt lengths whose KV handoff is timed between two devices (none: skip it)")
+    cal.add_argument("--redis-url", default=None,
+                     help="Redis the handoff's two processes pair through (default: a private redis-server)")
     cal.add_argument("--repeats", type=int, default=3)
     cal.add_argument("--out", type=Path, default=Path("calibration.json"))
     cal.set_defaults(func=func)
 
 
-LINK_REPEATS = 9  # copies timed per link size at least
+HANDOFF_ITERS, HANDOFF_WARMUP = 9, 2  # handoffs timed per prompt length (the median), after warm-ups
 
 
 def _host_seconds(engine) -> float:
@@ -70,19 +79,42 @@ def _median_seconds(run, repeats: int, sync) -> float:
 def calibrate(args: argparse.Namespace) -> dict:
     import torch
 
-    from engine.config import CacheConfig, EngineConfig, SchedulerConfig
-    from engine.llm_engine import LLMEngine
-    from engine.sampling_params import SamplingParams
-
     if not Path(args.model, "config.json").is_file():
         raise SimInputError(f"--model {args.model}: no config.json there (a checkpoint directory)")
+    if args.handoff_tokens and args.redis_url is None and shutil.which("redis-server") is None:
+        raise SimInputError("the handoff's two processes pair through Redis and redis-server is not on PATH: "
+                            "install it, pass --redis-url, or skip the handoff with --handoff-tokens (no values)")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
-    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     memory = None
     if cuda:
         free, total = torch.cuda.mem_get_info(device)
         memory = {"total_bytes": total, "free_bytes": free}
+    measurements, cfg, layout = _engine_points(args, device)
+    if cuda:
+        torch.cuda.empty_cache()  # the engine is gone: its memory goes to the handoff's caches
+    links, handoff_note = _handoff_links(args, layout, device)
+    hardware = args.hardware or (torch.cuda.get_device_name(device) if cuda else "CPU-DDR5")
+    profile = {"device": hardware, "tp": 1, "source": f"tierserve calibrate on {device} ({args.model})",
+               "model": _model_entry(cfg, args.model, layout.dtype), "measurements": measurements, "links": links}
+    if handoff_note:
+        profile["handoff"] = handoff_note
+    if memory:
+        profile["memory"] = memory
+    return profile
+
+
+def _engine_points(args: argparse.Namespace, device) -> tuple[list[dict], object, object]:
+    """The engine's prefill, decode and mixed steps on ``device``; its model config; its KV layout."""
+    import torch
+
+    from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+    from engine.llm_engine import LLMEngine
+    from engine.sampling_params import SamplingParams
+    from kvstore.layout import KVLayout
+
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     mixed_batches, mixed_tokens = args.mixed_batches or [], args.mixed_tokens if args.mixed_batches else []
     mixed_steps = len(mixed_tokens) * (args.repeats + 1) + 2
     budget = max(max(args.tokens), max(args.batches), max(mixed_batches, default=0) + max(mixed_tokens, default=0))
@@ -124,7 +156,7 @@ def calibrate(args: argparse.Namespace) -> dict:
         engine.step()  # the prefill (one step: the budget holds the batch's prompts in turn)
         while any(len(r.output_token_ids) == 0 for r in engine.requests.values()):
             engine.step()
-        times = []
+        times: list[float] = []
         while engine.has_unfinished() and len(times) < steps:
             sync()
             start = time.perf_counter()
@@ -138,23 +170,48 @@ def calibrate(args: argparse.Namespace) -> dict:
         measurements += _mixed_steps(engine, b, mixed_tokens, args, prompt, sync, mixed_steps)
         drain()
     cfg = engine.model_config
-    kv_bytes = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * (2 if cuda else 4)  # per token
-    links = []
-    for tokens in (256, 4096):
-        src = torch.empty(tokens * kv_bytes, dtype=torch.uint8, device=device)
-        dst = torch.empty_like(src)
-        end = "gpu0" if cuda else "cpu0"
-        # the fastest of at least LINK_REPEATS: other work on the machine only adds time to a copy, and
-        # a median of one or two small copies on a busy host can come out slower than the large one
-        links.append({"src": end, "dst": end, "bytes": src.numel(),
-                      "seconds": min(_times(lambda d=dst, s=src: d.copy_(s), max(args.repeats, LINK_REPEATS), sync))})
-    hardware = args.hardware or (torch.cuda.get_device_name(device) if cuda else "CPU-DDR5")
-    profile = {"device": hardware, "tp": 1, "source": f"tierserve calibrate on {device} ({args.model})",
-               "model": _model_entry(cfg, args.model, "bfloat16" if cuda else "float32"),
-               "measurements": measurements, "links": links}
-    if memory:
-        profile["memory"] = memory
-    return profile
+    return measurements, cfg, KVLayout(cfg.num_layers, engine.config.cache.block_size, cfg.num_kv_heads,
+                                       cfg.head_dim, "bfloat16" if cuda else "float32")
+
+def _handoff_links(args: argparse.Namespace, layout, device) -> tuple[list[dict], str | None]:
+    """The KV handoff timed between two devices of this kind, as ``links`` entries (gpu0 -> gpu1 or
+    cpu0 -> cpu1), and a note when it was not timed (why, and what the simulator uses instead)."""
+    import torch
+
+    from kvstore.handoff_probe import time_handoffs
+    from simulator.links import fit_link
+
+    tokens = tuple(args.handoff_tokens)
+    if not tokens:
+        return [], "not measured (--handoff-tokens none): simulate and plan use the catalog's link"
+    if device.type == "cuda" and torch.cuda.device_count() < 2:
+        return [], ("not measured: one GPU here and a handoff needs two (NCCL); simulate and plan use the "
+                    "catalog's link for this device kind")
+    pair = "cuda" if device.type == "cuda" else "cpu"
+    server = None
+    url = args.redis_url
+    if url is None:
+        from kvstore.redis_server import RedisServer
+        server = RedisServer(supervise=False)
+        url = server.start()
+    try:
+        times = time_handoffs(layout, pair, tokens, url, HANDOFF_ITERS, HANDOFF_WARMUP)
+    finally:
+        if server is not None:
+            server.stop()
+    bad = [t.tokens for t in times if t.exact is False]
+    if bad:
+        raise RuntimeError(f"the KV handoff moved wrong bytes at {bad} tokens: not timing a broken transfer")
+    handoffs = [t for t in times if t.method == "KVHandoff"]
+    try:  # what simulate and plan will fit: refuse points they would refuse, here
+        fit_link([(t.nbytes, t.fastest) for t in handoffs])
+    except SimInputError as exc:
+        raise SimInputError(f"{exc}: the handoffs timed are too small to tell bandwidth from latency here; "
+                            "time larger ones (--handoff-tokens)") from exc
+    end = "gpu" if pair == "cuda" else "cpu"
+    # the fastest of HANDOFF_ITERS: other work on the machine only adds time to a transfer
+    return [{"src": f"{end}0", "dst": f"{end}1", "bytes": t.nbytes, "seconds": t.fastest, "tokens": t.tokens,
+             "median_seconds": t.seconds, "method": t.method} for t in handoffs], None
 
 
 def _model_entry(cfg, checkpoint: Path | str, dtype: str) -> dict:
@@ -205,6 +262,9 @@ def calibrate_command(args: argparse.Namespace) -> int:
                 else f"{m['tokens']} + {m['batch']}")
         print(f"{m['op']:12s} {size:12s} {1e3 * m['seconds']:9.2f} ms")
     for link in profile["links"]:
-        print(f"kv copy      {link['bytes'] / 1e6:8.1f} MB {1e3 * link['seconds']:9.3f} ms")
+        print(f"kv handoff   {link['tokens']:5d} tokens {link['bytes'] / 1e6:8.1f} MB {1e3 * link['seconds']:9.3f} ms "
+              f"({link['src']} -> {link['dst']})")
+    if "handoff" in profile:
+        print(f"kv handoff   {profile['handoff']}")
     print(f"wrote {args.out} (tierserve simulate/plan --profile {args.out}:{profile['device']})")
     return 0

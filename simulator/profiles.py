@@ -38,8 +38,9 @@ shape whatever the names (``check_model``; simulate and plan refuse a profile of
               "num_heads": 32, "num_kv_heads": 8, "head_dim": 128, "intermediate_size": 14336,
               "vocab_size": 128256, "dtype": "bfloat16"}
 A profile with no model at all (older calibrate output) is used with a warning.
-Link ends are catalog names, or gpuN/cpuN meaning ``device`` (as benchmarks/handoff.py writes them);
-links to redis-host (the host tier) are skipped.
+Link ends are catalog names, or gpuN/cpuN meaning ``device`` (as benchmarks/handoff.py and `tierserve
+calibrate` write them: gpu0 -> gpu1 is a KV handoff between two devices of that kind); links to
+redis-host (the host tier) and copies inside one device (gpu0 -> gpu0, older calibrate output) are skipped.
 """
 
 from __future__ import annotations
@@ -235,6 +236,8 @@ def _measurement(entry: object, where: str) -> Measurement:
 def _link_point(entry: object, device: str, where: str) -> LinkPoint | None:
     if not isinstance(entry, dict) or not {"src", "dst", "bytes", "seconds"} <= set(entry):
         raise SimInputError(f"{where}: must have src, dst, bytes and seconds")
+    if str(entry["src"]) == str(entry["dst"]) and LOCAL_DEVICE.match(str(entry["src"])):
+        return None  # a copy inside one device (older calibrate output), not a link between two
     ends = [device if LOCAL_DEVICE.match(str(e)) else str(e) for e in (entry["src"], entry["dst"])]
     if "redis-host" in ends:
         return None

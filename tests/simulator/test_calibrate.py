@@ -12,6 +12,7 @@ from simulator.costs import CostModels
 from simulator.errors import SimInputError
 from simulator.hardware import load_catalog
 from simulator.inputs import build_costs
+from simulator.links import LinkTable
 from simulator.models import load_model
 from simulator.profiles import check_model, load_profile
 
@@ -19,14 +20,25 @@ from simulator.profiles import check_model, load_profile
 def test_calibrate_writes_a_profile_that_simulate_reads(tiny_model, tmp_path, capsys) -> None:
     out = tmp_path / "cal.json"
     assert main(["calibrate", "--model", str(tiny_model), "--device", "cpu", "--tokens", "16", "64",
-                 "--batches", "1", "4", "--context", "32", "--repeats", "1", "--out", str(out)]) == 0
+                 "--batches", "1", "4", "--context", "32", "--repeats", "1", "--handoff-tokens", "512", "16384",
+                 "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     ops = [m["op"] for m in data["measurements"]]
     assert ops == ["prefill", "prefill", "decode_step", "decode_step"] and data["device"] == "CPU-DDR5"
-    assert all(m["seconds"] > 0 for m in data["measurements"]) and len(data["links"]) == 2
-    profile = load_profile(out)
-    assert profile.links[0].src == "CPU-DDR5" and profile.links[0].bytes < profile.links[1].bytes
+    assert all(m["seconds"] > 0 for m in data["measurements"]) and "handoff" not in data
     tiny = load_model(str(tiny_model))
+    # the KV handoff between two CPU processes (gloo, paired through a private redis-server), whole blocks
+    block_bytes = 2 * tiny.num_layers * 16 * tiny.num_kv_heads * tiny.head_dim * 4
+    assert [(link["src"], link["dst"], link["tokens"], link["bytes"]) for link in data["links"]] == \
+        [("cpu0", "cpu1", 512, 32 * block_bytes), ("cpu0", "cpu1", 16384, 1024 * block_bytes)]
+    profile = load_profile(out)
+    assert [(lp.src, lp.dst) for lp in profile.links] == [("CPU-DDR5", "CPU-DDR5")] * 2
+    assert all(lp.seconds > 0 for lp in profile.links)
+    # simulate times a CPU-DDR5 handoff with the link fitted to them, not the catalog's
+    link = build_costs(argparse.Namespace(model=str(tiny_model), catalog=[], profile=[str(out)],
+                                          nccl_tests=[])).links.between("CPU-DDR5", "CPU-DDR5")
+    assert link != LinkTable(load_catalog()).between("CPU-DDR5", "CPU-DDR5")
+    assert link.seconds(profile.links[1].bytes) == pytest.approx(profile.links[1].seconds, rel=1e-6)
     assert data["model"] == {"name": tiny_model.name, "path": str(tiny_model), "num_layers": tiny.num_layers,
                              "hidden_size": tiny.hidden_size, "num_heads": tiny.num_heads,
                              "num_kv_heads": tiny.num_kv_heads, "head_dim": tiny.head_dim,
@@ -53,9 +65,22 @@ def test_calibrate_mixed_steps(tiny_model, tmp_path) -> None:
     out = tmp_path / "cal.json"
     assert main(["calibrate", "--model", str(tiny_model), "--device", "cpu", "--tokens", "16", "--batches", "2",
                  "--context", "16", "--mixed-batches", "2", "3", "--mixed-tokens", "8", "24", "--repeats", "1",
-                 "--out", str(out)]) == 0
-    mixed = [m for m in json.loads(out.read_text())["measurements"] if m["op"] == "mixed_step"]
+                 "--handoff-tokens", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["links"] == [] and "not measured" in data["handoff"]  # --handoff-tokens with no values
+    mixed = [m for m in data["measurements"] if m["op"] == "mixed_step"]
     assert [(m["batch"], m["tokens"]) for m in mixed] == [(2, 8), (2, 24), (3, 8), (3, 24)]
     assert all(m["seconds"] > 0 and m["context"] >= 16 for m in mixed)
     points = load_profile(out).of("mixed_step")
     assert [(p.batch, p.tokens) for p in points] == [(2, 8), (2, 24), (3, 8), (3, 24)]
+
+
+def test_a_copy_inside_one_device_is_not_a_link(tmp_path) -> None:
+    """Older calibrate output timed a copy inside the device (gpu0 -> gpu0): skipped, not read as the
+    link between two devices of that kind (a handoff at HBM speed)."""
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"device": "H200", "measurements": [
+        {"op": "decode_step", "batch": 1, "context": 256, "seconds": 0.005}], "links": [
+        {"src": "gpu0", "dst": "gpu0", "bytes": 1 << 30, "seconds": 0.0005},
+        {"src": "gpu0", "dst": "gpu1", "bytes": 1 << 30, "seconds": 0.004}]}))
+    assert [(lp.src, lp.dst, lp.seconds) for lp in load_profile(path).links] == [("H200", "H200", 0.004)]

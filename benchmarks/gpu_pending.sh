@@ -65,6 +65,13 @@ case "${1:-}" in
     timeout 400 python benchmarks/serve.py --shape llama-3-8b --gpus --rates 8 16 24 32 --duration 12 \
       --out "$work/serve" > "$out/serve.log" 2>&1  # ~4 min
     grep -v "WARN\|INFO" "$out/serve.log" | tail -15
+    # (~1.5 min, issue 17) `tierserve calibrate` with its two-GPU part: the KV handoff GPU0 -> GPU1 (NCCL, the
+    # cluster's KVHandoff) and the TP all-reduce; never run on two GPUs yet (CPU/gloo only, tests/simulator)
+    python -c "from pathlib import Path; from benchmarks.model_shapes import shape_dir; shape_dir('llama-3-8b', Path('$work/model'))"
+    timeout 180 python -m cluster.cli calibrate --model "$work/model/llama-3-8b" --load-format dummy --device cuda \
+      --hardware H200 --tokens 512 2048 --batches 1 64 --context 1024 --handoff-tokens 256 1024 4096 16384 \
+      --out "$work/calibrate/calibration.json" > "$out/calibrate.log" 2>&1
+    grep -v "WARN\|INFO" "$out/calibrate.log" | tail -14
     ;;
   serving)  # ~5 min: prefix-aware routing against round-robin, two replicas sharing the GPU (issue 4)
     # 1. as on 2026-11-23 (48 req/s; TTFT 8-13x lower, throughput 1.06-1.14x), now with the

@@ -2,10 +2,11 @@
 
 Both processes form a pair group through Redis, as prefill and decode workers do, and time the same
 transfers in lockstep (a barrier before each). ``run_pair`` spawns them around any per-rank
-measurement function; ``time_handoffs`` is the plain measurement `tierserve calibrate` runs:
-for each prompt length, ``KVHandoff`` (the default transport: header, gather, chunks, scatter)
-moving that many tokens' blocks between random, non-contiguous block ids of a cache of the given
-layout, checked byte for byte, beside raw send/recv of one contiguous buffer of the same bytes.
+measurement function; ``time_pair`` is the plain measurement `tierserve calibrate` runs: for each
+prompt length, ``KVHandoff`` (the default transport: header, gather, chunks, scatter) moving that
+many tokens' blocks between random, non-contiguous block ids of a cache of the given layout, checked
+byte for byte, beside raw send/recv of one contiguous buffer of the same bytes; then all-reduces
+over the pair (tensor parallelism's collective on two devices).
 benchmarks/handoff.py adds its chunk-size sweep and the handoff's pieces on the same helpers.
 """
 
@@ -151,11 +152,23 @@ def _rank_main(rank: int, worker: Callable, args: tuple, device: str, redis_url:
         raise
 
 
-def _handoff_worker(rank: int, groups: PairGroups, group: PairGroup, device: torch.device, layout: KVLayout,
-                    tokens: tuple[int, ...], iters: int, warmup: int, out) -> None:
+def _pair_worker(rank: int, groups: PairGroups, group: PairGroup, device: torch.device, layout: KVLayout,
+                 tokens: tuple[int, ...], allreduce_bytes: tuple[int, ...], iters: int, warmup: int, out) -> None:
     for n in tokens:
         for m in handoff_times(groups, group, device, layout, n, iters, warmup):
             out.put(m if rank == 1 else None)
+    for nbytes in allreduce_bytes:
+        m = allreduce_time(group, device, nbytes, iters, warmup)
+        out.put(m if rank == 1 else None)
+
+
+def allreduce_time(group: PairGroup, device: torch.device, nbytes: int, iters: int, warmup: int) -> HandoffTime:
+    """A sum all-reduce of ``nbytes`` (bf16 on CUDA, fp32 on CPU) over the pair: tensor parallelism's
+    collective on two devices (method "all-reduce", tokens 0)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    x = torch.ones(max(1, nbytes // dtype.itemsize), dtype=dtype, device=device)
+    times = timings(group, device, lambda i: group.backend.allreduce([x]).wait(), iters, warmup)
+    return HandoffTime("all-reduce", 0, x.numel() * dtype.itemsize, statistics.median(times), None, min(times))
 
 
 def handoff_times(groups: PairGroups, group: PairGroup, device: torch.device, layout: KVLayout, tokens: int,
@@ -187,13 +200,15 @@ def handoff_times(groups: PairGroups, group: PairGroup, device: torch.device, la
     return out
 
 
-def time_handoffs(layout: KVLayout, device: str, tokens: tuple[int, ...], redis_url: str, iters: int = 5,
-                  warmup: int = 2, on_result: Callable[[], object] | None = None) -> list[HandoffTime]:
-    """The receiver's raw and KVHandoff times for each prompt length (two per length)."""
-    bad = [t for t in tokens if t < 1]
-    if bad or not tokens:
-        raise ValueError(f"handoff token counts must be positive, got {list(tokens)}")
+def time_pair(layout: KVLayout, device: str, tokens: tuple[int, ...], redis_url: str,
+              allreduce_bytes: tuple[int, ...] = (), iters: int = 5, warmup: int = 2,
+              on_result: Callable[[], object] | None = None) -> list[HandoffTime]:
+    """The receiver's raw and KVHandoff times for each prompt length (two per length), then an
+    all-reduce time for each size in ``allreduce_bytes``."""
+    if any(t < 1 for t in tokens) or any(b < 1 for b in allreduce_bytes) or not (tokens or allreduce_bytes):
+        raise ValueError(f"token counts and all-reduce sizes must be positive (and some given), got "
+                         f"{list(tokens)}, {list(allreduce_bytes)}")
     if iters < 1 or warmup < 0:
         raise ValueError(f"iters must be >= 1 and warmup >= 0, got {iters}, {warmup}")
-    return run_pair(_handoff_worker, (layout, tuple(tokens), iters, warmup), device, redis_url, 2 * len(tokens),
-                    on_result)
+    return run_pair(_pair_worker, (layout, tuple(tokens), tuple(allreduce_bytes), iters, warmup), device, redis_url,
+                    2 * len(tokens) + len(allreduce_bytes), on_result)

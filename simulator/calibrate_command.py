@@ -44,6 +44,9 @@ def add_calibrate(sub: argparse._SubParsersAction, func) -> None:
                      help="dummy: random weights of the checkpoint's shape (config.json only)")
     cal.add_argument("--handoff-tokens", type=int, nargs="*", default=[256, 4096],
                      help="prompt lengths whose KV handoff is timed between two devices (none: skip it)")
+    cal.add_argument("--allreduce-tokens", type=int, nargs="*", default=[1, 64, 2048],
+                     help="tokens of hidden state all-reduced between the two devices, as tensor parallelism "
+                          "does per layer (none: skip it)")
     cal.add_argument("--redis-url", default=None,
                      help="Redis the handoff's two processes pair through (default: a private redis-server)")
     cal.add_argument("--repeats", type=int, default=3)
@@ -51,7 +54,7 @@ def add_calibrate(sub: argparse._SubParsersAction, func) -> None:
     cal.set_defaults(func=func)
 
 
-HANDOFF_ITERS, HANDOFF_WARMUP = 9, 2  # handoffs timed per prompt length (the median), after warm-ups
+HANDOFF_ITERS, HANDOFF_WARMUP = 9, 2  # handoffs (and all-reduces) timed per size, after warm-ups
 
 
 def _host_seconds(engine) -> float:
@@ -81,9 +84,11 @@ def calibrate(args: argparse.Namespace) -> dict:
 
     if not Path(args.model, "config.json").is_file():
         raise SimInputError(f"--model {args.model}: no config.json there (a checkpoint directory)")
-    if args.handoff_tokens and args.redis_url is None and shutil.which("redis-server") is None:
-        raise SimInputError("the handoff's two processes pair through Redis and redis-server is not on PATH: "
-                            "install it, pass --redis-url, or skip the handoff with --handoff-tokens (no values)")
+    pair = args.handoff_tokens or args.allreduce_tokens
+    if pair and args.redis_url is None and shutil.which("redis-server") is None:
+        raise SimInputError("the two devices' processes pair through Redis and redis-server is not on PATH: "
+                            "install it, pass --redis-url, or skip the pair with --handoff-tokens "
+                            "--allreduce-tokens (no values)")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
     memory = None
@@ -93,10 +98,12 @@ def calibrate(args: argparse.Namespace) -> dict:
     measurements, cfg, layout = _engine_points(args, device)
     if cuda:
         torch.cuda.empty_cache()  # the engine is gone: its memory goes to the handoff's caches
-    links, handoff_note = _handoff_links(args, layout, device)
+    links, allreduce, handoff_note = _pair_links(args, layout, cfg.hidden_size, device)
     hardware = args.hardware or (torch.cuda.get_device_name(device) if cuda else "CPU-DDR5")
     profile = {"device": hardware, "tp": 1, "source": f"tierserve calibrate on {device} ({args.model})",
                "model": _model_entry(cfg, args.model, layout.dtype), "measurements": measurements, "links": links}
+    if allreduce:
+        profile["allreduce"] = allreduce
     if handoff_note:
         profile["handoff"] = handoff_note
     if memory:
@@ -173,20 +180,21 @@ def _engine_points(args: argparse.Namespace, device) -> tuple[list[dict], object
     return measurements, cfg, KVLayout(cfg.num_layers, engine.config.cache.block_size, cfg.num_kv_heads,
                                        cfg.head_dim, "bfloat16" if cuda else "float32")
 
-def _handoff_links(args: argparse.Namespace, layout, device) -> tuple[list[dict], str | None]:
-    """The KV handoff timed between two devices of this kind, as ``links`` entries (gpu0 -> gpu1 or
-    cpu0 -> cpu1), and a note when it was not timed (why, and what the simulator uses instead)."""
+def _pair_links(args: argparse.Namespace, layout, hidden: int, device) -> tuple[list[dict], dict | None, str | None]:
+    """Two devices of this kind (GPU0 and GPU1, or two CPU processes): the KV handoff timed between
+    them as ``links`` entries (gpu0 -> gpu1 or cpu0 -> cpu1), their all-reduce (the profile's
+    ``allreduce``), and a note when there is no pair here (why, and what the simulator uses instead)."""
     import torch
 
-    from kvstore.handoff_probe import time_handoffs
+    from kvstore.handoff_probe import time_pair
     from simulator.links import fit_link
 
-    tokens = tuple(args.handoff_tokens)
-    if not tokens:
-        return [], "not measured (--handoff-tokens none): simulate and plan use the catalog's link"
+    tokens, reduced = tuple(args.handoff_tokens), tuple(args.allreduce_tokens)
+    if not tokens and not reduced:
+        return [], None, "not measured (--handoff-tokens and --allreduce-tokens none): the catalog's link stays"
     if device.type == "cuda" and torch.cuda.device_count() < 2:
-        return [], ("not measured: one GPU here and a handoff needs two (NCCL); simulate and plan use the "
-                    "catalog's link for this device kind")
+        return [], None, ("not measured: one GPU here and a pair needs two (NCCL); simulate and plan use the "
+                          "catalog's link and all-reduce for this device kind")
     pair = "cuda" if device.type == "cuda" else "cpu"
     server = None
     url = args.redis_url
@@ -194,8 +202,9 @@ def _handoff_links(args: argparse.Namespace, layout, device) -> tuple[list[dict]
         from kvstore.redis_server import RedisServer
         server = RedisServer(supervise=False)
         url = server.start()
+    width = layout.torch_dtype.itemsize * hidden  # bytes of one token's hidden state
     try:
-        times = time_handoffs(layout, pair, tokens, url, HANDOFF_ITERS, HANDOFF_WARMUP)
+        times = time_pair(layout, pair, tokens, url, tuple(n * width for n in reduced), HANDOFF_ITERS, HANDOFF_WARMUP)
     finally:
         if server is not None:
             server.stop()
@@ -203,16 +212,19 @@ def _handoff_links(args: argparse.Namespace, layout, device) -> tuple[list[dict]
     if bad:
         raise RuntimeError(f"the KV handoff moved wrong bytes at {bad} tokens: not timing a broken transfer")
     handoffs = [t for t in times if t.method == "KVHandoff"]
-    try:  # what simulate and plan will fit: refuse points they would refuse, here
-        fit_link([(t.nbytes, t.fastest) for t in handoffs])
-    except SimInputError as exc:
-        raise SimInputError(f"{exc}: the handoffs timed are too small to tell bandwidth from latency here; "
-                            "time larger ones (--handoff-tokens)") from exc
+    if handoffs:
+        try:  # what simulate and plan will fit: refuse points they would refuse, here
+            fit_link([(t.nbytes, t.fastest) for t in handoffs])
+        except SimInputError as exc:
+            raise SimInputError(f"{exc}: the handoffs timed are too small to tell bandwidth from latency here; "
+                                "time larger ones (--handoff-tokens)") from exc
     end = "gpu" if pair == "cuda" else "cpu"
     # the fastest of HANDOFF_ITERS: other work on the machine only adds time to a transfer
-    return [{"src": f"{end}0", "dst": f"{end}1", "bytes": t.nbytes, "seconds": t.fastest, "tokens": t.tokens,
-             "median_seconds": t.seconds, "method": t.method} for t in handoffs], None
-
+    links = [{"src": f"{end}0", "dst": f"{end}1", "bytes": t.nbytes, "seconds": t.fastest, "tokens": t.tokens,
+              "median_seconds": t.seconds, "method": t.method} for t in handoffs]
+    points = [{"tokens": n, "bytes": t.nbytes, "seconds": t.fastest, "median_seconds": t.seconds}
+              for n, t in zip(reduced, (t for t in times if t.method == "all-reduce"))]
+    return links, {"ranks": 2, "points": points} if points else None, None
 
 def _model_entry(cfg, checkpoint: Path | str, dtype: str) -> dict:
     """The measured model's identity (profiles.py: simulate and plan refuse the profile for a model of
@@ -264,6 +276,9 @@ def calibrate_command(args: argparse.Namespace) -> int:
     for link in profile["links"]:
         print(f"kv handoff   {link['tokens']:5d} tokens {link['bytes'] / 1e6:8.1f} MB {1e3 * link['seconds']:9.3f} ms "
               f"({link['src']} -> {link['dst']})")
+    for point in profile.get("allreduce", {}).get("points", []):
+        print(f"all-reduce   {point['tokens']:5d} tokens {point['bytes'] / 1e6:8.3f} MB "
+              f"{1e3 * point['seconds']:9.3f} ms (2 devices)")
     if "handoff" in profile:
         print(f"kv handoff   {profile['handoff']}")
     print(f"wrote {args.out} (tierserve simulate/plan --profile {args.out}:{profile['device']})")

@@ -19,7 +19,8 @@ class CostModels:
     """Builds (and caches) one cost model per (hardware, tp); a profile measured on that hardware
     and tp replaces roofline estimates where it has measurements (several profiles of one hardware
     and tp count as one: e.g. decode_step and shared_prefix_decode files from two benchmarks).
-    A profile's measured device memory replaces the catalog's for that device kind (``self.catalog``)."""
+    A profile's measured device memory and all-reduce replace the catalog's for that device kind
+    (``self.catalog``)."""
 
     def __init__(self, model: ModelSpec, catalog: Catalog, profiles: tuple[Profile, ...] = (),
                  links: LinkTable | None = None, serving: ServingCosts = NONE, slowdown: float = 1.0) -> None:
@@ -31,6 +32,9 @@ class CostModels:
         for p in profiles:
             if p.memory is not None:
                 catalog = catalog.with_measured_memory(catalog.resolve(p.device), *p.memory)
+            if p.allreduce is not None:
+                catalog = catalog.with_allreduce(catalog.resolve(p.device), p.allreduce.latency_s,
+                                                 p.allreduce.ranks, p.allreduce.busbw_bytes_s)
         self.model, self.catalog = model, catalog
         self.links = links or LinkTable(catalog)
         measured = [p.serving for p in profiles if p.serving is not None]

@@ -27,6 +27,10 @@ tokens per sequence and ``micro_batches`` micro-batches:
 Device memory as measured there (``tierserve calibrate``: torch.cuda.mem_get_info before the model loads),
 which replaces the catalog's memory size for that device kind:
     "memory": {"total_bytes": 150754820096, "free_bytes": 150015639552}
+Tensor parallelism's all-reduce between ``ranks`` devices of this kind (`tierserve calibrate` on two
+GPUs, or two CPU processes), read as an all_reduce_perf log (``--nccl-tests``) is: the smallest
+message's time and the best bus bandwidth; it replaces the catalog's for that device kind:
+    "allreduce": {"ranks": 2, "points": [{"bytes": 8192, "seconds": 1.9e-05}, {"bytes": 16777216, ...}]}
 Per-request serving costs of the cluster it was measured in (simulator/serving.py), e.g. fitted from a
 serving run: "serving": {"prefill": {"latency_s": ..., "busy_s": ..., "handoff_s": ...}, ...}
 ``device`` (a catalog name, or a driver name like "NVIDIA H100 80GB HBM3") and ``tp`` say where
@@ -52,6 +56,7 @@ from pathlib import Path
 from simulator.errors import SimInputError
 from simulator.files import read_json
 from simulator.models import DTYPE_BYTES, ModelSpec
+from simulator.nccl_tests import AllReduce
 from simulator.serving import ServingCosts, parse_serving
 
 OPS = {"decode_step": ("batch", "context"), "attention": ("batch", "context"), "prefill": ("tokens",),
@@ -123,6 +128,7 @@ class Profile:
     serving: ServingCosts | None = None
     measured_on: ProfiledModel | None = None  # the model's shape, where the profile records it
     path: str | None = None  # the file it was read from
+    allreduce: AllReduce | None = None  # tensor parallelism's all-reduce between devices of this kind
 
     def of(self, op: str) -> list[Measurement]:
         return [m for m in self.measurements if m.op == op]
@@ -149,7 +155,8 @@ def load_profile(path: str | Path, device: str | None = None) -> Profile:
     if model is not None and not isinstance(model, str | dict):
         raise SimInputError(f"profile {path}: model must be a name or an object, got {model!r}")
     return Profile(device, tp, model if isinstance(model, str) else None, measurements, links,
-                   _memory(data.get("memory"), path), serving, measured_on, str(path))
+                   _memory(data.get("memory"), path), serving, measured_on, str(path),
+                   _allreduce(data.get("allreduce"), path))
 
 
 def check_model(profile: Profile, model: ModelSpec) -> str | None:
@@ -196,6 +203,26 @@ def _memory(entry: object, path: str | Path) -> tuple[float, float] | None:
     if free > total:
         raise SimInputError(f"{where}: free_bytes {free:g} exceeds total_bytes {total:g}")
     return total, free
+
+
+def _allreduce(entry: object, path: str | Path) -> AllReduce | None:
+    """``{"ranks": N, "points": [{"bytes", "seconds"}, ...]}``: as an all_reduce_perf log is read,
+    the smallest message's time and the best bus bandwidth (bytes / seconds x 2 (N - 1) / N)."""
+    if entry is None:
+        return None
+    where = f"profile {path}: allreduce"
+    if not isinstance(entry, dict) or not isinstance(entry.get("points"), list) or not entry["points"]:
+        raise SimInputError(f"{where} must be an object with ranks and a non-empty list of points")
+    ranks = entry.get("ranks")
+    if not isinstance(ranks, int) or isinstance(ranks, bool) or ranks < 2:
+        raise SimInputError(f"{where}: ranks must be an integer >= 2, got {ranks!r}")
+    points = []
+    for i, point in enumerate(entry["points"]):
+        if not isinstance(point, dict):
+            raise SimInputError(f"{where}: points[{i}] must be an object with bytes and seconds")
+        points.append(tuple(_positive(point, k, f"{where}: points[{i}]", float) for k in ("bytes", "seconds")))
+    smallest = min(points)
+    return AllReduce(smallest[1], max(b / t for b, t in points) * 2 * (ranks - 1) / ranks, ranks)
 
 
 def _list(data: dict, key: str, path: Path) -> list:

@@ -21,7 +21,7 @@ def test_calibrate_writes_a_profile_that_simulate_reads(tiny_model, tmp_path, ca
     out = tmp_path / "cal.json"
     assert main(["calibrate", "--model", str(tiny_model), "--device", "cpu", "--tokens", "16", "64",
                  "--batches", "1", "4", "--context", "32", "--repeats", "1", "--handoff-tokens", "512", "16384",
-                 "--out", str(out)]) == 0
+                 "--allreduce-tokens", "1", "4096", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     ops = [m["op"] for m in data["measurements"]]
     assert ops == ["prefill", "prefill", "decode_step", "decode_step"] and data["device"] == "CPU-DDR5"
@@ -39,6 +39,17 @@ def test_calibrate_writes_a_profile_that_simulate_reads(tiny_model, tmp_path, ca
                                           nccl_tests=[])).links.between("CPU-DDR5", "CPU-DDR5")
     assert link != LinkTable(load_catalog()).between("CPU-DDR5", "CPU-DDR5")
     assert link.seconds(profile.links[1].bytes) == pytest.approx(profile.links[1].seconds, rel=1e-6)
+    # the all-reduce over the same pair: one token's hidden state (fp32) and 4096 tokens'
+    width = 4 * tiny.hidden_size
+    assert [(p["tokens"], p["bytes"]) for p in data["allreduce"]["points"]] == [(1, width), (4096, 4096 * width)]
+    big = data["allreduce"]["points"][1]
+    assert profile.allreduce is not None and profile.allreduce.ranks == 2
+    assert profile.allreduce.latency_s == data["allreduce"]["points"][0]["seconds"]
+    assert profile.allreduce.busbw_bytes_s >= big["bytes"] / big["seconds"]  # the best of the points
+    # and it replaces the catalog's for CPU-DDR5 (what a tp=2 CPU replica's all-reduce costs)
+    costs = CostModels(tiny, load_catalog(), (profile,))
+    assert costs.catalog["CPU-DDR5"].interconnect_gbs == pytest.approx(profile.allreduce.busbw_bytes_s / 1e9)
+    assert costs.catalog["CPU-DDR5"] != load_catalog()["CPU-DDR5"]
     assert data["model"] == {"name": tiny_model.name, "path": str(tiny_model), "num_layers": tiny.num_layers,
                              "hidden_size": tiny.hidden_size, "num_heads": tiny.num_heads,
                              "num_kv_heads": tiny.num_kv_heads, "head_dim": tiny.head_dim,
@@ -65,9 +76,9 @@ def test_calibrate_mixed_steps(tiny_model, tmp_path) -> None:
     out = tmp_path / "cal.json"
     assert main(["calibrate", "--model", str(tiny_model), "--device", "cpu", "--tokens", "16", "--batches", "2",
                  "--context", "16", "--mixed-batches", "2", "3", "--mixed-tokens", "8", "24", "--repeats", "1",
-                 "--handoff-tokens", "--out", str(out)]) == 0
+                 "--handoff-tokens", "--allreduce-tokens", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert data["links"] == [] and "not measured" in data["handoff"]  # --handoff-tokens with no values
+    assert data["links"] == [] and "not measured" in data["handoff"] and "allreduce" not in data  # no pair asked
     mixed = [m for m in data["measurements"] if m["op"] == "mixed_step"]
     assert [(m["batch"], m["tokens"]) for m in mixed] == [(2, 8), (2, 24), (3, 8), (3, 24)]
     assert all(m["seconds"] > 0 and m["context"] >= 16 for m in mixed)
@@ -84,3 +95,17 @@ def test_a_copy_inside_one_device_is_not_a_link(tmp_path) -> None:
         {"src": "gpu0", "dst": "gpu0", "bytes": 1 << 30, "seconds": 0.0005},
         {"src": "gpu0", "dst": "gpu1", "bytes": 1 << 30, "seconds": 0.004}]}))
     assert [(lp.src, lp.dst, lp.seconds) for lp in load_profile(path).links] == [("H200", "H200", 0.004)]
+
+
+def test_a_profile_allreduce_is_read_as_an_all_reduce_perf_log(tmp_path) -> None:
+    """The smallest message's time is the latency, the best bus bandwidth (2 (N-1)/N of bytes/s) the
+    bandwidth; a malformed entry is refused, naming the field."""
+    path = tmp_path / "ar.json"
+    entry = {"ranks": 4, "points": [{"bytes": 1 << 24, "seconds": 0.001}, {"bytes": 8192, "seconds": 2e-5}]}
+    path.write_text(json.dumps({"device": "H200", "measurements": [], "allreduce": entry}))
+    ar = load_profile(path).allreduce
+    assert ar is not None and (ar.latency_s, ar.ranks) == (2e-5, 4)
+    assert ar.busbw_bytes_s == pytest.approx((1 << 24) / 0.001 * 1.5)
+    path.write_text(json.dumps({"device": "H200", "measurements": [], "allreduce": {**entry, "ranks": 1}}))
+    with pytest.raises(SimInputError, match="allreduce: ranks must be an integer >= 2"):
+        load_profile(path)

@@ -186,6 +186,31 @@ def predict(run: Run, costs: CostModels) -> dict:
     return observed(simulate(serve_design(run.mode, run.replicas), trace, costs), first)
 
 
+def serving_decode_ratios(folder: Path) -> list[tuple[float, float]]:
+    """(batch, ratio) for each run of a sim-fidelity batch: the serving engine's mean decode step
+    (serve.py's step profile, CUDA-graph decode steps: every phase, the device wait included) over the
+    batch's own overlapped decode-step profile at that mean batch (decode_step.py, one context)."""
+    profile = json.loads((folder / "decode-step" / "decode_step_calibration.json").read_text())
+    batches, seconds = zip(*sorted((m["batch"], m["seconds"]) for m in profile["measurements"]
+                                   if m["op"] == "decode_step"))
+    out = []
+    for run in json.loads((folder / "serve" / "serve.json").read_text()).get("step_profiles", []):
+        graph = run["kinds"].get("graph")
+        if graph and graph["steps"]:
+            batch = graph["seqs"] / graph["steps"]
+            out.append((batch, graph["ms_per_step"] / 1e3 / float(np.interp(batch, batches, seconds))))
+    return out
+
+
+def decode_batch_slowdown(folders: list[Path]) -> float:
+    """ServingCosts.decode_batch_slowdown measured on these batches: the least-squares g of
+    ratio = 1 + g * batch through every run's (batch, ratio)."""
+    points = [p for folder in folders for p in serving_decode_ratios(folder)]
+    if not points:
+        raise SystemExit("no step profiles in those sim-fidelity batches (serve.py --step-profiles)")
+    return sum(b * (r - 1.0) for b, r in points) / sum(b * b for b, _ in points)
+
+
 def log_error(pred: dict, meas: dict) -> float:
     return sum(math.log(max(pred[k], 1e-9) / max(meas[k], 1e-9)) ** 2 for k in METRICS)
 
@@ -368,11 +393,15 @@ def main() -> None:
         serving = fit_launch([r for r in runs if r.session in FIT_SESSIONS], serving)
     if args.fit or args.fit_launch:
         (out / "serving_fit.json").write_text(json.dumps({"serving": serving.as_dict()}, indent=2))
+    slowdown = {name: round(decode_batch_slowdown([folder]), 5) for name, folder in extra.items()}
+    print(f"decode_batch_slowdown measured per sim-fidelity batch: {slowdown} (the stack's: "
+          f"{serving.decode_batch_slowdown}, measured on m and n)")
     rows = compare(runs, serving)
     table = markdown(rows)
     (out / "table.md").write_text(table)
     (out / "sim_vs_measured.json").write_text(json.dumps(
         {"serving": serving.as_dict(), "uncalibrated_prior": UNCALIBRATED.source, "summary": summary(rows),
+         "decode_batch_slowdown_measured": slowdown,
          "rows": rows}, indent=2))
     plot(rows, out / "sim_vs_measured.png")
     print(table)

@@ -66,7 +66,8 @@ class CalibratedCost:
     """RooflineCost's interface, with measured corrections (see module doc)."""
 
     def __init__(self, roofline: RooflineCost, profile: Profile, launch_scale: float = 1.0,
-                 next_launch_s: float = 0.0, delivery_waits_launch: bool = False) -> None:
+                 next_launch_s: float = 0.0, delivery_waits_launch: bool = False,
+                 decode_batch_slowdown: float = 0.0) -> None:
         if profile.device != roofline.hw.name or profile.tp != roofline.tp:
             raise SimInputError(f"profile for {profile.device} tp={profile.tp} does not fit "
                                 f"{roofline.hw.name} tp={roofline.tp}")
@@ -79,6 +80,7 @@ class CalibratedCost:
         self._launch = self._launch_curve(profile.of("mixed_step"), profile.of("prefill"))
         self.launch_scale = launch_scale  # serving.py: the serving engine's host against the profile's
         self.next_launch_s, self.delivery_waits_launch = next_launch_s, delivery_waits_launch
+        self.decode_batch_slowdown = decode_batch_slowdown  # serving.py: a serving decode step against the profile's
         self._pieces: dict[int, tuple[Piece, ...]] = {}
 
     def _mixed_ratios(self, points: list[Measurement]) -> tuple[list[float], list[float]] | None:
@@ -210,5 +212,8 @@ class CalibratedCost:
                 xs, ra, rb = self._decode
                 alpha *= _interpolate(xs, ra, batch)
                 beta = self.roofline.attention_seconds_per_token() * _interpolate(xs, rb, batch)
+            if self.decode_batch_slowdown:
+                slower = 1.0 + self.decode_batch_slowdown * batch
+                alpha, beta = alpha * slower, beta * slower
             pieces = self._pieces[batch] = ((0.0, alpha, beta),)
         return pieces

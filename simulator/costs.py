@@ -67,7 +67,7 @@ class CostModels:
             profile = self.profiles.get(key)
             serving = self.serving
             cost = CalibratedCost(cost, profile, serving.launch_scale, serving.next_launch_s,
-                                  serving.delivery_waits_launch) if profile else cost
+                                  serving.delivery_waits_launch, serving.decode_batch_slowdown) if profile else cost
             self._costs[key] = SlowedCost(cost, self.slowdown) if self.slowdown != 1.0 else cost
         return self._costs[key]
 

@@ -18,7 +18,11 @@ the host seconds the serving engine takes to schedule, prepare and launch the de
 eager one (``next_launch_s``), which the device waits for: an eager iteration takes at least its
 launch plus that. Delivery: with ``delivery_waits_launch`` the actor's token delivery shares the host
 with the engine's launches, so a first token read back as an eager step starts reaches the client
-after that step's launch (overlap.py).
+after that step's launch (overlap.py). Decode batch: the serving engine's decode step of B sequences
+takes ``1 + decode_batch_slowdown * B`` times the standalone profile's (its per-sequence host work,
+token delivery and mixed contexts, which a one-context decode benchmark does not have: measured by
+comparing serve.py's step profiles with the same machine's decode-step profile,
+``benchmarks.sim_vs_measured.decode_batch_slowdown``); a calibrated decode step only.
 
 Profiles carry them. No command measures them on the user's cluster (`tierserve calibrate` times a
 standalone engine, which has none of these costs); they are fitted from serving runs by
@@ -69,6 +73,7 @@ class ServingCosts:
     launch_scale: float = 1.0     # host launch time in the serving engine / the profile's (overlap.py)
     next_launch_s: float = 0.0    # host launch of the decode step after an eager one, seconds (overlap.py)
     delivery_waits_launch: bool = False  # a first token read back as an eager step starts waits for its launch
+    decode_batch_slowdown: float = 0.0  # a serving decode step of B sequences: (1 + this * B) x the profile's
     source: str = "none"
 
     def __post_init__(self) -> None:
@@ -82,6 +87,9 @@ class ServingCosts:
             raise SimInputError(f"next_launch_s must be seconds in [0, 1), got {self.next_launch_s!r}")
         if not isinstance(self.delivery_waits_launch, bool):
             raise SimInputError(f"delivery_waits_launch must be true or false, got {self.delivery_waits_launch!r}")
+        if not isinstance(self.decode_batch_slowdown, int | float) or not 0 <= self.decode_batch_slowdown < 0.1:
+            raise SimInputError(f"decode_batch_slowdown must be a fraction per sequence in [0, 0.1), "
+                                f"got {self.decode_batch_slowdown!r}")
 
     def scaled(self, factor: float) -> ServingCosts:
         """Every per-request cost ``factor`` times larger (a slower host or stack)."""
@@ -92,7 +100,8 @@ class ServingCosts:
         out: dict = {p: {f.name: getattr(getattr(self, p), f.name) for f in fields(PathCosts)} for p in PATHS}
         return {**out, "step_jitter": self.step_jitter, "step_jitter_s": self.step_jitter_s,
                 "launch_scale": self.launch_scale, "next_launch_s": self.next_launch_s,
-                "delivery_waits_launch": self.delivery_waits_launch, "source": self.source}
+                "delivery_waits_launch": self.delivery_waits_launch,
+                "decode_batch_slowdown": self.decode_batch_slowdown, "source": self.source}
 
 
 NONE = ServingCosts()
@@ -113,6 +122,10 @@ TIERSERVE_STACK = ServingCosts(
     # schedule + prepare + forward 1.7 ms, and the eager step's finish before it
     next_launch_s=0.0018,
     delivery_waits_launch=True,
+    # measured, not fitted: serve.py's decode steps over the decode-step profile of the same machine,
+    # sessions m and n (one H200 each, 2026-12-02; 16 runs, batch 3-37): 0.0055; session o (held out,
+    # another machine): 0.0074
+    decode_batch_slowdown=0.0055,
     source="tierserve stack, fitted on the 2xH200 serve runs of 2026-11-23 (docs/simulator.md)")
 
 
@@ -121,7 +134,7 @@ def parse_serving(entry: object, where: str) -> ServingCosts:
     if not isinstance(entry, dict):
         raise SimInputError(f"{where}: serving must be an object")
     unknown = set(entry) - {*PATHS, "step_jitter", "step_jitter_s", "launch_scale", "next_launch_s",
-                            "delivery_waits_launch", "source"}
+                            "delivery_waits_launch", "decode_batch_slowdown", "source"}
     if unknown:
         raise SimInputError(f"{where}: serving has unknown key(s) {sorted(unknown)}")
     paths = {}
@@ -141,6 +154,8 @@ def parse_serving(entry: object, where: str) -> ServingCosts:
                             next_launch_s=entry.get("next_launch_s", ServingCosts.next_launch_s),
                             delivery_waits_launch=entry.get("delivery_waits_launch",
                                                             ServingCosts.delivery_waits_launch),
+                            decode_batch_slowdown=entry.get("decode_batch_slowdown",
+                                                            ServingCosts.decode_batch_slowdown),
                             source=str(entry.get("source", where)))
     except SimInputError as e:
         raise SimInputError(f"{where}: serving: {e}") from None

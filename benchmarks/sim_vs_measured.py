@@ -23,9 +23,9 @@ Two predictions per run:
 Writes OUT/sim_vs_measured.json, table.md and sim_vs_measured.png (OUT: --out, else $OUT, else
 out/sim-vs-measured).
 
-Sessions m and n (benchmarks/results/sim-fidelity-h200-2026-12-02 and -02b: one colocated H200 at 4-28
-req/s, each rate twice on one trace; two machines, n with the prefill graphs) are in by default, held
-out (``--no-default-sessions`` leaves them out). More
+Sessions m, n and o (benchmarks/results/sim-fidelity-h200-2026-12-02, -02b, -02c: one colocated H200
+at 4-28 req/s; m and n each rate twice for 15 s, o once for 45 s; three machines, n and o with the
+prefill graphs) are in by default, held out (``--no-default-sessions`` leaves them out). More
 sessions, each held out (never fitted on), as ``--session NAME=DIR``: the folder of one run of
 ``bash benchmarks/gpu_pending.sh sim-fidelity`` (its results.tgz unpacked): DIR/serve/serve.json
 (serve.py, one colocated engine here, each rate run --repeats times on the same trace),
@@ -63,7 +63,8 @@ RESULTS = Path(__file__).with_name("results")
 SESSIONS = {"j": "serve-2xh200-2026-11-23j", "k": "serve-2xh200-2026-11-23k", "l": "serve-2xh200-2026-11-23l"}
 FIT_SESSIONS = ("j", "k")
 DEFAULT_SESSIONS = {"m": RESULTS / "sim-fidelity-h200-2026-12-02",  # sim-fidelity batches, held out
-                    "n": RESULTS / "sim-fidelity-h200-2026-12-02b"}
+                    "n": RESULTS / "sim-fidelity-h200-2026-12-02b",
+                    "o": RESULTS / "sim-fidelity-h200-2026-12-02c"}
 METRICS = ("ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99", "throughput_tok_s", "goodput_req_s")
 SLO_TTFT_S, SLO_GAP_S = 1.0, 0.05
 FITTED = ("prefill.latency_s", "prefill.busy_s", "prefill.handoff_s", "decode.busy_s",
@@ -376,7 +377,8 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--session", action="append", default=[], metavar="NAME=DIR",
                     help="a sim-fidelity batch's unpacked results (held out; calibrated from its own profile)")
-    ap.add_argument("--no-default-sessions", action="store_true", help="leave out sessions m and n (DEFAULT_SESSIONS)")
+    ap.add_argument("--no-default-sessions", action="store_true",
+                    help="leave out sessions m, n and o (DEFAULT_SESSIONS)")
     args = ap.parse_args()
     out = out_dir(args.out, "sim-vs-measured")
     extra = {} if args.no_default_sessions else dict(DEFAULT_SESSIONS)

@@ -29,7 +29,8 @@ prefill graphs) are in by default, held out (``--no-default-sessions`` leaves th
 sessions, each held out (never fitted on), as ``--session NAME=DIR``: the folder of one run of
 ``bash benchmarks/gpu_pending.sh sim-fidelity`` (its results.tgz unpacked): DIR/serve/serve.json
 (serve.py, one colocated engine here, each rate run --repeats times on the same trace),
-calibrated from that same batch's profile of the machine: DIR/calibrate/calibration.json
+calibrated from that same batch's profile of the machine (and its serving launch scale, measured on
+its lowest-rate run: ``serving_launch_scale``; that run is labelled "launch run"): DIR/calibrate/calibration.json
 (``tierserve calibrate``: prefill, mixed and lockstep decode steps, device memory) with the decode
 steps of DIR/decode-step/decode_step_calibration.json in place of calibrate's where present
 (overlapped scheduling, as the serving engine runs them).
@@ -91,7 +92,10 @@ class Run:
     @property
     def label(self) -> str:
         design = "1P+1D" if self.mode == "disaggregated" else f"{self.replicas} coloc"
-        return f"{self.session} {design} {self.rate:g}/s" + (f" #{self.repeat + 1}" if self.repeat else "")
+        launch = self.profiles is not None and (launch_run(self.profiles) or {}).get("rate") == self.rate \
+            and self.repeat == 0
+        return (f"{self.session} {design} {self.rate:g}/s" + (f" #{self.repeat + 1}" if self.repeat else "")
+                + (" (launch run)" if launch else ""))
 
 
 def serve_runs(extra: dict[str, Path] | None = None) -> list[Run]:
@@ -161,10 +165,38 @@ def batch_costs(folder: Path, serving: ServingCosts) -> CostModels:
 
 
 def run_costs(run: Run, serving: ServingCosts, cache: dict) -> CostModels:
-    """The calibrated costs of ``run``'s machine (cached per profile folder in ``cache``)."""
+    """The calibrated costs of ``run``'s machine (cached per profile folder in ``cache``): a sim-fidelity
+    batch's own profile, with the serving launch scale its lowest-rate run measured."""
     if run.profiles not in cache:
-        cache[run.profiles] = h200_costs(serving) if run.profiles is None else batch_costs(run.profiles, serving)
+        if run.profiles is None:
+            cache[run.profiles] = h200_costs(serving)
+        else:
+            scale = serving_launch_scale(run.profiles)
+            cache[run.profiles] = batch_costs(run.profiles, serving if scale is None else
+                                              replace(serving, launch_scale=round(scale, 3)))
     return cache[run.profiles]
+
+
+def serving_launch_scale(folder: Path) -> float | None:
+    """The serving engine's host launch over the standalone profile's, on a sim-fidelity batch's machine,
+    from its lowest-rate run (``launch_run``): that run's eager mixed steps' schedule + prepare + forward
+    seconds per step (serve.py's step profile) over the profile's launch time at their mean tokens per
+    step. None where the batch has no step profiles."""
+    run = launch_run(folder)
+    if run is None:
+        return None
+    mixed = run["kinds"]["mixed"]
+    host = (mixed["schedule"] + mixed["prepare"] + mixed["forward"]) / mixed["steps"]
+    standalone = batch_costs(folder, replace(TIERSERVE_STACK, launch_scale=1.0)).replica("H200", 1)
+    return host / standalone.launch_seconds(round(mixed["tokens"] / mixed["steps"]))
+
+
+def launch_run(folder: Path) -> dict | None:
+    """The step profile of a sim-fidelity batch's lowest-rate first run (the one its launch scale is
+    measured on), or None."""
+    runs = [r for r in json.loads((folder / "serve" / "serve.json").read_text()).get("step_profiles", [])
+            if r["repeat"] == 0 and r["kinds"].get("mixed", {}).get("steps")]
+    return min(runs, key=lambda r: r["rate"]) if runs else None
 
 
 def roofline_costs(serving: ServingCosts = TIERSERVE_STACK) -> CostModels:

@@ -10,8 +10,9 @@ draw for draw from its saved arguments (``benchmarks/workload.poisson_workload``
 from serve.py's cluster config (engine limits: 64 sequences / 2048 tokens per step on prefill, 128 on
 decode and colocated; the KV handed over after the prefill, not layer by layer), and its metrics as
 serve.py computes them: TTFT and pooled token-gap percentiles, output tokens per second of wall time
-(first arrival's offset + last token), goodput = requests with TTFT <= 1 s and a mean gap <= 50 ms per
-second (serve.py: the request's p90 gap; the simulator keeps no per-request gaps).
+(first arrival's offset + last token), goodput = requests with TTFT <= 1 s and a p90 token gap <= 50 ms
+per second, as serve.py judges a request (the simulator keeps each request's p90 step time:
+Simulation(request_gaps=True)).
 
 Two predictions per run:
   calibrated    the H200 profiles measured in the same session (prefill and decode steps:
@@ -208,7 +209,8 @@ def observed(result: SimResult, first_arrival: float) -> dict:
     s = result.samples
     finish = first_arrival + result.duration_s  # serve.py's wall: its start to the last token
     tokens = result.output_tps * result.duration_s
-    good = float(np.sum((s.ttft <= SLO_TTFT_S) & (s.tpot <= SLO_GAP_S)))
+    gaps = s.tpot if s.gap_p90 is None else np.nan_to_num(s.gap_p90, nan=0.0)  # no gaps: good, as serve.py
+    good = float(np.sum((s.ttft <= SLO_TTFT_S) & (gaps <= SLO_GAP_S)))
     return {"ttft_p50": float(np.percentile(s.ttft, 50)), "ttft_p99": float(np.percentile(s.ttft, 99)),
             "tbt_p50": result.percentiles["tbt_p50"], "tbt_p99": result.percentiles["tbt_p99"],
             "throughput_tok_s": tokens / finish, "goodput_req_s": good / finish}
@@ -216,7 +218,7 @@ def observed(result: SimResult, first_arrival: float) -> dict:
 
 def predict(run: Run, costs: CostModels) -> dict:
     trace, first = serve_trace(run)
-    return observed(simulate(serve_design(run.mode, run.replicas), trace, costs), first)
+    return observed(simulate(serve_design(run.mode, run.replicas), trace, costs, request_gaps=True), first)
 
 
 def serving_decode_ratios(folder: Path) -> list[tuple[float, float]]:
@@ -312,7 +314,7 @@ def compare(runs: list[Run], serving: ServingCosts) -> list[dict]:
     for run in runs:
         trace, first = serve_trace(run)
         design = serve_design(run.mode, run.replicas)
-        cal = observed(simulate(design, trace, run_costs(run, serving, costs)), first)
+        cal = observed(simulate(design, trace, run_costs(run, serving, costs), request_gaps=True), first)
         b = band(design, trace, uncalibrated, prior=UNCALIBRATED)
         unc = [observed(r, first) for r in b.results]
         rows.append({"run": run.label, "session": run.session, "mode": run.mode, "rate": run.rate,

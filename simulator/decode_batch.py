@@ -11,6 +11,11 @@ sequence's KV, the token each step writes included) may not exceed what the repl
 leave of its capacity (``memory.kv_capacity - memory.kv_used``); a run stops
 at the first boundary where the next step would not fit, and ``on_full(t)`` preempts there (the
 replica calls ``preempt_last``: the most recently joined sequence leaves, as the engine preempts).
+
+Opt in (``keep_request_gaps``): the batch also keeps its steps on a timeline by step number, and each
+finishing request's 90th-percentile step time over the steps it was in (its p90 token gap, as
+benchmarks/serve.py judges a request) goes to ``gap_p90[request index]``. It costs a pass over the
+request's steps, so plain runs leave it off.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ class KVMemory(Protocol):
 class DecodeBatch:
     __slots__ = ("cost", "t", "k", "batch", "context", "finishes", "pieces", "segments", "busy_s",
                  "attention_s", "attention_per_token", "joined", "on_finish", "_seq", "shared", "saved",
-                 "running", "memory", "on_full", "stall", "kv_token_s", "pieces_of")
+                 "running", "memory", "on_full", "stall", "kv_token_s", "pieces_of", "timeline", "gap_p90")
 
     def __init__(self, cost: IterationCost, segments: list, on_finish: Callable[[Request, float], None],
                  shared: SharedPrefixes | None = None, memory: KVMemory | None = None,
@@ -60,6 +65,36 @@ class DecodeBatch:
         self.attention_per_token = cost.attention_seconds_per_token()
         self.joined: list[Request] = []  # joined at this boundary, first decode token not yet timed
         self._seq = 0
+        self.timeline: list[tuple[int, int, float, float]] | None = None  # (first step, steps, first s, growth)
+        self.gap_p90: dict[int, float] | None = None
+
+    def keep_request_gaps(self, out: dict[int, float]) -> None:
+        """From now on, each finishing request's p90 step time over its steps here goes to ``out``."""
+        self.timeline, self.gap_p90 = [], out
+
+    def _on_timeline(self, since: int, k: int) -> None:
+        """The steps this batch appended to the segments from index ``since`` on, from step ``k``."""
+        timeline = self.timeline
+        for b, m, first, growth in self.segments[since:]:
+            if b > 0:
+                timeline.append((k, m, first, growth))
+                k += m
+
+    def _request_gap_p90(self, req: Request) -> float:
+        """The 90th percentile of the step times from ``req``'s join to now (numpy's linear rule)."""
+        values: list[float] = []
+        start, end = req.k_join, self.k
+        for k, m, first, growth in reversed(self.timeline):
+            if k + m <= start:
+                break
+            lo, hi = max(k, start) - k, min(k + m, end) - k
+            values.extend(first + growth * j for j in range(lo, hi))
+        if not values:
+            return float("nan")
+        values.sort()
+        pos = 0.9 * (len(values) - 1)
+        i = int(pos)
+        return values[i] + (values[min(i + 1, len(values) - 1)] - values[i]) * (pos - i)
 
     def join(self, req: Request, resumed: bool = False) -> None:
         """Add a prefilled request at the current boundary (it has ``generated`` tokens and needs the
@@ -198,6 +233,8 @@ class DecodeBatch:
             self.t += seconds
             return
         self.segments.append((self.batch, 1, seconds, 0.0))
+        if self.timeline is not None:
+            self.timeline.append((self.k, 1, seconds, 0.0))
         if self.joined:
             self._time_joined(seconds)
         self.attention_s += self.attention_per_token * self.context
@@ -212,6 +249,7 @@ class DecodeBatch:
         """m steps from this boundary; ``first`` + j * ``delta`` is step j's time on the cost piece that
         holds the context, where ``on_piece`` steps start (step_curve.piece_steps; advance_to has them)."""
         segments, context, b, pieces = self.segments, self.context - self.saved, self.batch, self.pieces
+        since = len(segments)
         x = float(m)  # step_curve: float(m) * d0 is m * d0, cheaper
         if self.stall:  # the first step's gap holds the pending serving work
             first = run(pieces, b, context, 1) + self.stall
@@ -232,6 +270,8 @@ class DecodeBatch:
             self._time_joined(first)
         self.attention_s += self.attention_per_token * (x * context + b * m * (m - 1) / 2)
         self.kv_token_s += (self.context + b * (m - 1) / 2) * seconds  # the run's mean context (steps ~equal)
+        if self.timeline is not None:
+            self._on_timeline(since, self.k)
         self.t += seconds
         self.busy_s += seconds
         self.context += m * b
@@ -253,6 +293,8 @@ class DecodeBatch:
             if req.batch_seq != seq:
                 continue  # preempted
             del running[seq]
+            if self.gap_p90 is not None:
+                self.gap_p90[req.index] = self._request_gap_p90(req)
             req.batch_seq = -1
             req.generated = req.output
             self.batch -= 1

@@ -14,12 +14,14 @@ from simulator.tbt import TokenGaps
 
 @dataclass(frozen=True, eq=False)
 class LatencySamples:
-    """Per-request latencies (seconds) and token gaps, for CDF plots."""
+    """Per-request latencies (seconds) and token gaps, for CDF plots; ``gap_p90``: each request's p90
+    token gap (NaN: no decode steps), where the run kept them (Simulation(request_gaps=True))."""
 
     ttft: np.ndarray
     tpot: np.ndarray
     e2e: np.ndarray
     tbt: TokenGaps
+    gap_p90: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,9 @@ def summarize(record: SimRecord, slo: SLO | None, catalog: Catalog) -> SimResult
     tpot = np.where(outputs > 1, (finish - arrival - ttft) / np.maximum(outputs - 1, 1), 0.0)
     gaps = TokenGaps.collect(record.segments, done, record.extra_gaps, record.step_jitter,
                              record.step_jitter_s)
-    samples = LatencySamples(ttft, tpot, finish - arrival, gaps)
+    kept = record.gap_p90
+    gap_p90 = None if kept is None else np.array([kept.get(r.index, np.nan) for r in done])
+    samples = LatencySamples(ttft, tpot, finish - arrival, gaps, gap_p90)
     duration = float(finish.max() - record.trace.arrival_s[0]) if done else 0.0
     util = _utilization(record, duration)
     cost = record.design.cost_per_hour(catalog)

@@ -11,8 +11,10 @@ from simulator.slo_watch import SloMissed
 from simulator.traces.trace import Trace
 
 
-def simulate(design: Design, trace: Trace, costs: CostModels, slo: SLO | None = None) -> SimResult:
-    return summarize(Simulation(design, costs, trace).run(), slo, costs.catalog)
+def simulate(design: Design, trace: Trace, costs: CostModels, slo: SLO | None = None,
+             request_gaps: bool = False) -> SimResult:
+    """``request_gaps``: the result's samples carry each request's p90 token gap (slower)."""
+    return summarize(Simulation(design, costs, trace, request_gaps=request_gaps).run(), slo, costs.catalog)
 
 
 def verdict(design: Design, trace: Trace, costs: CostModels, slo: SLO) -> SimResult | None:

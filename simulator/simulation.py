@@ -43,12 +43,15 @@ class SimRecord:
     client_latency_s: float = 0.0   # the entry path's serving latency: added to what clients see
     step_jitter: float = 0.0        # host noise per step: log-sd of its lognormal factor (serving.py)
     step_jitter_s: float = 0.0      # and its scale, seconds
+    gap_p90: dict[int, float] | None = None  # request index -> its p90 token gap (request_gaps runs only)
 
 
 class Simulation:
-    """``stop_on``: raise SloMissed out of ``run`` as soon as that SLO is missed for sure (slo_watch)."""
+    """``stop_on``: raise SloMissed out of ``run`` as soon as that SLO is missed for sure (slo_watch).
+    ``request_gaps``: keep each request's p90 token gap (decode_batch.py; slower, off by default)."""
 
-    def __init__(self, design: Design, costs: CostModels, trace: Trace, stop_on: SLO | None = None) -> None:
+    def __init__(self, design: Design, costs: CostModels, trace: Trace, stop_on: SLO | None = None,
+                 request_gaps: bool = False) -> None:
         self.design, self.costs, self.trace = design, costs, trace
         self.model = costs.model
         self.heap: list = []
@@ -64,6 +67,10 @@ class Simulation:
         self.entry = self.pools.get("colocated") or self.pools["prefill"]
         self.decode = self.pools.get("decode")
         self.transfer_link = self._transfer_link() if self.decode else None
+        self.gap_p90: dict[int, float] | None = {} if request_gaps else None
+        for replica in itertools.chain.from_iterable(self.pools.values()) if request_gaps else ():
+            if replica.batch is not None:
+                replica.batch.keep_request_gaps(self.gap_p90)
         self.finished = 0
         entry = getattr(self.serving, "colocated" if "colocated" in self.pools else "prefill")
         self.watch = SloWatch(stop_on, len(trace), entry.latency_s) if stop_on is not None else None
@@ -131,7 +138,7 @@ class Simulation:
         entry = "colocated" if "colocated" in self.pools else "prefill"
         return SimRecord(self.design, tr, requests, self.segments, self.pools, rejected, self.extra_gaps,
                          self.preemptions, getattr(self.serving, entry).latency_s, self.serving.step_jitter,
-                         self.serving.step_jitter_s)
+                         self.serving.step_jitter_s, self.gap_p90)
 
     def _events(self, requests: list[Request], on_progress: Callable[[int], None] | None) -> int:
         """Arrivals merged with the event heap, to the end; the requests rejected (too long)."""

@@ -15,7 +15,8 @@ Modeled as the planned run: two colocated Llama-3-8B bf16 replicas, max_num_seqs
 budget 2048 (the engine's default), --blocks KV blocks each, prefix caching on, no shared-prefix
 decode kernel (the engine takes it on CUDA only above 1M saved tokens per layer). KV is paged
 (Design.paged_kv): cached blocks are stored once and share the replica's blocks with the
-running requests, as the engine's block pool does. The simulator sizes KV from device memory,
+running requests, as the engine's block pool does, and allocated on demand (the most recently
+admitted request preempted when a step does not fit). The simulator sizes KV from device memory,
 so each replica's device is the catalog's H100 with memory_gib chosen to leave exactly --blocks
 blocks after weights and activations. --gpu-share shared (default, as the planned
 --gpus-per-replica 0.5): each replica gets half an H100 (half its FLOP/s, bandwidth and the
@@ -138,6 +139,11 @@ class ClusterRule:
 
     @staticmethod
     def _held(r) -> int:
+        """KV tokens in use (the engine's used blocks; idle cached ones are free): on demand, what
+        Replica.in_use counts (reservations, running contexts, cached blocks in use once);
+        reserved, the reservations (prompt + output less cached blocks) and the pinned blocks."""
+        if r.on_demand:
+            return r.in_use()
         pins = len(r.cache.pins) * r.block_tokens if hasattr(r.cache, "pins") else 0
         return r.kv_used + pins
 
@@ -368,7 +374,7 @@ def main() -> None:
                     help=f"H100 calibration profile(s) (default {DECODE_PROFILE.relative_to(ROOT)})")
     ap.add_argument("--roofline", action="store_true", help="no profile: the uncalibrated roofline")
     ap.add_argument("--no-paged-kv", action="store_true",
-                    help="the simulator's default KV model (whole prompt + output reserved per request)")
+                    help="KV not paged: each request holds its whole context, the cache is as large as the memory")
     ap.add_argument("--shared-prefix", action="store_true", help="model the shared-prefix decode kernel too")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()

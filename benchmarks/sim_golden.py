@@ -1,4 +1,4 @@
-"""Simulator results, bit for bit: fingerprints of 23 representative runs, saved and compared.
+"""Simulator results, bit for bit: fingerprints of 25 representative runs, saved and compared.
 
   python -m benchmarks.sim_golden save /tmp/golden.json     # before a change (e.g. on a checkout of HEAD)
   python -m benchmarks.sim_golden check /tmp/golden.json    # after it: IDENTICAL, or what differs
@@ -7,9 +7,10 @@ For speed work on simulator/ (issue 17), whose rule is that results do not chang
 hashes of every request's times, the decode segments, the extra token gaps, every replica's busy / KV /
 attention sums, and the ``summarize()`` output (repr: floats to the bit), plus counts. The runs cover
 colocated, disaggregated, heterogeneous and offload designs; the tierserve stack's serving costs (step
-jitter on) and a x1.3 slowdown; prefix caching paged and not, shared prefixes on and off; the three
-routers; reserve_output; preemption-heavy long contexts; calibrated H100 profiles and a launch
-(overlapped-scheduling) profile; tensor parallelism; and two runs stopped by an SLO watch. About 10 s.
+jitter on) and a x1.3 slowdown; prefix caching paged (reserved, and on demand with and without
+preemptions) and not, shared prefixes on and off; the three routers; reserve_output; preemption-heavy
+long contexts; calibrated H100 profiles and a launch (overlapped-scheduling) profile; tensor
+parallelism; and two runs stopped by an SLO watch. About 12 s.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ RUNS: list[tuple[str, str, str, str, dict]] = [  # name, design, cost models, tr
     ("launch_colo", "colocated=H100x3", "launch", CONVERSATION, {}),
     ("launch_pre", "colocated=H100x2", "launch", PREFIXES, {}),
     ("calib_noshare", "colocated=H100x3", "calibrated", PREFIXES, {"shared_prefix_attention": False}),
+    ("prefix_paged_od", "colocated=H100x4", "roofline", PREFIXES, {"paged_kv": True}),
+    ("paged_preempt", "colocated=L40Sx3", "stack", PREFIXES, {"paged_kv": True}),
 ]
 WATCHED = [  # name, design, cost models, trace, the SLO that stops the run
     ("watch_miss", "prefill=H100x1,decode=H100x1", "stack", CONVERSATION, SLO((("ttft_p99", 0.5),))),

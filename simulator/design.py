@@ -44,12 +44,14 @@ class Design:
     running sequences share once for all of them (Hydragen-style; see shared_prefix.py).
     paged_kv (colocated, with prefix_caching): a replica's prefix cache and its running requests
     share its KV memory in blocks, a cached block stored once however many requests use it (our
-    engine's block pool); off, each request reserves its whole prompt + output and the cache is
-    as large as the whole KV memory besides.
-    kv_admission: "on_demand" (the default without paged_kv): KV is allocated as tokens are made and
-    the engines preempt (LIFO, recompute) when memory runs out, as real engines that do not know
-    output lengths; "reserve_output": prompt + output (the trace's) is reserved at admission and
-    nothing is preempted (paged_kv always reserves)."""
+    engine's block pool); off, each request holds its whole context and the cache is as large as
+    the whole KV memory besides.
+    kv_admission: "on_demand" (the default): KV is allocated as tokens are made and the engines
+    preempt (LIFO, recompute) when memory runs out, as real engines that do not know output
+    lengths (with paged_kv: a prefill reserves its uncached prompt, cached blocks idle in the
+    cache give way to running requests' growth, and a preempted request's prompt blocks stay
+    cached for its recompute, as our engine); "reserve_output": prompt + output (the trace's) is
+    reserved at admission and nothing is preempted."""
 
     colocated: PoolSpec | None = None
     prefill: PoolSpec | None = None
@@ -61,7 +63,7 @@ class Design:
     layerwise_transfer: bool = True
     micro_batches: int = 2
     paged_kv: bool = False
-    kv_admission: str = ""
+    kv_admission: str = "on_demand"
 
     def __post_init__(self) -> None:
         split = self.prefill is not None and self.decode is not None
@@ -75,12 +77,8 @@ class Design:
             raise SimInputError("paged_kv is modeled for colocated pools only")
         if self.micro_batches < 1:
             raise SimInputError("micro_batches must be >= 1")
-        if not self.kv_admission:
-            object.__setattr__(self, "kv_admission", "reserve_output" if self.paged_kv else "on_demand")
         if self.kv_admission not in KV_ADMISSION:
             raise SimInputError(f"kv_admission must be one of {KV_ADMISSION}, got {self.kv_admission!r}")
-        if self.paged_kv and self.kv_admission != "reserve_output":
-            raise SimInputError("paged_kv reserves prompt + output at admission (kv_admission='reserve_output')")
 
     @property
     def on_demand_kv(self) -> bool:

@@ -9,7 +9,7 @@ class Request:
     __slots__ = ("index", "arrival", "prompt", "output", "hash_ids", "cached", "remaining", "computed",
                  "reserved", "prefill_start", "ttft_at", "first_decode_at", "first_step_s", "finish_at",
                  "k_join", "prefill_replica", "decode_replica", "shared_runs", "generated", "batch_seq",
-                 "last_token_at", "preemptions")
+                 "last_token_at", "preemptions", "shared_kv")
 
     def __init__(self, index: int, arrival: float, prompt: int, output: int, hash_ids: tuple[int, ...] | None):
         self.index, self.arrival, self.prompt, self.output, self.hash_ids = index, arrival, prompt, output, hash_ids
@@ -30,3 +30,4 @@ class Request:
         self.batch_seq = -1      # its entry in a decode batch; -1 when not running there
         self.last_token_at = -1.0  # when its last token came, as of a preemption
         self.preemptions = 0
+        self.shared_kv = 0       # of its KV, tokens in prefix-cache blocks it uses, stored once (paged on demand)

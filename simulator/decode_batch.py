@@ -72,6 +72,26 @@ class DecodeBatch:
         """From now on, each finishing request's p90 step time over its steps here goes to ``out``."""
         self.timeline, self.gap_p90 = [], out
 
+    def shift_gap(self, batch: int, previous: float, shift: float, seconds: float) -> None:
+        """The outside step just taken (``seconds``, ``batch`` sequences) shows ``shift`` of its time in
+        the gap before it, a step of ``previous`` seconds (overlap.py's launch shift): on the segments, a
+        segment of negative batch takes those tokens out of the gaps at ``previous`` and they come back
+        at ``previous + shift``; on the timeline (where kept), the two steps' times change."""
+        segments = self.segments
+        segments[-1] = (batch, 1, seconds - shift, 0.0)
+        segments.append((-batch, 1, previous, 0.0))
+        segments.append((batch, 1, previous + shift, 0.0))
+        timeline = self.timeline
+        if timeline is None or len(timeline) < 2:
+            return
+        k, _, _, _ = timeline[-1]
+        timeline[-1] = (k, 1, seconds - shift, 0.0)
+        k0, m, first, growth = timeline[-2]
+        if k0 + m != k:
+            return
+        before = [(k0, m - 1, first, growth)] if m > 1 else []
+        timeline[-2:-1] = [*before, (k - 1, 1, previous + shift, 0.0)]
+
     def _on_timeline(self, since: int, k: int) -> None:
         """The steps this batch appended to the segments from index ``since`` on, from step ``k``."""
         timeline = self.timeline

@@ -245,16 +245,12 @@ class Replica:
         self.shift = (b, previous, shift) if shift > 0 else None
 
     def _split_gap(self, t: float, seconds: float) -> None:
-        """The mixed iteration just stepped: move its launch shift to the previous step's tokens (a
-        segment of negative batch takes tokens out of the gaps at ``previous``)."""
+        """The mixed iteration just stepped: move its launch shift to the previous step's tokens."""
         if self.shift is None:
             return
         b, previous, shift = self.shift
         self.shift = None
-        segments = self.sim.segments
-        segments[-1] = (b, 1, seconds - shift, 0.0)
-        segments.append((-b, 1, previous, 0.0))
-        segments.append((b, 1, previous + shift, 0.0))
+        self.batch.shift_gap(b, previous, shift, seconds)
         self.mixed_end, self.mixed_gap = t, seconds - shift
 
     def _start(self, req: Request, t: float) -> bool:

@@ -24,9 +24,9 @@ Two predictions per run:
 Writes OUT/sim_vs_measured.json, table.md and sim_vs_measured.png (OUT: --out, else $OUT, else
 out/sim-vs-measured).
 
-Sessions m, n and o (benchmarks/results/sim-fidelity-h200-2026-12-02, -02b, -02c: one colocated H200
-at 4-28 req/s; m and n each rate twice for 15 s, o once for 45 s; three machines, n and o with the
-prefill graphs) are in by default, held out (``--no-default-sessions`` leaves them out). More
+Sessions m, n, o and p (benchmarks/results/sim-fidelity-h200-2026-12-02, -02b, -02c, -02d: one colocated
+H200 at 4-28 req/s; m and n each rate twice for 15 s, o and p once for 45 s; four machines, n, o and p
+with the prefill graphs) are in by default, held out (``--no-default-sessions`` leaves them out). More
 sessions, each held out (never fitted on), as ``--session NAME=DIR``: the folder of one run of
 ``bash benchmarks/gpu_pending.sh sim-fidelity`` (its results.tgz unpacked): DIR/serve/serve.json
 (serve.py, one colocated engine here, each rate run --repeats times on the same trace),
@@ -66,7 +66,8 @@ SESSIONS = {"j": "serve-2xh200-2026-11-23j", "k": "serve-2xh200-2026-11-23k", "l
 FIT_SESSIONS = ("j", "k")
 DEFAULT_SESSIONS = {"m": RESULTS / "sim-fidelity-h200-2026-12-02",  # sim-fidelity batches, held out
                     "n": RESULTS / "sim-fidelity-h200-2026-12-02b",
-                    "o": RESULTS / "sim-fidelity-h200-2026-12-02c"}
+                    "o": RESULTS / "sim-fidelity-h200-2026-12-02c",
+                    "p": RESULTS / "sim-fidelity-h200-2026-12-02d"}
 METRICS = ("ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99", "throughput_tok_s", "goodput_req_s")
 SLO_TTFT_S, SLO_GAP_S = 1.0, 0.05
 FITTED = ("prefill.latency_s", "prefill.busy_s", "prefill.handoff_s", "decode.busy_s",
@@ -368,6 +369,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     colors = {"disaggregated": "C0", "colocated": "C1"}
     for ax, key in zip(axes.flat, METRICS):
@@ -378,12 +380,18 @@ def plot(rows: list[dict], path: Path) -> None:
             marker = "s" if row["held_out"] else "o"
             ax.errorbar([m], [mid], yerr=[[mid - lo], [hi - mid]], fmt="none", ecolor=color, alpha=0.25, lw=3)
             ax.plot([m], [c], marker, color=color, ms=6)
-        lo = min(min(r["measured"][key], r["calibrated"][key], r["uncalibrated_band"][key][0]) for r in rows)
-        hi = max(max(r["measured"][key], r["calibrated"][key], r["uncalibrated_band"][key][2]) for r in rows)
-        xs = np.geomspace(max(lo, 1e-6) * 0.8, hi * 1.2, 10)
+        # the axes span the points (bands reaching 0 or far beyond are cut at the edges)
+        lo = min(min(r["measured"][key], r["calibrated"][key]) for r in rows) / 1.5
+        hi = max(max(r["measured"][key], r["calibrated"][key]) for r in rows) * 1.5
+        xs = np.geomspace(lo, hi, 10)
         ax.plot(xs, xs, "k-", lw=0.8)
         ax.fill_between(xs, xs * 0.9, xs * 1.1, color="k", alpha=0.08)
-        ax.set(xscale="log", yscale="log", xlabel=f"measured {key}", ylabel=f"predicted {key}")
+        ax.set(xscale="log", yscale="log", xlabel=f"measured {key}", ylabel=f"predicted {key}",
+               xlim=(lo, hi), ylim=(lo, hi))
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(NullFormatter())
         ax.set_title(key, fontsize=10)
         ax.grid(True, which="both", alpha=0.2)
     handles = [plt.Line2D([], [], color="C0", marker="o", ls="", label="1P+1D, calibrated (fit sessions)"),
@@ -412,7 +420,7 @@ def main() -> None:
     ap.add_argument("--session", action="append", default=[], metavar="NAME=DIR",
                     help="a sim-fidelity batch's unpacked results (held out; calibrated from its own profile)")
     ap.add_argument("--no-default-sessions", action="store_true",
-                    help="leave out sessions m, n and o (DEFAULT_SESSIONS)")
+                    help="leave out sessions m, n, o and p (DEFAULT_SESSIONS)")
     args = ap.parse_args()
     out = out_dir(args.out, "sim-vs-measured")
     extra = {} if args.no_default_sessions else dict(DEFAULT_SESSIONS)

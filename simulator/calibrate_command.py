@@ -117,6 +117,7 @@ def _engine_points(args: argparse.Namespace, device) -> tuple[list[dict], object
 
     from engine.config import CacheConfig, EngineConfig, SchedulerConfig
     from engine.llm_engine import LLMEngine
+    from engine.model_config import ModelConfig
     from engine.sampling_params import SamplingParams
     from kvstore.layout import KVLayout
 
@@ -124,8 +125,15 @@ def _engine_points(args: argparse.Namespace, device) -> tuple[list[dict], object
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     mixed_batches, mixed_tokens = args.mixed_batches or [], args.mixed_tokens if args.mixed_batches else []
     mixed_steps = len(mixed_tokens) * (args.repeats + 1) + 2
-    budget = max(max(args.tokens), max(args.batches), max(mixed_batches, default=0) + max(mixed_tokens, default=0))
-    max_len = max(max(args.tokens), *mixed_tokens, args.context + max(args.repeats, mixed_steps) + 8) + 16
+    limit = ModelConfig.from_dir(args.model).max_context
+    decode_len = args.context + max(args.repeats, mixed_steps) + 8
+    if decode_len > limit:
+        raise SimInputError(f"--context {args.context}: its decode steps reach {decode_len} tokens, and the model at "
+                            f"{args.model} holds at most {limit}: ask for a shorter context")
+    prompts = _fitted(args.tokens, limit, "--tokens")  # a prompt and its one sampled token fit the model
+    mixed_tokens = _fitted(mixed_tokens, limit, "--mixed-tokens")
+    max_len = min(max(*prompts, *mixed_tokens, decode_len) + 16, limit)
+    budget = max(max(prompts), max(args.batches), max(mixed_batches, default=0) + max(mixed_tokens, default=0))
     seqs = max(max(args.batches), max(mixed_batches, default=0) + 1)
     blocks = seqs * (max_len // 16 + 2) + budget // 16 + 64
     engine = LLMEngine(EngineConfig(
@@ -144,7 +152,7 @@ def _engine_points(args: argparse.Namespace, device) -> tuple[list[dict], object
             engine.step()
 
     measurements = []
-    for n in args.tokens:
+    for n in prompts:
         hosts: list[float] = []
 
         def prefill(n: int = n, hosts: list[float] = hosts) -> None:
@@ -179,6 +187,14 @@ def _engine_points(args: argparse.Namespace, device) -> tuple[list[dict], object
     cfg = engine.model_config
     return measurements, cfg, KVLayout(cfg.num_layers, engine.config.cache.block_size, cfg.num_kv_heads,
                                        cfg.head_dim, "bfloat16" if cuda else "float32")
+
+def _fitted(lengths: list[int], limit: int, option: str) -> list[int]:
+    """Prompt lengths the model holds with one sampled token: longer ones become ``limit - 1`` (said)."""
+    out = sorted({min(n, limit - 1) for n in lengths})
+    if max(lengths, default=0) > limit - 1:
+        print(f"{option}: lengths over {limit - 1} run at {limit - 1} (the model holds {limit} tokens)")
+    return out
+
 
 def _pair_links(args: argparse.Namespace, layout, hidden: int, device) -> tuple[list[dict], dict | None, str | None]:
     """Two devices of this kind (GPU0 and GPU1, or two CPU processes): the KV handoff timed between

@@ -109,3 +109,18 @@ def test_a_profile_allreduce_is_read_as_an_all_reduce_perf_log(tmp_path) -> None
     path.write_text(json.dumps({"device": "H200", "measurements": [], "allreduce": {**entry, "ranks": 1}}))
     with pytest.raises(SimInputError, match="allreduce: ranks must be an integer >= 2"):
         load_profile(path)
+
+
+def test_calibrate_fits_lengths_to_the_model(tiny_model, tmp_path, capsys) -> None:
+    """Prompt lengths past the model's positions run at the longest it holds (said); a decode context
+    past them is refused with the option named, never an engine traceback."""
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--model", str(tiny_model), "--device", "cpu", "--tokens", "64", "4096",
+                 "--batches", "1", "--context", "16", "--repeats", "1", "--handoff-tokens", "--allreduce-tokens",
+                 "--out", str(out)]) == 0
+    limit = json.loads((tiny_model / "config.json").read_text())["max_position_embeddings"]
+    assert [m["tokens"] for m in json.loads(out.read_text())["measurements"] if m["op"] == "prefill"] == [64, limit - 1]
+    assert f"--tokens: lengths over {limit - 1} run at {limit - 1}" in capsys.readouterr().out
+    assert main(["calibrate", "--model", str(tiny_model), "--device", "cpu", "--context", str(limit),
+                 "--handoff-tokens", "--allreduce-tokens", "--out", str(out)]) == 2
+    assert f"--context {limit}: its decode steps reach" in capsys.readouterr().err

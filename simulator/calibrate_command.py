@@ -84,6 +84,9 @@ def calibrate(args: argparse.Namespace) -> dict:
 
     if not Path(args.model, "config.json").is_file():
         raise SimInputError(f"--model {args.model}: no config.json there (a checkpoint directory)")
+    _check_args(args)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SimInputError("--device cuda: no CUDA device here (torch.cuda.is_available() is false); use --device cpu")
     pair = args.handoff_tokens or args.allreduce_tokens
     if pair and args.redis_url is None and shutil.which("redis-server") is None:
         raise SimInputError("the two devices' processes pair through Redis and redis-server is not on PATH: "
@@ -109,6 +112,20 @@ def calibrate(args: argparse.Namespace) -> dict:
     if memory:
         profile["memory"] = memory
     return profile
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse what calibrate cannot run, naming the option."""
+    if args.device not in (None, "cuda", "cpu"):
+        raise SimInputError(f"--device must be cuda or cpu, got {args.device!r}")
+    for option in ("tokens", "batches", "mixed_batches", "mixed_tokens", "handoff_tokens", "allreduce_tokens"):
+        bad = [n for n in getattr(args, option) or [] if n < 1]
+        if bad:
+            raise SimInputError(f"--{option.replace('_', '-')} must be positive, got {bad}")
+    if not args.tokens or not args.batches:
+        raise SimInputError("--tokens and --batches need at least one value each")
+    if args.context < 1 or args.repeats < 1:
+        raise SimInputError(f"--context and --repeats must be >= 1, got {args.context} and {args.repeats}")
 
 
 def _engine_points(args: argparse.Namespace, device) -> tuple[list[dict], object, object]:

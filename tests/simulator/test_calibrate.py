@@ -124,3 +124,14 @@ def test_calibrate_fits_lengths_to_the_model(tiny_model, tmp_path, capsys) -> No
     assert main(["calibrate", "--model", str(tiny_model), "--device", "cpu", "--context", str(limit),
                  "--handoff-tokens", "--allreduce-tokens", "--out", str(out)]) == 2
     assert f"--context {limit}: its decode steps reach" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--device", "tpu"], "--device must be cuda or cpu"),
+    (["--handoff-tokens", "0"], "--handoff-tokens must be positive"),
+    (["--tokens", "-5"], "--tokens must be positive"),
+    (["--repeats", "0"], "--context and --repeats must be >= 1"),
+])
+def test_calibrate_refuses_bad_options_by_name(tiny_model, tmp_path, capsys, args, message) -> None:
+    assert main(["calibrate", "--model", str(tiny_model), "--out", str(tmp_path / "c.json"), *args]) == 2
+    assert message in capsys.readouterr().err

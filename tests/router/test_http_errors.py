@@ -165,10 +165,12 @@ def test_dead_replicas_and_no_decode_capacity_are_503_with_retry_after_and_unava
         assert (error["code"], error["type"], first.headers["retry-after"]) == \
             ("unavailable", "service_unavailable_error", "5")
         assert "no prefill replica is up (prefill-0: down)" in caplog.text
-        deadline = time.monotonic() + 30
-        while (health := http.get("/health").json())["status"] != "down" and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30  # until the load pings found the decode replica dead too (the
+        # prefill one alone already makes the status down)
+        while (health := http.get("/health").json())["pools"]["decode"]["replicas"] != {"decode-0": "down"} \
+                and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert health["pools"]["decode"]["replicas"] == {"decode-0": "down"}, health
+        assert health["status"] == "down" and health["pools"]["decode"]["replicas"] == {"decode-0": "down"}, health
         caplog.clear()
         for stream in (False, True):
             response = http.post("/v1/completions", json={**body, "stream": stream})

@@ -270,10 +270,12 @@ case "${1:-}" in
     grep "GB/s\|step \|Error" "$out/decode-step.log" | grep -v "━" | tail -8
     # 3. (~4 min: bring-up ~1 min, 8 runs of 15 s + drain) benchmarks/serve.py, ONE colocated engine, light to near
     #    saturation (the simulator puts this engine's knee at ~28-32 req/s), each rate twice on the same trace
-    #    SERVE_DURATION / SERVE_REPEATS (default 15 s, 2) trade repeats for longer runs (less noise per run)
-    duration="${SERVE_DURATION:-15}" repeats="${SERVE_REPEATS:-2}"
-    timeout $((90 + 4 * repeats * (duration + 12))) python benchmarks/serve.py --shape llama-3-8b --gpus \
-      --modes colocated --colocated-replicas 1 --rates 4 12 20 28 --repeats "$repeats" --duration "$duration" \
+    #    SERVE_DURATION / SERVE_REPEATS (default 15 s, 2) trade repeats for longer runs (less noise per run);
+    #    SERVE_RATES (default "4 12 20 28"; keep a low one first: sim_vs_measured takes the launch scale there)
+    duration="${SERVE_DURATION:-15}" repeats="${SERVE_REPEATS:-2}" rates="${SERVE_RATES:-4 12 20 28}"
+    # shellcheck disable=SC2086  # the rates are words
+    timeout $((90 + $(wc -w <<< "$rates") * repeats * (duration + 12))) python benchmarks/serve.py --shape llama-3-8b \
+      --gpus --modes colocated --colocated-replicas 1 --rates $rates --repeats "$repeats" --duration "$duration" \
       --step-profiles --out "$work/serve" > "$out/serve.log" 2>&1
     grep -v "WARN\|INFO\|pid=" "$out/serve.log" | tail -10
     ;;

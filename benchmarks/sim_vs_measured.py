@@ -24,9 +24,10 @@ Two predictions per run:
 Writes OUT/sim_vs_measured.json, table.md and sim_vs_measured.png (OUT: --out, else $OUT, else
 out/sim-vs-measured).
 
-Sessions m, n, o and p (benchmarks/results/sim-fidelity-h200-2026-12-02, -02b, -02c, -02d: one colocated
-H200 at 4-28 req/s; m and n each rate twice for 15 s, o and p once for 45 s; four machines, n, o and p
-with the prefill graphs) are in by default, held out (``--no-default-sessions`` leaves them out). More
+Sessions m, n, o, p and q (benchmarks/results/sim-fidelity-h200-2026-12-02, -02b, -02c, -02d, -02e: one
+colocated H200 at 4-28 req/s, q at 4/22/26/30; m and n each rate twice for 15 s, o, p and q once for 45 s;
+five machines, all but m with the prefill graphs) are in by default, held out (``--no-default-sessions``
+leaves them out). More
 sessions, each held out (never fitted on), as ``--session NAME=DIR``: the folder of one run of
 ``bash benchmarks/gpu_pending.sh sim-fidelity`` (its results.tgz unpacked): DIR/serve/serve.json
 (serve.py, one colocated engine here, each rate run --repeats times on the same trace),
@@ -67,7 +68,8 @@ FIT_SESSIONS = ("j", "k")
 DEFAULT_SESSIONS = {"m": RESULTS / "sim-fidelity-h200-2026-12-02",  # sim-fidelity batches, held out
                     "n": RESULTS / "sim-fidelity-h200-2026-12-02b",
                     "o": RESULTS / "sim-fidelity-h200-2026-12-02c",
-                    "p": RESULTS / "sim-fidelity-h200-2026-12-02d"}
+                    "p": RESULTS / "sim-fidelity-h200-2026-12-02d",
+                    "q": RESULTS / "sim-fidelity-h200-2026-12-02e"}
 METRICS = ("ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99", "throughput_tok_s", "goodput_req_s")
 SLO_TTFT_S, SLO_GAP_S = 1.0, 0.05
 FITTED = ("prefill.latency_s", "prefill.busy_s", "prefill.handoff_s", "decode.busy_s",
@@ -420,7 +422,7 @@ def main() -> None:
     ap.add_argument("--session", action="append", default=[], metavar="NAME=DIR",
                     help="a sim-fidelity batch's unpacked results (held out; calibrated from its own profile)")
     ap.add_argument("--no-default-sessions", action="store_true",
-                    help="leave out sessions m, n, o and p (DEFAULT_SESSIONS)")
+                    help="leave out sessions m-q (DEFAULT_SESSIONS)")
     args = ap.parse_args()
     out = out_dir(args.out, "sim-vs-measured")
     extra = {} if args.no_default_sessions else dict(DEFAULT_SESSIONS)

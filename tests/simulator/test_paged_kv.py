@@ -193,9 +193,8 @@ def test_with_ample_memory_on_demand_and_reserved_agree(costs: CostModels, route
     assert summarize(runs[0], None, costs.catalog) == summarize(runs[1], None, costs.catalog)
 
 
-def test_on_demand_runs_more_at_once_than_reserving_long_outputs(costs: CostModels, monkeypatch) -> None:
-    """1500-token outputs: reserving them caps the batch far below what the prompts need at first;
-    on demand more run at once (and some are preempted later), so first tokens come sooner."""
+def count_peak_batch(monkeypatch) -> dict[str, int]:
+    """From now on ``peak["batch"]`` is the largest decode batch any join made (reset it to 0 at will)."""
     peak = {"batch": 0}
     join = DecodeBatch.join
 
@@ -203,6 +202,13 @@ def test_on_demand_runs_more_at_once_than_reserving_long_outputs(costs: CostMode
         join(self, req, resumed)
         peak["batch"] = max(peak["batch"], self.batch)
     monkeypatch.setattr(DecodeBatch, "join", counting)
+    return peak
+
+
+def test_on_demand_runs_more_at_once_than_reserving_long_outputs(costs: CostModels, monkeypatch) -> None:
+    """1500-token outputs: reserving them caps the batch far below what the prompts need at first;
+    on demand more run at once (and some are preempted later), so first tokens come sooner."""
+    peak = count_peak_batch(monkeypatch)
     small = small_h100(costs, 30_000)
     trace = load_trace("synthetic:n=200,rate=10,prompt=fixed:512,output=fixed:1500,prefix_groups=4,"
                        "prefix_tokens=256,block=16,seed=5")
@@ -274,13 +280,7 @@ def test_on_demand_memory_holds_at_every_step(costs: CostModels, router: str, mo
 def test_running_sequences_sharing_a_prompt_prefix_hold_it_once(costs: CostModels, monkeypatch) -> None:
     """8 sequences on one 4096-token prefix (64 blocks of 64) with 64 own prompt tokens and 256
     output tokens each: about 4096 + 8 x 320 tokens, in a replica that could not hold 2 copies."""
-    peak = {"batch": 0}
-    join = DecodeBatch.join
-
-    def counting(self, req, resumed=False):
-        join(self, req, resumed)
-        peak["batch"] = max(peak["batch"], self.batch)
-    monkeypatch.setattr(DecodeBatch, "join", counting)
+    peak = count_peak_batch(monkeypatch)
     hashes = [tuple(range(64)) + (1000 + i,) for i in range(8)]
     trace = make_trace("one prefix", [0.0] + [0.5] * 7, [4096 + 64] * 8, [256] * 8, hashes, block_tokens=64)
     small = small_h100(costs, 8000)

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from heapq import heappop, heappush
 from typing import Protocol
 
+import numpy as np
+
 from simulator.request import Request
 from simulator.roofline import IterationCost
 from simulator.shared_prefix import SharedPrefixes
@@ -101,7 +103,7 @@ class DecodeBatch:
                 k += m
 
     def _request_gap_p90(self, req: Request) -> float:
-        """The 90th percentile of the step times from ``req``'s join to now (numpy's linear rule)."""
+        """The 90th percentile of the step times from ``req``'s join to now (as serve.py takes it)."""
         values: list[float] = []
         start, end = req.k_join, self.k
         for k, m, first, growth in reversed(self.timeline):
@@ -109,12 +111,7 @@ class DecodeBatch:
                 break
             lo, hi = max(k, start) - k, min(k + m, end) - k
             values.extend(first + growth * j for j in range(lo, hi))
-        if not values:
-            return float("nan")
-        values.sort()
-        pos = 0.9 * (len(values) - 1)
-        i = int(pos)
-        return values[i] + (values[min(i + 1, len(values) - 1)] - values[i]) * (pos - i)
+        return float(np.percentile(values, 90)) if values else float("nan")
 
     def join(self, req: Request, resumed: bool = False) -> None:
         """Add a prefilled request at the current boundary (it has ``generated`` tokens and needs the

@@ -41,6 +41,7 @@ steps of DIR/decode-step/decode_step_calibration.json in place of calibrate's wh
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 from dataclasses import dataclass, replace
@@ -111,7 +112,7 @@ def serve_runs(extra: dict[str, Path] | None = None) -> list[Run]:
     for session, folder in (extra or {}).items():
         if session in SESSIONS:
             raise SystemExit(f"--session {session}: that name is one of the 2026-11-23 sessions")
-        data = json.loads((folder / "serve" / "serve.json").read_text())
+        data = batch_serve(folder)
         runs += [Run(session, p["mode"], p["rate"], data["args"], p, folder) for p in data["points"]]
     return runs
 
@@ -195,10 +196,16 @@ def serving_launch_scale(folder: Path) -> float | None:
     return host / standalone.launch_seconds(round(mixed["tokens"] / mixed["steps"]))
 
 
+@functools.cache
+def batch_serve(folder: Path) -> dict:
+    """A sim-fidelity batch's serve.py results (DIR/serve/serve.json), read once."""
+    return json.loads((folder / "serve" / "serve.json").read_text())
+
+
 def launch_run(folder: Path) -> dict | None:
     """The step profile of a sim-fidelity batch's lowest-rate first run (the one its launch scale is
     measured on), or None."""
-    runs = [r for r in json.loads((folder / "serve" / "serve.json").read_text()).get("step_profiles", [])
+    runs = [r for r in batch_serve(folder).get("step_profiles", [])
             if r["repeat"] == 0 and r["kinds"].get("mixed", {}).get("steps")]
     return min(runs, key=lambda r: r["rate"]) if runs else None
 
@@ -232,7 +239,7 @@ def serving_decode_ratios(folder: Path) -> list[tuple[float, float]]:
     batches, seconds = zip(*sorted((m["batch"], m["seconds"]) for m in profile["measurements"]
                                    if m["op"] == "decode_step"))
     out = []
-    for run in json.loads((folder / "serve" / "serve.json").read_text()).get("step_profiles", []):
+    for run in batch_serve(folder).get("step_profiles", []):
         graph = run["kinds"].get("graph")
         if graph and graph["steps"]:
             batch = graph["seqs"] / graph["steps"]

@@ -205,6 +205,7 @@ def _engine_points(args: argparse.Namespace, device) -> tuple[list[dict], object
     return measurements, cfg, KVLayout(cfg.num_layers, engine.config.cache.block_size, cfg.num_kv_heads,
                                        cfg.head_dim, "bfloat16" if cuda else "float32")
 
+
 def _fitted(lengths: list[int], limit: int, option: str) -> list[int]:
     """Prompt lengths the model holds with one sampled token: longer ones become ``limit - 1`` (said)."""
     out = sorted({min(n, limit - 1) for n in lengths})

@@ -62,7 +62,7 @@ class PagedBlocks:
         (tokens - 1) // block of them). Fits beside the KV held now, idle cached blocks evicted."""
         cache, block = self.cache, self.block_tokens
         room = self.kv_capacity - self.kv_used - self.batch.context
-        cache.capacity = room // block + len(cache.pins)
+        self._fit_cache(self.batch.context)
         cache.evict()
         tokens = req.prompt + req.generated
         n = 0
@@ -76,7 +76,7 @@ class PagedBlocks:
         cache.lookup(hits)
         cache.pin(hits)
         self.kv_used += need + fresh
-        cache.capacity = (room - need) // block + len(cache.pins)  # (room - need - fresh) // block + pins
+        self._fit_cache(self.batch.context)
         req.reserved = need
         req.shared_kv = n * block
         req.prefill_start = t
@@ -101,7 +101,7 @@ class PagedBlocks:
             cache.insert(self._full_blocks(req))
             return
         pins, blocks = cache.pins, cache.blocks
-        cache.capacity = (self.kv_capacity - self.kv_used - self.batch.context) // block + len(pins)
+        self._fit_cache(self.batch.context)
         cache.evict()  # what the KV held since the last event left of the cache, before looking in it
         full = self._full_blocks(req)
         computed = full[req.cached // block:]
@@ -111,7 +111,7 @@ class PagedBlocks:
         req.reserved -= moved
         req.shared_kv += moved
         self.kv_used += (len(pins) - held) * block - moved
-        cache.capacity = (self.kv_capacity - self.kv_used - self.batch.context) // block + len(pins)
+        self._fit_cache(self.batch.context)
         cache.insert(full)
         self.kv_used -= req.shared_kv
 
@@ -124,10 +124,8 @@ class PagedBlocks:
         if batch.k == self.evicted_k:
             return
         self.evicted_k = batch.k
-        written = batch.context + req.prompt + req.generated - batch.batch - 1
-        cache = self.cache
-        cache.capacity = (self.kv_capacity - self.kv_used - written) // self.block_tokens + len(cache.pins)
-        cache.evict()
+        self._fit_cache(batch.context + req.prompt + req.generated - batch.batch - 1)  # what it wrote
+        self.cache.evict()
 
     def _release_blocks(self, req: Request) -> None:
         """The request is done with its prompt's blocks (finished; on demand also preempted, its own
@@ -144,7 +142,13 @@ class PagedBlocks:
         cache.release(full)
         self.kv_used += req.shared_kv - (held - len(pins)) * block
         req.shared_kv = 0
-        cache.capacity = (self.kv_capacity - self.kv_used - self.batch.context) // block + len(pins)
+        self._fit_cache(self.batch.context)
+
+    def _fit_cache(self, held: int) -> None:
+        """On demand: the cache may hold its pinned blocks and the idle ones that fit in what
+        ``kv_used`` and ``held`` more tokens (the running sequences' own KV) leave."""
+        cache = self.cache
+        cache.capacity = (self.kv_capacity - self.kv_used - held) // self.block_tokens + len(cache.pins)
 
     def _full_blocks(self, req: Request) -> tuple[int, ...]:
         """The prompt's full blocks: what the engine publishes to its prefix cache."""

@@ -81,13 +81,9 @@ class PagedPrefixCache(PrefixCache):
         """Unpin a sequence's blocks (all cached: pinned ones are never evicted), each becoming the
         most recently used, the last block first: the engine frees a sequence's blocks last to
         first, so a shared prefix outlives its suffixes."""
-        pins, touch = self.pins, self.blocks.move_to_end
+        self.unpin(hash_ids)
+        touch = self.blocks.move_to_end
         for h in reversed(hash_ids):
-            n = pins[h] - 1
-            if n:
-                pins[h] = n
-            else:
-                del pins[h]
             touch(h)
 
     def evict(self) -> None:

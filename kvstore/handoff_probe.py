@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from queue import Empty
 
 import torch
 import torch.multiprocessing as mp
@@ -120,13 +121,17 @@ def run_pair(worker: Callable, args: tuple, device: str, redis_url: str, results
     got = []
     try:
         for _ in range(2 * results):
-            item = queue.get(timeout=timeout_s)
+            item = _next_item(queue, procs, time.monotonic() + timeout_s)
             if isinstance(item, BaseException):
                 raise RuntimeError(f"a handoff probe process failed: {item!r}") from item
             if item is not None:
                 got.append(item)
             if on_result is not None:
                 on_result()
+    except BaseException:
+        for proc in procs:  # a rank left waiting on its dead peer would wait out the transfer timeout
+            proc.kill()
+        raise
     finally:
         for proc in procs:
             proc.join(timeout=60)
@@ -135,6 +140,21 @@ def run_pair(worker: Callable, args: tuple, device: str, redis_url: str, results
     if any(proc.exitcode != 0 for proc in procs):
         raise RuntimeError(f"handoff probe processes failed: exit codes {[p.exitcode for p in procs]}")
     return got
+
+
+def _next_item(queue, procs: list, deadline: float) -> object:
+    """The next result; RuntimeError as soon as a rank dies without sending one (killed, or crashed
+    outside Python) or both ranks ended with results missing; TimeoutError at ``deadline``."""
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except Empty:
+            codes = [p.exitcode for p in procs]  # a rank that exits 0 has sent all it had
+            if any(code not in (None, 0) for code in codes) or None not in codes:
+                raise RuntimeError(f"a handoff probe process ended before sending its results (exit codes "
+                                   f"{codes})") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError("the handoff probe sent no result in time") from None
 
 
 def _rank_main(rank: int, worker: Callable, args: tuple, device: str, redis_url: str, prefix: str,
